@@ -1,0 +1,16 @@
+/* The subcommands of the moonmdm binary. Each takes the arguments after
+ * its name (argv[0] is the subcommand) and returns the process exit code. */
+#ifndef MDM_CLI_H
+#define MDM_CLI_H
+
+int mdm_cmd_serve(int argc, char **argv);
+int mdm_cmd_init(int argc, char **argv);
+int mdm_cmd_config(int argc, char **argv);
+int mdm_cmd_apikey(int argc, char **argv);
+
+/* Finds the config file: --config, $MOONMDM_CONFIG, <data-dir>/moonmdm.conf.lua,
+ * or none (defaults). Loads it into cfg; prints errors; returns 0 or 1. */
+struct mdm_config;
+int mdm__cli_load_config(struct mdm_config *cfg, const char *config_path, const char *data_dir);
+
+#endif

@@ -1,0 +1,302 @@
+/* `moonmdm init`: creates a data directory that `moonmdm serve` can run on:
+ * the CA, the server's TLS key and certificate, the store with its schema,
+ * an admin API key (printed once) and a config file. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api/apikeys.h"
+#include "cli.h"
+#include "config.h"
+#include "crypto/ca.h"
+#include "crypto/keys.h"
+#include "store/store.h"
+#include "util/alloc.h"
+#include "util/buf.h"
+
+static const char init_usage[] =
+    "usage: moonmdm init [options]\n"
+    "\n"
+    "Creates a data directory: a CA (key and certificate), a TLS server key and\n"
+    "certificate signed by it, the store, an admin API key (printed once) and a\n"
+    "config file <data-dir>/moonmdm.conf.lua. Refuses to overwrite an existing\n"
+    "data directory unless --force is given.\n"
+    "\n"
+    "options:\n"
+    "  -d, --data-dir DIR     where to create it (default ./data)\n"
+    "  -s, --san NAME         a subject alternative name of the server certificate:\n"
+    "                         DNS:host or IP:address; repeatable (default:\n"
+    "                         DNS:localhost, IP:127.0.0.1, IP:::1)\n"
+    "      --server-name CN   common name of the server certificate (default: the\n"
+    "                         first DNS name, else localhost)\n"
+    "      --ca-key SPEC      CA key: rsa:2048, rsa:3072 (default), rsa:4096,\n"
+    "                         ec:P-256 or ec:P-384\n"
+    "      --server-key SPEC  TLS server key (default ec:P-256)\n"
+    "      --ca-name CN       common name of the CA (default \"moonmdm CA\")\n"
+    "      --ca-days N        validity of the CA certificate (default 3650)\n"
+    "  -l, --listen ADDR      address written into the config (default 127.0.0.1:8443)\n"
+    "      --no-api-key       do not create the first admin API key\n"
+    "  -f, --force            overwrite an existing data directory's keys and config\n"
+    "  -h, --help             this help\n";
+
+static char *abs_path(const char *p)
+{
+    char *r = realpath(p, NULL);
+    if (r != NULL) {
+        char *q = mdm_strdup(r);
+        free(r);
+        return q;
+    }
+    return mdm_strdup(p);
+}
+
+static int write_text_file(const char *path, const char *text, mode_t mode)
+{
+    char *tmp = mdm_sprintf("%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode);
+    int rc = -1;
+    if (fd < 0)
+        goto out;
+    size_t len = strlen(text);
+    if (write(fd, text, len) != (ssize_t)len || fsync(fd) != 0) {
+        close(fd);
+        unlink(tmp);
+        goto out;
+    }
+    close(fd);
+    rc = rename(tmp, path);
+out:
+    mdm_free(tmp);
+    return rc;
+}
+
+struct init_key_ctx {
+    char key[MDM_APIKEY_LEN + 1];
+    mdm_apikey_info_t info;
+};
+
+static int init_key_fn(mdm_txn_t *txn, void *arg)
+{
+    struct init_key_ctx *k = arg;
+    return mdm_apikey_create(txn, "init", MDM_ROLE_ADMIN, k->key, &k->info);
+}
+
+static void lua_quote(mdm_buf_t *b, const char *s)
+{
+    mdm_buf_putc(b, '"');
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            mdm_buf_putc(b, '\\');
+        mdm_buf_putc(b, *s);
+    }
+    mdm_buf_putc(b, '"');
+}
+
+int mdm_cmd_init(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"data-dir", required_argument, NULL, 'd'},
+        {"san", required_argument, NULL, 's'},
+        {"server-name", required_argument, NULL, 'N'},
+        {"ca-key", required_argument, NULL, 'K'},
+        {"server-key", required_argument, NULL, 'S'},
+        {"ca-name", required_argument, NULL, 'C'},
+        {"ca-days", required_argument, NULL, 'D'},
+        {"listen", required_argument, NULL, 'l'},
+        {"no-api-key", no_argument, NULL, 'A'},
+        {"force", no_argument, NULL, 'f'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *data_dir = "./data", *server_name = NULL, *ca_key_spec = "rsa:3072";
+    const char *server_key_spec = "ec:P-256", *ca_name = "moonmdm CA", *listen = "127.0.0.1:8443";
+    const char *sans[32];
+    size_t nsans = 0;
+    int ca_days = 3650;
+    bool force = false, api_key = true;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "d:s:l:fh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'd': data_dir = optarg; break;
+        case 's':
+            if (nsans == 32) {
+                fprintf(stderr, "moonmdm init: at most 32 --san\n");
+                return 2;
+            }
+            if (strncmp(optarg, "DNS:", 4) != 0 && strncmp(optarg, "IP:", 3) != 0) {
+                fprintf(stderr, "moonmdm init: --san %s: write DNS:name or IP:address\n", optarg);
+                return 2;
+            }
+            sans[nsans++] = optarg;
+            break;
+        case 'N': server_name = optarg; break;
+        case 'K': ca_key_spec = optarg; break;
+        case 'S': server_key_spec = optarg; break;
+        case 'C': ca_name = optarg; break;
+        case 'D': ca_days = atoi(optarg); break;
+        case 'l': listen = optarg; break;
+        case 'A': api_key = false; break;
+        case 'f': force = true; break;
+        case 'h': fputs(init_usage, stdout); return 0;
+        default: fputs(init_usage, stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "moonmdm init: unexpected argument \"%s\"\n\n%s", argv[optind],
+                init_usage);
+        return 2;
+    }
+    if (ca_days < 1 || ca_days > 36500) {
+        fprintf(stderr, "moonmdm init: --ca-days must be between 1 and 36500\n");
+        return 2;
+    }
+    if (nsans == 0) {
+        sans[nsans++] = "DNS:localhost";
+        sans[nsans++] = "IP:127.0.0.1";
+        sans[nsans++] = "IP:::1";
+    }
+    if (server_name == NULL) {
+        server_name = "localhost";
+        for (size_t i = 0; i < nsans; i++)
+            if (strncmp(sans[i], "DNS:", 4) == 0) {
+                server_name = sans[i] + 4;
+                break;
+            }
+    }
+
+    if (mkdir(data_dir, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "moonmdm init: cannot create %s: %s\n", data_dir, strerror(errno));
+        return 1;
+    }
+    char *dir = abs_path(data_dir);
+    char *conf = mdm_sprintf("%s/moonmdm.conf.lua", dir);
+    char *ca_key_path = mdm_sprintf("%s/ca.key", dir);
+    char *ca_crt_path = mdm_sprintf("%s/ca.crt", dir);
+    char *srv_key_path = mdm_sprintf("%s/server.key", dir);
+    char *srv_crt_path = mdm_sprintf("%s/server.crt", dir);
+    char *db_path = mdm_sprintf("%s/db", dir);
+    EVP_PKEY *ca_key = NULL, *srv_key = NULL;
+    X509 *ca_crt = NULL, *srv_crt = NULL;
+    mdm_ca_t *ca = NULL;
+    mdm_store_t *store = NULL;
+    mdm_buf_t text = MDM_BUF_INIT;
+    mdm_err_t err = {0};
+    int exit_code = 1;
+
+    struct stat st;
+    if (!force && (stat(conf, &st) == 0 || stat(ca_key_path, &st) == 0)) {
+        fprintf(stderr,
+                "moonmdm init: %s already holds a moonmdm data directory; nothing was changed "
+                "(use --force to replace its keys and config: every enrolled device would then "
+                "need to enroll again)\n",
+                dir);
+        goto out;
+    }
+
+    fprintf(stderr, "init: generating the CA key (%s) ...\n", ca_key_spec);
+    if (mdm_key_generate(ca_key_spec, &ca_key, &err) != 0 ||
+        mdm_ca_create_self_signed(ca_key, ca_name, ca_days, &ca_crt, &err) != 0 ||
+        mdm_key_write_pem(ca_key, ca_key_path, &err) != 0 ||
+        mdm_cert_write_pem(ca_crt, ca_crt_path, &err) != 0)
+        goto fail;
+    if (mdm_ca_new(ca_crt, ca_key, NULL, &ca, &err) != 0)
+        goto fail;
+    fprintf(stderr, "init: generating the server key (%s) and certificate for %s ...\n",
+            server_key_spec, server_name);
+    if (mdm_key_generate(server_key_spec, &srv_key, &err) != 0 ||
+        mdm_ca_issue_server_cert(ca, srv_key, server_name, sans, nsans, MDM_CA_MAX_SERVER_DAYS,
+                                 &srv_crt, &err) != 0 ||
+        mdm_key_write_pem(srv_key, srv_key_path, &err) != 0 ||
+        mdm_cert_write_pem(srv_crt, srv_crt_path, &err) != 0)
+        goto fail;
+
+    mdm_store_config_t sc = {.path = db_path,
+                             .sync = true,
+                             .flags = MDM_STORE_CREATE | MDM_STORE_AUTOFLUSH};
+    if (mdm_store_open(&mdm_store_lmdb, &sc, &store, &err) != 0)
+        goto fail;
+    struct init_key_ctx k;
+    memset(&k, 0, sizeof(k));
+    if (api_key) {
+        int rc = mdm_store_update(store, init_key_fn, &k);
+        if (rc != 0) {
+            mdm_err_set(&err, rc, "cannot store the API key: %s", mdm_strerror(rc));
+            goto fail;
+        }
+    }
+
+    mdm_buf_printf(&text,
+                   "-- moonmdm configuration, written by `moonmdm init`.\n"
+                   "-- Every setting and its default: `moonmdm config defaults` or docs/CONFIG.md.\n"
+                   "-- Relative paths are resolved against this file's directory.\n"
+                   "return {\n  data_dir = ");
+    lua_quote(&text, dir);
+    mdm_buf_puts(&text, ",\n  listen = { ");
+    lua_quote(&text, listen);
+    mdm_buf_puts(&text, " },\n"
+                        "  tls = {\n"
+                        "    cert = \"server.crt\",\n"
+                        "    key = \"server.key\",\n"
+                        "    client_ca = { \"ca.crt\" },\n"
+                        "  },\n"
+                        "  ca = {\n"
+                        "    cert = \"ca.crt\",\n"
+                        "    key = \"ca.key\",\n"
+                        "  },\n"
+                        "  store = {\n"
+                        "    path = \"db\",\n"
+                        "  },\n"
+                        "  log = {\n"
+                        "    level = \"info\",\n"
+                        "  },\n"
+                        "}\n");
+    if (write_text_file(conf, text.data, 0600) != 0) {
+        mdm_err_set(&err, MDM_EIO, "cannot write %s: %s", conf, strerror(errno));
+        goto fail;
+    }
+    /* Prove the written config loads before saying it is done. */
+    mdm_config_t check;
+    if (mdm_config_load(&check, conf, &err) != 0)
+        goto fail;
+    mdm_config_free(&check);
+
+    printf("moonmdm data directory: %s\n", dir);
+    printf("  config:          %s\n", conf);
+    printf("  CA certificate:  %s  (install it on devices and clients that must trust the server)\n",
+           ca_crt_path);
+    printf("  TLS certificate: %s  (", srv_crt_path);
+    for (size_t i = 0; i < nsans; i++)
+        printf("%s%s", i ? ", " : "", sans[i]);
+    printf(")\n");
+    if (api_key) {
+        printf("  admin API key (shown only this once, store it now):\n");
+        printf("    %s\n", k.key);
+    }
+    printf("start with: moonmdm serve --config %s\n", conf);
+    exit_code = 0;
+    goto out;
+fail:
+    fprintf(stderr, "moonmdm init: %s\n", err.msg[0] ? err.msg : "failed");
+out:
+    mdm_store_close(store);
+    mdm_ca_free(ca);
+    EVP_PKEY_free(ca_key);
+    EVP_PKEY_free(srv_key);
+    X509_free(ca_crt);
+    X509_free(srv_crt);
+    mdm_buf_free(&text);
+    mdm_free(dir);
+    mdm_free(conf);
+    mdm_free(ca_key_path);
+    mdm_free(ca_crt_path);
+    mdm_free(srv_key_path);
+    mdm_free(srv_crt_path);
+    mdm_free(db_path);
+    return exit_code;
+}

@@ -1,0 +1,49 @@
+/* moonmdm: an Apple MDM server. This file only picks the subcommand. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char usage[] =
+    "usage: moonmdm <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  serve      run the server\n"
+    "  init       create a data directory (CA, TLS certificate, API key, config)\n"
+    "  config     print the default config, or check a config file\n"
+    "  apikey     create, list and revoke admin API keys\n"
+    "  version    print the version\n"
+    "  help       print this help\n"
+    "\n"
+    "Every command has --help.\n";
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "serve") == 0)
+        return mdm_cmd_serve(argc - 1, argv + 1);
+    if (strcmp(cmd, "init") == 0)
+        return mdm_cmd_init(argc - 1, argv + 1);
+    if (strcmp(cmd, "config") == 0)
+        return mdm_cmd_config(argc - 1, argv + 1);
+    if (strcmp(cmd, "apikey") == 0)
+        return mdm_cmd_apikey(argc - 1, argv + 1);
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        if (argc > 2 && strcmp(argv[2], "--help") == 0) {
+            puts("usage: moonmdm version\n\nPrints the version of moonmdm and of its store schema.");
+            return 0;
+        }
+        printf("moonmdm %s\n", MOONMDM_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        fputs(usage, stdout);
+        return 0;
+    }
+    fprintf(stderr, "moonmdm: unknown command \"%s\"\n\n%s", cmd, usage);
+    return 2;
+}

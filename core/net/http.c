@@ -1,0 +1,1085 @@
+/* HTTP/1.1 connections: TLS (or plain TCP) from libuv, llhttp parsing with
+ * limits, pipelined requests answered in order, keep-alive, timeouts, and
+ * responses held back until the store batch they depend on is committed. */
+#include "net/http.h"
+
+#include <llhttp.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "net/http_internal.h"
+#include "net/tls.h"
+#include "server.h"
+#include "util/alloc.h"
+#include "util/encode.h"
+#include "util/log.h"
+#include "util/misc.h"
+
+enum deadline_kind { DL_NONE, DL_READ, DL_IDLE, DL_WRITE };
+
+struct mdm_conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    mdm_server_t *server;
+    mdm_listener_t *listener;
+    mdm_conn_t *prev, *next;       /* server->conns */
+    mdm_conn_t *commit_next;       /* server->awaiting_commit */
+    bool in_commit_list;
+
+    bool is_tls;
+    mdm_tls_t tls;
+    X509 *peer_cert;
+
+    llhttp_t parser;
+    mdm_buf_t in;                  /* plaintext not yet parsed */
+    size_t in_off;
+    mdm_req_t *cur;                /* the request being parsed */
+    mdm_buf_t url, hfield, hval;
+    mdm_header_t *hdrs;
+    size_t nhdrs, hdrs_cap;
+    size_t header_bytes;
+    int error_status;              /* set by a parser callback that refuses */
+    const char *error_detail;
+
+    mdm_req_t *pipe_head, *pipe_tail;
+    size_t npipe;                  /* requests complete and not yet sent */
+
+    size_t writes_pending;
+    size_t write_bytes_pending;
+    int64_t deadline;              /* loop time in ms */
+    int deadline_kind;
+    int handles_open;
+
+    bool reading;
+    bool blocked;                  /* parsing stopped: too many requests queued */
+    bool closing;
+    bool close_when_done;
+    bool in_parse;
+    bool eof;
+    char remote[64];
+};
+
+typedef struct write_req {
+    uv_write_t req;
+    mdm_conn_t *conn;
+    size_t len;
+    char data[];
+} write_req_t;
+
+static llhttp_settings_t parser_settings;
+static bool parser_settings_ready;
+
+static void conn_parse(mdm_conn_t *c);
+static void conn_flush(mdm_conn_t *c);
+static void conn_maybe_free(mdm_conn_t *c);
+static void conn_update_reading(mdm_conn_t *c);
+
+/* ---- requests ------------------------------------------------------------ */
+
+static mdm_req_t *req_new(mdm_conn_t *c)
+{
+    mdm_req_t *req = mdm_calloc(1, sizeof(*req));
+    req->server = c->server;
+    req->conn = c;
+    req->tls = c->is_tls;
+    mdm_arena_init(&req->arena, 4096);
+    snprintf(req->remote_addr, sizeof(req->remote_addr), "%s", c->remote);
+    mdm_server_t *s = c->server;
+    snprintf(req->id, sizeof(req->id), "%s%08llx", s->request_prefix,
+             (unsigned long long)++s->next_request);
+    req->status = 0;
+    return req;
+}
+
+static void req_free(mdm_req_t *req)
+{
+    if (req->peer_cert != NULL && req->peer_cert_source != NULL &&
+        strcmp(req->peer_cert_source, "tls") != 0)
+        X509_free(req->peer_cert);
+    mdm_arena_free(&req->arena);
+    mdm_buf_free(&req->resp_head);
+    mdm_buf_free(&req->resp_body);
+    mdm_free(req->body);
+    mdm_free(req);
+}
+
+const char *mdm_req_header(const mdm_req_t *req, const char *name)
+{
+    for (size_t i = 0; i < req->nheaders; i++)
+        if (strcasecmp(req->headers[i].name, name) == 0)
+            return req->headers[i].value;
+    return NULL;
+}
+
+int mdm_req_query(const mdm_req_t *req, const char *name, mdm_buf_t *out, bool plus_is_space)
+{
+    size_t nl = strlen(name);
+    const char *q = req->query;
+    while (q != NULL && *q) {
+        const char *amp = strchr(q, '&');
+        size_t len = amp ? (size_t)(amp - q) : strlen(q);
+        const char *eq = memchr(q, '=', len);
+        size_t klen = eq ? (size_t)(eq - q) : len;
+        if (klen == nl && memcmp(q, name, nl) == 0) {
+            const char *v = eq ? eq + 1 : q + len;
+            size_t vlen = eq ? len - klen - 1 : 0;
+            return mdm_url_decode(out, v, vlen, plus_is_space);
+        }
+        q = amp ? amp + 1 : NULL;
+    }
+    return MDM_ENOTFOUND;
+}
+
+bool mdm_req_conn_open(const mdm_req_t *req)
+{
+    return req->conn != NULL && !req->conn->closing;
+}
+
+const char *mdm_http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 207: return "Multi-Status";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
+    }
+    return "Unknown";
+}
+
+void mdm_resp_header(mdm_req_t *req, const char *name, const char *value)
+{
+    mdm_buf_printf(&req->resp_head, "%s: %s\r\n", name, value);
+}
+
+static void http_date(mdm_server_t *s, char out[40])
+{
+    (void)s;
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, 40, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+}
+
+static void log_request(mdm_req_t *req)
+{
+    if (!req->server->cfg->log_requests || !mdm_log_enabled(MDM_LOG_INFO))
+        return;
+    char qp[300];
+    char cert[48] = "-";
+    if (req->peer_cert != NULL) {
+        unsigned char md[32];
+        unsigned int mdlen = 0;
+        if (X509_digest(req->peer_cert, EVP_sha256(), md, &mdlen) == 1)
+            mdm_hex_encode(cert, md, 8);
+    }
+    double ms = req->start_ns ? (double)(mdm_mono_ns() - req->start_ns) / 1e6 : 0.0;
+    mdm_log(req->status >= 500 ? MDM_LOG_WARN : MDM_LOG_INFO, req->id, "http.request",
+            "remote=%s method=%s path=%s status=%d bytes=%zu dur_ms=%.3f route=%s "
+            "client_cert=%s cert_source=%s",
+            req->remote_addr, req->method_name ? req->method_name : "-",
+            mdm_logq(qp, sizeof(qp), req->path), req->status, req->resp_body.len, ms,
+            req->route ? req->route->name : "-", cert,
+            req->peer_cert_source ? req->peer_cert_source : "-");
+}
+
+static void record_metrics(mdm_req_t *req)
+{
+    mdm_server_t *s = req->server;
+    if (req->start_ns)
+        mdm_histogram_observe_ns(s->metrics.latency, mdm_mono_ns() - req->start_ns);
+    char labels[160];
+    snprintf(labels, sizeof(labels), "route=\"%s\",status=\"%d\"",
+             req->route ? req->route->name : "none", req->status);
+    mdm_metric_add(mdm_metric(MDM_METRIC_COUNTER, "moonmdm_http_requests_total", labels,
+                              "HTTP requests answered, by route and status"),
+                   1);
+}
+
+void mdm_resp_send_buf(mdm_req_t *req, int status, const char *ctype)
+{
+    if (req->responded)
+        return;
+    req->status = status;
+    req->responded = true;
+    if (ctype != NULL)
+        mdm_buf_printf(&req->resp_head, "Content-Type: %s\r\n", ctype);
+    record_metrics(req);
+    log_request(req);
+    mdm_conn_t *c = req->conn;
+    if (c == NULL) {
+        req_free(req);
+        return;
+    }
+    if (mdm_store_pending(c->server->store))
+        req->held = true;
+    if (!c->in_parse)
+        conn_flush(c);
+}
+
+void mdm_resp_send(mdm_req_t *req, int status, const char *ctype, const void *body, size_t len)
+{
+    mdm_buf_reset(&req->resp_body);
+    if (len)
+        mdm_buf_append(&req->resp_body, body, len);
+    mdm_resp_send_buf(req, status, ctype);
+}
+
+void mdm_resp_text(mdm_req_t *req, int status, const char *text)
+{
+    mdm_buf_reset(&req->resp_body);
+    mdm_buf_puts(&req->resp_body, text);
+    if (text[0] && text[strlen(text) - 1] != '\n')
+        mdm_buf_putc(&req->resp_body, '\n');
+    mdm_resp_send_buf(req, status, "text/plain; charset=utf-8");
+}
+
+static void json_escape(mdm_buf_t *b, const char *s)
+{
+    mdm_buf_putc(b, '"');
+    for (; s && *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            mdm_buf_printf(b, "\\%c", ch);
+        else if (ch < 0x20)
+            mdm_buf_printf(b, "\\u%04x", ch);
+        else
+            mdm_buf_putc(b, (char)ch);
+    }
+    mdm_buf_putc(b, '"');
+}
+
+void mdm_resp_json_error(mdm_req_t *req, int status, const char *error, const char *detail)
+{
+    mdm_buf_reset(&req->resp_body);
+    mdm_buf_puts(&req->resp_body, "{\"error\":");
+    json_escape(&req->resp_body, error);
+    if (detail != NULL) {
+        mdm_buf_puts(&req->resp_body, ",\"detail\":");
+        json_escape(&req->resp_body, detail);
+    }
+    mdm_buf_puts(&req->resp_body, "}\n");
+    mdm_resp_send_buf(req, status, "application/json");
+}
+
+/* Serialises the response of req into out. */
+static void serialize_response(mdm_conn_t *c, mdm_req_t *req, mdm_buf_t *out)
+{
+    char date[40];
+    http_date(c->server, date);
+    mdm_buf_printf(out,
+                   "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: moonmdm\r\nX-Request-Id: %s\r\n"
+                   "Content-Length: %zu\r\n",
+                   req->status, mdm_http_reason(req->status), date, req->id, req->resp_body.len);
+    if (req->close_after || c->close_when_done || c->server->stopping)
+        mdm_buf_puts(out, "Connection: close\r\n");
+    if (req->resp_head.len)
+        mdm_buf_append(out, req->resp_head.data, req->resp_head.len);
+    mdm_buf_puts(out, "\r\n");
+    if (req->method != MDM_HEAD && req->resp_body.len)
+        mdm_buf_append(out, req->resp_body.data, req->resp_body.len);
+}
+
+/* ---- timers -------------------------------------------------------------- */
+
+static void conn_timer_cb(uv_timer_t *t);
+
+static void set_deadline(mdm_conn_t *c, int kind, uint64_t ms)
+{
+    if (c->closing)
+        return;
+    c->deadline_kind = kind;
+    if (kind == DL_NONE) {
+        c->deadline = INT64_MAX;
+        return;
+    }
+    int64_t now = (int64_t)uv_now(c->server->loop);
+    c->deadline = now + (int64_t)ms;
+    /* The timer is re-armed lazily: if it is due before the new deadline it
+     * will fire, see the later deadline and sleep again. */
+    if (!uv_is_active((uv_handle_t *)&c->timer) ||
+        (int64_t)uv_timer_get_due_in(&c->timer) > (int64_t)ms)
+        uv_timer_start(&c->timer, conn_timer_cb, ms, 0);
+}
+
+static void update_idle_deadline(mdm_conn_t *c)
+{
+    const mdm_config_t *cfg = c->server->cfg;
+    if (c->writes_pending > 0)
+        set_deadline(c, DL_WRITE, cfg->http_write_timeout_ms);
+    else if (c->cur != NULL)
+        ; /* the read deadline of the request in progress stands */
+    else if (c->npipe > 0)
+        set_deadline(c, DL_NONE, 0);
+    else
+        set_deadline(c, DL_IDLE, cfg->http_idle_timeout_ms);
+}
+
+static void queue_error_response(mdm_conn_t *c, int status, const char *detail);
+
+static void conn_timer_cb(uv_timer_t *t)
+{
+    mdm_conn_t *c = t->data;
+    if (c->closing || c->deadline_kind == DL_NONE)
+        return;
+    int64_t now = (int64_t)uv_now(c->server->loop);
+    if (now < c->deadline) {
+        uv_timer_start(&c->timer, conn_timer_cb, (uint64_t)(c->deadline - now), 0);
+        return;
+    }
+    switch (c->deadline_kind) {
+    case DL_READ:
+        mdm_metric_add(c->server->metrics.timeouts, 1);
+        if (c->is_tls && !c->tls.established) {
+            mdm_log(MDM_LOG_INFO, NULL, "tls.handshake_timeout", "remote=%s", c->remote);
+            mdm__conn_close(c);
+        } else if (c->cur != NULL && c->npipe == 0) {
+            mdm_log(MDM_LOG_INFO, c->cur->id, "http.read_timeout", "remote=%s", c->remote);
+            queue_error_response(c, 408, "the request was not complete within the read timeout");
+        } else {
+            mdm__conn_close(c);
+        }
+        break;
+    case DL_IDLE:
+        mdm_log(MDM_LOG_DEBUG, NULL, "http.idle_close", "remote=%s", c->remote);
+        mdm__conn_close(c);
+        break;
+    case DL_WRITE:
+        mdm_metric_add(c->server->metrics.timeouts, 1);
+        mdm_log(MDM_LOG_INFO, NULL, "http.write_timeout", "remote=%s", c->remote);
+        mdm__conn_close(c);
+        break;
+    }
+}
+
+/* ---- writing ------------------------------------------------------------- */
+
+static void after_write(uv_write_t *w, int status)
+{
+    write_req_t *wr = (write_req_t *)w;
+    mdm_conn_t *c = wr->conn;
+    c->writes_pending--;
+    c->write_bytes_pending -= wr->len;
+    mdm_free(wr);
+    if (status < 0 && !c->closing) {
+        mdm__conn_close(c);
+    } else if (c->closing) {
+        conn_maybe_free(c);
+    } else if (c->writes_pending == 0 && c->close_when_done && c->npipe == 0 &&
+               c->cur == NULL) {
+        mdm__conn_close(c);
+    } else {
+        update_idle_deadline(c);
+        conn_update_reading(c);
+    }
+}
+
+/* Writes bytes to the socket: synchronously when the kernel takes them,
+ * otherwise through a write request that owns a copy. */
+static void conn_write_raw(mdm_conn_t *c, const char *p, size_t n)
+{
+    if (n == 0 || c->closing)
+        return;
+    if (c->writes_pending == 0) {
+        uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+        int w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        if (w > 0) {
+            p += w;
+            n -= (size_t)w;
+        }
+        if (n == 0)
+            return;
+    }
+    write_req_t *wr = mdm_malloc(sizeof(*wr) + n);
+    wr->conn = c;
+    wr->len = n;
+    memcpy(wr->data, p, n);
+    uv_buf_t b = uv_buf_init(wr->data, (unsigned)n);
+    if (uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, after_write) != 0) {
+        mdm_free(wr);
+        mdm__conn_close(c);
+        return;
+    }
+    c->writes_pending++;
+    c->write_bytes_pending += n;
+}
+
+static void conn_send_plain(mdm_conn_t *c, const char *p, size_t n)
+{
+    if (!c->is_tls) {
+        conn_write_raw(c, p, n);
+        return;
+    }
+    if (mdm_tls_write(&c->tls, p, n) != 0) {
+        mdm__conn_close(c);
+        return;
+    }
+    mdm_buf_t *scratch = &c->server->scratch;
+    size_t mark = scratch->len;
+    mdm_tls_take_output(&c->tls, scratch);
+    conn_write_raw(c, scratch->data + mark, scratch->len - mark);
+    scratch->len = mark;
+}
+
+/* Sends the ciphertext OpenSSL produced on its own (handshake, alerts). */
+static void conn_send_tls_output(mdm_conn_t *c)
+{
+    if (!c->is_tls)
+        return;
+    mdm_buf_t out = MDM_BUF_INIT;
+    if (mdm_tls_take_output(&c->tls, &out) > 0)
+        conn_write_raw(c, out.data, out.len);
+    mdm_buf_free(&out);
+}
+
+static void pipe_pop(mdm_conn_t *c)
+{
+    mdm_req_t *r = c->pipe_head;
+    c->pipe_head = r->next;
+    if (c->pipe_head == NULL)
+        c->pipe_tail = NULL;
+    c->npipe--;
+}
+
+/* Sends every answered request at the head of the pipeline, in order. */
+static void conn_flush(mdm_conn_t *c)
+{
+    mdm_server_t *s = c->server;
+    if (c->closing) {
+        while (c->pipe_head != NULL && c->pipe_head->responded) {
+            mdm_req_t *r = c->pipe_head;
+            pipe_pop(c);
+            req_free(r);
+        }
+        conn_maybe_free(c);
+        return;
+    }
+    if (c->pipe_head == NULL || !c->pipe_head->responded)
+        return;
+    if (mdm_store_pending(s->store)) {
+        /* The batch these responses may depend on is not on disk yet. */
+        if (!c->in_commit_list) {
+            c->in_commit_list = true;
+            c->commit_next = s->awaiting_commit;
+            s->awaiting_commit = c;
+        }
+        return;
+    }
+    mdm_buf_t out = MDM_BUF_INIT;
+    while (c->pipe_head != NULL && c->pipe_head->responded) {
+        mdm_req_t *r = c->pipe_head;
+        if (r->close_after)
+            c->close_when_done = true;
+        serialize_response(c, r, &out);
+        pipe_pop(c);
+        req_free(r);
+        if (c->close_when_done)
+            break;
+    }
+    conn_send_plain(c, out.data, out.len);
+    mdm_buf_free(&out);
+    if (c->closing)
+        return;
+    if (s->stopping && c->cur == NULL)
+        c->close_when_done = true;
+    if (c->close_when_done && c->npipe == 0) {
+        /* Drop what else the client pipelined; close once written. */
+        if (c->writes_pending == 0)
+            mdm__conn_close(c);
+        return;
+    }
+    update_idle_deadline(c);
+    if (c->blocked && c->npipe < s->cfg->http_max_pipeline) {
+        c->blocked = false;
+        conn_parse(c);
+    }
+    conn_update_reading(c);
+}
+
+void mdm__conn_release_held(mdm_conn_t *c, bool failed)
+{
+    c->in_commit_list = false;
+    c->commit_next = NULL;
+    if (failed) {
+        for (mdm_req_t *r = c->pipe_head; r != NULL; r = r->next) {
+            if (!r->responded || !r->held)
+                continue;
+            mdm_buf_reset(&r->resp_head);
+            mdm_buf_reset(&r->resp_body);
+            mdm_buf_puts(&r->resp_body,
+                         "{\"error\":\"storage_unavailable\",\"detail\":\"the change could not "
+                         "be written to the store; nothing was saved, retry later\"}\n");
+            mdm_buf_puts(&r->resp_head, "Content-Type: application/json\r\nRetry-After: 5\r\n");
+            r->status = 503;
+        }
+    }
+    for (mdm_req_t *r = c->pipe_head; r != NULL; r = r->next)
+        r->held = false;
+    conn_flush(c);
+}
+
+mdm_conn_t *mdm__conn_commit_next(mdm_conn_t *c)
+{
+    return c->commit_next;
+}
+
+/* ---- errors from the parser ---------------------------------------------- */
+
+/* Answers the request being parsed (or a new one) with an error and closes
+ * the connection after it. */
+static void queue_error_response(mdm_conn_t *c, int status, const char *detail)
+{
+    mdm_req_t *req = c->cur;
+    if (req == NULL)
+        req = req_new(c);
+    c->cur = NULL;
+    req->close_after = true;
+    req->start_ns = mdm_mono_ns();
+    if (req->path == NULL)
+        req->path = c->url.len ? mdm_arena_strndup(&req->arena, c->url.data, 200) : NULL;
+    if (c->pipe_tail)
+        c->pipe_tail->next = req;
+    else
+        c->pipe_head = req;
+    c->pipe_tail = req;
+    c->npipe++;
+    c->close_when_done = true;
+    c->blocked = true; /* parse nothing more */
+    mdm_metric_add(c->server->metrics.bad_requests, 1);
+    const char *err = status == 431   ? "header_too_large"
+                      : status == 413 ? "body_too_large"
+                      : status == 408 ? "request_timeout"
+                                      : "bad_request";
+    mdm_log(MDM_LOG_INFO, req->id, "http.refused", "remote=%s status=%d reason=\"%s\"", c->remote,
+            status, detail);
+    mdm_resp_json_error(req, status, err, detail);
+    if (c->in_parse)
+        return;
+    conn_flush(c);
+}
+
+/* ---- parser callbacks ---------------------------------------------------- */
+
+#define CONN(p) ((mdm_conn_t *)(p)->data)
+
+static int count_header_bytes(mdm_conn_t *c, size_t n)
+{
+    c->header_bytes += n;
+    if (c->header_bytes > c->server->cfg->http_max_header_bytes) {
+        c->error_status = 431;
+        c->error_detail = "the request line and headers exceed http.max_header_bytes";
+        return -1;
+    }
+    return 0;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    mdm_conn_t *c = CONN(p);
+    c->cur = req_new(c);
+    c->header_bytes = 0;
+    c->nhdrs = 0;
+    mdm_buf_reset(&c->url);
+    mdm_buf_reset(&c->hfield);
+    mdm_buf_reset(&c->hval);
+    set_deadline(c, DL_READ, c->server->cfg->http_read_timeout_ms);
+    if (mdm_log_enabled(MDM_LOG_DEBUG))
+        mdm_log(MDM_LOG_DEBUG, c->cur->id, "http.request_begin", "remote=%s", c->remote);
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t n)
+{
+    mdm_conn_t *c = CONN(p);
+    if (count_header_bytes(c, n))
+        return -1;
+    mdm_buf_append(&c->url, at, n);
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t n)
+{
+    mdm_conn_t *c = CONN(p);
+    if (count_header_bytes(c, n))
+        return -1;
+    mdm_buf_append(&c->hfield, at, n);
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t n)
+{
+    mdm_conn_t *c = CONN(p);
+    if (count_header_bytes(c, n + 4))
+        return -1;
+    mdm_buf_append(&c->hval, at, n);
+    return 0;
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    mdm_conn_t *c = CONN(p);
+    mdm_req_t *req = c->cur;
+    if (c->nhdrs == c->hdrs_cap) {
+        size_t cap = c->hdrs_cap ? c->hdrs_cap * 2 : 32;
+        mdm_header_t *h = mdm_arena_alloc(&req->arena, cap * sizeof(*h));
+        if (c->nhdrs)
+            memcpy(h, c->hdrs, c->nhdrs * sizeof(*h));
+        c->hdrs = h;
+        c->hdrs_cap = cap;
+    }
+    const char *v = c->hval.data ? c->hval.data : "";
+    size_t vl = c->hval.len;
+    while (vl > 0 && (v[0] == ' ' || v[0] == '\t'))
+        v++, vl--;
+    while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+        vl--;
+    c->hdrs[c->nhdrs].name = mdm_arena_memdup(&req->arena, c->hfield.data ? c->hfield.data : "",
+                                              c->hfield.len);
+    c->hdrs[c->nhdrs].value = mdm_arena_memdup(&req->arena, v, vl);
+    c->nhdrs++;
+    mdm_buf_reset(&c->hfield);
+    mdm_buf_reset(&c->hval);
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    mdm_conn_t *c = CONN(p);
+    mdm_req_t *req = c->cur;
+    const mdm_config_t *cfg = c->server->cfg;
+
+    req->headers = c->hdrs;
+    req->nheaders = c->nhdrs;
+    /* The header array lives in this request's arena: the next request
+     * starts a new one. */
+    c->hdrs = NULL;
+    c->hdrs_cap = 0;
+    req->method_name = llhttp_method_name((llhttp_method_t)llhttp_get_method(p));
+    req->method = mdm_method_bit(req->method_name);
+    req->target = mdm_arena_memdup(&req->arena, c->url.data ? c->url.data : "", c->url.len);
+    char *q = strchr(req->target, '?');
+    if (q != NULL) {
+        req->path = mdm_arena_strndup(&req->arena, req->target, (size_t)(q - req->target));
+        req->query = q + 1;
+    } else {
+        req->path = req->target;
+        req->query = "";
+    }
+    if (p->flags & F_CONTENT_LENGTH && p->content_length > cfg->http_max_body_bytes) {
+        c->error_status = 413;
+        c->error_detail = "the body exceeds http.max_body_bytes";
+        return -1;
+    }
+    const char *expect = mdm_req_header(req, "Expect");
+    if (expect != NULL) {
+        if (strcasecmp(expect, "100-continue") != 0) {
+            c->error_status = 417;
+            c->error_detail = "only Expect: 100-continue is supported";
+            return -1;
+        }
+        /* An interim answer may only go out when no earlier response is
+         * still owed on this connection; otherwise the client sends the
+         * body after its own short wait. */
+        if (c->npipe == 0 && c->writes_pending == 0) {
+            static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+            conn_send_plain(c, cont, sizeof(cont) - 1);
+        }
+    }
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t n)
+{
+    mdm_conn_t *c = CONN(p);
+    mdm_req_t *req = c->cur;
+    if (req->body_len + n > c->server->cfg->http_max_body_bytes) {
+        c->error_status = 413;
+        c->error_detail = "the body exceeds http.max_body_bytes";
+        return -1;
+    }
+    req->body = mdm_realloc(req->body, req->body_len + n + 1);
+    memcpy(req->body + req->body_len, at, n);
+    req->body_len += n;
+    req->body[req->body_len] = '\0';
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    mdm_conn_t *c = CONN(p);
+    mdm_req_t *req = c->cur;
+    c->cur = NULL;
+    if (req->body == NULL) {
+        req->body = mdm_malloc(1);
+        req->body[0] = '\0';
+    }
+    req->close_after = !llhttp_should_keep_alive(p) || p->upgrade;
+    req->start_ns = mdm_mono_ns();
+    if (c->is_tls && c->peer_cert != NULL) {
+        req->peer_cert = c->peer_cert;
+        req->peer_cert_source = "tls";
+    }
+    if (c->pipe_tail)
+        c->pipe_tail->next = req;
+    else
+        c->pipe_head = req;
+    c->pipe_tail = req;
+    c->npipe++;
+    /* Stop here: the request is dispatched before the next one is parsed,
+     * so that pipelined requests are handled in order. */
+    return HPE_PAUSED;
+}
+
+static void init_parser_settings(void)
+{
+    if (parser_settings_ready)
+        return;
+    llhttp_settings_init(&parser_settings);
+    parser_settings.on_message_begin = on_message_begin;
+    parser_settings.on_url = on_url;
+    parser_settings.on_header_field = on_header_field;
+    parser_settings.on_header_value = on_header_value;
+    parser_settings.on_header_value_complete = on_header_value_complete;
+    parser_settings.on_headers_complete = on_headers_complete;
+    parser_settings.on_body = on_body;
+    parser_settings.on_message_complete = on_message_complete;
+    parser_settings_ready = true;
+}
+
+/* ---- parsing and reading ------------------------------------------------- */
+
+static void conn_parse(mdm_conn_t *c)
+{
+    mdm_server_t *s = c->server;
+    c->in_parse = true;
+    while (!c->closing && !c->blocked && c->in_off < c->in.len) {
+        if (c->npipe >= s->cfg->http_max_pipeline) {
+            c->blocked = true;
+            break;
+        }
+        const char *start = c->in.data + c->in_off;
+        size_t avail = c->in.len - c->in_off;
+        llhttp_errno_t e = llhttp_execute(&c->parser, start, avail);
+        if (e == HPE_OK) {
+            c->in_off = c->in.len;
+            break;
+        }
+        if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
+            const char *pos = llhttp_get_error_pos(&c->parser);
+            c->in_off += (size_t)(pos - start);
+            if (e == HPE_PAUSED_UPGRADE) {
+                /* No protocol upgrades: answer, then close. */
+                c->blocked = true;
+            } else {
+                llhttp_resume(&c->parser);
+            }
+            mdm_req_t *req = c->pipe_tail;
+            mdm__server_dispatch(s, req);
+            continue;
+        }
+        int status = c->error_status ? c->error_status : 400;
+        const char *detail = c->error_detail ? c->error_detail : llhttp_get_error_reason(&c->parser);
+        char buf[200];
+        if (!c->error_status) {
+            snprintf(buf, sizeof(buf), "malformed request: %s", detail ? detail : "parse error");
+            detail = buf;
+        }
+        queue_error_response(c, status, detail);
+        c->in_off = c->in.len;
+        break;
+    }
+    if (c->in_off == c->in.len) {
+        c->in.len = 0;
+        c->in_off = 0;
+    } else if (c->in_off > 65536) {
+        mdm_buf_consume(&c->in, c->in_off);
+        c->in_off = 0;
+    }
+    c->in_parse = false;
+    conn_flush(c);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    mdm_conn_t *c = h->data;
+    mdm_server_t *s = c->server;
+    /* Reads are handled one at a time on the loop thread, so one buffer is
+     * shared by every connection. */
+    buf->base = (char *)s->read_buf;
+    buf->len = s->read_buf_size;
+}
+
+static void on_peer_eof(mdm_conn_t *c)
+{
+    c->eof = true;
+    if (c->cur != NULL && c->npipe == 0) {
+        /* The client gave up in the middle of a request. */
+        mdm__conn_close(c);
+        return;
+    }
+    if (c->npipe == 0) {
+        mdm__conn_close(c);
+        return;
+    }
+    /* Answer what was asked, then close. */
+    c->close_when_done = true;
+    conn_update_reading(c);
+}
+
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    mdm_conn_t *c = stream->data;
+    if (nread == 0 || c->closing)
+        return;
+    if (nread < 0) {
+        on_peer_eof(c);
+        return;
+    }
+    if (!c->is_tls) {
+        mdm_buf_append(&c->in, buf->base, (size_t)nread);
+    } else {
+        const char *why = NULL;
+        int r = mdm_tls_feed(&c->tls, buf->base, (size_t)nread, &c->in, &why);
+        conn_send_tls_output(c);
+        if (r < 0) {
+            if (!c->tls.established) {
+                mdm_metric_add(c->server->metrics.tls_handshake_failures, 1);
+                mdm_log(MDM_LOG_INFO, NULL, "tls.handshake_failed", "remote=%s reason=\"%s\"",
+                        c->remote, why ? why : "?");
+            } else {
+                mdm_log(MDM_LOG_INFO, NULL, "tls.error", "remote=%s reason=\"%s\"", c->remote,
+                        why ? why : "?");
+            }
+            mdm__conn_close(c);
+            return;
+        }
+        if (r == MDM_TLS_HANDSHAKE_DONE) {
+            c->peer_cert = mdm_tls_peer_cert(&c->tls);
+            if (c->in.len == 0)
+                set_deadline(c, DL_IDLE, c->server->cfg->http_idle_timeout_ms);
+        }
+        if (r == MDM_TLS_CLOSED) {
+            on_peer_eof(c);
+            if (c->closing)
+                return;
+        }
+    }
+    if (c->in.len > c->in_off)
+        conn_parse(c);
+}
+
+static void conn_update_reading(mdm_conn_t *c)
+{
+    if (c->closing)
+        return;
+    bool want = !c->blocked && !c->eof && !c->close_when_done &&
+                c->write_bytes_pending < (4u << 20);
+    if (want && !c->reading) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) == 0)
+            c->reading = true;
+    } else if (!want && c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+}
+
+/* ---- lifecycle ----------------------------------------------------------- */
+
+static void conn_free(mdm_conn_t *c)
+{
+    mdm_server_t *s = c->server;
+    if (c->cur)
+        req_free(c->cur);
+    if (c->is_tls)
+        mdm_tls_free(&c->tls);
+    X509_free(c->peer_cert);
+    mdm_buf_free(&c->in);
+    mdm_buf_free(&c->url);
+    mdm_buf_free(&c->hfield);
+    mdm_buf_free(&c->hval);
+    mdm__server_conn_closed(s, c);
+    mdm_free(c);
+}
+
+static void conn_maybe_free(mdm_conn_t *c)
+{
+    if (c->closing && c->handles_open == 0 && c->npipe == 0 && c->writes_pending == 0)
+        conn_free(c);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    mdm_conn_t *c = h->data;
+    c->handles_open--;
+    conn_maybe_free(c);
+}
+
+void mdm__conn_close(mdm_conn_t *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    mdm_server_t *s = c->server;
+    /* Unlink from the server's lists now, so that nothing finds a
+     * connection that is going away. */
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (s->conns == c)
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    if (c->in_commit_list) {
+        mdm_conn_t **pp = &s->awaiting_commit;
+        while (*pp != NULL && *pp != c)
+            pp = &(*pp)->commit_next;
+        if (*pp == c)
+            *pp = c->commit_next;
+        c->in_commit_list = false;
+    }
+    s->nconns--;
+    mdm_metric_add(s->metrics.open_connections, -1);
+
+    /* Requests a handler still works on stay allocated until answered;
+     * answered ones are dropped now. */
+    if (c->cur) {
+        req_free(c->cur);
+        c->cur = NULL;
+    }
+    mdm_req_t **pp = &c->pipe_head;
+    c->pipe_tail = NULL;
+    while (*pp != NULL) {
+        mdm_req_t *r = *pp;
+        if (r->responded) {
+            *pp = r->next;
+            c->npipe--;
+            req_free(r);
+        } else {
+            r->conn = NULL; /* answered into the void */
+            *pp = r->next;
+            c->npipe--;
+        }
+    }
+    if (c->reading)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+}
+
+bool mdm__conn_idle(const mdm_conn_t *c)
+{
+    return c->cur == NULL && c->npipe == 0 && c->writes_pending == 0;
+}
+
+void mdm__conn_close_when_done(mdm_conn_t *c)
+{
+    if (c->closing)
+        return;
+    if (mdm__conn_idle(c) && (c->in.len == c->in_off)) {
+        mdm__conn_close(c);
+        return;
+    }
+    /* A request in progress is completed and answered; nothing after it is
+     * read. */
+    if (c->cur == NULL)
+        c->close_when_done = true;
+    else
+        c->blocked = false;
+}
+
+mdm_conn_t *mdm__conn_next(const mdm_conn_t *c)
+{
+    return c->next;
+}
+
+void mdm__conn_accept(mdm_server_t *s, mdm_listener_t *l)
+{
+    init_parser_settings();
+    mdm_conn_t *c = mdm_calloc(1, sizeof(*c));
+    c->server = s;
+    c->listener = l;
+    uv_tcp_init(s->loop, &c->tcp);
+    c->tcp.data = c;
+    c->handles_open = 1;
+    if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) != 0) {
+        c->closing = true;
+        uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+        return;
+    }
+    uv_timer_init(s->loop, &c->timer);
+    c->timer.data = c;
+    c->handles_open = 2;
+
+    /* Link in first so that a close unlinks consistently. */
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    mdm_metric_add(s->metrics.open_connections, 1);
+    mdm_metric_add(s->metrics.connections_total, 1);
+
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+        char ip[INET6_ADDRSTRLEN] = "?";
+        int port = 0;
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+            uv_ip4_name(a, ip, sizeof(ip));
+            port = ntohs(a->sin_port);
+            snprintf(c->remote, sizeof(c->remote), "%s:%d", ip, port);
+        } else if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+            uv_ip6_name(a, ip, sizeof(ip));
+            port = ntohs(a->sin6_port);
+            snprintf(c->remote, sizeof(c->remote), "[%s]:%d", ip, port);
+        }
+    }
+    if (s->nconns > s->cfg->http_max_connections || s->stopping) {
+        mdm_metric_add(s->metrics.connections_rejected, 1);
+        mdm_log(MDM_LOG_WARN, NULL, "http.connection_rejected",
+                "remote=%s open=%zu limit=%zu reason=%s", c->remote, s->nconns - 1,
+                s->cfg->http_max_connections, s->stopping ? "stopping" : "max_connections");
+        mdm__conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    c->is_tls = l->tls;
+    if (c->is_tls && mdm_tls_init(&c->tls, s->ssl_ctx) != 0) {
+        mdm__conn_close(c);
+        return;
+    }
+    llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
+    c->parser.data = c;
+    set_deadline(c, DL_READ, s->cfg->http_read_timeout_ms);
+    conn_update_reading(c);
+}

@@ -1,0 +1,27 @@
+/* Text encodings: base64 (standard alphabet, decoding skips whitespace),
+ * lowercase hex, and URL percent-decoding. */
+#ifndef MDM_ENCODE_H
+#define MDM_ENCODE_H
+
+#include <stddef.h>
+
+#include "util/buf.h"
+
+/* Appends the base64 form of p to out. */
+void mdm_base64_encode(mdm_buf_t *out, const void *p, size_t n);
+
+/* Appends the bytes of base64 text s to out; whitespace is skipped, padding
+ * optional. Returns 0, or MDM_EPARSE on a character outside the alphabet. */
+int mdm_base64_decode(mdm_buf_t *out, const char *s, size_t n);
+
+/* Writes 2n hex digits and a NUL into out (which holds 2n+1 bytes). */
+void mdm_hex_encode(char *out, const void *p, size_t n);
+
+/* Decodes 2n hex digits into n bytes; returns n or -1. */
+int mdm_hex_decode(unsigned char *out, size_t outlen, const char *s, size_t n);
+
+/* Percent-decodes s into out. When plus_is_space is false, '+' stays '+'
+ * (the SCEP message= rule). Returns 0 or MDM_EPARSE on a bad escape. */
+int mdm_url_decode(mdm_buf_t *out, const char *s, size_t n, int plus_is_space);
+
+#endif

@@ -1,0 +1,22 @@
+#!/bin/sh
+# Installs what is missing, builds and runs the whole test suite (C unit
+# tests and integration tests against the real binary) with ctest.
+#   scripts/test.sh              the normal build (build-test/)
+#   scripts/test.sh --sanitize   the same under ASan/UBSan (build-asan/)
+# Extra arguments after the flag go to ctest (e.g. -R http).
+set -eu
+cd "$(dirname "$0")/.."
+dir=build-test
+flags="-DCMAKE_BUILD_TYPE=RelWithDebInfo"
+if [ "${1:-}" = "--sanitize" ]; then
+    shift
+    dir=build-asan
+    flags="-DCMAKE_BUILD_TYPE=Debug -DSANITIZE=address,undefined"
+    export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1"
+    export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+fi
+scripts/deps.sh --test
+# shellcheck disable=SC2086
+cmake -S . -B "$dir" $flags >/dev/null
+cmake --build "$dir" -j"$(nproc)"
+exec ctest --test-dir "$dir" --output-on-failure "$@"
