@@ -192,7 +192,7 @@ static const opt_t options[] = {
     {.key = "mdm.result_retention", .type = OPT_DURATION, FIELD(mdm_result_retention_ms),
      .def = "30d", .doc = "How long command results are kept."},
     {.key = "mdm.notnow_max", .type = OPT_INT, FIELD(mdm_notnow_max), .def = "50",
-     .doc = "NotNow replies after which a command is given up (0: never)."},
+     .doc = "NotNow replies after which a command is given up."},
 
     {.key = "api.enabled", .type = OPT_BOOL, FIELD(api_enabled), .def = "true",
      .doc = "Serve the admin API (/v1/...)."},
@@ -244,6 +244,15 @@ static void strlist_push(mdm_strlist_t *l, char *s)
     l->v[l->n++] = s;
 }
 
+/* "<data_dir>/x" with data_dir filled in. */
+static char *expand_data_dir(const char *def, const char *data_dir)
+{
+    const char *rest = def + strlen(DATA_DIR_VAR);
+    if (strcmp(data_dir, "/") == 0 && rest[0] == '/')
+        rest++;
+    return mdm_sprintf("%s%s", data_dir, rest);
+}
+
 /* Fills a list from "a,b,c" (the default text form); "" gives an empty
  * list that is nonetheless marked as set (v != NULL). */
 static void strlist_from_text(mdm_strlist_t *l, const char *text, const char *data_dir)
@@ -256,7 +265,7 @@ static void strlist_from_text(mdm_strlist_t *l, const char *text, const char *da
         size_t len = end ? (size_t)(end - p) : strlen(p);
         char *item = mdm_strndup(p, len);
         if (data_dir != NULL && strncmp(item, DATA_DIR_VAR, strlen(DATA_DIR_VAR)) == 0) {
-            char *full = mdm_sprintf("%s%s", data_dir, item + strlen(DATA_DIR_VAR));
+            char *full = expand_data_dir(item, data_dir);
             mdm_free(item);
             item = full;
         }
@@ -448,10 +457,7 @@ void mdm_config_finish(mdm_config_t *cfg)
             if (l->v == NULL)
                 strlist_from_text(l, o->def, dir);
         } else if (*(char **)field_ptr(cfg, o) == NULL) {
-            const char *rest = o->def + strlen(DATA_DIR_VAR);
-            if (strcmp(dir, "/") == 0 && rest[0] == '/')
-                rest++;
-            set_string(cfg, o, mdm_sprintf("%s%s", dir, rest));
+            set_string(cfg, o, expand_data_dir(o->def, dir));
         }
     }
     mdm_free(dir);
@@ -904,6 +910,23 @@ static int sandbox_getenv(lua_State *L)
     return 1;
 }
 
+/* setmetatable without finalizers: Lua runs __gc with hooks off, so a
+ * finalizer that loops could not be stopped. Lua 5.4 only finalizes objects
+ * whose metatable has __gc when it is set, so checking here suffices. */
+static int sandbox_setmetatable(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");
+        if (lua_rawget(L, 2) != LUA_TNIL)
+            return luaL_error(L, "setmetatable: __gc is not allowed in a config file");
+        lua_pop(L, 1);
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
 static const char *value_type(lua_State *L, int idx)
 {
     return luaL_typename(L, idx);
@@ -983,8 +1006,11 @@ static void set_list(lua_State *L, load_ctx_t *c, const opt_t *o)
         lua_pop(L, 1);
         if (k < 1 || (lua_Unsigned)k > n) {
             if (lua_type(L, -1) == LUA_TSTRING)
-                add_err(c, o->key, NULL, "expected a list of strings, found the key \"%s\"",
+                add_err(c, o->key, NULL, "expected a list of strings, found the key \"%.64s\"",
                         lua_tostring(L, -1));
+            else if (lua_isinteger(L, -1))
+                add_err(c, o->key, NULL, "expected a list of strings, found the key [%lld]",
+                        (long long)lua_tointeger(L, -1));
             else
                 add_err(c, o->key, NULL, "expected a list of strings, found a %s key",
                         value_type(L, -1));
@@ -1306,12 +1332,17 @@ static int sandbox_main(lua_State *L)
         luaL_requiref(L, libs[i].name, libs[i].open, 1);
         lua_pop(L, 1);
     }
-    /* Nothing that reads files or compiles code at run time. */
-    static const char *const removed[] = {"dofile", "loadfile", "load", "require"};
+    /* Nothing that reads files or compiles code at run time. xpcall goes
+     * too: Lua runs its message handler with hooks off when the error comes
+     * from our hook, so a looping handler would never be stopped. */
+    static const char *const removed[] = {"dofile", "loadfile", "load", "require", "xpcall"};
     for (size_t i = 0; i < sizeof(removed) / sizeof(removed[0]); i++) {
         lua_pushnil(L);
         lua_setglobal(L, removed[i]);
     }
+    lua_getglobal(L, "setmetatable");
+    lua_pushcclosure(L, sandbox_setmetatable, 1);
+    lua_setglobal(L, "setmetatable");
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, sandbox_getenv);
     lua_setfield(L, -2, "getenv");
@@ -1725,8 +1756,9 @@ void mdm_config_write_markdown(mdm_buf_t *out)
         "- Relative paths are resolved against the directory of the config file.\n"
         "  Defaults written `<data_dir>/...` follow `data_dir`.\n"
         "- The file runs in a sandbox: the base functions (without `dofile`,\n"
-        "  `loadfile`, `load`, `require`), `string`, `table`, `math` and\n"
-        "  `os.getenv`, with at most 16 MiB of memory and 10 million instructions.\n"
+        "  `loadfile`, `load`, `require` and `xpcall`; `setmetatable` refuses\n"
+        "  `__gc`), `string`, `table`, `math` and `os.getenv`, with at most\n"
+        "  16 MiB of memory and 10 million instructions.\n"
         "\n"
         "| key | type | default | description |\n"
         "|---|---|---|---|\n");

@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 
 #include "api/apikeys.h"
+#include "modules.h"
 #include "net/http_internal.h"
 #include "net/tls.h"
 #include "util/alloc.h"
@@ -446,6 +447,9 @@ int mdm_server_init(mdm_server_t *s, uv_loop_t *loop, mdm_config_t *cfg, mdm_err
             return rc;
     }
     register_core_routes(s);
+    rc = mdm__modules_init(s, err);
+    if (rc != 0)
+        return rc;
 
     uv_check_init(loop, &s->commit_check);
     s->commit_check.data = s;
@@ -559,6 +563,7 @@ int mdm_server_listen(mdm_server_t *s, mdm_err_t *err)
 
 void mdm_server_free(mdm_server_t *s)
 {
+    mdm__modules_free(s);
     if (s->store != NULL) {
         int rc = mdm_store_flush(s->store);
         if (rc != 0)
@@ -572,5 +577,7 @@ void mdm_server_free(mdm_server_t *s)
     mdm_free(s->listeners);
     mdm_free(s->read_buf);
     mdm_buf_free(&s->scratch);
+    mdm_buf_free(&s->out);
+    mdm__http_free_pool(s);
     memset(s, 0, sizeof(*s));
 }

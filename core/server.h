@@ -70,6 +70,11 @@ struct mdm_server {
 
     mdm_http_metrics_t metrics;
     mdm_buf_t scratch;            /* ciphertext staging for writes */
+    mdm_buf_t out;                /* plaintext staging for responses */
+    mdm_req_t *req_pool;          /* finished requests kept for reuse */
+    size_t req_pool_n;
+    char http_date[40];           /* Date header value, refreshed each second */
+    int64_t http_date_sec;
     unsigned char *read_buf;      /* shared by every connection's reads */
     size_t read_buf_size;
 

@@ -79,31 +79,88 @@ static void conn_update_reading(mdm_conn_t *c);
 
 /* ---- requests ------------------------------------------------------------ */
 
+#define REQ_POOL_MAX 1024
+
+static void format_request_id(mdm_server_t *s, char out[24])
+{
+    static const char hx[] = "0123456789abcdef";
+    uint64_t n = ++s->next_request;
+    size_t p = strlen(s->request_prefix);
+    memcpy(out, s->request_prefix, p);
+    /* At least 8 hex digits, more when the counter needs them. */
+    int digits = 8;
+    while (digits < 16 && (n >> (4 * digits)) != 0)
+        digits++;
+    for (int i = digits - 1; i >= 0; i--)
+        out[p++] = hx[(n >> (4 * i)) & 15];
+    out[p] = '\0';
+}
+
 static mdm_req_t *req_new(mdm_conn_t *c)
 {
-    mdm_req_t *req = mdm_calloc(1, sizeof(*req));
-    req->server = c->server;
+    mdm_server_t *s = c->server;
+    mdm_req_t *req = s->req_pool;
+    if (req != NULL) {
+        s->req_pool = req->next;
+        s->req_pool_n--;
+        /* Keep the arena's first chunk and the response buffers. */
+        mdm_arena_t arena = req->arena;
+        mdm_buf_t head = req->resp_head, body = req->resp_body;
+        memset(req, 0, sizeof(*req));
+        req->arena = arena;
+        req->resp_head = head;
+        req->resp_body = body;
+    } else {
+        req = mdm_calloc(1, sizeof(*req));
+        mdm_arena_init(&req->arena, 4096);
+    }
+    req->server = s;
     req->conn = c;
     req->tls = c->is_tls;
-    mdm_arena_init(&req->arena, 4096);
-    snprintf(req->remote_addr, sizeof(req->remote_addr), "%s", c->remote);
-    mdm_server_t *s = c->server;
-    snprintf(req->id, sizeof(req->id), "%s%08llx", s->request_prefix,
-             (unsigned long long)++s->next_request);
-    req->status = 0;
+    memcpy(req->remote_addr, c->remote, sizeof(req->remote_addr));
+    format_request_id(s, req->id);
     return req;
 }
 
 static void req_free(mdm_req_t *req)
 {
+    mdm_server_t *s = req->server;
     if (req->peer_cert != NULL && req->peer_cert_source != NULL &&
         strcmp(req->peer_cert_source, "tls") != 0)
         X509_free(req->peer_cert);
+    mdm_free(req->body);
+    req->body = NULL;
+    if (s->req_pool_n < REQ_POOL_MAX && !s->stopping) {
+        mdm_arena_reset(&req->arena);
+        if (req->resp_body.cap > 65536)
+            mdm_buf_free(&req->resp_body);
+        if (req->resp_head.cap > 4096)
+            mdm_buf_free(&req->resp_head);
+        mdm_buf_reset(&req->resp_head);
+        mdm_buf_reset(&req->resp_body);
+        req->next = s->req_pool;
+        s->req_pool = req;
+        s->req_pool_n++;
+        return;
+    }
     mdm_arena_free(&req->arena);
     mdm_buf_free(&req->resp_head);
     mdm_buf_free(&req->resp_body);
-    mdm_free(req->body);
     mdm_free(req);
+}
+
+/* Frees the pool of finished requests (server shutdown). */
+void mdm__http_free_pool(mdm_server_t *s)
+{
+    while (s->req_pool != NULL) {
+        mdm_req_t *r = s->req_pool;
+        s->req_pool = r->next;
+        mdm_arena_free(&r->arena);
+        mdm_buf_free(&r->resp_head);
+        mdm_buf_free(&r->resp_body);
+        mdm_free(r);
+    }
+    s->req_pool_n = 0;
 }
 
 const char *mdm_req_header(const mdm_req_t *req, const char *name)
@@ -180,13 +237,16 @@ void mdm_resp_header(mdm_req_t *req, const char *name, const char *value)
     mdm_buf_printf(&req->resp_head, "%s: %s\r\n", name, value);
 }
 
-static void http_date(mdm_server_t *s, char out[40])
+static const char *http_date(mdm_server_t *s)
 {
-    (void)s;
     time_t t = time(NULL);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(out, 40, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    if ((int64_t)t != s->http_date_sec) {
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(s->http_date, sizeof(s->http_date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        s->http_date_sec = (int64_t)t;
+    }
+    return s->http_date;
 }
 
 static void log_request(mdm_req_t *req)
@@ -211,17 +271,38 @@ static void log_request(mdm_req_t *req)
             req->peer_cert_source ? req->peer_cert_source : "-");
 }
 
+static mdm_metric_t *request_counter(mdm_req_t *req)
+{
+    mdm_route_t *rt = (mdm_route_t *)req->route;
+    if (rt != NULL) {
+        for (size_t i = 0; i < sizeof(rt->status_cache) / sizeof(rt->status_cache[0]); i++) {
+            if (rt->status_cache[i].status == req->status)
+                return rt->status_cache[i].metric;
+            if (rt->status_cache[i].status == 0) {
+                char labels[160];
+                snprintf(labels, sizeof(labels), "route=\"%s\",status=\"%d\"", rt->name,
+                         req->status);
+                rt->status_cache[i].metric =
+                    mdm_metric(MDM_METRIC_COUNTER, "moonmdm_http_requests_total", labels,
+                               "HTTP requests answered, by route and status");
+                rt->status_cache[i].status = req->status;
+                return rt->status_cache[i].metric;
+            }
+        }
+    }
+    char labels[160];
+    snprintf(labels, sizeof(labels), "route=\"%s\",status=\"%d\"", rt ? rt->name : "none",
+             req->status);
+    return mdm_metric(MDM_METRIC_COUNTER, "moonmdm_http_requests_total", labels,
+                      "HTTP requests answered, by route and status");
+}
+
 static void record_metrics(mdm_req_t *req)
 {
     mdm_server_t *s = req->server;
     if (req->start_ns)
         mdm_histogram_observe_ns(s->metrics.latency, mdm_mono_ns() - req->start_ns);
-    char labels[160];
-    snprintf(labels, sizeof(labels), "route=\"%s\",status=\"%d\"",
-             req->route ? req->route->name : "none", req->status);
-    mdm_metric_add(mdm_metric(MDM_METRIC_COUNTER, "moonmdm_http_requests_total", labels,
-                              "HTTP requests answered, by route and status"),
-                   1);
+    mdm_metric_add(request_counter(req), 1);
 }
 
 void mdm_resp_send_buf(mdm_req_t *req, int status, const char *ctype)
@@ -290,20 +371,42 @@ void mdm_resp_json_error(mdm_req_t *req, int status, const char *error, const ch
     mdm_resp_send_buf(req, status, "application/json");
 }
 
-/* Serialises the response of req into out. */
+static void buf_put_uint(mdm_buf_t *b, uint64_t v)
+{
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    mdm_buf_reserve(b, (size_t)n);
+    while (n > 0)
+        b->data[b->len++] = tmp[--n];
+    b->data[b->len] = '\0';
+}
+
+#define PUT_LIT(b, s) mdm_buf_append((b), (s), sizeof(s) - 1)
+
+/* Serialises the response of req into out (no printf: this runs for
+ * every response). */
 static void serialize_response(mdm_conn_t *c, mdm_req_t *req, mdm_buf_t *out)
 {
-    char date[40];
-    http_date(c->server, date);
-    mdm_buf_printf(out,
-                   "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: moonmdm\r\nX-Request-Id: %s\r\n"
-                   "Content-Length: %zu\r\n",
-                   req->status, mdm_http_reason(req->status), date, req->id, req->resp_body.len);
+    PUT_LIT(out, "HTTP/1.1 ");
+    buf_put_uint(out, (uint64_t)req->status);
+    mdm_buf_putc(out, ' ');
+    mdm_buf_puts(out, mdm_http_reason(req->status));
+    PUT_LIT(out, "\r\nDate: ");
+    mdm_buf_puts(out, http_date(c->server));
+    PUT_LIT(out, "\r\nServer: moonmdm\r\nX-Request-Id: ");
+    mdm_buf_puts(out, req->id);
+    PUT_LIT(out, "\r\nContent-Length: ");
+    buf_put_uint(out, req->resp_body.len);
+    PUT_LIT(out, "\r\n");
     if (req->close_after || c->close_when_done || c->server->stopping)
-        mdm_buf_puts(out, "Connection: close\r\n");
+        PUT_LIT(out, "Connection: close\r\n");
     if (req->resp_head.len)
         mdm_buf_append(out, req->resp_head.data, req->resp_head.len);
-    mdm_buf_puts(out, "\r\n");
+    PUT_LIT(out, "\r\n");
     if (req->method != MDM_HEAD && req->resp_body.len)
         mdm_buf_append(out, req->resp_body.data, req->resp_body.len);
 }
@@ -493,19 +596,21 @@ static void conn_flush(mdm_conn_t *c)
         }
         return;
     }
-    mdm_buf_t out = MDM_BUF_INIT;
+    mdm_buf_t *out = &s->out;
+    mdm_buf_reset(out);
     while (c->pipe_head != NULL && c->pipe_head->responded) {
         mdm_req_t *r = c->pipe_head;
         if (r->close_after)
             c->close_when_done = true;
-        serialize_response(c, r, &out);
+        serialize_response(c, r, out);
         pipe_pop(c);
         req_free(r);
         if (c->close_when_done)
             break;
     }
-    conn_send_plain(c, out.data, out.len);
-    mdm_buf_free(&out);
+    conn_send_plain(c, out->data, out->len);
+    if (out->cap > (1u << 20))
+        mdm_buf_free(out);
     if (c->closing)
         return;
     if (s->stopping && c->cur == NULL)

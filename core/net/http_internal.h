@@ -27,4 +27,7 @@ mdm_conn_t *mdm__conn_next(const mdm_conn_t *c);
  * nothing: the server clears the list head itself). */
 mdm_conn_t *mdm__conn_commit_next(mdm_conn_t *c);
 
+/* Frees the pool of finished requests (server shutdown). */
+void mdm__http_free_pool(mdm_server_t *s);
+
 #endif

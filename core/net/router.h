@@ -29,6 +29,12 @@ struct mdm_route {
     int auth;                /* enum mdm_route_auth */
     const char *name;        /* label for metrics and logs */
     size_t index;            /* position in the table (set by the router) */
+    /* The request counters of the statuses seen most, so that counting a
+     * request needs no lookup by name (filled by the HTTP layer). */
+    struct {
+        int status;
+        struct mdm_metric *metric;
+    } status_cache[8];
 };
 
 typedef struct mdm_router {

@@ -4,6 +4,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "util/log.h"
 
@@ -112,6 +113,14 @@ int mdm_tls_server_ctx(const mdm_config_t *cfg, SSL_CTX **out, X509_STORE **clie
             SSL_CTX_add0_chain_cert(ctx, x);
         ERR_clear_error();
         BIO_free(bio);
+    }
+    struct stat st;
+    if (stat(cfg->tls_key, &st) == 0 && (st.st_mode & 077) && !cfg->tls_allow_insecure_key_mode) {
+        rc = mdm_err_set(err, MDM_ECONFIG,
+                         "tls.key %s is readable by group or others (mode %03o): run `chmod 600 "
+                         "%s`, or set tls.allow_insecure_key_mode = true",
+                         cfg->tls_key, (unsigned)(st.st_mode & 0777), cfg->tls_key);
+        goto out;
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key, SSL_FILETYPE_PEM) != 1) {
         char what[600];

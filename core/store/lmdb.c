@@ -82,7 +82,7 @@ struct lmdb_store {
 
     struct lmdb_txn utxn;
     bool in_fn;
-    mdm_arena_t arena; /* copies of values from dirty pages */
+    mdm_arena_t arena; /* copies of what write transactions read */
 
     uint64_t commits, commit_failures, grows;
 };
@@ -106,6 +106,7 @@ static int map_err(int rc)
         return MDM_ENOMEM;
     case ENOSPC:
     case EDQUOT:
+    case EFBIG:
         return MDM_ENOSPACE;
     case EACCES:
     case EROFS:
@@ -126,6 +127,7 @@ static int map_commit_err(int rc)
     switch (rc) {
     case ENOSPC:
     case EDQUOT:
+    case EFBIG:
     case MDB_MAP_FULL:
     case MDB_TXN_FULL:
         return MDM_ENOSPACE;

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -826,6 +827,138 @@ static void test_map_limit(void **state)
     mdm_store_close(s);
 }
 
+/* Another process grows the map past this one's: the next transaction
+ * follows the new size (MDB_MAP_RESIZED). */
+static void test_map_resized_by_other_process(void **state)
+{
+    struct fx *fx = *state;
+    mdm_store_config_t cfg = config(fx->path, MDM_STORE_CREATE);
+    cfg.map_size = 1 << 20;
+    cfg.map_max = 64 << 20;
+    cfg.sync = false;
+    mdm_store_t *s = open_cfg(&cfg);
+    assert_rc(put_str(s, "mine", "1"), 0);
+    assert_rc(mdm_store_flush(s), 0);
+    assert_value(s, "mine", "1"); /* leaves a cached read transaction */
+
+    int n = 100;
+    struct child ch;
+    if (child_start(&ch)) {
+        mdm_store_config_t ccfg = cfg;
+        ccfg.flags = 0;
+        mdm_store_t *w = NULL;
+        if (mdm_store_open(&mdm_store_lmdb, &ccfg, &w, NULL) != 0)
+            child_exit(2);
+        struct blob b = {.buf = mdm_malloc(64 << 10), .len = 64 << 10};
+        int rc = 0;
+        for (int i = 0; i < n && rc == 0; i++) {
+            b.i = i;
+            rc = mdm_store_update(w, blob_put_fn, &b);
+            if (rc == 0)
+                rc = mdm_store_flush(w);
+        }
+        mdm_free(b.buf);
+        mdm_store_close(w);
+        child_exit(rc == 0 ? 0 : 3);
+    }
+    assert_int_equal(child_wait(&ch), 0);
+
+    assert_blobs(s, n);
+    mdm_store_stats_t st;
+    assert_rc(mdm_store_stats(s, &st), 0);
+    if (st.map_size < (size_t)n * (64 << 10) || st.grows != 0)
+        fail_msg("map_size=%zu grows=%llu after another process wrote %d KiB", st.map_size,
+                 (unsigned long long)st.grows, n * 64);
+    assert_rc(put_str(s, "mine", "2"), 0);
+    assert_rc(mdm_store_flush(s), 0);
+    assert_value(s, "mine", "2");
+    mdm_store_close(s);
+}
+
+/* The disk refuses a commit (a file size limit stands in for a full disk):
+ * the whole batch is lost and reported, the store goes on. */
+static int commit_failure_child(const char *path)
+{
+    signal(SIGXFSZ, SIG_IGN);
+    mdm_store_config_t cfg = config(path, 0);
+    cfg.map_size = 1 << 20;
+    cfg.map_max = 64 << 20;
+    mdm_store_t *s = NULL;
+    if (mdm_store_open(&mdm_store_lmdb, &cfg, &s, NULL) != 0)
+        return 2;
+    char data[200];
+    snprintf(data, sizeof(data), "%s/data.mdb", path);
+    struct stat st;
+    if (stat(data, &st) != 0)
+        return 3;
+    struct rlimit rl = {.rlim_cur = (rlim_t)st.st_size, .rlim_max = RLIM_INFINITY};
+    if (setrlimit(RLIMIT_FSIZE, &rl) != 0)
+        return 4;
+
+    /* A batch whose commit fails. */
+    int rc = put_str(s, "lost1", "x");
+    if (rc != 0)
+        return 10;
+    rc = mdm_store_flush(s);
+    if (rc != MDM_ENOSPACE) {
+        fprintf(stderr, "child: flush: %s, want ENOSPACE\n", mdm_errname(rc));
+        return 11;
+    }
+    mdm_store_stats_t sst;
+    if (mdm_store_stats(s, &sst) != 0 || sst.commit_failures != 1 || mdm_store_pending(s))
+        return 12;
+
+    /* A batch lost while the map grows: the update that needed room and
+     * the next flush both say so. */
+    if (put_str(s, "lost2", "x") != 0)
+        return 20;
+    struct blob b = {.i = 1, .len = 2 << 20, .buf = mdm_malloc(2 << 20)};
+    rc = mdm_store_update(s, blob_put_fn, &b);
+    mdm_free(b.buf);
+    if (rc != MDM_ENOSPACE) {
+        fprintf(stderr, "child: big update: %s, want ENOSPACE\n", mdm_errname(rc));
+        return 21;
+    }
+    if (!mdm_store_pending(s))
+        return 22;
+    rc = mdm_store_flush(s);
+    if (rc != MDM_ENOSPACE) {
+        fprintf(stderr, "child: flush after lost batch: %s, want ENOSPACE\n", mdm_errname(rc));
+        return 23;
+    }
+    if (mdm_store_pending(s) || mdm_store_flush(s) != 0)
+        return 24;
+    if (get_str(s, "before", NULL, 0) != 0 || get_str(s, "lost1", NULL, 0) != MDM_ENOTFOUND ||
+        get_str(s, "lost2", NULL, 0) != MDM_ENOTFOUND)
+        return 25;
+    mdm_store_close(s);
+    return 0;
+}
+
+static void test_commit_failure(void **state)
+{
+    struct fx *fx = *state;
+    mdm_store_config_t cfg = config(fx->path, MDM_STORE_CREATE);
+    cfg.map_size = 1 << 20; /* so that the child's big update has to grow it */
+    mdm_store_t *s = open_cfg(&cfg);
+    assert_rc(put_str(s, "before", "ok"), 0);
+    mdm_store_close(s);
+
+    struct child ch;
+    if (child_start(&ch))
+        child_exit(commit_failure_child(fx->path));
+    assert_int_equal(child_wait(&ch), 0);
+
+    s = open_store(fx->path, 0);
+    assert_value(s, "before", "ok");
+    assert_absent(s, "lost1");
+    assert_absent(s, "lost2");
+    assert_rc(put_str(s, "after", "ok"), 0);
+    assert_rc(mdm_store_flush(s), 0);
+    assert_value(s, "after", "ok");
+    mdm_store_close(s);
+}
+
 static int fill_fn(mdm_txn_t *t, void *arg)
 {
     int n = *(int *)arg;
@@ -1087,6 +1220,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cursors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_growth, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map_resized_by_other_process, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_commit_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_autoflush, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill9_durability, setup, teardown),
