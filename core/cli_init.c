@@ -15,6 +15,7 @@
 #include "config.h"
 #include "crypto/ca.h"
 #include "crypto/keys.h"
+#include "scep/scep.h"
 #include "store/store.h"
 #include "util/alloc.h"
 #include "util/buf.h"
@@ -23,9 +24,10 @@ static const char init_usage[] =
     "usage: moonmdm init [options]\n"
     "\n"
     "Creates a data directory: a CA (key and certificate), a TLS server key and\n"
-    "certificate signed by it, the store, an admin API key (printed once) and a\n"
-    "config file <data-dir>/moonmdm.conf.lua. Refuses to overwrite an existing\n"
-    "data directory unless --force is given.\n"
+    "certificate signed by it, a SCEP RA key and certificate signed by it, the\n"
+    "store, an admin API key (printed once) and a config file\n"
+    "<data-dir>/moonmdm.conf.lua. Refuses to overwrite an existing data\n"
+    "directory unless --force is given.\n"
     "\n"
     "options:\n"
     "  -d, --data-dir DIR     where to create it (default ./data)\n"
@@ -34,8 +36,12 @@ static const char init_usage[] =
     "                         DNS:localhost, IP:127.0.0.1, IP:::1)\n"
     "      --server-name CN   common name of the server certificate (default: the\n"
     "                         first DNS name, else localhost)\n"
-    "      --ca-key SPEC      CA key: rsa:2048, rsa:3072 (default), rsa:4096,\n"
-    "                         ec:P-256 or ec:P-384\n"
+    "      --ca-key SPEC      CA key: ec:P-256 (default), ec:P-384, rsa:2048,\n"
+    "                         rsa:3072 or rsa:4096\n"
+    "      --ra-key SPEC      SCEP RA key: rsa:2048 (default), rsa:3072 or rsa:4096;\n"
+    "                         SCEP clients encrypt their requests to it\n"
+    "      --no-ra            no RA: the CA answers SCEP itself (its key must then\n"
+    "                         be RSA)\n"
     "      --server-key SPEC  TLS server key (default ec:P-256)\n"
     "      --ca-name CN       common name of the CA (default \"moonmdm CA\")\n"
     "      --ca-days N        validity of the CA certificate (default 3650)\n"
@@ -109,11 +115,15 @@ int mdm_cmd_init(int argc, char **argv)
         {"ca-days", required_argument, NULL, 'D'},
         {"listen", required_argument, NULL, 'l'},
         {"no-api-key", no_argument, NULL, 'A'},
+        {"ra-key", required_argument, NULL, 'R'},
+        {"no-ra", no_argument, NULL, 'r'},
         {"force", no_argument, NULL, 'f'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *data_dir = "./data", *server_name = NULL, *ca_key_spec = "rsa:3072";
+    const char *data_dir = "./data", *server_name = NULL, *ca_key_spec = "ec:P-256";
+    const char *ra_key_spec = "rsa:2048";
+    bool make_ra = true;
     const char *server_key_spec = "ec:P-256", *ca_name = "moonmdm CA", *listen = "127.0.0.1:8443";
     const char *sans[32];
     size_t nsans = 0;
@@ -142,6 +152,8 @@ int mdm_cmd_init(int argc, char **argv)
         case 'D': ca_days = atoi(optarg); break;
         case 'l': listen = optarg; break;
         case 'A': api_key = false; break;
+        case 'R': ra_key_spec = optarg; break;
+        case 'r': make_ra = false; break;
         case 'f': force = true; break;
         case 'h': fputs(init_usage, stdout); return 0;
         default: fputs(init_usage, stderr); return 2;
@@ -181,8 +193,10 @@ int mdm_cmd_init(int argc, char **argv)
     char *srv_key_path = mdm_sprintf("%s/server.key", dir);
     char *srv_crt_path = mdm_sprintf("%s/server.crt", dir);
     char *db_path = mdm_sprintf("%s/db", dir);
-    EVP_PKEY *ca_key = NULL, *srv_key = NULL;
-    X509 *ca_crt = NULL, *srv_crt = NULL;
+    char *ra_key_path = mdm_sprintf("%s/ra.key", dir);
+    char *ra_crt_path = mdm_sprintf("%s/ra.crt", dir);
+    EVP_PKEY *ca_key = NULL, *srv_key = NULL, *ra_key = NULL;
+    X509 *ca_crt = NULL, *srv_crt = NULL, *ra_crt = NULL;
     mdm_ca_t *ca = NULL;
     mdm_store_t *store = NULL;
     mdm_buf_t text = MDM_BUF_INIT;
@@ -215,6 +229,24 @@ int mdm_cmd_init(int argc, char **argv)
         mdm_key_write_pem(srv_key, srv_key_path, &err) != 0 ||
         mdm_cert_write_pem(srv_crt, srv_crt_path, &err) != 0)
         goto fail;
+    if (make_ra) {
+        /* The RA decrypts SCEP requests and signs the replies; an RSA key
+         * with digitalSignature + keyEncipherment is what Apple clients
+         * encrypt to, and it lets the CA key be EC. */
+        fprintf(stderr, "init: generating the SCEP RA key (%s) and certificate ...\n",
+                ra_key_spec);
+        char *ra_cn = mdm_sprintf("%s SCEP RA", ca_name);
+        int rc = mdm_key_generate(ra_key_spec, &ra_key, &err);
+        if (rc == 0)
+            rc = mdm_scep_ra_create(ca, ra_key, ra_cn, ca_days, &ra_crt, &err);
+        mdm_free(ra_cn);
+        if (rc != 0 || mdm_key_write_pem(ra_key, ra_key_path, &err) != 0 ||
+            mdm_cert_write_pem(ra_crt, ra_crt_path, &err) != 0)
+            goto fail;
+    } else if (!EVP_PKEY_is_a(ca_key, "RSA")) {
+        fprintf(stderr, "init: warning: without an RA the CA key must be RSA for SCEP clients "
+                        "to encrypt to it; SCEP enrollment will not work with this CA\n");
+    }
 
     mdm_store_config_t sc = {.path = db_path,
                              .sync = true,
@@ -248,8 +280,13 @@ int mdm_cmd_init(int argc, char **argv)
                         "  ca = {\n"
                         "    cert = \"ca.crt\",\n"
                         "    key = \"ca.key\",\n"
-                        "  },\n"
-                        "  store = {\n"
+                        "  },\n");
+    if (make_ra)
+        mdm_buf_puts(&text, "  scep = {\n"
+                            "    ra_cert = \"ra.crt\",\n"
+                            "    ra_key = \"ra.key\",\n"
+                            "  },\n");
+    mdm_buf_puts(&text, "  store = {\n"
                         "    path = \"db\",\n"
                         "  },\n"
                         "  log = {\n"
@@ -274,6 +311,9 @@ int mdm_cmd_init(int argc, char **argv)
     for (size_t i = 0; i < nsans; i++)
         printf("%s%s", i ? ", " : "", sans[i]);
     printf(")\n");
+    if (make_ra)
+        printf("  SCEP RA:         %s  (decrypts SCEP requests, signs the replies)\n",
+               ra_crt_path);
     if (api_key) {
         printf("  admin API key (shown only this once, store it now):\n");
         printf("    %s\n", k.key);
@@ -290,6 +330,8 @@ out:
     EVP_PKEY_free(srv_key);
     X509_free(ca_crt);
     X509_free(srv_crt);
+    EVP_PKEY_free(ra_key);
+    X509_free(ra_crt);
     mdm_buf_free(&text);
     mdm_free(dir);
     mdm_free(conf);
@@ -298,5 +340,7 @@ out:
     mdm_free(srv_key_path);
     mdm_free(srv_crt_path);
     mdm_free(db_path);
+    mdm_free(ra_key_path);
+    mdm_free(ra_crt_path);
     return exit_code;
 }

@@ -177,6 +177,10 @@ static const opt_t options[] = {
      .doc = "A fixed SCEP challenge accepted besides one-time ones (take it from os.getenv)."},
     {.key = "scep.challenge_ttl", .type = OPT_DURATION, FIELD(scep_challenge_ttl_ms),
      .def = "1h", .min = 1, .doc = "Lifetime of one-time SCEP challenges."},
+    {.key = "scep.allow_single_des", .type = OPT_BOOL, FIELD(scep_allow_single_des),
+     .def = "false",
+     .doc = "Accept requests encrypted with single DES (old Go clients such as micromdm's "
+            "scepclient 2.1); replies then use DES-EDE3-CBC."},
 
     {.key = "mdm.checkin_path", .type = OPT_STRING, FIELD(mdm_checkin_path),
      .def = "/mdm/checkin", .flags = F_URLPATH, .doc = "URL path for check-in messages."},

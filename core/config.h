@@ -78,6 +78,7 @@ typedef struct mdm_config {
     char *scep_ra_key;        /* scep.ra_key */
     char *scep_static_challenge; /* scep.static_challenge */
     uint64_t scep_challenge_ttl_ms; /* scep.challenge_ttl */
+    bool scep_allow_single_des; /* scep.allow_single_des */
 
     /* mdm */
     char *mdm_checkin_path;   /* mdm.checkin_path */

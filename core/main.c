@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "scep/cli_scep.h"
 
 static const char usage[] =
     "usage: moonmdm <command> [options]\n"
@@ -12,6 +13,11 @@ static const char usage[] =
     "  init       create a data directory (CA, TLS certificate, API key, config)\n"
     "  config     print the default config, or check a config file\n"
     "  apikey     create, list and revoke admin API keys\n"
+    "  challenge  make and list one-time SCEP challenges\n"
+    "  cert       list, show and revoke issued certificates\n"
+    "  device     list, show and delete devices (through the API)\n"
+    "  cmd        send, show, list and cancel commands (through the API)\n"
+    "  push       wake devices with a push (through the API)\n"
     "  version    print the version\n"
     "  help       print this help\n"
     "\n"
@@ -32,6 +38,16 @@ int main(int argc, char **argv)
         return mdm_cmd_config(argc - 1, argv + 1);
     if (strcmp(cmd, "apikey") == 0)
         return mdm_cmd_apikey(argc - 1, argv + 1);
+    if (strcmp(cmd, "challenge") == 0)
+        return mdm_cmd_challenge(argc - 1, argv + 1);
+    if (strcmp(cmd, "cert") == 0)
+        return mdm_cmd_cert(argc - 1, argv + 1);
+    if (strcmp(cmd, "device") == 0)
+        return mdm_cmd_device(argc - 1, argv + 1);
+    if (strcmp(cmd, "cmd") == 0)
+        return mdm_cmd_cmd(argc - 1, argv + 1);
+    if (strcmp(cmd, "push") == 0)
+        return mdm_cmd_push(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         if (argc > 2 && strcmp(argv[2], "--help") == 0) {
             puts("usage: moonmdm version\n\nPrints the version of moonmdm and of its store schema.");

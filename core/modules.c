@@ -1,7 +1,10 @@
 /* Starts and stops the server's subsystems in dependency order. */
 #include "modules.h"
 
+#include "api/api.h"
 #include "crypto/ca.h"
+#include "mdm/mdm.h"
+#include "scep/service.h"
 #include "util/alloc.h"
 #include "util/log.h"
 
@@ -15,11 +18,20 @@ int mdm__modules_init(mdm_server_t *s, mdm_err_t *err)
     s->ca->validity_ms = cfg->ca_validity_ms;
     if (cfg->ca_crl_url != NULL)
         s->ca->crl_url = mdm_strdup(cfg->ca_crl_url);
+    rc = mdm_scep_service_init(s, err);
+    if (rc != 0)
+        return rc;
+    rc = mdm_mdm_service_init(s, err);
+    if (rc != 0)
+        return rc;
+    mdm_api_mdm_register(s);
     return 0;
 }
 
 void mdm__modules_free(mdm_server_t *s)
 {
+    mdm_scep_service_free(s);
+    mdm_mdm_service_free(s);
     mdm_ca_free(s->ca);
     s->ca = NULL;
 }

@@ -40,6 +40,7 @@ typedef struct mdm_http_metrics {
     mdm_histogram_t *latency;
 } mdm_http_metrics_t;
 
+struct json_t;
 typedef void (*mdm_server_hook_fn)(mdm_server_t *s);
 
 struct mdm_server {
@@ -85,6 +86,10 @@ struct mdm_server {
     void *scep;
     void *policy;
     void *apns;
+
+    /* Sends a push to one enrollment and fills result with {"apns_id"} or
+     * {"error"} (set by the APNs service; NULL: push not configured). */
+    void (*push_fn)(mdm_server_t *s, const char *eid, struct json_t *result);
 
     /* Called on SIGHUP (policy reload). */
     mdm_server_hook_fn on_reload;

@@ -10,7 +10,7 @@ libssl-dev openssl libplist-dev liblmdb-dev lmdb-utils libjansson-dev
 libcurl4-openssl-dev libcrypt-dev ca-certificates"
 if [ "${1:-}" = "--test" ]; then
     pkgs="$pkgs libcmocka-dev python3 python3-pytest python3-cryptography
-python3-requests python3-h2 scep curl iproute2 clang libclang-rt-14-dev valgrind"
+python3-requests python3-h2 python3-yaml scep curl iproute2 clang libclang-rt-14-dev valgrind"
 fi
 
 missing=""

@@ -18,7 +18,13 @@
 #include "util/log.h"
 #include "util/misc.h"
 
-enum deadline_kind { DL_NONE, DL_READ, DL_IDLE, DL_WRITE };
+enum deadline_kind { DL_NONE, DL_READ, DL_IDLE, DL_WRITE, DL_LINGER };
+
+/* After an error answer the client may still be sending (a body we refused):
+ * read and drop its bytes for a while before closing, so that the close
+ * does not reset the connection before the client has read the answer. */
+#define LINGER_MS 2000
+#define LINGER_MAX_BYTES (4u << 20)
 
 struct mdm_conn {
     uv_tcp_t tcp;
@@ -59,6 +65,9 @@ struct mdm_conn {
     bool close_when_done;
     bool in_parse;
     bool eof;
+    bool linger;                   /* drain input before closing (error answers) */
+    bool lingering;
+    size_t linger_bytes;
     char remote[64];
 };
 
@@ -475,6 +484,9 @@ static void conn_timer_cb(uv_timer_t *t)
         mdm_log(MDM_LOG_DEBUG, NULL, "http.idle_close", "remote=%s", c->remote);
         mdm__conn_close(c);
         break;
+    case DL_LINGER:
+        mdm__conn_close(c);
+        break;
     case DL_WRITE:
         mdm_metric_add(c->server->metrics.timeouts, 1);
         mdm_log(MDM_LOG_INFO, NULL, "http.write_timeout", "remote=%s", c->remote);
@@ -484,6 +496,39 @@ static void conn_timer_cb(uv_timer_t *t)
 }
 
 /* ---- writing ------------------------------------------------------------- */
+
+static void linger_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    mdm_conn_t *c = stream->data;
+    (void)buf;
+    if (c->closing)
+        return;
+    if (nread < 0) {
+        mdm__conn_close(c);
+        return;
+    }
+    c->linger_bytes += (size_t)nread;
+    if (c->linger_bytes > LINGER_MAX_BYTES)
+        mdm__conn_close(c);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+
+/* Everything owed has been written: close, or drain first. */
+static void conn_finish(mdm_conn_t *c)
+{
+    if (!c->linger || c->eof) {
+        mdm__conn_close(c);
+        return;
+    }
+    if (c->lingering)
+        return;
+    c->lingering = true;
+    if (c->reading)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, linger_read_cb) == 0;
+    set_deadline(c, DL_LINGER, LINGER_MS);
+}
 
 static void after_write(uv_write_t *w, int status)
 {
@@ -498,7 +543,7 @@ static void after_write(uv_write_t *w, int status)
         conn_maybe_free(c);
     } else if (c->writes_pending == 0 && c->close_when_done && c->npipe == 0 &&
                c->cur == NULL) {
-        mdm__conn_close(c);
+        conn_finish(c);
     } else {
         update_idle_deadline(c);
         conn_update_reading(c);
@@ -618,7 +663,7 @@ static void conn_flush(mdm_conn_t *c)
     if (c->close_when_done && c->npipe == 0) {
         /* Drop what else the client pipelined; close once written. */
         if (c->writes_pending == 0)
-            mdm__conn_close(c);
+            conn_finish(c);
         return;
     }
     update_idle_deadline(c);
@@ -677,6 +722,7 @@ static void queue_error_response(mdm_conn_t *c, int status, const char *detail)
     c->pipe_tail = req;
     c->npipe++;
     c->close_when_done = true;
+    c->linger = true;
     c->blocked = true; /* parse nothing more */
     mdm_metric_add(c->server->metrics.bad_requests, 1);
     const char *err = status == 431   ? "header_too_large"
@@ -1003,7 +1049,7 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 
 static void conn_update_reading(mdm_conn_t *c)
 {
-    if (c->closing)
+    if (c->closing || c->lingering)
         return;
     bool want = !c->blocked && !c->eof && !c->close_when_done &&
                 c->write_bytes_pending < (4u << 20);

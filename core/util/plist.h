@@ -13,10 +13,10 @@
 
 /* Parses an XML or binary plist of at most max bytes whose top level is a
  * dictionary. Returns 0, MDM_ELIMIT (too big) or MDM_EPARSE. */
-int mdm_plist_parse_dict(const void *data, size_t len, size_t max, plist_t *out);
+int mdm_plist_load_dict(const void *data, size_t len, size_t max, plist_t *out);
 
 /* Parses any XML or binary plist. */
-int mdm_plist_parse(const void *data, size_t len, plist_t *out);
+int mdm_plist_load(const void *data, size_t len, plist_t *out);
 
 /* The string value of key in dict, or NULL (also when it is not a string).
  * The pointer is valid while dict is. */
@@ -47,5 +47,9 @@ void mdm_plist_to_bin_buf(plist_t p, mdm_buf_t *out);
 
 /* Serialises to an XML plist into out. */
 void mdm_plist_to_xml_buf(plist_t p, mdm_buf_t *out);
+
+/* SHA-256 over a canonical form of p (dictionary keys sorted), so that two
+ * equal commands built in a different key order hash the same. */
+void mdm_plist_hash(plist_t p, unsigned char out[32]);
 
 #endif

@@ -1,0 +1,845 @@
+/* The admin API of devices and commands, and the NanoMDM-compatible
+ * enqueue and push routes. JSON in and out (jansson); errors are
+ * {"error": "...", "detail": "..."}; a malformed body changes nothing. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "api/api.h"
+#include "api/apikeys.h"
+#include "config.h"
+#include "crypto/certdb.h"
+#include "mdm/certauth.h"
+#include "mdm/cmdschema.h"
+#include "mdm/enqueue.h"
+#include "mdm/mdm.h"
+#include "mdm/queue.h"
+#include "server.h"
+#include "util/alloc.h"
+#include "util/encode.h"
+#include "util/log.h"
+#include "util/misc.h"
+#include "util/plist.h"
+#include "util/plistjson.h"
+
+#define MAX_TARGETS 100000
+
+/* ---- helpers ------------------------------------------------------------- */
+
+void mdm_api_send_json(mdm_req_t *req, int status, json_t *j)
+{
+    char *s = json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII);
+    json_decref(j);
+    mdm_buf_reset(&req->resp_body);
+    if (s != NULL) {
+        mdm_buf_puts(&req->resp_body, s);
+        mdm_buf_putc(&req->resp_body, '\n');
+        free(s);
+    }
+    mdm_resp_send_buf(req, status, "application/json");
+}
+
+static json_t *json_time(int64_t ms)
+{
+    if (ms <= 0)
+        return json_null();
+    char t[32];
+    mdm_time_format(t, ms);
+    return json_string(t);
+}
+
+static void set_str(json_t *o, const char *k, const char *v)
+{
+    json_object_set_new(o, k, v ? json_string(v) : json_null());
+}
+
+/* Parses a positive integer query parameter. */
+static long query_long(mdm_req_t *req, const char *name, long def, long max)
+{
+    mdm_buf_t b = MDM_BUF_INIT;
+    long v = def;
+    if (mdm_req_query(req, name, &b, true) == 0 && b.len > 0) {
+        char *end;
+        long x = strtol(b.data, &end, 10);
+        if (*end == '\0' && x >= 0)
+            v = x > max ? max : x;
+    }
+    mdm_buf_free(&b);
+    return v;
+}
+
+/* -1: absent, 0: false, 1: true */
+static int query_bool(mdm_req_t *req, const char *name)
+{
+    mdm_buf_t b = MDM_BUF_INIT;
+    int v = -1;
+    if (mdm_req_query(req, name, &b, true) == 0) {
+        if (b.len == 0 || strcmp(b.data, "1") == 0 || strcasecmp(b.data, "true") == 0)
+            v = 1;
+        else if (strcmp(b.data, "0") == 0 || strcasecmp(b.data, "false") == 0)
+            v = 0;
+    }
+    mdm_buf_free(&b);
+    return v;
+}
+
+/* ---- devices ------------------------------------------------------------- */
+
+/* The enrollment as JSON: no secrets, only whether they are present. */
+static json_t *enrollment_json(const char *eid, plist_t e)
+{
+    json_t *o = json_object();
+    set_str(o, "id", eid);
+    set_str(o, "type", mdm_pl_str(e, "type"));
+    set_str(o, "device_id", mdm_pl_str(e, "device_id"));
+    bool enabled = mdm_pl_bool(e, "enabled", false);
+    int64_t enrolled = mdm_pl_int(e, "enrolled_at", 0);
+    int64_t checked_out = mdm_pl_int(e, "checked_out_at", 0);
+    json_object_set_new(o, "enabled", json_boolean(enabled));
+    json_object_set_new(o, "enrolled", json_boolean(enrolled > 0 && checked_out == 0));
+    json_object_set_new(o, "token_invalid", json_boolean(mdm_pl_bool(e, "token_invalid", false)));
+    json_object_set_new(o, "push_token", json_boolean(mdm_pl_data(e, "token", NULL) != NULL));
+    json_object_set_new(o, "unlock_token",
+                        json_boolean(mdm_pl_data(e, "unlock_token", NULL) != NULL));
+    json_object_set_new(o, "bootstrap_token",
+                        json_boolean(mdm_pl_data(e, "bootstrap_token", NULL) != NULL));
+    json_object_set_new(o, "awaiting_configuration",
+                        json_boolean(mdm_pl_bool(e, "awaiting_configuration", false)));
+    json_object_set_new(o, "new_enrollment",
+                        json_boolean(mdm_pl_bool(e, "new_enrollment", false)));
+    set_str(o, "topic", mdm_pl_str(e, "topic"));
+    set_str(o, "user", mdm_pl_str(e, "user"));
+    set_str(o, "user_short_name", mdm_pl_str(e, "user_short_name"));
+    json_object_set_new(o, "token_updates", json_integer((json_int_t)mdm_pl_uint(e, "token_updates", 0)));
+    json_object_set_new(o, "authenticated_at", json_time(mdm_pl_int(e, "authenticated_at", 0)));
+    json_object_set_new(o, "enrolled_at", json_time(enrolled));
+    json_object_set_new(o, "last_seen_at", json_time(mdm_pl_int(e, "last_seen_at", 0)));
+    json_object_set_new(o, "checked_out_at", json_time(checked_out));
+    return o;
+}
+
+static void device_facts_json(json_t *o, plist_t dev)
+{
+    static const char *const keys[] = {"serial", "model", "model_name", "product", "os_version",
+                                       "build_version", "device_name", "imei", "meid"};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        set_str(o, keys[i], mdm_pl_str(dev, keys[i]));
+}
+
+struct list_ctx {
+    json_t *arr;
+    int enrolled, enabled;
+    long limit;
+    char next[MDM_EID_MAX + 1];
+    const char *cursor;
+};
+
+static int list_fn(mdm_txn_t *txn, void *arg)
+{
+    struct list_ctx *l = arg;
+    mdm_cursor_t *c = NULL;
+    int rc = mdm_cursor_open(txn, MDM_T_ENROLLMENTS, &c);
+    if (rc != 0)
+        return rc;
+    mdm_val_t k, v;
+    mdm_val_t start = l->cursor ? MDM_VAL_STR(l->cursor) : MDM_VAL(NULL, 0);
+    long n = 0;
+    for (rc = mdm_cursor_seek(c, start, &k, &v); rc == 0; rc = mdm_cursor_next(c, &k, &v)) {
+        if (memchr(k.data, ':', k.len) != NULL)
+            continue; /* user channels are listed with their device */
+        if (n == l->limit) {
+            snprintf(l->next, sizeof(l->next), "%.*s", (int)k.len, (const char *)k.data);
+            break;
+        }
+        plist_t e = NULL;
+        if (mdm_plist_load(v.data, v.len, &e) != 0)
+            continue;
+        char eid[MDM_EID_MAX + 1];
+        snprintf(eid, sizeof(eid), "%.*s", (int)k.len, (const char *)k.data);
+        bool enabled = mdm_pl_bool(e, "enabled", false);
+        bool enrolled = mdm_pl_int(e, "enrolled_at", 0) > 0 &&
+                        mdm_pl_int(e, "checked_out_at", 0) == 0;
+        if ((l->enabled >= 0 && enabled != (l->enabled == 1)) ||
+            (l->enrolled >= 0 && enrolled != (l->enrolled == 1))) {
+            plist_free(e);
+            continue;
+        }
+        json_t *o = enrollment_json(eid, e);
+        plist_free(e);
+        plist_t dev = NULL;
+        if (mdm_device_load(txn, eid, &dev) == 0) {
+            device_facts_json(o, dev);
+            plist_free(dev);
+        }
+        json_array_append_new(l->arr, o);
+        n++;
+    }
+    mdm_cursor_close(c);
+    return rc == MDM_ENOTFOUND ? 0 : rc;
+}
+
+static void handle_devices(mdm_req_t *req)
+{
+    struct list_ctx l = {.arr = json_array(),
+                         .enrolled = query_bool(req, "enrolled"),
+                         .enabled = query_bool(req, "enabled"),
+                         .limit = query_long(req, "limit", 100, 1000)};
+    mdm_buf_t cur = MDM_BUF_INIT;
+    if (mdm_req_query(req, "cursor", &cur, true) == 0 && cur.len > 0)
+        l.cursor = cur.data;
+    if (l.limit == 0)
+        l.limit = 100;
+    int rc = mdm_store_view(req->server->store, list_fn, &l);
+    mdm_buf_free(&cur);
+    if (rc != 0) {
+        json_decref(l.arr);
+        mdm_resp_json_error(req, 500, "store", mdm_strerror(rc));
+        return;
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "devices", l.arr);
+    json_object_set_new(o, "next_cursor", l.next[0] ? json_string(l.next) : json_null());
+    mdm_api_send_json(req, 200, o);
+}
+
+struct show_ctx {
+    const char *id;
+    json_t *out;
+};
+
+static int user_channel_json(mdm_txn_t *txn, const char *device_id, json_t *arr)
+{
+    char prefix[MDM_EID_MAX + 2];
+    int pl = snprintf(prefix, sizeof(prefix), "%s:", device_id);
+    mdm_cursor_t *c = NULL;
+    int rc = mdm_cursor_open(txn, MDM_T_ENROLLMENTS, &c);
+    if (rc != 0)
+        return rc;
+    mdm_val_t k, v, p = MDM_VAL(prefix, (size_t)pl);
+    for (rc = mdm_cursor_seek(c, p, &k, &v); rc == 0 && mdm_val_has_prefix(k, p);
+         rc = mdm_cursor_next(c, &k, &v)) {
+        plist_t e = NULL;
+        if (mdm_plist_load(v.data, v.len, &e) != 0)
+            continue;
+        char eid[MDM_EID_MAX + 1];
+        snprintf(eid, sizeof(eid), "%.*s", (int)k.len, (const char *)k.data);
+        json_t *o = enrollment_json(eid, e);
+        size_t qn = 0;
+        mdm_queue_length(txn, eid, &qn);
+        json_object_set_new(o, "queue_length", json_integer((json_int_t)qn));
+        json_array_append_new(arr, o);
+        plist_free(e);
+    }
+    mdm_cursor_close(c);
+    return rc == MDM_ENOTFOUND ? 0 : rc;
+}
+
+static int show_fn(mdm_txn_t *txn, void *arg)
+{
+    struct show_ctx *s = arg;
+    plist_t e = NULL, dev = NULL;
+    int rc = mdm_enrollment_load(txn, s->id, &e);
+    if (rc != 0)
+        return rc;
+    json_t *o = enrollment_json(s->id, e);
+    if (mdm_device_load(txn, mdm_pl_str(e, "device_id") ? mdm_pl_str(e, "device_id") : s->id,
+                        &dev) == 0) {
+        device_facts_json(o, dev);
+        plist_t facts = plist_dict_get_item(dev, "facts");
+        json_object_set_new(o, "facts", facts ? mdm_plist_to_json(facts) : json_object());
+        json_object_set_new(o, "facts_at", json_time(mdm_pl_int(dev, "facts_at", 0)));
+        plist_free(dev);
+    }
+    size_t qn = 0;
+    mdm_queue_length(txn, s->id, &qn);
+    json_object_set_new(o, "queue_length", json_integer((json_int_t)qn));
+    unsigned char fp[32];
+    if (mdm_certauth_current(txn, s->id, fp) == 0) {
+        json_t *cert = json_object();
+        char hex[65];
+        mdm_hex_encode(hex, fp, 32);
+        set_str(cert, "sha256", hex);
+        mdm_certrec_t rec;
+        memset(&rec, 0, sizeof(rec));
+        if (mdm_certdb_get_by_fingerprint(txn, fp, &rec) == 0) {
+            set_str(cert, "serial", rec.serial_hex);
+            set_str(cert, "subject", rec.subject);
+            json_object_set_new(cert, "not_before", json_time(rec.not_before_ms));
+            json_object_set_new(cert, "not_after", json_time(rec.not_after_ms));
+            json_object_set_new(cert, "revoked", json_boolean(rec.revoked));
+            mdm_certrec_free(&rec);
+        }
+        json_object_set_new(o, "identity_certificate", cert);
+    } else {
+        json_object_set_new(o, "identity_certificate", json_null());
+    }
+    json_t *users = json_array();
+    if (strchr(s->id, ':') == NULL)
+        user_channel_json(txn, s->id, users);
+    json_object_set_new(o, "user_channels", users);
+    plist_free(e);
+    s->out = o;
+    return 0;
+}
+
+static void handle_device(mdm_req_t *req)
+{
+    struct show_ctx s = {.id = req->params[0]};
+    int rc = mdm_store_view(req->server->store, show_fn, &s);
+    if (rc == MDM_ENOTFOUND) {
+        mdm_resp_json_error(req, 404, "not_found", "no enrollment with this id");
+        return;
+    }
+    if (rc != 0) {
+        json_decref(s.out);
+        mdm_resp_json_error(req, 500, "store", mdm_strerror(rc));
+        return;
+    }
+    mdm_api_send_json(req, 200, s.out);
+}
+
+static int forget_fn(mdm_txn_t *txn, void *arg)
+{
+    const char *id = arg;
+    mdm_val_t v;
+    int rc = mdm_txn_get(txn, MDM_T_ENROLLMENTS, MDM_VAL_STR(id), &v);
+    if (rc == MDM_ENOTFOUND)
+        rc = mdm_txn_get(txn, MDM_T_DEVICES, MDM_VAL_STR(id), &v);
+    if (rc != 0)
+        return rc;
+    return mdm_device_forget(txn, id);
+}
+
+static void handle_device_delete(mdm_req_t *req)
+{
+    const char *id = req->params[0];
+    if (strchr(id, ':') != NULL) {
+        mdm_resp_json_error(req, 400, "bad_request",
+                            "delete the device (its UDID); user channels go with it");
+        return;
+    }
+    int rc = mdm_store_update(req->server->store, forget_fn, (void *)id);
+    if (rc == MDM_ENOTFOUND) {
+        mdm_resp_json_error(req, 404, "not_found", "no device with this id");
+        return;
+    }
+    if (rc != 0) {
+        mdm_resp_json_error(req, rc == MDM_ENOSPACE ? 503 : 500, "store", mdm_strerror(rc));
+        return;
+    }
+    char q[300];
+    mdm_log(MDM_LOG_INFO, req->id, "api.device_deleted", "device=%s key=%s",
+            mdm_logq(q, sizeof(q), id), req->auth ? ((mdm_apikey_info_t *)req->auth)->id : "-");
+    json_t *o = json_object();
+    set_str(o, "deleted", id);
+    mdm_api_send_json(req, 200, o);
+}
+
+/* ---- results ------------------------------------------------------------- */
+
+static json_t *result_json(const mdm_result_t *r, bool with_eid, bool with_raw)
+{
+    json_t *o = json_object();
+    set_str(o, "command_uuid", r->uuid);
+    if (with_eid)
+        set_str(o, "id", r->eid);
+    set_str(o, "request_type", r->request_type);
+    set_str(o, "status", r->status);
+    json_object_set_new(o, "queued_at", json_time(r->queued_ms));
+    json_object_set_new(o, "sent_at", json_time(r->sent_ms));
+    json_object_set_new(o, "updated_at", json_time(r->updated_ms));
+    json_object_set_new(o, "completed_at", json_time(r->completed_ms));
+    json_object_set_new(o, "notnow_count", json_integer((json_int_t)r->notnow_count));
+    json_object_set_new(o, "_queued_ms", json_integer(r->queued_ms));
+    if (with_raw) {
+        plist_t p = NULL;
+        if (r->raw != NULL && mdm_plist_load(r->raw, r->raw_len, &p) == 0) {
+            json_object_set_new(o, "result", mdm_plist_to_json(p));
+            plist_free(p);
+        } else {
+            json_object_set_new(o, "result", json_null());
+        }
+    }
+    return o;
+}
+
+static int collect_fn(const mdm_result_t *r, void *arg)
+{
+    json_array_append_new((json_t *)arg, result_json(r, false, false));
+    return 0;
+}
+
+static int cmp_newest_first(const void *a, const void *b)
+{
+    json_t *x = *(json_t *const *)a, *y = *(json_t *const *)b;
+    json_int_t tx = json_integer_value(json_object_get(x, "_queued_ms"));
+    json_int_t ty = json_integer_value(json_object_get(y, "_queued_ms"));
+    if (tx != ty)
+        return tx > ty ? -1 : 1;
+    return strcmp(json_string_value(json_object_get(y, "command_uuid")),
+                  json_string_value(json_object_get(x, "command_uuid")));
+}
+
+struct dev_cmds_ctx {
+    const char *id;
+    json_t *arr;
+};
+
+static int dev_cmds_fn(mdm_txn_t *txn, void *arg)
+{
+    struct dev_cmds_ctx *d = arg;
+    mdm_val_t v;
+    int rc = mdm_txn_get(txn, MDM_T_ENROLLMENTS, MDM_VAL_STR(d->id), &v);
+    if (rc != 0)
+        return rc;
+    return mdm_results_of_enrollment(txn, d->id, collect_fn, d->arr);
+}
+
+static void handle_device_commands(mdm_req_t *req)
+{
+    struct dev_cmds_ctx d = {.id = req->params[0], .arr = json_array()};
+    int rc = mdm_store_view(req->server->store, dev_cmds_fn, &d);
+    if (rc != 0) {
+        json_decref(d.arr);
+        if (rc == MDM_ENOTFOUND)
+            mdm_resp_json_error(req, 404, "not_found", "no enrollment with this id");
+        else
+            mdm_resp_json_error(req, 500, "store", mdm_strerror(rc));
+        return;
+    }
+    size_t n = json_array_size(d.arr);
+    json_t **items = mdm_malloc((n ? n : 1) * sizeof(json_t *));
+    for (size_t i = 0; i < n; i++)
+        items[i] = json_incref(json_array_get(d.arr, i));
+    qsort(items, n, sizeof(json_t *), cmp_newest_first);
+    json_t *sorted = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_object_del(items[i], "_queued_ms");
+        json_array_append_new(sorted, items[i]);
+    }
+    mdm_free(items);
+    json_decref(d.arr);
+    json_t *o = json_object();
+    set_str(o, "id", req->params[0]);
+    json_object_set_new(o, "commands", sorted);
+    mdm_api_send_json(req, 200, o);
+}
+
+struct cmd_show_ctx {
+    const char *uuid;
+    json_t *targets;
+    mdm_command_info_t info;
+    mdm_buf_t plist;
+};
+
+static int cmd_target_fn(const mdm_result_t *r, void *arg)
+{
+    json_t *o = result_json(r, false, true);
+    json_object_del(o, "_queued_ms");
+    json_object_del(o, "command_uuid");
+    json_object_del(o, "request_type");
+    json_object_set_new((json_t *)arg, r->eid, o);
+    return 0;
+}
+
+static int cmd_show_fn(mdm_txn_t *txn, void *arg)
+{
+    struct cmd_show_ctx *c = arg;
+    int rc = mdm_command_get(txn, c->uuid, &c->info, &c->plist);
+    if (rc != 0)
+        return rc;
+    return mdm_results_of_command(txn, c->uuid, cmd_target_fn, c->targets);
+}
+
+static void handle_command(mdm_req_t *req)
+{
+    struct cmd_show_ctx c = {.uuid = req->params[0], .targets = json_object()};
+    int rc = mdm_store_view(req->server->store, cmd_show_fn, &c);
+    if (rc != 0) {
+        json_decref(c.targets);
+        mdm_buf_free(&c.plist);
+        if (rc == MDM_ENOTFOUND)
+            mdm_resp_json_error(req, 404, "not_found",
+                                "no such command (or its results were pruned)");
+        else
+            mdm_resp_json_error(req, 500, "store", mdm_strerror(rc));
+        return;
+    }
+    json_t *o = json_object();
+    set_str(o, "command_uuid", c.uuid);
+    set_str(o, "request_type", c.info.request_type);
+    json_object_set_new(o, "priority", json_integer(c.info.priority));
+    json_object_set_new(o, "created_at", json_time(c.info.created_ms));
+    json_object_set_new(o, "expires_at", json_time(c.info.expires_ms));
+    plist_t p = NULL;
+    if (mdm_plist_load(c.plist.data, c.plist.len, &p) == 0) {
+        json_object_set_new(o, "command", mdm_plist_to_json(plist_dict_get_item(p, "Command")));
+        plist_free(p);
+    }
+    json_object_set_new(o, "targets", c.targets);
+    mdm_buf_free(&c.plist);
+    mdm_api_send_json(req, 200, o);
+}
+
+struct cancel_ctx {
+    const char *eid, *uuid;
+};
+
+static int cancel_fn(mdm_txn_t *txn, void *arg)
+{
+    struct cancel_ctx *c = arg;
+    return mdm_queue_cancel(txn, c->eid, c->uuid, mdm_now_ms());
+}
+
+static void handle_cancel(mdm_req_t *req)
+{
+    struct cancel_ctx c = {.eid = req->params[0], .uuid = req->params[1]};
+    int rc = mdm_store_update(req->server->store, cancel_fn, &c);
+    if (rc == MDM_ENOTFOUND) {
+        mdm_resp_json_error(req, 404, "not_found",
+                            "this command is not waiting in this enrollment's queue");
+        return;
+    }
+    if (rc != 0) {
+        mdm_resp_json_error(req, rc == MDM_ENOSPACE ? 503 : 500, "store", mdm_strerror(rc));
+        return;
+    }
+    json_t *o = json_object();
+    set_str(o, "command_uuid", c.uuid);
+    set_str(o, "id", c.eid);
+    set_str(o, "status", "Canceled");
+    mdm_api_send_json(req, 200, o);
+}
+
+/* ---- enqueue ------------------------------------------------------------- */
+
+struct enq_ctx {
+    mdm_enqueue_req_t r;
+    char uuid[MDM_UUID_LEN + 1];
+    mdm_target_result_t *results;
+};
+
+static int enq_fn(mdm_txn_t *txn, void *arg)
+{
+    struct enq_ctx *e = arg;
+    return mdm_enqueue(txn, &e->r, mdm_now_ms(), e->uuid, e->results);
+}
+
+/* Runs the enqueue and reports store failures; returns false if answered. */
+static bool run_enqueue(mdm_req_t *req, struct enq_ctx *e)
+{
+    e->results = mdm_arena_alloc(&req->arena, (e->r.ntargets ? e->r.ntargets : 1) *
+                                                  sizeof(*e->results));
+    int rc = mdm_store_update(req->server->store, enq_fn, e);
+    if (rc == MDM_EEXIST) {
+        mdm_resp_json_error(req, 409, "conflict", "a command with this CommandUUID exists");
+        return false;
+    }
+    if (rc != 0) {
+        mdm_resp_json_error(req, rc == MDM_ENOSPACE ? 503 : 500, "store", mdm_strerror(rc));
+        return false;
+    }
+    size_t queued = 0;
+    for (size_t i = 0; i < e->r.ntargets; i++)
+        queued += e->results[i].status == MDM_TARGET_QUEUED;
+    mdm_log(MDM_LOG_INFO, req->id, "api.enqueued",
+            "command=%s request_type=%s targets=%zu queued=%zu key=%s", e->uuid,
+            mdm_pl_str(e->r.command, "RequestType"), e->r.ntargets, queued,
+            req->auth ? ((mdm_apikey_info_t *)req->auth)->id : "-");
+    return true;
+}
+
+/* Splits "a,b,c" (already decoded) into the request arena. */
+static size_t split_ids(mdm_req_t *req, const char *s, const char ***out)
+{
+    size_t n = 1;
+    for (const char *p = s; *p; p++)
+        n += *p == ',';
+    const char **ids = mdm_arena_alloc(&req->arena, n * sizeof(char *));
+    size_t k = 0;
+    const char *start = s;
+    for (const char *p = s;; p++) {
+        if (*p == ',' || *p == '\0') {
+            if (p > start)
+                ids[k++] = mdm_arena_strndup(&req->arena, start, (size_t)(p - start));
+            if (*p == '\0')
+                break;
+            start = p + 1;
+        }
+    }
+    *out = ids;
+    return k;
+}
+
+static bool is_plist_body(mdm_req_t *req)
+{
+    const char *ct = mdm_req_header(req, "Content-Type");
+    if (ct != NULL && (strncasecmp(ct, "application/x-apple-plist", 25) == 0 ||
+                       strncasecmp(ct, "application/xml", 15) == 0 ||
+                       strncasecmp(ct, "text/xml", 8) == 0))
+        return true;
+    return req->body_len >= 8 && (memcmp(req->body, "bplist00", 8) == 0 ||
+                                  memcmp(req->body, "<?xml", 5) == 0);
+}
+
+static json_t *targets_json(const struct enq_ctx *e)
+{
+    json_t *t = json_object();
+    for (size_t i = 0; i < e->r.ntargets; i++) {
+        json_t *o = json_object();
+        set_str(o, "status", mdm_target_status_name(e->results[i].status));
+        if (e->results[i].dup_uuid[0])
+            set_str(o, "existing_command_uuid", e->results[i].dup_uuid);
+        json_object_set_new(t, e->r.targets[i], o);
+    }
+    return t;
+}
+
+static void handle_commands_post(mdm_req_t *req)
+{
+    struct enq_ctx e;
+    memset(&e, 0, sizeof(e));
+    mdm_err_t err = {0};
+    json_t *root = NULL;
+    plist_t cmd = NULL;
+    char uuid[64] = "";
+    if (is_plist_body(req)) {
+        /* A raw command plist; targets and options in the query. */
+        if (mdm_command_unwrap((const char *)req->body, req->body_len, &cmd, uuid, &err) != 0 ||
+            mdm_command_validate(cmd, &err) != 0) {
+            mdm_resp_json_error(req, 400, "invalid_command", err.msg);
+            goto out;
+        }
+        mdm_buf_t t = MDM_BUF_INIT;
+        if (mdm_req_query(req, "targets", &t, true) == 0)
+            e.r.ntargets = split_ids(req, t.data, (const char ***)&e.r.targets);
+        mdm_buf_free(&t);
+        e.r.priority = (int)query_long(req, "priority", 0, 255);
+        e.r.dedupe = query_bool(req, "dedupe") == 1;
+        mdm_buf_t ttl = MDM_BUF_INIT;
+        uint64_t ms = 0;
+        if (mdm_req_query(req, "ttl", &ttl, true) == 0 && mdm_parse_duration_ms(ttl.data, &ms) != 0) {
+            mdm_buf_free(&ttl);
+            mdm_resp_json_error(req, 400, "bad_request", "ttl: expected a duration like 1h");
+            goto out;
+        }
+        mdm_buf_free(&ttl);
+        e.r.ttl_ms = (int64_t)ms;
+    } else {
+        json_error_t je;
+        root = json_loadb((const char *)req->body, req->body_len, JSON_REJECT_DUPLICATES, &je);
+        if (root == NULL || !json_is_object(root)) {
+            char d[256];
+            snprintf(d, sizeof(d), "the body is not a JSON object: %s (line %d)", je.text,
+                     je.line);
+            mdm_resp_json_error(req, 400, "bad_json", root ? "the body must be a JSON object" : d);
+            goto out;
+        }
+        const char *rt = json_string_value(json_object_get(root, "request_type"));
+        json_t *targets = json_object_get(root, "targets");
+        if (rt == NULL) {
+            mdm_resp_json_error(req, 400, "bad_request", "request_type: missing or not a string");
+            goto out;
+        }
+        if (!json_is_array(targets) || json_array_size(targets) == 0 ||
+            json_array_size(targets) > MAX_TARGETS) {
+            mdm_resp_json_error(req, 400, "bad_request",
+                                "targets: expected a non-empty array of enrollment ids");
+            goto out;
+        }
+        e.r.ntargets = json_array_size(targets);
+        const char **ids = mdm_arena_alloc(&req->arena, e.r.ntargets * sizeof(char *));
+        for (size_t i = 0; i < e.r.ntargets; i++) {
+            ids[i] = json_string_value(json_array_get(targets, i));
+            if (ids[i] == NULL) {
+                mdm_resp_json_error(req, 400, "bad_request", "targets: every entry must be a string");
+                goto out;
+            }
+        }
+        e.r.targets = ids;
+        json_t *params = json_object();
+        const char *key;
+        json_t *val;
+        bool bad = false;
+        json_object_foreach(root, key, val)
+        {
+            if (strcmp(key, "request_type") == 0 || strcmp(key, "targets") == 0)
+                continue;
+            if (strcmp(key, "priority") == 0) {
+                bad |= !json_is_integer(val) || json_integer_value(val) < 0 ||
+                       json_integer_value(val) > 255;
+                e.r.priority = (int)json_integer_value(val);
+            } else if (strcmp(key, "ttl") == 0) {
+                uint64_t ms = 0;
+                if (json_is_integer(val) && json_integer_value(val) > 0)
+                    ms = (uint64_t)json_integer_value(val) * 1000;
+                else if (!json_is_string(val) ||
+                         mdm_parse_duration_ms(json_string_value(val), &ms) != 0)
+                    bad = true;
+                e.r.ttl_ms = (int64_t)ms;
+            } else if (strcmp(key, "dedupe") == 0) {
+                bad |= !json_is_boolean(val);
+                e.r.dedupe = json_is_true(val);
+            } else if (strcmp(key, "nopush") == 0) {
+                bad |= !json_is_boolean(val);
+                e.r.nopush = json_is_true(val);
+            } else if (strcmp(key, "command_uuid") == 0) {
+                bad |= !json_is_string(val);
+                snprintf(uuid, sizeof(uuid), "%s", json_string_value(val) ? json_string_value(val) : "");
+            } else {
+                json_object_set(params, key, val);
+            }
+        }
+        if (bad) {
+            json_decref(params);
+            mdm_resp_json_error(req, 400, "bad_request",
+                                "priority (0..255), ttl (\"1h\" or seconds), dedupe, nopush "
+                                "(booleans) and command_uuid (string) have the wrong type");
+            goto out;
+        }
+        int rc = mdm_command_build_json(rt, params, &cmd, &err);
+        json_decref(params);
+        if (rc != 0) {
+            mdm_resp_json_error(req, 400, "invalid_command", err.msg);
+            goto out;
+        }
+    }
+    if (e.r.ntargets == 0) {
+        mdm_resp_json_error(req, 400, "bad_request", "no targets");
+        goto out;
+    }
+    e.r.command = cmd;
+    e.r.uuid = uuid[0] ? uuid : NULL;
+    if (!run_enqueue(req, &e))
+        goto out;
+    json_t *o = json_object();
+    set_str(o, "command_uuid", e.uuid);
+    set_str(o, "request_type", mdm_pl_str(cmd, "RequestType"));
+    json_object_set_new(o, "targets", targets_json(&e));
+    if (!e.r.nopush)
+        json_object_set_new(o, "push", mdm_api_push_results(req->server, e.r.targets,
+                                                            e.r.ntargets, e.results));
+    size_t queued = 0;
+    for (size_t i = 0; i < e.r.ntargets; i++)
+        queued += e.results[i].status == MDM_TARGET_QUEUED ||
+                  e.results[i].status == MDM_TARGET_DUPLICATE;
+    mdm_api_send_json(req, queued == e.r.ntargets ? 201 : queued ? 207 : 404, o);
+out:
+    json_decref(root);
+    plist_free(cmd);
+}
+
+/* NanoMDM: PUT /v1/enqueue/{id,id,...} with a raw command plist. */
+static void handle_nano_enqueue(mdm_req_t *req)
+{
+    struct enq_ctx e;
+    memset(&e, 0, sizeof(e));
+    mdm_err_t err = {0};
+    plist_t cmd = NULL;
+    char uuid[64] = "";
+    json_t *o = json_object();
+    if (mdm_command_unwrap((const char *)req->body, req->body_len, &cmd, uuid, &err) != 0 ||
+        mdm_command_validate(cmd, &err) != 0) {
+        set_str(o, "command_error", err.msg);
+        mdm_api_send_json(req, 400, o);
+        goto out;
+    }
+    e.r.ntargets = split_ids(req, req->params[0], (const char ***)&e.r.targets);
+    if (e.r.ntargets == 0) {
+        set_str(o, "command_error", "no enrollment ids in the path");
+        mdm_api_send_json(req, 400, o);
+        goto out;
+    }
+    e.r.command = cmd;
+    e.r.uuid = uuid[0] ? uuid : NULL;
+    e.r.nopush = query_bool(req, "nopush") == 1;
+    if (!run_enqueue(req, &e)) {
+        json_decref(o);
+        goto out;
+    }
+    json_t *status = json_object();
+    size_t ok = 0;
+    json_t *push = e.r.nopush ? NULL
+                              : mdm_api_push_results(req->server, e.r.targets, e.r.ntargets,
+                                                     e.results);
+    for (size_t i = 0; i < e.r.ntargets; i++) {
+        json_t *s = json_object();
+        if (e.results[i].status == MDM_TARGET_QUEUED ||
+            e.results[i].status == MDM_TARGET_DUPLICATE) {
+            ok++;
+        } else {
+            set_str(s, "enqueue_error", mdm_target_status_name(e.results[i].status));
+        }
+        json_t *pr = push ? json_object_get(push, e.r.targets[i]) : NULL;
+        if (pr != NULL) {
+            const char *perr = json_string_value(json_object_get(pr, "error"));
+            const char *pid = json_string_value(json_object_get(pr, "apns_id"));
+            if (pid)
+                set_str(s, "push_result", pid);
+            if (perr)
+                set_str(s, "push_error", perr);
+        }
+        json_object_set_new(status, e.r.targets[i], s);
+    }
+    json_decref(push);
+    if (json_object_size(status) > 0)
+        json_object_set_new(o, "status", status);
+    else
+        json_decref(status);
+    set_str(o, "command_uuid", e.uuid);
+    set_str(o, "request_type", mdm_pl_str(cmd, "RequestType"));
+    mdm_api_send_json(req, ok == e.r.ntargets ? 200 : ok ? 207 : 500, o);
+out:
+    plist_free(cmd);
+}
+
+/* NanoMDM: GET|POST /v1/push/{id,id,...}. */
+static void handle_nano_push(mdm_req_t *req)
+{
+    const char **ids = NULL;
+    size_t n = split_ids(req, req->params[0], &ids);
+    json_t *res = mdm_api_push_results(req->server, ids, n, NULL);
+    json_t *status = json_object();
+    size_t ok = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *pr = json_object_get(res, ids[i]);
+        json_t *s = json_object();
+        const char *perr = json_string_value(json_object_get(pr, "error"));
+        const char *pid = json_string_value(json_object_get(pr, "apns_id"));
+        if (pid) {
+            set_str(s, "push_result", pid);
+            ok++;
+        }
+        if (perr)
+            set_str(s, "push_error", perr);
+        json_object_set_new(status, ids[i], s);
+    }
+    json_decref(res);
+    json_t *o = json_object();
+    json_object_set_new(o, "status", status);
+    mdm_api_send_json(req, ok == n ? 200 : ok ? 207 : 500, o);
+}
+
+void mdm_api_mdm_register(mdm_server_t *s)
+{
+    mdm_router_t *r = &s->router;
+    mdm_router_add(r, MDM_GET, "/v1/devices", handle_devices, MDM_AUTH_API_READ, "v1_devices");
+    mdm_router_add(r, MDM_GET, "/v1/devices/{id}", handle_device, MDM_AUTH_API_READ,
+                   "v1_device");
+    mdm_router_add(r, MDM_DELETE, "/v1/devices/{id}", handle_device_delete, MDM_AUTH_API_ADMIN,
+                   "v1_device_delete");
+    mdm_router_add(r, MDM_GET, "/v1/devices/{id}/commands", handle_device_commands,
+                   MDM_AUTH_API_READ, "v1_device_commands");
+    mdm_router_add(r, MDM_DELETE, "/v1/devices/{id}/commands/{uuid}", handle_cancel,
+                   MDM_AUTH_API_ADMIN, "v1_command_cancel");
+    mdm_router_add(r, MDM_POST, "/v1/commands", handle_commands_post, MDM_AUTH_API_ADMIN,
+                   "v1_commands");
+    mdm_router_add(r, MDM_GET, "/v1/commands/{uuid}", handle_command, MDM_AUTH_API_READ,
+                   "v1_command");
+    mdm_router_add(r, MDM_PUT, "/v1/enqueue/{ids}", handle_nano_enqueue, MDM_AUTH_API_ADMIN,
+                   "v1_enqueue");
+    mdm_router_add(r, MDM_GET | MDM_POST, "/v1/push/{ids}", handle_nano_push,
+                   MDM_AUTH_API_ADMIN, "v1_push");
+}

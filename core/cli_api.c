@@ -1,0 +1,362 @@
+/* CLI commands that talk to a running server through the admin API:
+ * `moonmdm device list|show|delete`, `moonmdm cmd send|show|cancel`,
+ * `moonmdm push`. */
+#include <curl/curl.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "config.h"
+#include "util/alloc.h"
+#include "util/buf.h"
+#include "util/encode.h"
+
+typedef struct api_client {
+    char *url;
+    char *key;
+    char *cacert;
+    bool enrolled;      /* device list --enrolled */
+    int limit;          /* device list --limit N */
+} api_client_t;
+
+static const char api_options[] =
+    "connection options (defaults come from the config file):\n"
+    "  -c, --config FILE     config file (finds the server address and CA)\n"
+    "  -d, --data-dir DIR    data directory when there is no config file\n"
+    "  -u, --url URL         server base URL (default: https://<first listen address>)\n"
+    "  -k, --api-key KEY     API key (default: $MOONMDM_API_KEY)\n"
+    "      --cacert FILE     CA to verify the server (default: <data_dir>/ca.crt)\n";
+
+static size_t write_cb(char *p, size_t size, size_t n, void *arg)
+{
+    mdm_buf_append(arg, p, size * n);
+    return size * n;
+}
+
+/* Performs one request; returns the HTTP status (or -1) with the body. */
+static long api_call(const api_client_t *c, const char *method, const char *path,
+                     const char *ctype, const void *body, size_t len, mdm_buf_t *out)
+{
+    CURL *curl = curl_easy_init();
+    if (curl == NULL)
+        return -1;
+    char *url = mdm_sprintf("%s%s", c->url, path);
+    char *auth = mdm_sprintf("Authorization: Bearer %s", c->key);
+    struct curl_slist *h = curl_slist_append(NULL, auth);
+    char *ct = NULL;
+    if (ctype) {
+        ct = mdm_sprintf("Content-Type: %s", ctype);
+        h = curl_slist_append(h, ct);
+    }
+    curl_easy_setopt(curl, CURLOPT_URL, url);
+    curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, out);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT, 60L);
+    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    if (c->cacert)
+        curl_easy_setopt(curl, CURLOPT_CAINFO, c->cacert);
+    if (body != NULL) {
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, (long)len);
+    }
+    long status = -1;
+    CURLcode rc = curl_easy_perform(curl);
+    if (rc == CURLE_OK)
+        curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+    else
+        fprintf(stderr, "moonmdm: %s %s: %s\n", method, url, curl_easy_strerror(rc));
+    curl_slist_free_all(h);
+    curl_easy_cleanup(curl);
+    mdm_free(url);
+    mdm_free(auth);
+    mdm_free(ct);
+    return status;
+}
+
+/* Prints the body (JSON pretty-printed when it parses) and maps the status
+ * to an exit code. */
+static int print_result(long status, const mdm_buf_t *body)
+{
+    json_error_t je;
+    json_t *j = body->len ? json_loadb(body->data, body->len, 0, &je) : NULL;
+    if (j != NULL) {
+        char *s = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
+        puts(s);
+        free(s);
+        json_decref(j);
+    } else if (body->len) {
+        fwrite(body->data, 1, body->len, stdout);
+    }
+    if (status < 0)
+        return 1;
+    if (status >= 400) {
+        fprintf(stderr, "moonmdm: the server answered %ld\n", status);
+        return 1;
+    }
+    return 0;
+}
+
+/* Parses the connection options; leaves optind at the first other word. */
+static int client_setup(int argc, char **argv, api_client_t *c, const char *usage)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"data-dir", required_argument, NULL, 'd'},
+        {"url", required_argument, NULL, 'u'},    {"api-key", required_argument, NULL, 'k'},
+        {"cacert", required_argument, NULL, 'C'}, {"help", no_argument, NULL, 'h'},
+        {"enrolled", no_argument, NULL, 'E'},     {"limit", required_argument, NULL, 'L'},
+        {NULL, 0, NULL, 0},
+    };
+    bool enrolled = false;
+    int limit = 0;
+    const char *config = NULL, *data_dir = NULL, *url = NULL, *key = NULL, *cacert = NULL;
+    int ch;
+    optind = 1;
+    /* Options may come anywhere; the other words (verb, ids, key=value)
+     * are moved behind them, in order. */
+    while ((ch = getopt_long(argc, argv, "c:d:u:k:h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': config = optarg; break;
+        case 'd': data_dir = optarg; break;
+        case 'u': url = optarg; break;
+        case 'k': key = optarg; break;
+        case 'C': cacert = optarg; break;
+        case 'E': enrolled = true; break;
+        case 'L': limit = atoi(optarg); break;
+        case 'h': printf("%s\n%s", usage, api_options); return 1;
+        default: fprintf(stderr, "%s\n%s", usage, api_options); return 2;
+        }
+    }
+    memset(c, 0, sizeof(*c));
+    c->enrolled = enrolled;
+    c->limit = limit;
+    if (key == NULL)
+        key = getenv("MOONMDM_API_KEY");
+    if (key == NULL) {
+        fprintf(stderr, "moonmdm: no API key: pass --api-key or set MOONMDM_API_KEY\n");
+        return 2;
+    }
+    mdm_config_t cfg;
+    if (mdm__cli_load_config(&cfg, config, data_dir) != 0)
+        return 2;
+    if (url == NULL && cfg.listen.n > 0) {
+        const char *a = cfg.listen.v[0];
+        if (strncmp(a, "0.0.0.0:", 8) == 0)
+            c->url = mdm_sprintf("https://127.0.0.1:%s", a + 8);
+        else
+            c->url = mdm_sprintf("https://%s", a);
+    } else if (url != NULL) {
+        c->url = mdm_strdup(url);
+    } else {
+        c->url = mdm_strdup("https://127.0.0.1:8443");
+    }
+    size_t ul = strlen(c->url);
+    if (ul > 0 && c->url[ul - 1] == '/')
+        c->url[ul - 1] = '\0';
+    c->key = mdm_strdup(key);
+    c->cacert = mdm_strdup(cacert ? cacert : cfg.ca_cert);
+    mdm_config_free(&cfg);
+    return 0;
+}
+
+static void client_free(api_client_t *c)
+{
+    mdm_free(c->url);
+    mdm_free(c->key);
+    mdm_free(c->cacert);
+}
+
+static char *escape_segment(const char *s)
+{
+    CURL *curl = curl_easy_init();
+    char *e = curl_easy_escape(curl, s, 0);
+    char *r = mdm_strdup(e ? e : "");
+    curl_free(e);
+    curl_easy_cleanup(curl);
+    return r;
+}
+
+static const char device_usage[] =
+    "usage: moonmdm device list [--enrolled] [--limit N]\n"
+    "       moonmdm device show ID\n"
+    "       moonmdm device delete ID\n";
+
+int mdm_cmd_device(int argc, char **argv)
+{
+    api_client_t c;
+    int rc = client_setup(argc, argv, &c, device_usage);
+    if (rc != 0)
+        return rc == 1 ? 0 : rc;
+    int exit_code = 2;
+    mdm_buf_t body = MDM_BUF_INIT;
+    const char *verb = optind < argc ? argv[optind] : "";
+    if (strcmp(verb, "list") == 0) {
+        mdm_buf_t path = MDM_BUF_INIT;
+        mdm_buf_printf(&path, "/v1/devices?limit=%d", c.limit > 0 ? c.limit : 1000);
+        if (c.enrolled)
+            mdm_buf_puts(&path, "&enrolled=true");
+        long st = api_call(&c, "GET", path.data, NULL, NULL, 0, &body);
+        mdm_buf_free(&path);
+        exit_code = print_result(st, &body);
+    } else if ((strcmp(verb, "show") == 0 || strcmp(verb, "delete") == 0) && optind + 1 < argc) {
+        char *id = escape_segment(argv[optind + 1]);
+        char *path = mdm_sprintf("/v1/devices/%s", id);
+        long st = api_call(&c, verb[0] == 's' ? "GET" : "DELETE", path, NULL, NULL, 0, &body);
+        exit_code = print_result(st, &body);
+        mdm_free(id);
+        mdm_free(path);
+    } else {
+        fputs(device_usage, stderr);
+    }
+    mdm_buf_free(&body);
+    client_free(&c);
+    return exit_code;
+}
+
+/* key=value: true/false -> boolean, an integer -> integer, @file -> the
+ * file as base64 data, key:=JSON -> raw JSON, anything else a string. */
+static int parse_kv(const char *arg, json_t *obj)
+{
+    const char *eq = strchr(arg, '=');
+    if (eq == NULL || eq == arg)
+        return -1;
+    bool raw = eq > arg && eq[-1] == ':';
+    char *key = mdm_strndup(arg, (size_t)(eq - arg - (raw ? 1 : 0)));
+    const char *v = eq + 1;
+    json_t *val = NULL;
+    if (raw) {
+        json_error_t je;
+        val = json_loads(v, JSON_DECODE_ANY, &je);
+        if (val == NULL)
+            fprintf(stderr, "moonmdm: %s: not JSON: %s\n", key, je.text);
+    } else if (v[0] == '@') {
+        FILE *f = fopen(v + 1, "rb");
+        if (f == NULL) {
+            perror(v + 1);
+        } else {
+            mdm_buf_t b = MDM_BUF_INIT, b64 = MDM_BUF_INIT;
+            char chunk[8192];
+            size_t n;
+            while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+                mdm_buf_append(&b, chunk, n);
+            fclose(f);
+            mdm_base64_encode(&b64, b.data ? b.data : "", b.len);
+            val = json_string(b64.data ? b64.data : "");
+            mdm_buf_free(&b);
+            mdm_buf_free(&b64);
+        }
+    } else if (strcmp(v, "true") == 0 || strcmp(v, "false") == 0) {
+        val = json_boolean(v[0] == 't');
+    } else {
+        char *end;
+        long long n = strtoll(v, &end, 10);
+        val = (*v && *end == '\0') ? json_integer(n) : json_string(v);
+    }
+    int rc = val ? 0 : -1;
+    if (val)
+        json_object_set_new(obj, key, val);
+    mdm_free(key);
+    return rc;
+}
+
+static const char cmd_usage[] =
+    "usage: moonmdm cmd send ID[,ID...] RequestType [key=value ...] [priority=N ttl=1h ...]\n"
+    "       moonmdm cmd show UUID\n"
+    "       moonmdm cmd list ID\n"
+    "       moonmdm cmd cancel ID UUID\n"
+    "\n"
+    "Values: true/false are booleans, digits integers, @FILE the file's bytes\n"
+    "(data), key:=JSON raw JSON (arrays, dicts); anything else is a string.\n"
+    "Example: moonmdm cmd send 0000-1111 DeviceInformation 'Queries:=[\"UDID\",\"OSVersion\"]'\n";
+
+int mdm_cmd_cmd(int argc, char **argv)
+{
+    api_client_t c;
+    int rc = client_setup(argc, argv, &c, cmd_usage);
+    if (rc != 0)
+        return rc == 1 ? 0 : rc;
+    int exit_code = 2;
+    mdm_buf_t body = MDM_BUF_INIT;
+    const char *verb = optind < argc ? argv[optind] : "";
+    if (strcmp(verb, "send") == 0 && optind + 2 < argc) {
+        json_t *req = json_object();
+        json_t *targets = json_array();
+        char *ids = mdm_strdup(argv[optind + 1]);
+        for (char *save = NULL, *t = strtok_r(ids, ",", &save); t; t = strtok_r(NULL, ",", &save))
+            json_array_append_new(targets, json_string(t));
+        mdm_free(ids);
+        json_object_set_new(req, "targets", targets);
+        json_object_set_new(req, "request_type", json_string(argv[optind + 2]));
+        bool ok = true;
+        for (int i = optind + 3; i < argc && ok; i++) {
+            if (parse_kv(argv[i], req) != 0) {
+                fprintf(stderr, "moonmdm cmd send: \"%s\": expected key=value\n", argv[i]);
+                ok = false;
+            }
+        }
+        if (ok) {
+            char *s = json_dumps(req, JSON_COMPACT);
+            long st = api_call(&c, "POST", "/v1/commands", "application/json", s, strlen(s),
+                               &body);
+            free(s);
+            exit_code = print_result(st, &body);
+        }
+        json_decref(req);
+    } else if ((strcmp(verb, "show") == 0 || strcmp(verb, "list") == 0) && optind + 1 < argc) {
+        char *id = escape_segment(argv[optind + 1]);
+        char *path = verb[0] == 's' ? mdm_sprintf("/v1/commands/%s", id)
+                                    : mdm_sprintf("/v1/devices/%s/commands", id);
+        long st = api_call(&c, "GET", path, NULL, NULL, 0, &body);
+        exit_code = print_result(st, &body);
+        mdm_free(id);
+        mdm_free(path);
+    } else if (strcmp(verb, "cancel") == 0 && optind + 2 < argc) {
+        char *id = escape_segment(argv[optind + 1]);
+        char *uuid = escape_segment(argv[optind + 2]);
+        char *path = mdm_sprintf("/v1/devices/%s/commands/%s", id, uuid);
+        long st = api_call(&c, "DELETE", path, NULL, NULL, 0, &body);
+        exit_code = print_result(st, &body);
+        mdm_free(id);
+        mdm_free(uuid);
+        mdm_free(path);
+    } else {
+        fputs(cmd_usage, stderr);
+    }
+    mdm_buf_free(&body);
+    client_free(&c);
+    return exit_code;
+}
+
+static const char push_usage[] = "usage: moonmdm push ID [ID...]\n";
+
+int mdm_cmd_push(int argc, char **argv)
+{
+    api_client_t c;
+    int rc = client_setup(argc, argv, &c, push_usage);
+    if (rc != 0)
+        return rc == 1 ? 0 : rc;
+    int exit_code = 2;
+    if (optind < argc) {
+        mdm_buf_t ids = MDM_BUF_INIT, body = MDM_BUF_INIT;
+        for (int i = optind; i < argc; i++) {
+            char *e = escape_segment(argv[i]);
+            mdm_buf_printf(&ids, "%s%s", i > optind ? "," : "", e);
+            mdm_free(e);
+        }
+        char *path = mdm_sprintf("/v1/push/%s", ids.data);
+        long st = api_call(&c, "POST", path, NULL, NULL, 0, &body);
+        exit_code = print_result(st, &body);
+        mdm_free(path);
+        mdm_buf_free(&ids);
+        mdm_buf_free(&body);
+    } else {
+        fputs(push_usage, stderr);
+    }
+    client_free(&c);
+    return exit_code;
+}

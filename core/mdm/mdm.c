@@ -1,0 +1,947 @@
+#include "mdm/mdm.h"
+
+#include <openssl/cms.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "crypto/certdb.h"
+#include "crypto/keys.h"
+#include "mdm/queue.h"
+#include "util/alloc.h"
+#include "util/encode.h"
+#include "util/log.h"
+#include "util/misc.h"
+#include "util/plist.h"
+
+#define SHARED_IPAD_USER "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"
+#define CERT_CACHE_TTL_MS (10 * 60 * 1000)
+
+/* ---- records ------------------------------------------------------------- */
+
+static int load_dict(mdm_txn_t *txn, int table, const char *key, plist_t *out)
+{
+    *out = NULL;
+    mdm_val_t v;
+    int rc = mdm_txn_get(txn, table, MDM_VAL_STR(key), &v);
+    if (rc != 0)
+        return rc;
+    if (mdm_plist_load(v.data, v.len, out) != 0 || plist_get_node_type(*out) != PLIST_DICT) {
+        plist_free(*out);
+        *out = NULL;
+        return MDM_EPARSE;
+    }
+    return 0;
+}
+
+static int save_dict(mdm_txn_t *txn, int table, const char *key, plist_t rec)
+{
+    mdm_buf_t b = MDM_BUF_INIT;
+    mdm_plist_to_bin_buf(rec, &b);
+    int rc = mdm_txn_put(txn, table, MDM_VAL_STR(key), MDM_VAL(b.data, b.len), 0);
+    mdm_buf_free(&b);
+    return rc;
+}
+
+int mdm_enrollment_load(mdm_txn_t *txn, const char *eid, plist_t *out)
+{
+    return load_dict(txn, MDM_T_ENROLLMENTS, eid, out);
+}
+
+int mdm_enrollment_save(mdm_txn_t *txn, const char *eid, plist_t rec)
+{
+    return save_dict(txn, MDM_T_ENROLLMENTS, eid, rec);
+}
+
+int mdm_device_load(mdm_txn_t *txn, const char *device_id, plist_t *out)
+{
+    return load_dict(txn, MDM_T_DEVICES, device_id, out);
+}
+
+int mdm_device_save(mdm_txn_t *txn, const char *device_id, plist_t rec)
+{
+    return save_dict(txn, MDM_T_DEVICES, device_id, rec);
+}
+
+/* Calls fn for each user channel of a device ("<device_id>:..."). */
+static int for_each_user_channel(mdm_txn_t *txn, const char *device_id,
+                                 int (*fn)(mdm_txn_t *, const char *, void *), void *arg)
+{
+    char prefix[MDM_EID_MAX + 2];
+    int pl = snprintf(prefix, sizeof(prefix), "%s:", device_id);
+    if (pl <= 0 || (size_t)pl >= sizeof(prefix))
+        return MDM_EINVAL;
+    /* Collect first: fn may change the table under the cursor. */
+    char **ids = NULL;
+    size_t n = 0;
+    mdm_cursor_t *c = NULL;
+    int rc = mdm_cursor_open(txn, MDM_T_ENROLLMENTS, &c);
+    if (rc == 0) {
+        mdm_val_t k, v, p = MDM_VAL(prefix, (size_t)pl);
+        for (rc = mdm_cursor_seek(c, p, &k, &v); rc == 0 && mdm_val_has_prefix(k, p);
+             rc = mdm_cursor_next(c, &k, &v)) {
+            ids = mdm_realloc(ids, (n + 1) * sizeof(*ids));
+            ids[n++] = mdm_strndup(k.data, k.len);
+        }
+        if (rc == MDM_ENOTFOUND)
+            rc = 0;
+    }
+    mdm_cursor_close(c);
+    for (size_t i = 0; i < n; i++) {
+        if (rc == 0)
+            rc = fn(txn, ids[i], arg);
+        mdm_free(ids[i]);
+    }
+    mdm_free(ids);
+    return rc;
+}
+
+static int forget_channel(mdm_txn_t *txn, const char *eid, void *arg)
+{
+    (void)arg;
+    int rc = mdm_queue_forget(txn, eid);
+    if (rc == 0) {
+        rc = mdm_txn_del(txn, MDM_T_ENROLLMENTS, MDM_VAL_STR(eid));
+        if (rc == MDM_ENOTFOUND)
+            rc = 0;
+    }
+    return rc;
+}
+
+int mdm_device_forget(mdm_txn_t *txn, const char *device_id)
+{
+    int rc = for_each_user_channel(txn, device_id, forget_channel, NULL);
+    if (rc == 0)
+        rc = forget_channel(txn, device_id, NULL);
+    if (rc == 0)
+        rc = mdm_certauth_unbind(txn, device_id);
+    if (rc == 0) {
+        rc = mdm_txn_del(txn, MDM_T_DEVICES, MDM_VAL_STR(device_id));
+        if (rc == MDM_ENOTFOUND)
+            rc = 0;
+    }
+    return rc;
+}
+
+/* ---- identity ------------------------------------------------------------ */
+
+int mdm__resolve_ids(plist_t msg, char eid[MDM_EID_MAX + 1], char device_id[MDM_EID_MAX + 1],
+                     bool *user_channel)
+{
+    const char *udid = mdm_pl_str(msg, "UDID");
+    const char *enr = mdm_pl_str(msg, "EnrollmentID");
+    const char *user_id = mdm_pl_str(msg, "UserID");
+    const char *dev = udid ? udid : enr;
+    *user_channel = false;
+    if (dev == NULL || dev[0] == '\0' || strlen(dev) > 128)
+        return MDM_EPARSE;
+    /* Ids become store keys and log values: keep them to printable text
+     * without the separator of user channels. */
+    for (const char *p = dev; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == ':' || (unsigned char)*p >= 0x7f)
+            return MDM_EPARSE;
+    snprintf(device_id, MDM_EID_MAX + 1, "%s", dev);
+    const char *user = NULL;
+    if (udid != NULL && user_id != NULL) {
+        if (strcmp(user_id, SHARED_IPAD_USER) == 0)
+            user = mdm_pl_str(msg, "UserShortName");
+        else
+            user = user_id;
+        if (user == NULL)
+            return MDM_EPARSE;
+    } else if (udid == NULL && mdm_pl_str(msg, "EnrollmentUserID") != NULL) {
+        user = mdm_pl_str(msg, "EnrollmentUserID");
+    }
+    if (user != NULL) {
+        if (user[0] == '\0' || strlen(user) > 120)
+            return MDM_EPARSE;
+        for (const char *p = user; *p; p++)
+            if ((unsigned char)*p < ' ' || (unsigned char)*p == 0x7f)
+                return MDM_EPARSE;
+        snprintf(eid, MDM_EID_MAX + 1, "%s:%s", dev, user);
+        *user_channel = true;
+    } else {
+        snprintf(eid, MDM_EID_MAX + 1, "%s", dev);
+    }
+    return 0;
+}
+
+static mdm_certcache_entry_t *cache_slot(mdm_mdm_t *m, const unsigned char fp[32], bool *found)
+{
+    uint64_t h;
+    memcpy(&h, fp, sizeof(h));
+    size_t mask = m->cache_slots - 1;
+    for (size_t i = 0; i < m->cache_slots; i++) {
+        mdm_certcache_entry_t *e = &m->cache[(h + i) & mask];
+        if (e->valid_until_ms == 0) {
+            *found = false;
+            return e;
+        }
+        if (memcmp(e->fp, fp, 32) == 0) {
+            *found = true;
+            return e;
+        }
+    }
+    *found = false;
+    return NULL;
+}
+
+static bool cache_check(mdm_mdm_t *m, const unsigned char fp[32], int64_t now)
+{
+    bool found;
+    mdm_certcache_entry_t *e = cache_slot(m, fp, &found);
+    return found && e->valid_until_ms > now;
+}
+
+static void cache_put(mdm_mdm_t *m, const unsigned char fp[32], int64_t until)
+{
+    if (m->cache_used * 10 >= m->cache_slots * 7) {
+        /* Full enough: start over rather than evict one by one. */
+        memset(m->cache, 0, m->cache_slots * sizeof(*m->cache));
+        m->cache_used = 0;
+    }
+    bool found;
+    mdm_certcache_entry_t *e = cache_slot(m, fp, &found);
+    if (e == NULL)
+        return;
+    if (!found)
+        m->cache_used++;
+    memcpy(e->fp, fp, 32);
+    e->valid_until_ms = until;
+}
+
+int mdm__verify_signature(mdm_mdm_t *m, const char *header, const void *body, size_t len,
+                          mdm_identity_t *out, const char **why)
+{
+    memset(out, 0, sizeof(*out));
+    mdm_buf_t der = MDM_BUF_INIT;
+    CMS_ContentInfo *cms = NULL;
+    BIO *data = NULL;
+    STACK_OF(X509) *signers = NULL;
+    int rc = MDM_EAUTH;
+    if (mdm_base64_decode(&der, header, strlen(header)) != 0 || der.len == 0) {
+        *why = "Mdm-Signature is not base64";
+        goto out;
+    }
+    const unsigned char *p = (const unsigned char *)der.data;
+    cms = d2i_CMS_ContentInfo(NULL, &p, (long)der.len);
+    if (cms == NULL || OBJ_obj2nid(CMS_get0_type(cms)) != NID_pkcs7_signed) {
+        *why = "Mdm-Signature is not a CMS SignedData";
+        goto out;
+    }
+    data = BIO_new_mem_buf(body, (int)len);
+    if (CMS_verify(cms, NULL, NULL, data, NULL,
+                   CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY | CMS_DETACHED) != 1) {
+        *why = "Mdm-Signature does not verify over the body";
+        goto out;
+    }
+    signers = CMS_get0_signers(cms);
+    if (signers == NULL || sk_X509_num(signers) != 1) {
+        *why = "Mdm-Signature must have exactly one signer";
+        goto out;
+    }
+    X509 *signer = sk_X509_value(signers, 0);
+    if (mdm_cert_sha256(signer, out->fp) != 0) {
+        *why = "cannot hash the signer certificate";
+        goto out;
+    }
+    int64_t now = mdm_now_ms();
+    if (cache_check(m, out->fp, now)) {
+        mdm_metric_add(m->m_sig_cache_hits, 1);
+    } else {
+        X509_STORE *store = m->server->client_ca_store;
+        if (store == NULL) {
+            *why = "no trusted device CA is configured (tls.client_ca)";
+            goto out;
+        }
+        X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+        STACK_OF(X509) *untrusted = CMS_get1_certs(cms);
+        int ok = X509_STORE_CTX_init(ctx, store, signer, untrusted) == 1 &&
+                 X509_verify_cert(ctx) == 1;
+        if (!ok)
+            *why = X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx));
+        X509_STORE_CTX_free(ctx);
+        sk_X509_pop_free(untrusted, X509_free);
+        if (!ok)
+            goto out;
+        int64_t nb, na;
+        int64_t until = now + CERT_CACHE_TTL_MS;
+        if (mdm_cert_validity_ms(signer, &nb, &na) == 0 && na < until)
+            until = na;
+        cache_put(m, out->fp, until);
+        mdm_metric_add(m->m_sig_verified, 1);
+    }
+    X509_up_ref(signer);
+    out->cert = signer;
+    out->owned = true;
+    out->source = "signature";
+    rc = 0;
+out:
+    ERR_clear_error();
+    sk_X509_free(signers);
+    BIO_free(data);
+    CMS_ContentInfo_free(cms);
+    mdm_buf_free(&der);
+    return rc;
+}
+
+/* ---- message handling ---------------------------------------------------- */
+
+typedef struct msg_ctx {
+    mdm_mdm_t *m;
+    const mdm_identity_t *id;
+    plist_t msg;
+    const char *type;
+    const void *body;
+    size_t len;
+    char eid[MDM_EID_MAX + 1];
+    char device_id[MDM_EID_MAX + 1];
+    bool user_channel;
+    int64_t now;
+    mdm_outcome_t *out;
+    /* facts for the log, set inside the transaction */
+    int report_outcome;
+    size_t cleared;
+    bool revoked_cert;
+} msg_ctx_t;
+
+static void refuse(msg_ctx_t *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void refuse(msg_ctx_t *c, int status, const char *fmt, ...)
+{
+    c->out->status = status;
+    mdm_buf_reset(&c->out->body);
+    c->out->ctype = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->out->detail, sizeof(c->out->detail), fmt, ap);
+    va_end(ap);
+}
+
+/* A refusal inside a transaction: roll back, keep the status. */
+#define REFUSED MDM_EAUTH
+
+static int check_revoked(msg_ctx_t *c, mdm_txn_t *txn)
+{
+    unsigned char serial[MDM_SERIAL_MAX];
+    size_t sl = 0;
+    bool revoked = false;
+    if (mdm_cert_serial(c->id->cert, serial, &sl) != 0)
+        return 0;
+    int rc = mdm_certdb_is_revoked(txn, serial, sl, &revoked);
+    if (rc == MDM_ENOTFOUND)
+        return 0;
+    if (rc != 0)
+        return rc;
+    if (revoked) {
+        refuse(c, 403, "the identity certificate is revoked");
+        return REFUSED;
+    }
+    return 0;
+}
+
+/* Requires the request's certificate to be bound to this device. */
+static int check_binding(msg_ctx_t *c, mdm_txn_t *txn)
+{
+    char bound[MDM_EID_MAX + 1];
+    int rc = mdm_certauth_lookup(txn, c->id->fp, bound, sizeof(bound));
+    if (rc == 0) {
+        if (strcmp(bound, c->device_id) == 0)
+            return 0;
+        refuse(c, 403, "the certificate is bound to another enrollment (%s)", bound);
+        return REFUSED;
+    }
+    if (rc != MDM_ENOTFOUND)
+        return rc;
+    if (c->m->server->cfg->mdm_bind_on_first_sight) {
+        unsigned char cur[32];
+        int cr = mdm_certauth_current(txn, c->device_id, cur);
+        if (cr == MDM_ENOTFOUND) {
+            mdm_log(MDM_LOG_INFO, NULL, "mdm.bound_on_first_sight", "device=%s", c->device_id);
+            return mdm_certauth_bind(txn, c->id->fp, c->device_id);
+        }
+    }
+    refuse(c, 403, "the certificate is not bound to any enrollment");
+    return REFUSED;
+}
+
+static void set_device_facts(plist_t dev, plist_t msg)
+{
+    static const struct {
+        const char *msg_key, *rec_key;
+    } map[] = {
+        {"SerialNumber", "serial"},   {"ProductName", "product"},   {"OSVersion", "os_version"},
+        {"BuildVersion", "build_version"}, {"IMEI", "imei"},         {"MEID", "meid"},
+        {"DeviceName", "device_name"}, {"Model", "model"},          {"ModelName", "model_name"},
+    };
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
+        const char *v = mdm_pl_str(msg, map[i].msg_key);
+        if (v != NULL)
+            mdm_pl_set_str(dev, map[i].rec_key, v);
+    }
+}
+
+static int reset_user_channel(mdm_txn_t *txn, const char *eid, void *arg)
+{
+    msg_ctx_t *c = arg;
+    plist_t e = NULL;
+    int rc = mdm_enrollment_load(txn, eid, &e);
+    if (rc != 0)
+        return rc == MDM_ENOTFOUND ? 0 : rc;
+    size_t n = 0;
+    rc = mdm_queue_clear(txn, eid, "Cleared", c->now, &n);
+    c->cleared += n;
+    mdm_pl_set_bool(e, "enabled", false);
+    mdm_pl_remove(e, "token");
+    mdm_pl_remove(e, "push_magic");
+    if (rc == 0)
+        rc = mdm_enrollment_save(txn, eid, e);
+    plist_free(e);
+    return rc;
+}
+
+static int on_authenticate(msg_ctx_t *c, mdm_txn_t *txn)
+{
+    if (c->user_channel) {
+        refuse(c, 400, "Authenticate on a user channel");
+        return REFUSED;
+    }
+    int rc = check_revoked(c, txn);
+    if (rc != 0)
+        return rc;
+    char bound[MDM_EID_MAX + 1];
+    rc = mdm_certauth_lookup(txn, c->id->fp, bound, sizeof(bound));
+    if (rc == 0 && strcmp(bound, c->device_id) != 0) {
+        refuse(c, 403, "the certificate is already bound to another enrollment (%s)", bound);
+        return REFUSED;
+    }
+    if (rc != 0 && rc != MDM_ENOTFOUND)
+        return rc;
+
+    plist_t dev = NULL;
+    rc = mdm_device_load(txn, c->device_id, &dev);
+    if (rc == MDM_ENOTFOUND) {
+        dev = plist_new_dict();
+        mdm_pl_set_int(dev, "created_at", c->now);
+        rc = 0;
+    }
+    if (rc != 0)
+        return rc;
+    set_device_facts(dev, c->msg);
+    mdm_pl_set_int(dev, "updated_at", c->now);
+    rc = mdm_device_save(txn, c->device_id, dev);
+    plist_free(dev);
+    if (rc != 0)
+        return rc;
+
+    plist_t e = NULL;
+    rc = mdm_enrollment_load(txn, c->eid, &e);
+    if (rc == MDM_ENOTFOUND) {
+        e = plist_new_dict();
+        mdm_pl_set_str(e, "type", "device");
+        mdm_pl_set_str(e, "device_id", c->device_id);
+        rc = 0;
+    } else if (rc == 0) {
+        /* A re-enrollment: what was queued for the old installation is
+         * void, and the old push token is dead. */
+        size_t n = 0;
+        rc = mdm_queue_clear(txn, c->eid, "Cleared", c->now, &n);
+        c->cleared += n;
+        if (rc == 0)
+            rc = for_each_user_channel(txn, c->device_id, reset_user_channel, c);
+    }
+    if (rc != 0) {
+        plist_free(e);
+        return rc;
+    }
+    mdm_pl_set_bool(e, "enabled", false);
+    mdm_pl_set_bool(e, "pending_first_token", true);
+    mdm_pl_set_bool(e, "new_enrollment", false);
+    mdm_pl_remove(e, "token");
+    mdm_pl_remove(e, "push_magic");
+    mdm_pl_remove(e, "unlock_token");
+    mdm_pl_remove(e, "checked_out_at");
+    mdm_pl_set_bool(e, "token_invalid", false);
+    mdm_pl_set_str(e, "topic", mdm_pl_str(c->msg, "Topic"));
+    mdm_pl_set_int(e, "authenticated_at", c->now);
+    mdm_pl_set_int(e, "last_seen_at", c->now);
+    mdm_pl_set_uint(e, "authenticate_count", mdm_pl_uint(e, "authenticate_count", 0) + 1);
+    mdm_pl_set_data(e, "cert_fp", c->id->fp, 32);
+
+    /* The person who enrolled, when the certificate came from a challenge
+     * that was issued to someone. */
+    mdm_certrec_t rec;
+    memset(&rec, 0, sizeof(rec));
+    if (mdm_certdb_get_by_fingerprint(txn, c->id->fp, &rec) == 0) {
+        if (rec.enrollment_id[0] == '\0' || strcmp(rec.enrollment_id, c->device_id) != 0)
+            mdm_certdb_set_enrollment(txn, rec.serial, rec.serial_len, c->device_id);
+        mdm_certrec_free(&rec);
+    }
+    rc = mdm_enrollment_save(txn, c->eid, e);
+    plist_free(e);
+    if (rc == 0)
+        rc = mdm_certauth_bind(txn, c->id->fp, c->device_id);
+    return rc;
+}
+
+static int seal_into(msg_ctx_t *c, plist_t e, const char *field, const char *purpose,
+                     const unsigned char *p, size_t n)
+{
+    if (p == NULL || n == 0) {
+        mdm_pl_remove(e, field);
+        return 0;
+    }
+    char aad[MDM_EID_MAX + 32];
+    snprintf(aad, sizeof(aad), "%s:%s", purpose, c->eid);
+    mdm_buf_t sealed = MDM_BUF_INIT;
+    int rc = mdm_secret_seal(&c->m->secret, aad, p, n, &sealed);
+    if (rc == 0)
+        mdm_pl_set_data(e, field, sealed.data, sealed.len);
+    mdm_buf_free(&sealed);
+    return rc;
+}
+
+static int on_token_update(msg_ctx_t *c, mdm_txn_t *txn)
+{
+    int rc = check_revoked(c, txn);
+    if (rc == 0)
+        rc = check_binding(c, txn);
+    if (rc != 0)
+        return rc;
+    size_t tlen = 0;
+    const unsigned char *token = mdm_pl_data(c->msg, "Token", &tlen);
+    const char *magic = mdm_pl_str(c->msg, "PushMagic");
+    if (token == NULL || tlen == 0 || tlen > 1024 || magic == NULL) {
+        refuse(c, 400, "TokenUpdate without Token or PushMagic");
+        return REFUSED;
+    }
+    plist_t e = NULL;
+    rc = mdm_enrollment_load(txn, c->eid, &e);
+    if (rc == MDM_ENOTFOUND) {
+        if (!c->user_channel && !c->m->server->cfg->mdm_bind_on_first_sight) {
+            refuse(c, 403, "TokenUpdate for an enrollment that never authenticated");
+            return REFUSED;
+        }
+        e = plist_new_dict();
+        mdm_pl_set_str(e, "type", c->user_channel ? "user" : "device");
+        mdm_pl_set_str(e, "device_id", c->device_id);
+        mdm_pl_set_bool(e, "pending_first_token", true);
+        if (c->user_channel) {
+            mdm_pl_set_str(e, "user_id", mdm_pl_str(c->msg, "UserID"));
+            mdm_pl_set_str(e, "user_short_name", mdm_pl_str(c->msg, "UserShortName"));
+            mdm_pl_set_str(e, "user_long_name", mdm_pl_str(c->msg, "UserLongName"));
+        }
+        rc = 0;
+    }
+    if (rc != 0)
+        return rc;
+    mdm_pl_set_data(e, "token", token, tlen);
+    mdm_pl_set_str(e, "push_magic", magic);
+    const char *topic = mdm_pl_str(c->msg, "Topic");
+    if (topic)
+        mdm_pl_set_str(e, "topic", topic);
+    size_t ulen = 0;
+    const unsigned char *unlock = mdm_pl_data(c->msg, "UnlockToken", &ulen);
+    if (unlock != NULL)
+        rc = seal_into(c, e, "unlock_token", "unlock", unlock, ulen);
+    mdm_pl_set_bool(e, "awaiting_configuration",
+                    mdm_pl_bool(c->msg, "AwaitingConfiguration", false));
+    mdm_pl_set_bool(e, "enabled", true);
+    mdm_pl_set_bool(e, "token_invalid", false);
+    mdm_pl_set_uint(e, "token_updates", mdm_pl_uint(e, "token_updates", 0) + 1);
+    mdm_pl_set_int(e, "token_updated_at", c->now);
+    mdm_pl_set_int(e, "last_seen_at", c->now);
+    if (mdm_pl_bool(e, "pending_first_token", false)) {
+        mdm_pl_set_bool(e, "pending_first_token", false);
+        mdm_pl_set_bool(e, "new_enrollment", true);
+        mdm_pl_set_int(e, "enrolled_at", c->now);
+    }
+    if (rc == 0)
+        rc = mdm_enrollment_save(txn, c->eid, e);
+    plist_free(e);
+    return rc;
+}
+
+static int on_checkout(msg_ctx_t *c, mdm_txn_t *txn)
+{
+    int rc = check_binding(c, txn);
+    if (rc != 0)
+        return rc;
+    plist_t e = NULL;
+    rc = mdm_enrollment_load(txn, c->eid, &e);
+    if (rc == MDM_ENOTFOUND) {
+        refuse(c, 403, "CheckOut for an unknown enrollment");
+        return REFUSED;
+    }
+    if (rc != 0)
+        return rc;
+    mdm_pl_set_bool(e, "enabled", false);
+    mdm_pl_set_int(e, "checked_out_at", c->now);
+    mdm_pl_set_int(e, "last_seen_at", c->now);
+    rc = mdm_enrollment_save(txn, c->eid, e);
+    plist_free(e);
+    if (rc != 0 || c->user_channel)
+        return rc;
+    /* The device left: its identity is worth nothing any more. */
+    rc = for_each_user_channel(txn, c->device_id, reset_user_channel, c);
+    unsigned char serial[MDM_SERIAL_MAX];
+    size_t sl = 0;
+    if (rc == 0 && mdm_cert_serial(c->id->cert, serial, &sl) == 0) {
+        int r = mdm_certdb_revoke(txn, serial, sl, 5 /* cessationOfOperation */, c->now);
+        if (r == 0) {
+            c->revoked_cert = true;
+            uint64_t gen = 0;
+            mdm_meta_get_u64(txn, "revocations", &gen);
+            r = mdm_meta_put_u64(txn, "revocations", gen + 1);
+        }
+        if (r != 0 && r != MDM_ENOTFOUND)
+            rc = r;
+    }
+    if (rc == 0)
+        rc = mdm_certauth_unbind(txn, c->device_id);
+    return rc;
+}
+
+static int on_set_bootstrap(msg_ctx_t *c, mdm_txn_t *txn)
+{
+    int rc = check_revoked(c, txn);
+    if (rc == 0)
+        rc = check_binding(c, txn);
+    if (rc != 0)
+        return rc;
+    plist_t e = NULL;
+    rc = mdm_enrollment_load(txn, c->device_id, &e);
+    if (rc == MDM_ENOTFOUND) {
+        refuse(c, 403, "SetBootstrapToken for an unknown enrollment");
+        return REFUSED;
+    }
+    if (rc != 0)
+        return rc;
+    size_t n = 0;
+    const unsigned char *tok = mdm_pl_data(c->msg, "BootstrapToken", &n);
+    char saved_eid[MDM_EID_MAX + 1];
+    memcpy(saved_eid, c->eid, sizeof(saved_eid));
+    snprintf(c->eid, sizeof(c->eid), "%s", c->device_id);
+    rc = seal_into(c, e, "bootstrap_token", "bootstrap", tok, n);
+    memcpy(c->eid, saved_eid, sizeof(saved_eid));
+    mdm_pl_set_int(e, "last_seen_at", c->now);
+    if (rc == 0)
+        rc = mdm_enrollment_save(txn, c->device_id, e);
+    plist_free(e);
+    return rc;
+}
+
+static int on_get_bootstrap(msg_ctx_t *c, mdm_txn_t *txn)
+{
+    int rc = check_revoked(c, txn);
+    if (rc == 0)
+        rc = check_binding(c, txn);
+    if (rc != 0)
+        return rc;
+    plist_t e = NULL;
+    rc = mdm_enrollment_load(txn, c->device_id, &e);
+    if (rc == MDM_ENOTFOUND) {
+        refuse(c, 403, "GetBootstrapToken for an unknown enrollment");
+        return REFUSED;
+    }
+    if (rc != 0)
+        return rc;
+    plist_t reply = plist_new_dict();
+    size_t n = 0;
+    const unsigned char *sealed = mdm_pl_data(e, "bootstrap_token", &n);
+    if (sealed != NULL) {
+        char aad[MDM_EID_MAX + 32];
+        snprintf(aad, sizeof(aad), "bootstrap:%s", c->device_id);
+        mdm_buf_t plain = MDM_BUF_INIT;
+        if (mdm_secret_open(&c->m->secret, aad, sealed, n, &plain) == 0)
+            mdm_pl_set_data(reply, "BootstrapToken", plain.data, plain.len);
+        else
+            mdm_log(MDM_LOG_ERROR, NULL, "mdm.bootstrap_token_unreadable",
+                    "device=%s reason=\"does not open with the data directory's secret.key\"",
+                    c->device_id);
+        mdm_buf_free(&plain);
+    }
+    mdm_plist_to_xml_buf(reply, &c->out->body);
+    c->out->ctype = "application/xml";
+    plist_free(reply);
+    plist_free(e);
+    return 0;
+}
+
+static int checkin_txn(mdm_txn_t *txn, void *arg)
+{
+    msg_ctx_t *c = arg;
+    /* The function may run again when the store grows: start clean. */
+    c->out->status = 200;
+    c->out->ctype = NULL;
+    mdm_buf_reset(&c->out->body);
+    c->cleared = 0;
+    c->revoked_cert = false;
+    const char *t = c->type;
+    if (strcmp(t, "Authenticate") == 0)
+        return on_authenticate(c, txn);
+    if (strcmp(t, "TokenUpdate") == 0)
+        return on_token_update(c, txn);
+    if (strcmp(t, "CheckOut") == 0)
+        return on_checkout(c, txn);
+    if (strcmp(t, "SetBootstrapToken") == 0)
+        return on_set_bootstrap(c, txn);
+    if (strcmp(t, "GetBootstrapToken") == 0)
+        return on_get_bootstrap(c, txn);
+    int rc = check_binding(c, txn);
+    if (rc != 0)
+        return rc;
+    if (strcmp(t, "UserAuthenticate") == 0) {
+        /* 410: this server does not manage network or mobile accounts
+         * unless a policy says otherwise. */
+        refuse(c, 410, "UserAuthenticate declined (no policy answers it)");
+        return REFUSED;
+    }
+    if (strcmp(t, "DeclarativeManagement") == 0) {
+        refuse(c, 400, "declarative management is not supported by this server");
+        return REFUSED;
+    }
+    if (strcmp(t, "GetToken") == 0) {
+        refuse(c, 400, "GetToken is not answered (no policy provides tokens)");
+        return REFUSED;
+    }
+    refuse(c, 400, "unknown check-in MessageType");
+    return REFUSED;
+}
+
+static void outcome_init(mdm_outcome_t *out)
+{
+    out->status = 200;
+    out->ctype = NULL;
+    mdm_buf_reset(&out->body);
+    out->eid[0] = out->detail[0] = out->message_type[0] = out->command_uuid[0] = '\0';
+}
+
+/* Parses the message and resolves its ids; refuses bad input. */
+static bool parse_message(msg_ctx_t *c, mdm_mdm_t *m, const mdm_identity_t *id, const void *body,
+                          size_t len)
+{
+    mdm_outcome_t *out = c->out;
+    memset(c, 0, sizeof(*c));
+    c->out = out;
+    c->m = m;
+    c->id = id;
+    c->body = body;
+    c->len = len;
+    c->now = mdm_now_ms();
+    int rc = mdm_plist_load_dict(body, len, m->server->cfg->http_max_body_bytes, &c->msg);
+    if (rc != 0) {
+        c->out->status = 400;
+        snprintf(c->out->detail, sizeof(c->out->detail), "the body is not a plist dictionary");
+        return false;
+    }
+    if (mdm__resolve_ids(c->msg, c->eid, c->device_id, &c->user_channel) != 0) {
+        c->out->status = 400;
+        snprintf(c->out->detail, sizeof(c->out->detail),
+                 "no usable UDID or EnrollmentID (or user channel keys) in the message");
+        return false;
+    }
+    snprintf(c->out->eid, sizeof(c->out->eid), "%s", c->eid);
+    return true;
+}
+
+void mdm__process_checkin(mdm_mdm_t *m, const mdm_identity_t *id, const void *body, size_t len,
+                          mdm_outcome_t *out)
+{
+    msg_ctx_t c;
+    outcome_init(out);
+    c.out = out;
+    if (!parse_message(&c, m, id, body, len)) {
+        c.out = out;
+        goto out;
+    }
+    c.out = out;
+    c.type = mdm_pl_str(c.msg, "MessageType");
+    if (c.type == NULL) {
+        out->status = 400;
+        snprintf(out->detail, sizeof(out->detail), "no MessageType");
+        goto out;
+    }
+    snprintf(out->message_type, sizeof(out->message_type), "%s", c.type);
+    mdm_metric_add(m->m_checkins, 1);
+    int rc = mdm_store_update(m->server->store, checkin_txn, &c);
+    if (rc == REFUSED) {
+        mdm_metric_add(m->m_refused, 1);
+        goto out;
+    }
+    if (rc != 0) {
+        refuse(&c, rc == MDM_ENOSPACE ? 503 : 500, "store: %s", mdm_strerror(rc));
+        goto out;
+    }
+    if (c.cleared > 0 || c.revoked_cert)
+        snprintf(out->detail, sizeof(out->detail), "cleared_commands=%zu revoked_cert=%s",
+                 c.cleared, c.revoked_cert ? "true" : "false");
+out:
+    plist_free(c.msg);
+}
+
+/* ---- command reports ----------------------------------------------------- */
+
+static int merge_device_information(msg_ctx_t *c, mdm_txn_t *txn)
+{
+    plist_t qr = plist_dict_get_item(c->msg, "QueryResponses");
+    if (qr == NULL || plist_get_node_type(qr) != PLIST_DICT)
+        return 0;
+    plist_t dev = NULL;
+    int rc = mdm_device_load(txn, c->device_id, &dev);
+    if (rc == MDM_ENOTFOUND) {
+        dev = plist_new_dict();
+        rc = 0;
+    }
+    if (rc != 0)
+        return rc;
+    plist_t facts = plist_dict_get_item(dev, "facts");
+    if (facts == NULL || plist_get_node_type(facts) != PLIST_DICT) {
+        facts = plist_new_dict();
+        plist_dict_set_item(dev, "facts", facts);
+    }
+    plist_dict_iter it = NULL;
+    plist_dict_new_iter(qr, &it);
+    for (;;) {
+        char *key = NULL;
+        plist_t val = NULL;
+        plist_dict_next_item(qr, it, &key, &val);
+        if (key == NULL)
+            break;
+        plist_dict_set_item(facts, key, plist_copy(val));
+        free(key);
+    }
+    free(it);
+    /* Keep the headline facts current too. */
+    static const struct {
+        const char *q, *rec;
+    } map[] = {{"SerialNumber", "serial"}, {"OSVersion", "os_version"},
+               {"BuildVersion", "build_version"}, {"ProductName", "product"},
+               {"ModelName", "model_name"}, {"Model", "model"}, {"DeviceName", "device_name"}};
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
+        const char *v = mdm_pl_str(qr, map[i].q);
+        if (v)
+            mdm_pl_set_str(dev, map[i].rec, v);
+    }
+    mdm_pl_set_int(dev, "facts_at", c->now);
+    rc = mdm_device_save(txn, c->device_id, dev);
+    plist_free(dev);
+    return rc;
+}
+
+static int report_txn(mdm_txn_t *txn, void *arg)
+{
+    msg_ctx_t *c = arg;
+    c->out->status = 200;
+    c->out->ctype = NULL;
+    mdm_buf_reset(&c->out->body);
+    c->out->command_uuid[0] = '\0';
+    c->report_outcome = -1;
+    int rc = check_revoked(c, txn);
+    if (rc == 0)
+        rc = check_binding(c, txn);
+    if (rc != 0)
+        return rc;
+    plist_t e = NULL;
+    rc = mdm_enrollment_load(txn, c->eid, &e);
+    if (rc == MDM_ENOTFOUND) {
+        refuse(c, 403, "command report for an unknown enrollment");
+        return REFUSED;
+    }
+    if (rc != 0)
+        return rc;
+    if (!mdm_pl_bool(e, "enabled", false)) {
+        plist_free(e);
+        refuse(c, 403, "the enrollment is not enabled (no TokenUpdate since Authenticate, or "
+                       "checked out)");
+        return REFUSED;
+    }
+    uint64_t session = mdm_pl_uint(e, "session", 0);
+    if (strcmp(c->type, "Idle") == 0) {
+        session++;
+        mdm_pl_set_uint(e, "session", session);
+    } else {
+        const char *uuid = mdm_pl_str(c->msg, "CommandUUID");
+        if (uuid == NULL || uuid[0] == '\0') {
+            plist_free(e);
+            refuse(c, 400, "report without CommandUUID");
+            return REFUSED;
+        }
+        snprintf(c->out->command_uuid, sizeof(c->out->command_uuid), "%s", uuid);
+        mdm_result_t prev;
+        bool known = mdm_result_get(txn, c->eid, uuid, &prev, NULL) == 0;
+        rc = mdm_queue_report(txn, c->eid, uuid, c->type, c->body, c->len, c->now,
+                              (int64_t)session, c->m->server->cfg->mdm_notnow_max,
+                              &c->report_outcome);
+        if (rc == MDM_EINVAL) {
+            plist_free(e);
+            refuse(c, 400, "unknown Status");
+            return REFUSED;
+        }
+        if (rc == 0 && known && c->report_outcome == MDM_REPORT_RECORDED &&
+            strcmp(c->type, "Acknowledged") == 0 &&
+            strcmp(prev.request_type, "DeviceInformation") == 0)
+            rc = merge_device_information(c, txn);
+        if (rc != 0) {
+            plist_free(e);
+            return rc;
+        }
+    }
+    mdm_pl_set_int(e, "last_seen_at", c->now);
+    mdm_pl_set_bool(e, "new_enrollment", false);
+    char uuid[MDM_UUID_LEN + 1];
+    rc = mdm_queue_next(txn, c->eid, c->now, (int64_t)session, uuid, &c->out->body);
+    if (rc == 0) {
+        c->out->ctype = "application/xml";
+        snprintf(c->out->command_uuid, sizeof(c->out->command_uuid), "%s", uuid);
+    } else if (rc == MDM_ENOTFOUND) {
+        rc = 0;
+        c->out->command_uuid[0] = '\0';
+    }
+    if (rc == 0)
+        rc = mdm_enrollment_save(txn, c->eid, e);
+    plist_free(e);
+    return rc;
+}
+
+void mdm__process_report(mdm_mdm_t *m, const mdm_identity_t *id, const void *body, size_t len,
+                         mdm_outcome_t *out)
+{
+    msg_ctx_t c;
+    outcome_init(out);
+    c.out = out;
+    if (!parse_message(&c, m, id, body, len)) {
+        c.out = out;
+        goto out;
+    }
+    c.out = out;
+    c.type = mdm_pl_str(c.msg, "Status");
+    if (c.type == NULL) {
+        out->status = 400;
+        snprintf(out->detail, sizeof(out->detail), "no Status");
+        goto out;
+    }
+    snprintf(out->message_type, sizeof(out->message_type), "%s", c.type);
+    mdm_metric_add(m->m_reports, 1);
+    int rc = mdm_store_update(m->server->store, report_txn, &c);
+    if (rc == REFUSED) {
+        mdm_metric_add(m->m_refused, 1);
+        goto out;
+    }
+    if (rc != 0) {
+        refuse(&c, rc == MDM_ENOSPACE ? 503 : 500, "store: %s", mdm_strerror(rc));
+        out->command_uuid[0] = '\0';
+        goto out;
+    }
+    static const char *const names[] = {"recorded", "duplicate", "unknown", "notnow",
+                                        "notnow_limit"};
+    if (c.report_outcome >= 0 && c.report_outcome <= 4)
+        snprintf(out->detail, sizeof(out->detail), "report=%s", names[c.report_outcome]);
+    if (out->command_uuid[0] && out->body.len > 0)
+        mdm_metric_add(m->m_commands_sent, 1);
+out:
+    plist_free(c.msg);
+}

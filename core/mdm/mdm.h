@@ -1,0 +1,102 @@
+/* The MDM check-in and command protocols (PUT /mdm/checkin, PUT
+ * /mdm/connect, PUT /mdm dispatching on Content-Type): device identity
+ * (mTLS, Mdm-Signature, proxy header), binding of certificates to
+ * enrollments, check-in messages, command reports and the next command.
+ *
+ * Records (binary plists):
+ *   enrollments/<eid>: type ("device" or "user"), device_id, topic, token,
+ *     push_magic, unlock_token and bootstrap_token (sealed, see
+ *     crypto/secret.h), enabled, token_invalid, token_updates,
+ *     pending_first_token, new_enrollment, awaiting_configuration,
+ *     authenticated_at, enrolled_at, token_updated_at, last_seen_at,
+ *     checked_out_at, session, user, cert_fp, user_id, user_short_name.
+ *   devices/<device id>: facts from Authenticate (serial, model, ...) and
+ *     "facts" (the last DeviceInformation QueryResponses), tags.
+ * The enrollment id (eid) is the UDID (or EnrollmentID for User Enrollment)
+ * for the device channel, and "<device id>:<user>" for a user channel. */
+#ifndef MDM_MDM_H
+#define MDM_MDM_H
+
+#include <openssl/x509.h>
+#include <plist/plist.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "crypto/secret.h"
+#include "mdm/certauth.h"
+#include "server.h"
+
+#define MDM_EID_MAX MDM_ENROLLMENT_ID_MAX
+
+/* Who sent a request, as proven by a certificate. */
+typedef struct mdm_identity {
+    X509 *cert;                 /* borrowed from the request, or owned */
+    bool owned;
+    unsigned char fp[32];       /* SHA-256 of the certificate */
+    const char *source;         /* "tls", "header" or "signature" */
+} mdm_identity_t;
+
+/* A verified-certificate cache entry (Mdm-Signature mode). */
+typedef struct mdm_certcache_entry {
+    unsigned char fp[32];
+    int64_t valid_until_ms;     /* 0: empty slot */
+} mdm_certcache_entry_t;
+
+typedef struct mdm_mdm {
+    mdm_server_t *server;
+    mdm_secretkey_t secret;
+    mdm_certcache_entry_t *cache;
+    size_t cache_slots;         /* a power of two */
+    size_t cache_used;
+    uv_timer_t prune_timer;
+    mdm_metric_t *m_checkins, *m_reports, *m_refused, *m_commands_sent, *m_sig_cache_hits,
+        *m_sig_verified;
+} mdm_mdm_t;
+
+/* Registers the routes and loads the secrets key. */
+int mdm_mdm_service_init(mdm_server_t *s, mdm_err_t *err);
+void mdm_mdm_service_free(mdm_server_t *s);
+
+/* The outcome of one MDM message, independent of HTTP (so that fuzzing and
+ * tests can drive the protocol without a socket). */
+typedef struct mdm_outcome {
+    int status;                 /* HTTP status */
+    const char *ctype;          /* Content-Type of body, or NULL */
+    mdm_buf_t body;
+    char eid[MDM_EID_MAX + 1];  /* resolved enrollment id, for logs */
+    char detail[256];           /* why, for logs (never a secret) */
+    char message_type[48];
+    char command_uuid[40];      /* the command sent back, if any */
+} mdm_outcome_t;
+
+/* Handles a check-in message body from the device with identity id. */
+void mdm__process_checkin(mdm_mdm_t *m, const mdm_identity_t *id, const void *body, size_t len,
+                          mdm_outcome_t *out);
+
+/* Handles a command report body; answers with the next command. */
+void mdm__process_report(mdm_mdm_t *m, const mdm_identity_t *id, const void *body, size_t len,
+                         mdm_outcome_t *out);
+
+/* Verifies an Mdm-Signature header value over body: a detached CMS
+ * signature whose signer chains to a trusted CA. On success out->cert is an
+ * owned reference to the signer. */
+int mdm__verify_signature(mdm_mdm_t *m, const char *header, const void *body, size_t len,
+                          mdm_identity_t *out, const char **why);
+
+/* Resolves the enrollment id and the device channel id of a message
+ * (PROTOCOL.md 1.1). Returns 0 or MDM_EPARSE. */
+int mdm__resolve_ids(plist_t msg, char eid[MDM_EID_MAX + 1], char device_id[MDM_EID_MAX + 1],
+                     bool *user_channel);
+
+/* Enrollment and device records. */
+int mdm_enrollment_load(mdm_txn_t *txn, const char *eid, plist_t *out);
+int mdm_enrollment_save(mdm_txn_t *txn, const char *eid, plist_t rec);
+int mdm_device_load(mdm_txn_t *txn, const char *device_id, plist_t *out);
+int mdm_device_save(mdm_txn_t *txn, const char *device_id, plist_t rec);
+
+/* Removes everything known about a device: its enrollments (device and
+ * user channels), queues, results, binding. The certificate records stay. */
+int mdm_device_forget(mdm_txn_t *txn, const char *device_id);
+
+#endif

@@ -1,0 +1,732 @@
+#include "mdm/queue.h"
+
+#include <plist/plist.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "util/alloc.h"
+#include "util/plist.h"
+
+#define EID_MAX 256
+
+bool mdm_status_terminal(const char *s)
+{
+    return strcmp(s, "Queued") != 0 && strcmp(s, "NotNow") != 0;
+}
+
+/* ---- keys ---------------------------------------------------------------- */
+
+static int eid_prefix(mdm_buf_t *k, const char *eid)
+{
+    size_t n = strlen(eid);
+    if (n == 0 || n > EID_MAX)
+        return MDM_EINVAL;
+    mdm_buf_reset(k);
+    mdm_buf_append(k, eid, n);
+    mdm_buf_putc(k, '\0');
+    return 0;
+}
+
+static int queue_key(mdm_buf_t *k, const char *eid, int prio, uint64_t seq)
+{
+    int rc = eid_prefix(k, eid);
+    if (rc != 0)
+        return rc;
+    unsigned char b[9];
+    b[0] = (unsigned char)(255 - (prio & 255));
+    mdm_be64_put(b + 1, seq);
+    mdm_buf_append(k, b, 9);
+    return 0;
+}
+
+static int result_key(mdm_buf_t *k, const char *eid, const char *uuid)
+{
+    int rc = eid_prefix(k, eid);
+    if (rc != 0)
+        return rc;
+    if (strlen(uuid) > MDM_UUID_LEN)
+        return MDM_EINVAL;
+    mdm_buf_puts(k, uuid);
+    return 0;
+}
+
+static void cmdt_key(mdm_buf_t *k, const char *uuid, const char *eid)
+{
+    mdm_buf_reset(k);
+    mdm_buf_append(k, "cmdt", 5);
+    mdm_buf_puts(k, uuid);
+    mdm_buf_putc(k, '\0');
+    if (eid)
+        mdm_buf_puts(k, eid);
+}
+
+static void rexp_key(mdm_buf_t *k, int64_t completed, const char *eid, const char *uuid)
+{
+    unsigned char b[8];
+    mdm_buf_reset(k);
+    mdm_buf_append(k, "rexp", 5);
+    mdm_be64_put(b, (uint64_t)completed);
+    mdm_buf_append(k, b, 8);
+    mdm_buf_puts(k, eid);
+    mdm_buf_putc(k, '\0');
+    mdm_buf_puts(k, uuid);
+}
+
+/* ---- commands ------------------------------------------------------------ */
+
+int mdm_command_put(mdm_txn_t *txn, const mdm_command_info_t *info, const void *plist,
+                    size_t len)
+{
+    plist_t d = plist_new_dict();
+    mdm_pl_set_str(d, "request_type", info->request_type);
+    mdm_pl_set_uint(d, "priority", (uint64_t)info->priority);
+    mdm_pl_set_int(d, "created_at", info->created_ms);
+    mdm_pl_set_int(d, "expires_at", info->expires_ms);
+    mdm_pl_set_data(d, "hash", info->hash, 32);
+    mdm_pl_set_data(d, "plist", plist, len);
+    mdm_buf_t b = MDM_BUF_INIT;
+    mdm_plist_to_bin_buf(d, &b);
+    plist_free(d);
+    int rc = mdm_txn_put(txn, MDM_T_COMMANDS, MDM_VAL_STR(info->uuid), MDM_VAL(b.data, b.len),
+                         MDM_PUT_NOOVERWRITE);
+    mdm_buf_free(&b);
+    return rc;
+}
+
+int mdm_command_get(mdm_txn_t *txn, const char *uuid, mdm_command_info_t *info,
+                    mdm_buf_t *plist_out)
+{
+    mdm_val_t v;
+    int rc = mdm_txn_get(txn, MDM_T_COMMANDS, MDM_VAL_STR(uuid), &v);
+    if (rc != 0)
+        return rc;
+    plist_t d;
+    if (mdm_plist_load(v.data, v.len, &d) != 0)
+        return MDM_EPARSE;
+    if (info != NULL) {
+        memset(info, 0, sizeof(*info));
+        snprintf(info->uuid, sizeof(info->uuid), "%s", uuid);
+        const char *rt = mdm_pl_str(d, "request_type");
+        snprintf(info->request_type, sizeof(info->request_type), "%s", rt ? rt : "");
+        info->priority = (int)mdm_pl_uint(d, "priority", 0);
+        info->created_ms = mdm_pl_int(d, "created_at", 0);
+        info->expires_ms = mdm_pl_int(d, "expires_at", 0);
+        size_t hl = 0;
+        const unsigned char *h = mdm_pl_data(d, "hash", &hl);
+        if (h && hl == 32)
+            memcpy(info->hash, h, 32);
+    }
+    if (plist_out != NULL) {
+        size_t pl = 0;
+        const unsigned char *p = mdm_pl_data(d, "plist", &pl);
+        mdm_buf_reset(plist_out);
+        if (p)
+            mdm_buf_append(plist_out, p, pl);
+    }
+    plist_free(d);
+    return 0;
+}
+
+/* ---- results ------------------------------------------------------------- */
+
+static int result_decode(mdm_val_t v, mdm_result_t *r, plist_t *keep)
+{
+    plist_t d;
+    if (mdm_plist_load(v.data, v.len, &d) != 0)
+        return MDM_EPARSE;
+    const char *s = mdm_pl_str(d, "status");
+    const char *rt = mdm_pl_str(d, "request_type");
+    snprintf(r->status, sizeof(r->status), "%s", s ? s : "?");
+    snprintf(r->request_type, sizeof(r->request_type), "%s", rt ? rt : "");
+    r->queued_ms = mdm_pl_int(d, "queued_at", 0);
+    r->sent_ms = mdm_pl_int(d, "sent_at", 0);
+    r->updated_ms = mdm_pl_int(d, "updated_at", 0);
+    r->completed_ms = mdm_pl_int(d, "completed_at", 0);
+    r->notnow_ms = mdm_pl_int(d, "notnow_at", 0);
+    r->notnow_count = mdm_pl_uint(d, "notnow_count", 0);
+    r->raw = mdm_pl_data(d, "result", &r->raw_len);
+    *keep = d;
+    return 0;
+}
+
+static int result_load(mdm_txn_t *txn, const char *eid, const char *uuid, plist_t *out)
+{
+    mdm_buf_t k = MDM_BUF_INIT;
+    int rc = result_key(&k, eid, uuid);
+    mdm_val_t v;
+    if (rc == 0)
+        rc = mdm_txn_get(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len), &v);
+    if (rc == 0 && mdm_plist_load(v.data, v.len, out) != 0)
+        rc = MDM_EPARSE;
+    mdm_buf_free(&k);
+    return rc;
+}
+
+static int result_save(mdm_txn_t *txn, const char *eid, const char *uuid, plist_t d)
+{
+    mdm_buf_t k = MDM_BUF_INIT, b = MDM_BUF_INIT;
+    int rc = result_key(&k, eid, uuid);
+    if (rc == 0) {
+        mdm_plist_to_bin_buf(d, &b);
+        rc = mdm_txn_put(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len), MDM_VAL(b.data, b.len), 0);
+    }
+    mdm_buf_free(&k);
+    mdm_buf_free(&b);
+    return rc;
+}
+
+/* Deletes the queue entry of a waiting command, from the priority and
+ * sequence kept in its result record. */
+static int queue_entry_del(mdm_txn_t *txn, const char *eid, plist_t res)
+{
+    mdm_buf_t k = MDM_BUF_INIT;
+    int rc = queue_key(&k, eid, (int)mdm_pl_uint(res, "priority", 0), mdm_pl_uint(res, "seq", 0));
+    if (rc == 0) {
+        rc = mdm_txn_del(txn, MDM_T_QUEUE, MDM_VAL(k.data, k.len));
+        if (rc == MDM_ENOTFOUND)
+            rc = 0;
+    }
+    mdm_buf_free(&k);
+    return rc;
+}
+
+/* Makes a waiting result terminal: status, completion time, retention
+ * index, queue entry removed. */
+static int finish(mdm_txn_t *txn, const char *eid, const char *uuid, plist_t res,
+                  const char *status, int64_t now)
+{
+    int rc = queue_entry_del(txn, eid, res);
+    if (rc != 0)
+        return rc;
+    mdm_pl_set_str(res, "status", status);
+    mdm_pl_set_int(res, "completed_at", now);
+    mdm_pl_set_int(res, "updated_at", now);
+    rc = result_save(txn, eid, uuid, res);
+    if (rc != 0)
+        return rc;
+    mdm_buf_t k = MDM_BUF_INIT;
+    rexp_key(&k, now, eid, uuid);
+    rc = mdm_txn_put(txn, MDM_T_INDEX, MDM_VAL(k.data, k.len), MDM_VAL("", 0), 0);
+    mdm_buf_free(&k);
+    return rc;
+}
+
+/* ---- queueing ------------------------------------------------------------ */
+
+int mdm_queue_add(mdm_txn_t *txn, const char *eid, const mdm_command_info_t *info, bool dedupe,
+                  int *outcome, char dup_uuid[MDM_UUID_LEN + 1])
+{
+    *outcome = MDM_ENQ_QUEUED;
+    mdm_buf_t k = MDM_BUF_INIT;
+    int rc = eid_prefix(&k, eid);
+    if (rc != 0)
+        goto out;
+    if (dedupe) {
+        mdm_cursor_t *c = NULL;
+        rc = mdm_cursor_open(txn, MDM_T_QUEUE, &c);
+        if (rc != 0)
+            goto out;
+        mdm_val_t ck, cv;
+        mdm_val_t prefix = MDM_VAL(k.data, k.len);
+        for (rc = mdm_cursor_seek(c, prefix, &ck, &cv); rc == 0 && mdm_val_has_prefix(ck, prefix);
+             rc = mdm_cursor_next(c, &ck, &cv)) {
+            if (cv.len < MDM_UUID_LEN)
+                continue;
+            char other[MDM_UUID_LEN + 1];
+            memcpy(other, cv.data, MDM_UUID_LEN);
+            other[MDM_UUID_LEN] = '\0';
+            mdm_command_info_t oi;
+            if (mdm_command_get(txn, other, &oi, NULL) == 0 &&
+                memcmp(oi.hash, info->hash, 32) == 0) {
+                *outcome = MDM_ENQ_DUPLICATE;
+                if (dup_uuid)
+                    memcpy(dup_uuid, other, MDM_UUID_LEN + 1);
+                break;
+            }
+        }
+        mdm_cursor_close(c);
+        if (rc != 0 && rc != MDM_ENOTFOUND)
+            goto out;
+        rc = 0;
+        if (*outcome == MDM_ENQ_DUPLICATE)
+            goto out;
+    }
+    uint64_t seq = 0;
+    rc = mdm_meta_get_u64(txn, "queue_seq", &seq);
+    if (rc != 0 && rc != MDM_ENOTFOUND)
+        goto out;
+    seq++;
+    rc = mdm_meta_put_u64(txn, "queue_seq", seq);
+    if (rc != 0)
+        goto out;
+    rc = queue_key(&k, eid, info->priority, seq);
+    if (rc != 0)
+        goto out;
+    unsigned char v[MDM_UUID_LEN + 8];
+    memset(v, 0, sizeof(v));
+    memcpy(v, info->uuid, strnlen(info->uuid, MDM_UUID_LEN));
+    mdm_be64_put(v + MDM_UUID_LEN, (uint64_t)info->expires_ms);
+    rc = mdm_txn_put(txn, MDM_T_QUEUE, MDM_VAL(k.data, k.len), MDM_VAL(v, sizeof(v)), 0);
+    if (rc != 0)
+        goto out;
+
+    plist_t res = plist_new_dict();
+    mdm_pl_set_str(res, "status", "Queued");
+    mdm_pl_set_str(res, "request_type", info->request_type);
+    mdm_pl_set_int(res, "queued_at", info->created_ms);
+    mdm_pl_set_int(res, "updated_at", info->created_ms);
+    mdm_pl_set_uint(res, "priority", (uint64_t)info->priority);
+    mdm_pl_set_uint(res, "seq", seq);
+    rc = result_save(txn, eid, info->uuid, res);
+    plist_free(res);
+    if (rc != 0)
+        goto out;
+    cmdt_key(&k, info->uuid, eid);
+    rc = mdm_txn_put(txn, MDM_T_INDEX, MDM_VAL(k.data, k.len), MDM_VAL("", 0), 0);
+out:
+    mdm_buf_free(&k);
+    return rc;
+}
+
+int mdm_queue_next(mdm_txn_t *txn, const char *eid, int64_t now_ms, int64_t session,
+                   char uuid_out[MDM_UUID_LEN + 1], mdm_buf_t *plist_out)
+{
+    mdm_buf_t k = MDM_BUF_INIT;
+    int rc = eid_prefix(&k, eid);
+    if (rc != 0) {
+        mdm_buf_free(&k);
+        return rc;
+    }
+    mdm_cursor_t *c = NULL;
+    rc = mdm_cursor_open(txn, MDM_T_QUEUE, &c);
+    if (rc != 0) {
+        mdm_buf_free(&k);
+        return rc;
+    }
+    mdm_val_t prefix = MDM_VAL(k.data, k.len);
+    mdm_val_t ck, cv;
+    bool found = false;
+    for (rc = mdm_cursor_seek(c, prefix, &ck, &cv); rc == 0 && mdm_val_has_prefix(ck, prefix);
+         rc = mdm_cursor_next(c, &ck, &cv)) {
+        if (cv.len != MDM_UUID_LEN + 8)
+            continue;
+        char uuid[MDM_UUID_LEN + 1];
+        memcpy(uuid, cv.data, MDM_UUID_LEN);
+        uuid[MDM_UUID_LEN] = '\0';
+        int64_t expires = (int64_t)mdm_be64_get((const unsigned char *)cv.data + MDM_UUID_LEN);
+        plist_t res = NULL;
+        rc = result_load(txn, eid, uuid, &res);
+        if (rc == MDM_ENOTFOUND) {
+            /* A queue entry without its result cannot be answered for. */
+            rc = mdm_cursor_del(c);
+            if (rc != 0)
+                break;
+            continue;
+        }
+        if (rc != 0)
+            break;
+        if (expires != 0 && expires <= now_ms) {
+            rc = finish(txn, eid, uuid, res, "Expired", now_ms);
+            plist_free(res);
+            if (rc != 0)
+                break;
+            continue;
+        }
+        const char *status = mdm_pl_str(res, "status");
+        if (status && strcmp(status, "NotNow") == 0 &&
+            mdm_pl_int(res, "notnow_session", -1) == session) {
+            plist_free(res);
+            continue;
+        }
+        rc = mdm_command_get(txn, uuid, NULL, plist_out);
+        if (rc == MDM_ENOTFOUND) {
+            rc = finish(txn, eid, uuid, res, "Error", now_ms);
+            plist_free(res);
+            if (rc != 0)
+                break;
+            continue;
+        }
+        if (rc == 0) {
+            mdm_pl_set_int(res, "sent_at", now_ms);
+            mdm_pl_set_int(res, "updated_at", now_ms);
+            rc = result_save(txn, eid, uuid, res);
+        }
+        plist_free(res);
+        if (rc == 0) {
+            memcpy(uuid_out, uuid, MDM_UUID_LEN + 1);
+            found = true;
+        }
+        break;
+    }
+    mdm_cursor_close(c);
+    mdm_buf_free(&k);
+    if (found)
+        return 0;
+    return rc == 0 ? MDM_ENOTFOUND : rc;
+}
+
+int mdm_queue_report(mdm_txn_t *txn, const char *eid, const char *uuid, const char *status,
+                     const void *raw, size_t raw_len, int64_t now_ms, int64_t session,
+                     uint64_t notnow_max, int *outcome)
+{
+    bool notnow = strcmp(status, "NotNow") == 0;
+    if (!notnow && strcmp(status, "Acknowledged") != 0 && strcmp(status, "Error") != 0 &&
+        strcmp(status, "CommandFormatError") != 0)
+        return MDM_EINVAL;
+    plist_t res = NULL;
+    int rc = result_load(txn, eid, uuid, &res);
+    if (rc == MDM_ENOTFOUND || rc == MDM_EINVAL) {
+        *outcome = MDM_REPORT_UNKNOWN;
+        return 0;
+    }
+    if (rc != 0)
+        return rc;
+    const char *cur = mdm_pl_str(res, "status");
+    if (cur == NULL || mdm_status_terminal(cur)) {
+        *outcome = MDM_REPORT_DUPLICATE;
+        plist_free(res);
+        return 0;
+    }
+    if (notnow) {
+        uint64_t n = mdm_pl_uint(res, "notnow_count", 0) + 1;
+        mdm_pl_set_uint(res, "notnow_count", n);
+        mdm_pl_set_int(res, "notnow_at", now_ms);
+        mdm_pl_set_int(res, "notnow_session", session);
+        if (notnow_max > 0 && n > notnow_max) {
+            *outcome = MDM_REPORT_NOTNOW_LIMIT;
+            rc = finish(txn, eid, uuid, res, "NotNowLimit", now_ms);
+        } else {
+            *outcome = MDM_REPORT_NOTNOW;
+            mdm_pl_set_str(res, "status", "NotNow");
+            mdm_pl_set_int(res, "updated_at", now_ms);
+            rc = result_save(txn, eid, uuid, res);
+        }
+    } else {
+        *outcome = MDM_REPORT_RECORDED;
+        mdm_pl_set_data(res, "result", raw, raw_len);
+        rc = finish(txn, eid, uuid, res, status, now_ms);
+    }
+    plist_free(res);
+    return rc;
+}
+
+int mdm_queue_cancel(mdm_txn_t *txn, const char *eid, const char *uuid, int64_t now_ms)
+{
+    plist_t res = NULL;
+    int rc = result_load(txn, eid, uuid, &res);
+    if (rc != 0)
+        return rc == MDM_EINVAL ? MDM_ENOTFOUND : rc;
+    const char *cur = mdm_pl_str(res, "status");
+    if (cur == NULL || mdm_status_terminal(cur))
+        rc = MDM_ENOTFOUND;
+    else
+        rc = finish(txn, eid, uuid, res, "Canceled", now_ms);
+    plist_free(res);
+    return rc;
+}
+
+int mdm_queue_clear(mdm_txn_t *txn, const char *eid, const char *status, int64_t now_ms,
+                    size_t *n)
+{
+    *n = 0;
+    for (;;) {
+        /* Take the first waiting entry until none is left (each finish
+         * deletes its queue entry, so the cursor starts afresh). */
+        mdm_buf_t k = MDM_BUF_INIT;
+        int rc = eid_prefix(&k, eid);
+        mdm_cursor_t *c = NULL;
+        if (rc == 0)
+            rc = mdm_cursor_open(txn, MDM_T_QUEUE, &c);
+        mdm_val_t ck, cv;
+        char uuid[MDM_UUID_LEN + 1] = "";
+        mdm_buf_t key = MDM_BUF_INIT;
+        if (rc == 0) {
+            mdm_val_t prefix = MDM_VAL(k.data, k.len);
+            rc = mdm_cursor_seek(c, prefix, &ck, &cv);
+            if (rc == 0 && !mdm_val_has_prefix(ck, prefix))
+                rc = MDM_ENOTFOUND;
+            if (rc == 0) {
+                if (cv.len >= MDM_UUID_LEN) {
+                    memcpy(uuid, cv.data, MDM_UUID_LEN);
+                    uuid[MDM_UUID_LEN] = '\0';
+                }
+                mdm_buf_append(&key, ck.data, ck.len);
+            }
+        }
+        mdm_cursor_close(c);
+        mdm_buf_free(&k);
+        if (rc == MDM_ENOTFOUND) {
+            mdm_buf_free(&key);
+            return 0;
+        }
+        if (rc != 0) {
+            mdm_buf_free(&key);
+            return rc;
+        }
+        plist_t res = NULL;
+        rc = uuid[0] ? result_load(txn, eid, uuid, &res) : MDM_ENOTFOUND;
+        if (rc == 0) {
+            rc = finish(txn, eid, uuid, res, status, now_ms);
+            plist_free(res);
+        } else if (rc == MDM_ENOTFOUND) {
+            rc = mdm_txn_del(txn, MDM_T_QUEUE, MDM_VAL(key.data, key.len));
+        }
+        mdm_buf_free(&key);
+        if (rc != 0)
+            return rc;
+        (*n)++;
+    }
+}
+
+int mdm_queue_length(mdm_txn_t *txn, const char *eid, size_t *n)
+{
+    *n = 0;
+    mdm_buf_t k = MDM_BUF_INIT;
+    int rc = eid_prefix(&k, eid);
+    mdm_cursor_t *c = NULL;
+    if (rc == 0)
+        rc = mdm_cursor_open(txn, MDM_T_QUEUE, &c);
+    if (rc == 0) {
+        mdm_val_t prefix = MDM_VAL(k.data, k.len), ck, cv;
+        for (rc = mdm_cursor_seek(c, prefix, &ck, &cv); rc == 0 && mdm_val_has_prefix(ck, prefix);
+             rc = mdm_cursor_next(c, &ck, &cv))
+            (*n)++;
+        if (rc == MDM_ENOTFOUND)
+            rc = 0;
+    }
+    mdm_cursor_close(c);
+    mdm_buf_free(&k);
+    return rc;
+}
+
+int mdm_result_get(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result_t *out,
+                   mdm_buf_t *raw_out)
+{
+    mdm_buf_t k = MDM_BUF_INIT;
+    int rc = result_key(&k, eid, uuid);
+    mdm_val_t v;
+    if (rc == 0)
+        rc = mdm_txn_get(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len), &v);
+    mdm_buf_free(&k);
+    if (rc != 0)
+        return rc == MDM_EINVAL ? MDM_ENOTFOUND : rc;
+    memset(out, 0, sizeof(*out));
+    plist_t d = NULL;
+    rc = result_decode(v, out, &d);
+    if (rc == 0) {
+        if (raw_out != NULL) {
+            mdm_buf_reset(raw_out);
+            if (out->raw)
+                mdm_buf_append(raw_out, out->raw, out->raw_len);
+        }
+        out->raw = NULL;
+        out->raw_len = 0;
+        plist_free(d);
+        snprintf(out->uuid, sizeof(out->uuid), "%s", uuid);
+        snprintf(out->eid, sizeof(out->eid), "%s", eid);
+    }
+    return rc;
+}
+
+/* Calls fn with a decoded result whose raw bytes live in plist d. */
+static int call_with_result(mdm_val_t v, const char *eid, size_t eidlen, const char *uuid,
+                            size_t uuidlen, mdm_result_fn fn, void *arg)
+{
+    mdm_result_t r;
+    memset(&r, 0, sizeof(r));
+    plist_t d = NULL;
+    int rc = result_decode(v, &r, &d);
+    if (rc != 0)
+        return 0; /* an undecodable record is skipped, not fatal */
+    snprintf(r.eid, sizeof(r.eid), "%.*s", (int)eidlen, eid);
+    snprintf(r.uuid, sizeof(r.uuid), "%.*s", (int)uuidlen, uuid);
+    rc = fn(&r, arg);
+    plist_free(d);
+    return rc;
+}
+
+int mdm_results_of_enrollment(mdm_txn_t *txn, const char *eid, mdm_result_fn fn, void *arg)
+{
+    mdm_buf_t k = MDM_BUF_INIT;
+    int rc = eid_prefix(&k, eid);
+    mdm_cursor_t *c = NULL;
+    if (rc == 0)
+        rc = mdm_cursor_open(txn, MDM_T_RESULTS, &c);
+    if (rc == 0) {
+        mdm_val_t prefix = MDM_VAL(k.data, k.len), ck, cv;
+        for (rc = mdm_cursor_seek(c, prefix, &ck, &cv); rc == 0 && mdm_val_has_prefix(ck, prefix);
+             rc = mdm_cursor_next(c, &ck, &cv)) {
+            rc = call_with_result(cv, eid, strlen(eid), (const char *)ck.data + prefix.len,
+                                  ck.len - prefix.len, fn, arg);
+            if (rc != 0)
+                break;
+        }
+        if (rc == MDM_ENOTFOUND)
+            rc = 0;
+    }
+    mdm_cursor_close(c);
+    mdm_buf_free(&k);
+    return rc;
+}
+
+int mdm_results_of_command(mdm_txn_t *txn, const char *uuid, mdm_result_fn fn, void *arg)
+{
+    mdm_buf_t k = MDM_BUF_INIT, rk = MDM_BUF_INIT;
+    cmdt_key(&k, uuid, NULL);
+    mdm_cursor_t *c = NULL;
+    int rc = mdm_cursor_open(txn, MDM_T_INDEX, &c);
+    if (rc == 0) {
+        mdm_val_t prefix = MDM_VAL(k.data, k.len), ck, cv;
+        for (rc = mdm_cursor_seek(c, prefix, &ck, &cv); rc == 0 && mdm_val_has_prefix(ck, prefix);
+             rc = mdm_cursor_next(c, &ck, &cv)) {
+            char eid[EID_MAX + 1];
+            size_t el = ck.len - prefix.len;
+            if (el == 0 || el > EID_MAX)
+                continue;
+            memcpy(eid, (const char *)ck.data + prefix.len, el);
+            eid[el] = '\0';
+            mdm_val_t v;
+            if (result_key(&rk, eid, uuid) != 0 ||
+                mdm_txn_get(txn, MDM_T_RESULTS, MDM_VAL(rk.data, rk.len), &v) != 0)
+                continue;
+            rc = call_with_result(v, eid, el, uuid, strlen(uuid), fn, arg);
+            if (rc != 0)
+                break;
+        }
+        if (rc == MDM_ENOTFOUND)
+            rc = 0;
+    }
+    mdm_cursor_close(c);
+    mdm_buf_free(&k);
+    mdm_buf_free(&rk);
+    return rc;
+}
+
+/* Deletes the command record when no target refers to it any more. */
+static int command_gc(mdm_txn_t *txn, const char *uuid)
+{
+    mdm_buf_t k = MDM_BUF_INIT;
+    cmdt_key(&k, uuid, NULL);
+    mdm_cursor_t *c = NULL;
+    int rc = mdm_cursor_open(txn, MDM_T_INDEX, &c);
+    bool used = false;
+    if (rc == 0) {
+        mdm_val_t prefix = MDM_VAL(k.data, k.len), ck, cv;
+        rc = mdm_cursor_seek(c, prefix, &ck, &cv);
+        used = rc == 0 && mdm_val_has_prefix(ck, prefix);
+        rc = (rc == 0 || rc == MDM_ENOTFOUND) ? 0 : rc;
+    }
+    mdm_cursor_close(c);
+    mdm_buf_free(&k);
+    if (rc == 0 && !used) {
+        rc = mdm_txn_del(txn, MDM_T_COMMANDS, MDM_VAL_STR(uuid));
+        if (rc == MDM_ENOTFOUND)
+            rc = 0;
+    }
+    return rc;
+}
+
+static int forget_result(mdm_txn_t *txn, const char *eid, const char *uuid)
+{
+    mdm_buf_t k = MDM_BUF_INIT;
+    int rc = result_key(&k, eid, uuid);
+    if (rc == 0) {
+        rc = mdm_txn_del(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len));
+        if (rc == MDM_ENOTFOUND)
+            rc = 0;
+    }
+    if (rc == 0) {
+        cmdt_key(&k, uuid, eid);
+        rc = mdm_txn_del(txn, MDM_T_INDEX, MDM_VAL(k.data, k.len));
+        if (rc == MDM_ENOTFOUND)
+            rc = 0;
+    }
+    mdm_buf_free(&k);
+    if (rc == 0)
+        rc = command_gc(txn, uuid);
+    return rc;
+}
+
+int mdm_results_prune(mdm_txn_t *txn, int64_t cutoff_ms, size_t max, size_t *n)
+{
+    *n = 0;
+    mdm_cursor_t *c = NULL;
+    int rc = mdm_cursor_open(txn, MDM_T_INDEX, &c);
+    if (rc != 0)
+        return rc;
+    mdm_val_t prefix = MDM_VAL("rexp", 5), ck, cv;
+    for (rc = mdm_cursor_seek(c, prefix, &ck, &cv);
+         rc == 0 && *n < max && mdm_val_has_prefix(ck, prefix); rc = mdm_cursor_next(c, &ck, &cv)) {
+        if (ck.len < 5 + 8 + 2)
+            continue;
+        const unsigned char *p = (const unsigned char *)ck.data;
+        int64_t completed = (int64_t)mdm_be64_get(p + 5);
+        if (completed >= cutoff_ms)
+            break;
+        const char *rest = (const char *)p + 13;
+        size_t restlen = ck.len - 13;
+        const char *nul = memchr(rest, '\0', restlen);
+        if (nul == NULL)
+            continue;
+        char eid[EID_MAX + 1], uuid[MDM_UUID_LEN + 1];
+        size_t el = (size_t)(nul - rest), ul = restlen - el - 1;
+        if (el == 0 || el > EID_MAX || ul > MDM_UUID_LEN)
+            continue;
+        memcpy(eid, rest, el);
+        eid[el] = '\0';
+        memcpy(uuid, nul + 1, ul);
+        uuid[ul] = '\0';
+        rc = mdm_cursor_del(c);
+        if (rc == 0)
+            rc = forget_result(txn, eid, uuid);
+        if (rc != 0)
+            break;
+        (*n)++;
+    }
+    mdm_cursor_close(c);
+    return rc == MDM_ENOTFOUND ? 0 : rc;
+}
+
+struct forget_ctx {
+    mdm_txn_t *txn;
+    char (*uuids)[MDM_UUID_LEN + 1];
+    int64_t *completed;
+    size_t n, cap;
+};
+
+static int collect_result(const mdm_result_t *r, void *arg)
+{
+    struct forget_ctx *f = arg;
+    if (f->n == f->cap) {
+        f->cap = f->cap ? f->cap * 2 : 16;
+        f->uuids = mdm_realloc(f->uuids, f->cap * sizeof(*f->uuids));
+        f->completed = mdm_realloc(f->completed, f->cap * sizeof(*f->completed));
+    }
+    memcpy(f->uuids[f->n], r->uuid, MDM_UUID_LEN + 1);
+    f->completed[f->n] = r->completed_ms;
+    f->n++;
+    return 0;
+}
+
+int mdm_queue_forget(mdm_txn_t *txn, const char *eid)
+{
+    size_t cleared = 0;
+    int rc = mdm_queue_clear(txn, eid, "Canceled", 0, &cleared);
+    if (rc != 0)
+        return rc;
+    struct forget_ctx f = {.txn = txn};
+    rc = mdm_results_of_enrollment(txn, eid, collect_result, &f);
+    mdm_buf_t k = MDM_BUF_INIT;
+    for (size_t i = 0; rc == 0 && i < f.n; i++) {
+        rexp_key(&k, f.completed[i], eid, f.uuids[i]);
+        int d = mdm_txn_del(txn, MDM_T_INDEX, MDM_VAL(k.data, k.len));
+        if (d != 0 && d != MDM_ENOTFOUND)
+            rc = d;
+        if (rc == 0)
+            rc = forget_result(txn, eid, f.uuids[i]);
+    }
+    mdm_buf_free(&k);
+    mdm_free(f.uuids);
+    mdm_free(f.completed);
+    return rc;
+}

@@ -1,0 +1,128 @@
+/* The durable command queue (tables commands, queue, results, index).
+ *
+ * A command (UUID, RequestType, the full command plist as sent) is stored
+ * once and queued for one or many enrollments. Per enrollment the queue is
+ * ordered by priority (higher first), then by enqueue order:
+ *
+ *   queue:   <eid> \0 <255-priority> <seq be64>  ->  <uuid 36> <expires_at be64>
+ *   results: <eid> \0 <uuid>                     ->  binary plist (status, times, result)
+ *   index:   "cmdt\0" <uuid> \0 <eid>            ->  ""   (targets of a command)
+ *   index:   "rexp\0" <completed_at be64> <eid> \0 <uuid> -> "" (retention)
+ *
+ * Every function takes the caller's transaction, so that a report's result
+ * and the choice of the next command commit together. Status values:
+ * Queued and NotNow (waiting); Acknowledged, Error, CommandFormatError,
+ * Expired, Canceled, NotNowLimit, Cleared (terminal). */
+#ifndef MDM_QUEUE_H
+#define MDM_QUEUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store/store.h"
+#include "util/buf.h"
+
+#define MDM_UUID_LEN 36
+
+typedef struct mdm_command_info {
+    char uuid[MDM_UUID_LEN + 1];
+    char request_type[96];
+    int priority;             /* 0..255, higher first */
+    int64_t created_ms;
+    int64_t expires_ms;       /* 0: never */
+    unsigned char hash[32];   /* of the Command dict, for de-duplication */
+} mdm_command_info_t;
+
+/* Stores a command: plist is the complete command plist {CommandUUID,
+ * Command} as it will be sent. */
+int mdm_command_put(mdm_txn_t *txn, const mdm_command_info_t *info, const void *plist,
+                    size_t len);
+
+/* Reads a command's info (and its plist into plist_out if not NULL). */
+int mdm_command_get(mdm_txn_t *txn, const char *uuid, mdm_command_info_t *info,
+                    mdm_buf_t *plist_out);
+
+enum mdm_enqueue_outcome {
+    MDM_ENQ_QUEUED = 0,
+    MDM_ENQ_DUPLICATE = 1,    /* dedupe asked and an identical command waits */
+};
+
+/* Queues a stored command for one enrollment. With dedupe, an identical
+ * command (same hash) already waiting for that enrollment means nothing is
+ * queued; its UUID is written to dup_uuid. */
+int mdm_queue_add(mdm_txn_t *txn, const char *eid, const mdm_command_info_t *info, bool dedupe,
+                  int *outcome, char dup_uuid[MDM_UUID_LEN + 1]);
+
+/* The next command to offer to eid: the first waiting entry by priority and
+ * order that is not expired and was not answered NotNow in the current
+ * session (a counter the caller increments at each Idle). Expired entries
+ * met on the way are dropped with status Expired. Writes the command plist
+ * to plist_out and marks it sent. MDM_ENOTFOUND when nothing is due. */
+int mdm_queue_next(mdm_txn_t *txn, const char *eid, int64_t now_ms, int64_t session,
+                   char uuid_out[MDM_UUID_LEN + 1], mdm_buf_t *plist_out);
+
+enum mdm_report_outcome {
+    MDM_REPORT_RECORDED = 0,  /* a waiting command got its result */
+    MDM_REPORT_DUPLICATE = 1, /* the command was already terminal: ignored */
+    MDM_REPORT_UNKNOWN = 2,   /* not a command of this enrollment: ignored */
+    MDM_REPORT_NOTNOW = 3,    /* kept queued */
+    MDM_REPORT_NOTNOW_LIMIT = 4, /* too many NotNow: dropped */
+};
+
+/* Records a device's report on a command. status is the report's Status;
+ * raw is the whole report plist (kept as the result). session identifies
+ * the device's current session (see mdm_queue_next): a NotNow command is
+ * not offered again in the same session. */
+int mdm_queue_report(mdm_txn_t *txn, const char *eid, const char *uuid, const char *status,
+                     const void *raw, size_t raw_len, int64_t now_ms, int64_t session,
+                     uint64_t notnow_max, int *outcome);
+
+/* Cancels a waiting command of eid (status Canceled). MDM_ENOTFOUND if it
+ * is not waiting. */
+int mdm_queue_cancel(mdm_txn_t *txn, const char *eid, const char *uuid, int64_t now_ms);
+
+/* Drops every waiting command of eid with the given terminal status
+ * (re-enrollment uses "Cleared"). *n gets the number dropped. */
+int mdm_queue_clear(mdm_txn_t *txn, const char *eid, const char *status, int64_t now_ms,
+                    size_t *n);
+
+/* Number of waiting commands of eid. */
+int mdm_queue_length(mdm_txn_t *txn, const char *eid, size_t *n);
+
+/* One result record, decoded. */
+typedef struct mdm_result {
+    char uuid[MDM_UUID_LEN + 1];
+    char eid[260];
+    char status[32];
+    char request_type[96];
+    int64_t queued_ms, sent_ms, updated_ms, completed_ms, notnow_ms;
+    uint64_t notnow_count;
+    const void *raw;          /* the device's report plist (valid during the txn) */
+    size_t raw_len;
+} mdm_result_t;
+
+typedef int (*mdm_result_fn)(const mdm_result_t *r, void *arg);
+
+/* Reads the result of (eid, uuid); the report plist is copied to raw_out
+ * when not NULL (out->raw is NULL here). */
+int mdm_result_get(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result_t *out,
+                   mdm_buf_t *raw_out);
+
+/* Calls fn for every result of eid (any order). */
+int mdm_results_of_enrollment(mdm_txn_t *txn, const char *eid, mdm_result_fn fn, void *arg);
+
+/* Calls fn for every target of command uuid. */
+int mdm_results_of_command(mdm_txn_t *txn, const char *uuid, mdm_result_fn fn, void *arg);
+
+/* Deletes up to max terminal results completed before cutoff_ms (and the
+ * commands no target needs any more). *n gets the number deleted. */
+int mdm_results_prune(mdm_txn_t *txn, int64_t cutoff_ms, size_t max, size_t *n);
+
+/* Deletes everything of eid: queue, results, index entries. */
+int mdm_queue_forget(mdm_txn_t *txn, const char *eid);
+
+/* True for the terminal status names. */
+bool mdm_status_terminal(const char *status);
+
+#endif

@@ -1,0 +1,224 @@
+/* The MDM endpoints over HTTP, and the background pruning of results. */
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "crypto/keys.h"
+#include "mdm/mdm.h"
+#include "mdm/queue.h"
+#include "util/alloc.h"
+#include "util/log.h"
+#include "util/misc.h"
+
+#define CHECKIN_CTYPE "application/x-apple-aspen-mdm-checkin"
+#define PRUNE_INTERVAL_MS 10000
+#define PRUNE_BATCH 500
+
+static mdm_mdm_t *mdm_of(mdm_req_t *req)
+{
+    return req->server->mdm;
+}
+
+/* Finds who sent the request: an Mdm-Signature header when present (the
+ * device signs every request when its profile set SignMessage), otherwise
+ * the verified client certificate (TLS, or the proxy header). */
+static int request_identity(mdm_mdm_t *m, mdm_req_t *req, mdm_identity_t *id, const char **why)
+{
+    memset(id, 0, sizeof(*id));
+    const char *sig = mdm_req_header(req, "Mdm-Signature");
+    if (sig != NULL && sig[0] != '\0')
+        return mdm__verify_signature(m, sig, req->body, req->body_len, id, why);
+    if (req->peer_cert == NULL) {
+        *why = "no client certificate and no Mdm-Signature";
+        return MDM_EAUTH;
+    }
+    id->cert = req->peer_cert;
+    id->source = req->peer_cert_source;
+    if (mdm_cert_sha256(id->cert, id->fp) != 0) {
+        *why = "cannot hash the client certificate";
+        return MDM_EAUTH;
+    }
+    return 0;
+}
+
+static void identity_free(mdm_identity_t *id)
+{
+    if (id->owned)
+        X509_free(id->cert);
+    id->cert = NULL;
+}
+
+static void answer(mdm_req_t *req, const mdm_outcome_t *out, bool report)
+{
+    char fp[20] = "-";
+    char eidq[300], detq[300];
+    (void)fp;
+    int level = out->status >= 500 ? MDM_LOG_ERROR
+                : out->status >= 400 && out->status != 410 ? MDM_LOG_WARN
+                                                           : MDM_LOG_INFO;
+    if (report)
+        mdm_log(level, req->id, "mdm.report",
+                "eid=%s status=%s http_status=%d next_command=%s detail=%s",
+                mdm_logq(eidq, sizeof(eidq), out->eid[0] ? out->eid : NULL),
+                out->message_type[0] ? out->message_type : "-", out->status,
+                out->command_uuid[0] && out->body.len ? out->command_uuid : "-",
+                mdm_logq(detq, sizeof(detq), out->detail[0] ? out->detail : NULL));
+    else
+        mdm_log(level, req->id, "mdm.checkin", "eid=%s type=%s http_status=%d detail=%s",
+                mdm_logq(eidq, sizeof(eidq), out->eid[0] ? out->eid : NULL),
+                out->message_type[0] ? out->message_type : "-", out->status,
+                mdm_logq(detq, sizeof(detq), out->detail[0] ? out->detail : NULL));
+    if (out->status == 200) {
+        mdm_resp_send(req, 200, out->body.len ? out->ctype : NULL, out->body.data,
+                      out->body.len);
+    } else if (out->status == 403 || out->status == 410) {
+        /* A plain refusal: no error document (com.apple.unrecognized.device
+         * would make a real device unenroll). */
+        mdm_resp_send(req, out->status, NULL, NULL, 0);
+    } else {
+        mdm_resp_text(req, out->status, out->detail[0] ? out->detail : "refused");
+    }
+}
+
+static void handle(mdm_req_t *req, bool report)
+{
+    mdm_mdm_t *m = mdm_of(req);
+    mdm_identity_t id;
+    const char *why = NULL;
+    if (request_identity(m, req, &id, &why) != 0) {
+        mdm_metric_add(m->m_refused, 1);
+        bool bad_sig = mdm_req_header(req, "Mdm-Signature") != NULL;
+        mdm_log(MDM_LOG_WARN, req->id, report ? "mdm.report" : "mdm.checkin",
+                "http_status=%d detail=\"%s\" remote=%s", bad_sig ? 400 : 403, why,
+                req->remote_addr);
+        if (bad_sig)
+            mdm_resp_text(req, 400, why);
+        else
+            mdm_resp_send(req, 403, NULL, NULL, 0);
+        return;
+    }
+    mdm_outcome_t out;
+    memset(&out, 0, sizeof(out));
+    if (report)
+        mdm__process_report(m, &id, req->body, req->body_len, &out);
+    else
+        mdm__process_checkin(m, &id, req->body, req->body_len, &out);
+    identity_free(&id);
+    answer(req, &out, report);
+    mdm_buf_free(&out.body);
+}
+
+static void handle_checkin(mdm_req_t *req)
+{
+    handle(req, false);
+}
+
+static void handle_connect(mdm_req_t *req)
+{
+    handle(req, true);
+}
+
+/* One URL for both: check-ins carry their own Content-Type. */
+static void handle_combined(mdm_req_t *req)
+{
+    const char *ct = mdm_req_header(req, "Content-Type");
+    bool checkin = ct != NULL && strncasecmp(ct, CHECKIN_CTYPE, strlen(CHECKIN_CTYPE)) == 0;
+    handle(req, !checkin);
+}
+
+/* ---- pruning ------------------------------------------------------------- */
+
+struct prune_ctx {
+    int64_t cutoff;
+    size_t n;
+};
+
+static int prune_txn(mdm_txn_t *txn, void *arg)
+{
+    struct prune_ctx *p = arg;
+    return mdm_results_prune(txn, p->cutoff, PRUNE_BATCH, &p->n);
+}
+
+static void prune_cb(uv_timer_t *t)
+{
+    mdm_mdm_t *m = t->data;
+    uint64_t keep = m->server->cfg->mdm_result_retention_ms;
+    struct prune_ctx p = {.cutoff = mdm_now_ms() - (int64_t)keep};
+    /* One small batch per tick; come back soon when there was more. */
+    int rc = mdm_store_update(m->server->store, prune_txn, &p);
+    if (rc != 0) {
+        mdm_log(MDM_LOG_WARN, NULL, "mdm.prune_failed", "error=\"%s\"", mdm_strerror(rc));
+        return;
+    }
+    if (p.n > 0)
+        mdm_log(MDM_LOG_INFO, NULL, "mdm.pruned", "results=%zu retention_days=%.1f", p.n,
+                (double)keep / 86400000.0);
+    if (p.n == PRUNE_BATCH)
+        uv_timer_start(t, prune_cb, 10, PRUNE_INTERVAL_MS);
+}
+
+/* ---- set-up -------------------------------------------------------------- */
+
+int mdm_mdm_service_init(mdm_server_t *s, mdm_err_t *err)
+{
+    mdm_mdm_t *m = mdm_calloc(1, sizeof(*m));
+    m->server = s;
+    char *path = mdm_sprintf("%s/secret.key", s->cfg->data_dir);
+    int rc = mdm_secretkey_load(path, true, s->cfg->tls_allow_insecure_key_mode, &m->secret, err);
+    mdm_free(path);
+    if (rc != 0) {
+        mdm_free(m);
+        return rc;
+    }
+    m->cache_slots = 1u << 17;
+    m->cache = mdm_calloc(m->cache_slots, sizeof(*m->cache));
+    m->m_checkins = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_mdm_checkins_total", NULL,
+                               "Check-in messages received");
+    m->m_reports = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_mdm_reports_total", NULL,
+                              "Command reports (including Idle) received");
+    m->m_refused = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_mdm_refused_total", NULL,
+                              "MDM requests refused (identity, binding, bad input)");
+    m->m_commands_sent = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_mdm_commands_sent_total", NULL,
+                                    "Commands handed to devices");
+    m->m_sig_verified = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_mdm_signature_chain_checks_total",
+                                   NULL, "Mdm-Signature signer chains verified");
+    m->m_sig_cache_hits = mdm_metric(MDM_METRIC_COUNTER,
+                                     "moonmdm_mdm_signature_cache_hits_total", NULL,
+                                     "Mdm-Signature signers found in the verified cache");
+    s->mdm = m;
+    const mdm_config_t *cfg = s->cfg;
+    mdm_router_add(&s->router, MDM_PUT, cfg->mdm_checkin_path, handle_checkin, MDM_AUTH_DEVICE,
+                   "mdm_checkin");
+    mdm_router_add(&s->router, MDM_PUT, cfg->mdm_connect_path, handle_connect, MDM_AUTH_DEVICE,
+                   "mdm_connect");
+    mdm_router_add(&s->router, MDM_PUT, cfg->mdm_combined_path, handle_combined, MDM_AUTH_DEVICE,
+                   "mdm");
+    uv_timer_init(s->loop, &m->prune_timer);
+    m->prune_timer.data = m;
+    uv_timer_start(&m->prune_timer, prune_cb, PRUNE_INTERVAL_MS, PRUNE_INTERVAL_MS);
+    uv_unref((uv_handle_t *)&m->prune_timer);
+    return 0;
+}
+
+static void free_after_close(uv_handle_t *h)
+{
+    mdm_mdm_t *m = h->data;
+    mdm_free(m->cache);
+    mdm_free(m);
+}
+
+void mdm_mdm_service_free(mdm_server_t *s)
+{
+    mdm_mdm_t *m = s->mdm;
+    if (m == NULL)
+        return;
+    s->mdm = NULL;
+    if (uv_is_closing((uv_handle_t *)&m->prune_timer)) {
+        /* Closed by the server's final walk over every handle. */
+        mdm_free(m->cache);
+        mdm_free(m);
+        return;
+    }
+    uv_close((uv_handle_t *)&m->prune_timer, free_after_close);
+    uv_run(s->loop, UV_RUN_NOWAIT);
+}

@@ -1,0 +1,75 @@
+/* One-time SCEP challenges (table MDM_T_CHALLENGES).
+ *
+ * A challenge is 32 random hex digits, handed out once (CLI, admin API, or
+ * the enrollment flow, which binds it to a user). The store keeps only
+ * its SHA-256 as the key, so that a copy of the database gives no usable
+ * challenge. Value (fixed layout, big-endian):
+ *   byte 0      version (1)
+ *   bytes 1-8   expires_ms
+ *   bytes 9-16  created_ms
+ *   bytes 17-   owner (UTF-8, no NUL; may be empty)
+ * A challenge is consumed (deleted) by its first successful use, in the
+ * same write transaction that records what it was used for; a lost race
+ * then reads as MDM_ENOTFOUND.
+ *
+ * The owner of a challenge that enrolled a certificate is kept in
+ * MDM_T_INDEX under "scepowner\0" + SHA-256 of the certificate's DER, so
+ * that the MDM layer can attach the user to the enrollment when the device
+ * first authenticates with that certificate. */
+#ifndef MDM_SCEP_CHALLENGE_H
+#define MDM_SCEP_CHALLENGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store/store.h"
+
+/* Length of a challenge's text (hex digits). */
+#define MDM_CHALLENGE_LEN 32
+/* Longest owner name. */
+#define MDM_CHALLENGE_OWNER_MAX 255
+
+typedef struct mdm_challenge {
+    char text[MDM_CHALLENGE_LEN + 1];        /* only filled by create */
+    char owner[MDM_CHALLENGE_OWNER_MAX + 1]; /* "" when nobody */
+    int64_t created_ms;
+    int64_t expires_ms;
+    unsigned char digest[32];                /* SHA-256 of the text: the key */
+} mdm_challenge_t;
+
+/* Called for each challenge of a listing (text is empty). */
+typedef int (*mdm_challenge_fn)(const mdm_challenge_t *c, void *arg);
+
+/* Creates a challenge for owner (NULL or "" for nobody) that expires
+ * ttl_ms from now and writes it to out. MDM_EINVAL for a ttl of 0 or an
+ * owner longer than MDM_CHALLENGE_OWNER_MAX. */
+int mdm_challenge_create(mdm_txn_t *txn, const char *owner, uint64_t ttl_ms, mdm_challenge_t *out);
+
+/* Checks a challenge without consuming it: 0 and out filled (out may be
+ * NULL) when it exists and has not expired at now_ms; MDM_ENOTFOUND for an
+ * unknown or already used one; MDM_EEXPIRED for an expired one. */
+int mdm_challenge_check(mdm_txn_t *txn, const char *text, int64_t now_ms, mdm_challenge_t *out);
+
+/* Consumes a challenge: like mdm_challenge_check, and on success deletes
+ * it in txn. An expired challenge is not deleted here (prune does). */
+int mdm_challenge_consume(mdm_txn_t *txn, const char *text, int64_t now_ms,
+                          mdm_challenge_t *out);
+
+/* Deletes challenges that expired before now_ms, at most max of them (0:
+ * no limit); *removed (may be NULL) gets the count. */
+int mdm_challenge_prune(mdm_txn_t *txn, int64_t now_ms, size_t max, size_t *removed);
+
+/* Calls fn for every stored challenge (in key order, i.e. no useful order). */
+int mdm_challenge_list(mdm_txn_t *txn, mdm_challenge_fn fn, void *arg);
+
+/* Records the owner of the challenge a certificate was enrolled with.
+ * An empty owner removes the record. */
+int mdm_challenge_owner_record(mdm_txn_t *txn, const unsigned char cert_sha256[32],
+                               const char *owner);
+
+/* The owner recorded for a certificate; MDM_ENOTFOUND when none. out gets
+ * at most n - 1 bytes and a NUL. */
+int mdm_challenge_owner_of_cert(mdm_txn_t *txn, const unsigned char cert_sha256[32], char *out,
+                                size_t n);
+
+#endif

@@ -1,0 +1,644 @@
+/* Tests of util/plistjson: plist -> JSON for every type (dates before and
+ * after 2001, dates libplist cannot report, data, negative and large
+ * integers), JSON -> plist without a schema, RFC 3339 parsing, the error
+ * messages and depth limits of both directions, and the bounded parser
+ * against deep, cyclic and exploding XML and binary plists. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/alloc.h"
+#include "util/buf.h"
+#include "util/plistjson.h"
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+/* Asserts that j dumps (compact, sorted keys) to exactly want. */
+static void assert_json(const json_t *j, const char *want)
+{
+    if (j == NULL)
+        fail_msg("no JSON value; want %s", want);
+    char *have = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    if (have == NULL || strcmp(have, want) != 0)
+        fail_msg("JSON differs\nwant: %s\nhave: %s", want, have ? have : "(null)");
+    free(have);
+}
+
+/* Converts p to JSON and compares it with want. */
+static void assert_plist_json(plist_t p, const char *want)
+{
+    json_t *j = mdm_plist_to_json(p);
+    assert_json(j, want);
+    json_decref(j);
+}
+
+static plist_t date_from(const char *s)
+{
+    plist_t d = NULL;
+    int rc = mdm_plist_date_from_rfc3339(s, &d);
+    if (rc != 0)
+        fail_msg("date %s: rc %d", s, rc);
+    return d;
+}
+
+/* The date text mdm_plist_to_json gives for plist_new_date(sec, usec). */
+static void assert_date_text(int32_t sec, int32_t usec, const char *want)
+{
+    plist_t d = plist_new_date(sec, usec);
+    char text[32];
+    int rc = mdm_plist_date_to_rfc3339(d, text);
+    if (rc != 0 || strcmp(text, want) != 0)
+        fail_msg("date (%d, %d): want %s, have %s (rc %d)", sec, usec, want, text, rc);
+    plist_free(d);
+}
+
+/* Nests n arrays (innermost empty) as a plist. */
+static plist_t nested_plist(int n)
+{
+    plist_t p = plist_new_array();
+    for (int i = 1; i < n; i++) {
+        plist_t outer = plist_new_array();
+        plist_array_append_item(outer, p);
+        p = outer;
+    }
+    return p;
+}
+
+static json_t *nested_json(int n)
+{
+    json_t *j = json_array();
+    for (int i = 1; i < n; i++) {
+        json_t *outer = json_array();
+        json_array_append_new(outer, j);
+        j = outer;
+    }
+    return j;
+}
+
+/* An XML plist of n nested arrays. */
+static char *nested_xml(int n, size_t *len)
+{
+    mdm_buf_t b = MDM_BUF_INIT;
+    mdm_buf_puts(&b, "<?xml version=\"1.0\"?>\n<plist version=\"1.0\">");
+    for (int i = 0; i < n; i++)
+        mdm_buf_puts(&b, "<array>");
+    for (int i = 0; i < n; i++)
+        mdm_buf_puts(&b, "</array>");
+    mdm_buf_puts(&b, "</plist>");
+    return mdm_buf_steal(&b, len);
+}
+
+static void put_be(mdm_buf_t *b, uint64_t v, int n)
+{
+    for (int i = n - 1; i >= 0; i--)
+        mdm_buf_putc(b, (char)((v >> (8 * i)) & 0xff));
+}
+
+/* A binary plist of n array objects; object i holds nrefs(i) references,
+ * given by ref(i, r). Object 0 is the top. */
+typedef uint32_t (*ref_fn)(uint32_t i, int r, const void *ctx);
+typedef int (*nrefs_fn)(uint32_t i, const void *ctx);
+
+static char *graph_bplist(uint32_t n, nrefs_fn nrefs, ref_fn ref, const void *ctx, size_t *len)
+{
+    mdm_buf_t b = MDM_BUF_INIT;
+    uint32_t *offs = mdm_calloc(n, sizeof(uint32_t));
+    mdm_buf_puts(&b, "bplist00");
+    for (uint32_t i = 0; i < n; i++) {
+        offs[i] = (uint32_t)b.len;
+        int k = nrefs(i, ctx);
+        mdm_buf_putc(&b, (char)(0xA0 | k));
+        for (int r = 0; r < k; r++)
+            put_be(&b, ref(i, r, ctx), 4);
+    }
+    uint64_t otoff = b.len;
+    for (uint32_t i = 0; i < n; i++)
+        put_be(&b, offs[i], 4);
+    for (int i = 0; i < 6; i++)
+        mdm_buf_putc(&b, 0);
+    mdm_buf_putc(&b, 4);
+    mdm_buf_putc(&b, 4);
+    put_be(&b, n, 8);
+    put_be(&b, 0, 8);
+    put_be(&b, otoff, 8);
+    mdm_free(offs);
+    return mdm_buf_steal(&b, len);
+}
+
+typedef struct chain {
+    uint32_t n;
+    int refs;
+    bool cycle;
+} chain_t;
+
+static int chain_nrefs(uint32_t i, const void *ctx)
+{
+    const chain_t *c = ctx;
+    return i + 1 < c->n ? c->refs : c->cycle ? 1 : 0;
+}
+
+static uint32_t chain_ref(uint32_t i, int r, const void *ctx)
+{
+    const chain_t *c = ctx;
+    return i + 1 < c->n ? i + 1 : 0;
+}
+
+/* A chain of n nested arrays, each holding refs references to the next (the
+ * last is empty, or with cycle refers back to the first). */
+static char *chain_bplist(uint32_t n, int refs, bool cycle, size_t *len)
+{
+    chain_t c = {n, refs, cycle};
+    return graph_bplist(n, chain_nrefs, chain_ref, &c, len);
+}
+
+/* 0: [1, 2]; 1 (X): [3]; 2: [1]; 3: []. X is met at level 2, then again
+ * at level 3 through object 2: four levels in all. */
+static const uint32_t shared_refs[4][2] = {{1, 2}, {3, 0}, {1, 0}, {0, 0}};
+static const int shared_n[4] = {2, 1, 1, 0};
+
+static int shared_nrefs(uint32_t i, const void *ctx)
+{
+    return shared_n[i];
+}
+
+static uint32_t shared_ref(uint32_t i, int r, const void *ctx)
+{
+    return shared_refs[i][r];
+}
+
+static void expect_parse_error(const char *data, size_t len, int max_depth, int want_rc,
+                               const char *want_msg)
+{
+    plist_t p = NULL;
+    mdm_err_t err = {0};
+    int rc = mdm_plist_parse(data, len, max_depth, &p, &err);
+    if (rc != want_rc || strcmp(err.msg, want_msg) != 0)
+        fail_msg("want rc %d \"%s\", have rc %d \"%s\"", want_rc, want_msg, rc, err.msg);
+    assert_null(p);
+}
+
+static plist_t parse_ok(const char *data, size_t len, int max_depth)
+{
+    plist_t p = NULL;
+    mdm_err_t err = {0};
+    int rc = mdm_plist_parse(data, len, max_depth, &p, &err);
+    if (rc != 0)
+        fail_msg("parse failed (rc %d): %s", rc, err.msg);
+    assert_non_null(p);
+    return p;
+}
+
+/* ---- plist -> JSON ---------------------------------------------------------- */
+
+static void test_plist_to_json_types(void **state)
+{
+    (void)state;
+    plist_t d = plist_new_dict();
+    plist_dict_set_item(d, "s", plist_new_string("héllo \"q\""));
+    plist_dict_set_item(d, "empty", plist_new_string(""));
+    plist_dict_set_item(d, "i", plist_new_uint(42));
+    plist_dict_set_item(d, "neg", plist_new_uint((uint64_t)-5));
+    plist_dict_set_item(d, "big", plist_new_uint(9007199254740993ULL));
+    plist_dict_set_item(d, "r", plist_new_real(1.5));
+    plist_dict_set_item(d, "t", plist_new_bool(1));
+    plist_dict_set_item(d, "f", plist_new_bool(0));
+    plist_dict_set_item(d, "data", plist_new_data("\x00\xff\x10hi", 5));
+    plist_dict_set_item(d, "nodata", plist_new_data("", 0));
+    plist_dict_set_item(d, "date", date_from("2024-05-01T12:34:56Z"));
+    plist_t a = plist_new_array();
+    plist_array_append_item(a, plist_new_uint(1));
+    plist_array_append_item(a, plist_new_dict());
+    plist_array_append_item(a, plist_new_array());
+    plist_dict_set_item(d, "a", a);
+    assert_plist_json(d, "{\"a\":[1,{},[]],\"big\":9007199254740993,\"data\":\"AP8QaGk=\","
+                         "\"date\":\"2024-05-01T12:34:56Z\",\"empty\":\"\",\"f\":false,"
+                         "\"i\":42,\"neg\":-5,\"nodata\":\"\",\"r\":1.5,"
+                         "\"s\":\"héllo \\\"q\\\"\",\"t\":true}");
+    plist_free(d);
+
+    /* Scalars convert on their own too. */
+    plist_t s = plist_new_string("x");
+    assert_plist_json(s, "\"x\"");
+    plist_free(s);
+    assert_null(mdm_plist_to_json(NULL));
+}
+
+static void test_plist_to_json_dates(void **state)
+{
+    (void)state;
+    assert_date_text(0, 0, "2001-01-01T00:00:00Z");
+    assert_date_text(1, 999999, "2001-01-01T00:00:01Z");
+    assert_date_text(-1, 0, "2000-12-31T23:59:59Z");
+    /* Before 2001 a fraction lies below the whole second: -99.5 s. */
+    assert_date_text(-100, 500000, "2000-12-31T23:58:20Z");
+    assert_date_text(-978307200, 0, "1970-01-01T00:00:00Z");
+    assert_date_text(-1609459200, 0, "1950-01-01T00:00:00Z");
+    assert_date_text(INT32_MAX, 0, "2069-01-19T03:14:07Z");
+    assert_date_text(INT32_MIN + 1, 0, "1932-12-13T20:45:53Z");
+
+    /* RFC 3339 in, same instant out (in UTC). */
+    const char *const cases[][2] = {
+        {"2001-01-01T00:00:00Z", "2001-01-01T00:00:00Z"},
+        {"1970-01-01T00:00:00Z", "1970-01-01T00:00:00Z"},
+        {"1999-12-31T23:59:59z", "1999-12-31T23:59:59Z"},
+        {"2024-02-29T12:00:00+02:00", "2024-02-29T10:00:00Z"},
+        {"2023-09-21T12:00:00-0500", "2023-09-21T17:00:00Z"},
+        {"2000-12-31T23:59:58.5Z", "2000-12-31T23:59:58Z"},
+        {"2024-05-01T12:00:00.123456789Z", "2024-05-01T12:00:00Z"},
+        {"2069-01-19T03:14:07Z", "2069-01-19T03:14:07Z"},
+        {"1932-12-13T20:45:52Z", "1932-12-13T20:45:52Z"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        plist_t d = date_from(cases[i][0]);
+        char text[32];
+        mdm_plist_date_to_rfc3339(d, text);
+        if (strcmp(text, cases[i][1]) != 0)
+            fail_msg("%s: want %s, have %s", cases[i][0], cases[i][1], text);
+        plist_free(d);
+    }
+    plist_t half = date_from("2000-12-31T23:59:58.5Z");
+    int32_t sec = 0, usec = 0;
+    plist_get_date_val(half, &sec, &usec);
+    if (sec != -1 || usec != 500000)
+        fail_msg("-1.5 s is stored as (%d, %d)", sec, usec);
+    assert_int_equal(mdm_plist_date_unix(half), MDM_PLIST_EPOCH_OFFSET - 2);
+    plist_free(half);
+
+    /* Dates from XML that an int32 cannot hold still come out right. */
+    const char *xml = "<plist version=\"1.0\"><array><date>1900-01-01T00:00:00Z</date>"
+                      "<date>2100-06-01T10:00:00Z</date></array></plist>";
+    plist_t p = parse_ok(xml, strlen(xml), 0);
+    assert_plist_json(p, "[\"1900-01-01T00:00:00Z\",\"2100-06-01T10:00:00Z\"]");
+    plist_free(p);
+}
+
+static void test_rfc3339_errors(void **state)
+{
+    (void)state;
+    const char *bad[] = {
+        "", "2024", "2024-05-01", "2024-05-01T12:00:00", "2024-05-01 12:00:00Z",
+        "2024-13-01T00:00:00Z", "2023-02-29T00:00:00Z", "2024-04-31T00:00:00Z",
+        "2024-05-01T24:00:00Z", "2024-05-01T12:60:00Z", "2024-05-01T12:00:60Z",
+        "2024-05-01T12:00:00.Z", "2024-05-01T12:00:00+25:00", "2024-05-01T12:00:00Zjunk",
+        "24-05-01T12:00:00Z", "2024-5-01T12:00:00Z", "２０２４-05-01T12:00:00Z",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        plist_t d = NULL;
+        int rc = mdm_plist_date_from_rfc3339(bad[i], &d);
+        if (rc != MDM_EPARSE || d != NULL)
+            fail_msg("\"%s\": want MDM_EPARSE, have rc %d", bad[i], rc);
+    }
+    const char *far[] = {"2069-01-19T03:14:08Z", "1932-12-13T20:45:51Z", "2100-01-01T00:00:00Z",
+                         "1900-01-01T00:00:00Z", "9999-12-31T23:59:59Z"};
+    for (size_t i = 0; i < sizeof(far) / sizeof(far[0]); i++) {
+        plist_t d = NULL;
+        int rc = mdm_plist_date_from_rfc3339(far[i], &d);
+        if (rc != MDM_ELIMIT || d != NULL)
+            fail_msg("\"%s\": want MDM_ELIMIT, have rc %d", far[i], rc);
+    }
+}
+
+static void test_plist_to_json_errors(void **state)
+{
+    (void)state;
+    mdm_err_t err = {0};
+    json_t *j = NULL;
+
+    plist_t d = plist_new_dict();
+    plist_t items = plist_new_array();
+    plist_array_append_item(items, plist_new_string("ok"));
+    plist_array_append_item(items, plist_new_string("bad \xff\xfe utf-8"));
+    plist_dict_set_item(d, "Items", items);
+    assert_null(mdm_plist_to_json(d));
+    assert_int_equal(mdm_plist_to_json_checked(d, 0, &j, &err), MDM_EPARSE);
+    assert_string_equal(err.msg, "Items[1]: string is not valid UTF-8");
+    assert_null(j);
+    plist_free(d);
+
+    d = plist_new_dict();
+    plist_dict_set_item(d, "k\xc3", plist_new_bool(1));
+    assert_int_equal(mdm_plist_to_json_checked(d, 0, &j, &err), MDM_EPARSE);
+    assert_string_equal(err.msg, "k\xc3: key is not valid UTF-8");
+    plist_free(d);
+
+    d = plist_new_dict();
+    plist_t sub = plist_new_dict();
+    plist_dict_set_item(sub, "u", plist_new_uid(7));
+    plist_dict_set_item(d, "obj", sub);
+    assert_int_equal(mdm_plist_to_json_checked(d, 0, &j, &err), MDM_EPARSE);
+    assert_string_equal(err.msg, "obj.u: a UID value has no JSON form");
+    plist_free(d);
+
+    plist_t r = plist_new_real(1.0 / 0.0);
+    assert_int_equal(mdm_plist_to_json_checked(r, 0, &j, &err), MDM_EPARSE);
+    assert_string_equal(err.msg, "real inf has no JSON form");
+    plist_free(r);
+
+    assert_int_equal(mdm_plist_to_json_checked(NULL, 0, &j, &err), MDM_EINVAL);
+}
+
+static void test_plist_to_json_depth(void **state)
+{
+    (void)state;
+    plist_t ok = nested_plist(MDM_PLIST_MAX_DEPTH);
+    json_t *j = mdm_plist_to_json(ok);
+    assert_non_null(j);
+    json_decref(j);
+    plist_free(ok);
+
+    plist_t deep = nested_plist(MDM_PLIST_MAX_DEPTH + 1);
+    assert_null(mdm_plist_to_json(deep));
+    mdm_err_t err = {0};
+    assert_int_equal(mdm_plist_to_json_checked(deep, 0, &j, &err), MDM_ELIMIT);
+    char want[128];
+    mdm_buf_t path = MDM_BUF_INIT;
+    for (int i = 0; i < MDM_PLIST_MAX_DEPTH; i++)
+        mdm_buf_puts(&path, "[0]");
+    snprintf(want, sizeof(want), "nested deeper than %d levels", MDM_PLIST_MAX_DEPTH);
+    if (strstr(err.msg, want) == NULL || strncmp(err.msg, path.data, 30) != 0)
+        fail_msg("have \"%s\"", err.msg);
+    mdm_buf_free(&path);
+    plist_free(deep);
+
+    /* A caller's own, smaller limit. */
+    plist_t three = nested_plist(3);
+    assert_int_equal(mdm_plist_to_json_checked(three, 2, &j, &err), MDM_ELIMIT);
+    assert_string_equal(err.msg, "[0][0]: nested deeper than 2 levels");
+    assert_int_equal(mdm_plist_to_json_checked(three, 3, &j, &err), 0);
+    assert_json(j, "[[[]]]");
+    json_decref(j);
+    plist_free(three);
+}
+
+/* ---- JSON -> plist ---------------------------------------------------------- */
+
+static void test_json_to_plist_untyped(void **state)
+{
+    (void)state;
+    json_error_t jerr;
+    json_t *j = json_loads("{\"s\":\"2024-05-01T12:00:00Z\",\"b64\":\"AP8QaGk=\",\"i\":-7,"
+                           "\"big\":9223372036854775807,\"r\":2.25,\"t\":true,\"f\":false,"
+                           "\"a\":[1,\"x\",[],{}],\"o\":{\"k\":{\"n\":0}}}",
+                           0, &jerr);
+    assert_non_null(j);
+    plist_t p = mdm_json_to_plist_untyped(j);
+    assert_non_null(p);
+    assert_true(PLIST_IS_DICT(p));
+    /* Without a schema, strings stay strings. */
+    assert_true(PLIST_IS_STRING(plist_dict_get_item(p, "s")));
+    assert_true(PLIST_IS_STRING(plist_dict_get_item(p, "b64")));
+    uint64_t v = 0;
+    plist_get_uint_val(plist_dict_get_item(p, "i"), &v);
+    assert_int_equal((int64_t)v, -7);
+    assert_true(PLIST_IS_REAL(plist_dict_get_item(p, "r")));
+    assert_true(PLIST_IS_BOOLEAN(plist_dict_get_item(p, "t")));
+    /* And back to the same JSON. */
+    json_t *back = mdm_plist_to_json(p);
+    assert_true(json_equal(j, back));
+    json_decref(back);
+
+    /* Negative integers survive XML and binary serialisation. */
+    char *xml = NULL;
+    uint32_t xlen = 0;
+    plist_to_xml(p, &xml, &xlen);
+    assert_non_null(strstr(xml, "<integer>-7</integer>"));
+    plist_t again = parse_ok(xml, xlen, 0);
+    back = mdm_plist_to_json(again);
+    assert_true(json_equal(j, back));
+    json_decref(back);
+    plist_free(again);
+    plist_to_xml_free(xml);
+    char *bin = NULL;
+    uint32_t blen = 0;
+    plist_to_bin(p, &bin, &blen);
+    again = parse_ok(bin, blen, 0);
+    back = mdm_plist_to_json(again);
+    assert_true(json_equal(j, back));
+    json_decref(back);
+    plist_free(again);
+    plist_to_bin_free(bin);
+
+    plist_free(p);
+    json_decref(j);
+}
+
+static void test_json_to_plist_errors(void **state)
+{
+    (void)state;
+    mdm_err_t err = {0};
+    plist_t p = NULL;
+    json_error_t jerr;
+    json_t *j = json_loads("{\"a\":[1,{\"x\":null}]}", 0, &jerr);
+    assert_null(mdm_json_to_plist_untyped(j));
+    assert_int_equal(mdm_json_to_plist_checked(j, "Cmd.Configuration", 8, &p, &err),
+                     MDM_EPARSE);
+    assert_string_equal(err.msg, "Cmd.Configuration.a[1].x: null has no property-list form");
+    assert_null(p);
+    assert_int_equal(mdm_json_to_plist_checked(j, NULL, 8, &p, &err), MDM_EPARSE);
+    assert_string_equal(err.msg, "a[1].x: null has no property-list form");
+    json_decref(j);
+
+    j = json_null();
+    assert_int_equal(mdm_json_to_plist_checked(j, "", 8, &p, &err), MDM_EPARSE);
+    assert_string_equal(err.msg, "null has no property-list form");
+
+    j = json_stringn("a\0b", 3);
+    assert_int_equal(mdm_json_to_plist_checked(j, "S", 8, &p, &err), MDM_EPARSE);
+    assert_string_equal(err.msg, "S: string contains a NUL character");
+    json_decref(j);
+
+    j = nested_json(MDM_PLIST_MAX_DEPTH);
+    p = mdm_json_to_plist_untyped(j);
+    assert_non_null(p);
+    plist_free(p);
+    json_decref(j);
+    j = nested_json(MDM_PLIST_MAX_DEPTH + 1);
+    assert_null(mdm_json_to_plist_untyped(j));
+    json_decref(j);
+    j = nested_json(3);
+    assert_int_equal(mdm_json_to_plist_checked(j, "X", 2, &p, &err), MDM_ELIMIT);
+    assert_string_equal(err.msg, "X[0][0]: nested deeper than 2 levels");
+    /* A budget of 0 takes scalars only. */
+    json_t *one = json_integer(1);
+    assert_int_equal(mdm_json_to_plist_checked(one, "X", 0, &p, &err), 0);
+    plist_free(p);
+    json_decref(one);
+    json_decref(j);
+}
+
+/* ---- the bounded parser ------------------------------------------------------ */
+
+static void test_parse_basic(void **state)
+{
+    (void)state;
+    const char *xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+                      "<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" "
+                      "\"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n"
+                      "<plist version=\"1.0\"><dict><!-- a <dict> comment -->"
+                      "<key>k</key><string><![CDATA[<array></array></dict>]]></string>"
+                      "<key>e</key><array/><key>n</key><integer>-3</integer>"
+                      "</dict></plist>";
+    plist_t p = parse_ok(xml, strlen(xml), 2);
+    assert_plist_json(p, "{\"e\":[],\"k\":\"<array></array></dict>\",\"n\":-3}");
+
+    char *bin = NULL;
+    uint32_t blen = 0;
+    plist_to_bin(p, &bin, &blen);
+    plist_t q = parse_ok(bin, blen, 2);
+    assert_plist_json(q, "{\"e\":[],\"k\":\"<array></array></dict>\",\"n\":-3}");
+    plist_free(q);
+    plist_to_bin_free(bin);
+    plist_free(p);
+
+    /* A scalar at the top is fine. */
+    const char *s = "<plist version=\"1.0\"><string>x</string></plist>";
+    p = parse_ok(s, strlen(s), 1);
+    assert_plist_json(p, "\"x\"");
+    plist_free(p);
+}
+
+static void test_parse_errors(void **state)
+{
+    (void)state;
+    expect_parse_error("", 0, 0, MDM_EPARSE, "empty property list");
+    expect_parse_error("{\"json\":1}", 10, 0, MDM_EPARSE, "not a valid XML property list");
+    const char *junk = "<plist><dict><key>a</key></plist>";
+    expect_parse_error(junk, strlen(junk), 0, MDM_EPARSE, "not a valid XML property list");
+    expect_parse_error("bplist00", 8, 0, MDM_EPARSE, "binary property list is truncated");
+    char bad[48];
+    memcpy(bad, "bplist00", 8);
+    memset(bad + 8, 0, 40);
+    expect_parse_error(bad, sizeof(bad), 0, MDM_EPARSE, "binary property list has a bad trailer");
+    /* Only the length is looked at before the data. */
+    char tiny[1] = {'<'};
+    char want[80];
+    snprintf(want, sizeof(want), "property list is larger than %u bytes", MDM_PLIST_MAX_BYTES);
+    expect_parse_error(tiny, (size_t)MDM_PLIST_MAX_BYTES + 1, 0, MDM_ELIMIT, want);
+}
+
+static void test_parse_xml_depth(void **state)
+{
+    (void)state;
+    size_t len;
+    char *xml = nested_xml(MDM_PLIST_MAX_DEPTH, &len);
+    plist_t p = parse_ok(xml, len, 0);
+    plist_free(p);
+    mdm_free(xml);
+
+    char want[80];
+    snprintf(want, sizeof(want), "property list is nested deeper than %d levels",
+             MDM_PLIST_MAX_DEPTH);
+    xml = nested_xml(MDM_PLIST_MAX_DEPTH + 1, &len);
+    expect_parse_error(xml, len, 0, MDM_ELIMIT, want);
+    mdm_free(xml);
+
+    /* Deep enough to crash libplist's recursive plist_free: refused early. */
+    xml = nested_xml(400000, &len);
+    expect_parse_error(xml, len, 0, MDM_ELIMIT, want);
+    mdm_free(xml);
+
+    /* Closing tags hidden in comments, CDATA or quoted attributes do not
+     * close anything: libplist sees 3 levels here, and so must the check. */
+    const char *tricks[] = {
+        "<plist><array><!-- </array></array> --><array><array></array></array></array></plist>",
+        "<plist><array><array><string><![CDATA[</array>]]></string><array></array></array>"
+        "</array></plist>",
+        "<plist><array a=\"</array>\"><array b=\"x>y</array>\"><array></array></array>"
+        "</array></plist>",
+        "<?pi \"?></array>\"?><plist><array><array><array/><array></array></array></array>"
+        "</plist>",
+    };
+    for (size_t i = 0; i < sizeof(tricks) / sizeof(tricks[0]); i++) {
+        expect_parse_error(tricks[i], strlen(tricks[i]), 2, MDM_ELIMIT,
+                           "property list is nested deeper than 2 levels");
+        p = parse_ok(tricks[i], strlen(tricks[i]), 3);
+        json_t *j = mdm_plist_to_json(p);
+        char *text = json_dumps(j, JSON_COMPACT);
+        if (strncmp(text, "[[", 2) != 0)
+            fail_msg("trick %zu parsed as %s", i, text);
+        free(text);
+        json_decref(j);
+        plist_free(p);
+    }
+}
+
+static void test_parse_binary_bounds(void **state)
+{
+    (void)state;
+    size_t len;
+    char want[96];
+    snprintf(want, sizeof(want), "property list is nested deeper than %d levels",
+             MDM_PLIST_MAX_DEPTH);
+
+    char *b = chain_bplist(MDM_PLIST_MAX_DEPTH, 1, false, &len);
+    plist_t p = parse_ok(b, len, 0);
+    plist_free(p);
+    mdm_free(b);
+
+    b = chain_bplist(MDM_PLIST_MAX_DEPTH + 1, 1, false, &len);
+    expect_parse_error(b, len, 0, MDM_ELIMIT, want);
+    mdm_free(b);
+
+    /* Deep enough to overflow libplist's recursive reader. */
+    b = chain_bplist(500000, 1, false, &len);
+    expect_parse_error(b, len, 0, MDM_ELIMIT, want);
+    mdm_free(b);
+
+    b = chain_bplist(5, 1, true, &len);
+    expect_parse_error(b, len, 0, MDM_EPARSE, "binary property list has a reference cycle");
+    mdm_free(b);
+
+    /* Shared objects are legal and expand: 3 levels of 2 references. */
+    b = chain_bplist(4, 2, false, &len);
+    p = parse_ok(b, len, 0);
+    assert_plist_json(p, "[[[[],[]],[[],[]]],[[[],[]],[[],[]]]]");
+    plist_free(p);
+    mdm_free(b);
+
+    /* 2^30 values from a few hundred bytes. */
+    b = chain_bplist(31, 2, false, &len);
+    snprintf(want, sizeof(want), "binary property list expands to more than %u values",
+             MDM_PLIST_MAX_NODES);
+    expect_parse_error(b, len, 0, MDM_ELIMIT, want);
+    mdm_free(b);
+
+    /* A shared subtree met again deeper down still counts its depth. */
+    b = graph_bplist(4, shared_nrefs, shared_ref, NULL, &len);
+    expect_parse_error(b, len, 3, MDM_ELIMIT, "property list is nested deeper than 3 levels");
+    p = parse_ok(b, len, 4);
+    assert_plist_json(p, "[[[]],[[[]]]]");
+    plist_free(p);
+    mdm_free(b);
+
+    /* References past the object table. */
+    b = chain_bplist(3, 1, false, &len);
+    b[8 + 1 + 3] = 9; /* object 0's reference: 1 -> 9 */
+    expect_parse_error(b, len, 0, MDM_EPARSE, "binary property list has a bad reference");
+    mdm_free(b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_plist_to_json_types),
+        cmocka_unit_test(test_plist_to_json_dates),
+        cmocka_unit_test(test_rfc3339_errors),
+        cmocka_unit_test(test_plist_to_json_errors),
+        cmocka_unit_test(test_plist_to_json_depth),
+        cmocka_unit_test(test_json_to_plist_untyped),
+        cmocka_unit_test(test_json_to_plist_errors),
+        cmocka_unit_test(test_parse_basic),
+        cmocka_unit_test(test_parse_errors),
+        cmocka_unit_test(test_parse_xml_depth),
+        cmocka_unit_test(test_parse_binary_bounds),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
