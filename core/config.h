@@ -88,6 +88,41 @@ typedef struct mdm_config {
     uint64_t mdm_result_retention_ms; /* mdm.result_retention */
     uint64_t mdm_notnow_max;  /* mdm.notnow_max */
 
+    /* enroll */
+    char *enroll_base_url;    /* enroll.base_url: https://host[:port] devices reach */
+    char *enroll_path;        /* enroll.path */
+    char *enroll_ota_path;    /* enroll.ota_path */
+    char *enroll_identifier;  /* enroll.profile_identifier */
+    char *enroll_organization; /* enroll.organization */
+    char *enroll_display_name; /* enroll.display_name */
+    char *enroll_topic;       /* enroll.topic: APNs topic when no push certificate is loaded */
+    bool enroll_sign_message; /* enroll.sign_message */
+    uint64_t enroll_access_rights; /* enroll.access_rights */
+    mdm_strlist_t enroll_ota_trust; /* enroll.ota_trust: CAs of OTA phase-1 device certificates */
+    bool enroll_install_ca;   /* enroll.install_ca: put the CA certificate in the profile */
+
+    /* profiles */
+    char *profiles_dir;       /* profiles.dir: .mobileconfig files loaded at start */
+    bool profiles_sign;       /* profiles.sign */
+    bool profiles_encrypt;    /* profiles.encrypt */
+
+    /* apns */
+    char *apns_url;           /* apns.url: "production", "sandbox" or a base URL */
+    char *apns_cert;          /* apns.cert: push certificate (PEM) */
+    char *apns_key;           /* apns.key: its private key (PEM) */
+    char *apns_p12;           /* apns.p12: push certificate and key as PKCS#12 */
+    char *apns_p12_password;  /* apns.p12_password */
+    char *apns_ca_file;       /* apns.ca_file: extra trust anchors for the APNs server */
+    uint64_t apns_expiration_ms; /* apns.expiration: 0 = deliver now or drop */
+    uint64_t apns_timeout_ms; /* apns.timeout: one request to APNs */
+    size_t apns_max_in_flight; /* apns.max_in_flight */
+    size_t apns_connections;  /* apns.connections: per push certificate */
+    uint64_t apns_coalesce_window_ms; /* apns.coalesce_window */
+    uint64_t apns_retry_max;  /* apns.retry_max */
+    uint64_t apns_retry_delay_ms; /* apns.retry_delay: first backoff step */
+    uint64_t apns_sweep_interval_ms; /* apns.sweep_interval: 0 = off */
+    uint64_t apns_sweep_after_ms; /* apns.sweep_after */
+
     /* api */
     bool api_enabled;         /* api.enabled */
 } mdm_config_t;

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "mdm/enroll.h"
 #include "scep/cli_scep.h"
 
 static const char usage[] =
@@ -18,6 +19,7 @@ static const char usage[] =
     "  device     list, show and delete devices (through the API)\n"
     "  cmd        send, show, list and cancel commands (through the API)\n"
     "  push       wake devices with a push (through the API)\n"
+    "  enroll-profile  print a signed enrollment profile with a new challenge\n"
     "  version    print the version\n"
     "  help       print this help\n"
     "\n"
@@ -48,6 +50,8 @@ int main(int argc, char **argv)
         return mdm_cmd_cmd(argc - 1, argv + 1);
     if (strcmp(cmd, "push") == 0)
         return mdm_cmd_push(argc - 1, argv + 1);
+    if (strcmp(cmd, "enroll-profile") == 0)
+        return mdm_cmd_enroll_profile(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         if (argc > 2 && strcmp(argv[2], "--help") == 0) {
             puts("usage: moonmdm version\n\nPrints the version of moonmdm and of its store schema.");

@@ -4,6 +4,8 @@
 #include "api/api.h"
 #include "crypto/ca.h"
 #include "mdm/mdm.h"
+#include "mdm/enroll.h"
+#include "mdm/profiles.h"
 #include "scep/service.h"
 #include "util/alloc.h"
 #include "util/log.h"
@@ -25,12 +27,20 @@ int mdm__modules_init(mdm_server_t *s, mdm_err_t *err)
     if (rc != 0)
         return rc;
     mdm_api_mdm_register(s);
+    rc = mdm_profiles_service_init(s, err);
+    if (rc != 0)
+        return rc;
+    rc = mdm_enroll_service_init(s, err);
+    if (rc != 0)
+        return rc;
     return 0;
 }
 
 void mdm__modules_free(mdm_server_t *s)
 {
     mdm_scep_service_free(s);
+    mdm_enroll_service_free(s);
+    mdm_profiles_service_free(s);
     mdm_mdm_service_free(s);
     mdm_ca_free(s->ca);
     s->ca = NULL;

@@ -86,10 +86,16 @@ struct mdm_server {
     void *scep;
     void *policy;
     void *apns;
+    void *profiles;
+    void *enroll;
 
     /* Sends a push to one enrollment and fills result with {"apns_id"} or
      * {"error"} (set by the APNs service; NULL: push not configured). */
     void (*push_fn)(mdm_server_t *s, const char *eid, struct json_t *result);
+
+    /* The APNs topic new enrollments should use (set by the APNs service:
+     * the topic of a loaded push certificate), or NULL. */
+    const char *(*topic_fn)(mdm_server_t *s);
 
     /* Called on SIGHUP (policy reload). */
     mdm_server_hook_fn on_reload;

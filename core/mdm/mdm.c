@@ -10,6 +10,8 @@
 #include "crypto/certdb.h"
 #include "crypto/keys.h"
 #include "mdm/queue.h"
+#include "scep/challenge.h"
+#include "scep/service.h"
 #include "util/alloc.h"
 #include "util/encode.h"
 #include "util/log.h"
@@ -473,6 +475,9 @@ static int on_authenticate(msg_ctx_t *c, mdm_txn_t *txn)
 
     /* The person who enrolled, when the certificate came from a challenge
      * that was issued to someone. */
+    char owner[MDM_CHALLENGE_OWNER_MAX + 1];
+    if (mdm_challenge_owner_of_cert(txn, c->id->fp, owner, sizeof(owner)) == 0 && owner[0])
+        mdm_pl_set_str(e, "user", owner);
     mdm_certrec_t rec;
     memset(&rec, 0, sizeof(rec));
     if (mdm_certdb_get_by_fingerprint(txn, c->id->fp, &rec) == 0) {
@@ -590,13 +595,9 @@ static int on_checkout(msg_ctx_t *c, mdm_txn_t *txn)
     unsigned char serial[MDM_SERIAL_MAX];
     size_t sl = 0;
     if (rc == 0 && mdm_cert_serial(c->id->cert, serial, &sl) == 0) {
-        int r = mdm_certdb_revoke(txn, serial, sl, 5 /* cessationOfOperation */, c->now);
-        if (r == 0) {
+        int r = mdm_scep_revoke(txn, serial, sl, 5 /* cessationOfOperation */, c->now);
+        if (r == 0)
             c->revoked_cert = true;
-            uint64_t gen = 0;
-            mdm_meta_get_u64(txn, "revocations", &gen);
-            r = mdm_meta_put_u64(txn, "revocations", gen + 1);
-        }
         if (r != 0 && r != MDM_ENOTFOUND)
             rc = r;
     }

@@ -22,6 +22,12 @@ SOURCE_DIR = os.environ.get(
     "MOONMDM_SOURCE_DIR",
     os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 BIN = os.environ.get("MOONMDM_BIN", os.path.join(SOURCE_DIR, "build", "moonmdm"))
+# MOONMDM_VALGRIND=1 runs every server under valgrind (leaks and errors make
+# it exit 99, which the fixtures report).
+WRAPPER = (["valgrind", "--quiet", "--leak-check=full", "--show-leak-kinds=definite,indirect",
+            "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99"]
+           if os.environ.get("MOONMDM_VALGRIND") else [])
+READY_TIMEOUT = 120 if WRAPPER else 30
 
 
 def run(*args, check=True, input=None, timeout=120, env=None):
@@ -74,7 +80,7 @@ class Server:
         self.log_lines = []
         self.log_lock = threading.Lock()
         self.ports = {}
-        cmd = [BIN, "serve", "--config", datadir.config, "--listen", "127.0.0.1:0"]
+        cmd = WRAPPER + [BIN, "serve", "--config", datadir.config, "--listen", "127.0.0.1:0"]
         if plain:
             cmd += ["--listen-plain", "127.0.0.1:0"]
         cmd += list(args)
@@ -86,7 +92,7 @@ class Server:
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.ready = threading.Event()
         self.reader.start()
-        if not self.ready.wait(30):
+        if not self.ready.wait(READY_TIMEOUT):
             self.kill()
             raise AssertionError("server did not become ready:\n" + self.log())
         if self.proc.poll() is not None:
@@ -234,4 +240,6 @@ def datadir(tmpdir_path):
 def server(datadir):
     s = Server(datadir)
     yield s
-    s.stop()
+    rc = s.stop(timeout=120 if WRAPPER else 30)
+    # A clean exit also means no leak (ASan builds) and no valgrind error.
+    assert rc == 0, f"server exited {rc}:\n" + s.log()[-5000:]
