@@ -64,6 +64,14 @@ typedef struct mdm_config {
 
     /* policy */
     char *policy_dir;         /* policy.dir */
+    size_t policy_memory_max; /* policy.memory_max: memory cap of the policy's Lua state */
+    uint64_t policy_budget_ms; /* policy.budget: wall-clock budget of one hook call */
+    mdm_strlist_t policy_hook_budgets; /* policy.hook_budgets: "hook=duration" overrides */
+    uint64_t policy_instructions; /* policy.instructions: Lua instructions per hook call */
+    uint64_t policy_load_budget_ms; /* policy.load_budget: loading the files and self_test */
+    bool policy_watch;        /* policy.watch: reload when a file changes */
+    uint64_t policy_decision_log_max; /* policy.decision_log_max: entries kept (0: off) */
+    uint64_t policy_decision_log_age_ms; /* policy.decision_log_age: entries pruned after */
 
     /* ca */
     char *ca_cert;            /* ca.cert */
@@ -122,6 +130,12 @@ typedef struct mdm_config {
     uint64_t apns_retry_delay_ms; /* apns.retry_delay: first backoff step */
     uint64_t apns_sweep_interval_ms; /* apns.sweep_interval: 0 = off */
     uint64_t apns_sweep_after_ms; /* apns.sweep_after */
+
+    /* security */
+    uint64_t security_auth_fail_threshold; /* security.auth_fail_threshold */
+    uint64_t security_auth_backoff_ms;     /* security.auth_backoff */
+    uint64_t security_auth_backoff_max_ms; /* security.auth_backoff_max */
+    uint64_t security_auth_window_ms;      /* security.auth_window */
 
     /* api */
     bool api_enabled;         /* api.enabled */

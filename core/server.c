@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 
 #include "api/apikeys.h"
+#include "api/guard.h"
 #include "modules.h"
 #include "net/http_internal.h"
 #include "net/tls.h"
@@ -102,6 +103,40 @@ static void handle_status(mdm_req_t *req)
     mdm_resp_send_buf(req, 200, "application/json");
 }
 
+static const char *auth_name(int auth)
+{
+    switch (auth) {
+    case MDM_AUTH_PUBLIC: return "public";
+    case MDM_AUTH_API_READ: return "api_read";
+    case MDM_AUTH_API_ADMIN: return "api_admin";
+    case MDM_AUTH_DEVICE: return "device";
+    }
+    return "?";
+}
+
+/* The route table: what this server serves and who may call it. */
+static void handle_routes(mdm_req_t *req)
+{
+    static const char *const methods[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH",
+                                          "OPTIONS"};
+    mdm_buf_t *b = &req->resp_body;
+    mdm_buf_reset(b);
+    mdm_buf_puts(b, "{\"routes\":[");
+    const mdm_router_t *r = &req->server->router;
+    for (size_t i = 0; i < r->n; i++) {
+        const mdm_route_t *rt = &r->routes[i];
+        mdm_buf_printf(b, "%s{\"pattern\":\"%s\",\"name\":\"%s\",\"auth\":\"%s\",\"methods\":[",
+                       i ? "," : "", rt->pattern, rt->name, auth_name(rt->auth));
+        int n = 0;
+        for (int m = 0; m < 7; m++)
+            if (rt->methods & (1u << m))
+                mdm_buf_printf(b, "%s\"%s\"", n++ ? "," : "", methods[m]);
+        mdm_buf_puts(b, "]}");
+    }
+    mdm_buf_puts(b, "]}\n");
+    mdm_resp_send_buf(req, 200, "application/json");
+}
+
 static void register_core_routes(mdm_server_t *s)
 {
     mdm_router_add(&s->router, MDM_GET, "/healthz", handle_healthz, MDM_AUTH_PUBLIC, "healthz");
@@ -109,6 +144,8 @@ static void register_core_routes(mdm_server_t *s)
     mdm_router_add(&s->router, MDM_GET, "/metrics", handle_metrics, MDM_AUTH_PUBLIC, "metrics");
     mdm_router_add(&s->router, MDM_GET, "/v1/status", handle_status, MDM_AUTH_API_READ,
                    "v1_status");
+    mdm_router_add(&s->router, MDM_GET, "/v1/routes", handle_routes, MDM_AUTH_API_READ,
+                   "v1_routes");
 }
 
 /* ---- dispatch ------------------------------------------------------------ */
@@ -219,6 +256,21 @@ static bool authorize(mdm_server_t *s, mdm_req_t *req, const mdm_route_t *rt)
     }
     char key[256];
     struct auth_ctx a = {.key = key};
+    char addr[80];
+    mdm_guard_addr_key(req->remote_addr, addr, sizeof(addr));
+    int64_t now = mdm_now_ms();
+    uint64_t locked = mdm_guard_locked(s->api_guard, addr, now);
+    if (locked > 0) {
+        char retry[32], detail[128];
+        snprintf(retry, sizeof(retry), "%llu", (unsigned long long)(locked + 999) / 1000);
+        snprintf(detail, sizeof(detail),
+                 "too many failed attempts from this address; retry in %s s", retry);
+        mdm_log(MDM_LOG_WARN, req->id, "api.locked_out", "remote=%s retry_after_s=%s",
+                req->remote_addr, retry);
+        mdm_resp_header(req, "Retry-After", retry);
+        mdm_resp_json_error(req, 429, "too_many_failures", detail);
+        return false;
+    }
     if (!api_key_from_request(req, key, sizeof(key))) {
         mdm_resp_header(req, "WWW-Authenticate", "Bearer realm=\"moonmdm\"");
         mdm_resp_json_error(req, 401, "unauthorized",
@@ -227,6 +279,7 @@ static bool authorize(mdm_server_t *s, mdm_req_t *req, const mdm_route_t *rt)
     }
     int rc = mdm_store_view(s->store, auth_fn, &a);
     if (rc != 0) {
+        mdm_guard_fail(s->api_guard, addr, now);
         char pfx[24];
         snprintf(pfx, sizeof(pfx), "%.20s", key);
         mdm_log(MDM_LOG_WARN, req->id, "api.auth_failed", "remote=%s key_prefix=%s",
@@ -242,6 +295,7 @@ static bool authorize(mdm_server_t *s, mdm_req_t *req, const mdm_route_t *rt)
         mdm_resp_json_error(req, 403, "forbidden", "this API key has the read-only role");
         return false;
     }
+    mdm_guard_success(s->api_guard, addr);
     mdm_apikey_info_t *info = mdm_arena_alloc(&req->arena, sizeof(*info));
     *info = a.info;
     req->auth = info;
@@ -446,6 +500,12 @@ int mdm_server_init(mdm_server_t *s, uv_loop_t *loop, mdm_config_t *cfg, mdm_err
         if (rc != 0)
             return rc;
     }
+    mdm_guard_opts_t go = {.name = "api",
+                           .threshold = cfg->security_auth_fail_threshold,
+                           .backoff_ms = cfg->security_auth_backoff_ms,
+                           .backoff_max_ms = cfg->security_auth_backoff_max_ms,
+                           .window_ms = cfg->security_auth_window_ms};
+    s->api_guard = mdm_guard_new(&go);
     register_core_routes(s);
     rc = mdm__modules_init(s, err);
     if (rc != 0)
@@ -564,6 +624,7 @@ int mdm_server_listen(mdm_server_t *s, mdm_err_t *err)
 void mdm_server_free(mdm_server_t *s)
 {
     mdm__modules_free(s);
+    mdm_guard_free(s->api_guard);
     if (s->store != NULL) {
         int rc = mdm_store_flush(s->store);
         if (rc != 0)

@@ -81,6 +81,7 @@ struct mdm_server {
 
     /* Subsystems register their state here as they are added. */
     struct mdm_ca *ca;
+    struct mdm_guard *api_guard;  /* failed API key attempts */
     void *api;
     void *mdm;
     void *scep;

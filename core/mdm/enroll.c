@@ -6,6 +6,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "api/guard.h"
 #include "cli.h"
 #include "config.h"
 #include "crypto/ca.h"
@@ -29,6 +30,7 @@ typedef struct mdm_enroll {
     char *base_url;
     X509_STORE *ota_trust;      /* phase-1 device certificates (Apple's device CA) */
     X509_STORE *device_trust;   /* phase-3 identities: our CA */
+    mdm_guard_t *guard;         /* failed sign-ins by address and by user */
     mdm_metric_t *m_allowed, *m_denied, *m_ota;
 } mdm_enroll_t;
 
@@ -431,7 +433,32 @@ static void handle_enroll(mdm_req_t *req)
             ar.password = mdm_pl_str(form, "password");
         }
     }
+    mdm_enroll_t *en = enroll_of(req->server);
+    char addr_key[80], user_key[300];
+    mdm_guard_addr_key(req->remote_addr, addr_key, sizeof(addr_key));
+    snprintf(user_key, sizeof(user_key), "user:%s", ar.user ? ar.user : "");
     bool has_creds = ar.user != NULL || ar.bearer != NULL;
+    int64_t now = mdm_now_ms();
+    uint64_t locked = 0;
+    if (has_creds) {
+        locked = mdm_guard_locked(en->guard, addr_key, now);
+        if (locked == 0 && ar.user != NULL)
+            locked = mdm_guard_locked(en->guard, user_key, now);
+    }
+    if (locked > 0) {
+        char retry[32], uq[300];
+        snprintf(retry, sizeof(retry), "%llu", (unsigned long long)(locked + 999) / 1000);
+        mdm_log(MDM_LOG_WARN, req->id, "enroll.locked_out", "remote=%s user=%s retry_after_s=%s",
+                req->remote_addr, mdm_logq(uq, sizeof(uq), ar.user), retry);
+        mdm_resp_header(req, "Retry-After", retry);
+        if (auth == NULL)
+            send_page(req, 429, "Too many failed sign-ins. Wait a few minutes and try again.",
+                      ar.user);
+        else
+            mdm_resp_json_error(req, 429, "too_many_failures",
+                                "too many failed sign-ins; retry later");
+        goto out;
+    }
     if (!has_creds) {
         if (req->method == MDM_POST)
             send_page(req, 400, "Enter a user name and a password.", NULL);
@@ -442,6 +469,9 @@ static void handle_enroll(mdm_req_t *req)
     mdm_enroll_auth_t decision;
     run_auth(req->server, &ar, &decision, req->id);
     if (!decision.allow) {
+        mdm_guard_fail(en->guard, addr_key, now);
+        if (ar.user != NULL)
+            mdm_guard_fail(en->guard, user_key, now);
         bool browser = auth == NULL;
         if (browser)
             send_page(req, 403, "Sign-in failed: the user name or password is not right, or "
@@ -450,7 +480,13 @@ static void handle_enroll(mdm_req_t *req)
             mdm_resp_json_error(req, 403, "denied", decision.reason[0] ? decision.reason : "denied");
         goto out;
     }
-    answer_profile(req, decision.user, false);
+    mdm_guard_success(en->guard, addr_key);
+    if (ar.user != NULL)
+        mdm_guard_success(en->guard, user_key);
+    mdm_buf_t ota = MDM_BUF_INIT;
+    bool want_ota = mdm_req_query(req, "ota", &ota, true) == 0;
+    mdm_buf_free(&ota);
+    answer_profile(req, decision.user, want_ota);
 out:
     if (ar.password)
         OPENSSL_cleanse((void *)ar.password, strlen(ar.password));
@@ -601,6 +637,12 @@ int mdm_enroll_service_init(mdm_server_t *s, mdm_err_t *err)
         for (int i = 0; i < sk_X509_num(s->ca->chain); i++)
             X509_STORE_add_cert(e->device_trust, sk_X509_value(s->ca->chain, i));
     }
+    mdm_guard_opts_t go = {.name = "enroll",
+                           .threshold = s->cfg->security_auth_fail_threshold,
+                           .backoff_ms = s->cfg->security_auth_backoff_ms,
+                           .backoff_max_ms = s->cfg->security_auth_backoff_max_ms,
+                           .window_ms = s->cfg->security_auth_window_ms};
+    e->guard = mdm_guard_new(&go);
     e->m_allowed = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_enroll_auth_total",
                               "result=\"allowed\"", "Enrollment sign-ins by result");
     e->m_denied = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_enroll_auth_total", "result=\"denied\"",
@@ -621,6 +663,7 @@ void mdm_enroll_service_free(mdm_server_t *s)
         return;
     X509_STORE_free(e->ota_trust);
     X509_STORE_free(e->device_trust);
+    mdm_guard_free(e->guard);
     mdm_free(e->base_url);
     mdm_free(e);
     s->enroll = NULL;

@@ -1,0 +1,40 @@
+/* Brute-force protection: failure counters per key ("addr:<ip>",
+ * "user:<name>") with exponential backoff. After `threshold` failures
+ * within `window`, the key is locked for `backoff`, doubling with each
+ * further failure up to `backoff_max`; a success clears the key. State is
+ * in memory (a restart forgets it), bounded in size. */
+#ifndef MDM_GUARD_H
+#define MDM_GUARD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "api/metrics.h"
+
+typedef struct mdm_guard mdm_guard_t;
+
+typedef struct mdm_guard_opts {
+    const char *name;          /* "enroll", "api": metric label and log field */
+    uint64_t threshold;
+    uint64_t backoff_ms;
+    uint64_t backoff_max_ms;
+    uint64_t window_ms;
+    size_t max_keys;           /* 0: 65536 */
+} mdm_guard_opts_t;
+
+mdm_guard_t *mdm_guard_new(const mdm_guard_opts_t *opts);
+void mdm_guard_free(mdm_guard_t *g);
+
+/* Milliseconds the key stays locked (0: allowed). */
+uint64_t mdm_guard_locked(mdm_guard_t *g, const char *key, int64_t now_ms);
+
+/* Records a failure; returns the lockout it caused (0: none yet). */
+uint64_t mdm_guard_fail(mdm_guard_t *g, const char *key, int64_t now_ms);
+
+/* Clears the key after a success. */
+void mdm_guard_success(mdm_guard_t *g, const char *key);
+
+/* "addr:<ip>" from "ip:port" or "[v6]:port". */
+void mdm_guard_addr_key(const char *remote, char *out, size_t n);
+
+#endif
