@@ -659,7 +659,7 @@ int mdm_scep_certrep(const mdm_scep_reply_t *r, mdm_buf_t *out, mdm_err_t *err)
         rc = mdm_err_set_ssl(err, MDM_ECRYPTO, "cannot add the CertRep signer");
         goto out;
     }
-    char status[4], fail[4];
+    char status[16], fail[16];
     snprintf(status, sizeof(status), "%d", r->status);
     snprintf(fail, sizeof(fail), "%d", r->fail_info < 0 ? 2 : r->fail_info);
     unsigned char nonce[SENDER_NONCE_LEN];

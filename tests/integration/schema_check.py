@@ -60,7 +60,11 @@ def check_dict(path, d, keyspecs, errors, extra_known=()):
 
 
 def check_profile(profile):
-    """Returns a list of problems (empty when the profile matches)."""
+    """Returns a list of problems (empty when the profile matches). Skips
+    the calling test when the schemas are not beside the project."""
+    if not os.path.isdir(SCHEMAS):
+        import pytest
+        pytest.skip(f"Apple's schemas are not at {SCHEMAS}")
     errors = []
     top = load("TopLevel")
     check_dict("TopLevel", profile, top["payloadkeys"], errors)
