@@ -275,7 +275,7 @@ static const opt_t options[] = {
      .def = "1s",
      .doc = "A push to an enrollment that APNs accepted this recently, and that the device has "
             "not answered yet, answers further pushes to it."},
-    {.key = "apns.retry_max", .type = OPT_INT, FIELD(apns_retry_max), .def = "5",
+    {.key = "apns.retry_max", .type = OPT_INT, FIELD(apns_retry_max), .def = "3",
      .doc = "Retries of a push after 429, 5xx or a connection failure."},
     {.key = "apns.retry_delay", .type = OPT_DURATION, FIELD(apns_retry_delay_ms), .def = "1s",
      .min = 1, .doc = "First retry delay; it doubles at each retry (with jitter, at most 5m)."},

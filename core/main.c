@@ -4,6 +4,7 @@
 
 #include "cli.h"
 #include "mdm/enroll.h"
+#include "policy.h"
 #include "scep/cli_scep.h"
 
 static const char usage[] =
@@ -14,11 +15,13 @@ static const char usage[] =
     "  init       create a data directory (CA, TLS certificate, API key, config)\n"
     "  config     print the default config, or check a config file\n"
     "  apikey     create, list and revoke admin API keys\n"
+    "  db         back up, restore and check the store\n"
     "  challenge  make and list one-time SCEP challenges\n"
     "  cert       list, show and revoke issued certificates\n"
     "  device     list, show and delete devices (through the API)\n"
     "  cmd        send, show, list and cancel commands (through the API)\n"
     "  push       wake devices with a push (through the API)\n"
+    "  policy     check, test and dry-run policies; reload the server's policy\n"
     "  enroll-profile  print a signed enrollment profile with a new challenge\n"
     "  version    print the version\n"
     "  help       print this help\n"
@@ -40,6 +43,8 @@ int main(int argc, char **argv)
         return mdm_cmd_config(argc - 1, argv + 1);
     if (strcmp(cmd, "apikey") == 0)
         return mdm_cmd_apikey(argc - 1, argv + 1);
+    if (strcmp(cmd, "db") == 0)
+        return mdm_cmd_db(argc - 1, argv + 1);
     if (strcmp(cmd, "challenge") == 0)
         return mdm_cmd_challenge(argc - 1, argv + 1);
     if (strcmp(cmd, "cert") == 0)
@@ -48,6 +53,8 @@ int main(int argc, char **argv)
         return mdm_cmd_device(argc - 1, argv + 1);
     if (strcmp(cmd, "cmd") == 0)
         return mdm_cmd_cmd(argc - 1, argv + 1);
+    if (strcmp(cmd, "policy") == 0)
+        return mdm_cmd_policy(argc - 1, argv + 1);
     if (strcmp(cmd, "push") == 0)
         return mdm_cmd_push(argc - 1, argv + 1);
     if (strcmp(cmd, "enroll-profile") == 0)

@@ -2,10 +2,13 @@
 #include "modules.h"
 
 #include "api/api.h"
+#include "apns/apns.h"
 #include "crypto/ca.h"
 #include "mdm/mdm.h"
 #include "mdm/enroll.h"
+#include "mdm/policy_glue.h"
 #include "mdm/profiles.h"
+#include "policy.h"
 #include "scep/service.h"
 #include "util/alloc.h"
 #include "util/log.h"
@@ -26,21 +29,32 @@ int mdm__modules_init(mdm_server_t *s, mdm_err_t *err)
     rc = mdm_mdm_service_init(s, err);
     if (rc != 0)
         return rc;
-    mdm_api_mdm_register(s);
+    /* Profiles before the policy: a policy's profile map is checked
+     * against the stored profiles when it loads. */
     rc = mdm_profiles_service_init(s, err);
     if (rc != 0)
         return rc;
+    rc = mdm_policy_service_init(s, err);
+    if (rc != 0)
+        return rc;
+    rc = mdm_apns_service_init(s, err);
+    if (rc != 0)
+        return rc;
+    mdm_api_mdm_register(s);
     rc = mdm_enroll_service_init(s, err);
     if (rc != 0)
         return rc;
+    mdm_policy_glue_init(s);
     return 0;
 }
 
 void mdm__modules_free(mdm_server_t *s)
 {
+    mdm_apns_service_free(s);
     mdm_scep_service_free(s);
     mdm_enroll_service_free(s);
     mdm_profiles_service_free(s);
+    mdm_policy_service_free(s);
     mdm_mdm_service_free(s);
     mdm_ca_free(s->ca);
     s->ca = NULL;

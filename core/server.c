@@ -326,6 +326,27 @@ void mdm__server_dispatch(mdm_server_t *s, mdm_req_t *req)
 
 static void finish_stop(mdm_server_t *s);
 
+int mdm_server_commit(mdm_server_t *s)
+{
+    int rc = 0;
+    if (mdm_store_pending(s->store)) {
+        rc = mdm_store_flush(s->store);
+        if (rc != 0)
+            mdm_log(MDM_LOG_ERROR, NULL, "store.commit_failed",
+                    "error=\"%s\" effect=\"responses of this batch answered 503\"",
+                    mdm_strerror(rc));
+    }
+    s->commit_failed = rc != 0;
+    mdm_conn_t *c = s->awaiting_commit;
+    s->awaiting_commit = NULL;
+    while (c != NULL) {
+        mdm_conn_t *next = mdm__conn_commit_next(c);
+        mdm__conn_release_held(c, rc != 0);
+        c = next;
+    }
+    return rc;
+}
+
 static void commit_check_cb(uv_check_t *h)
 {
     mdm_server_t *s = h->data;
@@ -334,22 +355,7 @@ static void commit_check_cb(uv_check_t *h)
     for (int round = 0; round < 64; round++) {
         if (s->awaiting_commit == NULL && !mdm_store_pending(s->store))
             break;
-        int rc = 0;
-        if (mdm_store_pending(s->store)) {
-            rc = mdm_store_flush(s->store);
-            if (rc != 0)
-                mdm_log(MDM_LOG_ERROR, NULL, "store.commit_failed",
-                        "error=\"%s\" effect=\"responses of this batch answered 503\"",
-                        mdm_strerror(rc));
-        }
-        s->commit_failed = rc != 0;
-        mdm_conn_t *c = s->awaiting_commit;
-        s->awaiting_commit = NULL;
-        while (c != NULL) {
-            mdm_conn_t *next = mdm__conn_commit_next(c);
-            mdm__conn_release_held(c, rc != 0);
-            c = next;
-        }
+        mdm_server_commit(s);
     }
     if (s->stopping && s->nconns == 0)
         finish_stop(s);

@@ -113,6 +113,12 @@ int mdm_server_listen(mdm_server_t *s, mdm_err_t *err);
  * http.shutdown_grace), then stops the loop. Safe to call twice. */
 void mdm_server_stop(mdm_server_t *s);
 
+/* Commits the open store batch now and answers the responses that waited
+ * for it (503 when the commit failed). Handlers that answer later, after
+ * asynchronous work, call it first so that a failed commit is not reported
+ * as a success. Returns the commit's result. */
+int mdm_server_commit(mdm_server_t *s);
+
 /* Frees everything (after uv_run has returned). */
 void mdm_server_free(mdm_server_t *s);
 

@@ -1,20 +1,98 @@
 #include "api/api.h"
 
-json_t *mdm_api_push_results(mdm_server_t *s, const char *const *ids, size_t n,
-                             const mdm_target_result_t *results)
+#include "apns/apns.h"
+#include "util/alloc.h"
+
+/* One request's pushes: answers arrive one by one from the push service. */
+typedef struct push_batch {
+    mdm_req_t *req;
+    const char **ids;         /* the ids pushed (owned array, borrowed strings) */
+    json_t *results;
+    size_t pending;
+    mdm_api_push_done_fn done;
+    void *arg;
+} push_batch_t;
+
+static void batch_finish(push_batch_t *b)
 {
-    json_t *out = json_object();
+    json_t *results = b->results;
+    mdm_api_push_done_fn done = b->done;
+    mdm_req_t *req = b->req;
+    void *arg = b->arg;
+    mdm_free(b->ids);
+    mdm_free(b);
+    done(req, results, arg);
+    json_decref(results);
+}
+
+static void on_push_result(void *arg, size_t index, const mdm_push_result_t *r)
+{
+    push_batch_t *b = arg;
+    json_t *o = json_object();
+    json_object_set_new(o, "status", json_string(mdm_push_status_name(r->status)));
+    if (r->apns_id != NULL)
+        json_object_set_new(o, "apns_id", json_string(r->apns_id));
+    if (r->error != NULL)
+        json_object_set_new(o, "error", json_string(r->error));
+    if (r->http_status != 0)
+        json_object_set_new(o, "apns_status", json_integer(r->http_status));
+    if (r->reason != NULL)
+        json_object_set_new(o, "apns_reason", json_string(r->reason));
+    if (r->coalesced)
+        json_object_set_new(o, "coalesced", json_true());
+    json_object_set_new(b->results, b->ids[index], o);
+    if (--b->pending == 0)
+        batch_finish(b);
+}
+
+void mdm_api_push_start(mdm_server_t *s, mdm_req_t *req, const char *const *ids, size_t n,
+                        const mdm_target_result_t *results, mdm_api_push_done_fn done,
+                        void *arg)
+{
+    push_batch_t *b = mdm_calloc(1, sizeof(*b));
+    b->req = req;
+    b->results = json_object();
+    b->done = done;
+    b->arg = arg;
+    /* One extra count held until every push is started, so that answers
+     * cannot complete the batch half-way through the loop. */
+    b->pending = 1;
+    const char **want = mdm_malloc((n ? n : 1) * sizeof(*want));
+    size_t nwant = 0;
     for (size_t i = 0; i < n; i++) {
         if (results != NULL && results[i].status != MDM_TARGET_QUEUED &&
             results[i].status != MDM_TARGET_DUPLICATE)
             continue;
-        json_t *o = json_object();
-        if (s->push_fn == NULL)
-            json_object_set_new(o, "error",
-                                json_string("push is not configured (no APNs push certificate)"));
-        else
-            s->push_fn(s, ids[i], o);
-        json_object_set_new(out, ids[i], o);
+        want[nwant++] = ids[i];
     }
-    return out;
+    b->ids = want;
+    if (nwant > 0 && s->apns != NULL &&
+        mdm_apns_push_batch(s, want, nwant, on_push_result, b) == 0) {
+        b->pending += nwant;
+    } else {
+        /* No push service at all, or one that is shutting down. */
+        for (size_t i = 0; i < nwant; i++) {
+            json_t *o = json_object();
+            json_object_set_new(o, "status", json_string(s->apns ? "error" : "not_configured"));
+            json_object_set_new(o, "error",
+                                json_string(s->apns ? "the push service is stopping"
+                                                    : "push is not configured (no APNs push "
+                                                      "certificate)"));
+            json_object_set_new(b->results, want[i], o);
+        }
+    }
+    if (--b->pending == 0)
+        batch_finish(b);
+}
+
+void mdm_api_store_error(mdm_req_t *req, int rc)
+{
+    if (rc == MDM_ENOSPACE || rc == MDM_EIO || rc == MDM_EMAPFULL) {
+        mdm_resp_header(req, "Retry-After", "5");
+        mdm_resp_json_error(req, 503, "storage_unavailable",
+                            "the change could not be written to the store; nothing was saved, "
+                            "retry later");
+        return;
+    }
+    mdm_resp_json_error(req, 500, "store", mdm_strerror(rc));
 }

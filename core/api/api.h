@@ -9,16 +9,32 @@
 #include "net/http.h"
 #include "server.h"
 
+/* Answers a store error: 503 storage_unavailable with Retry-After when
+ * the disk or the map is full or the commit failed, else 500. */
+void mdm_api_store_error(mdm_req_t *req, int rc);
+
 /* Sends j (reference stolen) as the JSON response. */
 void mdm_api_send_json(mdm_req_t *req, int status, json_t *j);
 
-/* Wakes the given enrollments with a push and returns, per id, an object
- * {"apns_id": ...} or {"error": ...}. Targets whose enqueue failed
- * (results[i].status not queued or duplicate) are skipped. results may be
- * NULL (push every id). The push service sets server->push_fn; without it
- * every id answers "push is not configured". */
-json_t *mdm_api_push_results(mdm_server_t *s, const char *const *ids, size_t n,
-                             const mdm_target_result_t *results);
+/* Called once every push started by mdm_api_push_start has its answer.
+ * results maps each id to {"status": "pushed", "apns_id": ...} or
+ * {"status": ..., "error": ...}; it is borrowed (freed after the call). */
+typedef void (*mdm_api_push_done_fn)(mdm_req_t *req, json_t *results, void *arg);
+
+/* Wakes the given enrollments with a push and calls done(req, results, arg)
+ * once APNs has answered for each of them (or it is known why no push was
+ * sent), possibly before returning. Targets whose enqueue failed
+ * (results[i].status not queued or duplicate) are skipped; results may be
+ * NULL (push every id). ids must stay valid until done is called (the
+ * request arena is fine). Without the push service every id answers "push
+ * is not configured". */
+void mdm_api_push_start(mdm_server_t *s, mdm_req_t *req, const char *const *ids, size_t n,
+                        const mdm_target_result_t *results, mdm_api_push_done_fn done,
+                        void *arg);
+
+/* Registers PUT and GET /v1/pushcert (api_push.c; called by the APNs
+ * service). */
+void mdm_api_push_register(mdm_server_t *s);
 
 /* Registers the device, command, enqueue and push routes. */
 void mdm_api_mdm_register(mdm_server_t *s);

@@ -9,6 +9,7 @@
 
 #include "api/api.h"
 #include "api/apikeys.h"
+#include "apns/apns.h"
 #include "config.h"
 #include "crypto/certdb.h"
 #include "mdm/certauth.h"
@@ -120,8 +121,24 @@ static json_t *enrollment_json(const char *eid, plist_t e)
     return o;
 }
 
+static json_t *strings_json(plist_t arr)
+{
+    json_t *a = json_array();
+    if (arr != NULL && plist_get_node_type(arr) == PLIST_ARRAY) {
+        uint32_t n = plist_array_get_size(arr);
+        for (uint32_t i = 0; i < n; i++) {
+            plist_t it = plist_array_get_item(arr, i);
+            if (plist_get_node_type(it) == PLIST_STRING)
+                json_array_append_new(a, json_string(plist_get_string_ptr(it, NULL)));
+        }
+    }
+    return a;
+}
+
 static void device_facts_json(json_t *o, plist_t dev)
 {
+    json_object_set_new(o, "tags", strings_json(plist_dict_get_item(dev, "tags")));
+    json_object_set_new(o, "groups", strings_json(plist_dict_get_item(dev, "groups")));
     static const char *const keys[] = {"serial", "model", "model_name", "product", "os_version",
                                        "build_version", "device_name", "imei", "meid"};
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
@@ -195,7 +212,7 @@ static void handle_devices(mdm_req_t *req)
     mdm_buf_free(&cur);
     if (rc != 0) {
         json_decref(l.arr);
-        mdm_resp_json_error(req, 500, "store", mdm_strerror(rc));
+        mdm_api_store_error(req, rc);
         return;
     }
     json_t *o = json_object();
@@ -294,7 +311,7 @@ static void handle_device(mdm_req_t *req)
     }
     if (rc != 0) {
         json_decref(s.out);
-        mdm_resp_json_error(req, 500, "store", mdm_strerror(rc));
+        mdm_api_store_error(req, rc);
         return;
     }
     mdm_api_send_json(req, 200, s.out);
@@ -326,7 +343,7 @@ static void handle_device_delete(mdm_req_t *req)
         return;
     }
     if (rc != 0) {
-        mdm_resp_json_error(req, rc == MDM_ENOSPACE ? 503 : 500, "store", mdm_strerror(rc));
+        mdm_api_store_error(req, rc);
         return;
     }
     char q[300];
@@ -406,7 +423,7 @@ static void handle_device_commands(mdm_req_t *req)
         if (rc == MDM_ENOTFOUND)
             mdm_resp_json_error(req, 404, "not_found", "no enrollment with this id");
         else
-            mdm_resp_json_error(req, 500, "store", mdm_strerror(rc));
+            mdm_api_store_error(req, rc);
         return;
     }
     size_t n = json_array_size(d.arr);
@@ -464,7 +481,7 @@ static void handle_command(mdm_req_t *req)
             mdm_resp_json_error(req, 404, "not_found",
                                 "no such command (or its results were pruned)");
         else
-            mdm_resp_json_error(req, 500, "store", mdm_strerror(rc));
+            mdm_api_store_error(req, rc);
         return;
     }
     json_t *o = json_object();
@@ -503,7 +520,7 @@ static void handle_cancel(mdm_req_t *req)
         return;
     }
     if (rc != 0) {
-        mdm_resp_json_error(req, rc == MDM_ENOSPACE ? 503 : 500, "store", mdm_strerror(rc));
+        mdm_api_store_error(req, rc);
         return;
     }
     json_t *o = json_object();
@@ -537,8 +554,12 @@ static bool run_enqueue(mdm_req_t *req, struct enq_ctx *e)
         mdm_resp_json_error(req, 409, "conflict", "a command with this CommandUUID exists");
         return false;
     }
+    /* Durable before anyone is told, and before devices are woken to
+     * fetch it (the answer may come later, after the pushes). */
+    if (rc == 0)
+        rc = mdm_server_commit(req->server);
     if (rc != 0) {
-        mdm_resp_json_error(req, rc == MDM_ENOSPACE ? 503 : 500, "store", mdm_strerror(rc));
+        mdm_api_store_error(req, rc);
         return false;
     }
     size_t queued = 0;
@@ -595,6 +616,19 @@ static json_t *targets_json(const struct enq_ctx *e)
         json_object_set_new(t, e->r.targets[i], o);
     }
     return t;
+}
+
+/* An answer that waits for the pushes: the body so far and its status. */
+struct answer_ctx {
+    json_t *o;
+    int status;
+};
+
+static void commands_pushed(mdm_req_t *req, json_t *push, void *arg)
+{
+    struct answer_ctx *ac = arg;
+    json_object_set(ac->o, "push", push);
+    mdm_api_send_json(req, ac->status, ac->o);
 }
 
 static void handle_commands_post(mdm_req_t *req)
@@ -718,17 +752,75 @@ static void handle_commands_post(mdm_req_t *req)
     set_str(o, "command_uuid", e.uuid);
     set_str(o, "request_type", mdm_pl_str(cmd, "RequestType"));
     json_object_set_new(o, "targets", targets_json(&e));
-    if (!e.r.nopush)
-        json_object_set_new(o, "push", mdm_api_push_results(req->server, e.r.targets,
-                                                            e.r.ntargets, e.results));
     size_t queued = 0;
     for (size_t i = 0; i < e.r.ntargets; i++)
         queued += e.results[i].status == MDM_TARGET_QUEUED ||
                   e.results[i].status == MDM_TARGET_DUPLICATE;
-    mdm_api_send_json(req, queued == e.r.ntargets ? 201 : queued ? 207 : 404, o);
+    struct answer_ctx *ac = mdm_arena_alloc(&req->arena, sizeof(*ac));
+    ac->o = o;
+    ac->status = queued == e.r.ntargets ? 201 : queued ? 207 : 404;
+    if (e.r.nopush) {
+        mdm_api_send_json(req, ac->status, o);
+    } else {
+        /* The ids point into the JSON body, which goes before the answer. */
+        const char **ids = mdm_arena_alloc(&req->arena, e.r.ntargets * sizeof(char *));
+        for (size_t i = 0; i < e.r.ntargets; i++)
+            ids[i] = mdm_arena_strdup(&req->arena, e.r.targets[i]);
+        mdm_api_push_start(req->server, req, ids, e.r.ntargets, e.results, commands_pushed, ac);
+    }
 out:
     json_decref(root);
     plist_free(cmd);
+}
+
+/* A NanoMDM enqueue answer waiting for its pushes. */
+struct nano_enq_ctx {
+    json_t *o;
+    const char *const *targets;
+    const mdm_target_result_t *results;
+    size_t n;
+    const char *uuid, *request_type;
+};
+
+/* Copies a push result into NanoMDM's per-id status: push_result (the
+ * apns-id) or push_error. Returns true when pushed. */
+static bool nano_push_status(json_t *s, json_t *pr)
+{
+    if (pr == NULL)
+        return false;
+    const char *perr = json_string_value(json_object_get(pr, "error"));
+    const char *pid = json_string_value(json_object_get(pr, "apns_id"));
+    if (pid)
+        set_str(s, "push_result", pid);
+    if (perr)
+        set_str(s, "push_error", perr);
+    return pid != NULL;
+}
+
+static void nano_enqueue_answer(mdm_req_t *req, json_t *push, void *arg)
+{
+    struct nano_enq_ctx *c = arg;
+    json_t *o = c->o;
+    json_t *status = json_object();
+    size_t ok = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        json_t *s = json_object();
+        if (c->results[i].status == MDM_TARGET_QUEUED ||
+            c->results[i].status == MDM_TARGET_DUPLICATE) {
+            ok++;
+        } else {
+            set_str(s, "enqueue_error", mdm_target_status_name(c->results[i].status));
+        }
+        nano_push_status(s, push ? json_object_get(push, c->targets[i]) : NULL);
+        json_object_set_new(status, c->targets[i], s);
+    }
+    if (json_object_size(status) > 0)
+        json_object_set_new(o, "status", status);
+    else
+        json_decref(status);
+    set_str(o, "command_uuid", c->uuid);
+    set_str(o, "request_type", c->request_type);
+    mdm_api_send_json(req, ok == c->n ? 200 : ok ? 207 : 500, o);
 }
 
 /* NanoMDM: PUT /v1/enqueue/{id,id,...} with a raw command plist. */
@@ -759,67 +851,211 @@ static void handle_nano_enqueue(mdm_req_t *req)
         json_decref(o);
         goto out;
     }
-    json_t *status = json_object();
-    size_t ok = 0;
-    json_t *push = e.r.nopush ? NULL
-                              : mdm_api_push_results(req->server, e.r.targets, e.r.ntargets,
-                                                     e.results);
-    for (size_t i = 0; i < e.r.ntargets; i++) {
-        json_t *s = json_object();
-        if (e.results[i].status == MDM_TARGET_QUEUED ||
-            e.results[i].status == MDM_TARGET_DUPLICATE) {
-            ok++;
-        } else {
-            set_str(s, "enqueue_error", mdm_target_status_name(e.results[i].status));
-        }
-        json_t *pr = push ? json_object_get(push, e.r.targets[i]) : NULL;
-        if (pr != NULL) {
-            const char *perr = json_string_value(json_object_get(pr, "error"));
-            const char *pid = json_string_value(json_object_get(pr, "apns_id"));
-            if (pid)
-                set_str(s, "push_result", pid);
-            if (perr)
-                set_str(s, "push_error", perr);
-        }
-        json_object_set_new(status, e.r.targets[i], s);
-    }
-    json_decref(push);
-    if (json_object_size(status) > 0)
-        json_object_set_new(o, "status", status);
+    struct nano_enq_ctx *c = mdm_arena_alloc(&req->arena, sizeof(*c));
+    c->o = o;
+    c->targets = e.r.targets;
+    c->results = e.results;
+    c->n = e.r.ntargets;
+    c->uuid = mdm_arena_strdup(&req->arena, e.uuid);
+    c->request_type = mdm_arena_strdup(&req->arena, mdm_pl_str(cmd, "RequestType"));
+    if (e.r.nopush)
+        nano_enqueue_answer(req, NULL, c);
     else
-        json_decref(status);
-    set_str(o, "command_uuid", e.uuid);
-    set_str(o, "request_type", mdm_pl_str(cmd, "RequestType"));
-    mdm_api_send_json(req, ok == e.r.ntargets ? 200 : ok ? 207 : 500, o);
+        mdm_api_push_start(req->server, req, c->targets, c->n, c->results,
+                           nano_enqueue_answer, c);
 out:
     plist_free(cmd);
+}
+
+struct nano_push_ctx {
+    const char **ids;
+    size_t n;
+};
+
+static void nano_push_answer(mdm_req_t *req, json_t *res, void *arg)
+{
+    struct nano_push_ctx *c = arg;
+    json_t *status = json_object();
+    size_t ok = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        json_t *s = json_object();
+        ok += nano_push_status(s, json_object_get(res, c->ids[i]));
+        json_object_set_new(status, c->ids[i], s);
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "status", status);
+    mdm_api_send_json(req, ok == c->n ? 200 : ok ? 207 : 500, o);
 }
 
 /* NanoMDM: GET|POST /v1/push/{id,id,...}. */
 static void handle_nano_push(mdm_req_t *req)
 {
-    const char **ids = NULL;
-    size_t n = split_ids(req, req->params[0], &ids);
-    json_t *res = mdm_api_push_results(req->server, ids, n, NULL);
-    json_t *status = json_object();
-    size_t ok = 0;
-    for (size_t i = 0; i < n; i++) {
-        json_t *pr = json_object_get(res, ids[i]);
-        json_t *s = json_object();
-        const char *perr = json_string_value(json_object_get(pr, "error"));
-        const char *pid = json_string_value(json_object_get(pr, "apns_id"));
-        if (pid) {
-            set_str(s, "push_result", pid);
-            ok++;
-        }
-        if (perr)
-            set_str(s, "push_error", perr);
-        json_object_set_new(status, ids[i], s);
+    struct nano_push_ctx *c = mdm_arena_alloc(&req->arena, sizeof(*c));
+    c->n = split_ids(req, req->params[0], &c->ids);
+    mdm_api_push_start(req->server, req, c->ids, c->n, NULL, nano_push_answer, c);
+}
+
+/* ---- tags and reconciliation -------------------------------------------- */
+
+struct tags_ctx {
+    const char *id;
+    json_t *tags;
+};
+
+/* Marks one enrollment for reconciliation at its next Idle. */
+static int request_reconcile(mdm_txn_t *txn, const char *eid)
+{
+    plist_t e = NULL;
+    int rc = mdm_enrollment_load(txn, eid, &e);
+    if (rc != 0)
+        return rc;
+    mdm_pl_set_bool(e, "reconcile_requested", true);
+    rc = mdm_enrollment_save(txn, eid, e);
+    plist_free(e);
+    return rc;
+}
+
+static int tags_fn(mdm_txn_t *txn, void *arg)
+{
+    struct tags_ctx *t = arg;
+    plist_t dev = NULL;
+    int rc = mdm_device_load(txn, t->id, &dev);
+    if (rc != 0)
+        return rc;
+    plist_t arr = plist_new_array();
+    size_t i;
+    json_t *v;
+    json_array_foreach(t->tags, i, v) plist_array_append_item(arr, plist_new_string(json_string_value(v)));
+    plist_dict_set_item(dev, "tags", arr);
+    rc = mdm_device_save(txn, t->id, dev);
+    plist_free(dev);
+    /* Groups may depend on tags: look again at the next check-in. */
+    if (rc == 0) {
+        rc = request_reconcile(txn, t->id);
+        if (rc == MDM_ENOTFOUND)
+            rc = 0;
     }
-    json_decref(res);
+    return rc;
+}
+
+static void handle_tags_put(mdm_req_t *req)
+{
+    json_error_t je;
+    json_t *root = json_loadb((const char *)req->body, req->body_len, 0, &je);
+    json_t *tags = root ? json_object_get(root, "tags") : NULL;
+    bool ok = json_is_array(tags) && json_array_size(tags) <= 64;
+    size_t i;
+    json_t *v;
+    json_array_foreach(tags, i, v)
+    {
+        const char *t = json_string_value(v);
+        if (t == NULL || t[0] == '\0' || strlen(t) > 64)
+            ok = false;
+    }
+    if (!ok) {
+        json_decref(root);
+        mdm_resp_json_error(req, 400, "bad_request",
+                            "expected {\"tags\": [...]}: at most 64 strings of 1 to 64 bytes");
+        return;
+    }
+    struct tags_ctx t = {.id = req->params[0], .tags = tags};
+    int rc = mdm_store_update(req->server->store, tags_fn, &t);
+    if (rc != 0) {
+        json_decref(root);
+        mdm_resp_json_error(req, rc == MDM_ENOTFOUND ? 404 : rc == MDM_ENOSPACE ? 503 : 500,
+                            rc == MDM_ENOTFOUND ? "not_found" : "store",
+                            rc == MDM_ENOTFOUND ? "no device with this id" : mdm_strerror(rc));
+        return;
+    }
     json_t *o = json_object();
-    json_object_set_new(o, "status", status);
-    mdm_api_send_json(req, ok == n ? 200 : ok ? 207 : 500, o);
+    set_str(o, "id", req->params[0]);
+    json_object_set(o, "tags", tags);
+    json_decref(root);
+    mdm_api_send_json(req, 200, o);
+}
+
+static int reconcile_one_fn(mdm_txn_t *txn, void *arg)
+{
+    return request_reconcile(txn, arg);
+}
+
+static void handle_reconcile_one(mdm_req_t *req)
+{
+    int rc = mdm_store_update(req->server->store, reconcile_one_fn, req->params[0]);
+    if (rc != 0) {
+        mdm_resp_json_error(req, rc == MDM_ENOTFOUND ? 404 : 500,
+                            rc == MDM_ENOTFOUND ? "not_found" : "store",
+                            rc == MDM_ENOTFOUND ? "no enrollment with this id" : mdm_strerror(rc));
+        return;
+    }
+    const char *ids[1] = {req->params[0]};
+    int queued = mdm_apns_push_many(req->server, ids, 1);
+    json_t *o = json_object();
+    set_str(o, "id", req->params[0]);
+    set_str(o, "reconcile", "at the next check-in");
+    json_object_set_new(o, "pushes_queued", json_integer(queued > 0 ? queued : 0));
+    mdm_api_send_json(req, 202, o);
+}
+
+struct reconcile_all_ctx {
+    char **ids;
+    size_t n;
+};
+
+static int reconcile_all_fn(mdm_txn_t *txn, void *arg)
+{
+    struct reconcile_all_ctx *r = arg;
+    for (size_t i = 0; i < r->n; i++)
+        mdm_free(r->ids[i]);
+    r->n = 0;
+    mdm_cursor_t *c = NULL;
+    int rc = mdm_cursor_open(txn, MDM_T_ENROLLMENTS, &c);
+    if (rc != 0)
+        return rc;
+    mdm_val_t k, v;
+    for (rc = mdm_cursor_seek(c, MDM_VAL(NULL, 0), &k, &v); rc == 0;
+         rc = mdm_cursor_next(c, &k, &v)) {
+        plist_t e = NULL;
+        if (mdm_plist_load(v.data, v.len, &e) != 0)
+            continue;
+        if (mdm_pl_bool(e, "enabled", false)) {
+            r->ids = mdm_realloc(r->ids, (r->n + 1) * sizeof(char *));
+            r->ids[r->n++] = mdm_strndup(k.data, k.len);
+        }
+        plist_free(e);
+    }
+    mdm_cursor_close(c);
+    if (rc != MDM_ENOTFOUND)
+        return rc;
+    for (size_t i = 0; i < r->n; i++) {
+        rc = request_reconcile(txn, r->ids[i]);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* POST /v1/reconcile: every enabled enrollment reconciles at its next
+ * check-in, and is woken up for it. */
+static void handle_reconcile_all(mdm_req_t *req)
+{
+    struct reconcile_all_ctx r = {0};
+    int rc = mdm_store_update(req->server->store, reconcile_all_fn, &r);
+    json_t *o = json_object();
+    if (rc == 0) {
+        json_object_set_new(o, "enrollments", json_integer((json_int_t)r.n));
+        int queued = mdm_apns_push_many(req->server, (const char *const *)r.ids, r.n);
+        json_object_set_new(o, "pushes_queued", json_integer(queued > 0 ? queued : 0));
+    }
+    for (size_t i = 0; i < r.n; i++)
+        mdm_free(r.ids[i]);
+    mdm_free(r.ids);
+    if (rc != 0) {
+        json_decref(o);
+        mdm_api_store_error(req, rc);
+        return;
+    }
+    mdm_api_send_json(req, 202, o);
 }
 
 void mdm_api_mdm_register(mdm_server_t *s)
@@ -834,6 +1070,12 @@ void mdm_api_mdm_register(mdm_server_t *s)
                    MDM_AUTH_API_READ, "v1_device_commands");
     mdm_router_add(r, MDM_DELETE, "/v1/devices/{id}/commands/{uuid}", handle_cancel,
                    MDM_AUTH_API_ADMIN, "v1_command_cancel");
+    mdm_router_add(r, MDM_PUT, "/v1/devices/{id}/tags", handle_tags_put, MDM_AUTH_API_ADMIN,
+                   "v1_device_tags");
+    mdm_router_add(r, MDM_POST, "/v1/devices/{id}/reconcile", handle_reconcile_one,
+                   MDM_AUTH_API_ADMIN, "v1_device_reconcile");
+    mdm_router_add(r, MDM_POST, "/v1/reconcile", handle_reconcile_all, MDM_AUTH_API_ADMIN,
+                   "v1_reconcile");
     mdm_router_add(r, MDM_POST, "/v1/commands", handle_commands_post, MDM_AUTH_API_ADMIN,
                    "v1_commands");
     mdm_router_add(r, MDM_GET, "/v1/commands/{uuid}", handle_command, MDM_AUTH_API_READ,

@@ -263,7 +263,7 @@ static void run_auth(mdm_server_t *s, const mdm_enroll_auth_req_t *ar, mdm_enrol
         snprintf(out->reason, sizeof(out->reason),
                  "no authenticate hook in the policy: nobody may enroll");
     } else {
-        e->auth(s, ar, out);
+        e->auth(s, ar, out, reqid);
     }
     char uq[300], rq[300];
     if (out->allow && out->user[0] == '\0')

@@ -34,7 +34,7 @@ typedef struct mdm_enroll_auth {
 /* The authenticate decision; the policy engine sets it when it loads.
  * Without one every request is denied ("no authenticate hook"). */
 typedef void (*mdm_enroll_auth_fn)(mdm_server_t *s, const mdm_enroll_auth_req_t *req,
-                                   mdm_enroll_auth_t *out);
+                                   mdm_enroll_auth_t *out, const char *reqid);
 void mdm_enroll_set_auth(mdm_server_t *s, mdm_enroll_auth_fn fn);
 
 /* What goes into an enrollment profile. */

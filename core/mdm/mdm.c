@@ -10,6 +10,8 @@
 #include "crypto/certdb.h"
 #include "crypto/keys.h"
 #include "mdm/queue.h"
+#include "mdm/reconcile.h"
+#include "policy.h"
 #include "scep/challenge.h"
 #include "scep/service.h"
 #include "util/alloc.h"
@@ -104,6 +106,8 @@ static int forget_channel(mdm_txn_t *txn, const char *eid, void *arg)
 {
     (void)arg;
     int rc = mdm_queue_forget(txn, eid);
+    if (rc == 0)
+        rc = mdm_reconcile_forget(txn, eid);
     if (rc == 0) {
         rc = mdm_txn_del(txn, MDM_T_ENROLLMENTS, MDM_VAL_STR(eid));
         if (rc == MDM_ENOTFOUND)
@@ -233,7 +237,12 @@ int mdm__verify_signature(mdm_mdm_t *m, const char *header, const void *body, si
         *why = "Mdm-Signature is not a CMS SignedData";
         goto out;
     }
-    data = BIO_new_mem_buf(body, (int)len);
+    /* The body goes in through a buffer BIO, not straight from a memory
+     * BIO: for a memory BIO, OpenSSL 3.0's CMS_verify makes a copy of its
+     * own that it leaks when it cannot set up the digests (a digest
+     * algorithm it does not know), which any client could repeat. */
+    data = BIO_new(BIO_f_buffer());
+    BIO_push(data, BIO_new_mem_buf(body, (int)len));
     if (CMS_verify(cms, NULL, NULL, data, NULL,
                    CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY | CMS_DETACHED) != 1) {
         *why = "Mdm-Signature does not verify over the body";
@@ -283,7 +292,7 @@ int mdm__verify_signature(mdm_mdm_t *m, const char *header, const void *body, si
 out:
     ERR_clear_error();
     sk_X509_free(signers);
-    BIO_free(data);
+    BIO_free_all(data);
     CMS_ContentInfo_free(cms);
     mdm_buf_free(&der);
     return rc;
@@ -293,6 +302,7 @@ out:
 
 typedef struct msg_ctx {
     mdm_mdm_t *m;
+    mdm_policy_t *pol;
     const mdm_identity_t *id;
     plist_t msg;
     const char *type;
@@ -472,6 +482,11 @@ static int on_authenticate(msg_ctx_t *c, mdm_txn_t *txn)
     mdm_pl_set_int(e, "last_seen_at", c->now);
     mdm_pl_set_uint(e, "authenticate_count", mdm_pl_uint(e, "authenticate_count", 0) + 1);
     mdm_pl_set_data(e, "cert_fp", c->id->fp, 32);
+    /* The identity certificate itself: profiles are encrypted to it. */
+    mdm_buf_t der = MDM_BUF_INIT;
+    if (mdm_cert_to_der(c->id->cert, &der) == 0)
+        mdm_pl_set_data(e, "cert_der", der.data, der.len);
+    mdm_buf_free(&der);
 
     /* The person who enrolled, when the certificate came from a challenge
      * that was issued to someone. */
@@ -672,9 +687,88 @@ static int on_get_bootstrap(msg_ctx_t *c, mdm_txn_t *txn)
     return 0;
 }
 
+static const char *reqid_of(const msg_ctx_t *c)
+{
+    return c->out->reqid ? c->out->reqid : "-";
+}
+
+/* Keeps the enrollment's copy of its identity current: after a SCEP
+ * renewal the device shows a new certificate, bound by the renewal. */
+static void refresh_identity(msg_ctx_t *c, plist_t e)
+{
+    size_t n = 0;
+    const unsigned char *fp = mdm_pl_data(e, "cert_fp", &n);
+    if (fp != NULL && n == 32 && memcmp(fp, c->id->fp, 32) == 0)
+        return;
+    mdm_pl_set_data(e, "cert_fp", c->id->fp, 32);
+    mdm_buf_t der = MDM_BUF_INIT;
+    if (mdm_cert_to_der(c->id->cert, &der) == 0)
+        mdm_pl_set_data(e, "cert_der", der.data, der.len);
+    mdm_buf_free(&der);
+}
+
+/* Runs reconciliation for the enrollment record e (saved by the caller). */
+static int reconcile(msg_ctx_t *c, mdm_txn_t *txn, plist_t e, bool force)
+{
+    mdm_reconcile_stats_t st;
+    int rc = mdm_reconcile(c->m->server, c->pol, txn, reqid_of(c), c->eid, e, force, &st);
+    if (rc == 0) {
+        c->out->installs += st.installs;
+        c->out->removals += st.removals;
+    }
+    return rc;
+}
+
+/* The policy's checkin hook, after the core handled the message (the
+ * records are written: the hook sees the device as it now is). */
+static int policy_checkin(msg_ctx_t *c, mdm_txn_t *txn)
+{
+    bool checkout = strcmp(c->type, "CheckOut") == 0;
+    mdm_policy_view_t v;
+    int rc = mdm__policy_view(txn, c->eid, NULL, &v);
+    if (rc == MDM_ENOTFOUND)
+        return 0;
+    if (rc != 0)
+        return rc;
+    mdm_policy_decision_t d;
+    memset(&d, 0, sizeof(d));
+    rc = mdm_policy_checkin(c->pol, txn, reqid_of(c), &v.dev, c->msg, &d);
+    if (rc == 0 && d.reject && !checkout) {
+        refuse(c, 403, "the policy refused %s: %s", c->type,
+               d.status == MDM_POLICY_FAILED ? d.error : d.reason ? d.reason : "no reason given");
+        rc = REFUSED;
+    }
+    if (rc == 0 && !checkout) {
+        size_t n = 0;
+        rc = mdm__enqueue_commands(txn, c->eid, d.commands, c->now, &n);
+        c->out->policy_commands += n;
+    }
+    /* A new enrollment gets its profiles right away. */
+    if (rc == 0 && strcmp(c->type, "TokenUpdate") == 0 && v.dev.first_checkin &&
+        mdm_pl_uint(v.enrollment, "token_updates", 0) == 1) {
+        rc = reconcile(c, txn, v.enrollment, false);
+        if (rc == 0)
+            rc = mdm_enrollment_save(txn, c->eid, v.enrollment);
+    }
+    mdm_policy_decision_free(&d);
+    mdm__policy_view_free(&v);
+    return rc;
+}
+
+static int checkin_core(msg_ctx_t *c, mdm_txn_t *txn);
+
 static int checkin_txn(mdm_txn_t *txn, void *arg)
 {
     msg_ctx_t *c = arg;
+    c->out->policy_commands = c->out->installs = c->out->removals = 0;
+    int rc = checkin_core(c, txn);
+    if (rc == 0 && c->out->status == 200)
+        rc = policy_checkin(c, txn);
+    return rc;
+}
+
+static int checkin_core(msg_ctx_t *c, mdm_txn_t *txn)
+{
     /* The function may run again when the store grows: start clean. */
     c->out->status = 200;
     c->out->ctype = NULL;
@@ -715,6 +809,7 @@ static int checkin_txn(mdm_txn_t *txn, void *arg)
 
 static void outcome_init(mdm_outcome_t *out)
 {
+    out->policy_commands = out->installs = out->removals = 0;
     out->status = 200;
     out->ctype = NULL;
     mdm_buf_reset(&out->body);
@@ -768,7 +863,9 @@ void mdm__process_checkin(mdm_mdm_t *m, const mdm_identity_t *id, const void *bo
     }
     snprintf(out->message_type, sizeof(out->message_type), "%s", c.type);
     mdm_metric_add(m->m_checkins, 1);
+    c.pol = mdm_policy_acquire(m->server);
     int rc = mdm_store_update(m->server->store, checkin_txn, &c);
+    mdm_policy_release(c.pol);
     if (rc == REFUSED) {
         mdm_metric_add(m->m_refused, 1);
         goto out;
@@ -833,6 +930,83 @@ static int merge_device_information(msg_ctx_t *c, mdm_txn_t *txn)
     return rc;
 }
 
+/* The policy's result hook for a finished command: commands to queue and
+ * facts to keep with the device. */
+static int policy_result(msg_ctx_t *c, mdm_txn_t *txn, plist_t e, const char *request_type)
+{
+    mdm_policy_view_t v;
+    int rc = mdm__policy_view(txn, c->eid, e, &v);
+    if (rc != 0)
+        return rc;
+    plist_t result = plist_copy(c->msg);
+    mdm_pl_set_str(result, "RequestType", request_type);
+    mdm_policy_decision_t d;
+    memset(&d, 0, sizeof(d));
+    rc = mdm_policy_result(c->pol, txn, reqid_of(c), &v.dev, result, &d);
+    plist_free(result);
+    if (rc == 0) {
+        size_t n = 0;
+        rc = mdm__enqueue_commands(txn, c->eid, d.commands, c->now, &n);
+        c->out->policy_commands += n;
+    }
+    if (rc == 0 && d.facts != NULL && plist_dict_get_size(d.facts) > 0) {
+        const char *did = mdm_pl_str(e, "device_id");
+        plist_t dev = NULL;
+        rc = mdm_device_load(txn, did ? did : c->eid, &dev);
+        if (rc == MDM_ENOTFOUND) {
+            dev = plist_new_dict();
+            rc = 0;
+        }
+        if (rc == 0) {
+            plist_t facts = plist_dict_get_item(dev, "facts");
+            if (facts == NULL || plist_get_node_type(facts) != PLIST_DICT) {
+                facts = plist_new_dict();
+                plist_dict_set_item(dev, "facts", facts);
+            }
+            plist_dict_iter it = NULL;
+            plist_dict_new_iter(d.facts, &it);
+            for (;;) {
+                char *key = NULL;
+                plist_t val = NULL;
+                plist_dict_next_item(d.facts, it, &key, &val);
+                if (key == NULL)
+                    break;
+                plist_dict_set_item(facts, key, plist_copy(val));
+                free(key);
+            }
+            free(it);
+            mdm_pl_set_int(dev, "facts_at", c->now);
+            rc = mdm_device_save(txn, did ? did : c->eid, dev);
+        }
+        plist_free(dev);
+    }
+    mdm_policy_decision_free(&d);
+    mdm__policy_view_free(&v);
+    return rc;
+}
+
+/* The policy's connect hook, before the next command is picked. */
+static int policy_connect(msg_ctx_t *c, mdm_txn_t *txn, plist_t e)
+{
+    if (!mdm_policy_has_hook(c->pol, MDM_POLICY_HOOK_CONNECT))
+        return 0;
+    mdm_policy_view_t v;
+    int rc = mdm__policy_view(txn, c->eid, e, &v);
+    if (rc != 0)
+        return rc;
+    mdm_policy_decision_t d;
+    memset(&d, 0, sizeof(d));
+    rc = mdm_policy_connect(c->pol, txn, reqid_of(c), &v.dev, c->msg, &d);
+    if (rc == 0) {
+        size_t n = 0;
+        rc = mdm__enqueue_commands(txn, c->eid, d.commands, c->now, &n);
+        c->out->policy_commands += n;
+    }
+    mdm_policy_decision_free(&d);
+    mdm__policy_view_free(&v);
+    return rc;
+}
+
 static int report_txn(mdm_txn_t *txn, void *arg)
 {
     msg_ctx_t *c = arg;
@@ -840,6 +1014,7 @@ static int report_txn(mdm_txn_t *txn, void *arg)
     c->out->ctype = NULL;
     mdm_buf_reset(&c->out->body);
     c->out->command_uuid[0] = '\0';
+    c->out->policy_commands = c->out->installs = c->out->removals = 0;
     c->report_outcome = -1;
     int rc = check_revoked(c, txn);
     if (rc == 0)
@@ -886,12 +1061,33 @@ static int report_txn(mdm_txn_t *txn, void *arg)
             strcmp(c->type, "Acknowledged") == 0 &&
             strcmp(prev.request_type, "DeviceInformation") == 0)
             rc = merge_device_information(c, txn);
+        if (rc == 0 && known && c->report_outcome == MDM_REPORT_RECORDED) {
+            rc = mdm_reconcile_on_result(txn, c->eid, prev.request_type, c->type, uuid, c->msg,
+                                         c->now);
+            if (rc == 0)
+                rc = policy_result(c, txn, e, prev.request_type);
+        }
         if (rc != 0) {
             plist_free(e);
             return rc;
         }
     }
+    refresh_identity(c, e);
     mdm_pl_set_int(e, "last_seen_at", c->now);
+    rc = policy_connect(c, txn, e);
+    if (rc == 0 && strcmp(c->type, "Idle") == 0) {
+        plist_t dev = NULL;
+        const char *did = mdm_pl_str(e, "device_id");
+        if (mdm_device_load(txn, did ? did : c->eid, &dev) != 0)
+            dev = NULL;
+        if (mdm_reconcile_due(c->pol, e, dev))
+            rc = reconcile(c, txn, e, mdm_pl_bool(e, "reconcile_requested", false));
+        plist_free(dev);
+    }
+    if (rc != 0) {
+        plist_free(e);
+        return rc;
+    }
     mdm_pl_set_bool(e, "new_enrollment", false);
     char uuid[MDM_UUID_LEN + 1];
     rc = mdm_queue_next(txn, c->eid, c->now, (int64_t)session, uuid, &c->out->body);
@@ -927,7 +1123,9 @@ void mdm__process_report(mdm_mdm_t *m, const mdm_identity_t *id, const void *bod
     }
     snprintf(out->message_type, sizeof(out->message_type), "%s", c.type);
     mdm_metric_add(m->m_reports, 1);
+    c.pol = mdm_policy_acquire(m->server);
     int rc = mdm_store_update(m->server->store, report_txn, &c);
+    mdm_policy_release(c.pol);
     if (rc == REFUSED) {
         mdm_metric_add(m->m_refused, 1);
         goto out;

@@ -61,6 +61,7 @@ void mdm_mdm_service_free(mdm_server_t *s);
 /* The outcome of one MDM message, independent of HTTP (so that fuzzing and
  * tests can drive the protocol without a socket). */
 typedef struct mdm_outcome {
+    const char *reqid;          /* in: the request id, for logs and the decision log */
     int status;                 /* HTTP status */
     const char *ctype;          /* Content-Type of body, or NULL */
     mdm_buf_t body;
@@ -68,6 +69,8 @@ typedef struct mdm_outcome {
     char detail[256];           /* why, for logs (never a secret) */
     char message_type[48];
     char command_uuid[40];      /* the command sent back, if any */
+    size_t policy_commands;     /* commands the policy queued */
+    size_t installs, removals;  /* profile changes reconciliation queued */
 } mdm_outcome_t;
 
 /* Handles a check-in message body from the device with identity id. */

@@ -296,7 +296,7 @@ static void handle_put(mdm_req_t *req)
     int rc = mdm_store_update(req->server->store, put_fn, &c);
     mdm_buf_free(&c.xml);
     if (rc != 0) {
-        mdm_resp_json_error(req, rc == MDM_ENOSPACE ? 503 : 500, "store", mdm_strerror(rc));
+        mdm_api_store_error(req, rc);
         return;
     }
     char q[300];
@@ -358,7 +358,7 @@ static void handle_list(mdm_req_t *req)
     int rc = mdm_store_view(req->server->store, list_fn, arr);
     if (rc != 0) {
         json_decref(arr);
-        mdm_resp_json_error(req, 500, "store", mdm_strerror(rc));
+        mdm_api_store_error(req, rc);
         return;
     }
     mdm_api_send_json(req, 200, json_pack("{s:o}", "profiles", arr));
@@ -377,7 +377,7 @@ static void handle_delete(mdm_req_t *req)
         return;
     }
     if (rc != 0) {
-        mdm_resp_json_error(req, rc == MDM_ENOSPACE ? 503 : 500, "store", mdm_strerror(rc));
+        mdm_api_store_error(req, rc);
         return;
     }
     mdm_api_send_json(req, 200, json_pack("{s:s}", "deleted", req->params[0]));

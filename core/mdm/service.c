@@ -58,15 +58,19 @@ static void answer(mdm_req_t *req, const mdm_outcome_t *out, bool report)
                                                            : MDM_LOG_INFO;
     if (report)
         mdm_log(level, req->id, "mdm.report",
-                "eid=%s status=%s http_status=%d next_command=%s detail=%s",
+                "eid=%s status=%s http_status=%d next_command=%s policy_commands=%zu "
+                "installs=%zu removals=%zu detail=%s",
                 mdm_logq(eidq, sizeof(eidq), out->eid[0] ? out->eid : NULL),
                 out->message_type[0] ? out->message_type : "-", out->status,
                 out->command_uuid[0] && out->body.len ? out->command_uuid : "-",
+                out->policy_commands, out->installs, out->removals,
                 mdm_logq(detq, sizeof(detq), out->detail[0] ? out->detail : NULL));
     else
-        mdm_log(level, req->id, "mdm.checkin", "eid=%s type=%s http_status=%d detail=%s",
+        mdm_log(level, req->id, "mdm.checkin",
+                "eid=%s type=%s http_status=%d policy_commands=%zu installs=%zu detail=%s",
                 mdm_logq(eidq, sizeof(eidq), out->eid[0] ? out->eid : NULL),
                 out->message_type[0] ? out->message_type : "-", out->status,
+                out->policy_commands, out->installs,
                 mdm_logq(detq, sizeof(detq), out->detail[0] ? out->detail : NULL));
     if (out->status == 200) {
         mdm_resp_send(req, 200, out->body.len ? out->ctype : NULL, out->body.data,
@@ -99,6 +103,7 @@ static void handle(mdm_req_t *req, bool report)
     }
     mdm_outcome_t out;
     memset(&out, 0, sizeof(out));
+    out.reqid = req->id;
     if (report)
         mdm__process_report(m, &id, req->body, req->body_len, &out);
     else

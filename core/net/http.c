@@ -411,7 +411,9 @@ static void serialize_response(mdm_conn_t *c, mdm_req_t *req, mdm_buf_t *out)
     PUT_LIT(out, "\r\nContent-Length: ");
     buf_put_uint(out, req->resp_body.len);
     PUT_LIT(out, "\r\n");
-    if (req->close_after || c->close_when_done || c->server->stopping)
+    /* Only the last response on the connection says so: answered requests
+     * pipelined behind this one are still sent. */
+    if (req->close_after || ((c->close_when_done || c->server->stopping) && req->next == NULL))
         PUT_LIT(out, "Connection: close\r\n");
     if (req->resp_head.len)
         mdm_buf_append(out, req->resp_head.data, req->resp_head.len);
@@ -617,6 +619,21 @@ static void pipe_pop(mdm_conn_t *c)
     c->npipe--;
 }
 
+/* Forgets the requests pipelined behind a response that closes the
+ * connection: answered ones are freed, the others are answered into the
+ * void when their handlers finish (as when the connection closes). */
+static void pipe_drop(mdm_conn_t *c)
+{
+    while (c->pipe_head != NULL) {
+        mdm_req_t *r = c->pipe_head;
+        pipe_pop(c);
+        if (r->responded)
+            req_free(r);
+        else
+            r->conn = NULL;
+    }
+}
+
 /* Sends every answered request at the head of the pipeline, in order. */
 static void conn_flush(mdm_conn_t *c)
 {
@@ -645,13 +662,20 @@ static void conn_flush(mdm_conn_t *c)
     mdm_buf_reset(out);
     while (c->pipe_head != NULL && c->pipe_head->responded) {
         mdm_req_t *r = c->pipe_head;
-        if (r->close_after)
-            c->close_when_done = true;
+        bool last = r->close_after;
         serialize_response(c, r, out);
         pipe_pop(c);
         req_free(r);
-        if (c->close_when_done)
+        /* Stop after a response that closes the connection, and only then:
+         * close_when_done alone (end of input, an error answer queued
+         * behind, shutdown) still owes every answered request its response.
+         * Stopping there left the rest in the pipeline with no deadline and
+         * reading stopped, and the connection open for good. */
+        if (last) {
+            c->close_when_done = true;
+            pipe_drop(c);
             break;
+        }
     }
     conn_send_plain(c, out->data, out->len);
     if (out->cap > (1u << 20))

@@ -651,7 +651,11 @@ typedef struct bframe {
     uint64_t size;
 } bframe_t;
 
-/* Tells whether object obj is a container and where its references are. */
+/* Tells whether object obj is a container and where its references are.
+ * A string (or dictionary key) holding a NUL character is MDM_EINVAL:
+ * libplist keeps it with its full length, but copies of it (plist_copy
+ * uses strdup) end at the NUL while keeping that length, and its writers
+ * then read past the copy. */
 static int bplist_object(const bplist_t *bp, uint64_t obj, bool *container, size_t *refs,
                          uint64_t *nrefs)
 {
@@ -661,7 +665,8 @@ static int bplist_object(const bplist_t *bp, uint64_t obj, bool *container, size
         return MDM_EPARSE;
     unsigned marker = bp->b[off];
     unsigned kind = marker >> 4;
-    if (kind != 0xA && kind != 0xB && kind != 0xC && kind != 0xD)
+    bool string = kind == 0x5 || kind == 0x6; /* ASCII, UTF-16BE */
+    if (kind != 0xA && kind != 0xB && kind != 0xC && kind != 0xD && !string)
         return 0;
     uint64_t count = marker & 0xF;
     size_t p = (size_t)off + 1;
@@ -674,6 +679,15 @@ static int bplist_object(const bplist_t *bp, uint64_t obj, bool *container, size
         count = be_uint(bp->b + p + 1, isz);
         p += 1 + isz;
     }
+    if (string) {
+        size_t unit = kind == 0x6 ? 2 : 1;
+        if (count > (bp->otoff - p) / unit)
+            return MDM_EPARSE;
+        for (size_t i = 0; i < count; i++)
+            if (bp->b[p + i * unit] == 0 && (unit == 1 || bp->b[p + i * unit + 1] == 0))
+                return MDM_EINVAL;
+        return 0;
+    }
     uint64_t n = kind == 0xD ? count * 2 : count;
     if (count > bp->n || n > (bp->otoff - p) / bp->rsz)
         return MDM_EPARSE;
@@ -681,6 +695,12 @@ static int bplist_object(const bplist_t *bp, uint64_t obj, bool *container, size
     *refs = p;
     *nrefs = n;
     return 0;
+}
+
+static const char *bplist_object_error(int rc)
+{
+    return rc == MDM_EINVAL ? "binary property list has a string with a NUL character"
+                            : "binary property list has a bad object";
 }
 
 /* Walks the object graph from the top object without recursion, checking
@@ -707,8 +727,9 @@ static int bplist_check(const char *data, size_t len, int max_depth, mdm_err_t *
     bool container;
     size_t refs;
     uint64_t nrefs;
-    if (bplist_object(&bp, top, &container, &refs, &nrefs) != 0)
-        return mdm_err_set(err, MDM_EPARSE, "binary property list has a bad object");
+    int orc = bplist_object(&bp, top, &container, &refs, &nrefs);
+    if (orc != 0)
+        return mdm_err_set(err, MDM_EPARSE, "%s", bplist_object_error(orc));
     if (!container)
         return 0;
     if (max_depth < 1)
@@ -738,8 +759,9 @@ static int bplist_check(const char *data, size_t len, int max_depth, mdm_err_t *
                 goto out;
             }
             if (state[c] == 0) {
-                if (bplist_object(&bp, c, &container, &refs, &nrefs) != 0) {
-                    rc = mdm_err_set(err, MDM_EPARSE, "binary property list has a bad object");
+                int orc2 = bplist_object(&bp, c, &container, &refs, &nrefs);
+                if (orc2 != 0) {
+                    rc = mdm_err_set(err, MDM_EPARSE, "%s", bplist_object_error(orc2));
                     goto out;
                 }
                 if (container) {
@@ -802,6 +824,94 @@ out:
 
 /* ---- bounded parsing ------------------------------------------------------ */
 
+/* True when s[0..n) is UTF-8: no stray or missing continuation bytes,
+ * overlong forms, surrogates or code points past U+10FFFF. */
+static bool utf8_valid(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t len;
+        uint32_t cp, min;
+        if ((c & 0xE0) == 0xC0) {
+            len = 2, cp = c & 0x1F, min = 0x80;
+        } else if ((c & 0xF0) == 0xE0) {
+            len = 3, cp = c & 0x0F, min = 0x800;
+        } else if ((c & 0xF8) == 0xF0) {
+            len = 4, cp = c & 0x07, min = 0x10000;
+        } else {
+            return false;
+        }
+        if (n - i < len)
+            return false;
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xC0) != 0x80)
+                return false;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        i += len;
+    }
+    return true;
+}
+
+/* Checks that every string and dictionary key of p is UTF-8. libplist takes
+ * other bytes as they come, but its binary writer cannot encode them and
+ * writes a plist that it cannot read back: a record the store would keep
+ * and never load again. Nesting is already bounded by the caller. */
+static int check_text(plist_t p, mdm_err_t *err)
+{
+    int rc = 0;
+    switch (plist_get_node_type(p)) {
+    case PLIST_STRING: {
+        uint64_t len = 0;
+        const char *s = plist_get_string_ptr(p, &len);
+        if (s != NULL && !utf8_valid((const unsigned char *)s, (size_t)len))
+            rc = mdm_err_set(err, MDM_EPARSE, "property list has a string that is not UTF-8");
+        break;
+    }
+    case PLIST_ARRAY: {
+        plist_array_iter it = NULL;
+        plist_array_new_iter(p, &it);
+        for (;;) {
+            plist_t v = NULL;
+            plist_array_next_item(p, it, &v);
+            if (v == NULL || (rc = check_text(v, err)) != 0)
+                break;
+        }
+        plist_mem_release(it);
+        break;
+    }
+    case PLIST_DICT: {
+        plist_dict_iter it = NULL;
+        plist_dict_new_iter(p, &it);
+        for (;;) {
+            char *key = NULL;
+            plist_t v = NULL;
+            plist_dict_next_item(p, it, &key, &v);
+            if (key == NULL)
+                break;
+            if (!utf8_valid((const unsigned char *)key, strlen(key)))
+                rc = mdm_err_set(err, MDM_EPARSE, "property list has a key that is not UTF-8");
+            else
+                rc = check_text(v, err);
+            plist_mem_release(key);
+            if (rc != 0)
+                break;
+        }
+        plist_mem_release(it);
+        break;
+    }
+    default: break;
+    }
+    return rc;
+}
+
 int mdm_plist_parse(const char *data, size_t len, int max_depth, plist_t *out, mdm_err_t *err)
 {
     *out = NULL;
@@ -813,6 +923,14 @@ int mdm_plist_parse(const char *data, size_t len, int max_depth, plist_t *out, m
         return mdm_err_set(err, MDM_ELIMIT, "property list is larger than %u bytes",
                            MDM_PLIST_MAX_BYTES);
     bool binary = len >= 8 && memcmp(data, "bplist00", 8) == 0;
+    if (!binary) {
+        /* XML has no NUL character; libplist would keep one inside a string
+         * or key (see bplist_object). Trailing NULs end the document. */
+        while (len > 0 && data[len - 1] == '\0')
+            len--;
+        if (len == 0 || memchr(data, '\0', len) != NULL)
+            return mdm_err_set(err, MDM_EPARSE, "XML property list holds a NUL byte");
+    }
     int rc = binary ? bplist_check(data, len, max_depth, err)
                     : xml_check_depth(data, len, max_depth, err);
     if (rc != 0)
@@ -825,6 +943,11 @@ int mdm_plist_parse(const char *data, size_t len, int max_depth, plist_t *out, m
     if (p == NULL)
         return mdm_err_set(err, MDM_EPARSE, "not a valid %s property list",
                            binary ? "binary" : "XML");
+    rc = check_text(p, err);
+    if (rc != 0) {
+        plist_free(p);
+        return rc;
+    }
     *out = p;
     return 0;
 }

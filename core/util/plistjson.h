@@ -47,8 +47,10 @@
  * untrusted bytes. Before libplist sees them, the bytes are checked for size
  * (MDM_PLIST_MAX_BYTES), nesting (at most max_depth containers, 0 means
  * MDM_PLIST_MAX_DEPTH) and, for binary plists, reference cycles and total
- * expanded size (MDM_PLIST_MAX_NODES). On success *out is the root, freed
- * with plist_free(). Errors: MDM_ELIMIT (too big or too deep), MDM_EPARSE. */
+ * expanded size (MDM_PLIST_MAX_NODES). Strings and keys must be UTF-8
+ * without NUL characters (libplist's writers mishandle others, see
+ * plistjson.c). On success *out is the root, freed with plist_free().
+ * Errors: MDM_ELIMIT (too big or too deep), MDM_EPARSE. */
 int mdm_plist_parse(const char *data, size_t len, int max_depth, plist_t *out, mdm_err_t *err);
 
 /* Converts a plist to JSON (see the mapping above); NULL when the value is

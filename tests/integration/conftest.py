@@ -60,15 +60,31 @@ class DataDir:
             with open(self.config) as f:
                 self._orig = f.read()
         text = self._orig
+        if re.search(r"^\s*policy\s*=", extra_lua, re.M):
+            # The test brings its own policy: drop the empty default.
+            text = text.replace(NO_POLICY_LINE.format(self.path), "")
         idx = text.rstrip().rfind("}")
         text = text[:idx] + extra_lua + "\n}\n"
         with open(self.config, "w") as f:
             f.write(text)
 
 
+# Protocol tests run without a policy (an empty policy directory: no hooks),
+# so that what they see is the core's behaviour; the shipped policy has its
+# own tests (policy/shipped) and test_policy_flow.py runs policies end to end.
+NO_POLICY_LINE = '  policy = {{ dir = "{}/no-policy" }},\n'
+
+
 def make_datadir(tmp, *extra_args):
     path = os.path.join(tmp, "data")
     p = run("init", "--data-dir", path, "--ca-key", "ec:P-256", *extra_args)
+    os.makedirs(os.path.join(path, "no-policy"), exist_ok=True)
+    with open(os.path.join(path, "moonmdm.conf.lua")) as f:
+        text = f.read()
+    idx = text.rstrip().rfind("}")
+    text = text[:idx] + NO_POLICY_LINE.format(path) + "}\n"
+    with open(os.path.join(path, "moonmdm.conf.lua"), "w") as f:
+        f.write(text)
     return DataDir(path, p.stdout)
 
 

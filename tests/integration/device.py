@@ -96,7 +96,8 @@ class Device:
                 if r.getheader("Connection", "").lower() == "close":
                     self.close()
                 return r.status, {k.lower(): v for k, v in r.getheaders()}, data
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                    ssl.SSLEOFError, ssl.SSLZeroReturnError):
                 # A kept-alive connection the server closed: reconnect once.
                 self.close()
                 if attempt == 1:

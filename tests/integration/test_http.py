@@ -118,6 +118,21 @@ def test_malformed_request_is_400(server):
         assert read_response(s).status == 400
 
 
+def test_answered_pipelined_requests_are_sent_before_an_error_answer(server):
+    # Found by tests/fuzz/fuzz_http.c: with an error answer queued behind
+    # answered requests, only the first response went out and the connection
+    # then stayed open for good (no deadline, reading stopped).
+    with server.connect(timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"NOT HTTP AT ALL\r\n\r\n")
+        buf = bytearray()
+        got = [read_response(s, buf) for _ in range(3)]
+        assert [r.status for r in got] == [200, 200, 400], [r.status for r in got]
+        assert [r.header("connection") for r in got] == [None, None, "close"]
+        assert s.recv(10) == b""
+
+
 def test_incomplete_request_gets_408_and_close(tight):
     with tight.connect(timeout=15) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")

@@ -625,6 +625,109 @@ static void test_parse_binary_bounds(void **state)
     mdm_free(b);
 }
 
+/* The binary plist of dict {key: value} with byte at of the first
+ * occurrence of the bytes what[0..n) set to to. */
+static char *bplist_patched(const char *key, const char *value, const char *what, size_t n,
+                            size_t at, char to, uint32_t *len)
+{
+    plist_t d = plist_new_dict();
+    plist_dict_set_item(d, key, plist_new_string(value));
+    char *bin = NULL;
+    plist_to_bin(d, &bin, len);
+    plist_free(d);
+    char *copy = mdm_malloc(*len);
+    memcpy(copy, bin, *len);
+    plist_to_bin_free(bin);
+    plist_t q = parse_ok(copy, *len, 0); /* fine before the change */
+    plist_free(q);
+    char *hit = memmem(copy, *len, what, n);
+    if (hit == NULL)
+        fail_msg("the binary plist of {%s: %s} does not hold the bytes to patch", key, value);
+    hit[at] = to;
+    return copy;
+}
+
+/* A NUL character inside a string or key (found by tests/fuzz/fuzz_plist.c
+ * and fuzz_api_json.c): libplist kept it, and once such a value was copied
+ * (plist_copy ends the copy at the NUL but keeps the length) its writers
+ * read past the copy. Refused by the parser in XML and binary plists, in
+ * values and keys, ASCII and UTF-16. */
+static void test_parse_nul_characters(void **state)
+{
+    (void)state;
+    static const char xml_value[] = "<plist><dict><key>K</key><string>a\0bcdefgh</string></dict>"
+                                    "</plist>";
+    static const char xml_key[] = "<plist><dict><key>K\0XYZW</key><string>v</string></dict>"
+                                  "</plist>";
+    expect_parse_error(xml_value, sizeof(xml_value) - 1, 0, MDM_EPARSE,
+                       "XML property list holds a NUL byte");
+    expect_parse_error(xml_key, sizeof(xml_key) - 1, 0, MDM_EPARSE,
+                       "XML property list holds a NUL byte");
+    /* NULs after the document (a C string sent with its terminator) end it. */
+    static const char trailing[] = "<plist><string>x</string></plist>\0";
+    plist_t p = parse_ok(trailing, sizeof(trailing), 1);
+    assert_plist_json(p, "\"x\"");
+    plist_free(p);
+
+    const char *want = "binary property list has a string with a NUL character";
+    struct {
+        const char *key, *value, *what;
+        size_t n, at;
+    } cases[] = {
+        {"K", "abcdefgh", "bcdefgh", 7, 2},           /* ASCII value */
+        {"KXYZW", "v", "KXYZW", 5, 1},                /* ASCII key */
+        {"K", "\xc3\xa9t\xc3\xa9", "\0t", 2, 1},       /* UTF-16 value "été" */
+        {"\xc3\xa9XY", "v", "\0X\0Y", 4, 3},           /* UTF-16 key "éXY" */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        uint32_t len = 0;
+        char *b = bplist_patched(cases[i].key, cases[i].value, cases[i].what, cases[i].n,
+                                 cases[i].at, '\0', &len);
+        expect_parse_error(b, len, 0, MDM_EPARSE, want);
+        mdm_free(b);
+    }
+}
+
+/* Strings and keys must be UTF-8 (found by tests/fuzz/fuzz_plist.c):
+ * libplist took other bytes as they came, and the binary plist it then
+ * wrote for the store could not be read back. */
+static void test_parse_not_utf8(void **state)
+{
+    (void)state;
+    const char *bad[] = {
+        "<plist><dict><key>UDID</key><string>\xc1" "FUZZ</string></dict></plist>",
+        "<plist><dict><key>\xff</key><string>v</string></dict></plist>",
+        "<plist><array><string>\xe2\x82</string></array></plist>",     /* cut short */
+        "<plist><string>\xed\xa0\x80</string></plist>",               /* a surrogate */
+        "<plist><string>\xf4\x90\x80\x80</string></plist>",           /* past U+10FFFF */
+        "<plist><string>\xe0\x80\xaf</string></plist>",               /* overlong "/" */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *want = strstr(bad[i], "<key>\xff") ? "property list has a key that is not UTF-8"
+                                                       : "property list has a string that is not UTF-8";
+        expect_parse_error(bad[i], strlen(bad[i]), 0, MDM_EPARSE, want);
+    }
+    /* A binary "ASCII" string with a byte that is not. */
+    uint32_t len = 0;
+    char *b = bplist_patched("K", "abcdefgh", "bcdefgh", 7, 2, (char)0xc1, &len);
+    expect_parse_error(b, len, 0, MDM_EPARSE, "property list has a string that is not UTF-8");
+    mdm_free(b);
+
+    /* UTF-8 from one to four bytes is fine, and what the store writes of it
+     * reads back. */
+    const char *good = "<plist><dict><key>\xc3\xa9t\xc3\xa9</key><string>a\xe2\x82\xac"
+                       "\xf0\x9f\x8d\x8e</string></dict></plist>";
+    plist_t p = parse_ok(good, strlen(good), 0);
+    char *bin = NULL;
+    uint32_t blen = 0;
+    plist_to_bin(p, &bin, &blen);
+    plist_t q = parse_ok(bin, blen, 0);
+    assert_plist_json(q, "{\"\xc3\xa9t\xc3\xa9\":\"a\xe2\x82\xac\xf0\x9f\x8d\x8e\"}");
+    plist_free(q);
+    plist_to_bin_free(bin);
+    plist_free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -639,6 +742,8 @@ int main(void)
         cmocka_unit_test(test_parse_errors),
         cmocka_unit_test(test_parse_xml_depth),
         cmocka_unit_test(test_parse_binary_bounds),
+        cmocka_unit_test(test_parse_nul_characters),
+        cmocka_unit_test(test_parse_not_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,138 @@
+/* The admin API of the policy engine: status, reload, dry runs and the
+ * decision log (lua/policy.h does the work). */
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "policy.h"
+#include "server.h"
+#include "util/alloc.h"
+#include "util/buf.h"
+
+#define DECISIONS_DEFAULT 50
+#define DECISIONS_MAX 1000
+
+static void handle_status(mdm_req_t *req)
+{
+    mdm_api_send_json(req, 200, mdm_policy_status_json(req->server));
+}
+
+static json_t *error_json(const mdm_policy_error_t *pe, const char *dir)
+{
+    char text[1200];
+    mdm_policy_error_format(pe, dir, text, sizeof(text));
+    json_t *o = json_object();
+    json_object_set_new(o, "error", json_string("policy"));
+    json_object_set_new(o, "detail", json_string(text));
+    json_object_set_new(o, "file", json_string(pe->file));
+    json_object_set_new(o, "line", json_integer(pe->line));
+    json_object_set_new(o, "message", json_string(pe->message));
+    return o;
+}
+
+static void handle_reload(mdm_req_t *req)
+{
+    bool changed = false;
+    mdm_policy_error_t pe;
+    int rc = mdm_policy_reload(req->server, &changed, &pe);
+    if (rc != 0) {
+        json_t *o = error_json(&pe, NULL);
+        json_object_set_new(o, "kept", mdm_policy_status_json(req->server));
+        mdm_api_send_json(req, 422, o);
+        return;
+    }
+    json_t *o = mdm_policy_status_json(req->server);
+    json_object_set_new(o, "changed", json_boolean(changed));
+    mdm_api_send_json(req, 200, o);
+}
+
+/* POST /v1/policy/eval {"device": ID, "hook": NAME, "dir": optional, "input": optional} */
+static void handle_eval(mdm_req_t *req)
+{
+    json_error_t je;
+    json_t *body = json_loadb((const char *)req->body, req->body_len, 0, &je);
+    if (body == NULL || !json_is_object(body)) {
+        json_decref(body);
+        mdm_resp_json_error(req, 400, "bad_request",
+                            "expected a JSON object {\"device\": ID, \"hook\": NAME}");
+        return;
+    }
+    const char *device = json_string_value(json_object_get(body, "device"));
+    const char *hook = json_string_value(json_object_get(body, "hook"));
+    const char *dir = json_string_value(json_object_get(body, "dir"));
+    const json_t *input = json_object_get(body, "input");
+    mdm_policy_t *p = NULL;
+    if (hook == NULL) {
+        mdm_resp_json_error(req, 400, "bad_request", "\"hook\" is required");
+        goto out;
+    }
+    if (dir != NULL) {
+        mdm_policy_error_t pe;
+        if (mdm_policy_load_candidate(req->server, dir, &p, &pe) != 0) {
+            mdm_api_send_json(req, 422, error_json(&pe, dir));
+            goto out;
+        }
+    } else {
+        p = mdm_policy_acquire(req->server);
+    }
+    json_t *res = NULL;
+    mdm_err_t err = {0};
+    int rc = mdm_policy_eval(p, req->server->store, device, hook, input, &res, &err);
+    if (rc == MDM_ENOTFOUND)
+        mdm_resp_json_error(req, 404, "not_found", err.msg);
+    else if (rc == MDM_EINVAL)
+        mdm_resp_json_error(req, 400, "bad_request", err.msg);
+    else if (rc != 0)
+        mdm_resp_json_error(req, 500, "store", err.msg[0] ? err.msg : mdm_strerror(rc));
+    else
+        mdm_api_send_json(req, 200, res);
+out:
+    mdm_policy_release(p);
+    json_decref(body);
+}
+
+static void handle_decisions(mdm_req_t *req)
+{
+    mdm_buf_t device = MDM_BUF_INIT, hook = MDM_BUF_INIT, limit = MDM_BUF_INIT;
+    bool have_device = mdm_req_query(req, "device", &device, true) == 0 && device.len > 0;
+    bool have_hook = mdm_req_query(req, "hook", &hook, true) == 0 && hook.len > 0;
+    long n = DECISIONS_DEFAULT;
+    if (mdm_req_query(req, "limit", &limit, true) == 0 && limit.len > 0) {
+        char *end = NULL;
+        n = strtol(limit.data, &end, 10);
+        if (*end != '\0' || n <= 0) {
+            mdm_resp_json_error(req, 400, "bad_request", "limit must be a positive number");
+            goto out;
+        }
+        if (n > DECISIONS_MAX)
+            n = DECISIONS_MAX;
+    }
+    if (have_hook && mdm_policy_hook_parse(hook.data) < 0) {
+        mdm_resp_json_error(req, 400, "bad_request", "unknown hook");
+        goto out;
+    }
+    json_t *o = NULL;
+    int rc = mdm_policy_decisions_json(req->server->store, have_device ? device.data : NULL,
+                                       have_hook ? hook.data : NULL, (size_t)n, &o);
+    if (rc != 0)
+        mdm_resp_json_error(req, 500, "store", mdm_strerror(rc));
+    else
+        mdm_api_send_json(req, 200, o);
+out:
+    mdm_buf_free(&device);
+    mdm_buf_free(&hook);
+    mdm_buf_free(&limit);
+}
+
+void mdm_api_policy_register(mdm_server_t *s)
+{
+    mdm_router_t *r = &s->router;
+    mdm_router_add(r, MDM_GET, "/v1/policy", handle_status, MDM_AUTH_API_READ, "v1_policy");
+    mdm_router_add(r, MDM_POST, "/v1/policy/reload", handle_reload, MDM_AUTH_API_ADMIN,
+                   "v1_policy_reload");
+    mdm_router_add(r, MDM_POST, "/v1/policy/eval", handle_eval, MDM_AUTH_API_ADMIN,
+                   "v1_policy_eval");
+    mdm_router_add(r, MDM_GET, "/v1/decisions", handle_decisions, MDM_AUTH_API_READ,
+                   "v1_decisions");
+}

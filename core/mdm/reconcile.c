@@ -1,0 +1,492 @@
+#include "mdm/reconcile.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "crypto/keys.h"
+#include "mdm/enqueue.h"
+#include "mdm/mdm.h"
+#include "mdm/profiles.h"
+#include "util/alloc.h"
+#include "util/log.h"
+#include "util/misc.h"
+#include "util/plist.h"
+
+/* ---- installed table ----------------------------------------------------- */
+
+static void ikey(mdm_buf_t *k, const char *eid, const char *identifier)
+{
+    mdm_buf_reset(k);
+    mdm_buf_puts(k, eid);
+    mdm_buf_putc(k, '\0');
+    if (identifier)
+        mdm_buf_puts(k, identifier);
+}
+
+static int inst_load(mdm_txn_t *txn, const char *eid, const char *identifier, plist_t *out)
+{
+    mdm_buf_t k = MDM_BUF_INIT;
+    ikey(&k, eid, identifier);
+    mdm_val_t v;
+    int rc = mdm_txn_get(txn, MDM_T_INSTALLED, MDM_VAL(k.data, k.len), &v);
+    mdm_buf_free(&k);
+    if (rc != 0)
+        return rc;
+    return mdm_plist_load(v.data, v.len, out) == 0 ? 0 : MDM_EPARSE;
+}
+
+static int inst_save(mdm_txn_t *txn, const char *eid, const char *identifier, plist_t d)
+{
+    mdm_buf_t k = MDM_BUF_INIT, b = MDM_BUF_INIT;
+    ikey(&k, eid, identifier);
+    mdm_plist_to_bin_buf(d, &b);
+    int rc = mdm_txn_put(txn, MDM_T_INSTALLED, MDM_VAL(k.data, k.len), MDM_VAL(b.data, b.len), 0);
+    mdm_buf_free(&k);
+    mdm_buf_free(&b);
+    return rc;
+}
+
+static int inst_del(mdm_txn_t *txn, const char *eid, const char *identifier)
+{
+    mdm_buf_t k = MDM_BUF_INIT;
+    ikey(&k, eid, identifier);
+    int rc = mdm_txn_del(txn, MDM_T_INSTALLED, MDM_VAL(k.data, k.len));
+    mdm_buf_free(&k);
+    return rc == MDM_ENOTFOUND ? 0 : rc;
+}
+
+/* Calls fn(identifier, record) for each installed entry of eid; collects
+ * first so that fn may write. */
+static int inst_each(mdm_txn_t *txn, const char *eid,
+                     int (*fn)(const char *id, plist_t rec, void *arg), void *arg)
+{
+    mdm_buf_t k = MDM_BUF_INIT;
+    ikey(&k, eid, NULL);
+    mdm_cursor_t *c = NULL;
+    char **ids = NULL;
+    plist_t *recs = NULL;
+    size_t n = 0;
+    int rc = mdm_cursor_open(txn, MDM_T_INSTALLED, &c);
+    if (rc == 0) {
+        mdm_val_t p = MDM_VAL(k.data, k.len), ck, cv;
+        for (rc = mdm_cursor_seek(c, p, &ck, &cv); rc == 0 && mdm_val_has_prefix(ck, p);
+             rc = mdm_cursor_next(c, &ck, &cv)) {
+            plist_t d = NULL;
+            if (mdm_plist_load(cv.data, cv.len, &d) != 0)
+                continue;
+            ids = mdm_realloc(ids, (n + 1) * sizeof(*ids));
+            recs = mdm_realloc(recs, (n + 1) * sizeof(*recs));
+            ids[n] = mdm_strndup((const char *)ck.data + p.len, ck.len - p.len);
+            recs[n] = d;
+            n++;
+        }
+        if (rc == MDM_ENOTFOUND)
+            rc = 0;
+    }
+    mdm_cursor_close(c);
+    mdm_buf_free(&k);
+    for (size_t i = 0; i < n; i++) {
+        if (rc == 0)
+            rc = fn(ids[i], recs[i], arg);
+        mdm_free(ids[i]);
+        plist_free(recs[i]);
+    }
+    mdm_free(ids);
+    mdm_free(recs);
+    return rc;
+}
+
+static int add_to_dict(const char *id, plist_t rec, void *arg)
+{
+    const char *hash = mdm_pl_str(rec, "hash");
+    const char *state = mdm_pl_str(rec, "state");
+    if (state && strcmp(state, "installed") == 0)
+        mdm_pl_set_str(arg, id, hash ? hash : "");
+    return 0;
+}
+
+plist_t mdm__installed_dict(mdm_txn_t *txn, const char *eid)
+{
+    plist_t d = plist_new_dict();
+    inst_each(txn, eid, add_to_dict, d);
+    return d;
+}
+
+struct forget_ctx {
+    mdm_txn_t *txn;
+    const char *eid;
+};
+
+static int forget_entry(const char *id, plist_t rec, void *arg)
+{
+    (void)rec;
+    struct forget_ctx *f = arg;
+    return inst_del(f->txn, f->eid, id);
+}
+
+int mdm_reconcile_forget(mdm_txn_t *txn, const char *eid)
+{
+    struct forget_ctx f = {txn, eid};
+    return inst_each(txn, eid, forget_entry, &f);
+}
+
+/* ---- the device view ----------------------------------------------------- */
+
+int mdm__policy_view(mdm_txn_t *txn, const char *eid, plist_t e, mdm_policy_view_t *v)
+{
+    memset(v, 0, sizeof(*v));
+    if (e == NULL) {
+        int rc = mdm_enrollment_load(txn, eid, &e);
+        if (rc != 0)
+            return rc;
+        v->own_enrollment = true;
+    }
+    v->enrollment = e;
+    const char *did = mdm_pl_str(e, "device_id");
+    if (mdm_device_load(txn, did ? did : eid, &v->device) != 0)
+        v->device = NULL;
+    v->installed = mdm__installed_dict(txn, eid);
+    v->dev.eid = eid;
+    v->dev.enrollment = e;
+    v->dev.device = v->device;
+    v->dev.installed = v->installed;
+    v->dev.first_checkin = mdm_pl_bool(e, "new_enrollment", false);
+    return 0;
+}
+
+void mdm__policy_view_free(mdm_policy_view_t *v)
+{
+    if (v->own_enrollment)
+        plist_free(v->enrollment);
+    plist_free(v->device);
+    plist_free(v->installed);
+    memset(v, 0, sizeof(*v));
+}
+
+/* ---- commands from policies ---------------------------------------------- */
+
+int mdm__enqueue_commands(mdm_txn_t *txn, const char *eid, plist_t commands, int64_t now,
+                          size_t *n)
+{
+    *n = 0;
+    if (commands == NULL || plist_get_node_type(commands) != PLIST_ARRAY)
+        return 0;
+    uint32_t count = plist_array_get_size(commands);
+    for (uint32_t i = 0; i < count; i++) {
+        plist_t cmd = plist_array_get_item(commands, i);
+        if (plist_get_node_type(cmd) != PLIST_DICT || mdm_pl_str(cmd, "RequestType") == NULL)
+            continue;
+        const char *targets[1] = {eid};
+        mdm_target_result_t res[1];
+        mdm_enqueue_req_t r = {.command = cmd, .targets = targets, .ntargets = 1};
+        char uuid[MDM_UUID_LEN + 1];
+        int rc = mdm_enqueue(txn, &r, now, uuid, res);
+        if (rc != 0)
+            return rc;
+        if (res[0].status == MDM_TARGET_QUEUED)
+            (*n)++;
+    }
+    return 0;
+}
+
+/* ---- reconciliation ------------------------------------------------------ */
+
+bool mdm_reconcile_due(mdm_policy_t *pol, plist_t e, plist_t device)
+{
+    if (mdm_pl_bool(e, "reconcile_requested", false))
+        return true;
+    const char *rev = mdm_pl_str(e, "reconciled_revision");
+    const char *cur = pol ? mdm_policy_revision(pol) : NULL;
+    if (cur != NULL && (rev == NULL || strcmp(rev, cur) != 0))
+        return true;
+    int64_t at = mdm_pl_int(e, "reconciled_at", 0);
+    return device != NULL && mdm_pl_int(device, "facts_at", 0) > at;
+}
+
+static bool strlist_has(const mdm_strlist_t *l, const char *s)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (strcmp(l->v[i], s) == 0)
+            return true;
+    return false;
+}
+
+struct removal_ctx {
+    mdm_txn_t *txn;
+    const char *eid;
+    const mdm_strlist_t *desired;
+    int64_t now;
+    mdm_reconcile_stats_t *st;
+};
+
+static int queue_command(mdm_txn_t *txn, const char *eid, plist_t cmd, int64_t now,
+                         char uuid[MDM_UUID_LEN + 1])
+{
+    const char *targets[1] = {eid};
+    mdm_target_result_t res[1];
+    mdm_enqueue_req_t r = {.command = cmd, .targets = targets, .ntargets = 1, .priority = 1};
+    return mdm_enqueue(txn, &r, now, uuid, res);
+}
+
+static int maybe_remove(const char *id, plist_t rec, void *arg)
+{
+    struct removal_ctx *r = arg;
+    if (strlist_has(r->desired, id))
+        return 0;
+    const char *state = mdm_pl_str(rec, "state");
+    if (state && strcmp(state, "removing") == 0)
+        return 0;
+    if (state && strcmp(state, "failed") == 0)
+        return inst_del(r->txn, r->eid, id);
+    plist_t cmd = plist_new_dict();
+    mdm_pl_set_str(cmd, "RequestType", "RemoveProfile");
+    mdm_pl_set_str(cmd, "Identifier", id);
+    char uuid[MDM_UUID_LEN + 1];
+    int rc = queue_command(r->txn, r->eid, cmd, r->now, uuid);
+    plist_free(cmd);
+    if (rc != 0)
+        return rc;
+    mdm_pl_set_str(rec, "state", "removing");
+    mdm_pl_set_str(rec, "command_uuid", uuid);
+    mdm_pl_set_int(rec, "updated_at", r->now);
+    r->st->removals++;
+    return inst_save(r->txn, r->eid, id, rec);
+}
+
+static void store_strlist(plist_t dict, const char *key, const mdm_strlist_t *l)
+{
+    plist_t a = plist_new_array();
+    for (size_t i = 0; i < l->n; i++)
+        plist_array_append_item(a, plist_new_string(l->v[i]));
+    plist_dict_set_item(dict, key, a);
+}
+
+static void strlist_from(plist_t arr, mdm_strlist_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (arr == NULL || plist_get_node_type(arr) != PLIST_ARRAY)
+        return;
+    uint32_t n = plist_array_get_size(arr);
+    out->v = mdm_calloc(n ? n : 1, sizeof(char *));
+    for (uint32_t i = 0; i < n; i++) {
+        plist_t it = plist_array_get_item(arr, i);
+        if (plist_get_node_type(it) == PLIST_STRING)
+            out->v[out->n++] = mdm_strdup(plist_get_string_ptr(it, NULL));
+    }
+}
+
+static void strlist_free(mdm_strlist_t *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        mdm_free(l->v[i]);
+    mdm_free(l->v);
+    memset(l, 0, sizeof(*l));
+}
+
+int mdm_reconcile(mdm_server_t *s, mdm_policy_t *pol, mdm_txn_t *txn, const char *reqid,
+                  const char *eid, plist_t e, bool force, mdm_reconcile_stats_t *st)
+{
+    memset(st, 0, sizeof(*st));
+    int64_t now = mdm_now_ms();
+    mdm_policy_view_t v;
+    int rc = mdm__policy_view(txn, eid, e, &v);
+    if (rc != 0)
+        return rc;
+    mdm_policy_decision_t g, p;
+    memset(&g, 0, sizeof(g));
+    memset(&p, 0, sizeof(p));
+    mdm_strlist_t groups = {0};
+    bool own_groups = false;
+
+    rc = mdm_policy_groups(pol, txn, reqid, &v.dev, &g);
+    if (rc != 0)
+        goto out;
+    if (g.status == MDM_POLICY_OK) {
+        groups = g.names;
+        /* Remember them: the device view and the API show the last known
+         * groups, and a failing groups() falls back to them. */
+        if (v.device != NULL) {
+            store_strlist(v.device, "groups", &g.names);
+            mdm_pl_set_int(v.device, "groups_at", now);
+            const char *did = mdm_pl_str(e, "device_id");
+            rc = mdm_device_save(txn, did ? did : eid, v.device);
+            if (rc != 0)
+                goto out;
+        }
+    } else {
+        strlist_from(v.device ? plist_dict_get_item(v.device, "groups") : NULL, &groups);
+        own_groups = true;
+    }
+    rc = mdm_policy_profiles(pol, txn, reqid, &v.dev, &groups, &p);
+    if (rc != 0)
+        goto out;
+    if (p.status != MDM_POLICY_OK) {
+        st->skipped = true;
+        snprintf(st->reason, sizeof(st->reason), "%s",
+                 p.status == MDM_POLICY_ABSENT ? "the policy does not assign profiles"
+                                               : "profiles() failed: keeping what is installed");
+        goto stamp;
+    }
+    const mdm_profiles_t *pr = mdm_profiles_of(s);
+    X509 *cert = NULL;
+    size_t dl = 0;
+    const unsigned char *der = mdm_pl_data(e, "cert_der", &dl);
+    if (der != NULL)
+        mdm_cert_from_der(der, dl, &cert, NULL);
+    for (size_t i = 0; i < p.names.n; i++) {
+        const char *id = p.names.v[i];
+        mdm_profile_meta_t meta;
+        mdm_buf_t xml = MDM_BUF_INIT;
+        rc = mdm_profile_get(txn, id, &meta, &xml);
+        if (rc == MDM_ENOTFOUND) {
+            char q[300];
+            mdm_log(MDM_LOG_WARN, reqid, "reconcile.missing_profile", "eid=%s identifier=%s",
+                    eid, mdm_logq(q, sizeof(q), id));
+            st->missing_profiles++;
+            rc = 0;
+            mdm_buf_free(&xml);
+            continue;
+        }
+        if (rc != 0) {
+            mdm_buf_free(&xml);
+            break;
+        }
+        plist_t rec = NULL;
+        int ir = inst_load(txn, eid, id, &rec);
+        if (ir != 0 && ir != MDM_ENOTFOUND) {
+            rc = ir;
+            mdm_buf_free(&xml);
+            break;
+        }
+        const char *h = rec ? mdm_pl_str(rec, "hash") : NULL;
+        const char *state = rec ? mdm_pl_str(rec, "state") : NULL;
+        bool same = h != NULL && strcmp(h, meta.hash) == 0;
+        bool skip = same && state != NULL &&
+                    (strcmp(state, "installed") == 0 || strcmp(state, "pending") == 0 ||
+                     (strcmp(state, "failed") == 0 && !force));
+        if (!skip) {
+            mdm_buf_t payload = MDM_BUF_INIT;
+            mdm_err_t err = {0};
+            if (pr != NULL)
+                rc = mdm_profile_render(pr, xml.data, xml.len, cert, &payload, &err);
+            else
+                mdm_buf_append(&payload, xml.data, xml.len);
+            if (rc == 0) {
+                plist_t cmd = plist_new_dict();
+                mdm_pl_set_str(cmd, "RequestType", "InstallProfile");
+                mdm_pl_set_data(cmd, "Payload", payload.data, payload.len);
+                char uuid[MDM_UUID_LEN + 1];
+                rc = queue_command(txn, eid, cmd, now, uuid);
+                plist_free(cmd);
+                if (rc == 0) {
+                    if (rec == NULL)
+                        rec = plist_new_dict();
+                    mdm_pl_set_str(rec, "hash", meta.hash);
+                    mdm_pl_set_str(rec, "state", "pending");
+                    mdm_pl_set_str(rec, "command_uuid", uuid);
+                    mdm_pl_set_int(rec, "updated_at", now);
+                    rc = inst_save(txn, eid, id, rec);
+                    st->installs++;
+                }
+            } else {
+                mdm_log(MDM_LOG_ERROR, reqid, "reconcile.render_failed",
+                        "eid=%s error=\"%s\"", eid, err.msg);
+                rc = 0;
+            }
+            mdm_buf_free(&payload);
+        }
+        plist_free(rec);
+        mdm_buf_free(&xml);
+        if (rc != 0)
+            break;
+    }
+    X509_free(cert);
+    if (rc == 0) {
+        struct removal_ctx r = {txn, eid, &p.names, now, st};
+        rc = inst_each(txn, eid, maybe_remove, &r);
+    }
+stamp:
+    if (rc == 0) {
+        const char *rev = mdm_policy_revision(pol);
+        if (rev)
+            mdm_pl_set_str(e, "reconciled_revision", rev);
+        mdm_pl_set_int(e, "reconciled_at", now);
+        mdm_pl_set_bool(e, "reconcile_requested", false);
+    }
+out:
+    if (own_groups)
+        strlist_free(&groups);
+    mdm_policy_decision_free(&g);
+    mdm_policy_decision_free(&p);
+    mdm__policy_view_free(&v);
+    return rc;
+}
+
+/* ---- results ------------------------------------------------------------- */
+
+struct by_uuid_ctx {
+    mdm_txn_t *txn;
+    const char *eid, *uuid, *status;
+    int64_t now;
+    bool found;
+};
+
+static int result_for_uuid(const char *id, plist_t rec, void *arg)
+{
+    struct by_uuid_ctx *b = arg;
+    const char *u = mdm_pl_str(rec, "command_uuid");
+    if (u == NULL || strcmp(u, b->uuid) != 0)
+        return 0;
+    b->found = true;
+    const char *state = mdm_pl_str(rec, "state");
+    bool ok = strcmp(b->status, "Acknowledged") == 0;
+    if (state && strcmp(state, "removing") == 0)
+        return inst_del(b->txn, b->eid, id);
+    mdm_pl_set_str(rec, "state", ok ? "installed" : "failed");
+    mdm_pl_set_int(rec, "updated_at", b->now);
+    return inst_save(b->txn, b->eid, id, rec);
+}
+
+struct listed_ctx {
+    mdm_txn_t *txn;
+    const char *eid;
+    plist_t present;   /* dict of identifiers the device reported */
+};
+
+static int drop_missing(const char *id, plist_t rec, void *arg)
+{
+    struct listed_ctx *l = arg;
+    const char *state = mdm_pl_str(rec, "state");
+    if (state == NULL || strcmp(state, "installed") != 0)
+        return 0;
+    if (plist_dict_get_item(l->present, id) != NULL)
+        return 0;
+    /* Gone from the device (removed by hand, or a restore): forget it so
+     * that the next reconciliation installs it again if wanted. */
+    return inst_del(l->txn, l->eid, id);
+}
+
+int mdm_reconcile_on_result(mdm_txn_t *txn, const char *eid, const char *request_type,
+                            const char *status, const char *uuid, plist_t report, int64_t now)
+{
+    if (strcmp(request_type, "InstallProfile") == 0 || strcmp(request_type, "RemoveProfile") == 0) {
+        struct by_uuid_ctx b = {txn, eid, uuid, status, now, false};
+        return inst_each(txn, eid, result_for_uuid, &b);
+    }
+    if (strcmp(request_type, "ProfileList") == 0 && strcmp(status, "Acknowledged") == 0) {
+        plist_t list = plist_dict_get_item(report, "ProfileList");
+        if (list == NULL || plist_get_node_type(list) != PLIST_ARRAY)
+            return 0;
+        struct listed_ctx l = {txn, eid, plist_new_dict()};
+        uint32_t n = plist_array_get_size(list);
+        for (uint32_t i = 0; i < n; i++) {
+            const char *id = mdm_pl_str(plist_array_get_item(list, i), "PayloadIdentifier");
+            if (id)
+                mdm_pl_set_bool(l.present, id, true);
+        }
+        int rc = inst_each(txn, eid, drop_missing, &l);
+        plist_free(l.present);
+        return rc;
+    }
+    return 0;
+}

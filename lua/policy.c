@@ -1,0 +1,1919 @@
+/* Policy sets: loading and validating a directory of Lua files, reference
+ * counted revisions, calling hooks with budgets and checking what they
+ * return, fail-closed defaults, metrics, and the decision log entry of each
+ * call. The server side (reload, watch, API) is in policy_engine.c, the
+ * test runner in policy_test.c. */
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <openssl/evp.h>
+
+#include "mdm/mdm.h"
+#include "sandbox_internal.h"
+#include "util/alloc.h"
+#include "util/buf.h"
+#include "util/encode.h"
+#include "util/log.h"
+#include "util/misc.h"
+#include "util/plist.h"
+#include "util/plistjson.h"
+
+#define DEFAULT_MEMORY ((size_t)64 << 20)
+#define DEFAULT_BUDGET_MS 50
+#define DEFAULT_INSTRUCTIONS 20000000ull
+#define DEFAULT_LOAD_BUDGET_MS 2000
+#define LOAD_INSN_FACTOR 100
+
+#define FILE_MAX ((size_t)1 << 20)      /* one policy file */
+#define FILES_MAX 1000                   /* files in a policy set */
+#define TOTAL_MAX ((size_t)16 << 20)     /* all files together */
+#define DIR_DEPTH_MAX 8
+#define NAME_MAX_LEN 200                 /* relative file names */
+
+#define MAX_COMMANDS 100                 /* commands in one decision */
+#define MAX_NAMES 1000                   /* groups or profiles in one decision */
+#define NAME_BYTES 255                   /* one group name or profile identifier */
+#define REASON_BYTES 1024
+#define FACTS_MAX ((size_t)1 << 20)
+
+#define LOADING_MARK "moonmdm: loading"
+
+const char mdm__reg_keys[8];
+
+static const char *const hook_names[MDM_POLICY_HOOK__COUNT] = {
+    "authenticate", "scep", "checkin", "groups", "profiles", "connect", "result", "self_test",
+};
+
+static const char *const outcome_names[MDM__OUTCOMES] = {"ok", "error", "timeout", "memory",
+                                                         "bad_return"};
+enum { OUT_OK, OUT_ERROR, OUT_TIMEOUT, OUT_MEMORY, OUT_BAD_RETURN };
+
+const char *mdm_policy_hook_name(int hook)
+{
+    return hook >= 0 && hook < MDM_POLICY_HOOK__COUNT ? hook_names[hook] : NULL;
+}
+
+int mdm_policy_hook_parse(const char *name)
+{
+    for (int i = 0; i < MDM_POLICY_HOOK__COUNT; i++)
+        if (name != NULL && strcmp(name, hook_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+const char *mdm_policy_status_name(int status)
+{
+    switch (status) {
+    case MDM_POLICY_OK: return "ok";
+    case MDM_POLICY_ABSENT: return "absent";
+    default: return "failed";
+    }
+}
+
+void mdm__strlist_free(mdm_strlist_t *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        mdm_free(l->v[i]);
+    mdm_free(l->v);
+    l->v = NULL;
+    l->n = 0;
+}
+
+void mdm__strlist_push(mdm_strlist_t *l, const char *s)
+{
+    l->v = mdm_realloc(l->v, (l->n + 1) * sizeof(*l->v));
+    l->v[l->n++] = mdm_strdup(s);
+}
+
+static bool strlist_has(const mdm_strlist_t *l, const char *s)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (strcmp(l->v[i], s) == 0)
+            return true;
+    return false;
+}
+
+/* ---- settings ------------------------------------------------------------------ */
+
+int mdm_policy_settings_from_config(mdm_policy_settings_t *s, const mdm_config_t *cfg,
+                                    mdm_err_t *err)
+{
+    memset(s, 0, sizeof(*s));
+    s->dir = cfg->policy_dir;
+    s->memory_max = cfg->policy_memory_max;
+    for (int i = 0; i < MDM_POLICY_HOOK__COUNT; i++)
+        s->budget_ms[i] = cfg->policy_budget_ms;
+    for (size_t i = 0; i < cfg->policy_hook_budgets.n; i++) {
+        const char *entry = cfg->policy_hook_budgets.v[i];
+        const char *eq = strchr(entry, '=');
+        char name[32];
+        uint64_t ms = 0;
+        int hook = -1;
+        if (eq != NULL && (size_t)(eq - entry) < sizeof(name)) {
+            snprintf(name, sizeof(name), "%.*s", (int)(eq - entry), entry);
+            hook = mdm_policy_hook_parse(name);
+        }
+        if (hook < 0 || mdm_parse_duration_ms(eq + 1, &ms) != 0 || ms == 0)
+            return mdm_err_set(err, MDM_ECONFIG,
+                               "%s: policy.hook_budgets: \"%s\" is not \"hook=duration\" with a "
+                               "hook name (authenticate, scep, checkin, groups, profiles, "
+                               "connect, result) and a duration such as \"200ms\"",
+                               cfg->file ? cfg->file : "config", entry);
+        s->budget_ms[hook] = ms;
+    }
+    s->instructions = cfg->policy_instructions;
+    s->load_budget_ms = cfg->policy_load_budget_ms;
+    s->decision_log = cfg->policy_decision_log_max > 0;
+    return 0;
+}
+
+/* ---- errors ---------------------------------------------------------------------- */
+
+void mdm__policy_error_parse(const char *msg, mdm_policy_error_t *e)
+{
+    memset(e, 0, sizeof(*e));
+    /* Lua's position prefix "file:line: ", or our "file.lua: ". */
+    size_t flen = strcspn(msg, ": \t\n");
+    if (msg[flen] == ':' && flen > 0 && flen < sizeof(e->file)) {
+        const char *d = msg + flen + 1, *digits = d;
+        int line = 0;
+        while (*d >= '0' && *d <= '9' && line < 100000000)
+            line = line * 10 + (*d++ - '0');
+        bool with_line = d > digits && *d == ':';
+        bool lua_file = d == digits && *d == ' ' && flen > 4 && strncmp(msg + flen - 4, ".lua", 4) == 0;
+        if (with_line || lua_file) {
+            snprintf(e->file, sizeof(e->file), "%.*s", (int)flen, msg);
+            e->line = with_line ? line : 0;
+            d++;
+            while (*d == ' ')
+                d++;
+            snprintf(e->message, sizeof(e->message), "%s", d);
+            return;
+        }
+    }
+    snprintf(e->message, sizeof(e->message), "%s", msg);
+}
+
+void mdm_policy_error_format(const mdm_policy_error_t *e, const char *dir, char *buf, size_t len)
+{
+    bool rel = e->file[0] != '\0' && e->file[0] != '/' && e->file[0] != '(' && dir != NULL;
+    const char *sep = dir != NULL && dir[0] && dir[strlen(dir) - 1] != '/' ? "/" : "";
+    if (e->file[0] && e->line > 0)
+        snprintf(buf, len, "%s%s%s:%d: %s", rel ? dir : "", rel ? sep : "", e->file, e->line,
+                 e->message);
+    else if (e->file[0])
+        snprintf(buf, len, "%s%s%s: %s", rel ? dir : "", rel ? sep : "", e->file, e->message);
+    else
+        snprintf(buf, len, "%s", e->message);
+}
+
+static int set_error(mdm_policy_error_t *e, int code, const char *file, int line,
+                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static int set_error(mdm_policy_error_t *e, int code, const char *file, int line,
+                     const char *fmt, ...)
+{
+    if (e == NULL)
+        return code;
+    memset(e, 0, sizeof(*e));
+    snprintf(e->file, sizeof(e->file), "%s", file ? file : "");
+    e->line = line;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof(e->message), fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+/* ---- the files of a set ---------------------------------------------------------- */
+
+typedef struct pfile {
+    char *name;  /* relative, '/' separated */
+    char *data;
+    size_t len;
+} pfile_t;
+
+typedef struct snapshot {
+    pfile_t *v;
+    size_t n;
+    size_t total;
+    mdm_strlist_t dirs;
+} snapshot_t;
+
+static void snapshot_free(snapshot_t *s)
+{
+    for (size_t i = 0; i < s->n; i++) {
+        mdm_free(s->v[i].name);
+        mdm_free(s->v[i].data);
+    }
+    mdm_free(s->v);
+    mdm__strlist_free(&s->dirs);
+    memset(s, 0, sizeof(*s));
+}
+
+static bool file_name_ok(const char *name)
+{
+    for (const char *c = name; *c; c++)
+        if (!isalnum((unsigned char)*c) && !strchr("_-.", *c))
+            return false;
+    return name[0] != '\0';
+}
+
+static int read_file(const char *path, size_t max, char **out, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return errno == ENOENT ? MDM_ENOTFOUND : MDM_EIO;
+    char *buf = mdm_malloc(max + 1);
+    size_t n = fread(buf, 1, max + 1, f);
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        mdm_free(buf);
+        return MDM_EIO;
+    }
+    if (n > max) {
+        mdm_free(buf);
+        return MDM_ELIMIT;
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+static int str_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Reads the .lua files under root/rel. Hidden names and the top-level
+ * tests/ directory are not part of the set. With files false only the
+ * directories are collected. */
+static int read_tree(const char *root, const char *rel, int depth, bool files, snapshot_t *s,
+                     mdm_policy_error_t *e)
+{
+    char *path = rel[0] ? mdm_sprintf("%s/%s", root, rel) : mdm_strdup(root);
+    DIR *d = opendir(path);
+    int rc = 0;
+    if (d == NULL) {
+        rc = set_error(e, errno == ENOENT ? MDM_ENOTFOUND : MDM_EIO, rel, 0, "%s: %s", path,
+                       errno == ENOENT ? "no such directory" : strerror(errno));
+        mdm_free(path);
+        return rc;
+    }
+    mdm__strlist_push(&s->dirs, rel);
+    char **names = NULL;
+    size_t nnames = 0;
+    struct dirent *ent;
+    while ((ent = readdir(d)) != NULL) {
+        if (ent->d_name[0] == '.')
+            continue;
+        if (depth == 0 && strcmp(ent->d_name, "tests") == 0)
+            continue;
+        names = mdm_realloc(names, (nnames + 1) * sizeof(*names));
+        names[nnames++] = mdm_strdup(ent->d_name);
+    }
+    closedir(d);
+    if (nnames > 1)
+        qsort(names, nnames, sizeof(*names), str_cmp);
+    for (size_t i = 0; i < nnames && rc == 0; i++) {
+        char *full = mdm_sprintf("%s/%s", path, names[i]);
+        char *relname = rel[0] ? mdm_sprintf("%s/%s", rel, names[i]) : mdm_strdup(names[i]);
+        struct stat st;
+        if (stat(full, &st) != 0) {
+            /* A dangling link or a file removed meanwhile. */
+        } else if (S_ISDIR(st.st_mode)) {
+            if (depth + 1 > DIR_DEPTH_MAX)
+                rc = set_error(e, MDM_EPOLICY, relname, 0, "directories nested deeper than %d",
+                               DIR_DEPTH_MAX);
+            else if (!file_name_ok(names[i]))
+                rc = set_error(e, MDM_EPOLICY, relname, 0,
+                               "directory name: use letters, digits, '_', '-' and '.'");
+            else
+                rc = read_tree(root, relname, depth + 1, files, s, e);
+        } else if (files && S_ISREG(st.st_mode) && strlen(names[i]) > 4 &&
+                   strcmp(names[i] + strlen(names[i]) - 4, ".lua") == 0) {
+            if (!file_name_ok(names[i]) || strlen(relname) > NAME_MAX_LEN)
+                rc = set_error(e, MDM_EPOLICY, relname, 0,
+                               "file name: use letters, digits, '_', '-' and '.'");
+            else if (s->n >= FILES_MAX)
+                rc = set_error(e, MDM_EPOLICY, relname, 0, "more than %d files", FILES_MAX);
+            if (rc == 0) {
+                char *data = NULL;
+                size_t len = 0;
+                int r = read_file(full, FILE_MAX, &data, &len);
+                if (r == MDM_ELIMIT)
+                    rc = set_error(e, MDM_EPOLICY, relname, 0, "file larger than %zu bytes",
+                                   FILE_MAX);
+                else if (r != 0)
+                    rc = set_error(e, MDM_EIO, relname, 0, "cannot read: %s", strerror(errno));
+                else if (len > TOTAL_MAX - s->total)
+                    rc = set_error(e, MDM_EPOLICY, relname, 0,
+                                   "the files hold more than %zu bytes together", TOTAL_MAX);
+                if (rc == 0) {
+                    s->v = mdm_realloc(s->v, (s->n + 1) * sizeof(*s->v));
+                    s->v[s->n++] = (pfile_t){.name = mdm_strdup(relname), .data = data,
+                                             .len = len};
+                    s->total += len;
+                } else {
+                    mdm_free(data);
+                }
+            }
+        }
+        mdm_free(full);
+        mdm_free(relname);
+    }
+    for (size_t i = 0; i < nnames; i++)
+        mdm_free(names[i]);
+    mdm_free(names);
+    mdm_free(path);
+    return rc;
+}
+
+int mdm__policy_dirs(const char *dir, mdm_strlist_t *out)
+{
+    snapshot_t s = {0};
+    int rc = read_tree(dir, "", 0, false, &s, NULL);
+    *out = s.dirs;
+    s.dirs = (mdm_strlist_t){0};
+    snapshot_free(&s);
+    return rc;
+}
+
+static void snapshot_revision(const snapshot_t *s, char out[65])
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    for (size_t i = 0; i < s->n; i++) {
+        if (strncmp(s->v[i].name, "(tests)/", 8) == 0)
+            continue; /* the tests' helpers, added in test mode */
+        unsigned char len[8];
+        mdm_be64_put(len, s->v[i].len);
+        EVP_DigestUpdate(md, s->v[i].name, strlen(s->v[i].name) + 1);
+        EVP_DigestUpdate(md, len, sizeof(len));
+        EVP_DigestUpdate(md, s->v[i].data, s->v[i].len);
+    }
+    unsigned char h[32];
+    unsigned int hl = 0;
+    EVP_DigestFinal_ex(md, h, &hl);
+    EVP_MD_CTX_free(md);
+    mdm_hex_encode(out, h, 32);
+}
+
+/* ---- objects ------------------------------------------------------------------------ */
+
+static mdm_policy_t *policy_alloc(void)
+{
+    mdm_policy_t *p = mdm_calloc(1, sizeof(*p));
+    p->refs = 1;
+    p->profiles_ref = LUA_NOREF;
+    for (int i = 0; i < MDM_POLICY_HOOK__COUNT; i++)
+        p->hook_ref[i] = LUA_NOREF;
+    snprintf(p->name, sizeof(p->name), "default");
+    mdm_random(&p->seq, sizeof(p->seq));
+    p->seq &= 0x0000ffffffffffffull;
+    return p;
+}
+
+mdm_policy_t *mdm_policy_new_empty(void)
+{
+    mdm_policy_t *p = policy_alloc();
+    p->empty = true;
+    p->loaded_at_ms = mdm_now_ms();
+    return p;
+}
+
+mdm_policy_t *mdm_policy_ref(mdm_policy_t *p)
+{
+    p->refs++;
+    return p;
+}
+
+void mdm_policy_release(mdm_policy_t *p)
+{
+    if (p == NULL || --p->refs > 0)
+        return;
+    mdm__sandbox_close(&p->sb);
+    mdm_free(p->dir);
+    mdm_free(p->lib_dir);
+    mdm_free(p->test_dir);
+    mdm__strlist_free(&p->files);
+    mdm_free(p);
+}
+
+const char *mdm_policy_revision(const mdm_policy_t *p)
+{
+    return p->revision;
+}
+
+const char *mdm_policy_name(const mdm_policy_t *p)
+{
+    return p->name;
+}
+
+bool mdm_policy_has_hook(const mdm_policy_t *p, int hook)
+{
+    return hook >= 0 && hook < MDM_POLICY_HOOK__COUNT && (p->hooks & (1u << hook)) != 0;
+}
+
+static void policy_metrics(mdm_policy_t *p)
+{
+    for (int h = 0; h < MDM_POLICY_HOOK__COUNT; h++) {
+        char labels[96];
+        for (int o = 0; o < MDM__OUTCOMES; o++) {
+            snprintf(labels, sizeof(labels), "hook=\"%s\",outcome=\"%s\"", hook_names[h],
+                     outcome_names[o]);
+            p->m_calls[h][o] = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_policy_calls_total",
+                                          labels, "Policy hook calls by hook and outcome");
+        }
+        snprintf(labels, sizeof(labels), "hook=\"%s\"", hook_names[h]);
+        p->m_latency[h] = mdm_histogram("moonmdm_policy_call_seconds", labels,
+                                        "Time policy hooks take");
+    }
+    p->m_memory = mdm_metric(MDM_METRIC_GAUGE, "moonmdm_policy_memory_bytes", NULL,
+                             "Memory held by the running policy's Lua state");
+}
+
+/* ---- running code under a budget ------------------------------------------------------ */
+
+int mdm__policy_exec(mdm_policy_t *p, lua_CFunction fn, void *ud, uint64_t budget_ns,
+                     uint64_t insns, mdm__call_t *call, char *err, size_t errlen)
+{
+    lua_State *L = p->sb.L;
+    mdm__call_t *prev = p->call;
+    p->call = call;
+    int base = lua_gettop(L);
+    lua_pushcfunction(L, fn);
+    lua_pushlightuserdata(L, ud);
+    mdm__budget_t saved;
+    mdm__sandbox_begin(&p->sb, L, budget_ns, insns, &saved);
+    int status = lua_pcall(L, 1, 0, 0);
+    int kill = mdm__sandbox_end(&p->sb, L, &saved);
+    int rc = 0;
+    if (status != LUA_OK || kill != MDM__KILL_NONE) {
+        mdm__sandbox_error(&p->sb, L, status, kill, err, errlen);
+        mdm__kv_discard(L);
+        rc = MDM_EPOLICY;
+    }
+    lua_settop(L, base);
+    p->call = prev;
+    return rc;
+}
+
+struct chunk_run {
+    const char *src;
+    size_t len;
+    const char *name;
+};
+
+static int chunk_protected(lua_State *L)
+{
+    struct chunk_run *c = lua_touserdata(L, 1);
+    if (luaL_loadbufferx(L, c->src, c->len, c->name, "t") != LUA_OK)
+        return lua_error(L);
+    lua_call(L, 0, 0);
+    return 0;
+}
+
+int mdm__policy_run_chunk(mdm_policy_t *p, const char *src, size_t len, const char *chunkname,
+                          uint64_t budget_ns, char *err, size_t errlen)
+{
+    struct chunk_run c = {.src = src, .len = len, .name = chunkname};
+    mdm__call_t call = {.hook = -1, .kv = MDM__KV_MEMORY, .kv_direct = true};
+    return mdm__policy_exec(p, chunk_protected, &c, budget_ns, 0, &call, err, errlen);
+}
+
+/* ---- loading ------------------------------------------------------------------------ */
+
+typedef struct load_ctx {
+    mdm_policy_t *p;
+    snapshot_t *snap;
+    mdm_strlist_t profile_ids;   /* identifiers named by a `profiles` table */
+    char profile_group[NAME_BYTES + 1];
+} load_ctx_t;
+
+/* Module names: dot-separated words, so that nothing can name a path
+ * outside the policy directory or the shipped library. */
+static bool module_name_ok(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 128)
+        return false;
+    bool start = true;
+    for (const char *c = name; *c; c++) {
+        if (*c == '.') {
+            if (start)
+                return false;
+            start = true;
+            continue;
+        }
+        if (!(isalpha((unsigned char)*c) || *c == '_' ||
+              (!start && (isdigit((unsigned char)*c) || *c == '-'))))
+            return false;
+        start = false;
+    }
+    return !start;
+}
+
+/* Pushes the compiled chunk for a file name, reading a shipped library
+ * file on first use; returns false when there is none. */
+static bool find_chunk(lua_State *L, mdm_policy_t *p, const char *file, bool lib)
+{
+    lua_rawgetp(L, LUA_REGISTRYINDEX, MDM__REG_CHUNKS);
+    char key[NAME_MAX_LEN + 16];
+    snprintf(key, sizeof(key), "%s%s", lib ? "(lib)/" : "", file);
+    if (lua_getfield(L, -1, key) == LUA_TFUNCTION) {
+        lua_remove(L, -2);
+        return true;
+    }
+    lua_pop(L, 1);
+    if (!lib || p->lib_dir == NULL) {
+        lua_pop(L, 1);
+        return false;
+    }
+    char *path = mdm_sprintf("%s/%s", p->lib_dir, file);
+    char *data = NULL;
+    size_t len = 0;
+    int rc = read_file(path, FILE_MAX, &data, &len);
+    mdm_free(path);
+    if (rc != 0) {
+        lua_pop(L, 1);
+        return false;
+    }
+    char chunkname[NAME_MAX_LEN + 24];
+    snprintf(chunkname, sizeof(chunkname), "@%s", key);
+    int status = luaL_loadbufferx(L, data, len, chunkname, "t");
+    mdm_free(data);
+    if (status != LUA_OK)
+        lua_error(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, key);
+    lua_remove(L, -2);
+    return true;
+}
+
+/* require(name): modules of the policy directory, then of the shipped
+ * library (lua/lib), then (in tests) of the tests' directory. */
+static int require_fn(lua_State *L)
+{
+    mdm_policy_t *p = mdm__policy_of(L);
+    const char *name = luaL_checkstring(L, 1);
+    lua_settop(L, 1);
+    if (!module_name_ok(name))
+        return luaL_error(L,
+                          "require: invalid module name \"%s\" (modules are names such as "
+                          "\"groups\" or \"lib.util\", looked up in the policy directory and "
+                          "the shipped library only)",
+                          name);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, MDM__REG_LOADED);
+    int loaded = lua_gettop(L);
+    lua_getfield(L, loaded, name);
+    if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), LOADING_MARK) == 0)
+        return luaL_error(L, "require: module \"%s\" requires itself (a cycle)", name);
+    if (!lua_isnil(L, -1))
+        return 1;
+    lua_pop(L, 1);
+    char base[160];
+    snprintf(base, sizeof(base), "%s", name);
+    for (char *c = base; *c; c++)
+        if (*c == '.')
+            *c = '/';
+    char file[NAME_MAX_LEN + 16], file2[NAME_MAX_LEN + 16], tfile[NAME_MAX_LEN + 16];
+    snprintf(file, sizeof(file), "%s.lua", base);
+    snprintf(file2, sizeof(file2), "%s/init.lua", base);
+    snprintf(tfile, sizeof(tfile), "(tests)/%s.lua", base);
+    bool found = find_chunk(L, p, file, false) || find_chunk(L, p, file2, false) ||
+                 find_chunk(L, p, file, true) ||
+                 (p->mode == MDM__MODE_TEST && find_chunk(L, p, tfile, false));
+    if (!found)
+        return luaL_error(L,
+                          "require: module \"%s\" not found (no %s in the policy directory or "
+                          "the shipped library)",
+                          name, file);
+    lua_pushliteral(L, LOADING_MARK);
+    lua_setfield(L, loaded, name);
+    lua_pushvalue(L, 1);
+    int status = lua_pcall(L, 1, 1, 0);
+    if (status != LUA_OK) {
+        lua_pushnil(L);
+        lua_setfield(L, loaded, name);
+        return lua_error(L);
+    }
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushboolean(L, 1);
+    }
+    lua_pushvalue(L, -1);
+    lua_setfield(L, loaded, name);
+    return 1;
+}
+
+static const char *const table_keys[] = {
+    "authenticate", "scep", "checkin", "groups", "profiles", "connect", "result", "self_test",
+    "name", NULL,
+};
+
+static size_t edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 40 || lb > 40)
+        return 99;
+    size_t d[41][41];
+    for (size_t i = 0; i <= la; i++)
+        d[i][0] = i;
+    for (size_t j = 0; j <= lb; j++)
+        d[0][j] = j;
+    for (size_t i = 1; i <= la; i++)
+        for (size_t j = 1; j <= lb; j++) {
+            size_t c = d[i - 1][j - 1] + (tolower((unsigned char)a[i - 1]) !=
+                                          tolower((unsigned char)b[j - 1]));
+            size_t x = d[i - 1][j] + 1, y = d[i][j - 1] + 1;
+            d[i][j] = c < x ? (c < y ? c : y) : (x < y ? x : y);
+        }
+    return d[la][lb];
+}
+
+/* The closest of names to word, or NULL. */
+static const char *suggest(const char *word, const char *const *names)
+{
+    const char *best = NULL;
+    size_t bd = 3;
+    for (size_t i = 0; names[i]; i++) {
+        size_t dd = edit_distance(word, names[i]);
+        if (dd < bd) {
+            bd = dd;
+            best = names[i];
+        }
+    }
+    return best;
+}
+
+static bool group_name_ok(const char *s, size_t len)
+{
+    return len > 0 && len <= NAME_BYTES && strlen(s) == len;
+}
+
+/* Checks `profiles` given as a table: group -> list of identifiers. */
+static void validate_profiles_table(lua_State *L, load_ctx_t *c, int t)
+{
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        if (lua_type(L, -2) != LUA_TSTRING)
+            luaL_error(L, "init.lua: profiles: keys must be group names (or \"*\"), got a %s",
+                       luaL_typename(L, -2));
+        const char *group = lua_tostring(L, -2);
+        if (!lua_istable(L, -1))
+            luaL_error(L, "init.lua: profiles[\"%s\"] must be a list of profile identifiers",
+                       group);
+        lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            size_t len = 0;
+            const char *id = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+            if (id == NULL || !group_name_ok(id, len))
+                luaL_error(L, "init.lua: profiles[\"%s\"][%d] must be a profile identifier "
+                              "(a string of 1 to %d bytes)",
+                           group, (int)i, NAME_BYTES);
+            if (!strlist_has(&c->profile_ids, id)) {
+                mdm__strlist_push(&c->profile_ids, id);
+            }
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+}
+
+static int load_protected(lua_State *L)
+{
+    load_ctx_t *c = lua_touserdata(L, 1);
+    mdm_policy_t *p = c->p;
+    lua_newtable(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, MDM__REG_LOADED);
+    lua_newtable(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, MDM__REG_CHUNKS);
+    lua_pushcfunction(L, mdm__open_mdm);
+    lua_call(L, 0, 0);
+    lua_pushcfunction(L, require_fn);
+    lua_setglobal(L, "require");
+
+    /* Compile every file, so that a syntax error anywhere is found now. */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, MDM__REG_CHUNKS);
+    for (size_t i = 0; i < c->snap->n; i++) {
+        const pfile_t *f = &c->snap->v[i];
+        char *chunkname = mdm_sprintf("@%s", f->name);
+        int status = luaL_loadbufferx(L, f->data, f->len, chunkname, "t");
+        mdm_free(chunkname);
+        if (status != LUA_OK)
+            return lua_error(L);
+        lua_setfield(L, -2, f->name);
+    }
+    lua_pop(L, 1);
+
+    lua_pushcfunction(L, require_fn);
+    lua_pushliteral(L, "init");
+    lua_call(L, 1, 1);
+    int t = lua_gettop(L);
+    if (!lua_istable(L, t))
+        return luaL_error(L, "init.lua: must return a table of hooks (got %s)",
+                          lua_type(L, t) == LUA_TBOOLEAN ? "nothing" : luaL_typename(L, t));
+    /* Keys first, so that a misspelt hook is reported as such. */
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        if (lua_type(L, -2) != LUA_TSTRING)
+            return luaL_error(L, "init.lua: the returned table has a %s key; only hook names "
+                                 "and \"name\" are allowed",
+                              luaL_typename(L, -2));
+        const char *k = lua_tostring(L, -2);
+        bool known = false;
+        for (size_t i = 0; table_keys[i]; i++)
+            known = known || strcmp(k, table_keys[i]) == 0;
+        if (!known) {
+            const char *s = suggest(k, table_keys);
+            return luaL_error(L, "init.lua: unknown hook \"%s\" in the returned table%s%s%s", k,
+                              s ? " (did you mean \"" : "", s ? s : "", s ? "\"?)" : "");
+        }
+        lua_pop(L, 1);
+    }
+    for (int h = 0; h < MDM_POLICY_HOOK__COUNT; h++) {
+        int type = lua_getfield(L, t, hook_names[h]);
+        if (type == LUA_TNIL) {
+            lua_pop(L, 1);
+            continue;
+        }
+        if (h == MDM_POLICY_HOOK_PROFILES && type == LUA_TTABLE) {
+            validate_profiles_table(L, c, lua_gettop(L));
+            p->profiles_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+            p->hooks |= 1u << h;
+            continue;
+        }
+        if (type != LUA_TFUNCTION)
+            return luaL_error(L, "init.lua: hook \"%s\" must be a function%s (got %s)",
+                              hook_names[h],
+                              h == MDM_POLICY_HOOK_PROFILES ? " or a table" : "",
+                              luaL_typename(L, -1));
+        p->hook_ref[h] = luaL_ref(L, LUA_REGISTRYINDEX);
+        p->hooks |= 1u << h;
+    }
+    if (lua_getfield(L, t, "name") != LUA_TNIL) {
+        size_t len = 0;
+        const char *name = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+        bool ok = name != NULL && len > 0 && len < sizeof(p->name);
+        for (size_t i = 0; ok && i < len; i++)
+            ok = isalnum((unsigned char)name[i]) || strchr("_-.", name[i]) != NULL;
+        if (!ok)
+            return luaL_error(L, "init.lua: name must be 1 to 64 letters, digits, '_', '-' or "
+                                 "'.' (it is the mdm.kv namespace)");
+        snprintf(p->name, sizeof(p->name), "%s", name);
+    }
+    return 0;
+}
+
+struct profile_check {
+    const mdm_strlist_t *ids;
+    const char *missing;
+};
+
+static int profile_check_txn(mdm_txn_t *txn, void *arg)
+{
+    struct profile_check *pc = arg;
+    for (size_t i = 0; i < pc->ids->n; i++) {
+        mdm_val_t v;
+        int rc = mdm_txn_get(txn, MDM_T_PROFILES, MDM_VAL_STR(pc->ids->v[i]), &v);
+        if (rc == MDM_ENOTFOUND) {
+            pc->missing = pc->ids->v[i];
+            return 0;
+        }
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int kv_reset_protected(lua_State *L)
+{
+    lua_newtable(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, MDM__REG_KVMEM);
+    return 0;
+}
+
+static const char *default_lib_dir(void)
+{
+    const char *env = getenv("MOONMDM_LUA_LIB");
+    return env && env[0] ? env : MOONMDM_SOURCE_DIR "/lua/lib";
+}
+
+int mdm__policy_load(const mdm_policy_settings_t *s, int mode, const char *test_dir,
+                     mdm_policy_t **out, mdm_policy_error_t *e)
+{
+    *out = NULL;
+    if (e != NULL)
+        memset(e, 0, sizeof(*e));
+    snapshot_t snap = {0};
+    load_ctx_t c = {0};
+    mdm_policy_t *p = NULL;
+    char msg[1024];
+    int rc = read_tree(s->dir, "", 0, true, &snap, e);
+    if (rc != 0)
+        goto out;
+    bool have_init = false;
+    for (size_t i = 0; i < snap.n; i++)
+        have_init = have_init || strcmp(snap.v[i].name, "init.lua") == 0;
+    if (!have_init) {
+        rc = set_error(e, MDM_ENOTFOUND, "init.lua", 0, "missing (the entry point of the "
+                                                        "policy set: it returns the hooks)");
+        goto out;
+    }
+
+    p = policy_alloc();
+    p->mode = mode;
+    p->dir = mdm_strdup(s->dir);
+    p->lib_dir = mdm_strdup(s->lib_dir ? s->lib_dir : default_lib_dir());
+    p->test_dir = test_dir ? mdm_strdup(test_dir) : NULL;
+    p->store = mode == MDM__MODE_SERVER ? s->store : NULL;
+    p->decision_log = p->store != NULL && s->decision_log;
+    p->instructions = s->instructions ? s->instructions : DEFAULT_INSTRUCTIONS;
+    p->load_budget_ns = (s->load_budget_ms ? s->load_budget_ms : DEFAULT_LOAD_BUDGET_MS) * 1000000ull;
+    for (int h = 0; h < MDM_POLICY_HOOK__COUNT; h++)
+        p->budget_ns[h] = (s->budget_ms[h] ? s->budget_ms[h] : DEFAULT_BUDGET_MS) * 1000000ull;
+    p->budget_ns[MDM_POLICY_HOOK_SELF_TEST] = p->load_budget_ns;
+    if (mode == MDM__MODE_TEST)
+        p->frozen_now = 1704067200.0; /* 2024-01-01T00:00:00Z */
+    policy_metrics(p);
+    rc = mdm__sandbox_open(&p->sb, s->memory_max ? s->memory_max : DEFAULT_MEMORY, msg,
+                           sizeof(msg));
+    if (rc != 0) {
+        rc = set_error(e, MDM_EPOLICY, "", 0, "%s", msg);
+        goto out;
+    }
+    *(mdm_policy_t **)lua_getextraspace(p->sb.L) = p;
+
+    /* In tests, helper modules of the tests' directory may be required. */
+    if (mode == MDM__MODE_TEST && test_dir != NULL) {
+        DIR *d = opendir(test_dir);
+        struct dirent *ent;
+        while (d != NULL && (ent = readdir(d)) != NULL) {
+            size_t n = strlen(ent->d_name);
+            if (ent->d_name[0] == '.' || n < 5 || strcmp(ent->d_name + n - 4, ".lua") != 0 ||
+                (n > 9 && strcmp(ent->d_name + n - 9, "_test.lua") == 0) ||
+                !file_name_ok(ent->d_name))
+                continue;
+            char *full = mdm_sprintf("%s/%s", test_dir, ent->d_name);
+            char *data = NULL;
+            size_t len = 0;
+            if (read_file(full, FILE_MAX, &data, &len) == 0) {
+                snap.v = mdm_realloc(snap.v, (snap.n + 1) * sizeof(*snap.v));
+                snap.v[snap.n++] = (pfile_t){.name = mdm_sprintf("(tests)/%s", ent->d_name),
+                                             .data = data, .len = len};
+            }
+            mdm_free(full);
+        }
+        if (d != NULL)
+            closedir(d);
+    }
+
+    c.p = p;
+    c.snap = &snap;
+    mdm__call_t call = {.hook = -1, .kv = MDM__KV_NONE};
+    rc = mdm__policy_exec(p, load_protected, &c, p->load_budget_ns,
+                          p->instructions * LOAD_INSN_FACTOR, &call, msg, sizeof(msg));
+    if (rc != 0) {
+        if (e != NULL)
+            mdm__policy_error_parse(msg, e);
+        goto out;
+    }
+    if (c.profile_ids.n > 0 && p->store != NULL) {
+        struct profile_check pc = {.ids = &c.profile_ids};
+        rc = mdm_store_view(p->store, profile_check_txn, &pc);
+        if (rc != 0) {
+            rc = set_error(e, MDM_EIO, "init.lua", 0, "profiles: cannot read the store: %s",
+                           mdm_strerror(rc));
+            goto out;
+        }
+        if (pc.missing != NULL) {
+            rc = set_error(e, MDM_EPOLICY, "init.lua", 0,
+                           "profiles: profile \"%s\" is not in the store (upload it first)",
+                           pc.missing);
+            goto out;
+        }
+    }
+    if (mdm_policy_has_hook(p, MDM_POLICY_HOOK_SELF_TEST)) {
+        mdm__call_t tmpl = {.kv = MDM__KV_MEMORY};
+        mdm__hook_input_t in = {0};
+        mdm_policy_decision_t d;
+        mdm__policy_call(p, MDM_POLICY_HOOK_SELF_TEST, &tmpl, &in, false, &d);
+        if (d.status != MDM_POLICY_OK) {
+            if (e != NULL) {
+                mdm__policy_error_parse(d.error, e);
+                char m[sizeof(e->message) + 32];
+                snprintf(m, sizeof(m), "self_test failed: %s", e->message);
+                snprintf(e->message, sizeof(e->message), "%.*s", (int)sizeof(e->message) - 1, m);
+            }
+            mdm_policy_decision_free(&d);
+            rc = MDM_EPOLICY;
+            goto out;
+        }
+        mdm_policy_decision_free(&d);
+        /* What self_test wrote stays out of the hooks' view. */
+        mdm__call_t call2 = {.hook = -1, .kv = MDM__KV_NONE};
+        rc = mdm__policy_exec(p, kv_reset_protected, NULL, p->load_budget_ns, 0, &call2, msg,
+                              sizeof(msg));
+        if (rc != 0) {
+            rc = set_error(e, MDM_EPOLICY, "", 0, "%s", msg);
+            goto out;
+        }
+    }
+    snapshot_revision(&snap, p->revision);
+    for (size_t i = 0; i < snap.n; i++)
+        if (strncmp(snap.v[i].name, "(tests)/", 8) != 0)
+            mdm__strlist_push(&p->files, snap.v[i].name);
+    p->loaded_at_ms = mdm_now_ms();
+    lua_gc(p->sb.L, LUA_GCCOLLECT, 0);
+    *out = p;
+    p = NULL;
+    rc = 0;
+out:
+    mdm_policy_release(p);
+    mdm__strlist_free(&c.profile_ids);
+    snapshot_free(&snap);
+    return rc;
+}
+
+int mdm_policy_load(const mdm_policy_settings_t *s, mdm_policy_t **out, mdm_policy_error_t *e)
+{
+    return mdm__policy_load(s, s->store ? MDM__MODE_SERVER : MDM__MODE_CHECK, NULL, out, e);
+}
+
+/* ---- decisions ----------------------------------------------------------------------- */
+
+static void decision_init(mdm_policy_decision_t *d)
+{
+    memset(d, 0, sizeof(*d));
+    d->commands = plist_new_array();
+    d->facts = plist_new_dict();
+}
+
+void mdm_policy_decision_free(mdm_policy_decision_t *d)
+{
+    if (d == NULL)
+        return;
+    mdm_free(d->user);
+    mdm_free(d->reason);
+    mdm__strlist_free(&d->groups);
+    mdm__strlist_free(&d->names);
+    plist_free(d->commands);
+    plist_free(d->facts);
+    memset(d, 0, sizeof(*d));
+}
+
+/* Drops what a failed or absent hook may have left and puts the
+ * fail-closed decision in its place. */
+static void decision_fail_closed(mdm_policy_decision_t *d, int hook, const char *msgtype)
+{
+    mdm_free(d->user);
+    d->user = NULL;
+    mdm_free(d->reason);
+    d->reason = NULL;
+    mdm__strlist_free(&d->groups);
+    mdm__strlist_free(&d->names);
+    plist_free(d->commands);
+    plist_free(d->facts);
+    d->commands = plist_new_array();
+    d->facts = plist_new_dict();
+    d->allow = false;
+    d->scep = MDM_POLICY_SCEP_DENY;
+    d->reject = d->status == MDM_POLICY_FAILED && hook == MDM_POLICY_HOOK_CHECKIN &&
+                msgtype != NULL && strcmp(msgtype, "Authenticate") == 0;
+}
+
+static void put_strlist(plist_t dict, const char *key, const mdm_strlist_t *l)
+{
+    plist_t a = plist_new_array();
+    for (size_t i = 0; i < l->n; i++)
+        plist_array_append_item(a, plist_new_string(l->v[i]));
+    plist_dict_set_item(dict, key, a);
+}
+
+plist_t mdm__decision_to_plist(int hook, const mdm_policy_decision_t *d, bool with_status)
+{
+    static const char *const scep_names[] = {"deny", "issue", "pending"};
+    plist_t o = plist_new_dict();
+    if (with_status) {
+        mdm_pl_set_str(o, "status", mdm_policy_status_name(d->status));
+        if (d->status == MDM_POLICY_FAILED)
+            mdm_pl_set_str(o, "error", d->error);
+    }
+    switch (hook) {
+    case MDM_POLICY_HOOK_AUTHENTICATE:
+        mdm_pl_set_bool(o, "allow", d->allow);
+        mdm_pl_set_str(o, "user", d->user);
+        put_strlist(o, "groups", &d->groups);
+        mdm_pl_set_str(o, "reason", d->reason);
+        break;
+    case MDM_POLICY_HOOK_SCEP:
+        mdm_pl_set_str(o, "decision", scep_names[d->scep]);
+        mdm_pl_set_str(o, "reason", d->reason);
+        break;
+    case MDM_POLICY_HOOK_CHECKIN:
+        mdm_pl_set_bool(o, "reject", d->reject);
+        mdm_pl_set_str(o, "reason", d->reason);
+        plist_dict_set_item(o, "commands", plist_copy(d->commands));
+        break;
+    case MDM_POLICY_HOOK_GROUPS:
+        put_strlist(o, "groups", &d->names);
+        break;
+    case MDM_POLICY_HOOK_PROFILES:
+        put_strlist(o, "profiles", &d->names);
+        break;
+    case MDM_POLICY_HOOK_CONNECT:
+        plist_dict_set_item(o, "commands", plist_copy(d->commands));
+        break;
+    case MDM_POLICY_HOOK_RESULT:
+        plist_dict_set_item(o, "commands", plist_copy(d->commands));
+        plist_dict_set_item(o, "facts", plist_copy(d->facts));
+        break;
+    default:
+        break;
+    }
+    return o;
+}
+
+/* ---- the device table ---------------------------------------------------------------- */
+
+static void set_field_str(lua_State *L, const char *key, const char *v)
+{
+    if (v == NULL)
+        return;
+    lua_pushstring(L, v);
+    lua_setfield(L, -2, key);
+}
+
+static void set_field_seconds(lua_State *L, const char *key, int64_t ms)
+{
+    if (ms <= 0)
+        return;
+    lua_pushnumber(L, (double)ms / 1000.0);
+    lua_setfield(L, -2, key);
+}
+
+/* Sets field key to a read-only copy of a plist container (an empty
+ * read-only table when p is NULL or of another type). */
+static void set_field_container(lua_State *L, const char *key, plist_t p, plist_type want)
+{
+    if (p != NULL && plist_get_node_type(p) == want) {
+        mdm__push_plist(L, p, true);
+    } else {
+        lua_newtable(L);
+        mdm__make_readonly(L);
+    }
+    lua_setfield(L, -2, key);
+}
+
+static void push_device(lua_State *L, const mdm_policy_device_t *d)
+{
+    luaL_checkstack(L, 8, NULL);
+    plist_t e = d->enrollment, dev = d->device;
+    lua_createtable(L, 0, 24);
+    char udid[MDM_EID_MAX + 1];
+    const char *did = e ? mdm_pl_str(e, "device_id") : NULL;
+    snprintf(udid, sizeof(udid), "%s", did ? did : d->eid);
+    if (did == NULL && strchr(udid, ':') != NULL)
+        *strchr(udid, ':') = '\0';
+    set_field_str(L, "udid", udid);
+    set_field_str(L, "id", d->eid);
+    static const char *const facts[] = {"serial", "model", "model_name", "product",
+                                        "os_version", "build_version", "device_name"};
+    for (size_t i = 0; dev != NULL && i < sizeof(facts) / sizeof(facts[0]); i++)
+        set_field_str(L, facts[i], mdm_pl_str(dev, facts[i]));
+    const char *type = e ? mdm_pl_str(e, "type") : NULL;
+    set_field_str(L, "type", type ? type : "device");
+    if (e != NULL) {
+        set_field_str(L, "user", mdm_pl_str(e, "user"));
+        set_field_seconds(L, "enrolled_at", mdm_pl_int(e, "enrolled_at", 0));
+        set_field_seconds(L, "last_seen", mdm_pl_int(e, "last_seen_at", 0));
+    }
+    lua_pushinteger(L, e ? (lua_Integer)mdm_pl_uint(e, "token_updates", 0) : 0);
+    lua_setfield(L, -2, "token_updates");
+    lua_pushboolean(L, d->first_checkin || (e && mdm_pl_bool(e, "new_enrollment", false)));
+    lua_setfield(L, -2, "first_checkin");
+    plist_t groups = d->groups ? d->groups : dev ? plist_dict_get_item(dev, "groups") : NULL;
+    set_field_container(L, "groups", groups, PLIST_ARRAY);
+    set_field_container(L, "tags", dev ? plist_dict_get_item(dev, "tags") : NULL, PLIST_ARRAY);
+    set_field_container(L, "facts", dev ? plist_dict_get_item(dev, "facts") : NULL, PLIST_DICT);
+    /* installed_profiles: identifier -> hash as text (data hashes in hex). */
+    lua_newtable(L);
+    if (d->installed != NULL && plist_get_node_type(d->installed) == PLIST_DICT) {
+        plist_dict_iter it = NULL;
+        plist_dict_new_iter(d->installed, &it);
+        for (;;) {
+            char *key = NULL;
+            plist_t v = NULL;
+            plist_dict_next_item(d->installed, it, &key, &v);
+            if (key == NULL)
+                break;
+            char hex[129] = "";
+            const char *val = hex;
+            if (plist_get_node_type(v) == PLIST_DATA) {
+                uint64_t len = 0;
+                const char *data = plist_get_data_ptr(v, &len);
+                if (len <= 64)
+                    mdm_hex_encode(hex, data, (size_t)len);
+            } else if (plist_get_node_type(v) == PLIST_STRING) {
+                val = plist_get_string_ptr(v, NULL);
+            }
+            /* Copy both into locals before Lua can raise (key is malloc'd). */
+            char k[NAME_BYTES + 1];
+            snprintf(k, sizeof(k), "%s", key);
+            free(key);
+            char vv[256];
+            snprintf(vv, sizeof(vv), "%s", val ? val : "");
+            lua_pushstring(L, vv);
+            lua_setfield(L, -2, k);
+        }
+        free(it);
+    }
+    mdm__make_readonly(L);
+    lua_setfield(L, -2, "installed_profiles");
+    mdm__make_readonly(L);
+}
+
+/* ---- one hook call ------------------------------------------------------------------- */
+
+typedef struct run {
+    mdm_policy_t *p;
+    int hook;
+    const mdm__hook_input_t *in;
+    int nlua;                      /* arguments given as Lua values (tests) */
+    mdm_policy_decision_t *out;
+    mdm__call_t call;
+    bool parsing;                  /* the hook returned: now checking its decision */
+    char where[160];               /* "init.lua:10": where the hook is defined */
+    char msgtype[64];              /* checkin: the MessageType */
+    uint64_t duration_ns;
+    int outcome;
+} run_t;
+
+static int bad(lua_State *L, run_t *r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int bad(lua_State *L, run_t *r, const char *fmt, ...)
+{
+    char msg[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    lua_pushfstring(L, "%s: %s returned a bad decision: %s", r->where, hook_names[r->hook], msg);
+    return lua_error(L);
+}
+
+/* Fails for fields of a decision table other than the allowed ones. */
+static void check_fields(lua_State *L, run_t *r, int t, const char *const *allowed)
+{
+    mdm__push_unwrapped(L, t);
+    int real = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, real)) {
+        if (lua_type(L, -2) != LUA_TSTRING)
+            bad(L, r, "the decision has a %s key", luaL_typename(L, -2));
+        const char *k = lua_tostring(L, -2);
+        bool ok = false;
+        for (size_t i = 0; allowed[i]; i++)
+            ok = ok || strcmp(k, allowed[i]) == 0;
+        if (!ok) {
+            const char *s = suggest(k, allowed);
+            bad(L, r, "unknown field \"%s\"%s%s%s", k, s ? " (did you mean \"" : "", s ? s : "",
+                s ? "\"?)" : "");
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+/* Reads an optional string field into *out (a copy). */
+static void opt_string(lua_State *L, run_t *r, int t, const char *key, size_t max, char **out)
+{
+    int type = lua_getfield(L, t, key);
+    if (type == LUA_TSTRING) {
+        size_t len = 0;
+        const char *s = lua_tolstring(L, -1, &len);
+        if (len > max)
+            len = max;
+        mdm_free(*out);
+        *out = mdm_strndup(s, len);
+    } else if (type != LUA_TNIL) {
+        bad(L, r, "%s must be a string, got %s", key, luaL_typename(L, -1));
+    }
+    lua_pop(L, 1);
+}
+
+static bool opt_bool(lua_State *L, run_t *r, int t, const char *key)
+{
+    int type = lua_getfield(L, t, key);
+    bool v = false;
+    if (type == LUA_TBOOLEAN)
+        v = lua_toboolean(L, -1);
+    else if (type != LUA_TNIL)
+        bad(L, r, "%s must be true or false, got %s", key, luaL_typename(L, -1));
+    lua_pop(L, 1);
+    return v;
+}
+
+/* A list of names at idx (nil allowed when nil_ok) into l, deduplicated. */
+static void parse_names(lua_State *L, run_t *r, int idx, const char *what, bool nil_ok,
+                        mdm_strlist_t *l)
+{
+    if (lua_isnil(L, idx) && nil_ok)
+        return;
+    if (!lua_istable(L, idx))
+        bad(L, r, "%s must be a list of strings ({} for none), got %s", what,
+            luaL_typename(L, idx));
+    lua_Integer n = luaL_len(L, idx);
+    if (n > MAX_NAMES)
+        bad(L, r, "%s has more than %d entries", what, MAX_NAMES);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_geti(L, idx, i);
+        size_t len = 0;
+        const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+        if (s == NULL || !group_name_ok(s, len))
+            bad(L, r, "%s[%d] must be a string of 1 to %d bytes, got %s", what, (int)i,
+                NAME_BYTES, s ? "another string" : luaL_typename(L, -1));
+        if (!strlist_has(l, s))
+            mdm__strlist_push(l, s);
+        lua_pop(L, 1);
+    }
+}
+
+static void parse_commands(lua_State *L, run_t *r, int t)
+{
+    int type = lua_getfield(L, t, "commands");
+    int list = lua_gettop(L);
+    if (type == LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (type != LUA_TTABLE || mdm__is_command(L, list))
+        bad(L, r, "commands must be a list of commands, got %s",
+            type == LUA_TTABLE ? "one command (wrap it in { })" : luaL_typename(L, list));
+    lua_Integer n = luaL_len(L, list);
+    if (n > MAX_COMMANDS)
+        bad(L, r, "more than %d commands", MAX_COMMANDS);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_geti(L, list, i);
+        char err[512];
+        plist_t cmd = NULL;
+        if (mdm__command_to_plist(L, -1, &cmd, err, sizeof(err)) != 0)
+            bad(L, r, "commands[%d]: %s", (int)i, err);
+        plist_array_append_item(r->out->commands, cmd);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+static void parse_facts(lua_State *L, run_t *r, int t)
+{
+    int type = lua_getfield(L, t, "facts");
+    if (type == LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    char err[300];
+    plist_t f = NULL;
+    if (type != LUA_TTABLE)
+        bad(L, r, "facts must be a table, got %s", luaL_typename(L, -1));
+    if (mdm__lua_to_plist(L, -1, FACTS_MAX, &f, err, sizeof(err)) != 0)
+        bad(L, r, "facts.%s", err);
+    if (plist_get_node_type(f) != PLIST_DICT) {
+        plist_free(f);
+        bad(L, r, "facts must be a table of named values, not a list");
+    }
+    plist_free(r->out->facts);
+    r->out->facts = f;
+    lua_pop(L, 1);
+}
+
+static void parse_decision(lua_State *L, run_t *r, int idx)
+{
+    mdm_policy_decision_t *d = r->out;
+    int type = lua_type(L, idx);
+    switch (r->hook) {
+    case MDM_POLICY_HOOK_AUTHENTICATE: {
+        static const char *const f[] = {"allow", "user", "groups", "reason", NULL};
+        if (type != LUA_TTABLE)
+            bad(L, r, "expected a table {allow = ..., user = ..., groups = ..., reason = ...}, "
+                      "got %s", luaL_typename(L, idx));
+        check_fields(L, r, idx, f);
+        d->allow = opt_bool(L, r, idx, "allow");
+        opt_string(L, r, idx, "user", NAME_BYTES, &d->user);
+        opt_string(L, r, idx, "reason", REASON_BYTES, &d->reason);
+        lua_getfield(L, idx, "groups");
+        parse_names(L, r, lua_gettop(L), "groups", true, &d->groups);
+        lua_pop(L, 1);
+        break;
+    }
+    case MDM_POLICY_HOOK_SCEP: {
+        static const char *const f[] = {"decision", "reason", NULL};
+        static const char *const words[] = {"deny", "issue", "pending", NULL};
+        const char *word = NULL;
+        if (type == LUA_TSTRING) {
+            word = lua_tostring(L, idx);
+        } else if (type == LUA_TTABLE) {
+            check_fields(L, r, idx, f);
+            opt_string(L, r, idx, "reason", REASON_BYTES, &d->reason);
+            if (lua_getfield(L, idx, "decision") == LUA_TSTRING)
+                word = lua_tostring(L, -1);
+        } else {
+            bad(L, r, "expected \"issue\", \"deny\", \"pending\" or {decision = ..., reason = "
+                      "...}, got %s", luaL_typename(L, idx));
+        }
+        int which = -1;
+        for (int i = 0; word != NULL && words[i]; i++)
+            if (strcmp(word, words[i]) == 0)
+                which = i;
+        if (which < 0)
+            bad(L, r, "decision must be \"issue\", \"deny\" or \"pending\"");
+        d->scep = (mdm_policy_scep_decision_t)which;
+        break;
+    }
+    case MDM_POLICY_HOOK_CHECKIN: {
+        static const char *const f[] = {"reject", "reason", "commands", NULL};
+        if (type == LUA_TNIL)
+            break;
+        if (type != LUA_TTABLE)
+            bad(L, r, "expected nil or {reject = ..., reason = ..., commands = {...}}, got %s",
+                luaL_typename(L, idx));
+        check_fields(L, r, idx, f);
+        d->reject = opt_bool(L, r, idx, "reject");
+        opt_string(L, r, idx, "reason", REASON_BYTES, &d->reason);
+        parse_commands(L, r, idx);
+        break;
+    }
+    case MDM_POLICY_HOOK_GROUPS:
+        parse_names(L, r, idx, "the groups", false, &d->names);
+        break;
+    case MDM_POLICY_HOOK_PROFILES:
+        parse_names(L, r, idx, "the profiles", false, &d->names);
+        break;
+    case MDM_POLICY_HOOK_CONNECT:
+    case MDM_POLICY_HOOK_RESULT: {
+        static const char *const fc[] = {"commands", NULL};
+        static const char *const fr[] = {"commands", "facts", NULL};
+        bool result = r->hook == MDM_POLICY_HOOK_RESULT;
+        if (type == LUA_TNIL)
+            break;
+        if (type != LUA_TTABLE)
+            bad(L, r, "expected nil or {commands = {...}%s}, got %s",
+                result ? ", facts = {...}" : "", luaL_typename(L, idx));
+        check_fields(L, r, idx, result ? fr : fc);
+        parse_commands(L, r, idx);
+        if (result)
+            parse_facts(L, r, idx);
+        break;
+    }
+    case MDM_POLICY_HOOK_SELF_TEST:
+        if (!(type == LUA_TBOOLEAN && lua_toboolean(L, idx)))
+            bad(L, r, "self_test must return true (or raise an error), got %s",
+                type == LUA_TBOOLEAN ? "false" : luaL_typename(L, idx));
+        break;
+    }
+}
+
+/* Pushes a read-only table for a plist dictionary (empty when NULL). */
+static void push_dict_ro(lua_State *L, plist_t p)
+{
+    if (p != NULL && plist_get_node_type(p) == PLIST_DICT) {
+        mdm__push_plist(L, p, true);
+    } else {
+        lua_newtable(L);
+        mdm__make_readonly(L);
+    }
+}
+
+static int push_args(lua_State *L, run_t *r)
+{
+    const mdm__hook_input_t *in = r->in;
+    if (r->nlua > 0) {
+        luaL_checkstack(L, r->nlua + 4, NULL);
+        for (int i = 0; i < r->nlua; i++)
+            mdm__push_readonly_copy(L, 2 + i);
+        return r->nlua;
+    }
+    switch (r->hook) {
+    case MDM_POLICY_HOOK_AUTHENTICATE: {
+        const mdm_policy_auth_req_t *a = in->auth;
+        if (a != NULL && a->extra != NULL && plist_get_node_type(a->extra) == PLIST_DICT) {
+            mdm__push_plist(L, a->extra, false);
+        } else {
+            lua_newtable(L);
+        }
+        if (a != NULL) {
+            set_field_str(L, "username", a->username);
+            set_field_str(L, "password", a->password);
+            set_field_str(L, "remote_addr", a->remote_addr);
+            set_field_str(L, "user_agent", a->user_agent);
+        }
+        mdm__make_readonly(L);
+        return 1;
+    }
+    case MDM_POLICY_HOOK_SCEP:
+        push_dict_ro(L, in->a);
+        push_dict_ro(L, in->b);
+        return 2;
+    case MDM_POLICY_HOOK_CHECKIN:
+    case MDM_POLICY_HOOK_CONNECT:
+    case MDM_POLICY_HOOK_RESULT:
+        push_device(L, in->dev);
+        push_dict_ro(L, in->a);
+        return 2;
+    case MDM_POLICY_HOOK_GROUPS:
+        push_device(L, in->dev);
+        return 1;
+    case MDM_POLICY_HOOK_PROFILES: {
+        push_device(L, in->dev);
+        const mdm_strlist_t *g = in->groups;
+        lua_createtable(L, g ? (int)g->n : 0, 0);
+        for (size_t i = 0; g != NULL && i < g->n; i++) {
+            lua_pushstring(L, g->v[i]);
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+        mdm__make_readonly(L);
+        return 2;
+    }
+    default:
+        return 0;
+    }
+}
+
+/* `profiles` as a table: the identifiers of "*" and of each group, in
+ * that order, as a list on top of the stack. */
+static void profiles_from_table(lua_State *L, mdm_policy_t *p, int groups)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->profiles_ref);
+    int t = lua_gettop(L);
+    lua_newtable(L);
+    int out = lua_gettop(L);
+    lua_Integer n = 0;
+    lua_Integer ng = lua_istable(L, groups) ? luaL_len(L, groups) : 0;
+    for (lua_Integer g = 0; g <= ng; g++) {
+        if (g == 0)
+            lua_pushliteral(L, "*");
+        else
+            lua_geti(L, groups, g);
+        if (lua_type(L, -1) != LUA_TSTRING || lua_rawget(L, t) != LUA_TTABLE) {
+            lua_pop(L, 1);
+            continue;
+        }
+        lua_Integer m = (lua_Integer)lua_rawlen(L, -1);
+        for (lua_Integer i = 1; i <= m; i++) {
+            lua_rawgeti(L, -1, i);
+            lua_rawseti(L, out, ++n);
+        }
+        lua_pop(L, 1);
+    }
+    lua_remove(L, t);
+}
+
+static int runner(lua_State *L)
+{
+    run_t *r = lua_touserdata(L, 1);
+    mdm_policy_t *p = r->p;
+    int fn = 0;
+    if (p->hook_ref[r->hook] != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, p->hook_ref[r->hook]);
+        fn = lua_gettop(L);
+        lua_Debug ar;
+        lua_pushvalue(L, fn);
+        if (lua_getinfo(L, ">S", &ar))
+            snprintf(r->where, sizeof(r->where), "%s:%d", ar.short_src, ar.linedefined);
+    } else {
+        snprintf(r->where, sizeof(r->where), "init.lua");
+    }
+    int nargs = push_args(L, r);
+    if (fn != 0) {
+        lua_call(L, nargs, 1);
+    } else {
+        /* `profiles` given as a table. */
+        profiles_from_table(L, p, lua_gettop(L));
+    }
+    r->parsing = true;
+    parse_decision(L, r, lua_gettop(L));
+    mdm__kv_commit(L);
+    return 0;
+}
+
+/* Runs the hook of r with r->nlua Lua arguments on top of L's stack. */
+static void invoke(mdm_policy_t *p, lua_State *L, run_t *r)
+{
+    mdm__call_t *prev = p->call;
+    p->call = &r->call;
+    int base = lua_gettop(L) - r->nlua;
+    lua_pushcfunction(L, runner);
+    lua_insert(L, base + 1);
+    lua_pushlightuserdata(L, r);
+    lua_insert(L, base + 2);
+    mdm__budget_t saved;
+    uint64_t t0 = mdm_mono_ns();
+    mdm__sandbox_begin(&p->sb, L, p->budget_ns[r->hook], p->instructions, &saved);
+    int status = lua_pcall(L, r->nlua + 1, 0, 0);
+    int kill = mdm__sandbox_end(&p->sb, L, &saved);
+    r->duration_ns = mdm_mono_ns() - t0;
+    r->outcome = OUT_OK;
+    if (status != LUA_OK || kill != MDM__KILL_NONE) {
+        mdm__sandbox_error(&p->sb, L, status, kill, r->out->error, sizeof(r->out->error));
+        r->out->status = MDM_POLICY_FAILED;
+        r->outcome = kill == MDM__KILL_TIME || kill == MDM__KILL_INSNS ? OUT_TIMEOUT
+                     : kill == MDM__KILL_MEMORY || status == LUA_ERRMEM ? OUT_MEMORY
+                     : r->parsing                                        ? OUT_BAD_RETURN
+                                                                         : OUT_ERROR;
+        mdm__kv_discard(L);
+        if (r->outcome == OUT_MEMORY)
+            lua_gc(L, LUA_GCCOLLECT, 0);
+    }
+    lua_settop(L, base);
+    p->call = prev;
+}
+
+/* ---- the decision log entry ----------------------------------------------------------- */
+
+#define SUM_DEPTH 4
+#define SUM_STRING 200
+#define SUM_ITEMS 20
+#define SUM_NODES 300
+
+/* Keys whose values are never recorded. */
+static bool secret_key(const char *k)
+{
+    static const char *const parts[] = {"password", "passcode", "challenge", "token", "secret",
+                                        "pushmagic", "unlock", "credential", "privatekey", NULL};
+    char low[64];
+    size_t n = strlen(k);
+    if (n >= sizeof(low))
+        n = sizeof(low) - 1;
+    for (size_t i = 0; i < n; i++)
+        low[i] = (char)tolower((unsigned char)k[i]);
+    low[n] = '\0';
+    if (strcmp(low, "pin") == 0)
+        return true;
+    for (size_t i = 0; parts[i]; i++)
+        if (strstr(low, parts[i]) != NULL)
+            return true;
+    return false;
+}
+
+static plist_t summarize(plist_t v, int depth, int *nodes)
+{
+    if (--*nodes < 0)
+        return plist_new_string("...");
+    switch (plist_get_node_type(v)) {
+    case PLIST_DICT: {
+        if (depth >= SUM_DEPTH)
+            return plist_new_string("{...}");
+        plist_t o = plist_new_dict();
+        plist_dict_iter it = NULL;
+        plist_dict_new_iter(v, &it);
+        uint32_t count = 0, total = plist_dict_get_size(v);
+        for (;;) {
+            char *key = NULL;
+            plist_t x = NULL;
+            plist_dict_next_item(v, it, &key, &x);
+            if (key == NULL)
+                break;
+            if (count++ < SUM_ITEMS)
+                plist_dict_set_item(o, key, secret_key(key) ? plist_new_string("(masked)")
+                                                            : summarize(x, depth + 1, nodes));
+            free(key);
+        }
+        free(it);
+        if (total > SUM_ITEMS) {
+            char more[48];
+            snprintf(more, sizeof(more), "%u more", total - SUM_ITEMS);
+            plist_dict_set_item(o, "...", plist_new_string(more));
+        }
+        return o;
+    }
+    case PLIST_ARRAY: {
+        if (depth >= SUM_DEPTH)
+            return plist_new_string("[...]");
+        plist_t a = plist_new_array();
+        uint32_t n = plist_array_get_size(v);
+        for (uint32_t i = 0; i < n && i < SUM_ITEMS; i++)
+            plist_array_append_item(a, summarize(plist_array_get_item(v, i), depth + 1, nodes));
+        if (n > SUM_ITEMS) {
+            char more[48];
+            snprintf(more, sizeof(more), "... %u more", n - SUM_ITEMS);
+            plist_array_append_item(a, plist_new_string(more));
+        }
+        return a;
+    }
+    case PLIST_STRING: {
+        uint64_t len = 0;
+        const char *s = plist_get_string_ptr(v, &len);
+        if (len <= SUM_STRING)
+            return plist_copy(v);
+        size_t cut = SUM_STRING;
+        while (cut > 0 && ((unsigned char)s[cut] & 0xC0) == 0x80)
+            cut--;
+        char *t = mdm_sprintf("%.*s... (%llu bytes)", (int)cut, s, (unsigned long long)len);
+        plist_t r = plist_new_string(t);
+        mdm_free(t);
+        return r;
+    }
+    case PLIST_DATA: {
+        uint64_t len = 0;
+        plist_get_data_ptr(v, &len);
+        char t[48];
+        snprintf(t, sizeof(t), "(%llu bytes of data)", (unsigned long long)len);
+        return plist_new_string(t);
+    }
+    case PLIST_DATE: {
+        plist_t r = plist_new_uint(0);
+        plist_set_uint_val(r, (uint64_t)mdm_plist_date_unix(v));
+        return r;
+    }
+    default:
+        return plist_copy(v);
+    }
+}
+
+static plist_t summary_of(plist_t v)
+{
+    int nodes = SUM_NODES;
+    return v ? summarize(v, 0, &nodes) : plist_new_dict();
+}
+
+static plist_t device_summary(const mdm_policy_device_t *d)
+{
+    plist_t o = plist_new_dict();
+    mdm_pl_set_str(o, "id", d->eid);
+    if (d->device != NULL) {
+        static const char *const keys[] = {"serial", "model", "os_version"};
+        for (size_t i = 0; i < 3; i++)
+            mdm_pl_set_str(o, keys[i], mdm_pl_str(d->device, keys[i]));
+    }
+    return o;
+}
+
+static plist_t input_summary(int hook, const mdm__hook_input_t *in)
+{
+    plist_t o = plist_new_dict();
+    switch (hook) {
+    case MDM_POLICY_HOOK_AUTHENTICATE:
+        if (in->auth != NULL) {
+            mdm_pl_set_str(o, "username", in->auth->username);
+            mdm_pl_set_str(o, "remote_addr", in->auth->remote_addr);
+            mdm_pl_set_str(o, "user_agent", in->auth->user_agent);
+            if (in->auth->extra != NULL)
+                plist_dict_set_item(o, "extra", summary_of(in->auth->extra));
+        }
+        break;
+    case MDM_POLICY_HOOK_SCEP:
+        plist_dict_set_item(o, "csr", summary_of(in->a));
+        plist_dict_set_item(o, "ctx", summary_of(in->b));
+        break;
+    default:
+        if (in->dev != NULL)
+            plist_dict_set_item(o, "device", device_summary(in->dev));
+        if (in->a != NULL)
+            plist_dict_set_item(o, hook == MDM_POLICY_HOOK_CHECKIN   ? "msg"
+                                   : hook == MDM_POLICY_HOOK_CONNECT ? "report"
+                                                                     : "result",
+                                summary_of(in->a));
+        if (in->groups != NULL)
+            put_strlist(o, "groups", in->groups);
+        break;
+    }
+    return o;
+}
+
+struct log_put {
+    unsigned char key[16];
+    mdm_buf_t *val;
+};
+
+static int log_put_txn(mdm_txn_t *txn, void *arg)
+{
+    struct log_put *lp = arg;
+    return mdm_txn_put(txn, MDM_T_DECISIONS, MDM_VAL(lp->key, 16),
+                       MDM_VAL(lp->val->data, lp->val->len), 0);
+}
+
+static int log_decision(mdm_policy_t *p, run_t *r, mdm_txn_t *txn)
+{
+    int64_t now = mdm_now_ms();
+    plist_t e = plist_new_dict();
+    mdm_pl_set_int(e, "time", now);
+    mdm_pl_set_str(e, "hook", hook_names[r->hook]);
+    mdm_pl_set_str(e, "revision", p->revision);
+    if (r->in->dev != NULL)
+        mdm_pl_set_str(e, "device", r->in->dev->eid);
+    mdm_pl_set_str(e, "request", r->call.reqid);
+    mdm_pl_set_str(e, "status", mdm_policy_status_name(r->out->status));
+    if (r->out->status == MDM_POLICY_FAILED)
+        mdm_pl_set_str(e, "error", r->out->error);
+    mdm_pl_set_uint(e, "duration_us", r->duration_ns / 1000);
+    plist_dict_set_item(e, "input", input_summary(r->hook, r->in));
+    plist_t dec = mdm__decision_to_plist(r->hook, r->out, false);
+    plist_dict_set_item(e, "decision", summary_of(dec));
+    plist_free(dec);
+    mdm_buf_t b = MDM_BUF_INIT;
+    mdm_plist_to_bin_buf(e, &b);
+    plist_free(e);
+    struct log_put lp = {.val = &b};
+    mdm_be64_put(lp.key, (uint64_t)now);
+    mdm_be64_put(lp.key + 8, p->seq++);
+    int rc = txn != NULL ? log_put_txn(txn, &lp) : mdm_store_update(p->store, log_put_txn, &lp);
+    mdm_buf_free(&b);
+    if (rc != 0)
+        mdm_log(MDM_LOG_WARN, r->call.reqid, "policy.decision_log_failed", "hook=%s error=\"%s\"",
+                hook_names[r->hook], mdm_strerror(rc));
+    return rc;
+}
+
+/* ---- the typed calls ------------------------------------------------------------------- */
+
+static void report_failure(mdm_policy_t *p, run_t *r)
+{
+    mdm_policy_error_t pe;
+    mdm__policy_error_parse(r->out->error, &pe);
+    char fq[300], eq[700], iq[300];
+    mdm_log(MDM_LOG_WARN, r->call.reqid, "policy.hook_failed",
+            "hook=%s outcome=%s revision=%.12s eid=%s file=%s line=%d error=%s",
+            hook_names[r->hook], outcome_names[r->outcome], p->revision,
+            mdm_logq(iq, sizeof(iq), r->in->dev ? r->in->dev->eid : NULL),
+            mdm_logq(fq, sizeof(fq), pe.file[0] ? pe.file : NULL), pe.line,
+            mdm_logq(eq, sizeof(eq), pe.message));
+}
+
+int mdm__policy_call(mdm_policy_t *p, int hook, const mdm__call_t *tmpl,
+                     const mdm__hook_input_t *in, bool log, mdm_policy_decision_t *out)
+{
+    decision_init(out);
+    const char *msgtype = hook == MDM_POLICY_HOOK_CHECKIN && in->a ? mdm_pl_str(in->a, "MessageType")
+                                                                  : NULL;
+    if (!mdm_policy_has_hook(p, hook)) {
+        out->status = MDM_POLICY_ABSENT;
+        decision_fail_closed(out, hook, msgtype);
+        return 0;
+    }
+    run_t r = {.p = p, .hook = hook, .in = in, .out = out, .call = *tmpl};
+    r.call.hook = hook;
+    invoke(p, p->sb.L, &r);
+    if (out->status == MDM_POLICY_FAILED) {
+        decision_fail_closed(out, hook, msgtype);
+        report_failure(p, &r);
+    }
+    mdm_metric_add(p->m_calls[hook][r.outcome], 1);
+    mdm_histogram_observe_ns(p->m_latency[hook], r.duration_ns);
+    if (log && p->mode == MDM__MODE_SERVER)
+        mdm_metric_set(p->m_memory, (int64_t)p->sb.mem_used);
+    int rc = r.call.store_rc;
+    if (log && p->decision_log && hook != MDM_POLICY_HOOK_SELF_TEST) {
+        int lrc = log_decision(p, &r, tmpl->txn);
+        if (rc == 0 && tmpl->txn != NULL)
+            rc = lrc;
+    }
+    return rc;
+}
+
+static int call_from_server(mdm_policy_t *p, int hook, mdm_txn_t *txn, const char *reqid,
+                            const mdm__hook_input_t *in, mdm_policy_decision_t *out)
+{
+    mdm__call_t tmpl = {.reqid = reqid, .txn = txn};
+    if (p->mode == MDM__MODE_SERVER)
+        tmpl.kv = txn != NULL ? MDM__KV_STORE : p->store ? MDM__KV_READONLY : MDM__KV_NONE;
+    else
+        tmpl.kv = MDM__KV_MEMORY;
+    return mdm__policy_call(p, hook, &tmpl, in, true, out);
+}
+
+int mdm_policy_authenticate(mdm_policy_t *p, mdm_txn_t *txn, const char *reqid,
+                            const mdm_policy_auth_req_t *req, mdm_policy_decision_t *out)
+{
+    mdm__hook_input_t in = {.auth = req};
+    return call_from_server(p, MDM_POLICY_HOOK_AUTHENTICATE, txn, reqid, &in, out);
+}
+
+int mdm_policy_scep(mdm_policy_t *p, mdm_txn_t *txn, const char *reqid, plist_t csr, plist_t ctx,
+                    mdm_policy_decision_t *out)
+{
+    mdm__hook_input_t in = {.a = csr, .b = ctx};
+    return call_from_server(p, MDM_POLICY_HOOK_SCEP, txn, reqid, &in, out);
+}
+
+int mdm_policy_checkin(mdm_policy_t *p, mdm_txn_t *txn, const char *reqid,
+                       const mdm_policy_device_t *dev, plist_t msg, mdm_policy_decision_t *out)
+{
+    mdm__hook_input_t in = {.dev = dev, .a = msg};
+    return call_from_server(p, MDM_POLICY_HOOK_CHECKIN, txn, reqid, &in, out);
+}
+
+int mdm_policy_groups(mdm_policy_t *p, mdm_txn_t *txn, const char *reqid,
+                      const mdm_policy_device_t *dev, mdm_policy_decision_t *out)
+{
+    mdm__hook_input_t in = {.dev = dev};
+    return call_from_server(p, MDM_POLICY_HOOK_GROUPS, txn, reqid, &in, out);
+}
+
+int mdm_policy_profiles(mdm_policy_t *p, mdm_txn_t *txn, const char *reqid,
+                        const mdm_policy_device_t *dev, const mdm_strlist_t *groups,
+                        mdm_policy_decision_t *out)
+{
+    mdm__hook_input_t in = {.dev = dev, .groups = groups};
+    return call_from_server(p, MDM_POLICY_HOOK_PROFILES, txn, reqid, &in, out);
+}
+
+int mdm_policy_connect(mdm_policy_t *p, mdm_txn_t *txn, const char *reqid,
+                       const mdm_policy_device_t *dev, plist_t report, mdm_policy_decision_t *out)
+{
+    mdm__hook_input_t in = {.dev = dev, .a = report};
+    return call_from_server(p, MDM_POLICY_HOOK_CONNECT, txn, reqid, &in, out);
+}
+
+int mdm_policy_result(mdm_policy_t *p, mdm_txn_t *txn, const char *reqid,
+                      const mdm_policy_device_t *dev, plist_t result, mdm_policy_decision_t *out)
+{
+    mdm__hook_input_t in = {.dev = dev, .a = result};
+    return call_from_server(p, MDM_POLICY_HOOK_RESULT, txn, reqid, &in, out);
+}
+
+/* ---- devices from the store ----------------------------------------------------------- */
+
+int mdm_policy_device_load(mdm_txn_t *txn, const char *eid, mdm_policy_device_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    plist_t e = NULL, d = NULL;
+    int rc = mdm_enrollment_load(txn, eid, &e);
+    if (rc != 0 && rc != MDM_ENOTFOUND)
+        return rc;
+    const char *did = e ? mdm_pl_str(e, "device_id") : NULL;
+    int drc = mdm_device_load(txn, did ? did : eid, &d);
+    if (drc != 0 && drc != MDM_ENOTFOUND) {
+        plist_free(e);
+        return drc;
+    }
+    if (e == NULL && d == NULL)
+        return MDM_ENOTFOUND;
+    out->eid = mdm_strdup(eid);
+    out->enrollment = e;
+    out->device = d;
+    return 0;
+}
+
+void mdm_policy_device_free(mdm_policy_device_t *d)
+{
+    mdm_free((char *)d->eid);
+    plist_free(d->enrollment);
+    plist_free(d->device);
+    plist_free(d->installed);
+    plist_free(d->groups);
+    memset(d, 0, sizeof(*d));
+}
+
+/* ---- mdm.test.call ------------------------------------------------------------------ */
+
+int mdm__test_call(lua_State *L)
+{
+    mdm_policy_t *p = mdm__policy_of(L);
+    const char *name = luaL_checkstring(L, 1);
+    int hook = mdm_policy_hook_parse(name);
+    if (hook < 0)
+        return luaL_error(L, "mdm.test.call: unknown hook \"%s\"", name);
+    int nargs = lua_gettop(L) - 1;
+    run_t r = {.p = p, .hook = hook, .nlua = nargs};
+    if (hook == MDM_POLICY_HOOK_CHECKIN && nargs >= 2 && lua_istable(L, 3)) {
+        if (lua_getfield(L, 3, "MessageType") == LUA_TSTRING)
+            snprintf(r.msgtype, sizeof(r.msgtype), "%s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    luaL_checkstack(L, nargs + 8, NULL);
+    /* The writes of an enclosing hook stay apart from this call's. */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, MDM__REG_KVPENDING);
+    mdm__kv_discard(L);
+    for (int i = 0; i < nargs; i++)
+        lua_pushvalue(L, 2 + i);
+    mdm__hook_input_t in = {0};
+    mdm_policy_decision_t out;
+    decision_init(&out);
+    r.in = &in;
+    r.out = &out;
+    r.call = (mdm__call_t){.hook = hook, .kv = MDM__KV_MEMORY};
+    if (mdm_policy_has_hook(p, hook)) {
+        invoke(p, L, &r);
+        mdm_metric_add(p->m_calls[hook][r.outcome], 1);
+    } else {
+        lua_pop(L, nargs);
+        out.status = MDM_POLICY_ABSENT;
+    }
+    if (out.status != MDM_POLICY_OK)
+        decision_fail_closed(&out, hook, r.msgtype);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, MDM__REG_KVPENDING);
+    plist_t d = mdm__decision_to_plist(hook, &out, true);
+    mdm_policy_decision_free(&out);
+    mdm__push_plist_owned(L, d, false);
+    return 1;
+}

@@ -1,0 +1,307 @@
+/* The sandbox of policy code: a Lua state with only harmless libraries, an
+ * accounting allocator with a cap, and budgets of time and instructions per
+ * call.
+ *
+ * Budgets: a count hook fires every HOOK_STEP instructions and checks the
+ * instruction count and the monotonic clock. Once a budget is spent the
+ * hook fires on every instruction and raises an error each time, so that a
+ * pcall in the policy cannot swallow the kill and carry on (Redis #8661).
+ * The memory cap works the same way: an allocation past the cap fails, and
+ * the call is marked as killed so that a pcall that catches "not enough
+ * memory" is stopped at its next instruction.
+ *
+ * What could run without a budget is taken away: xpcall's message handler
+ * runs with hooks off when the error comes from the hook, so xpcall is
+ * replaced by a version that calls the handler after unwinding; Lua runs
+ * finalizers with hooks off, so setmetatable refuses __gc; collectgarbage
+ * cannot stop the collector. */
+#include <stdio.h>
+#include <string.h>
+
+#include <lualib.h>
+
+#include "sandbox_internal.h"
+#include "util/alloc.h"
+#include "util/misc.h"
+
+#define HOOK_STEP 1000
+
+static void hook(lua_State *L, lua_Debug *ar);
+
+/* The allocator: plain allocation with a cap. */
+static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    mdm__sandbox_t *sb = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        mdm_free(ptr);
+        sb->mem_used -= old;
+        return NULL;
+    }
+    if (nsize > old && nsize - old > sb->mem_max - sb->mem_used) {
+        /* Stop the running call for good (see the comment at the top). */
+        if (sb->b.active && sb->b.kill == MDM__KILL_NONE) {
+            sb->b.kill = MDM__KILL_MEMORY;
+            if (sb->L != NULL)
+                lua_sethook(sb->L, hook, LUA_MASKCOUNT, 1);
+        }
+        return NULL;
+    }
+    void *p = mdm_realloc(ptr, nsize);
+    sb->mem_used = sb->mem_used - old + nsize;
+    if (sb->mem_used > sb->mem_peak)
+        sb->mem_peak = sb->mem_used;
+    return p;
+}
+
+static mdm__sandbox_t *sandbox_of(lua_State *L)
+{
+    void *ud = NULL;
+    lua_getallocf(L, &ud);
+    return ud;
+}
+
+static const char *kill_text(int kill)
+{
+    switch (kill) {
+    case MDM__KILL_TIME: return "time budget exceeded";
+    case MDM__KILL_INSNS: return "instruction budget exceeded";
+    case MDM__KILL_MEMORY: return "memory limit exceeded";
+    }
+    return "stopped";
+}
+
+static void hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    mdm__sandbox_t *sb = sandbox_of(L);
+    mdm__budget_t *b = &sb->b;
+    if (!b->active)
+        return;
+    if (b->kill == MDM__KILL_NONE) {
+        int step = lua_gethookcount(L);
+        b->insns += (uint64_t)(step > 0 ? step : 1);
+        if (b->insn_limit != 0 && b->insns >= b->insn_limit)
+            b->kill = MDM__KILL_INSNS;
+        else if (b->deadline_ns != 0 && mdm_mono_ns() >= b->deadline_ns)
+            b->kill = MDM__KILL_TIME;
+        else
+            return;
+    }
+    lua_sethook(L, hook, LUA_MASKCOUNT, 1);
+    /* Name the line that was running: luaL_error would name its caller. */
+    lua_Debug d;
+    char where[160] = "";
+    if (lua_getstack(L, 0, &d) && lua_getinfo(L, "Sl", &d) && d.currentline > 0)
+        snprintf(where, sizeof(where), "%s:%d: ", d.short_src, d.currentline);
+    lua_pushfstring(L, "%s%s", where, kill_text(b->kill));
+    lua_error(L);
+}
+
+/* setmetatable without finalizers: Lua runs __gc with hooks off, so a
+ * looping finalizer could not be stopped. Lua 5.4 only marks objects for
+ * finalization when the metatable already has __gc, so checking here is
+ * enough. */
+static int sb_setmetatable(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        if (lua_getfield(L, 2, "__gc") != LUA_TNIL)
+            return luaL_error(L, "setmetatable: __gc is not allowed in policies");
+        lua_pop(L, 1);
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+/* collectgarbage with the options that cannot turn the collector off. */
+static int sb_collectgarbage(lua_State *L)
+{
+    static const char *const allowed[] = {"collect", "count", "step", "isrunning", NULL};
+    const char *opt = luaL_optstring(L, 1, "collect");
+    for (size_t i = 0; allowed[i]; i++) {
+        if (strcmp(opt, allowed[i]) == 0) {
+            lua_pushvalue(L, lua_upvalueindex(1));
+            lua_insert(L, 1);
+            lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+            return lua_gettop(L);
+        }
+    }
+    return luaL_error(L, "collectgarbage: option '%s' is not allowed in policies", opt);
+}
+
+/* load for text only: binary chunks could break the VM's invariants. */
+static int sb_load(lua_State *L)
+{
+    const char *mode = luaL_optstring(L, 3, "t");
+    if (strchr(mode, 'b') != NULL)
+        return luaL_error(L, "load: binary chunks are not allowed in policies");
+    int n = lua_gettop(L);
+    if (n < 3)
+        lua_settop(L, 3);
+    lua_pushliteral(L, "t");
+    lua_replace(L, 3);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, n < 3 ? 3 : n, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* xpcall that runs the message handler after the stack has unwound, with
+ * the hook active (the handler cannot see the failed frames, which nothing
+ * in the sandbox could inspect anyway). */
+static const char xpcall_src[] =
+    "local pcall, pack, unpack = pcall, table.pack, table.unpack\n"
+    "return function(f, msgh, ...)\n"
+    "  local r = pack(pcall(f, ...))\n"
+    "  if r[1] then return unpack(r, 1, r.n) end\n"
+    "  return false, msgh(r[2])\n"
+    "end\n";
+
+static int sandbox_setup(lua_State *L)
+{
+    static const struct {
+        const char *name;
+        lua_CFunction open;
+    } libs[] = {
+        {LUA_GNAME, luaopen_base},           {LUA_STRLIBNAME, luaopen_string},
+        {LUA_TABLIBNAME, luaopen_table},     {LUA_MATHLIBNAME, luaopen_math},
+        {LUA_UTF8LIBNAME, luaopen_utf8},     {LUA_COLIBNAME, luaopen_coroutine},
+        {LUA_OSLIBNAME, luaopen_os},
+    };
+    for (size_t i = 0; i < sizeof(libs) / sizeof(libs[0]); i++) {
+        luaL_requiref(L, libs[i].name, libs[i].open, 1);
+        lua_pop(L, 1);
+    }
+    /* Nothing that reads files or runs code outside the budgets. */
+    static const char *const removed[] = {"dofile", "loadfile", "require"};
+    for (size_t i = 0; i < sizeof(removed) / sizeof(removed[0]); i++) {
+        lua_pushnil(L);
+        lua_setglobal(L, removed[i]);
+    }
+    lua_getglobal(L, "setmetatable");
+    lua_pushcclosure(L, sb_setmetatable, 1);
+    lua_setglobal(L, "setmetatable");
+    lua_getglobal(L, "collectgarbage");
+    lua_pushcclosure(L, sb_collectgarbage, 1);
+    lua_setglobal(L, "collectgarbage");
+    lua_getglobal(L, "load");
+    lua_pushcclosure(L, sb_load, 1);
+    lua_setglobal(L, "load");
+
+    if (luaL_loadbufferx(L, xpcall_src, sizeof(xpcall_src) - 1, "=xpcall", "t") != LUA_OK)
+        return lua_error(L);
+    lua_call(L, 0, 1);
+    lua_setglobal(L, "xpcall");
+
+    /* string.dump makes bytecode, which nothing may load. */
+    lua_getglobal(L, LUA_STRLIBNAME);
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dump");
+    lua_pop(L, 1);
+
+    /* os: time and dates only. */
+    lua_getglobal(L, LUA_OSLIBNAME);
+    lua_createtable(L, 0, 3);
+    static const char *const os_kept[] = {"time", "clock", "date"};
+    for (size_t i = 0; i < 3; i++) {
+        lua_getfield(L, -2, os_kept[i]);
+        lua_setfield(L, -2, os_kept[i]);
+    }
+    lua_setglobal(L, LUA_OSLIBNAME);
+    lua_pop(L, 1);
+    return 0;
+}
+
+int mdm__sandbox_open(mdm__sandbox_t *sb, size_t mem_max, char *err, size_t errlen)
+{
+    memset(sb, 0, sizeof(*sb));
+    sb->mem_max = mem_max;
+    lua_State *L = lua_newstate(sandbox_alloc, sb);
+    if (L == NULL) {
+        snprintf(err, errlen, "cannot create a Lua state (memory limit %zu bytes)", mem_max);
+        return MDM_ENOMEM;
+    }
+    sb->L = L;
+    /* Installed before any code runs, so that every coroutine inherits it. */
+    lua_sethook(L, hook, LUA_MASKCOUNT, HOOK_STEP);
+    lua_pushcfunction(L, sandbox_setup);
+    mdm__budget_t saved;
+    mdm__sandbox_begin(sb, L, 1000000000ull, 0, &saved);
+    int status = lua_pcall(L, 0, 0, 0);
+    int kill = mdm__sandbox_end(sb, L, &saved);
+    if (status != LUA_OK) {
+        mdm__sandbox_error(sb, L, status, kill, err, errlen);
+        mdm__sandbox_close(sb);
+        return MDM_ENOMEM;
+    }
+    return 0;
+}
+
+void mdm__sandbox_close(mdm__sandbox_t *sb)
+{
+    if (sb->L != NULL)
+        lua_close(sb->L);
+    sb->L = NULL;
+}
+
+void mdm__sandbox_begin(mdm__sandbox_t *sb, lua_State *L, uint64_t limit_ns, uint64_t insn_limit,
+                        mdm__budget_t *saved)
+{
+    *saved = sb->b;
+    uint64_t now = mdm_mono_ns();
+    mdm__budget_t b = {.active = true, .start_ns = now, .limit_ns = limit_ns,
+                       .insn_limit = insn_limit};
+    b.deadline_ns = limit_ns ? now + limit_ns : 0;
+    /* A nested budget never outlasts the one it runs in. */
+    if (saved->active && saved->deadline_ns != 0 &&
+        (b.deadline_ns == 0 || saved->deadline_ns < b.deadline_ns))
+        b.deadline_ns = saved->deadline_ns;
+    sb->b = b;
+    lua_sethook(L, hook, LUA_MASKCOUNT, HOOK_STEP);
+}
+
+int mdm__sandbox_end(mdm__sandbox_t *sb, lua_State *L, const mdm__budget_t *saved)
+{
+    int kill = sb->b.kill;
+    uint64_t insns = sb->b.insns;
+    sb->last_limit_ns = sb->b.limit_ns;
+    sb->b = *saved;
+    sb->b.insns += insns;
+    /* A kill switched the hooks to every instruction; calm them down. */
+    lua_sethook(L, hook, LUA_MASKCOUNT, HOOK_STEP);
+    if (L != sb->L)
+        lua_sethook(sb->L, hook, LUA_MASKCOUNT, HOOK_STEP);
+    return kill;
+}
+
+void mdm__sandbox_error(mdm__sandbox_t *sb, lua_State *L, int status, int kill, char *buf,
+                        size_t len)
+{
+    /* A budget can be spent with the code still ending normally (a
+     * coroutine that was killed, a pcall around an allocation): then there
+     * is no error value. */
+    const char *msg = status != LUA_OK && lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                                                                          : NULL;
+    if (kill == MDM__KILL_MEMORY || status == LUA_ERRMEM) {
+        /* The hook's own message names the line; "not enough memory" from
+         * an allocation does not. */
+        if (msg != NULL && strstr(msg, kill_text(MDM__KILL_MEMORY)) != NULL)
+            snprintf(buf, len, "%s (%zu MiB)", msg, sb->mem_max >> 20);
+        else
+            snprintf(buf, len, "%s (%zu MiB)", kill_text(MDM__KILL_MEMORY), sb->mem_max >> 20);
+    } else if (kill == MDM__KILL_TIME) {
+        const char *m = msg && strstr(msg, kill_text(kill)) ? msg : kill_text(kill);
+        snprintf(buf, len, "%s (%llu ms)", m, (unsigned long long)(sb->last_limit_ns / 1000000));
+    } else if (kill != MDM__KILL_NONE) {
+        const char *m = msg && strstr(msg, kill_text(kill)) ? msg : kill_text(kill);
+        snprintf(buf, len, "%s", m);
+    } else if (msg != NULL) {
+        snprintf(buf, len, "%s", msg);
+    } else if (status == LUA_OK) {
+        snprintf(buf, len, "stopped");
+    } else {
+        snprintf(buf, len, "error object is a %s value", luaL_typename(L, -1));
+    }
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env moonmdm
+local base = "/srv/mdm"
+local function dur(n) return tostring(n) .. "s" end
+return {
+  data_dir = base,
+  listen = { "0.0.0.0:8443", "[::1]:8443" },
+  listen_plain = { "127.0.0.1:8080" },
+  tls = { min_version = "1.3", request_client_cert = false, allow_insecure_key_mode = true,
+          ciphers = "ECDHE-ECDSA-AES128-GCM-SHA256", chain = "chain.pem" },
+  http = { max_header_bytes = "64KiB", max_body_bytes = 1048576, read_timeout = dur(10),
+           idle_timeout = "2m", write_timeout = "1500ms", max_connections = 100,
+           max_pipeline = 8, shutdown_grace = "1h" },
+  proxy = { cert_header = "X-SSL-Client-Cert" },
+  log = { level = "debug", requests = false },
+  store = { backend = "lmdb", map_size = "1GiB", map_max = "64GB", sync = false },
+  policy = { dir = "policies", memory_max = "32MiB", budget = "20ms",
+             hook_budgets = { "authenticate=1s", "scep=100ms" }, instructions = 1000000,
+             load_budget = "5s", watch = false, decision_log_max = 0, decision_log_age = "7d" },
+  ca = { validity = "30d", crl_url = "http://crl.example.org/ca.crl" },
+  scep = { path = "/pki/scep", static_challenge = os.getenv("SCEP_CHALLENGE") or "x",
+           challenge_ttl = "10m", allow_single_des = true },
+  mdm = { checkin_path = "/checkin", connect_path = "/connect", path = "/mdm",
+          bind_on_first_sight = true, result_retention = "1d", notnow_max = 5 },
+  enroll = { base_url = "https://mdm.example.org", topic = "com.apple.mgmt.External.x",
+             sign_message = true, access_rights = 8191, ota_trust = { "apple-device-ca.pem" },
+             install_ca = false, organization = "Example \"Org\"" },
+  profiles = { dir = "profiles", sign = true, encrypt = false },
+  apns = { url = "sandbox", expiration = 0, timeout = "10s", max_in_flight = 10,
+           connections = 1, coalesce_window = "500ms", retry_max = 0, retry_delay = "2s",
+           sweep_interval = 0, sweep_after = "2h" },
+  api = { enabled = false },
+}

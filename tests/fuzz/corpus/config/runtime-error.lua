@@ -1,0 +1,2 @@
+local t = nil
+return { data_dir = t.x }

@@ -1,0 +1,1 @@
+return { htpp = { max_body_bytes = "1KiB" } }

@@ -1,0 +1,68 @@
+/* Fuzz target: the bounded parser of untrusted plists (mdm_plist_parse),
+ * what the server does next with a device's plist (JSON for the API, binary
+ * records for the store), and the checks that tie those together.
+ *
+ * The input is the plist bytes, XML or binary, as a device would send them.
+ * Properties checked on every input that parses (abort() when broken):
+ *  - mdm_plist_to_json() and mdm_plist_to_json_checked() agree;
+ *  - JSON -> plist -> JSON is the identity on what plist -> JSON made;
+ *  - the binary plist the store would keep parses again with the same
+ *    limits. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "util/buf.h"
+#include "util/plist.h"
+#include "util/plistjson.h"
+
+static void fail(const char *what, const mdm_err_t *err)
+{
+    fprintf(stderr, "fuzz_plist: %s%s%s\n", what, err && err->msg[0] ? ": " : "",
+            err && err->msg[0] ? err->msg : "");
+    abort();
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    plist_t p = NULL, back = NULL, again = NULL;
+    json_t *j = NULL, *jc = NULL, *j2 = NULL;
+    mdm_buf_t bin = MDM_BUF_INIT;
+    mdm_err_t err = {0};
+
+    if (mdm_plist_parse((const char *)data, size, 0, &p, &err) != 0) {
+        if (p != NULL)
+            fail("mdm_plist_parse failed but set *out", &err);
+        return 0;
+    }
+
+    j = mdm_plist_to_json(p);
+    int rc = mdm_plist_to_json_checked(p, 0, &jc, &err);
+    if ((rc == 0) != (j != NULL))
+        fail("mdm_plist_to_json and mdm_plist_to_json_checked disagree", &err);
+    if (j != NULL) {
+        if (!json_equal(j, jc))
+            fail("mdm_plist_to_json and mdm_plist_to_json_checked give different JSON", NULL);
+        char *text = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+        free(text);
+        if (mdm_json_to_plist_checked(j, "", MDM_PLIST_MAX_DEPTH, &back, &err) != 0)
+            fail("JSON made from a plist does not convert back", &err);
+        j2 = mdm_plist_to_json(back);
+        if (j2 == NULL || !json_equal(j, j2))
+            fail("plist -> JSON -> plist -> JSON changed the value", NULL);
+    }
+
+    /* The store keeps device plists as binary records. */
+    mdm_plist_to_bin_buf(p, &bin);
+    if (bin.len > 0 && mdm_plist_parse(bin.data, bin.len, 0, &again, &err) != 0)
+        fail("the binary form of a parsed plist does not parse again", &err);
+
+    plist_free(again);
+    plist_free(back);
+    json_decref(j2);
+    json_decref(jc);
+    json_decref(j);
+    mdm_buf_free(&bin);
+    plist_free(p);
+    return 0;
+}

@@ -1,0 +1,232 @@
+"""The policy engine wired into the protocols: sign-in at /enroll decided by
+authenticate(), SCEP by scep(), commands from checkin()/connect()/result(),
+and profiles reconciled from groups()/profiles(): installed encrypted to the
+device, removed when no longer wanted. Reload under load, eval, decisions."""
+import os
+import plistlib
+import re
+import subprocess
+import threading
+import time
+import uuid as uuidlib
+
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from conftest import Server
+from device import TOPIC, Api, Device
+from test_enroll import cms_decrypt, cms_verify
+from test_scep import ra_fingerprint, scep_datadir, scepclient
+
+POLICY = r'''
+local M = { name = "flowtest" }
+local users = { alice = { hash = mdm.password.hash("wonderland"), groups = { "staff" } } }
+local wanted = require("wanted")
+
+function M.authenticate(req)
+  local u = users[req.username or ""]
+  if u and mdm.password.verify(req.password or "", u.hash) then
+    return { allow = true, user = req.username }
+  end
+  return { allow = false, reason = "bad credentials" }
+end
+
+function M.scep(csr, ctx)
+  if csr.cn == "refuse-me" then return { decision = "deny", reason = "cn refused" } end
+  return "issue"
+end
+
+function M.checkin(device, msg)
+  if msg.MessageType == "Authenticate" and device.serial == "BLOCKED1" then
+    return { reject = true, reason = "blocked serial" }
+  end
+  if msg.MessageType == "TokenUpdate" and device.first_checkin then
+    return { commands = { mdm.command.DeviceInformation{ Queries = { "SerialNumber", "IsSupervised" } } } }
+  end
+end
+
+function M.groups(device)
+  local g = { "all" }
+  if device.facts and device.facts.IsSupervised then g[#g + 1] = "supervised" end
+  return g
+end
+
+function M.profiles(device, groups)
+  return wanted.profiles
+end
+
+function M.result(device, result)
+  if result.RequestType == "DeviceInformation" and result.QueryResponses then
+    return { facts = { checked_by_policy = true } }
+  end
+end
+
+return M
+'''
+
+
+def write_policy(dirpath, wanted):
+    os.makedirs(dirpath, exist_ok=True)
+    with open(os.path.join(dirpath, "init.lua"), "w") as f:
+        f.write(POLICY)
+    with open(os.path.join(dirpath, "wanted.lua"), "w") as f:
+        f.write("return { profiles = { %s } }\n" % ", ".join(f'"{p}"' for p in wanted))
+
+
+def make_profile(identifier, name):
+    return plistlib.dumps({
+        "PayloadType": "Configuration", "PayloadVersion": 1,
+        "PayloadIdentifier": identifier, "PayloadUUID": str(uuidlib.uuid4()).upper(),
+        "PayloadDisplayName": name,
+        "PayloadContent": [{
+            "PayloadType": "com.apple.wifi.managed", "PayloadVersion": 1,
+            "PayloadIdentifier": identifier + ".wifi", "PayloadUUID": str(uuidlib.uuid4()).upper(),
+            "SSID_STR": "Office", "EncryptionType": "WPA2", "Password": "wifi-secret"}],
+    })
+
+
+def test_policy_drives_enrollment_commands_and_profiles(tmpdir_path):
+    pdir = os.path.join(tmpdir_path, "policy")
+    write_policy(pdir, ["com.example.wifi"])
+    d = scep_datadir(tmpdir_path, allow_single_des="true")
+    d.write_config('  enroll = { topic = "%s" },\n  policy = { dir = "%s" },' % (TOPIC, pdir))
+    srv = Server(d, plain=True)
+    try:
+        api = Api(srv)
+        st, r = api.call("PUT", "/v1/profiles/com.example.wifi",
+                         make_profile("com.example.wifi", "Office Wi-Fi"),
+                         "application/x-apple-aspen-config")
+        assert st == 201, r
+
+        # Sign-in decided by authenticate().
+        bad = requests.post(srv.url + "/enroll", data={"username": "alice", "password": "no"},
+                            verify=d.ca_crt, timeout=10)
+        assert bad.status_code == 403
+        good = requests.post(srv.url + "/enroll",
+                             data={"username": "alice", "password": "wonderland"},
+                             verify=d.ca_crt, timeout=10)
+        assert good.status_code == 200
+        assert good.headers["Content-Type"] == "application/x-apple-aspen-config"
+        profile = plistlib.loads(cms_verify(good.content, d.ca_crt, tmpdir_path))
+        challenge = profile["PayloadContent"][1]["PayloadContent"]["Challenge"]
+
+        # SCEP decided by scep(): a refused CN gets no certificate.
+        work = os.path.join(tmpdir_path, "scep")
+        p = scepclient(srv, os.path.join(tmpdir_path, "refused"), challenge,
+                       ["-ca-fingerprint", ra_fingerprint(d), "-cn", "refuse-me"])
+        assert p.returncode != 0
+        srv.wait_log(r'event=scep.failure .*reason="denied by policy: cn refused"')
+        p = scepclient(srv, work, challenge, ["-ca-fingerprint", ra_fingerprint(d)])
+        assert p.returncode == 0, p.stdout + p.stderr
+        cert_path, key_path = os.path.join(work, "client.pem"), os.path.join(work, "key.pem")
+        cert = x509.load_pem_x509_certificate(open(cert_path, "rb").read())
+        key = serialization.load_pem_private_key(open(key_path, "rb").read(), None)
+
+        dev = Device(srv, cert=cert, key=key)
+        dev.enroll()
+        st, show = api.call("GET", "/v1/devices/" + dev.udid)
+        assert show["user"] == "alice" and show["groups"] == ["all"]
+
+        got = {}
+
+        def handler(cmd):
+            rt = cmd["Command"]["RequestType"]
+            got.setdefault(rt, []).append(cmd)
+            if rt == "DeviceInformation":
+                return "Acknowledged", {"QueryResponses": {"SerialNumber": dev.serial,
+                                                           "IsSupervised": True}}
+            return dev.answer(cmd)
+
+        cmds = dev.run(handler)
+        types = [c["Command"]["RequestType"] for c in cmds]
+        # The profile goes first (reconciliation queues it with priority),
+        # then what checkin() asked for.
+        assert types[:2] == ["InstallProfile", "DeviceInformation"], types
+        payload = got["InstallProfile"][0]["Command"]["Payload"]
+        inner = plistlib.loads(cms_verify(payload, d.ca_crt, tmpdir_path))
+        assert inner["PayloadIdentifier"] == "com.example.wifi"
+        assert "PayloadContent" not in inner
+        content = plistlib.loads(cms_decrypt(inner["EncryptedPayloadContent"], cert_path,
+                                             key_path, tmpdir_path))
+        assert content[0]["SSID_STR"] == "Office"
+
+        st, show = api.call("GET", "/v1/devices/" + dev.udid)
+        assert show["facts"]["checked_by_policy"] is True
+        assert show["facts"]["IsSupervised"] is True
+
+        # New facts: groups() is asked again at the next Idle.
+        dev.run(handler)
+        st, show = api.call("GET", "/v1/devices/" + dev.udid)
+        assert show["groups"] == ["all", "supervised"], show["groups"]
+
+        # A new revision without the profile: RemoveProfile at the next Idle.
+        with open(os.path.join(pdir, "wanted.lua"), "w") as f:
+            f.write("return { profiles = {} }\n")
+        st, r = api.call("POST", "/v1/policy/reload")
+        assert st == 200, r
+        cmds = dev.run(handler)
+        assert [c["Command"]["RequestType"] for c in cmds] == ["RemoveProfile"]
+        assert cmds[0]["Command"]["Identifier"] == "com.example.wifi"
+        assert dev.run(handler) == []
+
+        # The decision log and a dry run.
+        st, r = api.call("GET", f"/v1/decisions?device={dev.udid}&hook=profiles&limit=5")
+        assert st == 200 and len(r["decisions"]) >= 1, r
+        st, r = api.call("POST", "/v1/policy/eval", {"device": dev.udid, "hook": "groups"})
+        assert st == 200 and r["decision"]["groups"] == ["all", "supervised"], r
+
+        # checkin() may refuse an enrollment.
+        blocked = Device(srv, serial="BLOCKED1")
+        assert blocked.authenticate() == 403
+        srv.wait_log(r'detail="the policy refused Authenticate: blocked serial"')
+    finally:
+        assert srv.stop() == 0
+
+
+def test_reload_under_load_drops_no_request(tmpdir_path, datadir):
+    pdir = os.path.join(tmpdir_path, "policy")
+    write_policy(pdir, [])
+    datadir.write_config('  policy = { dir = "%s" },' % pdir)
+    srv = Server(datadir)
+    try:
+        api = Api(srv)
+        devices = [Device(srv) for _ in range(6)]
+        for dv in devices:
+            dv.enroll()
+        stop = threading.Event()
+        failures = []
+        counts = [0]
+
+        def load(dv):
+            while not stop.is_set():
+                try:
+                    st, cmd = dv.idle()
+                    while cmd is not None:
+                        st, cmd = dv.report("Acknowledged", cmd["CommandUUID"], **dv.answer(cmd)[1])
+                    if st != 200:
+                        failures.append(st)
+                    counts[0] += 1
+                except Exception as e:
+                    failures.append(repr(e))
+
+        threads = [threading.Thread(target=load, args=(dv,)) for dv in devices]
+        for t in threads:
+            t.start()
+        revisions = set()
+        for i in range(100):
+            with open(os.path.join(pdir, "wanted.lua"), "w") as f:
+                f.write("return { profiles = {} } -- %d\n" % i)
+            st, r = api.call("POST", "/v1/policy/reload")
+            assert st == 200, r
+            revisions.add(r["revision"])
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert failures == [], failures[:5]
+        assert counts[0] > 50
+        assert len(revisions) == 100
+        st, r = api.call("GET", "/v1/policy")
+        assert r["reloads"] >= 100 and r["last_error"] is None
+    finally:
+        assert srv.stop() == 0

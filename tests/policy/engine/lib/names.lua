@@ -1,0 +1,1 @@
+return { ALL = "all" }

@@ -1,0 +1,1069 @@
+/* Tests of the durable command queue (mdm/queue.h) over a real LMDB store
+ * in a fresh temporary directory per test, opened with
+ * MDM_STORE_CREATE | MDM_STORE_AUTOFLUSH so that every call below commits
+ * on its own, the way the CLI and the admin tools use the store.
+ *
+ * Every queue function takes the caller's transaction; the helpers wrap
+ * one call each in mdm_store_update (or mdm_store_view for reads). Times
+ * are explicit milliseconds so that expiry and retention are tested
+ * without sleeping. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "mdm/queue.h"
+#include "store/store.h"
+#include "util/alloc.h"
+#include "util/buf.h"
+
+struct fx {
+    char dir[64];
+    char path[128];
+    mdm_store_t *store;
+};
+
+#define assert_rc(got, want)                                                              \
+    do {                                                                                  \
+        int g_ = (got), w_ = (want);                                                      \
+        if (g_ != w_)                                                                     \
+            fail_msg("%s: got %d (%s), want %d (%s)", #got, g_, mdm_errname(g_), w_,      \
+                     mdm_errname(w_));                                                    \
+    } while (0)
+
+#define assert_str(got, want)                                                             \
+    do {                                                                                  \
+        const char *g_ = (got), *w_ = (want);                                             \
+        if (strcmp(g_, w_) != 0)                                                          \
+            fail_msg("%s: got \"%s\", want \"%s\"", #got, g_, w_);                        \
+    } while (0)
+
+#define assert_num(got, want)                                                             \
+    do {                                                                                  \
+        long long g_ = (long long)(got), w_ = (long long)(want);                          \
+        if (g_ != w_)                                                                     \
+            fail_msg("%s: got %lld, want %lld", #got, g_, w_);                            \
+    } while (0)
+
+static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(p);
+}
+
+static int setup(void **state)
+{
+    struct fx *fx = mdm_calloc(1, sizeof(*fx));
+    strcpy(fx->dir, "/tmp/moonmdm-queue-XXXXXX");
+    if (mkdtemp(fx->dir) == NULL) {
+        mdm_free(fx);
+        return -1;
+    }
+    snprintf(fx->path, sizeof(fx->path), "%s/db", fx->dir);
+    mdm_store_config_t cfg = {.path = fx->path,
+                              .sync = false,
+                              .flags = MDM_STORE_CREATE | MDM_STORE_AUTOFLUSH};
+    mdm_err_t err = {0};
+    int rc = mdm_store_open(&mdm_store_lmdb, &cfg, &fx->store, &err);
+    if (rc != 0) {
+        fprintf(stderr, "opening %s: %s (%s)\n", fx->path, mdm_errname(rc), err.msg);
+        nftw(fx->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        mdm_free(fx);
+        return -1;
+    }
+    /* A hung test fails instead of blocking the suite. */
+    alarm(100);
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *fx = *state;
+    alarm(0);
+    mdm_store_close(fx->store);
+    nftw(fx->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    mdm_free(fx);
+    return 0;
+}
+
+/* ---- one queue call per transaction -------------------------------------- */
+
+enum op {
+    OP_PUT,
+    OP_GET,
+    OP_ADD,
+    OP_NEXT,
+    OP_REPORT,
+    OP_CANCEL,
+    OP_CLEAR,
+    OP_LENGTH,
+    OP_RESULT,
+    OP_OF_ENROLLMENT,
+    OP_OF_COMMAND,
+    OP_PRUNE,
+    OP_FORGET,
+};
+
+struct call {
+    enum op op;
+    const char *eid, *uuid, *status;
+    const mdm_command_info_t *info;
+    const void *data;
+    size_t len;
+    bool dedupe;
+    int64_t now, session, cutoff;
+    uint64_t notnow_max;
+    size_t max;
+    mdm_result_fn fn;
+    void *arg;
+    /* outputs */
+    int outcome;
+    char uuid_out[MDM_UUID_LEN + 1];
+    mdm_buf_t *buf;
+    size_t n;
+    mdm_result_t *res;
+    mdm_command_info_t *info_out;
+};
+
+static int call_fn(mdm_txn_t *t, void *arg)
+{
+    struct call *c = arg;
+    switch (c->op) {
+    case OP_PUT:
+        return mdm_command_put(t, c->info, c->data, c->len);
+    case OP_GET:
+        return mdm_command_get(t, c->uuid, c->info_out, c->buf);
+    case OP_ADD:
+        return mdm_queue_add(t, c->eid, c->info, c->dedupe, &c->outcome, c->uuid_out);
+    case OP_NEXT: {
+        /* As the server does: nothing due is not a failure, so that the
+         * expiries met on the way commit. */
+        int rc = mdm_queue_next(t, c->eid, c->now, c->session, c->uuid_out, c->buf);
+        c->outcome = rc;
+        return rc == MDM_ENOTFOUND ? 0 : rc;
+    }
+    case OP_REPORT:
+        return mdm_queue_report(t, c->eid, c->uuid, c->status, c->data, c->len, c->now,
+                                c->session, c->notnow_max, &c->outcome);
+    case OP_CANCEL:
+        return mdm_queue_cancel(t, c->eid, c->uuid, c->now);
+    case OP_CLEAR:
+        return mdm_queue_clear(t, c->eid, c->status, c->now, &c->n);
+    case OP_LENGTH:
+        return mdm_queue_length(t, c->eid, &c->n);
+    case OP_RESULT:
+        return mdm_result_get(t, c->eid, c->uuid, c->res, c->buf);
+    case OP_OF_ENROLLMENT:
+        return mdm_results_of_enrollment(t, c->eid, c->fn, c->arg);
+    case OP_OF_COMMAND:
+        return mdm_results_of_command(t, c->uuid, c->fn, c->arg);
+    case OP_PRUNE:
+        return mdm_results_prune(t, c->cutoff, c->max, &c->n);
+    case OP_FORGET:
+        return mdm_queue_forget(t, c->eid);
+    }
+    return MDM_EINVAL;
+}
+
+static int update(struct fx *fx, struct call *c)
+{
+    return mdm_store_update(fx->store, call_fn, c);
+}
+
+static int view(struct fx *fx, struct call *c)
+{
+    return mdm_store_view(fx->store, call_fn, c);
+}
+
+/* A command whose plist is a recognisable text and whose de-duplication
+ * hash is 32 copies of hash_byte. */
+static mdm_command_info_t cmd_info(const char *uuid, const char *rt, int prio, int64_t created,
+                                   int64_t expires, unsigned char hash_byte)
+{
+    mdm_command_info_t i;
+    memset(&i, 0, sizeof(i));
+    snprintf(i.uuid, sizeof(i.uuid), "%s", uuid);
+    snprintf(i.request_type, sizeof(i.request_type), "%s", rt);
+    i.priority = prio;
+    i.created_ms = created;
+    i.expires_ms = expires;
+    memset(i.hash, hash_byte, sizeof(i.hash));
+    return i;
+}
+
+static void plist_text(char *out, size_t n, const char *uuid)
+{
+    snprintf(out, n, "<plist><dict><key>CommandUUID</key><string>%s</string></dict></plist>",
+             uuid);
+}
+
+/* Stores a command; the hash byte defaults to the UUID's first char. */
+static void put_cmd(struct fx *fx, const mdm_command_info_t *info)
+{
+    char text[160];
+    plist_text(text, sizeof(text), info->uuid);
+    struct call c = {.op = OP_PUT, .info = info, .data = text, .len = strlen(text)};
+    int rc = update(fx, &c);
+    if (rc != 0)
+        fail_msg("command_put %s: %s", info->uuid, mdm_errname(rc));
+}
+
+/* Stores and queues a command for one enrollment. */
+static mdm_command_info_t queue_new(struct fx *fx, const char *eid, const char *uuid, int prio,
+                                    int64_t expires)
+{
+    mdm_command_info_t i = cmd_info(uuid, "ProfileList", prio, 10, expires,
+                                    (unsigned char)uuid[0]);
+    put_cmd(fx, &i);
+    struct call c = {.op = OP_ADD, .eid = eid, .info = &i};
+    int rc = update(fx, &c);
+    if (rc != 0 || c.outcome != MDM_ENQ_QUEUED)
+        fail_msg("queue_add %s for %s: %s outcome %d", uuid, eid, mdm_errname(rc), c.outcome);
+    return i;
+}
+
+static int add(struct fx *fx, const char *eid, const mdm_command_info_t *i, bool dedupe,
+               int *outcome, char dup[MDM_UUID_LEN + 1])
+{
+    struct call c = {.op = OP_ADD, .eid = eid, .info = i, .dedupe = dedupe};
+    int rc = update(fx, &c);
+    *outcome = c.outcome;
+    if (dup)
+        memcpy(dup, c.uuid_out, MDM_UUID_LEN + 1);
+    return rc;
+}
+
+/* mdm_queue_next; the UUID offered goes to uuid (empty when none). */
+static int next(struct fx *fx, const char *eid, int64_t now, int64_t session,
+                char uuid[MDM_UUID_LEN + 1], mdm_buf_t *plist)
+{
+    mdm_buf_t local = MDM_BUF_INIT;
+    struct call c = {.op = OP_NEXT, .eid = eid, .now = now, .session = session,
+                     .buf = plist ? plist : &local};
+    int rc = update(fx, &c);
+    if (rc == 0)
+        rc = c.outcome;
+    memcpy(uuid, rc == 0 ? c.uuid_out : "", rc == 0 ? MDM_UUID_LEN + 1 : 1);
+    mdm_buf_free(&local);
+    return rc;
+}
+
+/* Asserts that next offers want (or nothing, for want NULL). */
+static void expect_next(struct fx *fx, const char *eid, int64_t now, int64_t session,
+                        const char *want)
+{
+    char got[MDM_UUID_LEN + 1];
+    int rc = next(fx, eid, now, session, got, NULL);
+    if (want == NULL) {
+        if (rc != MDM_ENOTFOUND)
+            fail_msg("next(%s, now %lld, session %lld): %s \"%s\", want nothing", eid,
+                     (long long)now, (long long)session, mdm_errname(rc), got);
+        return;
+    }
+    if (rc != 0 || strcmp(got, want) != 0)
+        fail_msg("next(%s, now %lld, session %lld): %s \"%s\", want %s", eid, (long long)now,
+                 (long long)session, mdm_errname(rc), got, want);
+}
+
+static int report(struct fx *fx, const char *eid, const char *uuid, const char *status,
+                  int64_t now, int64_t session, uint64_t notnow_max, int *outcome)
+{
+    char raw[128];
+    snprintf(raw, sizeof(raw), "report %s %s", uuid, status);
+    struct call c = {.op = OP_REPORT, .eid = eid, .uuid = uuid, .status = status, .data = raw,
+                     .len = strlen(raw), .now = now, .session = session,
+                     .notnow_max = notnow_max, .outcome = -1};
+    int rc = update(fx, &c);
+    *outcome = c.outcome;
+    return rc;
+}
+
+/* Reports status and asserts the outcome. */
+static void expect_report(struct fx *fx, const char *eid, const char *uuid, const char *status,
+                          int64_t now, int64_t session, int want)
+{
+    int outcome = -1;
+    int rc = report(fx, eid, uuid, status, now, session, 50, &outcome);
+    if (rc != 0 || outcome != want)
+        fail_msg("report %s %s for %s: %s outcome %d, want outcome %d", status, uuid, eid,
+                 mdm_errname(rc), outcome, want);
+}
+
+static size_t length(struct fx *fx, const char *eid)
+{
+    struct call c = {.op = OP_LENGTH, .eid = eid};
+    int rc = view(fx, &c);
+    if (rc != 0)
+        fail_msg("queue_length %s: %s", eid, mdm_errname(rc));
+    return c.n;
+}
+
+static int result(struct fx *fx, const char *eid, const char *uuid, mdm_result_t *r,
+                  mdm_buf_t *raw)
+{
+    struct call c = {.op = OP_RESULT, .eid = eid, .uuid = uuid, .res = r, .buf = raw};
+    return view(fx, &c);
+}
+
+static void expect_status(struct fx *fx, const char *eid, const char *uuid, const char *want)
+{
+    mdm_result_t r;
+    int rc = result(fx, eid, uuid, &r, NULL);
+    if (rc != 0)
+        fail_msg("result %s/%s: %s, want status %s", eid, uuid, mdm_errname(rc), want);
+    if (strcmp(r.status, want) != 0)
+        fail_msg("result %s/%s: status %s, want %s", eid, uuid, r.status, want);
+}
+
+static int command_get(struct fx *fx, const char *uuid, mdm_command_info_t *info, mdm_buf_t *pl)
+{
+    struct call c = {.op = OP_GET, .uuid = uuid, .info_out = info, .buf = pl};
+    return view(fx, &c);
+}
+
+static size_t prune(struct fx *fx, int64_t cutoff, size_t max)
+{
+    struct call c = {.op = OP_PRUNE, .cutoff = cutoff, .max = max};
+    int rc = update(fx, &c);
+    if (rc != 0)
+        fail_msg("prune(cutoff %lld, max %zu): %s", (long long)cutoff, max, mdm_errname(rc));
+    return c.n;
+}
+
+/* Results collected by the iteration callbacks. */
+struct seen {
+    size_t n;
+    char eid[16][260];
+    char uuid[16][MDM_UUID_LEN + 1];
+    char status[16][32];
+    char request_type[16][96];
+    int stop_after; /* non-zero: return 42 after that many */
+};
+
+static int collect(const mdm_result_t *r, void *arg)
+{
+    struct seen *s = arg;
+    if (s->n < 16) {
+        snprintf(s->eid[s->n], sizeof(s->eid[0]), "%s", r->eid);
+        snprintf(s->uuid[s->n], sizeof(s->uuid[0]), "%s", r->uuid);
+        snprintf(s->status[s->n], sizeof(s->status[0]), "%s", r->status);
+        snprintf(s->request_type[s->n], sizeof(s->request_type[0]), "%s", r->request_type);
+    }
+    s->n++;
+    if (s->stop_after > 0 && (int)s->n == s->stop_after)
+        return 42;
+    return 0;
+}
+
+/* The index of uuid in what was seen, or -1. */
+static int seen_uuid(const struct seen *s, const char *uuid)
+{
+    for (size_t i = 0; i < s->n && i < 16; i++)
+        if (strcmp(s->uuid[i], uuid) == 0)
+            return (int)i;
+    return -1;
+}
+
+static int seen_eid(const struct seen *s, const char *eid)
+{
+    for (size_t i = 0; i < s->n && i < 16; i++)
+        if (strcmp(s->eid[i], eid) == 0)
+            return (int)i;
+    return -1;
+}
+
+static int of_enrollment(struct fx *fx, const char *eid, struct seen *s)
+{
+    struct call c = {.op = OP_OF_ENROLLMENT, .eid = eid, .fn = collect, .arg = s};
+    return view(fx, &c);
+}
+
+static int of_command(struct fx *fx, const char *uuid, struct seen *s)
+{
+    struct call c = {.op = OP_OF_COMMAND, .uuid = uuid, .fn = collect, .arg = s};
+    return view(fx, &c);
+}
+
+#define U(n) "00000000-0000-4000-8000-00000000000" #n
+#define UA U(1)
+#define UB U(2)
+#define UC U(3)
+#define UD U(4)
+#define UE U(5)
+#define UF U(6)
+#define E1 "DEVICE-1"
+#define E2 "DEVICE-2"
+#define E3 "DEVICE-2:user"
+
+/* ---- commands ------------------------------------------------------------ */
+
+static void test_command_put_get(void **state)
+{
+    struct fx *fx = *state;
+    mdm_command_info_t in = cmd_info(UA, "DeviceInformation", 7, 1234, 99999, 0xab);
+    put_cmd(fx, &in);
+
+    mdm_command_info_t out;
+    mdm_buf_t pl = MDM_BUF_INIT;
+    assert_rc(command_get(fx, UA, &out, &pl), 0);
+    assert_str(out.uuid, UA);
+    assert_str(out.request_type, "DeviceInformation");
+    assert_num(out.priority, 7);
+    assert_num(out.created_ms, 1234);
+    assert_num(out.expires_ms, 99999);
+    assert_memory_equal(out.hash, in.hash, 32);
+    char want[160];
+    plist_text(want, sizeof(want), UA);
+    assert_str(pl.data, want);
+    assert_num(pl.len, strlen(want));
+
+    /* Either output may be left out. */
+    mdm_buf_reset(&pl);
+    assert_rc(command_get(fx, UA, NULL, &pl), 0);
+    assert_str(pl.data, want);
+    assert_rc(command_get(fx, UA, &out, NULL), 0);
+    assert_str(out.request_type, "DeviceInformation");
+    mdm_buf_free(&pl);
+
+    /* A UUID names one command for ever. */
+    char text[] = "other";
+    struct call c = {.op = OP_PUT, .info = &in, .data = text, .len = 5};
+    assert_rc(update(fx, &c), MDM_EEXIST);
+    assert_rc(command_get(fx, UB, &out, NULL), MDM_ENOTFOUND);
+}
+
+/* ---- ordering ------------------------------------------------------------ */
+
+static void test_order_priority_then_enqueue_order(void **state)
+{
+    struct fx *fx = *state;
+    queue_new(fx, E1, UA, 0, 0);
+    queue_new(fx, E1, UB, 0, 0);
+    queue_new(fx, E1, UC, 10, 0);
+    queue_new(fx, E1, UD, 5, 0);
+    queue_new(fx, E1, UE, 255, 0);
+    queue_new(fx, E1, UF, 5, 0);
+    assert_num(length(fx, E1), 6);
+    assert_num(length(fx, E2), 0);
+
+    const char *want[] = {UE, UC, UD, UF, UA, UB};
+    for (size_t i = 0; i < 6; i++) {
+        expect_next(fx, E1, 100, 1, want[i]);
+        /* Unanswered, the same command is offered again. */
+        expect_next(fx, E1, 100, 1, want[i]);
+        expect_report(fx, E1, want[i], "Acknowledged", 200 + (int64_t)i, 1,
+                      MDM_REPORT_RECORDED);
+        assert_num(length(fx, E1), 5 - i);
+    }
+    expect_next(fx, E1, 300, 1, NULL);
+    expect_next(fx, E2, 300, 1, NULL);
+}
+
+static void test_next_returns_plist_and_marks_sent(void **state)
+{
+    struct fx *fx = *state;
+    queue_new(fx, E1, UA, 0, 0);
+    mdm_result_t r;
+    assert_rc(result(fx, E1, UA, &r, NULL), 0);
+    assert_str(r.status, "Queued");
+    assert_str(r.request_type, "ProfileList");
+    assert_num(r.queued_ms, 10);
+    assert_num(r.sent_ms, 0);
+
+    mdm_buf_t pl = MDM_BUF_INIT;
+    char got[MDM_UUID_LEN + 1];
+    assert_rc(next(fx, E1, 555, 1, got, &pl), 0);
+    assert_str(got, UA);
+    char want[160];
+    plist_text(want, sizeof(want), UA);
+    assert_str(pl.data, want);
+    mdm_buf_free(&pl);
+
+    assert_rc(result(fx, E1, UA, &r, NULL), 0);
+    assert_str(r.status, "Queued");
+    assert_num(r.sent_ms, 555);
+    assert_num(r.updated_ms, 555);
+    assert_str(r.eid, E1);
+    assert_str(r.uuid, UA);
+}
+
+/* The entries of one enrollment are not offered to another whose id is a
+ * prefix or an extension of it. */
+static void test_enrollments_are_apart(void **state)
+{
+    struct fx *fx = *state;
+    queue_new(fx, "DEV", UA, 0, 0);
+    queue_new(fx, "DEV:u", UB, 0, 0);
+    queue_new(fx, "DEVX", UC, 0, 0);
+    expect_next(fx, "DEV", 1, 1, UA);
+    expect_report(fx, "DEV", UA, "Acknowledged", 2, 1, MDM_REPORT_RECORDED);
+    expect_next(fx, "DEV", 3, 1, NULL);
+    expect_next(fx, "DEV:u", 3, 1, UB);
+    expect_next(fx, "DEVX", 3, 1, UC);
+    /* A report for another enrollment's command is not its own. */
+    expect_report(fx, "DEV", UB, "Acknowledged", 4, 1, MDM_REPORT_UNKNOWN);
+    expect_status(fx, "DEV:u", UB, "Queued");
+}
+
+/* ---- NotNow ------------------------------------------------------------- */
+
+static void test_notnow_skipped_in_session_offered_in_next(void **state)
+{
+    struct fx *fx = *state;
+    queue_new(fx, E1, UA, 0, 0);
+    queue_new(fx, E1, UB, 0, 0);
+
+    expect_next(fx, E1, 100, 1, UA);
+    expect_report(fx, E1, UA, "NotNow", 110, 1, MDM_REPORT_NOTNOW);
+    /* Same session: A waits, B goes ahead. */
+    expect_next(fx, E1, 120, 1, UB);
+    expect_report(fx, E1, UB, "Acknowledged", 130, 1, MDM_REPORT_RECORDED);
+    expect_next(fx, E1, 140, 1, NULL);
+    assert_num(length(fx, E1), 1);
+
+    mdm_result_t r;
+    assert_rc(result(fx, E1, UA, &r, NULL), 0);
+    assert_str(r.status, "NotNow");
+    assert_num(r.notnow_count, 1);
+    assert_num(r.notnow_ms, 110);
+    assert_num(r.completed_ms, 0);
+
+    /* The next session (the device's next Idle) gets it again. */
+    expect_next(fx, E1, 200, 2, UA);
+    expect_report(fx, E1, UA, "NotNow", 210, 2, MDM_REPORT_NOTNOW);
+    expect_next(fx, E1, 220, 2, NULL);
+    expect_next(fx, E1, 300, 3, UA);
+    expect_report(fx, E1, UA, "Acknowledged", 310, 3, MDM_REPORT_RECORDED);
+    assert_rc(result(fx, E1, UA, &r, NULL), 0);
+    assert_str(r.status, "Acknowledged");
+    assert_num(r.notnow_count, 2);
+    assert_num(r.completed_ms, 310);
+    assert_num(length(fx, E1), 0);
+}
+
+static void test_notnow_limit_drops_the_command(void **state)
+{
+    struct fx *fx = *state;
+    queue_new(fx, E1, UA, 0, 0);
+    int outcome;
+    for (int s = 1; s <= 3; s++) {
+        expect_next(fx, E1, 100 * s, s, UA);
+        assert_rc(report(fx, E1, UA, "NotNow", 100 * s + 1, s, 3, &outcome), 0);
+        assert_num(outcome, MDM_REPORT_NOTNOW);
+    }
+    expect_next(fx, E1, 400, 4, UA);
+    assert_rc(report(fx, E1, UA, "NotNow", 401, 4, 3, &outcome), 0);
+    assert_num(outcome, MDM_REPORT_NOTNOW_LIMIT);
+    mdm_result_t r;
+    assert_rc(result(fx, E1, UA, &r, NULL), 0);
+    assert_str(r.status, "NotNowLimit");
+    assert_num(r.notnow_count, 4);
+    assert_num(r.completed_ms, 401);
+    assert_num(length(fx, E1), 0);
+    expect_next(fx, E1, 500, 5, NULL);
+
+    /* notnow_max 0 means no limit. */
+    queue_new(fx, E1, UB, 0, 0);
+    for (int s = 10; s < 70; s++) {
+        assert_rc(report(fx, E1, UB, "NotNow", s, s, 0, &outcome), 0);
+        if (outcome != MDM_REPORT_NOTNOW)
+            fail_msg("NotNow %d with no limit: outcome %d", s - 9, outcome);
+    }
+    expect_status(fx, E1, UB, "NotNow");
+}
+
+/* ---- expiry -------------------------------------------------------------- */
+
+static void test_ttl_expiry_marks_expired(void **state)
+{
+    struct fx *fx = *state;
+    queue_new(fx, E1, UA, 0, 1000);
+    queue_new(fx, E1, UB, 0, 0);
+    queue_new(fx, E1, UC, 0, 5000);
+
+    /* Before its time it is offered like any other. */
+    expect_next(fx, E1, 999, 1, UA);
+    expect_status(fx, E1, UA, "Queued");
+    /* At expiry it is dropped on the way to the next one. */
+    expect_next(fx, E1, 1000, 2, UB);
+    mdm_result_t r;
+    assert_rc(result(fx, E1, UA, &r, NULL), 0);
+    assert_str(r.status, "Expired");
+    assert_num(r.completed_ms, 1000);
+    assert_num(length(fx, E1), 2);
+    /* A report for it now is a duplicate: it is terminal. */
+    expect_report(fx, E1, UA, "Acknowledged", 1001, 2, MDM_REPORT_DUPLICATE);
+    expect_status(fx, E1, UA, "Expired");
+
+    expect_report(fx, E1, UB, "Acknowledged", 1002, 2, MDM_REPORT_RECORDED);
+    expect_next(fx, E1, 6000, 3, NULL);
+    expect_status(fx, E1, UC, "Expired");
+    assert_num(length(fx, E1), 0);
+}
+
+/* ---- reports ------------------------------------------------------------- */
+
+static void test_report_outcomes(void **state)
+{
+    struct fx *fx = *state;
+    queue_new(fx, E1, UA, 0, 0);
+    queue_new(fx, E1, UB, 0, 0);
+    queue_new(fx, E1, UC, 0, 0);
+    queue_new(fx, E2, UD, 0, 0);
+
+    /* recorded, with the device's report kept as the result */
+    expect_next(fx, E1, 50, 1, UA);
+    expect_report(fx, E1, UA, "Acknowledged", 100, 1, MDM_REPORT_RECORDED);
+    mdm_result_t r;
+    mdm_buf_t raw = MDM_BUF_INIT;
+    assert_rc(result(fx, E1, UA, &r, &raw), 0);
+    assert_str(r.status, "Acknowledged");
+    assert_num(r.completed_ms, 100);
+    assert_num(r.updated_ms, 100);
+    assert_num(r.sent_ms, 50);
+    assert_null(r.raw);
+    assert_str(raw.data, "report " UA " Acknowledged");
+
+    /* duplicate: already terminal; the first result stays */
+    expect_report(fx, E1, UA, "Error", 200, 1, MDM_REPORT_DUPLICATE);
+    assert_rc(result(fx, E1, UA, &r, &raw), 0);
+    assert_str(r.status, "Acknowledged");
+    assert_num(r.completed_ms, 100);
+    assert_str(raw.data, "report " UA " Acknowledged");
+    mdm_buf_free(&raw);
+
+    /* unknown: never queued for this enrollment, or an unusable id */
+    expect_report(fx, E1, UD, "Acknowledged", 300, 1, MDM_REPORT_UNKNOWN);
+    expect_report(fx, E1, UF, "Acknowledged", 300, 1, MDM_REPORT_UNKNOWN);
+    expect_report(fx, "", UA, "Acknowledged", 300, 1, MDM_REPORT_UNKNOWN);
+    expect_status(fx, E2, UD, "Queued");
+
+    /* notnow */
+    expect_report(fx, E1, UB, "NotNow", 400, 1, MDM_REPORT_NOTNOW);
+    expect_status(fx, E1, UB, "NotNow");
+
+    /* Error and CommandFormatError are results too. */
+    expect_report(fx, E1, UB, "Error", 500, 2, MDM_REPORT_RECORDED);
+    expect_status(fx, E1, UB, "Error");
+    expect_report(fx, E1, UC, "CommandFormatError", 600, 2, MDM_REPORT_RECORDED);
+    expect_status(fx, E1, UC, "CommandFormatError");
+    assert_num(length(fx, E1), 0);
+
+    /* A status the protocol does not have changes nothing. */
+    int outcome;
+    assert_rc(report(fx, E2, UD, "Idle", 700, 1, 50, &outcome), MDM_EINVAL);
+    assert_rc(report(fx, E2, UD, "Bogus", 700, 1, 50, &outcome), MDM_EINVAL);
+    expect_status(fx, E2, UD, "Queued");
+    assert_num(length(fx, E2), 1);
+}
+
+/* ---- cancel and clear ---------------------------------------------------- */
+
+static void test_cancel(void **state)
+{
+    struct fx *fx = *state;
+    mdm_command_info_t a = queue_new(fx, E1, UA, 0, 0);
+    queue_new(fx, E1, UB, 0, 0);
+    int outcome;
+    assert_rc(add(fx, E2, &a, false, &outcome, NULL), 0);
+
+    struct call c = {.op = OP_CANCEL, .eid = E1, .uuid = UA, .now = 77};
+    assert_rc(update(fx, &c), 0);
+    mdm_result_t r;
+    assert_rc(result(fx, E1, UA, &r, NULL), 0);
+    assert_str(r.status, "Canceled");
+    assert_num(r.completed_ms, 77);
+    assert_num(length(fx, E1), 1);
+    expect_next(fx, E1, 80, 1, UB);
+    /* The same command for another enrollment is untouched. */
+    expect_status(fx, E2, UA, "Queued");
+    expect_next(fx, E2, 80, 1, UA);
+
+    /* Not waiting any more, never queued, or a bad id: ENOTFOUND. */
+    assert_rc(update(fx, &c), MDM_ENOTFOUND);
+    c.uuid = UF;
+    assert_rc(update(fx, &c), MDM_ENOTFOUND);
+    c.eid = "";
+    assert_rc(update(fx, &c), MDM_ENOTFOUND);
+    expect_report(fx, E1, UB, "Acknowledged", 90, 1, MDM_REPORT_RECORDED);
+    struct call c2 = {.op = OP_CANCEL, .eid = E1, .uuid = UB, .now = 95};
+    assert_rc(update(fx, &c2), MDM_ENOTFOUND);
+    expect_status(fx, E1, UB, "Acknowledged");
+
+    /* A NotNow command can still be canceled. */
+    expect_report(fx, E2, UA, "NotNow", 100, 1, MDM_REPORT_NOTNOW);
+    struct call c3 = {.op = OP_CANCEL, .eid = E2, .uuid = UA, .now = 110};
+    assert_rc(update(fx, &c3), 0);
+    expect_status(fx, E2, UA, "Canceled");
+    assert_num(length(fx, E2), 0);
+}
+
+static void test_clear(void **state)
+{
+    struct fx *fx = *state;
+    queue_new(fx, E1, UA, 0, 0);
+    queue_new(fx, E1, UB, 3, 0);
+    queue_new(fx, E1, UC, 0, 0);
+    queue_new(fx, E1, UD, 0, 0);
+    queue_new(fx, E2, UE, 0, 0);
+    expect_next(fx, E1, 10, 1, UB);
+    expect_report(fx, E1, UB, "NotNow", 11, 1, MDM_REPORT_NOTNOW);
+    expect_next(fx, E1, 12, 1, UA);
+    expect_report(fx, E1, UA, "Acknowledged", 13, 1, MDM_REPORT_RECORDED);
+
+    struct call c = {.op = OP_CLEAR, .eid = E1, .status = "Cleared", .now = 500};
+    assert_rc(update(fx, &c), 0);
+    assert_num(c.n, 3);
+    assert_num(length(fx, E1), 0);
+    expect_status(fx, E1, UA, "Acknowledged");
+    mdm_result_t r;
+    const char *cleared[] = {UB, UC, UD};
+    for (size_t i = 0; i < 3; i++) {
+        assert_rc(result(fx, E1, cleared[i], &r, NULL), 0);
+        assert_str(r.status, "Cleared");
+        assert_num(r.completed_ms, 500);
+    }
+    expect_next(fx, E1, 600, 2, NULL);
+    expect_status(fx, E2, UE, "Queued");
+    assert_num(length(fx, E2), 1);
+
+    /* Nothing left: zero, not an error. */
+    assert_rc(update(fx, &c), 0);
+    assert_num(c.n, 0);
+}
+
+/* ---- de-duplication ------------------------------------------------------ */
+
+static void test_dedupe(void **state)
+{
+    struct fx *fx = *state;
+    mdm_command_info_t a = cmd_info(UA, "ProfileList", 0, 1, 0, 0x11);
+    mdm_command_info_t b = cmd_info(UB, "ProfileList", 0, 2, 0, 0x11);
+    mdm_command_info_t c = cmd_info(UC, "SecurityInfo", 0, 3, 0, 0x22);
+    put_cmd(fx, &a);
+    put_cmd(fx, &b);
+    put_cmd(fx, &c);
+
+    int outcome;
+    char dup[MDM_UUID_LEN + 1] = "";
+    assert_rc(add(fx, E1, &a, true, &outcome, dup), 0);
+    assert_num(outcome, MDM_ENQ_QUEUED);
+    /* The same hash waits: nothing is queued, and the waiting UUID is told. */
+    assert_rc(add(fx, E1, &b, true, &outcome, dup), 0);
+    assert_num(outcome, MDM_ENQ_DUPLICATE);
+    assert_str(dup, UA);
+    assert_num(length(fx, E1), 1);
+    assert_rc(result(fx, E1, UB, &(mdm_result_t){0}, NULL), MDM_ENOTFOUND);
+    /* Another hash, another enrollment, or no dedupe asked: queued. */
+    assert_rc(add(fx, E1, &c, true, &outcome, dup), 0);
+    assert_num(outcome, MDM_ENQ_QUEUED);
+    assert_rc(add(fx, E2, &b, true, &outcome, dup), 0);
+    assert_num(outcome, MDM_ENQ_QUEUED);
+    assert_num(length(fx, E1), 2);
+
+    /* Once A is answered it no longer counts. */
+    expect_next(fx, E1, 10, 1, UA);
+    expect_report(fx, E1, UA, "Acknowledged", 11, 1, MDM_REPORT_RECORDED);
+    assert_rc(add(fx, E1, &b, true, &outcome, dup), 0);
+    assert_num(outcome, MDM_ENQ_QUEUED);
+    assert_num(length(fx, E1), 2);
+    /* Without dedupe the same hash is queued twice. */
+    mdm_command_info_t d = cmd_info(UD, "ProfileList", 0, 4, 0, 0x11);
+    put_cmd(fx, &d);
+    assert_rc(add(fx, E1, &d, false, &outcome, NULL), 0);
+    assert_num(outcome, MDM_ENQ_QUEUED);
+    assert_num(length(fx, E1), 3);
+    /* dup_uuid may be NULL. */
+    mdm_command_info_t e = cmd_info(UE, "ProfileList", 0, 5, 0, 0x11);
+    put_cmd(fx, &e);
+    assert_rc(add(fx, E1, &e, true, &outcome, NULL), 0);
+    assert_num(outcome, MDM_ENQ_DUPLICATE);
+}
+
+static void test_queue_length_and_bad_ids(void **state)
+{
+    struct fx *fx = *state;
+    assert_num(length(fx, E1), 0);
+    for (int i = 0; i < 40; i++) {
+        char uuid[MDM_UUID_LEN + 1];
+        snprintf(uuid, sizeof(uuid), "00000000-0000-4000-8000-%012d", 100 + i);
+        queue_new(fx, i % 2 ? E1 : E2, uuid, i % 3, 0);
+    }
+    assert_num(length(fx, E1), 20);
+    assert_num(length(fx, E2), 20);
+
+    /* Empty or over-long enrollment ids are refused, not stored. */
+    struct call c = {.op = OP_LENGTH, .eid = ""};
+    assert_rc(view(fx, &c), MDM_EINVAL);
+    char longid[300];
+    memset(longid, 'x', sizeof(longid) - 1);
+    longid[sizeof(longid) - 1] = '\0';
+    mdm_command_info_t i = cmd_info(UF, "ProfileList", 0, 1, 0, 1);
+    int outcome;
+    assert_rc(add(fx, longid, &i, false, &outcome, NULL), MDM_EINVAL);
+    assert_rc(add(fx, "", &i, false, &outcome, NULL), MDM_EINVAL);
+    char got[MDM_UUID_LEN + 1];
+    assert_rc(next(fx, "", 1, 1, got, NULL), MDM_EINVAL);
+}
+
+/* A queue entry whose command record is gone is answered for with Error
+ * and the next one is offered. */
+static void test_missing_command_becomes_error(void **state)
+{
+    struct fx *fx = *state;
+    mdm_command_info_t ghost = cmd_info(UA, "ProfileList", 9, 1, 0, 1);
+    int outcome;
+    assert_rc(add(fx, E1, &ghost, false, &outcome, NULL), 0);
+    queue_new(fx, E1, UB, 0, 0);
+    expect_next(fx, E1, 10, 1, UB);
+    mdm_result_t r;
+    assert_rc(result(fx, E1, UA, &r, NULL), 0);
+    assert_str(r.status, "Error");
+    assert_num(r.completed_ms, 10);
+    assert_num(length(fx, E1), 1);
+}
+
+/* ---- result listings ----------------------------------------------------- */
+
+static void test_results_of_enrollment_and_command(void **state)
+{
+    struct fx *fx = *state;
+    mdm_command_info_t x = cmd_info(UA, "DeviceInformation", 0, 1, 0, 1);
+    put_cmd(fx, &x);
+    int outcome;
+    const char *targets[] = {E1, E2, E3};
+    for (size_t i = 0; i < 3; i++)
+        assert_rc(add(fx, targets[i], &x, false, &outcome, NULL), 0);
+    queue_new(fx, E1, UB, 0, 0);
+    queue_new(fx, E2, UC, 0, 0);
+    expect_next(fx, E1, 10, 1, UA);
+    expect_report(fx, E1, UA, "Acknowledged", 11, 1, MDM_REPORT_RECORDED);
+
+    struct seen s = {0};
+    assert_rc(of_command(fx, UA, &s), 0);
+    assert_num(s.n, 3);
+    for (size_t i = 0; i < 3; i++) {
+        int k = seen_eid(&s, targets[i]);
+        if (k < 0)
+            fail_msg("results_of_command %s: target %s missing", UA, targets[i]);
+        assert_str(s.uuid[k], UA);
+        assert_str(s.request_type[k], "DeviceInformation");
+        assert_str(s.status[k], i == 0 ? "Acknowledged" : "Queued");
+    }
+
+    memset(&s, 0, sizeof(s));
+    assert_rc(of_enrollment(fx, E1, &s), 0);
+    assert_num(s.n, 2);
+    int a = seen_uuid(&s, UA), b = seen_uuid(&s, UB);
+    if (a < 0 || b < 0)
+        fail_msg("results_of_enrollment %s: A at %d, B at %d", E1, a, b);
+    assert_str(s.status[a], "Acknowledged");
+    assert_str(s.status[b], "Queued");
+    assert_str(s.eid[a], E1);
+    assert_str(s.request_type[b], "ProfileList");
+
+    /* E2's listing does not include E3 = "E2:user", and vice versa. */
+    memset(&s, 0, sizeof(s));
+    assert_rc(of_enrollment(fx, E2, &s), 0);
+    assert_num(s.n, 2);
+    assert_true(seen_uuid(&s, UA) >= 0 && seen_uuid(&s, UC) >= 0);
+    memset(&s, 0, sizeof(s));
+    assert_rc(of_enrollment(fx, E3, &s), 0);
+    assert_num(s.n, 1);
+    assert_str(s.uuid[0], UA);
+
+    /* Nothing known: no calls. */
+    memset(&s, 0, sizeof(s));
+    assert_rc(of_enrollment(fx, "NOBODY", &s), 0);
+    assert_rc(of_command(fx, UF, &s), 0);
+    assert_num(s.n, 0);
+
+    /* The callback's non-zero return stops the walk and is returned. */
+    memset(&s, 0, sizeof(s));
+    s.stop_after = 1;
+    assert_rc(of_command(fx, UA, &s), 42);
+    assert_num(s.n, 1);
+    memset(&s, 0, sizeof(s));
+    s.stop_after = 1;
+    assert_rc(of_enrollment(fx, E1, &s), 42);
+    assert_num(s.n, 1);
+}
+
+/* ---- retention ----------------------------------------------------------- */
+
+static void test_prune_only_completed_before_cutoff(void **state)
+{
+    struct fx *fx = *state;
+    queue_new(fx, E1, UA, 0, 0);
+    queue_new(fx, E1, UB, 0, 0);
+    queue_new(fx, E1, UC, 0, 0);
+    queue_new(fx, E1, UD, 0, 0); /* stays waiting */
+    expect_report(fx, E1, UA, "Acknowledged", 100, 1, MDM_REPORT_RECORDED);
+    expect_report(fx, E1, UB, "Error", 200, 1, MDM_REPORT_RECORDED);
+    expect_report(fx, E1, UC, "Acknowledged", 300, 1, MDM_REPORT_RECORDED);
+
+    assert_num(prune(fx, 100, 10), 0); /* strictly before the cutoff */
+    assert_num(prune(fx, 250, 10), 2);
+    mdm_result_t r;
+    assert_rc(result(fx, E1, UA, &r, NULL), MDM_ENOTFOUND);
+    assert_rc(result(fx, E1, UB, &r, NULL), MDM_ENOTFOUND);
+    expect_status(fx, E1, UC, "Acknowledged");
+    expect_status(fx, E1, UD, "Queued");
+    /* Commands nobody needs any more are deleted with their last result. */
+    assert_rc(command_get(fx, UA, NULL, NULL), MDM_ENOTFOUND);
+    assert_rc(command_get(fx, UB, NULL, NULL), MDM_ENOTFOUND);
+    assert_rc(command_get(fx, UC, NULL, NULL), 0);
+
+    /* A waiting result is never pruned, however old. */
+    assert_num(prune(fx, INT64_MAX, 10), 1);
+    expect_status(fx, E1, UD, "Queued");
+    assert_rc(command_get(fx, UD, NULL, NULL), 0);
+    expect_next(fx, E1, 1000, 2, UD);
+    assert_num(prune(fx, INT64_MAX, 10), 0);
+}
+
+static void test_prune_in_batches(void **state)
+{
+    struct fx *fx = *state;
+    char uuids[7][MDM_UUID_LEN + 1];
+    for (int i = 0; i < 7; i++) {
+        snprintf(uuids[i], sizeof(uuids[i]), "00000000-0000-4000-8000-%012d", 500 + i);
+        queue_new(fx, i % 2 ? E1 : E2, uuids[i], 0, 0);
+        expect_report(fx, i % 2 ? E1 : E2, uuids[i], "Acknowledged", 1000 + i, 1,
+                      MDM_REPORT_RECORDED);
+    }
+    assert_num(prune(fx, 2000, 3), 3);
+    /* Oldest first. */
+    for (int i = 0; i < 7; i++) {
+        mdm_result_t r;
+        int rc = result(fx, i % 2 ? E1 : E2, uuids[i], &r, NULL);
+        if (rc != (i < 3 ? MDM_ENOTFOUND : 0))
+            fail_msg("after one batch of 3, result %d: %s", i, mdm_errname(rc));
+    }
+    assert_num(prune(fx, 2000, 3), 3);
+    assert_num(prune(fx, 2000, 3), 1);
+    assert_num(prune(fx, 2000, 3), 0);
+    struct seen s = {0};
+    assert_rc(of_enrollment(fx, E1, &s), 0);
+    assert_rc(of_enrollment(fx, E2, &s), 0);
+    assert_num(s.n, 0);
+}
+
+static void test_prune_keeps_command_while_a_target_remains(void **state)
+{
+    struct fx *fx = *state;
+    mdm_command_info_t x = cmd_info(UA, "ProfileList", 0, 1, 0, 1);
+    put_cmd(fx, &x);
+    int outcome;
+    assert_rc(add(fx, E1, &x, false, &outcome, NULL), 0);
+    assert_rc(add(fx, E2, &x, false, &outcome, NULL), 0);
+    expect_report(fx, E1, UA, "Acknowledged", 100, 1, MDM_REPORT_RECORDED);
+
+    assert_num(prune(fx, 1000, 10), 1);
+    assert_rc(result(fx, E1, UA, &(mdm_result_t){0}, NULL), MDM_ENOTFOUND);
+    assert_rc(command_get(fx, UA, NULL, NULL), 0);
+    struct seen s = {0};
+    assert_rc(of_command(fx, UA, &s), 0);
+    assert_num(s.n, 1);
+    assert_str(s.eid[0], E2);
+    /* E2 still gets it. */
+    expect_next(fx, E2, 200, 1, UA);
+    expect_report(fx, E2, UA, "Acknowledged", 500, 1, MDM_REPORT_RECORDED);
+    assert_num(prune(fx, 1000, 10), 1);
+    assert_rc(command_get(fx, UA, NULL, NULL), MDM_ENOTFOUND);
+}
+
+/* ---- forget -------------------------------------------------------------- */
+
+static void test_forget(void **state)
+{
+    struct fx *fx = *state;
+    mdm_command_info_t shared = cmd_info(UA, "ProfileList", 0, 1, 0, 1);
+    put_cmd(fx, &shared);
+    int outcome;
+    assert_rc(add(fx, E1, &shared, false, &outcome, NULL), 0);
+    assert_rc(add(fx, E2, &shared, false, &outcome, NULL), 0);
+    queue_new(fx, E1, UB, 0, 0); /* E1 only, completed */
+    queue_new(fx, E1, UC, 0, 0); /* E1 only, waiting */
+    queue_new(fx, E2, UD, 0, 0);
+    expect_report(fx, E1, UB, "Acknowledged", 100, 1, MDM_REPORT_RECORDED);
+    expect_report(fx, E1, UA, "Acknowledged", 110, 1, MDM_REPORT_RECORDED);
+
+    struct call c = {.op = OP_FORGET, .eid = E1};
+    assert_rc(update(fx, &c), 0);
+    assert_num(length(fx, E1), 0);
+    struct seen s = {0};
+    assert_rc(of_enrollment(fx, E1, &s), 0);
+    assert_num(s.n, 0);
+    mdm_result_t r;
+    assert_rc(result(fx, E1, UA, &r, NULL), MDM_ENOTFOUND);
+    assert_rc(result(fx, E1, UC, &r, NULL), MDM_ENOTFOUND);
+    /* The shared command stays for E2; E1's own commands are gone. */
+    assert_rc(command_get(fx, UA, NULL, NULL), 0);
+    assert_rc(command_get(fx, UB, NULL, NULL), MDM_ENOTFOUND);
+    assert_rc(command_get(fx, UC, NULL, NULL), MDM_ENOTFOUND);
+    memset(&s, 0, sizeof(s));
+    assert_rc(of_command(fx, UA, &s), 0);
+    assert_num(s.n, 1);
+    assert_str(s.eid[0], E2);
+    /* Nothing of E1 is left in the retention index either. */
+    assert_num(prune(fx, INT64_MAX, 100), 0);
+    /* E2 is untouched. */
+    assert_num(length(fx, E2), 2);
+    expect_next(fx, E2, 200, 1, UA);
+
+    /* Forgetting an enrollment with nothing is fine. */
+    c.eid = "NOBODY";
+    assert_rc(update(fx, &c), 0);
+}
+
+static void test_status_terminal(void **state)
+{
+    (void)state;
+    assert_false(mdm_status_terminal("Queued"));
+    assert_false(mdm_status_terminal("NotNow"));
+    const char *terminal[] = {"Acknowledged", "Error", "CommandFormatError", "Expired",
+                              "Canceled", "NotNowLimit", "Cleared"};
+    for (size_t i = 0; i < sizeof(terminal) / sizeof(terminal[0]); i++)
+        if (!mdm_status_terminal(terminal[i]))
+            fail_msg("%s should be terminal", terminal[i]);
+}
+
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(test_command_put_get),
+        T(test_order_priority_then_enqueue_order),
+        T(test_next_returns_plist_and_marks_sent),
+        T(test_enrollments_are_apart),
+        T(test_notnow_skipped_in_session_offered_in_next),
+        T(test_notnow_limit_drops_the_command),
+        T(test_ttl_expiry_marks_expired),
+        T(test_report_outcomes),
+        T(test_cancel),
+        T(test_clear),
+        T(test_dedupe),
+        T(test_queue_length_and_bad_ids),
+        T(test_missing_command_becomes_error),
+        T(test_results_of_enrollment_and_command),
+        T(test_prune_only_completed_before_cutoff),
+        T(test_prune_in_batches),
+        T(test_prune_keeps_command_while_a_target_remains),
+        T(test_forget),
+        T(test_status_terminal),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
