@@ -10,6 +10,7 @@ int mdm_cmd_apikey(int argc, char **argv);
 int mdm_cmd_device(int argc, char **argv);
 int mdm_cmd_cmd(int argc, char **argv);
 int mdm_cmd_push(int argc, char **argv);
+int mdm_cmd_profile(int argc, char **argv);
 /* moonmdm db backup|restore|check (core/cli_db.c). */
 int mdm_cmd_db(int argc, char **argv);
 

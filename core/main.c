@@ -23,6 +23,7 @@ static const char usage[] =
     "  push       wake devices with a push (through the API)\n"
     "  policy     check, test and dry-run policies; reload the server's policy\n"
     "  enroll-profile  print a signed enrollment profile with a new challenge\n"
+    "  profile    sign a profile, or encrypt it to a device certificate\n"
     "  version    print the version\n"
     "  help       print this help\n"
     "\n"
@@ -57,6 +58,8 @@ int main(int argc, char **argv)
         return mdm_cmd_policy(argc - 1, argv + 1);
     if (strcmp(cmd, "push") == 0)
         return mdm_cmd_push(argc - 1, argv + 1);
+    if (strcmp(cmd, "profile") == 0)
+        return mdm_cmd_profile(argc - 1, argv + 1);
     if (strcmp(cmd, "enroll-profile") == 0)
         return mdm_cmd_enroll_profile(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {

@@ -164,3 +164,148 @@ def test_enroll_profile_needs_a_topic(tmpdir_path):
     d = scep_datadir(tmpdir_path)
     p = run("enroll-profile", "--config", d.config, check=False)
     assert p.returncode != 0 and "no APNs topic" in p.stderr
+
+
+def _profile_bytes(identifier="com.example.vpn"):
+    import uuid as uuidlib
+    return plistlib.dumps({
+        "PayloadType": "Configuration", "PayloadVersion": 1, "PayloadIdentifier": identifier,
+        "PayloadUUID": str(uuidlib.uuid4()).upper(), "PayloadDisplayName": "VPN",
+        "PayloadContent": [{"PayloadType": "com.apple.security.pem", "PayloadVersion": 1,
+                            "PayloadIdentifier": identifier + ".cert",
+                            "PayloadUUID": str(uuidlib.uuid4()).upper(),
+                            "PayloadContent": b"-----BEGIN CERTIFICATE-----\n"}]})
+
+
+def test_profile_cli_signs_and_encrypts(esrv, tmpdir_path):
+    d = esrv.datadir
+    src = os.path.join(tmpdir_path, "vpn.mobileconfig")
+    with open(src, "wb") as f:
+        f.write(_profile_bytes())
+    signed_path = os.path.join(tmpdir_path, "signed.mobileconfig")
+    run("profile", "sign", src, "--out", signed_path, "--config", d.config)
+    signed = plistlib.loads(cms_verify(open(signed_path, "rb").read(), d.ca_crt, tmpdir_path))
+    assert signed == plistlib.loads(open(src, "rb").read())
+
+    ca_cert, ca_key = pki.load_ca(d)
+    cert, key = pki.issue_client(ca_cert, ca_key, "laptop", key=pki.new_key("rsa"))
+    c, k = pki.write_pair(tmpdir_path, "laptop", cert, key)
+    enc_path = os.path.join(tmpdir_path, "enc.mobileconfig")
+    run("profile", "encrypt", src, "--cert", c, "--out", enc_path, "--config", d.config)
+    enc = plistlib.loads(cms_verify(open(enc_path, "rb").read(), d.ca_crt, tmpdir_path))
+    assert "PayloadContent" not in enc and enc["PayloadIdentifier"] == "com.example.vpn"
+    content = plistlib.loads(cms_decrypt(enc["EncryptedPayloadContent"], c, k, tmpdir_path))
+    assert content == plistlib.loads(open(src, "rb").read())["PayloadContent"]
+    enc["PayloadContent"] = content
+    del enc["EncryptedPayloadContent"]
+    assert schema_check.check_profile(enc) == []
+    # Unsigned output is plain XML.
+    p = run("profile", "encrypt", src, "--cert", c, "--no-sign", "--config", d.config)
+    assert p.stdout.startswith("<?xml")
+    # Bad input: not a profile, an EC certificate, a missing --cert.
+    with open(os.path.join(tmpdir_path, "junk"), "wb") as f:
+        f.write(b"junk")
+    bad = run("profile", "sign", os.path.join(tmpdir_path, "junk"), "--config", d.config,
+              check=False)
+    assert bad.returncode == 1 and "not a property list" in bad.stderr
+    ec, eck = pki.issue_client(ca_cert, ca_key, "ec")
+    ecp, _ = pki.write_pair(tmpdir_path, "ec", ec, eck)
+    bad = run("profile", "encrypt", src, "--cert", ecp, "--config", d.config, check=False)
+    assert bad.returncode == 1 and "RSA" in bad.stderr
+    assert run("profile", "encrypt", src, check=False).returncode == 2
+
+
+AUTH_POLICY = '''
+local users = { alice = mdm.password.hash("wonderland") }
+return {
+  authenticate = function(req)
+    if req.username and users[req.username] and mdm.password.verify(req.password or "", users[req.username]) then
+      return { allow = true, user = req.username }
+    end
+    if req.device and req.device.SERIAL == "OTA-SERIAL-1" then
+      return { allow = true, user = req.username or "ota" }
+    end
+    return { allow = false, reason = "denied by the test policy" }
+  end,
+}
+'''
+
+
+def test_python_device_enrolls_end_to_end_and_over_ota(tmpdir_path):
+    from test_scep import enroll as scep_enroll
+    pdir = os.path.join(tmpdir_path, "pol")
+    os.makedirs(pdir)
+    with open(os.path.join(pdir, "init.lua"), "w") as f:
+        f.write(AUTH_POLICY)
+    apple_ca, apple_key = pki.make_ca("Test Apple iPhone Device CA")
+    apple_ca_path = os.path.join(tmpdir_path, "apple-device-ca.pem")
+    with open(apple_ca_path, "wb") as f:
+        f.write(apple_ca.public_bytes(serialization.Encoding.PEM))
+    d = scep_datadir(tmpdir_path)
+    d.write_config('  enroll = { topic = "%s", ota_trust = { "%s" } },\n  policy = { dir = "%s" },'
+                   % (TOPIC, apple_ca_path, pdir))
+    srv = Server(d, plain=True)
+    try:
+        # Scripted enrollment with HTTP Basic; the profile's challenge goes
+        # to the Python SCEP client; the identity checks in.
+        r = requests.get(srv.url + "/enroll", auth=("alice", "wonderland"), verify=d.ca_crt,
+                         timeout=30)
+        assert r.status_code == 200, r.text
+        prof = plistlib.loads(cms_verify(r.content, d.ca_crt, tmpdir_path))
+        challenge = prof["PayloadContent"][1]["PayloadContent"]["Challenge"]
+        client, cert = scep_enroll(srv, d, challenge)
+        dev = Device(srv, cert=cert, key=client.key)
+        dev.enroll()
+        assert Api(srv).call("GET", "/v1/devices/" + dev.udid)[1]["user"] == "alice"
+        # The challenge was one-time.
+        from test_scep import Client, Reply, pki_op, recipient_of
+        again = Client()
+        rep = Reply(pki_op(srv, again.message(recipient_of(d), challenge=challenge)).content)
+        assert rep.status == 2 and rep.fail_info == 2
+        assert requests.get(srv.url + "/enroll", auth=("alice", "nope"), verify=d.ca_crt,
+                            timeout=30).status_code == 403
+
+        # OTA: phase 1 profile service, signed device attributes, SCEP, phase 3.
+        r = requests.get(srv.url + "/enroll?ota=1", auth=("alice", "wonderland"),
+                         verify=d.ca_crt, timeout=30)
+        svc = plistlib.loads(cms_verify(r.content, d.ca_crt, tmpdir_path))
+        assert svc["PayloadType"] == "Profile Service"
+        assert svc["PayloadContent"]["URL"].endswith("/ota/profile")
+        ota_challenge = svc["PayloadContent"]["Challenge"]
+        dcert, dkey = pki.issue_client(apple_ca, apple_key, "Apple device", key=pki.new_key("rsa"))
+        attrs = plistlib.dumps({"UDID": "OTA-UDID-2", "SERIAL": "OTA-SERIAL-1",
+                                "PRODUCT": "iPhone15,2", "VERSION": "21F79",
+                                "CHALLENGE": ota_challenge})
+        phase1 = (pkcs7.PKCS7SignatureBuilder().set_data(attrs)
+                  .add_signer(dcert, dkey, hashes.SHA256())
+                  .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary]))
+        r = requests.post(srv.url + "/ota/profile", data=phase1, verify=d.ca_crt, timeout=30)
+        assert r.status_code == 200, r.text
+        p2 = plistlib.loads(cms_verify(r.content, d.ca_crt, tmpdir_path))
+        assert [p["PayloadType"] for p in p2["PayloadContent"]][-1] == "com.apple.security.scep"
+        assert schema_check.check_profile(p2) == []
+        srv.wait_log(r"event=enroll.ota_phase1 .*udid=OTA-UDID-2")
+        # The phase-1 challenge is spent: replaying the request fails.
+        r = requests.post(srv.url + "/ota/profile", data=phase1, verify=d.ca_crt, timeout=30)
+        assert r.status_code == 403
+        scep_challenge = p2["PayloadContent"][-1]["PayloadContent"]["Challenge"]
+        ota_client, identity = scep_enroll(srv, d, scep_challenge)
+        phase3 = (pkcs7.PKCS7SignatureBuilder().set_data(attrs)
+                  .add_signer(identity, ota_client.key, hashes.SHA256())
+                  .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary]))
+        r = requests.post(srv.url + "/ota/profile", data=phase3, verify=d.ca_crt, timeout=30)
+        assert r.status_code == 200
+        final = plistlib.loads(cms_verify(r.content, d.ca_crt, tmpdir_path))
+        c, k = pki.write_pair(tmpdir_path, "ota-id", identity, ota_client.key)
+        content = plistlib.loads(cms_decrypt(final["EncryptedPayloadContent"], c, k, tmpdir_path))
+        assert content[-1]["PayloadType"] == "com.apple.mdm" and content[-1]["Topic"] == TOPIC
+        # A phase-1 body signed by a CA that is not the configured device CA.
+        other_ca, other_key = pki.make_ca()
+        ocert, okey = pki.issue_client(other_ca, other_key, "fake", key=pki.new_key("rsa"))
+        fake = (pkcs7.PKCS7SignatureBuilder().set_data(attrs).add_signer(ocert, okey, hashes.SHA256())
+                .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary]))
+        assert requests.post(srv.url + "/ota/profile", data=fake, verify=d.ca_crt,
+                             timeout=30).status_code == 400
+        assert ota_challenge not in srv.log() and scep_challenge not in srv.log()
+    finally:
+        assert srv.stop() == 0
