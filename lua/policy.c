@@ -50,6 +50,10 @@ static const char *const hook_names[MDM_POLICY_HOOK__COUNT] = {
     "authenticate", "scep", "checkin", "groups", "profiles", "connect", "result", "self_test",
 };
 
+/* Budget overruns in a row before a hook is paused, and for how long. */
+#define POLICY_STRIKES 3
+#define POLICY_PAUSE_MS 10000
+
 static const char *const outcome_names[MDM__OUTCOMES] = {"ok", "error", "timeout", "memory",
                                                          "bad_return"};
 enum { OUT_OK, OUT_ERROR, OUT_TIMEOUT, OUT_MEMORY, OUT_BAD_RETURN };
@@ -427,6 +431,11 @@ static void policy_metrics(mdm_policy_t *p)
 {
     for (int h = 0; h < MDM_POLICY_HOOK__COUNT; h++) {
         char labels[96];
+        snprintf(labels, sizeof(labels), "hook=\"%s\"", hook_names[h]);
+        p->m_suspended[h] = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_policy_paused_calls_total",
+                                       labels,
+                                       "Hook calls failed closed without running because the "
+                                       "hook overran its budget repeatedly");
         for (int o = 0; o < MDM__OUTCOMES; o++) {
             snprintf(labels, sizeof(labels), "hook=\"%s\",outcome=\"%s\"", hook_names[h],
                      outcome_names[o]);
@@ -1762,10 +1771,35 @@ int mdm__policy_call(mdm_policy_t *p, int hook, const mdm__call_t *tmpl,
     }
     run_t r = {.p = p, .hook = hook, .in = in, .out = out, .call = *tmpl};
     r.call.hook = hook;
+    int64_t now_ms = mdm_now_ms();
+    if (p->mode == MDM__MODE_SERVER && p->suspended_until_ms[hook] > now_ms) {
+        out->status = MDM_POLICY_FAILED;
+        snprintf(out->error, sizeof(out->error),
+                 "%s is paused for %lld ms after %d budget overruns in a row (revision %.12s)",
+                 hook_names[hook], (long long)(p->suspended_until_ms[hook] - now_ms),
+                 POLICY_STRIKES, p->revision);
+        decision_fail_closed(out, hook, msgtype);
+        mdm_metric_add(p->m_suspended[hook], 1);
+        return 0;
+    }
     invoke(p, p->sb.L, &r);
     if (out->status == MDM_POLICY_FAILED) {
         decision_fail_closed(out, hook, msgtype);
         report_failure(p, &r);
+    }
+    if (p->mode == MDM__MODE_SERVER) {
+        if (r.outcome == OUT_TIMEOUT || r.outcome == OUT_MEMORY) {
+            if (++p->strikes[hook] >= POLICY_STRIKES) {
+                p->suspended_until_ms[hook] = now_ms + POLICY_PAUSE_MS;
+                p->strikes[hook] = 0;
+                mdm_log(MDM_LOG_ERROR, tmpl->reqid, "policy.hook_paused",
+                        "hook=%s revision=%.12s pause_ms=%d reason=\"%d budget overruns in a "
+                        "row: failing closed without running it\"",
+                        hook_names[hook], p->revision, POLICY_PAUSE_MS, POLICY_STRIKES);
+            }
+        } else {
+            p->strikes[hook] = 0;
+        }
     }
     mdm_metric_add(p->m_calls[hook][r.outcome], 1);
     mdm_histogram_observe_ns(p->m_latency[hook], r.duration_ns);

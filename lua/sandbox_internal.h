@@ -211,6 +211,13 @@ struct mdm_policy {
     mdm_metric_t *m_calls[MDM_POLICY_HOOK__COUNT][MDM__OUTCOMES];
     mdm_histogram_t *m_latency[MDM_POLICY_HOOK__COUNT];
     mdm_metric_t *m_memory;
+    /* Circuit breaker (server mode): a hook that overran its budget
+     * POLICY_STRIKES times in a row is not run for a while: it fails closed
+     * at once instead of holding the event loop for its whole budget on
+     * every request. The next call after the pause tries it again. */
+    uint32_t strikes[MDM_POLICY_HOOK__COUNT];
+    int64_t suspended_until_ms[MDM_POLICY_HOOK__COUNT];
+    mdm_metric_t *m_suspended[MDM_POLICY_HOOK__COUNT];
 };
 
 /* The policy a state belongs to. */
