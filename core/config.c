@@ -237,6 +237,7 @@ static const opt_t options[] = {
     {.key = "enroll.access_rights", .type = OPT_INT, FIELD(enroll_access_rights), .def = "8191",
      .min = 1, .doc = "AccessRights of the MDM payload (8191: all)."},
     {.key = "enroll.ota_trust", .type = OPT_LIST, FIELD(enroll_ota_trust), .def = "",
+     .flags = F_PATH,
      .doc = "CA files that OTA phase-1 device certificates must chain to."},
     {.key = "enroll.install_ca", .type = OPT_BOOL, FIELD(enroll_install_ca), .def = "true",
      .doc = "Put the CA certificate in the enrollment profile (a CA devices do not trust yet)."},
@@ -267,10 +268,12 @@ static const opt_t options[] = {
             "now or drop."},
     {.key = "apns.timeout", .type = OPT_DURATION, FIELD(apns_timeout_ms), .def = "30s",
      .min = 100, .doc = "Time allowed for one request to APNs, connecting included."},
-    {.key = "apns.max_in_flight", .type = OPT_INT, FIELD(apns_max_in_flight), .def = "1000",
+    {.key = "apns.max_in_flight", .type = OPT_INT, FIELD(apns_max_in_flight), .def = "256",
      .min = 1, .doc = "Pushes sent and not yet answered, at most; more wait in a queue."},
-    {.key = "apns.connections", .type = OPT_INT, FIELD(apns_connections), .def = "2", .min = 1,
-     .doc = "HTTP/2 connections to APNs per push certificate (requests are multiplexed)."},
+    {.key = "apns.connections", .type = OPT_INT, FIELD(apns_connections), .def = "8", .min = 1,
+     .doc = "HTTP/2 connections to APNs per push certificate; each carries up to "
+            "apns.max_in_flight / apns.connections requests at once (keep that near 32: "
+            "docs/APNS.md)."},
     {.key = "apns.coalesce_window", .type = OPT_DURATION, FIELD(apns_coalesce_window_ms),
      .def = "1s",
      .doc = "A push to an enrollment that APNs accepted this recently, and that the device has "

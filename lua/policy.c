@@ -847,6 +847,7 @@ int mdm__policy_load(const mdm_policy_settings_t *s, int mode, const char *test_
     p->test_dir = test_dir ? mdm_strdup(test_dir) : NULL;
     p->store = mode == MDM__MODE_SERVER ? s->store : NULL;
     p->decision_log = p->store != NULL && s->decision_log;
+    p->log_sink = p->decision_log ? s->log_sink : NULL;
     p->instructions = s->instructions ? s->instructions : DEFAULT_INSTRUCTIONS;
     p->load_budget_ns = (s->load_budget_ms ? s->load_budget_ms : DEFAULT_LOAD_BUDGET_MS) * 1000000ull;
     for (int h = 0; h < MDM_POLICY_HOOK__COUNT; h++)
@@ -1711,6 +1712,46 @@ static int log_put_txn(mdm_txn_t *txn, void *arg)
                        MDM_VAL(lp->val->data, lp->val->len), 0);
 }
 
+/* At most this many entries wait in the sink; more are counted and dropped. */
+#define LOG_SINK_MAX 50000
+
+static int sink_flush_txn(mdm_txn_t *txn, void *arg)
+{
+    mdm__log_sink_t *sink = arg;
+    const unsigned char *p = (const unsigned char *)sink->buf.data;
+    const unsigned char *end = p + sink->buf.len;
+    while (p + 20 <= end) {
+        size_t len = (size_t)p[16] << 24 | (size_t)p[17] << 16 | (size_t)p[18] << 8 | p[19];
+        if (p + 20 + len > end)
+            break;
+        int rc = mdm_txn_put(txn, MDM_T_DECISIONS, MDM_VAL(p, 16), MDM_VAL(p + 20, len), 0);
+        if (rc != 0)
+            return rc;
+        p += 20 + len;
+    }
+    return 0;
+}
+
+size_t mdm__log_sink_flush(mdm_store_t *store, mdm__log_sink_t *sink)
+{
+    size_t n = sink->n;
+    if (n == 0)
+        return 0;
+    int rc = mdm_store_update(store, sink_flush_txn, sink);
+    if (rc != 0)
+        mdm_log(MDM_LOG_WARN, NULL, "policy.decision_log_failed", "entries=%zu error=\"%s\"", n,
+                mdm_strerror(rc));
+    if (sink->dropped > 0)
+        mdm_log(MDM_LOG_WARN, NULL, "policy.decision_log_dropped", "entries=%llu",
+                (unsigned long long)sink->dropped);
+    mdm_buf_reset(&sink->buf);
+    if (sink->buf.cap > (4u << 20))
+        mdm_buf_free(&sink->buf);
+    sink->n = 0;
+    sink->dropped = 0;
+    return rc == 0 ? n : 0;
+}
+
 static int log_decision(mdm_policy_t *p, run_t *r, mdm_txn_t *txn)
 {
     int64_t now = mdm_now_ms();
@@ -1735,7 +1776,24 @@ static int log_decision(mdm_policy_t *p, run_t *r, mdm_txn_t *txn)
     struct log_put lp = {.val = &b};
     mdm_be64_put(lp.key, (uint64_t)now);
     mdm_be64_put(lp.key + 8, p->seq++);
-    int rc = txn != NULL ? log_put_txn(txn, &lp) : mdm_store_update(p->store, log_put_txn, &lp);
+    int rc = 0;
+    if (txn != NULL) {
+        rc = log_put_txn(txn, &lp);
+    } else if (p->log_sink != NULL) {
+        mdm__log_sink_t *sink = p->log_sink;
+        if (sink->n >= LOG_SINK_MAX) {
+            sink->dropped++;
+        } else {
+            unsigned char len[4] = {(unsigned char)(b.len >> 24), (unsigned char)(b.len >> 16),
+                                    (unsigned char)(b.len >> 8), (unsigned char)b.len};
+            mdm_buf_append(&sink->buf, lp.key, 16);
+            mdm_buf_append(&sink->buf, len, 4);
+            mdm_buf_append(&sink->buf, b.data, b.len);
+            sink->n++;
+        }
+    } else {
+        rc = mdm_store_update(p->store, log_put_txn, &lp);
+    }
     mdm_buf_free(&b);
     if (rc != 0)
         mdm_log(MDM_LOG_WARN, r->call.reqid, "policy.decision_log_failed", "hook=%s error=\"%s\"",
@@ -1866,6 +1924,19 @@ int mdm_policy_connect(mdm_policy_t *p, mdm_txn_t *txn, const char *reqid,
 {
     mdm__hook_input_t in = {.dev = dev, .a = report};
     return call_from_server(p, MDM_POLICY_HOOK_CONNECT, txn, reqid, &in, out);
+}
+
+int mdm_policy_connect_probe(mdm_policy_t *p, const char *reqid, const mdm_policy_device_t *dev,
+                             plist_t report, mdm_policy_decision_t *out, bool *wants_write)
+{
+    mdm__hook_input_t in = {.dev = dev, .a = report};
+    mdm__call_t tmpl = {.reqid = reqid, .txn = NULL, .kv_writes = json_array()};
+    tmpl.kv = p->mode == MDM__MODE_SERVER && p->store != NULL ? MDM__KV_VIRTUAL : MDM__KV_MEMORY;
+    int rc = mdm__policy_call(p, MDM_POLICY_HOOK_CONNECT, &tmpl, &in, true, out);
+    *wants_write = json_array_size(tmpl.kv_writes) > 0 ||
+                   (out->commands != NULL && plist_array_get_size(out->commands) > 0);
+    json_decref(tmpl.kv_writes);
+    return rc;
 }
 
 int mdm_policy_result(mdm_policy_t *p, mdm_txn_t *txn, const char *reqid,

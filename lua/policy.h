@@ -176,6 +176,14 @@ int mdm_policy_profiles(mdm_policy_t *p, mdm_txn_t *txn, const char *reqid,
 int mdm_policy_connect(mdm_policy_t *p, mdm_txn_t *txn, const char *reqid,
                        const mdm_policy_device_t *dev, plist_t report, mdm_policy_decision_t *out);
 
+/* connect() without a transaction, to find out whether an Idle needs any
+ * write: mdm.kv reads see the store, writes are only noted. *wants_write
+ * is true when the hook queued commands or wrote kv values: the caller
+ * then calls mdm_policy_connect in a write transaction (the hook runs
+ * again). The decision is logged either way. */
+int mdm_policy_connect_probe(mdm_policy_t *p, const char *reqid, const mdm_policy_device_t *dev,
+                             plist_t report, mdm_policy_decision_t *out, bool *wants_write);
+
 /* result(device, result) -> {commands, facts}. result is the report of a
  * finished command with "RequestType" added by the caller. FAILED: nothing. */
 int mdm_policy_result(mdm_policy_t *p, mdm_txn_t *txn, const char *reqid,
@@ -195,6 +203,9 @@ typedef struct mdm_policy_settings {
     mdm_store_t *store;        /* the store, or NULL (no kv outside tests, no decision log,
                                   no profile checks) */
     bool decision_log;         /* record decisions (needs store) */
+    void *log_sink;            /* server: decision log entries of calls without a
+                                  transaction are buffered here and written by the
+                                  engine's timer (NULL: written at once) */
 } mdm_policy_settings_t;
 
 /* Fills s from the config (dir and budgets; store is left NULL). Fails

@@ -18,7 +18,10 @@
 #include "util/plistjson.h"
 
 #define DEBOUNCE_MS 200
-#define PRUNE_INTERVAL_MS 10000
+/* The timer writes buffered decision log entries every tick and prunes
+ * the log every PRUNE_EVERY ticks. */
+#define PRUNE_INTERVAL_MS 250
+#define PRUNE_EVERY 40
 #define PRUNE_BATCH 500
 #define DECISIONS_SCAN_MAX 100000
 
@@ -43,6 +46,8 @@ struct engine {
     watch_t **watches;
     size_t nwatches;
     int open_handles;          /* timers still to be closed at shutdown */
+    mdm__log_sink_t sink;      /* decision log entries waiting for the timer */
+    unsigned ticks;
     mdm_metric_t *m_reload_ok, *m_reload_failed, *m_pruned;
 };
 
@@ -310,6 +315,9 @@ int mdm_policy_decisions_prune(mdm_store_t *store, uint64_t max_count, uint64_t 
 static void prune_cb(uv_timer_t *t)
 {
     engine_t *e = t->data;
+    mdm__log_sink_flush(e->server->store, &e->sink);
+    if (++e->ticks % PRUNE_EVERY != 0)
+        return;
     const mdm_config_t *cfg = e->server->cfg;
     size_t n = 0;
     int rc = mdm_policy_decisions_prune(e->server->store, cfg->policy_decision_log_max,
@@ -321,7 +329,7 @@ static void prune_cb(uv_timer_t *t)
     }
     mdm_metric_add(e->m_pruned, (int64_t)n);
     if (n == PRUNE_BATCH)
-        uv_timer_start(t, prune_cb, 10, PRUNE_INTERVAL_MS);
+        e->ticks = PRUNE_EVERY - 1; /* more to prune: again at the next tick */
 }
 
 struct query_ctx {
@@ -582,6 +590,7 @@ int mdm_policy_service_init(mdm_server_t *s, mdm_err_t *err)
         return rc;
     }
     e->set.store = s->store;
+    e->set.log_sink = &e->sink;
     e->m_reload_ok = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_policy_reloads_total",
                                 "result=\"ok\"", "Policy loads and reloads by result");
     e->m_reload_failed = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_policy_reloads_total",
@@ -630,6 +639,7 @@ int mdm_policy_service_init(mdm_server_t *s, mdm_err_t *err)
 
 static void engine_destroy(engine_t *e)
 {
+    mdm_buf_free(&e->sink.buf);
     mdm_policy_release(e->current);
     mdm_free(e->watches);
     mdm_free(e);
@@ -649,6 +659,8 @@ void mdm_policy_service_free(mdm_server_t *s)
         return;
     s->policy = NULL;
     s->on_reload = NULL;
+    if (s->store != NULL)
+        mdm__log_sink_flush(s->store, &e->sink);
     /* Handles the server's final walk has closed are done with (it ran the
      * loop after the walk); the others close now. */
     for (size_t i = 0; i < e->nwatches; i++) {

@@ -17,6 +17,7 @@
 #include "api/metrics.h"
 #include "config.h"
 #include "policy.h"
+#include "util/buf.h"
 #include "store/store.h"
 
 /* ---- sandbox.c ----------------------------------------------------------- */
@@ -185,6 +186,18 @@ void mdm__kv_discard(lua_State *L);
 
 /* One loaded policy set (one revision). Shared by the requests that hold
  * it; freed when the last reference goes. */
+/* Decision log entries waiting to be written: [16-byte key][u32 length]
+ * [value]... (calls made outside a write transaction, e.g. an Idle that
+ * changes nothing, so that logging them does not cost a commit each). */
+typedef struct mdm__log_sink {
+    mdm_buf_t buf;
+    size_t n;
+    uint64_t dropped;
+} mdm__log_sink_t;
+
+/* Writes the buffered entries in one store update; returns how many. */
+size_t mdm__log_sink_flush(mdm_store_t *store, mdm__log_sink_t *sink);
+
 struct mdm_policy {
     int refs;
     int mode;                  /* MDM__MODE_* */
@@ -205,6 +218,7 @@ struct mdm_policy {
     uint64_t load_budget_ns;
     mdm_store_t *store;        /* for reads without a transaction, and the decision log */
     bool decision_log;
+    mdm__log_sink_t *log_sink; /* or NULL */
     uint64_t seq;              /* decision log key sequence */
     mdm__call_t *call;         /* the call in progress, or NULL */
     double frozen_now;         /* MDM__MODE_TEST: what mdm.now() returns */

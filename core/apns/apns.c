@@ -41,7 +41,7 @@
 #define SANDBOX_URL "https://api.sandbox.push.apple.com"
 
 #define INTAKE_SLICE 1024
-#define DISPATCH_SLICE 128
+#define DISPATCH_SLICE 32
 #define SWEEP_SLICE 1000
 #define HOUSEKEEPING_MS 1000
 #define EXPIRY_CHECK_MS (3600 * 1000)

@@ -51,7 +51,7 @@ typedef struct mdm_mdm {
     size_t cache_used;
     uv_timer_t prune_timer;
     mdm_metric_t *m_checkins, *m_reports, *m_refused, *m_commands_sent, *m_sig_cache_hits,
-        *m_sig_verified;
+        *m_sig_verified, *m_idle_fast;
 } mdm_mdm_t;
 
 /* Registers the routes and loads the secrets key. */

@@ -185,6 +185,8 @@ int mdm_mdm_service_init(mdm_server_t *s, mdm_err_t *err)
                               "MDM requests refused (identity, binding, bad input)");
     m->m_commands_sent = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_mdm_commands_sent_total", NULL,
                                     "Commands handed to devices");
+    m->m_idle_fast = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_mdm_idle_without_write_total", NULL,
+                                "Idle requests answered without a store write (nothing to do)");
     m->m_sig_verified = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_mdm_signature_chain_checks_total",
                                    NULL, "Mdm-Signature signer chains verified");
     m->m_sig_cache_hits = mdm_metric(MDM_METRIC_COUNTER,

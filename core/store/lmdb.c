@@ -204,6 +204,8 @@ static int read_begin(struct lmdb_store *s, MDB_txn **out)
 }
 
 /* Commits the batch. Returns 0 when there is none or it holds nothing. */
+static int grow_map(struct lmdb_store *s);
+
 static int commit_batch(struct lmdb_store *s)
 {
     if (s->batch == NULL)
@@ -221,9 +223,21 @@ static int commit_batch(struct lmdb_store *s)
     if (rc != 0) {
         s->commit_failures++;
         log_lmdb_error(MDM_LOG_ERROR, "store_commit_failed", s, rc);
+        /* The commit itself needed more pages than the map has: make room
+         * now, or every later batch would fail the same way. */
+        if (rc == MDB_MAP_FULL)
+            (void)grow_map(s);
         return map_commit_err(rc);
     }
     s->commits++;
+    /* Grow ahead of need: a map that is 80% used doubles before a commit
+     * can find it full. */
+    MDB_envinfo info;
+    MDB_stat st;
+    if (mdb_env_info(s->env, &info) == 0 && mdb_env_stat(s->env, &st) == 0 &&
+        (double)(info.me_last_pgno + 1) * st.ms_psize > 0.8 * (double)info.me_mapsize &&
+        info.me_mapsize < s->map_max)
+        (void)grow_map(s);
     return 0;
 }
 

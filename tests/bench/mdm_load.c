@@ -1592,7 +1592,8 @@ static void print_report(void)
     double ccpu = self_cpu() - G.client_cpu0;
     samples_t *all[] = {&G.lat_req, &G.lat_cycle, &G.lat_hs, &G.lat_post, &G.lat_svc};
     for (size_t i = 0; i < 5; i++)
-        qsort(all[i]->v, all[i]->n, sizeof(double), cmp_double);
+        if (all[i]->n > 0)
+            qsort(all[i]->v, all[i]->n, sizeof(double), cmp_double);
     static const char *const mode_names[] = {"idle", "command", "healthz", "enroll"};
     uint64_t errs = 0;
     for (int k = 0; k < E__COUNT; k++)
