@@ -30,7 +30,6 @@
 #include "api/api.h"
 #include "crypto/keys.h"
 #include "mdm/mdm.h"
-#include "mdm/queue.h"
 #include "util/alloc.h"
 #include "util/encode.h"
 #include "util/log.h"
@@ -79,7 +78,6 @@ typedef struct intake {
 typedef struct apns apns_t;
 
 typedef struct push {
-    apns_t *a;
     char *eid;
     uint32_t hash;
     struct push *hnext;       /* hash bucket chain */
@@ -1133,7 +1131,6 @@ static void take_one(apns_t *a, intake_t *it)
         return;
     }
     p = mdm_calloc(1, sizeof(*p));
-    p->a = a;
     p->eid = it->eid;
     p->hash = h;
     p->created_ms = mdm_now_ms();

@@ -11,6 +11,7 @@
 #include "crypto/keys.h"
 #include "mdm/queue.h"
 #include "mdm/reconcile.h"
+#include "mdm/sigcache.h"
 #include "policy.h"
 #include "scep/challenge.h"
 #include "scep/service.h"
@@ -174,50 +175,6 @@ int mdm__resolve_ids(plist_t msg, char eid[MDM_EID_MAX + 1], char device_id[MDM_
     return 0;
 }
 
-static mdm_certcache_entry_t *cache_slot(mdm_mdm_t *m, const unsigned char fp[32], bool *found)
-{
-    uint64_t h;
-    memcpy(&h, fp, sizeof(h));
-    size_t mask = m->cache_slots - 1;
-    for (size_t i = 0; i < m->cache_slots; i++) {
-        mdm_certcache_entry_t *e = &m->cache[(h + i) & mask];
-        if (e->valid_until_ms == 0) {
-            *found = false;
-            return e;
-        }
-        if (memcmp(e->fp, fp, 32) == 0) {
-            *found = true;
-            return e;
-        }
-    }
-    *found = false;
-    return NULL;
-}
-
-static bool cache_check(mdm_mdm_t *m, const unsigned char fp[32], int64_t now)
-{
-    bool found;
-    mdm_certcache_entry_t *e = cache_slot(m, fp, &found);
-    return found && e->valid_until_ms > now;
-}
-
-static void cache_put(mdm_mdm_t *m, const unsigned char fp[32], int64_t until)
-{
-    if (m->cache_used * 10 >= m->cache_slots * 7) {
-        /* Full enough: start over rather than evict one by one. */
-        memset(m->cache, 0, m->cache_slots * sizeof(*m->cache));
-        m->cache_used = 0;
-    }
-    bool found;
-    mdm_certcache_entry_t *e = cache_slot(m, fp, &found);
-    if (e == NULL)
-        return;
-    if (!found)
-        m->cache_used++;
-    memcpy(e->fp, fp, 32);
-    e->valid_until_ms = until;
-}
-
 int mdm__verify_signature(mdm_mdm_t *m, const char *header, const void *body, size_t len,
                           mdm_identity_t *out, const char **why)
 {
@@ -229,6 +186,17 @@ int mdm__verify_signature(mdm_mdm_t *m, const char *header, const void *body, si
     int rc = MDM_EAUTH;
     if (mdm_base64_decode(&der, header, strlen(header)) != 0 || der.len == 0) {
         *why = "Mdm-Signature is not base64";
+        goto out;
+    }
+    int64_t now = mdm_now_ms();
+    X509 *kept = NULL;
+    int fast = mdm_sigcache_verify(m->sigcache, der.data, der.len, body, len, now, &kept, out->fp);
+    if (fast == MDM_SIGCACHE_OK) {
+        mdm_metric_add(m->m_sig_cache_hits, 1);
+        out->cert = kept;
+        out->owned = true;
+        out->source = "signature";
+        rc = 0;
         goto out;
     }
     const unsigned char *p = (const unsigned char *)der.data;
@@ -258,10 +226,7 @@ int mdm__verify_signature(mdm_mdm_t *m, const char *header, const void *body, si
         *why = "cannot hash the signer certificate";
         goto out;
     }
-    int64_t now = mdm_now_ms();
-    if (cache_check(m, out->fp, now)) {
-        mdm_metric_add(m->m_sig_cache_hits, 1);
-    } else {
+    if (!mdm_sigcache_known(m->sigcache, out->fp, now)) {
         X509_STORE *store = m->server->client_ca_store;
         if (store == NULL) {
             *why = "no trusted device CA is configured (tls.client_ca)";
@@ -281,7 +246,7 @@ int mdm__verify_signature(mdm_mdm_t *m, const char *header, const void *body, si
         int64_t until = now + CERT_CACHE_TTL_MS;
         if (mdm_cert_validity_ms(signer, &nb, &na) == 0 && na < until)
             until = na;
-        cache_put(m, out->fp, until);
+        mdm_sigcache_put(m->sigcache, out->fp, signer, until);
         mdm_metric_add(m->m_sig_verified, 1);
     }
     X509_up_ref(signer);

@@ -37,18 +37,10 @@ typedef struct mdm_identity {
     const char *source;         /* "tls", "header" or "signature" */
 } mdm_identity_t;
 
-/* A verified-certificate cache entry (Mdm-Signature mode). */
-typedef struct mdm_certcache_entry {
-    unsigned char fp[32];
-    int64_t valid_until_ms;     /* 0: empty slot */
-} mdm_certcache_entry_t;
-
 typedef struct mdm_mdm {
     mdm_server_t *server;
     mdm_secretkey_t secret;
-    mdm_certcache_entry_t *cache;
-    size_t cache_slots;         /* a power of two */
-    size_t cache_used;
+    struct mdm_sigcache *sigcache; /* verified Mdm-Signature signers */
     uv_timer_t prune_timer;
     mdm_metric_t *m_checkins, *m_reports, *m_refused, *m_commands_sent, *m_sig_cache_hits,
         *m_sig_verified, *m_idle_fast;

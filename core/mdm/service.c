@@ -6,6 +6,7 @@
 #include "crypto/keys.h"
 #include "mdm/mdm.h"
 #include "mdm/queue.h"
+#include "mdm/sigcache.h"
 #include "util/alloc.h"
 #include "util/log.h"
 #include "util/misc.h"
@@ -175,8 +176,7 @@ int mdm_mdm_service_init(mdm_server_t *s, mdm_err_t *err)
         mdm_free(m);
         return rc;
     }
-    m->cache_slots = 1u << 17;
-    m->cache = mdm_calloc(m->cache_slots, sizeof(*m->cache));
+    m->sigcache = mdm_sigcache_new(1u << 17);
     m->m_checkins = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_mdm_checkins_total", NULL,
                                "Check-in messages received");
     m->m_reports = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_mdm_reports_total", NULL,
@@ -210,7 +210,7 @@ int mdm_mdm_service_init(mdm_server_t *s, mdm_err_t *err)
 static void free_after_close(uv_handle_t *h)
 {
     mdm_mdm_t *m = h->data;
-    mdm_free(m->cache);
+    mdm_sigcache_free(m->sigcache);
     mdm_free(m);
 }
 
@@ -222,7 +222,7 @@ void mdm_mdm_service_free(mdm_server_t *s)
     s->mdm = NULL;
     if (uv_is_closing((uv_handle_t *)&m->prune_timer)) {
         /* Closed by the server's final walk over every handle. */
-        mdm_free(m->cache);
+        mdm_sigcache_free(m->sigcache);
         mdm_free(m);
         return;
     }

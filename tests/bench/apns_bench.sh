@@ -17,8 +17,8 @@
 #            Python stand-in)
 #
 # usage: tests/bench/apns_bench.sh [BUILD_DIR]     (default: build)
-# env:   N=100000 (pushes per burst), INFLIGHT=1000 (apns.max_in_flight),
-#        CONNS="1 4" (apns.connections values), STANDINS="python nghttpd"
+# env:   N=100000 (pushes per burst), INFLIGHT=256 (apns.max_in_flight),
+#        CONNS="1 8" (apns.connections values), STANDINS="python nghttpd"
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -26,8 +26,8 @@ BUILD=$(cd "${1:-$ROOT/build}" && pwd)
 MOONMDM=$BUILD/moonmdm
 BENCH=$BUILD/tests/bench/apns_bench
 N=${N:-100000}
-INFLIGHT=${INFLIGHT:-1000}
-CONNS=${CONNS:-"1 4"}
+INFLIGHT=${INFLIGHT:-256}
+CONNS=${CONNS:-"1 8"}
 STANDINS=${STANDINS:-"python nghttpd"}
 PYTHON=${PYTHON:-/usr/bin/python3}
 TOPIC=com.apple.mgmt.External.00000000-0000-0000-0000-00000000be0c

@@ -12,6 +12,7 @@
 #include "crypto/keys.h"
 #include "mdm/certauth.h"
 #include "mdm/mdm.h"
+#include "mdm/sigcache.h"
 #include "server.h"
 #include "util/alloc.h"
 
@@ -44,8 +45,7 @@ static void setup(void)
     }
     server.cfg = &cfg;
     m.server = &server;
-    m.cache_slots = 1024;
-    m.cache = mdm_calloc(m.cache_slots, sizeof(*m.cache));
+    m.sigcache = mdm_sigcache_new(1024);
     memset(m.secret.key, 7, sizeof(m.secret.key));
 
     EVP_PKEY *key = NULL;
