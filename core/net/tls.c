@@ -134,6 +134,9 @@ int mdm_tls_server_ctx(const mdm_config_t *cfg, SSL_CTX **out, X509_STORE **clie
         goto out;
     }
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    /* One TLS 1.3 session ticket per handshake rather than OpenSSL's two:
+     * each carries the client certificate, and a device resumes with one. */
+    SSL_CTX_set_num_tickets(ctx, 1);
 
     if (cfg->tls_client_ca.n > 0) {
         rc = mdm_tls_load_ca_store(&cfg->tls_client_ca, &store, err);
