@@ -172,6 +172,9 @@ class Server:
                 self.proc.wait()
                 raise AssertionError("server did not stop in time:\n" + self.log())
         self.reader.join(5)
+        if WRAPPER and self.proc.returncode != 0:
+            # Show what valgrind found (its lines start with ==pid==).
+            print("\n".join(l for l in self.log_lines if l.startswith("==")))
         return self.proc.returncode
 
     def kill(self):
