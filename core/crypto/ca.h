@@ -49,6 +49,7 @@ typedef struct mdm_issue_opts {
     uint64_t validity_ms;               /* 0: the CA's validity_ms */
     const X509_NAME *subject_override;  /* NULL: the CSR's subject */
     int64_t not_before_ms;              /* 0: now - MDM_CA_BACKDATE_MS; tests and tooling only */
+    bool csr_verified;                  /* the caller already verified the CSR's signature */
 } mdm_issue_opts_t;
 
 /* Makes a CA object from a certificate, its key and an optional chain
