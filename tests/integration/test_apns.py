@@ -607,3 +607,83 @@ def test_sweep_pushes_silent_enrollments_with_waiting_commands(datadir, env):
         assert metric(s, "moonmdm_apns_sweep_pushes_total") >= 1
     finally:
         stop(s)
+
+
+# ---- APNs slow or down: the rest of the server goes on ------------------------
+
+def _latencies_during(srv, seconds, devices):
+    """Runs device sessions and /healthz for `seconds`; returns the
+    latencies (s) of /healthz and of the MDM requests."""
+    import time as _time
+    from conftest import get
+    health, mdm, errors = [], [], []
+    stop = threading.Event()
+
+    def device_loop(d):
+        while not stop.is_set():
+            try:
+                t0 = _time.monotonic()
+                st, cmd = d.idle()
+                mdm.append(_time.monotonic() - t0)
+                while cmd is not None:
+                    t0 = _time.monotonic()
+                    st, cmd = d.report("Acknowledged", cmd["CommandUUID"], ProfileList=[])
+                    mdm.append(_time.monotonic() - t0)
+            except Exception as e:
+                errors.append(repr(e))
+                return
+
+    threads = [threading.Thread(target=device_loop, args=(d,)) for d in devices]
+    for t in threads:
+        t.start()
+    end = _time.monotonic() + seconds
+    while _time.monotonic() < end:
+        t0 = _time.monotonic()
+        assert get(srv, "/healthz").status == 200
+        health.append(_time.monotonic() - t0)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert errors == [], errors[:3]
+    return sorted(health), sorted(mdm)
+
+
+def _p99(v):
+    return v[max(0, int(len(v) * 0.99) - 1)]
+
+
+@pytest.mark.parametrize("mode", ["slow", "down"])
+def test_slow_or_dead_apns_does_not_slow_the_server(datadir, env, mode):
+    import socket as _socket
+    extra = {}
+    if mode == "down":
+        # A port nothing listens on: every push connection is refused.
+        s = _socket.socket()
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+        s.close()
+        extra = {"url": f'"https://127.0.0.1:{dead}"'}
+    else:
+        env.standin.respond(delay=3.0)  # every answer takes 3 s
+    srv = start(datadir, env, **extra)
+    try:
+        api = Api(srv)
+        assert upload(api, env.cert, env.key)[0] in (200, 201)
+        devices = [enrolled(srv) for _ in range(4)]
+        targets = [enrolled(srv) for _ in range(40)]
+        ids = [d.udid for d in targets]
+        # Pushes to 40 devices hang (slow) or fail (down) in the background
+        # while 4 devices run sessions and /healthz is polled.
+        st, r = api.call("POST", "/v1/commands",
+                         {"request_type": "ProfileList", "targets": ids, "nopush": True})
+        assert st == 201
+        fired = threading.Thread(target=lambda: api.call("POST", "/v1/push/" + ",".join(ids)))
+        fired.start()
+        health, mdm = _latencies_during(srv, 4, devices)
+        fired.join(60)
+        print(f"\nAPNs {mode}: healthz p99 {_p99(health) * 1000:.1f} ms over {len(health)}, "
+              f"MDM request p99 {_p99(mdm) * 1000:.1f} ms over {len(mdm)}")
+        assert len(mdm) > 50
+        assert _p99(health) < 0.1 and _p99(mdm) < 0.1, (_p99(health), _p99(mdm))
+    finally:
+        stop(srv)

@@ -157,3 +157,62 @@ def test_config_error_names_key_file_and_line(datadir):
     p = subprocess.run([BIN, "serve", "--config", datadir.config, "--listen", "127.0.0.1:0"],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode != 0 and "htpp" in p.stderr and "unknown key" in p.stderr, p.stderr
+
+
+def test_readable_private_keys_are_refused_unless_told(datadir):
+    for name in ("server.key", "ca.key"):
+        path = os.path.join(datadir.path, name)
+        os.chmod(path, 0o644)
+        p = subprocess.run([BIN, "serve", "--config", datadir.config, "--listen", "127.0.0.1:0"],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode != 0, name
+        assert name in p.stderr and "chmod 600" in p.stderr, p.stderr
+        os.chmod(path, 0o600)
+    os.chmod(os.path.join(datadir.path, "server.key"), 0o640)
+    datadir.write_config('  tls = { cert = "server.crt", key = "server.key", client_ca = { "ca.crt" },'
+                         ' allow_insecure_key_mode = true },')
+    s = Server(datadir)
+    try:
+        assert get(s, "/healthz").status == 200
+    finally:
+        assert s.stop() == 0
+
+
+def test_tls_versions_and_ciphers(server):
+    import ssl
+    import socket
+    for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(server.datadir.ca_crt)
+        ctx.minimum_version = version
+        ctx.maximum_version = version
+        try:
+            ctx.set_ciphers("ALL:@SECLEVEL=0")
+        except ssl.SSLError:
+            pass
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            try:
+                with ctx.wrap_socket(raw, server_hostname="localhost"):
+                    assert False, f"{version} was accepted"
+            except ssl.SSLError:
+                pass
+    # TLS 1.2 without forward secrecy (plain RSA key exchange) is refused.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(server.datadir.ca_crt)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers("AES128-GCM-SHA256")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        try:
+            with ctx.wrap_socket(raw, server_hostname="localhost"):
+                assert False, "a non-ECDHE cipher was accepted"
+        except ssl.SSLError:
+            pass
+    for maxv in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(server.datadir.ca_crt)
+        ctx.maximum_version = maxv
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                assert s.version() == ("TLSv1.2" if maxv == ssl.TLSVersion.TLSv1_2 else "TLSv1.3")
+                assert s.selected_alpn_protocol() == "http/1.1"
