@@ -91,8 +91,10 @@ def test_looping_and_allocating_policy_does_not_stop_the_server(datadir, tmpdir_
         assert p99 < 0.2, (median, p99)
         rss_after = rss_kb(srv.proc.pid)
         # The state's memory is capped (32 MiB): the process does not grow
-        # past the cap and a margin.
-        assert rss_after - rss_before < 64 * 1024, (rss_before, rss_after)
+        # past the cap and a margin. (Under ASan freed memory sits in its
+        # quarantine and shadow memory grows with it: a looser bound.)
+        margin = 512 * 1024 if os.environ.get("ASAN_OPTIONS") else 64 * 1024
+        assert rss_after - rss_before < margin, (rss_before, rss_after)
         m = get(srv, "/metrics").body.decode()
         timeouts = re.search(r'moonmdm_policy_calls_total\{hook="connect",outcome="timeout"\} (\d+)',
                              m)
