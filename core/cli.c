@@ -279,7 +279,7 @@ static int apikey_revoke_fn(mdm_txn_t *txn, void *arg)
 }
 
 /* Opens the store of the config for a CLI command. */
-static int cli_open_store(const mdm_config_t *cfg, bool rdonly, mdm_store_t **out)
+int mdm__cli_open_store(const mdm_config_t *cfg, bool rdonly, mdm_store_t **out)
 {
     mdm_err_t err = {0};
     mdm_store_config_t sc = {
@@ -332,7 +332,7 @@ int mdm_cmd_apikey(int argc, char **argv)
     mdm_store_t *store = NULL;
     int exit_code = 1;
     bool rdonly = strcmp(verb, "list") == 0;
-    if (cli_open_store(&cfg, rdonly, &store) != 0)
+    if (mdm__cli_open_store(&cfg, rdonly, &store) != 0)
         goto out;
     if (strcmp(verb, "create") == 0) {
         struct apikey_create_ctx a = {.name = name, .role = mdm_api_role_parse(role)};

@@ -3,6 +3,8 @@
 #ifndef MDM_CLI_H
 #define MDM_CLI_H
 
+#include <stdbool.h>
+
 int mdm_cmd_serve(int argc, char **argv);
 int mdm_cmd_init(int argc, char **argv);
 int mdm_cmd_config(int argc, char **argv);
@@ -18,5 +20,10 @@ int mdm_cmd_db(int argc, char **argv);
  * or none (defaults). Loads it into cfg; prints errors; returns 0 or 1. */
 struct mdm_config;
 int mdm__cli_load_config(struct mdm_config *cfg, const char *config_path, const char *data_dir);
+
+/* Opens the store the config names (read-only when asked); prints the
+ * reason and returns 1 when it cannot. */
+struct mdm_store;
+int mdm__cli_open_store(const struct mdm_config *cfg, bool rdonly, struct mdm_store **out);
 
 #endif

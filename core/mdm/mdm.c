@@ -586,19 +586,27 @@ static int on_checkout(msg_ctx_t *c, mdm_txn_t *txn)
     return rc;
 }
 
-static int on_set_bootstrap(msg_ctx_t *c, mdm_txn_t *txn)
+/* The checks and the enrollment record shared by the bootstrap-token
+ * check-ins: the device must be trusted and enrolled. */
+static int load_bootstrap_enrollment(msg_ctx_t *c, mdm_txn_t *txn, plist_t *e)
 {
     int rc = check_revoked(c, txn);
     if (rc == 0)
         rc = check_binding(c, txn);
     if (rc != 0)
         return rc;
-    plist_t e = NULL;
-    rc = mdm_enrollment_load(txn, c->device_id, &e);
+    rc = mdm_enrollment_load(txn, c->device_id, e);
     if (rc == MDM_ENOTFOUND) {
-        refuse(c, 403, "SetBootstrapToken for an unknown enrollment");
+        refuse(c, 403, "%s for an unknown enrollment", c->type);
         return REFUSED;
     }
+    return rc;
+}
+
+static int on_set_bootstrap(msg_ctx_t *c, mdm_txn_t *txn)
+{
+    plist_t e = NULL;
+    int rc = load_bootstrap_enrollment(c, txn, &e);
     if (rc != 0)
         return rc;
     size_t n = 0;
@@ -617,17 +625,8 @@ static int on_set_bootstrap(msg_ctx_t *c, mdm_txn_t *txn)
 
 static int on_get_bootstrap(msg_ctx_t *c, mdm_txn_t *txn)
 {
-    int rc = check_revoked(c, txn);
-    if (rc == 0)
-        rc = check_binding(c, txn);
-    if (rc != 0)
-        return rc;
     plist_t e = NULL;
-    rc = mdm_enrollment_load(txn, c->device_id, &e);
-    if (rc == MDM_ENOTFOUND) {
-        refuse(c, 403, "GetBootstrapToken for an unknown enrollment");
-        return REFUSED;
-    }
+    int rc = load_bootstrap_enrollment(c, txn, &e);
     if (rc != 0)
         return rc;
     plist_t reply = plist_new_dict();
@@ -809,24 +808,35 @@ static bool parse_message(msg_ctx_t *c, mdm_mdm_t *m, const mdm_identity_t *id, 
     return true;
 }
 
+/* Parses a check-in or report body and reads its kind from `key`
+ * (MessageType or Status), recorded in the outcome. False: out holds the
+ * refusal. */
+static bool begin_message(msg_ctx_t *c, mdm_mdm_t *m, const mdm_identity_t *id, const void *body,
+                          size_t len, mdm_outcome_t *out, const char *key)
+{
+    outcome_init(out);
+    c->out = out;
+    c->msg = NULL;
+    bool ok = parse_message(c, m, id, body, len);
+    c->out = out;
+    if (!ok)
+        return false;
+    c->type = mdm_pl_str(c->msg, key);
+    if (c->type == NULL) {
+        out->status = 400;
+        snprintf(out->detail, sizeof(out->detail), "no %s", key);
+        return false;
+    }
+    snprintf(out->message_type, sizeof(out->message_type), "%s", c->type);
+    return true;
+}
+
 void mdm__process_checkin(mdm_mdm_t *m, const mdm_identity_t *id, const void *body, size_t len,
                           mdm_outcome_t *out)
 {
     msg_ctx_t c;
-    outcome_init(out);
-    c.out = out;
-    if (!parse_message(&c, m, id, body, len)) {
-        c.out = out;
+    if (!begin_message(&c, m, id, body, len, out, "MessageType"))
         goto out;
-    }
-    c.out = out;
-    c.type = mdm_pl_str(c.msg, "MessageType");
-    if (c.type == NULL) {
-        out->status = 400;
-        snprintf(out->detail, sizeof(out->detail), "no MessageType");
-        goto out;
-    }
-    snprintf(out->message_type, sizeof(out->message_type), "%s", c.type);
     mdm_metric_add(m->m_checkins, 1);
     c.pol = mdm_policy_acquire(m->server);
     int rc = mdm_store_update(m->server->store, checkin_txn, &c);
@@ -1156,20 +1166,8 @@ void mdm__process_report(mdm_mdm_t *m, const mdm_identity_t *id, const void *bod
                          mdm_outcome_t *out)
 {
     msg_ctx_t c;
-    outcome_init(out);
-    c.out = out;
-    if (!parse_message(&c, m, id, body, len)) {
-        c.out = out;
+    if (!begin_message(&c, m, id, body, len, out, "Status"))
         goto out;
-    }
-    c.out = out;
-    c.type = mdm_pl_str(c.msg, "Status");
-    if (c.type == NULL) {
-        out->status = 400;
-        snprintf(out->detail, sizeof(out->detail), "no Status");
-        goto out;
-    }
-    snprintf(out->message_type, sizeof(out->message_type), "%s", c.type);
     mdm_metric_add(m->m_reports, 1);
     c.pol = mdm_policy_acquire(m->server);
     if (strcmp(c.type, "Idle") == 0 && idle_fast_path(&c)) {

@@ -19,29 +19,6 @@
 #include "util/encode.h"
 #include "util/misc.h"
 
-/* Opens the store of the config for a CLI command. */
-static int cli_open_store(const mdm_config_t *cfg, bool rdonly, mdm_store_t **out)
-{
-    mdm_err_t err = {0};
-    mdm_store_config_t sc = {
-        .path = cfg->store_path,
-        .map_size = cfg->store_map_size,
-        .map_max = cfg->store_map_max,
-        .sync = true,
-        .flags = MDM_STORE_AUTOFLUSH | (rdonly ? MDM_STORE_RDONLY : 0),
-    };
-    const mdm_store_ops_t *ops = mdm_store_backend(cfg->store_backend);
-    if (ops == NULL) {
-        fprintf(stderr, "moonmdm: unknown store backend \"%s\"\n", cfg->store_backend);
-        return 1;
-    }
-    if (mdm_store_open(ops, &sc, out, &err) != 0) {
-        fprintf(stderr, "moonmdm: cannot open the store %s: %s\n", cfg->store_path, err.msg);
-        return 1;
-    }
-    return 0;
-}
-
 /* ---- challenge ----------------------------------------------------------- */
 
 static const char challenge_usage[] =
@@ -143,7 +120,7 @@ int mdm_cmd_challenge(int argc, char **argv)
         return 1;
     mdm_store_t *store = NULL;
     int exit_code = 1;
-    if (cli_open_store(&cfg, strcmp(verb, "list") == 0, &store) != 0)
+    if (mdm__cli_open_store(&cfg, strcmp(verb, "list") == 0, &store) != 0)
         goto out;
     if (strcmp(verb, "new") == 0) {
         struct cli_challenge_ctx a = {.owner = user,
@@ -327,7 +304,7 @@ int mdm_cmd_cert(int argc, char **argv)
         return 1;
     mdm_store_t *store = NULL;
     int exit_code = 1;
-    if (cli_open_store(&cfg, !is_revoke, &store) != 0)
+    if (mdm__cli_open_store(&cfg, !is_revoke, &store) != 0)
         goto out;
     if (is_list) {
         struct cli_cert_list_ctx l = {.only_revoked = only_revoked};

@@ -1,5 +1,5 @@
 /* Fixed test keys shared by the fuzz targets that need a PKI (they protect
- * nothing). The CA and the SCEP RA are the ones of fuzz_scep.c, so that the
+ * nothing). The CA and the SCEP RA are what fuzz_scep.c decrypts with, so that the
  * committed SCEP corpus (encrypted to this RA) decrypts in every target; the
  * device identity (RSA, issued by the CA, valid 2025..2125) signs the
  * Mdm-Signature and OTA seeds that tests/fuzz/make_seeds.py builds, which
