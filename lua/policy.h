@@ -289,6 +289,10 @@ void mdm_api_policy_register(mdm_server_t *s);
 int mdm_policy_eval(mdm_policy_t *p, mdm_store_t *store, const char *device_id, const char *hook,
                     const json_t *input, json_t **out, mdm_err_t *err);
 
+/* Writes the decision log entries the server holds back (they go to the
+ * store every timer tick) now; GET /v1/decisions calls it before reading. */
+void mdm_policy_flush_decisions(mdm_server_t *s);
+
 /* GET /v1/decisions: the newest entries first, filtered by device (eid)
  * and hook when given. */
 int mdm_policy_decisions_json(mdm_store_t *store, const char *device, const char *hook,

@@ -312,6 +312,13 @@ int mdm_policy_decisions_prune(mdm_store_t *store, uint64_t max_count, uint64_t 
     return rc;
 }
 
+void mdm_policy_flush_decisions(mdm_server_t *s)
+{
+    engine_t *e = engine_of(s);
+    if (e != NULL && s->store != NULL)
+        mdm__log_sink_flush(s->store, &e->sink);
+}
+
 static void prune_cb(uv_timer_t *t)
 {
     engine_t *e = t->data;

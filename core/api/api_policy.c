@@ -112,6 +112,7 @@ static void handle_decisions(mdm_req_t *req)
         mdm_resp_json_error(req, 400, "bad_request", "unknown hook");
         goto out;
     }
+    mdm_policy_flush_decisions(req->server);
     json_t *o = NULL;
     int rc = mdm_policy_decisions_json(req->server->store, have_device ? device.data : NULL,
                                        have_hook ? hook.data : NULL, (size_t)n, &o);

@@ -142,17 +142,6 @@ void mdm_pl_set_uint(plist_t dict, const char *key, uint64_t v)
     plist_dict_set_item(dict, key, plist_new_uint(v));
 }
 
-void mdm_plist_to_bin_buf(plist_t p, mdm_buf_t *out)
-{
-    char *bin = NULL;
-    uint32_t len = 0;
-    plist_to_bin(p, &bin, &len);
-    mdm_buf_reset(out);
-    if (bin != NULL)
-        mdm_buf_append(out, bin, len);
-    plist_to_bin_free(bin);
-}
-
 void mdm_plist_to_xml_buf(plist_t p, mdm_buf_t *out)
 {
     char *xml = NULL;

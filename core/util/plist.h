@@ -42,7 +42,8 @@ void mdm_pl_set_bool(plist_t dict, const char *key, bool v);
 void mdm_pl_set_uint(plist_t dict, const char *key, uint64_t v);
 void mdm_pl_remove(plist_t dict, const char *key);
 
-/* Serialises to a binary plist (for store values) into out. */
+/* Serialises to a binary plist (for store values and replies) into out
+ * (core/util/bplist.c: no object sharing, two flat passes). */
 void mdm_plist_to_bin_buf(plist_t p, mdm_buf_t *out);
 
 /* Serialises to an XML plist into out. */

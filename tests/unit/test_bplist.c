@@ -1,0 +1,247 @@
+/* Tests of the binary plist writer (util/bplist.c): every type and every
+ * integer, count, reference and offset width it chooses, non-ASCII strings
+ * (UTF-16, surrogate pairs, malformed UTF-8), and 300 random trees. Each
+ * output is read back by both libplist's reader and the server's bounded
+ * parser and compared with the input through libplist's XML writer. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/buf.h"
+#include "util/plist.h"
+#include "util/plistjson.h"
+
+static char *to_xml(plist_t p)
+{
+    char *xml = NULL;
+    uint32_t len = 0;
+    plist_to_xml(p, &xml, &len);
+    assert_non_null(xml);
+    return xml;
+}
+
+/* Writes p, reads it back twice and asserts both copies equal p. Returns the
+ * size of the binary form. */
+static size_t roundtrip(plist_t p)
+{
+    mdm_buf_t b = MDM_BUF_INIT;
+    mdm_plist_to_bin_buf(p, &b);
+    assert_true(b.len >= 8 + 32);
+    assert_memory_equal(b.data, "bplist00", 8);
+    char *want = to_xml(p);
+
+    plist_t lib = NULL;
+    plist_from_bin(b.data, (uint32_t)b.len, &lib);
+    if (lib == NULL)
+        fail_msg("libplist cannot read the output (%zu bytes)", b.len);
+    char *have = to_xml(lib);
+    if (strcmp(want, have) != 0)
+        fail_msg("libplist read back something else\nwant: %.2000s\nhave: %.2000s", want, have);
+    free(have);
+    plist_free(lib);
+
+    plist_t own = NULL;
+    int rc = mdm_plist_parse(b.data, b.len, 0, &own, NULL);
+    if (rc != 0)
+        fail_msg("the bounded parser refuses the output: %d", rc);
+    have = to_xml(own);
+    if (strcmp(want, have) != 0)
+        fail_msg("the bounded parser read back something else\nwant: %.2000s\nhave: %.2000s", want,
+                 have);
+    free(have);
+    plist_free(own);
+    free(want);
+    size_t n = b.len;
+    mdm_buf_free(&b);
+    return n;
+}
+
+static void test_scalars(void **state)
+{
+    (void)state;
+    plist_t d = plist_new_dict();
+    plist_dict_set_item(d, "true", plist_new_bool(1));
+    plist_dict_set_item(d, "false", plist_new_bool(0));
+    const uint64_t ints[] = {0, 1, 0xff, 0x100, 0xffff, 0x10000, 0xffffffffu, 0x100000000ull,
+                             (uint64_t)INT64_MAX, (uint64_t)-1, (uint64_t)-1000};
+    plist_t a = plist_new_array();
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++)
+        plist_array_append_item(a, plist_new_uint(ints[i]));
+    plist_dict_set_item(d, "ints", a);
+    plist_dict_set_item(d, "real", plist_new_real(-2.5e-3));
+    plist_dict_set_item(d, "date", plist_new_date(757382400, 0));
+    plist_dict_set_item(d, "empty_string", plist_new_string(""));
+    plist_dict_set_item(d, "empty_data", plist_new_data("", 0));
+    plist_dict_set_item(d, "data", plist_new_data("\x00\x01\x02\xff", 4));
+    plist_dict_set_item(d, "empty_array", plist_new_array());
+    plist_dict_set_item(d, "empty_dict", plist_new_dict());
+    plist_dict_set_item(d, "uid", plist_new_uid(7));
+    roundtrip(d);
+    plist_free(d);
+
+    /* The root need not be a container. */
+    plist_t s = plist_new_string("only");
+    roundtrip(s);
+    plist_free(s);
+}
+
+static void test_counts_and_widths(void **state)
+{
+    (void)state;
+    /* Counts of 14, 15 and 16 cross the one-nibble limit; 300 objects need
+     * two-byte references; 70,000 need four; 100 KB of data needs wider
+     * offsets. */
+    const size_t counts[] = {14, 15, 16, 300, 70000};
+    for (size_t c = 0; c < sizeof(counts) / sizeof(counts[0]); c++) {
+        plist_t a = plist_new_array();
+        plist_t d = plist_new_dict();
+        for (size_t i = 0; i < counts[c]; i++) {
+            plist_array_append_item(a, plist_new_uint(i));
+            char key[32];
+            snprintf(key, sizeof(key), "k%zu", i);
+            plist_dict_set_item(d, key, plist_new_string(key));
+        }
+        plist_t root = plist_new_dict();
+        plist_dict_set_item(root, "a", a);
+        plist_dict_set_item(root, "d", d);
+        char text[21] = "";
+        memset(text, 'x', counts[c] % 20);
+        plist_dict_set_item(root, "s", plist_new_string(text));
+        roundtrip(root);
+        plist_free(root);
+    }
+    char *big = calloc(1, 100000);
+    plist_t root = plist_new_array();
+    plist_array_append_item(root, plist_new_data(big, 100000));
+    plist_array_append_item(root, plist_new_string("after"));
+    size_t n = roundtrip(root);
+    assert_true(n > 100000);
+    plist_free(root);
+    free(big);
+}
+
+static void test_strings(void **state)
+{
+    (void)state;
+    plist_t d = plist_new_dict();
+    plist_dict_set_item(d, "latin", plist_new_string("caf\xc3\xa9"));
+    plist_dict_set_item(d, "cjk", plist_new_string("\xe7\xab\xaf\xe6\x9c\xab"));
+    plist_dict_set_item(d, "emoji", plist_new_string("a\xf0\x9f\x93\xb1z"));
+    plist_dict_set_item(d, "k\xc3\xa9y", plist_new_string("non-ASCII key"));
+    char long_utf8[64] = "";
+    for (int i = 0; i < 20; i++)
+        strcat(long_utf8, "\xc3\xa9");
+    plist_dict_set_item(d, "long", plist_new_string(long_utf8));
+    roundtrip(d);
+    plist_free(d);
+
+    /* Malformed UTF-8 (a lone continuation byte, a truncated sequence, an
+     * encoded surrogate) becomes U+FFFD, one per bad byte. */
+    plist_t bad = plist_new_string("a\x80" "b\xe2\x82" "c\xed\xa0\x80");
+    mdm_buf_t b = MDM_BUF_INIT;
+    mdm_plist_to_bin_buf(bad, &b);
+    plist_t back = NULL;
+    plist_from_bin(b.data, (uint32_t)b.len, &back);
+    assert_non_null(back);
+    assert_string_equal(plist_get_string_ptr(back, NULL),
+                        "a\xef\xbf\xbd" "b\xef\xbf\xbd\xef\xbf\xbd" "c\xef\xbf\xbd\xef\xbf\xbd"
+                        "\xef\xbf\xbd");
+    plist_free(back);
+    plist_free(bad);
+    mdm_buf_free(&b);
+}
+
+/* ---- random trees ----------------------------------------------------------- */
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static uint64_t next(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+
+static plist_t random_string(void)
+{
+    static const char *const parts[] = {"a", "Z", "0", " ", "\xc3\xa9", "\xe2\x82\xac",
+                                        "\xf0\x9f\x98\x80", "<&>", "key"};
+    char s[80] = "";
+    size_t n = next() % 12;
+    for (size_t i = 0; i < n; i++)
+        strcat(s, parts[next() % (sizeof(parts) / sizeof(parts[0]))]);
+    return plist_new_string(s);
+}
+
+static plist_t random_tree(int depth)
+{
+    int kind = (int)(next() % (depth >= 6 ? 7 : 9));
+    switch (kind) {
+    case 0:
+        return plist_new_bool(next() % 2);
+    case 1:
+        return plist_new_uint(next() >> (next() % 64));
+    case 2:
+        return plist_new_real((double)(int64_t)next() / 1e6);
+    case 3:
+        return plist_new_date((int32_t)(next() % 2000000000), 0);
+    case 4: {
+        unsigned char buf[40];
+        size_t n = next() % sizeof(buf);
+        for (size_t i = 0; i < n; i++)
+            buf[i] = (unsigned char)next();
+        return plist_new_data((const char *)buf, n);
+    }
+    case 5:
+    case 6:
+        return random_string();
+    case 7: {
+        plist_t a = plist_new_array();
+        size_t n = next() % 20;
+        for (size_t i = 0; i < n; i++)
+            plist_array_append_item(a, random_tree(depth + 1));
+        return a;
+    }
+    default: {
+        plist_t d = plist_new_dict();
+        size_t n = next() % 20;
+        for (size_t i = 0; i < n; i++) {
+            char key[24];
+            snprintf(key, sizeof(key), "%s%u", next() % 4 ? "k" : "\xc3\xa9", (unsigned)(next() % 50));
+            plist_dict_set_item(d, key, random_tree(depth + 1));
+        }
+        return d;
+    }
+    }
+}
+
+static void test_random_trees(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 300; i++) {
+        plist_t t = plist_new_dict();
+        plist_dict_set_item(t, "root", random_tree(0));
+        roundtrip(t);
+        plist_free(t);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_scalars),
+        cmocka_unit_test(test_counts_and_widths),
+        cmocka_unit_test(test_strings),
+        cmocka_unit_test(test_random_trees),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
