@@ -19,19 +19,25 @@
 #include "util/misc.h"
 #include "util/plistjson.h"
 
-/* Only its address is used: it marks the metatables of read-only proxies. */
+/* Only their addresses are used: registry keys of the metatable that all
+ * read-only proxies share and of the weak-keyed table proxy -> real table. */
 static const char ro_mark = 0;
+static const char ro_targets = 0;
 
 /* ---- read-only proxies ------------------------------------------------------ */
 
-/* The metatable of a proxy holds the real table at [1] and the mark at [2]
- * (raw integer keys, so that checking needs no allocation). */
+/* A proxy is an empty table with the shared metatable; its real table is
+ * found in the registry's weak-keyed table, so that making one costs two
+ * small allocations instead of a metatable of its own per proxy. Reads go
+ * through __index (a C function; the real table's own __index still
+ * applies), writes fail in __newindex; __len and
+ * __pairs answer for the real table. */
 bool mdm__is_readonly(lua_State *L, int idx)
 {
     if (lua_type(L, idx) != LUA_TTABLE || !lua_checkstack(L, 2) || !lua_getmetatable(L, idx))
         return false;
-    lua_rawgeti(L, -1, 2);
-    bool ro = lua_touserdata(L, -1) == (void *)&ro_mark;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &ro_mark);
+    bool ro = lua_rawequal(L, -1, -2);
     lua_pop(L, 2);
     return ro;
 }
@@ -40,12 +46,23 @@ void mdm__push_unwrapped(lua_State *L, int idx)
 {
     idx = lua_absindex(L, idx);
     if (mdm__is_readonly(L, idx)) {
-        lua_getmetatable(L, idx);
-        lua_rawgeti(L, -1, 1);
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &ro_targets);
+        lua_pushvalue(L, idx);
+        lua_rawget(L, -2);
         lua_remove(L, -2);
     } else {
         lua_pushvalue(L, idx);
     }
+}
+
+static int ro_index(lua_State *L)
+{
+    mdm__push_unwrapped(L, 1);
+    if (lua_type(L, -1) != LUA_TTABLE)
+        return 0;
+    lua_pushvalue(L, 2);
+    lua_gettable(L, -2); /* the real table may have an __index of its own */
+    return 1;
 }
 
 static int ro_newindex(lua_State *L)
@@ -80,12 +97,11 @@ static int ro_pairs(lua_State *L)
     return 3;
 }
 
-void mdm__make_readonly(lua_State *L)
+/* Creates the shared metatable and the target table on first use. */
+static void ro_setup(lua_State *L)
 {
-    luaL_checkstack(L, 4, NULL);
-    lua_createtable(L, 0, 0);  /* real proxy */
-    lua_createtable(L, 2, 5);  /* real proxy mt */
-    lua_pushvalue(L, -3);
+    lua_createtable(L, 0, 5);
+    lua_pushcfunction(L, ro_index);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, ro_newindex);
     lua_setfield(L, -2, "__newindex");
@@ -95,12 +111,31 @@ void mdm__make_readonly(lua_State *L)
     lua_setfield(L, -2, "__pairs");
     lua_pushliteral(L, "read-only");
     lua_setfield(L, -2, "__metatable");
-    lua_pushvalue(L, -3);
-    lua_rawseti(L, -2, 1);
-    lua_pushlightuserdata(L, (void *)&ro_mark);
-    lua_rawseti(L, -2, 2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &ro_mark);
+    lua_createtable(L, 0, 0);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
     lua_setmetatable(L, -2);
-    lua_replace(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &ro_targets);
+}
+
+void mdm__make_readonly(lua_State *L)
+{
+    luaL_checkstack(L, 4, NULL);
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &ro_targets) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        ro_setup(L);
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &ro_targets);
+    }
+    lua_createtable(L, 0, 0);  /* targets, proxy */
+    lua_pushvalue(L, -1);
+    lua_pushvalue(L, -4);
+    lua_rawset(L, -4);         /* targets[proxy] = real */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &ro_mark);
+    lua_setmetatable(L, -2);
+    lua_replace(L, -3);        /* proxy where real was */
+    lua_pop(L, 1);
 }
 
 static void readonly_copy(lua_State *L, int idx, int depth)

@@ -19,6 +19,7 @@
 #include "util/alloc.h"
 #include "util/buf.h"
 #include "util/encode.h"
+#include "util/jsonw.h"
 #include "util/log.h"
 #include "util/misc.h"
 #include "util/plist.h"
@@ -1575,15 +1576,22 @@ static bool secret_key(const char *k)
     return false;
 }
 
-static plist_t summarize(plist_t v, int depth, int *nodes)
+/* The log entry is JSON text written straight into a buffer: building a
+ * plist of the summary and serialising it cost more than the hook call. */
+static void sum_json(mdm_buf_t *b, plist_t v, int depth, int *nodes)
 {
-    if (--*nodes < 0)
-        return plist_new_string("...");
+    if (--*nodes < 0) {
+        mdm_buf_puts(b, "\"...\"");
+        return;
+    }
     switch (plist_get_node_type(v)) {
     case PLIST_DICT: {
-        if (depth >= SUM_DEPTH)
-            return plist_new_string("{...}");
-        plist_t o = plist_new_dict();
+        if (depth >= SUM_DEPTH) {
+            mdm_buf_puts(b, "\"{...}\"");
+            return;
+        }
+        mdm_buf_putc(b, '{');
+        bool first = true;
         plist_dict_iter it = NULL;
         plist_dict_new_iter(v, &it);
         uint32_t count = 0, total = plist_dict_get_size(v);
@@ -1593,111 +1601,156 @@ static plist_t summarize(plist_t v, int depth, int *nodes)
             plist_dict_next_item(v, it, &key, &x);
             if (key == NULL)
                 break;
-            if (count++ < SUM_ITEMS)
-                plist_dict_set_item(o, key, secret_key(key) ? plist_new_string("(masked)")
-                                                            : summarize(x, depth + 1, nodes));
+            if (count++ < SUM_ITEMS) {
+                mdm_jsonw_key(b, &first, key);
+                if (secret_key(key))
+                    mdm_buf_puts(b, "\"(masked)\"");
+                else
+                    sum_json(b, x, depth + 1, nodes);
+            }
             free(key);
         }
         free(it);
         if (total > SUM_ITEMS) {
             char more[48];
             snprintf(more, sizeof(more), "%u more", total - SUM_ITEMS);
-            plist_dict_set_item(o, "...", plist_new_string(more));
+            mdm_jsonw_member_str(b, &first, "...", more);
         }
-        return o;
+        mdm_buf_putc(b, '}');
+        return;
     }
     case PLIST_ARRAY: {
-        if (depth >= SUM_DEPTH)
-            return plist_new_string("[...]");
-        plist_t a = plist_new_array();
-        uint32_t n = plist_array_get_size(v);
-        for (uint32_t i = 0; i < n && i < SUM_ITEMS; i++)
-            plist_array_append_item(a, summarize(plist_array_get_item(v, i), depth + 1, nodes));
-        if (n > SUM_ITEMS) {
-            char more[48];
-            snprintf(more, sizeof(more), "... %u more", n - SUM_ITEMS);
-            plist_array_append_item(a, plist_new_string(more));
+        if (depth >= SUM_DEPTH) {
+            mdm_buf_puts(b, "\"[...]\"");
+            return;
         }
-        return a;
+        mdm_buf_putc(b, '[');
+        uint32_t n = plist_array_get_size(v);
+        for (uint32_t i = 0; i < n && i < SUM_ITEMS; i++) {
+            if (i > 0)
+                mdm_buf_putc(b, ',');
+            sum_json(b, plist_array_get_item(v, i), depth + 1, nodes);
+        }
+        if (n > SUM_ITEMS)
+            mdm_buf_printf(b, ",\"... %u more\"", n - SUM_ITEMS);
+        mdm_buf_putc(b, ']');
+        return;
     }
     case PLIST_STRING: {
         uint64_t len = 0;
-        const char *s = plist_get_string_ptr(v, &len);
-        if (len <= SUM_STRING)
-            return plist_copy(v);
+        const char *str = plist_get_string_ptr(v, &len);
+        if (len <= SUM_STRING) {
+            mdm_jsonw_str(b, str, (size_t)len);
+            return;
+        }
         size_t cut = SUM_STRING;
-        while (cut > 0 && ((unsigned char)s[cut] & 0xC0) == 0x80)
+        while (cut > 0 && ((unsigned char)str[cut] & 0xC0) == 0x80)
             cut--;
-        char *t = mdm_sprintf("%.*s... (%llu bytes)", (int)cut, s, (unsigned long long)len);
-        plist_t r = plist_new_string(t);
+        char *t = mdm_sprintf("%.*s... (%llu bytes)", (int)cut, str, (unsigned long long)len);
+        mdm_jsonw_str(b, t, strlen(t));
         mdm_free(t);
-        return r;
+        return;
     }
     case PLIST_DATA: {
         uint64_t len = 0;
         plist_get_data_ptr(v, &len);
-        char t[48];
-        snprintf(t, sizeof(t), "(%llu bytes of data)", (unsigned long long)len);
-        return plist_new_string(t);
+        mdm_buf_printf(b, "\"(%llu bytes of data)\"", (unsigned long long)len);
+        return;
     }
-    case PLIST_DATE: {
-        plist_t r = plist_new_uint(0);
-        plist_set_uint_val(r, (uint64_t)mdm_plist_date_unix(v));
-        return r;
+    case PLIST_DATE:
+        mdm_buf_printf(b, "%lld", (long long)mdm_plist_date_unix(v));
+        return;
+    case PLIST_BOOLEAN: {
+        uint8_t x = 0;
+        plist_get_bool_val(v, &x);
+        mdm_buf_puts(b, x ? "true" : "false");
+        return;
+    }
+    case PLIST_UINT: {
+        uint64_t x = 0;
+        plist_get_uint_val(v, &x);
+        mdm_buf_printf(b, "%lld", (long long)(int64_t)x);
+        return;
+    }
+    case PLIST_REAL: {
+        double d = 0;
+        plist_get_real_val(v, &d);
+        mdm_jsonw_real(b, d);
+        return;
     }
     default:
-        return plist_copy(v);
+        mdm_buf_puts(b, "null");
+        return;
     }
 }
 
-static plist_t summary_of(plist_t v)
+/* A member "key": summary of v ({} when v is NULL). */
+static void sum_member(mdm_buf_t *b, bool *first, const char *key, plist_t v)
 {
+    mdm_jsonw_key(b, first, key);
+    if (v == NULL) {
+        mdm_buf_puts(b, "{}");
+        return;
+    }
     int nodes = SUM_NODES;
-    return v ? summarize(v, 0, &nodes) : plist_new_dict();
+    sum_json(b, v, 0, &nodes);
 }
 
-static plist_t device_summary(const mdm_policy_device_t *d)
+static void strlist_member(mdm_buf_t *b, bool *first, const char *key, const mdm_strlist_t *l)
 {
-    plist_t o = plist_new_dict();
-    mdm_pl_set_str(o, "id", d->eid);
-    if (d->device != NULL) {
-        static const char *const keys[] = {"serial", "model", "os_version"};
-        for (size_t i = 0; i < 3; i++)
-            mdm_pl_set_str(o, keys[i], mdm_pl_str(d->device, keys[i]));
+    mdm_jsonw_key(b, first, key);
+    mdm_buf_putc(b, '[');
+    for (size_t i = 0; i < l->n; i++) {
+        if (i > 0)
+            mdm_buf_putc(b, ',');
+        mdm_jsonw_str(b, l->v[i], strlen(l->v[i]));
     }
-    return o;
+    mdm_buf_putc(b, ']');
 }
 
-static plist_t input_summary(int hook, const mdm__hook_input_t *in)
+static void input_summary(mdm_buf_t *b, int hook, const mdm__hook_input_t *in)
 {
-    plist_t o = plist_new_dict();
+    bool first = true;
+    mdm_buf_putc(b, '{');
     switch (hook) {
     case MDM_POLICY_HOOK_AUTHENTICATE:
         if (in->auth != NULL) {
-            mdm_pl_set_str(o, "username", in->auth->username);
-            mdm_pl_set_str(o, "remote_addr", in->auth->remote_addr);
-            mdm_pl_set_str(o, "user_agent", in->auth->user_agent);
+            mdm_jsonw_member_str(b, &first, "username", in->auth->username);
+            mdm_jsonw_member_str(b, &first, "remote_addr", in->auth->remote_addr);
+            mdm_jsonw_member_str(b, &first, "user_agent", in->auth->user_agent);
             if (in->auth->extra != NULL)
-                plist_dict_set_item(o, "extra", summary_of(in->auth->extra));
+                sum_member(b, &first, "extra", in->auth->extra);
         }
         break;
     case MDM_POLICY_HOOK_SCEP:
-        plist_dict_set_item(o, "csr", summary_of(in->a));
-        plist_dict_set_item(o, "ctx", summary_of(in->b));
+        sum_member(b, &first, "csr", in->a);
+        sum_member(b, &first, "ctx", in->b);
         break;
     default:
-        if (in->dev != NULL)
-            plist_dict_set_item(o, "device", device_summary(in->dev));
+        if (in->dev != NULL) {
+            const mdm_policy_device_t *d = in->dev;
+            bool f = true;
+            mdm_jsonw_key(b, &first, "device");
+            mdm_buf_putc(b, '{');
+            mdm_jsonw_member_str(b, &f, "id", d->eid);
+            if (d->device != NULL) {
+                static const char *const keys[] = {"serial", "model", "os_version"};
+                for (size_t i = 0; i < 3; i++)
+                    mdm_jsonw_member_str(b, &f, keys[i], mdm_pl_str(d->device, keys[i]));
+            }
+            mdm_buf_putc(b, '}');
+        }
         if (in->a != NULL)
-            plist_dict_set_item(o, hook == MDM_POLICY_HOOK_CHECKIN   ? "msg"
-                                   : hook == MDM_POLICY_HOOK_CONNECT ? "report"
-                                                                     : "result",
-                                summary_of(in->a));
+            sum_member(b, &first,
+                       hook == MDM_POLICY_HOOK_CHECKIN   ? "msg"
+                       : hook == MDM_POLICY_HOOK_CONNECT ? "report"
+                                                         : "result",
+                       in->a);
         if (in->groups != NULL)
-            put_strlist(o, "groups", in->groups);
+            strlist_member(b, &first, "groups", in->groups);
         break;
     }
-    return o;
+    mdm_buf_putc(b, '}');
 }
 
 struct log_put {
@@ -1755,24 +1808,25 @@ size_t mdm__log_sink_flush(mdm_store_t *store, mdm__log_sink_t *sink)
 static int log_decision(mdm_policy_t *p, run_t *r, mdm_txn_t *txn)
 {
     int64_t now = mdm_now_ms();
-    plist_t e = plist_new_dict();
-    mdm_pl_set_int(e, "time", now);
-    mdm_pl_set_str(e, "hook", hook_names[r->hook]);
-    mdm_pl_set_str(e, "revision", p->revision);
-    if (r->in->dev != NULL)
-        mdm_pl_set_str(e, "device", r->in->dev->eid);
-    mdm_pl_set_str(e, "request", r->call.reqid);
-    mdm_pl_set_str(e, "status", mdm_policy_status_name(r->out->status));
-    if (r->out->status == MDM_POLICY_FAILED)
-        mdm_pl_set_str(e, "error", r->out->error);
-    mdm_pl_set_uint(e, "duration_us", r->duration_ns / 1000);
-    plist_dict_set_item(e, "input", input_summary(r->hook, r->in));
-    plist_t dec = mdm__decision_to_plist(r->hook, r->out, false);
-    plist_dict_set_item(e, "decision", summary_of(dec));
-    plist_free(dec);
     mdm_buf_t b = MDM_BUF_INIT;
-    mdm_plist_to_bin_buf(e, &b);
-    plist_free(e);
+    bool first = true;
+    mdm_buf_putc(&b, '{');
+    mdm_jsonw_member_int(&b, &first, "time", now);
+    mdm_jsonw_member_str(&b, &first, "hook", hook_names[r->hook]);
+    mdm_jsonw_member_str(&b, &first, "revision", p->revision);
+    if (r->in->dev != NULL)
+        mdm_jsonw_member_str(&b, &first, "device", r->in->dev->eid);
+    mdm_jsonw_member_str(&b, &first, "request", r->call.reqid);
+    mdm_jsonw_member_str(&b, &first, "status", mdm_policy_status_name(r->out->status));
+    if (r->out->status == MDM_POLICY_FAILED)
+        mdm_jsonw_member_str(&b, &first, "error", r->out->error);
+    mdm_jsonw_member_int(&b, &first, "duration_us", (int64_t)(r->duration_ns / 1000));
+    mdm_jsonw_key(&b, &first, "input");
+    input_summary(&b, r->hook, r->in);
+    plist_t dec = mdm__decision_to_plist(r->hook, r->out, false);
+    sum_member(&b, &first, "decision", dec);
+    plist_free(dec);
+    mdm_buf_putc(&b, '}');
     struct log_put lp = {.val = &b};
     mdm_be64_put(lp.key, (uint64_t)now);
     mdm_be64_put(lp.key + 8, p->seq++);

@@ -345,6 +345,26 @@ struct query_ctx {
     json_t *arr;
 };
 
+/* One stored entry as a JSON object: JSON text, or a binary plist (the
+ * format of earlier versions). NULL when it is neither. */
+static json_t *entry_json(const void *data, size_t len)
+{
+    if (len > 0 && *(const char *)data == '{') {
+        json_t *j = json_loadb(data, len, 0, NULL);
+        if (j != NULL && !json_is_object(j)) {
+            json_decref(j);
+            j = NULL;
+        }
+        return j;
+    }
+    plist_t e = NULL;
+    json_t *j = NULL;
+    if (mdm_plist_load(data, len, &e) == 0 && plist_get_node_type(e) == PLIST_DICT)
+        j = mdm_plist_to_json(e);
+    plist_free(e);
+    return j;
+}
+
 static int query_txn(mdm_txn_t *txn, void *arg)
 {
     struct query_ctx *q = arg;
@@ -357,24 +377,21 @@ static int query_txn(mdm_txn_t *txn, void *arg)
     for (rc = mdm_cursor_last(cur, &k, &v);
          rc == 0 && json_array_size(q->arr) < q->limit && scanned < DECISIONS_SCAN_MAX;
          rc = mdm_cursor_prev(cur, &k, &v), scanned++) {
-        plist_t e = NULL;
-        if (mdm_plist_load(v.data, v.len, &e) != 0 || plist_get_node_type(e) != PLIST_DICT) {
-            plist_free(e);
+        json_t *j = entry_json(v.data, v.len);
+        if (j == NULL)
             continue;
-        }
-        const char *dev = mdm_pl_str(e, "device"), *hook = mdm_pl_str(e, "hook");
+        const char *dev = json_string_value(json_object_get(j, "device"));
+        const char *hook = json_string_value(json_object_get(j, "hook"));
         bool match = (q->device == NULL || (dev && strcmp(dev, q->device) == 0)) &&
                      (q->hook == NULL || (hook && strcmp(hook, q->hook) == 0));
         if (match) {
-            json_t *j = mdm_plist_to_json(e);
-            if (j != NULL) {
-                int64_t ms = mdm_pl_int(e, "time", 0);
-                json_object_set_new(j, "time_ms", json_integer(ms));
-                json_object_set_new(j, "time", time_json(ms));
-                json_array_append_new(q->arr, j);
-            }
+            int64_t ms = json_integer_value(json_object_get(j, "time"));
+            json_object_set_new(j, "time_ms", json_integer(ms));
+            json_object_set_new(j, "time", time_json(ms));
+            json_array_append_new(q->arr, j);
+        } else {
+            json_decref(j);
         }
-        plist_free(e);
     }
     mdm_cursor_close(cur);
     return rc == MDM_ENOTFOUND ? 0 : rc;

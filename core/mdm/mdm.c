@@ -909,6 +909,8 @@ static int merge_device_information(msg_ctx_t *c, mdm_txn_t *txn)
  * facts to keep with the device. */
 static int policy_result(msg_ctx_t *c, mdm_txn_t *txn, plist_t e, const char *request_type)
 {
+    if (!mdm_policy_has_hook(c->pol, MDM_POLICY_HOOK_RESULT))
+        return 0;
     mdm_policy_view_t v;
     int rc = mdm__policy_view(txn, c->eid, e, &v);
     if (rc != 0)

@@ -108,6 +108,32 @@ $(field cycles_per_s "$cmd") $(field server_cpu_ms_per_cycle "$cmd") $(field err
 $(field errors "$cmd")")
 done
 
+# The same offered load for both sets: open loop at half the empty set's
+# peak, alternating sets for ROUNDS rounds (this machine is noisy); server
+# CPU per command cycle, medians. At the peak, a slower policy also means
+# smaller group commits (more fsync work per cycle), so the closed-loop
+# figures above overstate what the policy itself costs.
+ROUNDS=${ROUNDS:-3}
+set -- ${results[0]}
+RATE=${RATE:-$(/usr/bin/python3 -c "print(int(float('$4') / 2))")}
+fixed_empty=() fixed_shipped=()
+for round in $(seq 1 "$ROUNDS"); do
+    for set in empty shipped; do
+        dir=$WORK/empty
+        [ "$set" = shipped ] && dir=$PWD/policies
+        stop
+        start "$dir"
+        out=$(load --mode command --rate "$RATE" --label "fixed-$set-$round")
+        if [ "$set" = empty ]; then
+            fixed_empty+=("$(field server_cpu_ms_per_cycle "$out")")
+        else
+            fixed_shipped+=("$(field server_cpu_ms_per_cycle "$out")")
+        fi
+    done
+done
+stop
+start "$PWD/policies"
+
 # Hook latency from the decision log of the shipped-policy runs.
 lat=$(api "https://127.0.0.1:$PORT/v1/decisions?limit=1000" | /usr/bin/python3 -c '
 import json, sys
@@ -169,6 +195,16 @@ import sys
 ei, si, ec, sc = map(float, sys.argv[1:])
 print(f"\npolicy overhead (shipped vs empty, server CPU): Idle {100 * (si - ei) / ei:+.1f}%, "
       f"command cycle {100 * (sc - ec) / ec:+.1f}%")
+PY
+/usr/bin/python3 - "$RATE" "${fixed_empty[*]}" "${fixed_shipped[*]}" <<'PY'
+import statistics, sys
+rate = sys.argv[1]
+e = [float(x) for x in sys.argv[2].split()]
+s = [float(x) for x in sys.argv[3].split()]
+me, ms = statistics.median(e), statistics.median(s)
+print(f"\nsame offered load ({rate} command cycles/s, open loop, {len(e)} alternating rounds):")
+print(f"  server CPU per command cycle: empty {me:.4f} ms {e}, shipped {ms:.4f} ms {s}")
+print(f"  policy overhead: {100 * (ms - me) / me:+.1f}% of a command cycle")
 PY
 echo
 echo "hook latency (decision log, shipped policy):"

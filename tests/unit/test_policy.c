@@ -1596,6 +1596,7 @@ static void test_decision_log(void **state)
     struct raw_entries r = {0};
     assert_rc(mdm_store_view(fx->store, raw_entries_fn, &r), 0);
     assert_int_equal(r.n, 4);
+    assert_int_equal(r.all.data[0], '{');
     static const char *const secrets[] = {"hunter2", "tok-777111", "chal-secret-42",
                                           "magic-secret-9", "918273", "tokbytes", "unlock-bytes"};
     for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++)
@@ -1642,6 +1643,14 @@ static void test_decision_log(void **state)
     assert_int_equal(n, 2);
     for (uint64_t i = 0; i < 10; i++)
         assert_rc(mdm_store_update(fx->store, put_old_entry, &i), 0);
+    /* Entries are JSON text now; binary plist ones (earlier versions)
+     * still read. */
+    assert_rc(mdm_policy_decisions_json(fx->store, NULL, "groups", 100, &o), 0);
+    assert_int_equal(json_array_size(json_object_get(o, "decisions")), 10);
+    assert_int_equal(json_integer_value(json_object_get(
+                         json_array_get(json_object_get(o, "decisions"), 0), "time_ms")),
+                     1009);
+    json_decref(o);
     assert_rc(mdm_policy_decisions_prune(fx->store, 1000, 86400000, 3, &n), 0);
     assert_int_equal(n, 3);
     assert_rc(mdm_policy_decisions_prune(fx->store, 1000, 86400000, 500, &n), 0);
