@@ -94,7 +94,11 @@ int mdm_ca_issue_client_cert_for_key(mdm_ca_t *ca, EVP_PKEY *pubkey, const X509_
  * (EC: digitalSignature + keyAgreement), EKU clientAuth, CA:FALSE, SKI, AKI,
  * the CSR's subjectAltName if it requested one, a CRL distribution point
  * when ca->crl_url is set, and a SHA-256 signature. It never outlives the
- * CA certificate. opts may be NULL. Thread-safe. */
+ * CA certificate. opts may be NULL. Thread-safe.
+ * The returned certificate is for encoding (i2d, CMS, the store): it
+ * carries the CSR's public key as encoded, not parsed, so
+ * X509_get0_pubkey() on it returns NULL; to verify it or use its key, read
+ * its DER back (d2i_X509). */
 int mdm_ca_issue_from_csr(mdm_ca_t *ca, X509_REQ *csr, const mdm_issue_opts_t *opts, X509 **out,
                           mdm_err_t *err);
 

@@ -592,13 +592,34 @@ static void test_server_cert_sans(void **state)
     assert_contains(err.msg, "825");
 }
 
+/* x's DER read back into a new object (x is freed); NULL on error. */
+static X509 *reread_der(X509 *x)
+{
+    unsigned char *der = NULL;
+    int n = i2d_X509(x, &der);
+    X509_free(x);
+    if (n <= 0)
+        return NULL;
+    const unsigned char *p = der;
+    X509 *y = d2i_X509(NULL, &p, n);
+    OPENSSL_free(der);
+    return y;
+}
+
 static X509 *issue_csr(mdm_ca_t *ca, X509_REQ *req, const mdm_issue_opts_t *opts)
 {
     X509 *x = NULL;
     mdm_err_t err = {0};
     assert_ok(mdm_ca_issue_from_csr(ca, req, opts, &x, &err), err);
     assert_non_null(x);
-    return x;
+    /* The issued object carries the key as encoded, not parsed: read the
+     * DER back, as a device would, and check it is the CSR's key. */
+    assert_null(X509_get0_pubkey(x));
+    ERR_clear_error();
+    X509 *y = reread_der(x);
+    assert_non_null(y);
+    assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(y), X509_REQ_get0_pubkey(req)), 1);
+    return y;
 }
 
 static void test_csr_rsa2048(void **state)
@@ -886,6 +907,8 @@ static void *issue_worker(void *arg)
     for (int i = 0; i < PER_THREAD && w->rc == 0; i++) {
         X509 *x = NULL;
         w->rc = mdm_ca_issue_from_csr(G.ca, req, NULL, &x, &w->err);
+        if (w->rc == 0 && (x = reread_der(x)) == NULL)
+            w->rc = MDM_ECRYPTO;
         if (w->rc == 0) {
             w->rc = mdm_ca_verify_cert(G.ca, x, NULL, &w->err);
             w->serials[i] = serial_hex(x);
