@@ -42,7 +42,8 @@ bool mdm__is_readonly(lua_State *L, int idx)
     return ro;
 }
 
-void mdm__push_unwrapped(lua_State *L, int idx)
+/* The table behind the proxy at idx, or the value itself, as it is. */
+static void push_real(lua_State *L, int idx)
 {
     idx = lua_absindex(L, idx);
     if (mdm__is_readonly(L, idx)) {
@@ -55,9 +56,20 @@ void mdm__push_unwrapped(lua_State *L, int idx)
     }
 }
 
+void mdm__push_unwrapped(lua_State *L, int idx)
+{
+    push_real(L, idx);
+    /* A table that makes its fields on first read (the device view) makes
+     * them all before it is walked. */
+    if (lua_type(L, -1) == LUA_TTABLE && luaL_getmetafield(L, -1, "__fill") != LUA_TNIL) {
+        lua_pushvalue(L, -2);
+        lua_call(L, 1, 0);
+    }
+}
+
 static int ro_index(lua_State *L)
 {
-    mdm__push_unwrapped(L, 1);
+    push_real(L, 1);
     if (lua_type(L, -1) != LUA_TTABLE)
         return 0;
     lua_pushvalue(L, 2);
@@ -74,7 +86,7 @@ static int ro_newindex(lua_State *L)
 
 static int ro_len(lua_State *L)
 {
-    mdm__push_unwrapped(L, 1);
+    push_real(L, 1);
     lua_pushinteger(L, (lua_Integer)lua_rawlen(L, -1));
     return 1;
 }

@@ -1065,67 +1065,67 @@ static void set_field_str(lua_State *L, const char *key, const char *v)
     lua_setfield(L, -2, key);
 }
 
-static void set_field_seconds(lua_State *L, const char *key, int64_t ms)
+/* The device view is made field by field on first read: a hook reads two
+ * or three of its fields, and building all of them (four nested read-only
+ * tables among them) cost more than the rest of a connect hook call. The
+ * real table's metatable (shared) makes a field from the C record, keeps
+ * it in the table, and makes all of them before the table is walked
+ * (__fill, for pairs and conversions). The records live only for the call:
+ * afterwards a field not yet made raises an error that says so. */
+
+typedef struct dev_src {
+    const mdm_policy_device_t *d; /* NULL once the call has returned */
+} dev_src_t;
+
+/* Only their addresses are used: registry keys of the metatable of device
+ * tables and of the weak-keyed table real device table -> dev_src_t. */
+static const char dev_mt_key = 0;
+static const char dev_srcs_key = 0;
+
+static const char *const dev_facts[] = {"serial",        "model",       "model_name",
+                                        "product",       "os_version",  "build_version",
+                                        "device_name",   NULL};
+static const char *const dev_fields[] = {
+    "udid",        "id",          "serial",        "model",         "model_name",
+    "product",     "os_version",  "build_version", "device_name",   "type",
+    "user",        "enrolled_at", "last_seen",     "token_updates", "first_checkin",
+    "groups",      "tags",        "facts",         "installed_profiles", NULL};
+
+static bool in_list(const char *const *list, const char *k)
 {
-    if (ms <= 0)
-        return;
-    lua_pushnumber(L, (double)ms / 1000.0);
-    lua_setfield(L, -2, key);
+    for (size_t i = 0; list[i]; i++)
+        if (strcmp(list[i], k) == 0)
+            return true;
+    return false;
 }
 
-/* Sets field key to a read-only copy of a plist container (an empty
- * read-only table when p is NULL or of another type). */
-static void set_field_container(lua_State *L, const char *key, plist_t p, plist_type want)
+static void push_seconds(lua_State *L, int64_t ms)
 {
-    if (p != NULL && plist_get_node_type(p) == want) {
-        mdm__push_plist(L, p, true);
-    } else {
-        lua_newtable(L);
-        mdm__make_readonly(L);
-    }
-    lua_setfield(L, -2, key);
+    if (ms > 0)
+        lua_pushnumber(L, (double)ms / 1000.0);
+    else
+        lua_pushnil(L);
 }
 
-static void push_device(lua_State *L, const mdm_policy_device_t *d)
+static void push_str_or_nil(lua_State *L, const char *v)
 {
-    luaL_checkstack(L, 8, NULL);
-    plist_t e = d->enrollment, dev = d->device;
-    lua_createtable(L, 0, 24);
-    char udid[MDM_EID_MAX + 1];
-    const char *did = e ? mdm_pl_str(e, "device_id") : NULL;
-    snprintf(udid, sizeof(udid), "%s", did ? did : d->eid);
-    if (did == NULL && strchr(udid, ':') != NULL)
-        *strchr(udid, ':') = '\0';
-    set_field_str(L, "udid", udid);
-    set_field_str(L, "id", d->eid);
-    static const char *const facts[] = {"serial", "model", "model_name", "product",
-                                        "os_version", "build_version", "device_name"};
-    for (size_t i = 0; dev != NULL && i < sizeof(facts) / sizeof(facts[0]); i++)
-        set_field_str(L, facts[i], mdm_pl_str(dev, facts[i]));
-    const char *type = e ? mdm_pl_str(e, "type") : NULL;
-    set_field_str(L, "type", type ? type : "device");
-    if (e != NULL) {
-        set_field_str(L, "user", mdm_pl_str(e, "user"));
-        set_field_seconds(L, "enrolled_at", mdm_pl_int(e, "enrolled_at", 0));
-        set_field_seconds(L, "last_seen", mdm_pl_int(e, "last_seen_at", 0));
-    }
-    lua_pushinteger(L, e ? (lua_Integer)mdm_pl_uint(e, "token_updates", 0) : 0);
-    lua_setfield(L, -2, "token_updates");
-    lua_pushboolean(L, d->first_checkin || (e && mdm_pl_bool(e, "new_enrollment", false)));
-    lua_setfield(L, -2, "first_checkin");
-    plist_t groups = d->groups ? d->groups : dev ? plist_dict_get_item(dev, "groups") : NULL;
-    set_field_container(L, "groups", groups, PLIST_ARRAY);
-    set_field_container(L, "tags", dev ? plist_dict_get_item(dev, "tags") : NULL, PLIST_ARRAY);
-    set_field_container(L, "facts", dev ? plist_dict_get_item(dev, "facts") : NULL, PLIST_DICT);
-    /* installed_profiles: identifier -> hash as text (data hashes in hex). */
+    if (v != NULL)
+        lua_pushstring(L, v);
+    else
+        lua_pushnil(L);
+}
+
+/* installed_profiles: identifier -> hash as text (data hashes in hex). */
+static void push_installed(lua_State *L, plist_t installed)
+{
     lua_newtable(L);
-    if (d->installed != NULL && plist_get_node_type(d->installed) == PLIST_DICT) {
+    if (installed != NULL && plist_get_node_type(installed) == PLIST_DICT) {
         plist_dict_iter it = NULL;
-        plist_dict_new_iter(d->installed, &it);
+        plist_dict_new_iter(installed, &it);
         for (;;) {
             char *key = NULL;
             plist_t v = NULL;
-            plist_dict_next_item(d->installed, it, &key, &v);
+            plist_dict_next_item(installed, it, &key, &v);
             if (key == NULL)
                 break;
             char hex[129] = "";
@@ -1150,8 +1150,175 @@ static void push_device(lua_State *L, const mdm_policy_device_t *d)
         free(it);
     }
     mdm__make_readonly(L);
-    lua_setfield(L, -2, "installed_profiles");
+}
+
+/* Pushes the read-only copy of a plist container (an empty read-only table
+ * when p is NULL or of another type). */
+static void push_container(lua_State *L, plist_t p, plist_type want)
+{
+    if (p != NULL && plist_get_node_type(p) == want) {
+        mdm__push_plist(L, p, true);
+    } else {
+        lua_newtable(L);
+        mdm__make_readonly(L);
+    }
+}
+
+/* d's device record; load: read it now if it is read on first use. */
+static plist_t dev_record(const mdm_policy_device_t *d, bool load)
+{
+    if (d->device != NULL || d->device_record == NULL)
+        return d->device;
+    return d->device_record(d->record_arg, load);
+}
+
+static bool needs_record(const char *k)
+{
+    return in_list(dev_facts, k) || strcmp(k, "groups") == 0 || strcmp(k, "tags") == 0 ||
+           strcmp(k, "facts") == 0;
+}
+
+/* Pushes field k (one of dev_fields) of d, nil when it has none. */
+static void push_dev_field(lua_State *L, const mdm_policy_device_t *d, const char *k)
+{
+    plist_t e = d->enrollment;
+    plist_t dev = needs_record(k) && !(strcmp(k, "groups") == 0 && d->groups != NULL)
+                      ? dev_record(d, true)
+                      : NULL;
+    if (strcmp(k, "udid") == 0) {
+        char udid[MDM_EID_MAX + 1];
+        const char *did = e ? mdm_pl_str(e, "device_id") : NULL;
+        snprintf(udid, sizeof(udid), "%s", did ? did : d->eid);
+        if (did == NULL && strchr(udid, ':') != NULL)
+            *strchr(udid, ':') = '\0';
+        lua_pushstring(L, udid);
+    } else if (strcmp(k, "id") == 0) {
+        lua_pushstring(L, d->eid);
+    } else if (in_list(dev_facts, k)) {
+        push_str_or_nil(L, dev ? mdm_pl_str(dev, k) : NULL);
+    } else if (strcmp(k, "type") == 0) {
+        const char *type = e ? mdm_pl_str(e, "type") : NULL;
+        lua_pushstring(L, type ? type : "device");
+    } else if (strcmp(k, "user") == 0) {
+        push_str_or_nil(L, e ? mdm_pl_str(e, "user") : NULL);
+    } else if (strcmp(k, "enrolled_at") == 0) {
+        push_seconds(L, e ? mdm_pl_int(e, "enrolled_at", 0) : 0);
+    } else if (strcmp(k, "last_seen") == 0) {
+        push_seconds(L, e ? mdm_pl_int(e, "last_seen_at", 0) : 0);
+    } else if (strcmp(k, "token_updates") == 0) {
+        lua_pushinteger(L, e ? (lua_Integer)mdm_pl_uint(e, "token_updates", 0) : 0);
+    } else if (strcmp(k, "first_checkin") == 0) {
+        lua_pushboolean(L, d->first_checkin || (e && mdm_pl_bool(e, "new_enrollment", false)));
+    } else if (strcmp(k, "groups") == 0) {
+        plist_t g = d->groups ? d->groups : dev ? plist_dict_get_item(dev, "groups") : NULL;
+        push_container(L, g, PLIST_ARRAY);
+    } else if (strcmp(k, "tags") == 0) {
+        push_container(L, dev ? plist_dict_get_item(dev, "tags") : NULL, PLIST_ARRAY);
+    } else if (strcmp(k, "facts") == 0) {
+        push_container(L, dev ? plist_dict_get_item(dev, "facts") : NULL, PLIST_DICT);
+    } else if (strcmp(k, "installed_profiles") == 0) {
+        push_installed(L, d->installed);
+    } else {
+        lua_pushnil(L);
+    }
+}
+
+/* The records behind the real device table at idx; raises an error naming
+ * field k when its call has returned. */
+static const mdm_policy_device_t *dev_records(lua_State *L, int idx, const char *k)
+{
+    idx = lua_absindex(L, idx);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &dev_srcs_key);
+    lua_pushvalue(L, idx);
+    lua_rawget(L, -2);
+    const dev_src_t *src = lua_touserdata(L, -1);
+    lua_pop(L, 2);
+    if (src == NULL || src->d == NULL)
+        luaL_error(L,
+                   "device.%s read after the hook call that received the device returned "
+                   "(a device table is valid during its call only: copy what you keep)",
+                   k);
+    return src->d;
+}
+
+/* __index of a real device table: makes field k and keeps it. */
+static int dev_index(lua_State *L)
+{
+    if (lua_type(L, 2) != LUA_TSTRING || !in_list(dev_fields, lua_tostring(L, 2)))
+        return 0;
+    const char *k = lua_tostring(L, 2);
+    push_dev_field(L, dev_records(L, 1, k), k);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, 1);
+    return 1;
+}
+
+/* __fill: makes every field not made yet. */
+static int dev_fill(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    const mdm_policy_device_t *d = NULL;
+    for (size_t i = 0; dev_fields[i]; i++) {
+        if (lua_getfield(L, 1, dev_fields[i]) == LUA_TNIL) {
+            if (d == NULL)
+                d = dev_records(L, 1, dev_fields[i]);
+            push_dev_field(L, d, dev_fields[i]);
+            lua_setfield(L, 1, dev_fields[i]);
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+/* Pushes the read-only device view of d; *src gets the source to clear
+ * when the call returns (anchored in the registry by *ref). */
+static void push_device(lua_State *L, const mdm_policy_device_t *d, int *ref)
+{
+    luaL_checkstack(L, 8, NULL);
+    lua_createtable(L, 0, 4);
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &dev_mt_key) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_createtable(L, 0, 2);
+        lua_pushcfunction(L, dev_index);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, dev_fill);
+        lua_setfield(L, -2, "__fill");
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &dev_mt_key);
+    }
+    lua_setmetatable(L, -2);
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &dev_srcs_key) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_createtable(L, 0, 1);
+        lua_pushliteral(L, "k");
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &dev_srcs_key);
+    }
+    lua_pushvalue(L, -2);
+    dev_src_t *src = lua_newuserdatauv(L, sizeof(*src), 0);
+    src->d = d;
+    lua_pushvalue(L, -1);
+    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_rawset(L, -3); /* srcs[real] = src */
+    lua_pop(L, 1);
     mdm__make_readonly(L);
+}
+
+/* Ends the device view of a call: later reads of fields not made raise. */
+static void end_device(lua_State *L, int ref)
+{
+    if (ref == LUA_NOREF)
+        return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    dev_src_t *src = lua_touserdata(L, -1);
+    if (src != NULL)
+        src->d = NULL;
+    lua_pop(L, 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
 }
 
 /* ---- one hook call ------------------------------------------------------------------- */
@@ -1168,6 +1335,7 @@ typedef struct run {
     char msgtype[64];              /* checkin: the MessageType */
     uint64_t duration_ns;
     int outcome;
+    int dev_ref;                   /* the device view's source (LUA_NOREF: none) */
 } run_t;
 
 static int bad(lua_State *L, run_t *r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -1394,17 +1562,6 @@ static void parse_decision(lua_State *L, run_t *r, int idx)
     }
 }
 
-/* Pushes a read-only table for a plist dictionary (empty when NULL). */
-static void push_dict_ro(lua_State *L, plist_t p)
-{
-    if (p != NULL && plist_get_node_type(p) == PLIST_DICT) {
-        mdm__push_plist(L, p, true);
-    } else {
-        lua_newtable(L);
-        mdm__make_readonly(L);
-    }
-}
-
 static int push_args(lua_State *L, run_t *r)
 {
     const mdm__hook_input_t *in = r->in;
@@ -1432,20 +1589,20 @@ static int push_args(lua_State *L, run_t *r)
         return 1;
     }
     case MDM_POLICY_HOOK_SCEP:
-        push_dict_ro(L, in->a);
-        push_dict_ro(L, in->b);
+        push_container(L, in->a, PLIST_DICT);
+        push_container(L, in->b, PLIST_DICT);
         return 2;
     case MDM_POLICY_HOOK_CHECKIN:
     case MDM_POLICY_HOOK_CONNECT:
     case MDM_POLICY_HOOK_RESULT:
-        push_device(L, in->dev);
-        push_dict_ro(L, in->a);
+        push_device(L, in->dev, &r->dev_ref);
+        push_container(L, in->a, PLIST_DICT);
         return 2;
     case MDM_POLICY_HOOK_GROUPS:
-        push_device(L, in->dev);
+        push_device(L, in->dev, &r->dev_ref);
         return 1;
     case MDM_POLICY_HOOK_PROFILES: {
-        push_device(L, in->dev);
+        push_device(L, in->dev, &r->dev_ref);
         const mdm_strlist_t *g = in->groups;
         lua_createtable(L, g ? (int)g->n : 0, 0);
         for (size_t i = 0; g != NULL && i < g->n; i++) {
@@ -1532,6 +1689,8 @@ static void invoke(mdm_policy_t *p, lua_State *L, run_t *r)
     mdm__sandbox_begin(&p->sb, L, p->budget_ns[r->hook], p->instructions, &saved);
     int status = lua_pcall(L, r->nlua + 1, 0, 0);
     int kill = mdm__sandbox_end(&p->sb, L, &saved);
+    end_device(L, r->dev_ref);
+    r->dev_ref = LUA_NOREF;
     r->duration_ns = mdm_mono_ns() - t0;
     r->outcome = OUT_OK;
     if (status != LUA_OK || kill != MDM__KILL_NONE) {
@@ -1733,10 +1892,13 @@ static void input_summary(mdm_buf_t *b, int hook, const mdm__hook_input_t *in)
             mdm_jsonw_key(b, &first, "device");
             mdm_buf_putc(b, '{');
             mdm_jsonw_member_str(b, &f, "id", d->eid);
-            if (d->device != NULL) {
+            /* The device facts when the record was read (a hook that used
+             * none of them does not read it for the log). */
+            plist_t rec = dev_record(d, false);
+            if (rec != NULL) {
                 static const char *const keys[] = {"serial", "model", "os_version"};
                 for (size_t i = 0; i < 3; i++)
-                    mdm_jsonw_member_str(b, &f, keys[i], mdm_pl_str(d->device, keys[i]));
+                    mdm_jsonw_member_str(b, &f, keys[i], mdm_pl_str(rec, keys[i]));
             }
             mdm_buf_putc(b, '}');
         }
@@ -1885,7 +2047,7 @@ int mdm__policy_call(mdm_policy_t *p, int hook, const mdm__call_t *tmpl,
         decision_fail_closed(out, hook, msgtype);
         return 0;
     }
-    run_t r = {.p = p, .hook = hook, .in = in, .out = out, .call = *tmpl};
+    run_t r = {.p = p, .hook = hook, .in = in, .out = out, .call = *tmpl, .dev_ref = LUA_NOREF};
     r.call.hook = hook;
     int64_t now_ms = mdm_now_ms();
     if (p->mode == MDM__MODE_SERVER && p->suspended_until_ms[hook] > now_ms) {
@@ -2047,7 +2209,7 @@ int mdm__test_call(lua_State *L)
     if (hook < 0)
         return luaL_error(L, "mdm.test.call: unknown hook \"%s\"", name);
     int nargs = lua_gettop(L) - 1;
-    run_t r = {.p = p, .hook = hook, .nlua = nargs};
+    run_t r = {.p = p, .hook = hook, .nlua = nargs, .dev_ref = LUA_NOREF};
     if (hook == MDM_POLICY_HOOK_CHECKIN && nargs >= 2 && lua_istable(L, 3)) {
         if (lua_getfield(L, 3, "MessageType") == LUA_TSTRING)
             snprintf(r.msgtype, sizeof(r.msgtype), "%s", lua_tostring(L, -1));

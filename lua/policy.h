@@ -131,6 +131,12 @@ typedef struct mdm_policy_device {
                                   record's "groups" array */
     bool first_checkin;        /* a new enrollment (also true when the enrollment record
                                   says new_enrollment) */
+    /* When device is NULL and this is set, the device record is read on
+     * first use: device_record(record_arg, true) returns it (owned by the
+     * caller, the same on every call; NULL when there is none), and
+     * device_record(record_arg, false) returns it only if already read. */
+    plist_t (*device_record)(void *record_arg, bool load);
+    void *record_arg;
 } mdm_policy_device_t;
 
 /* Loads the enrollment record eid and the device record it points to from

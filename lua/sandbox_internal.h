@@ -118,8 +118,10 @@ void mdm__push_readonly_copy(lua_State *L, int idx);
 /* True when the value at idx is a read-only proxy. */
 bool mdm__is_readonly(lua_State *L, int idx);
 
-/* Pushes the table behind the proxy at idx, or the value itself. Never
- * raises errors (the caller has checked the stack). */
+/* Pushes the table behind the proxy at idx, or the value itself, for
+ * walking it: a table whose metatable has __fill (the device view, whose
+ * fields are made on first read) gets all its fields first, which may
+ * raise a Lua error (memory; a view used after its call). */
 void mdm__push_unwrapped(lua_State *L, int idx);
 
 /* ---- api_mdm.c ------------------------------------------------------------ */

@@ -912,7 +912,7 @@ static int policy_result(msg_ctx_t *c, mdm_txn_t *txn, plist_t e, const char *re
     if (!mdm_policy_has_hook(c->pol, MDM_POLICY_HOOK_RESULT))
         return 0;
     mdm_policy_view_t v;
-    int rc = mdm__policy_view(txn, c->eid, e, &v);
+    int rc = mdm__policy_view_lazy(txn, c->eid, e, &v);
     if (rc != 0)
         return rc;
     plist_t result = plist_copy(c->msg);
@@ -968,7 +968,7 @@ static int policy_connect(msg_ctx_t *c, mdm_txn_t *txn, plist_t e)
     if (!mdm_policy_has_hook(c->pol, MDM_POLICY_HOOK_CONNECT))
         return 0;
     mdm_policy_view_t v;
-    int rc = mdm__policy_view(txn, c->eid, e, &v);
+    int rc = mdm__policy_view_lazy(txn, c->eid, e, &v);
     if (rc != 0)
         return rc;
     mdm_policy_decision_t d;

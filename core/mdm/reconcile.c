@@ -132,7 +132,21 @@ int mdm_reconcile_forget(mdm_txn_t *txn, const char *eid)
 
 /* ---- the device view ----------------------------------------------------- */
 
-int mdm__policy_view(mdm_txn_t *txn, const char *eid, plist_t e, mdm_policy_view_t *v)
+/* The device record of a lazy view, read on first use. */
+static plist_t view_device_record(void *arg, bool load)
+{
+    mdm_policy_view_t *v = arg;
+    if (!v->device_read && load) {
+        v->device_read = true;
+        const char *did = mdm_pl_str(v->enrollment, "device_id");
+        if (mdm_device_load(v->txn, did ? did : v->dev.eid, &v->device) != 0)
+            v->device = NULL;
+    }
+    return v->device;
+}
+
+static int policy_view(mdm_txn_t *txn, const char *eid, plist_t e, bool lazy,
+                       mdm_policy_view_t *v)
 {
     memset(v, 0, sizeof(*v));
     if (e == NULL) {
@@ -142,16 +156,32 @@ int mdm__policy_view(mdm_txn_t *txn, const char *eid, plist_t e, mdm_policy_view
         v->own_enrollment = true;
     }
     v->enrollment = e;
-    const char *did = mdm_pl_str(e, "device_id");
-    if (mdm_device_load(txn, did ? did : eid, &v->device) != 0)
-        v->device = NULL;
-    v->installed = mdm__installed_dict(txn, eid);
     v->dev.eid = eid;
+    if (lazy) {
+        v->txn = txn;
+        v->dev.device_record = view_device_record;
+        v->dev.record_arg = v;
+    } else {
+        const char *did = mdm_pl_str(e, "device_id");
+        if (mdm_device_load(txn, did ? did : eid, &v->device) != 0)
+            v->device = NULL;
+        v->dev.device = v->device;
+    }
+    v->installed = mdm__installed_dict(txn, eid);
     v->dev.enrollment = e;
-    v->dev.device = v->device;
     v->dev.installed = v->installed;
     v->dev.first_checkin = mdm_pl_bool(e, "new_enrollment", false);
     return 0;
+}
+
+int mdm__policy_view(mdm_txn_t *txn, const char *eid, plist_t e, mdm_policy_view_t *v)
+{
+    return policy_view(txn, eid, e, false, v);
+}
+
+int mdm__policy_view_lazy(mdm_txn_t *txn, const char *eid, plist_t e, mdm_policy_view_t *v)
+{
+    return policy_view(txn, eid, e, true, v);
 }
 
 void mdm__policy_view_free(mdm_policy_view_t *v)

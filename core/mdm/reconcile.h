@@ -26,14 +26,20 @@ typedef struct mdm_reconcile_stats {
 } mdm_reconcile_stats_t;
 
 /* Builds the policy's device view for eid from its records (the caller
- * frees with mdm__policy_view_free). e may be NULL (loaded here). */
+ * frees with mdm__policy_view_free). e may be NULL (loaded here).
+ * mdm__policy_view_lazy reads the device record only when the policy first
+ * needs it: txn must stay open as long as the view is used, and the view
+ * must not move (it points at itself). */
 typedef struct mdm_policy_view {
     mdm_policy_device_t dev;
     plist_t enrollment, device, installed;
     bool own_enrollment;
+    mdm_txn_t *txn;      /* lazy: where the device record is read from */
+    bool device_read;    /* lazy: the record was read (device may be NULL) */
 } mdm_policy_view_t;
 
 int mdm__policy_view(mdm_txn_t *txn, const char *eid, plist_t e, mdm_policy_view_t *v);
+int mdm__policy_view_lazy(mdm_txn_t *txn, const char *eid, plist_t e, mdm_policy_view_t *v);
 void mdm__policy_view_free(mdm_policy_view_t *v);
 
 /* Reconciles eid in txn. e is the enrollment record (its

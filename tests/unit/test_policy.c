@@ -747,6 +747,116 @@ static void test_device_view(void **state)
     mdm_policy_release(p);
 }
 
+/* A device record read on first use, counting the reads. */
+struct lazy_record {
+    plist_t rec;
+    int reads;
+    bool read;
+};
+
+static plist_t lazy_record_fn(void *arg, bool load)
+{
+    struct lazy_record *l = arg;
+    if (load && !l->read) {
+        l->read = true;
+        l->reads++;
+    }
+    return l->read ? l->rec : NULL;
+}
+
+/* The device view makes its fields on first read: pairs() sees every field
+ * with a value, a field read once stays, and a view kept past its call
+ * raises a clear error for a field not read during the call. */
+static void test_device_view_lazy(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_t *p = load_text(
+        fx, "local kept\n"
+            "return { result = function(device, result)\n"
+            "  if result.Status == 'Acknowledged' then\n"
+            "    local keys = {}\n"
+            "    for k, v in pairs(device) do keys[#keys + 1] = k end\n"
+            "    table.sort(keys)\n"
+            "    local copy = {}\n"
+            "    for k, v in pairs(device) do if type(v) ~= 'table' then copy[k] = v end end\n"
+            "    return { facts = { keys = table.concat(keys, ','), copy = copy } }\n"
+            "  elseif result.Status == 'Idle' then\n"
+            "    kept = device\n"
+            "    return { facts = { id = device.id } }\n"
+            "  else\n"
+            "    local ok_id, id = pcall(function() return kept.id end)\n"
+            "    local ok_serial, err = pcall(function() return kept.serial end)\n"
+            "    local ok_pairs, err2 = pcall(function() for k in pairs(kept) do end end)\n"
+            "    return { facts = { id = ok_id and id or 'error', serial_ok = ok_serial,\n"
+            "                       serial_err = tostring(err), pairs_ok = ok_pairs,\n"
+            "                       pairs_err = tostring(err2), now_id = device.id } }\n"
+            "  end\n"
+            "end }\n");
+    dev_fx_t f;
+    dev_init(&f);
+    plist_t res = plist_new_dict();
+    mdm_policy_decision_t d;
+
+    mdm_pl_set_str(res, "Status", "Acknowledged");
+    mdm_policy_result(p, NULL, NULL, &f.dev, res, &d);
+    assert_status(d, MDM_POLICY_OK);
+    /* Every field with a value, none without (the fixture has no
+     * build_version, model_name or product). */
+    assert_string_equal(mdm_pl_str(d.facts, "keys"),
+                        "device_name,enrolled_at,facts,first_checkin,groups,id,installed_profiles,"
+                        "last_seen,model,os_version,serial,tags,token_updates,type,udid,user");
+    plist_t copy = plist_dict_get_item(d.facts, "copy");
+    assert_string_equal(mdm_pl_str(copy, "serial"), "SERIAL1");
+    assert_string_equal(mdm_pl_str(copy, "udid"), "UDID-1");
+    assert_int_equal(mdm_pl_int(copy, "token_updates", 0), 3);
+    mdm_policy_decision_free(&d);
+
+    mdm_pl_set_str(res, "Status", "Idle");
+    mdm_policy_result(p, NULL, NULL, &f.dev, res, &d);
+    assert_status(d, MDM_POLICY_OK);
+    assert_string_equal(mdm_pl_str(d.facts, "id"), "UDID-1");
+    mdm_policy_decision_free(&d);
+
+    /* The next call, with another device: the kept view still has the
+     * field it made, and refuses the others instead of reading records
+     * that are gone. */
+    plist_t e2 = enrollment_record();
+    mdm_policy_device_t other = {.eid = "UDID-2", .enrollment = e2, .device = f.d};
+    mdm_pl_set_str(res, "Status", "Error");
+    mdm_policy_result(p, NULL, NULL, &other, res, &d);
+    assert_status(d, MDM_POLICY_OK);
+    assert_string_equal(mdm_pl_str(d.facts, "id"), "UDID-1");
+    assert_false(mdm_pl_bool(d.facts, "serial_ok", true));
+    assert_contains(mdm_pl_str(d.facts, "serial_err"), "device.serial read after the hook call");
+    assert_false(mdm_pl_bool(d.facts, "pairs_ok", true));
+    assert_contains(mdm_pl_str(d.facts, "pairs_err"), "valid during its call only");
+    assert_string_equal(mdm_pl_str(d.facts, "now_id"), "UDID-2");
+    mdm_policy_decision_free(&d);
+    plist_free(e2);
+
+    /* A record read on first use: not read for fields of the enrollment,
+     * read once for the device facts however many are read. */
+    struct lazy_record lr = {.rec = f.d};
+    mdm_policy_device_t lazy = {.eid = "UDID-1", .enrollment = f.e, .installed = f.installed,
+                                .device_record = lazy_record_fn, .record_arg = &lr};
+    mdm_pl_set_str(res, "Status", "Idle");
+    mdm_policy_result(p, NULL, NULL, &lazy, res, &d);
+    assert_status(d, MDM_POLICY_OK);
+    assert_string_equal(mdm_pl_str(d.facts, "id"), "UDID-1");
+    assert_int_equal(lr.reads, 0);
+    mdm_policy_decision_free(&d);
+    mdm_pl_set_str(res, "Status", "Acknowledged");
+    mdm_policy_result(p, NULL, NULL, &lazy, res, &d);
+    assert_status(d, MDM_POLICY_OK);
+    assert_string_equal(mdm_pl_str(plist_dict_get_item(d.facts, "copy"), "serial"), "SERIAL1");
+    assert_string_equal(mdm_pl_str(plist_dict_get_item(d.facts, "copy"), "model"), "iPad13,1");
+    assert_int_equal(lr.reads, 1);
+    mdm_policy_decision_free(&d);
+    plist_free(res);
+    dev_free(&f);
+    mdm_policy_release(p);
+}
+
 /* ---- budgets ---------------------------------------------------------------------- */
 
 /* Runs the groups hook of src and expects a failure naming want; returns
@@ -1937,6 +2047,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hooks_bad_returns, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hooks_errors_and_metrics, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_view, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_device_view_lazy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_time, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sandbox, setup, teardown),
