@@ -1254,25 +1254,20 @@ static int dev_index(lua_State *L)
     return 1;
 }
 
-/* __fill: makes every field not made yet. */
+/* __fill: makes every field not made yet (a read through __index makes
+ * and keeps it). */
 static int dev_fill(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
-    const mdm_policy_device_t *d = NULL;
     for (size_t i = 0; dev_fields[i]; i++) {
-        if (lua_getfield(L, 1, dev_fields[i]) == LUA_TNIL) {
-            if (d == NULL)
-                d = dev_records(L, 1, dev_fields[i]);
-            push_dev_field(L, d, dev_fields[i]);
-            lua_setfield(L, 1, dev_fields[i]);
-        }
+        lua_getfield(L, 1, dev_fields[i]);
         lua_pop(L, 1);
     }
     return 0;
 }
 
-/* Pushes the read-only device view of d; *src gets the source to clear
- * when the call returns (anchored in the registry by *ref). */
+/* Pushes the read-only device view of d; *ref gets a registry reference to
+ * its source, which end_device() clears when the call returns. */
 static void push_device(lua_State *L, const mdm_policy_device_t *d, int *ref)
 {
     luaL_checkstack(L, 8, NULL);
