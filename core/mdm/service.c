@@ -35,7 +35,9 @@ static int request_identity(mdm_mdm_t *m, mdm_req_t *req, mdm_identity_t *id, co
     }
     id->cert = req->peer_cert;
     id->source = req->peer_cert_source;
-    if (mdm_cert_sha256(id->cert, id->fp) != 0) {
+    if (req->peer_fp_ok) {
+        memcpy(id->fp, req->peer_fp, sizeof(id->fp));
+    } else if (mdm_cert_sha256(id->cert, id->fp) != 0) {
         *why = "cannot hash the client certificate";
         return MDM_EAUTH;
     }
@@ -51,9 +53,7 @@ static void identity_free(mdm_identity_t *id)
 
 static void answer(mdm_req_t *req, const mdm_outcome_t *out, bool report)
 {
-    char fp[20] = "-";
     char eidq[300], detq[300];
-    (void)fp;
     int level = out->status >= 500 ? MDM_LOG_ERROR
                 : out->status >= 400 && out->status != 410 ? MDM_LOG_WARN
                                                            : MDM_LOG_INFO;

@@ -38,6 +38,8 @@ struct mdm_conn {
     bool is_tls;
     mdm_tls_t tls;
     X509 *peer_cert;
+    unsigned char peer_fp[32];     /* SHA-256 of peer_cert's DER, once per connection */
+    bool peer_fp_ok;
 
     llhttp_t parser;
     mdm_buf_t in;                  /* plaintext not yet parsed */
@@ -266,8 +268,12 @@ static void log_request(mdm_req_t *req)
     char cert[48] = "-";
     if (req->peer_cert != NULL) {
         unsigned char md[32];
-        unsigned int mdlen = 0;
-        if (X509_digest(req->peer_cert, EVP_sha256(), md, &mdlen) == 1)
+        unsigned int mdlen = 32;
+        if (req->peer_fp_ok)
+            memcpy(md, req->peer_fp, sizeof(md));
+        else if (X509_digest(req->peer_cert, EVP_sha256(), md, &mdlen) != 1)
+            mdlen = 0;
+        if (mdlen == 32)
             mdm_hex_encode(cert, md, 8);
     }
     double ms = req->start_ns ? (double)(mdm_mono_ns() - req->start_ns) / 1e6 : 0.0;
@@ -921,6 +927,10 @@ static int on_message_complete(llhttp_t *p)
     if (c->is_tls && c->peer_cert != NULL) {
         req->peer_cert = c->peer_cert;
         req->peer_cert_source = "tls";
+        if (c->peer_fp_ok) {
+            memcpy(req->peer_fp, c->peer_fp, sizeof(req->peer_fp));
+            req->peer_fp_ok = true;
+        }
     }
     if (c->pipe_tail)
         c->pipe_tail->next = req;
@@ -1058,6 +1068,10 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         }
         if (r == MDM_TLS_HANDSHAKE_DONE) {
             c->peer_cert = mdm_tls_peer_cert(&c->tls);
+            unsigned int mdlen = 0;
+            c->peer_fp_ok = c->peer_cert != NULL &&
+                            X509_digest(c->peer_cert, EVP_sha256(), c->peer_fp, &mdlen) == 1 &&
+                            mdlen == sizeof(c->peer_fp);
             if (c->in.len == 0)
                 set_deadline(c, DL_IDLE, c->server->cfg->http_idle_timeout_ms);
         }

@@ -56,6 +56,9 @@ typedef struct mdm_req {
     size_t body_len;
     X509 *peer_cert;            /* verified client certificate or NULL */
     const char *peer_cert_source; /* "tls", "header", or NULL */
+    unsigned char peer_fp[32];  /* SHA-256 of peer_cert's DER when peer_fp_ok (TLS: hashed
+                                   once per connection) */
+    bool peer_fp_ok;
     char remote_addr[64];       /* "ip:port" */
     bool tls;                   /* arrived over TLS */
     const mdm_route_t *route;   /* the matched route */
