@@ -912,7 +912,8 @@ static int check_text(plist_t p, mdm_err_t *err)
     return rc;
 }
 
-int mdm_plist_parse(const char *data, size_t len, int max_depth, plist_t *out, mdm_err_t *err)
+static int parse(const char *data, size_t len, int max_depth, bool check_strings, plist_t *out,
+                 mdm_err_t *err)
 {
     *out = NULL;
     if (max_depth <= 0)
@@ -943,11 +944,22 @@ int mdm_plist_parse(const char *data, size_t len, int max_depth, plist_t *out, m
     if (p == NULL)
         return mdm_err_set(err, MDM_EPARSE, "not a valid %s property list",
                            binary ? "binary" : "XML");
-    rc = check_text(p, err);
+    rc = check_strings ? check_text(p, err) : 0;
     if (rc != 0) {
         plist_free(p);
         return rc;
     }
     *out = p;
     return 0;
+}
+
+int mdm_plist_parse(const char *data, size_t len, int max_depth, plist_t *out, mdm_err_t *err)
+{
+    return parse(data, len, max_depth, true, out, err);
+}
+
+int mdm_plist_parse_stored(const char *data, size_t len, plist_t *out, mdm_err_t *err)
+{
+    bool binary = len >= 8 && memcmp(data, "bplist00", 8) == 0;
+    return parse(data, len, 0, !binary, out, err);
 }

@@ -53,6 +53,13 @@
  * Errors: MDM_ELIMIT (too big or too deep), MDM_EPARSE. */
 int mdm_plist_parse(const char *data, size_t len, int max_depth, plist_t *out, mdm_err_t *err);
 
+/* Parses a binary plist this server wrote itself (a store record): the
+ * same checks of size, nesting, cycles and expansion as mdm_plist_parse(),
+ * so that a damaged record cannot crash the server, but not the UTF-8
+ * check of every string, which the text passed when it came in. XML is
+ * handed to mdm_plist_parse(). */
+int mdm_plist_parse_stored(const char *data, size_t len, plist_t *out, mdm_err_t *err);
+
 /* Converts a plist to JSON (see the mapping above); NULL when the value is
  * nested deeper than MDM_PLIST_MAX_DEPTH, holds a string or key that is not
  * UTF-8, a real that is NaN or infinite, or a UID. Free with json_decref(). */

@@ -728,9 +728,45 @@ static void test_parse_not_utf8(void **state)
     plist_free(p);
 }
 
+/* Store records: the structure is checked as for device input, the text
+ * (checked when it came in) is not; XML still gets every check. */
+static void test_parse_stored(void **state)
+{
+    (void)state;
+    mdm_err_t err = {0};
+    plist_t p = NULL;
+    size_t len;
+    char *b = chain_bplist(5, 1, true, &len);
+    assert_int_equal(mdm_plist_parse_stored(b, len, &p, &err), MDM_EPARSE);
+    assert_null(p);
+    mdm_free(b);
+    b = chain_bplist(MDM_PLIST_MAX_DEPTH + 1, 1, false, &len);
+    assert_int_equal(mdm_plist_parse_stored(b, len, &p, &err), MDM_ELIMIT);
+    mdm_free(b);
+    b = chain_bplist(4, 2, false, &len);
+    assert_int_equal(mdm_plist_parse_stored(b, len, &p, &err), 0);
+    assert_non_null(p);
+    plist_free(p);
+    mdm_free(b);
+
+    /* A binary string that is not UTF-8 reads back as stored. */
+    uint32_t blen = 0;
+    b = bplist_patched("K", "abcdefgh", "bcdefgh", 7, 2, (char)0xc1, &blen);
+    p = NULL;
+    assert_int_equal(mdm_plist_parse_stored(b, blen, &p, &err), 0);
+    assert_non_null(p);
+    plist_free(p);
+    mdm_free(b);
+
+    const char *xml = "<plist><string>\xc1" "x</string></plist>";
+    assert_int_equal(mdm_plist_parse_stored(xml, strlen(xml), &p, &err), MDM_EPARSE);
+    assert_non_null(strstr(err.msg, "not UTF-8"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_stored),
         cmocka_unit_test(test_plist_to_json_types),
         cmocka_unit_test(test_plist_to_json_dates),
         cmocka_unit_test(test_rfc3339_errors),
