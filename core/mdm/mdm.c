@@ -20,7 +20,6 @@
 #include "util/log.h"
 #include "util/misc.h"
 #include "util/plist.h"
-#include "util/plistjson.h"
 
 #define SHARED_IPAD_USER "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"
 #define CERT_CACHE_TTL_MS (10 * 60 * 1000)
@@ -34,8 +33,7 @@ static int load_dict(mdm_txn_t *txn, int table, const char *key, plist_t *out)
     int rc = mdm_txn_get(txn, table, MDM_VAL_STR(key), &v);
     if (rc != 0)
         return rc;
-    if (v.len == 0 || mdm_plist_parse_stored((const char *)v.data, v.len, out, NULL) != 0 ||
-        plist_get_node_type(*out) != PLIST_DICT) {
+    if (mdm_plist_load_stored(v.data, v.len, out) != 0 || plist_get_node_type(*out) != PLIST_DICT) {
         plist_free(*out);
         *out = NULL;
         return MDM_EPARSE;

@@ -101,7 +101,7 @@ int mdm_command_get(mdm_txn_t *txn, const char *uuid, mdm_command_info_t *info,
     if (rc != 0)
         return rc;
     plist_t d;
-    if (mdm_plist_load(v.data, v.len, &d) != 0)
+    if (mdm_plist_load_stored(v.data, v.len, &d) != 0)
         return MDM_EPARSE;
     if (info != NULL) {
         memset(info, 0, sizeof(*info));
@@ -132,7 +132,7 @@ int mdm_command_get(mdm_txn_t *txn, const char *uuid, mdm_command_info_t *info,
 static int result_decode(mdm_val_t v, mdm_result_t *r, plist_t *keep)
 {
     plist_t d;
-    if (mdm_plist_load(v.data, v.len, &d) != 0)
+    if (mdm_plist_load_stored(v.data, v.len, &d) != 0)
         return MDM_EPARSE;
     const char *s = mdm_pl_str(d, "status");
     const char *rt = mdm_pl_str(d, "request_type");
@@ -156,7 +156,7 @@ static int result_load(mdm_txn_t *txn, const char *eid, const char *uuid, plist_
     mdm_val_t v;
     if (rc == 0)
         rc = mdm_txn_get(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len), &v);
-    if (rc == 0 && mdm_plist_load(v.data, v.len, out) != 0)
+    if (rc == 0 && mdm_plist_load_stored(v.data, v.len, out) != 0)
         rc = MDM_EPARSE;
     mdm_buf_free(&k);
     return rc;

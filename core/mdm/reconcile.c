@@ -32,7 +32,7 @@ static int inst_load(mdm_txn_t *txn, const char *eid, const char *identifier, pl
     mdm_buf_free(&k);
     if (rc != 0)
         return rc;
-    return mdm_plist_load(v.data, v.len, out) == 0 ? 0 : MDM_EPARSE;
+    return mdm_plist_load_stored(v.data, v.len, out) == 0 ? 0 : MDM_EPARSE;
 }
 
 static int inst_save(mdm_txn_t *txn, const char *eid, const char *identifier, plist_t d)
@@ -72,7 +72,7 @@ static int inst_each(mdm_txn_t *txn, const char *eid,
         for (rc = mdm_cursor_seek(c, p, &ck, &cv); rc == 0 && mdm_val_has_prefix(ck, p);
              rc = mdm_cursor_next(c, &ck, &cv)) {
             plist_t d = NULL;
-            if (mdm_plist_load(cv.data, cv.len, &d) != 0)
+            if (mdm_plist_load_stored(cv.data, cv.len, &d) != 0)
                 continue;
             ids = mdm_realloc(ids, (n + 1) * sizeof(*ids));
             recs = mdm_realloc(recs, (n + 1) * sizeof(*recs));

@@ -35,6 +35,15 @@ int mdm_plist_load(const void *data, size_t len, plist_t *out)
     return rc == 0 ? 0 : rc == MDM_ELIMIT ? MDM_ELIMIT : MDM_EPARSE;
 }
 
+int mdm_plist_load_stored(const void *data, size_t len, plist_t *out)
+{
+    *out = NULL;
+    if (data == NULL || len == 0 || len > UINT32_MAX || !looks_like_plist(data, len))
+        return MDM_EPARSE;
+    int rc = mdm_plist_parse_stored(data, len, out, NULL);
+    return rc == 0 ? 0 : rc == MDM_ELIMIT ? MDM_ELIMIT : MDM_EPARSE;
+}
+
 int mdm_plist_load_dict(const void *data, size_t len, size_t max, plist_t *out)
 {
     *out = NULL;

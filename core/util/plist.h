@@ -18,6 +18,10 @@ int mdm_plist_load_dict(const void *data, size_t len, size_t max, plist_t *out);
 /* Parses any XML or binary plist. */
 int mdm_plist_load(const void *data, size_t len, plist_t *out);
 
+/* mdm_plist_load() for a plist this server wrote to its store: the same
+ * structure checks, without re-checking the text (mdm_plist_parse_stored). */
+int mdm_plist_load_stored(const void *data, size_t len, plist_t *out);
+
 /* The string value of key in dict, or NULL (also when it is not a string).
  * The pointer is valid while dict is. */
 const char *mdm_pl_str(plist_t dict, const char *key);
