@@ -889,6 +889,9 @@ static void test_budget_time(void **state)
     struct fx *fx = *state;
     mdm_policy_settings_t s = settings(fx, false);
     s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 50;
+    /* The instruction budget (20 million by default) must not end the loop
+     * first: a fast machine runs that many in less than 50 ms. */
+    s.instructions = 100000000000ull;
     /* A slow machine (valgrind) may overshoot; what matters is that the
      * loop ends near the budget and not never. */
     double limit = getenv("MOONMDM_SLOW_TESTS") ? 5000 : 500;
