@@ -87,6 +87,7 @@ typedef struct push {
     waiter_t *waiters;
     int attempts;             /* requests sent */
     int64_t created_ms;
+    bool seen;                /* the device was heard from after created_ms */
     int64_t retry_at_ms;
     int64_t done_ms;
     uint64_t sent_ns;
@@ -1080,21 +1081,18 @@ static void expire_done(apns_t *a, int64_t now)
 
 /* ---- intake ------------------------------------------------------------------- */
 
-struct seen_ctx {
-    const char *eid;
-    int64_t last_seen;
-};
-
-static int seen_fn(mdm_txn_t *txn, void *arg)
+void mdm_apns_seen(mdm_server_t *s, const char *eid)
 {
-    struct seen_ctx *c = arg;
-    plist_t e = NULL;
-    int rc = mdm_enrollment_load(txn, c->eid, &e);
-    if (rc != 0)
-        return rc;
-    c->last_seen = mdm_pl_int(e, "last_seen_at", 0);
-    plist_free(e);
-    return 0;
+    apns_t *a = s->apns;
+    if (a == NULL || eid == NULL)
+        return;
+    push_t *p = hash_find(a, eid, hash_str(eid));
+    if (p == NULL)
+        return;
+    if (p->state == P_DONE)
+        hash_del(a, p); /* stays on the done list until it expires */
+    else
+        p->seen = true; /* still answers callers until it is done */
 }
 
 static void take_one(apns_t *a, intake_t *it)
@@ -1103,10 +1101,11 @@ static void take_one(apns_t *a, intake_t *it)
     push_t *p = hash_find(a, it->eid, h);
     if (p != NULL && p->state == P_DONE) {
         /* An accepted push answers this one only while the device has not
-         * been seen since: once it has, it may have fetched its queue
-         * before the command this push is for was queued. */
-        struct seen_ctx c = {.eid = it->eid};
-        if (mdm_store_view(a->s->store, seen_fn, &c) == 0 && c.last_seen < p->created_ms) {
+         * been heard from since the push was made: once it has, it may
+         * have fetched its queue before the command this push is for was
+         * queued. (mdm_apns_seen marks it, or takes a done push out of
+         * the table.) */
+        if (!p->seen) {
             mdm_metric_add(a->m_coalesced, 1);
             if (it->w != NULL) {
                 it->w->coalesced = true;

@@ -71,6 +71,13 @@ int mdm_apns_push_batch(mdm_server_t *s, const char *const *eids, size_t n,
  * is not running. */
 int mdm_apns_push_many(mdm_server_t *s, const char *const *eids, size_t n);
 
+/* The device of eid was just heard from (a check-in or a report that was
+ * answered): a push accepted earlier no longer stands for later commands,
+ * as the device may have fetched its queue before they were queued; the
+ * next push request for eid makes a push of its own. Cheap (one hash
+ * lookup); does nothing when the service is not running. */
+void mdm_apns_seen(mdm_server_t *s, const char *eid);
+
 /* "pushed", "no_token", "token_invalid", "disabled", "unknown_enrollment",
  * "not_configured", "error". */
 const char *mdm_push_status_name(int status);

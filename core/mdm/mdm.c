@@ -7,6 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "apns/apns.h"
 #include "crypto/certdb.h"
 #include "crypto/keys.h"
 #include "mdm/queue.h"
@@ -658,17 +659,18 @@ static const char *reqid_of(const msg_ctx_t *c)
 
 /* Keeps the enrollment's copy of its identity current: after a SCEP
  * renewal the device shows a new certificate, bound by the renewal. */
-static void refresh_identity(msg_ctx_t *c, plist_t e)
+static bool refresh_identity(msg_ctx_t *c, plist_t e)
 {
     size_t n = 0;
     const unsigned char *fp = mdm_pl_data(e, "cert_fp", &n);
     if (fp != NULL && n == 32 && memcmp(fp, c->id->fp, 32) == 0)
-        return;
+        return false;
     mdm_pl_set_data(e, "cert_fp", c->id->fp, 32);
     mdm_buf_t der = MDM_BUF_INIT;
     if (mdm_cert_to_der(c->id->cert, &der) == 0)
         mdm_pl_set_data(e, "cert_der", der.data, der.len);
     mdm_buf_free(&der);
+    return true;
 }
 
 /* Runs reconciliation for the enrollment record e (saved by the caller). */
@@ -984,6 +986,10 @@ static int policy_connect(msg_ctx_t *c, mdm_txn_t *txn, plist_t e)
     return rc;
 }
 
+/* last_seen_at is rewritten at most this often by requests that change
+ * nothing else in the enrollment record. */
+#define LAST_SEEN_GRANULARITY_MS 60000
+
 static int report_txn(mdm_txn_t *txn, void *arg)
 {
     msg_ctx_t *c = arg;
@@ -1012,10 +1018,21 @@ static int report_txn(mdm_txn_t *txn, void *arg)
                        "checked out)");
         return REFUSED;
     }
+    /* The record is written back only when something in it changed, so
+     * that a command report usually costs no rewrite of it. */
+    bool dirty = false;
+    /* The session tells connections apart for NotNow (a command put off is
+     * not offered again in the same session). It needs to move on only
+     * when a NotNow was recorded in the current one; a record without
+     * the flag (written by an older version) moves on once. */
     uint64_t session = mdm_pl_uint(e, "session", 0);
     if (strcmp(c->type, "Idle") == 0) {
-        session++;
-        mdm_pl_set_uint(e, "session", session);
+        if (mdm_pl_bool(e, "notnow_in_session", true)) {
+            session++;
+            mdm_pl_set_uint(e, "session", session);
+            mdm_pl_set_bool(e, "notnow_in_session", false);
+            dirty = true;
+        }
     } else {
         const char *uuid = mdm_pl_str(c->msg, "CommandUUID");
         if (uuid == NULL || uuid[0] == '\0') {
@@ -1024,48 +1041,62 @@ static int report_txn(mdm_txn_t *txn, void *arg)
             return REFUSED;
         }
         snprintf(c->out->command_uuid, sizeof(c->out->command_uuid), "%s", uuid);
-        mdm_result_t prev;
-        bool known = mdm_result_get(txn, c->eid, uuid, &prev, NULL) == 0;
+        char rtype[MDM_RTYPE_MAX];
         rc = mdm_queue_report(txn, c->eid, uuid, c->type, c->body, c->len, c->now,
                               (int64_t)session, c->m->server->cfg->mdm_notnow_max,
-                              &c->report_outcome);
+                              &c->report_outcome, rtype);
+        /* Recorded: the result existed and was waiting. */
+        bool recorded = rc == 0 && c->report_outcome == MDM_REPORT_RECORDED;
+        if (rc == 0 && c->report_outcome == MDM_REPORT_NOTNOW &&
+            !mdm_pl_bool(e, "notnow_in_session", true)) {
+            mdm_pl_set_bool(e, "notnow_in_session", true);
+            dirty = true;
+        }
         if (rc == MDM_EINVAL) {
             plist_free(e);
             refuse(c, 400, "unknown Status");
             return REFUSED;
         }
-        if (rc == 0 && known && c->report_outcome == MDM_REPORT_RECORDED &&
-            strcmp(c->type, "Acknowledged") == 0 &&
-            strcmp(prev.request_type, "DeviceInformation") == 0)
+        if (recorded && strcmp(c->type, "Acknowledged") == 0 &&
+            strcmp(rtype, "DeviceInformation") == 0)
             rc = merge_device_information(c, txn);
-        if (rc == 0 && known && c->report_outcome == MDM_REPORT_RECORDED) {
-            rc = mdm_reconcile_on_result(txn, c->eid, prev.request_type, c->type, uuid, c->msg,
-                                         c->now);
+        if (rc == 0 && recorded) {
+            rc = mdm_reconcile_on_result(txn, c->eid, rtype, c->type, uuid, c->msg, c->now);
             if (rc == 0)
-                rc = policy_result(c, txn, e, prev.request_type);
+                rc = policy_result(c, txn, e, rtype);
         }
         if (rc != 0) {
             plist_free(e);
             return rc;
         }
     }
-    refresh_identity(c, e);
-    mdm_pl_set_int(e, "last_seen_at", c->now);
+    if (refresh_identity(c, e))
+        dirty = true;
+    if (c->now - mdm_pl_int(e, "last_seen_at", 0) >= LAST_SEEN_GRANULARITY_MS ||
+        c->now < mdm_pl_int(e, "last_seen_at", 0)) {
+        mdm_pl_set_int(e, "last_seen_at", c->now);
+        dirty = true;
+    }
     rc = policy_connect(c, txn, e);
     if (rc == 0 && strcmp(c->type, "Idle") == 0) {
         plist_t dev = NULL;
         const char *did = mdm_pl_str(e, "device_id");
         if (mdm_device_load(txn, did ? did : c->eid, &dev) != 0)
             dev = NULL;
-        if (mdm_reconcile_due(c->pol, e, dev))
+        if (mdm_reconcile_due(c->pol, e, dev)) {
             rc = reconcile(c, txn, e, mdm_pl_bool(e, "reconcile_requested", false));
+            dirty = true;
+        }
         plist_free(dev);
     }
     if (rc != 0) {
         plist_free(e);
         return rc;
     }
-    mdm_pl_set_bool(e, "new_enrollment", false);
+    if (mdm_pl_bool(e, "new_enrollment", false)) {
+        mdm_pl_set_bool(e, "new_enrollment", false);
+        dirty = true;
+    }
     char uuid[MDM_UUID_LEN + 1];
     rc = mdm_queue_next(txn, c->eid, c->now, (int64_t)session, uuid, &c->out->body);
     if (rc == 0) {
@@ -1075,15 +1106,11 @@ static int report_txn(mdm_txn_t *txn, void *arg)
         rc = 0;
         c->out->command_uuid[0] = '\0';
     }
-    if (rc == 0)
+    if (rc == 0 && dirty)
         rc = mdm_enrollment_save(txn, c->eid, e);
     plist_free(e);
     return rc;
 }
-
-/* last_seen_at is rewritten at most this often by Idle requests that
- * change nothing else. */
-#define LAST_SEEN_GRANULARITY_MS 60000
 
 struct idle_probe {
     msg_ctx_t *c;
@@ -1104,6 +1131,11 @@ static int idle_probe_fn(mdm_txn_t *txn, void *arg)
     if (mdm_certauth_lookup(txn, c->id->fp, bound, sizeof(bound)) != 0 ||
         strcmp(bound, c->device_id) != 0)
         return 0;
+    /* A waiting command means a write: look at the queue before parsing
+     * any record. */
+    bool empty = false;
+    if (mdm_queue_empty(txn, c->eid, &empty) != 0 || !empty)
+        return 0;
     unsigned char serial[MDM_SERIAL_MAX];
     size_t sl = 0;
     bool revoked = false;
@@ -1115,12 +1147,10 @@ static int idle_probe_fn(mdm_txn_t *txn, void *arg)
         return 0;
     size_t fl = 0;
     const unsigned char *fp = mdm_pl_data(e, "cert_fp", &fl);
-    size_t qn = 1;
     bool quiet = mdm_pl_bool(e, "enabled", false) && !mdm_pl_bool(e, "new_enrollment", false) &&
                  !mdm_pl_bool(e, "reconcile_requested", false) && fp != NULL && fl == 32 &&
                  memcmp(fp, c->id->fp, 32) == 0 &&
-                 c->now - mdm_pl_int(e, "last_seen_at", 0) < LAST_SEEN_GRANULARITY_MS &&
-                 mdm_queue_length(txn, c->eid, &qn) == 0 && qn == 0;
+                 c->now - mdm_pl_int(e, "last_seen_at", 0) < LAST_SEEN_GRANULARITY_MS;
     if (!quiet || mdm__policy_view(txn, c->eid, e, &ip->view) != 0) {
         plist_free(e);
         return 0;
@@ -1175,6 +1205,7 @@ void mdm__process_report(mdm_mdm_t *m, const mdm_identity_t *id, const void *bod
     if (strcmp(c.type, "Idle") == 0 && idle_fast_path(&c)) {
         mdm_policy_release(c.pol);
         mdm_metric_add(m->m_idle_fast, 1);
+        mdm_apns_seen(m->server, c.eid);
         goto out;
     }
     int rc = mdm_store_update(m->server->store, report_txn, &c);
@@ -1194,6 +1225,9 @@ void mdm__process_report(mdm_mdm_t *m, const mdm_identity_t *id, const void *bod
         snprintf(out->detail, sizeof(out->detail), "report=%s", names[c.report_outcome]);
     if (out->command_uuid[0] && out->body.len > 0)
         mdm_metric_add(m->m_commands_sent, 1);
+    /* The device fetched its queue: an earlier push no longer covers
+     * commands queued from now on. */
+    mdm_apns_seen(m->server, c.eid);
 out:
     plist_free(c.msg);
 }

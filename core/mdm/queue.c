@@ -367,8 +367,10 @@ int mdm_queue_next(mdm_txn_t *txn, const char *eid, int64_t now_ms, int64_t sess
 
 int mdm_queue_report(mdm_txn_t *txn, const char *eid, const char *uuid, const char *status,
                      const void *raw, size_t raw_len, int64_t now_ms, int64_t session,
-                     uint64_t notnow_max, int *outcome)
+                     uint64_t notnow_max, int *outcome, char rtype[MDM_RTYPE_MAX])
 {
+    if (rtype != NULL)
+        rtype[0] = '\0';
     bool notnow = strcmp(status, "NotNow") == 0;
     if (!notnow && strcmp(status, "Acknowledged") != 0 && strcmp(status, "Error") != 0 &&
         strcmp(status, "CommandFormatError") != 0)
@@ -381,6 +383,10 @@ int mdm_queue_report(mdm_txn_t *txn, const char *eid, const char *uuid, const ch
     }
     if (rc != 0)
         return rc;
+    if (rtype != NULL) {
+        const char *rt = mdm_pl_str(res, "request_type");
+        snprintf(rtype, MDM_RTYPE_MAX, "%s", rt ? rt : "");
+    }
     const char *cur = mdm_pl_str(res, "status");
     if (cur == NULL || mdm_status_terminal(cur)) {
         *outcome = MDM_REPORT_DUPLICATE;
@@ -478,7 +484,8 @@ int mdm_queue_clear(mdm_txn_t *txn, const char *eid, const char *status, int64_t
     }
 }
 
-int mdm_queue_length(mdm_txn_t *txn, const char *eid, size_t *n)
+/* Counts the waiting commands of eid, stopping at limit (0: no limit). */
+static int queue_count(mdm_txn_t *txn, const char *eid, size_t limit, size_t *n)
 {
     *n = 0;
     mdm_buf_t k = MDM_BUF_INIT;
@@ -489,13 +496,28 @@ int mdm_queue_length(mdm_txn_t *txn, const char *eid, size_t *n)
     if (rc == 0) {
         mdm_val_t prefix = MDM_VAL(k.data, k.len), ck, cv;
         for (rc = mdm_cursor_seek(c, prefix, &ck, &cv); rc == 0 && mdm_val_has_prefix(ck, prefix);
-             rc = mdm_cursor_next(c, &ck, &cv))
-            (*n)++;
+             rc = mdm_cursor_next(c, &ck, &cv)) {
+            if (++*n == limit)
+                break;
+        }
         if (rc == MDM_ENOTFOUND)
             rc = 0;
     }
     mdm_cursor_close(c);
     mdm_buf_free(&k);
+    return rc;
+}
+
+int mdm_queue_length(mdm_txn_t *txn, const char *eid, size_t *n)
+{
+    return queue_count(txn, eid, 0, n);
+}
+
+int mdm_queue_empty(mdm_txn_t *txn, const char *eid, bool *empty)
+{
+    size_t n = 0;
+    int rc = queue_count(txn, eid, 1, &n);
+    *empty = rc == 0 && n == 0;
     return rc;
 }
 

@@ -25,9 +25,12 @@
 
 #define MDM_UUID_LEN 36
 
+/* Room for a RequestType and its NUL. */
+#define MDM_RTYPE_MAX 96
+
 typedef struct mdm_command_info {
     char uuid[MDM_UUID_LEN + 1];
-    char request_type[96];
+    char request_type[MDM_RTYPE_MAX];
     int priority;             /* 0..255, higher first */
     int64_t created_ms;
     int64_t expires_ms;       /* 0: never */
@@ -73,10 +76,11 @@ enum mdm_report_outcome {
 /* Records a device's report on a command. status is the report's Status;
  * raw is the whole report plist (kept as the result). session identifies
  * the device's current session (see mdm_queue_next): a NotNow command is
- * not offered again in the same session. */
+ * not offered again in the same session. When rtype is not NULL it gets
+ * the command's RequestType (empty when the command is unknown). */
 int mdm_queue_report(mdm_txn_t *txn, const char *eid, const char *uuid, const char *status,
                      const void *raw, size_t raw_len, int64_t now_ms, int64_t session,
-                     uint64_t notnow_max, int *outcome);
+                     uint64_t notnow_max, int *outcome, char rtype[MDM_RTYPE_MAX]);
 
 /* Cancels a waiting command of eid (status Canceled). MDM_ENOTFOUND if it
  * is not waiting. */
@@ -90,12 +94,15 @@ int mdm_queue_clear(mdm_txn_t *txn, const char *eid, const char *status, int64_t
 /* Number of waiting commands of eid. */
 int mdm_queue_length(mdm_txn_t *txn, const char *eid, size_t *n);
 
+/* Whether eid has no waiting command; reads at most one queue entry. */
+int mdm_queue_empty(mdm_txn_t *txn, const char *eid, bool *empty);
+
 /* One result record, decoded. */
 typedef struct mdm_result {
     char uuid[MDM_UUID_LEN + 1];
     char eid[260];
     char status[32];
-    char request_type[96];
+    char request_type[MDM_RTYPE_MAX];
     int64_t queued_ms, sent_ms, updated_ms, completed_ms, notnow_ms;
     uint64_t notnow_count;
     const void *raw;          /* the device's report plist (valid during the txn) */

@@ -74,9 +74,25 @@ def test_notnow_is_offered_again_on_the_next_session(server, api):
     st, c = api.call("GET", "/v1/commands/" + a)
     assert c["targets"][d.udid]["status"] == "NotNow"
     assert c["targets"][d.udid]["notnow_count"] == 1
+    # Put off again in the next session: offered once there, again after.
+    seen.clear()
+    d.run(handler)
+    assert seen == [a]
+    assert api.call("GET", "/v1/commands/" + a)[1]["targets"][d.udid]["notnow_count"] == 2
     got = d.run()
     assert [g["CommandUUID"] for g in got] == [a]
     assert api.call("GET", "/v1/commands/" + a)[1]["targets"][d.udid]["status"] == "Acknowledged"
+    # Sessions without a NotNow, then a NotNow: the command put off is
+    # still offered again in the next session, once.
+    for _ in range(2):
+        one = api.send("SecurityInfo", [d.udid])[1]["command_uuid"]
+        assert [g["CommandUUID"] for g in d.run()] == [one]
+    e = api.send("ProfileList", [d.udid])[1]["command_uuid"]
+    seen.clear()
+    d.run(lambda cmd: (seen.append(cmd["CommandUUID"]), ("NotNow", {}))[1])
+    assert seen == [e]
+    assert [g["CommandUUID"] for g in d.run()] == [e]
+    assert api.call("GET", "/v1/commands/" + e)[1]["targets"][d.udid]["status"] == "Acknowledged"
 
 
 def test_priorities_then_order(server, api):

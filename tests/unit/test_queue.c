@@ -108,6 +108,7 @@ enum op {
     OP_CANCEL,
     OP_CLEAR,
     OP_LENGTH,
+    OP_EMPTY,
     OP_RESULT,
     OP_OF_ENROLLMENT,
     OP_OF_COMMAND,
@@ -132,6 +133,8 @@ struct call {
     char uuid_out[MDM_UUID_LEN + 1];
     mdm_buf_t *buf;
     size_t n;
+    bool empty;
+    char rtype[MDM_RTYPE_MAX];
     mdm_result_t *res;
     mdm_command_info_t *info_out;
 };
@@ -155,13 +158,15 @@ static int call_fn(mdm_txn_t *t, void *arg)
     }
     case OP_REPORT:
         return mdm_queue_report(t, c->eid, c->uuid, c->status, c->data, c->len, c->now,
-                                c->session, c->notnow_max, &c->outcome);
+                                c->session, c->notnow_max, &c->outcome, c->rtype);
     case OP_CANCEL:
         return mdm_queue_cancel(t, c->eid, c->uuid, c->now);
     case OP_CLEAR:
         return mdm_queue_clear(t, c->eid, c->status, c->now, &c->n);
     case OP_LENGTH:
         return mdm_queue_length(t, c->eid, &c->n);
+    case OP_EMPTY:
+        return mdm_queue_empty(t, c->eid, &c->empty);
     case OP_RESULT:
         return mdm_result_get(t, c->eid, c->uuid, c->res, c->buf);
     case OP_OF_ENROLLMENT:
@@ -276,6 +281,9 @@ static void expect_next(struct fx *fx, const char *eid, int64_t now, int64_t ses
                  (long long)session, mdm_errname(rc), got, want);
 }
 
+/* The last report's RequestType, as mdm_queue_report gave it. */
+static char last_rtype[MDM_RTYPE_MAX];
+
 static int report(struct fx *fx, const char *eid, const char *uuid, const char *status,
                   int64_t now, int64_t session, uint64_t notnow_max, int *outcome)
 {
@@ -284,8 +292,11 @@ static int report(struct fx *fx, const char *eid, const char *uuid, const char *
     struct call c = {.op = OP_REPORT, .eid = eid, .uuid = uuid, .status = status, .data = raw,
                      .len = strlen(raw), .now = now, .session = session,
                      .notnow_max = notnow_max, .outcome = -1};
+    memset(c.rtype, 'x', sizeof(c.rtype));
     int rc = update(fx, &c);
     *outcome = c.outcome;
+    memcpy(last_rtype, c.rtype, sizeof(last_rtype));
+    last_rtype[sizeof(last_rtype) - 1] = '\0';
     return rc;
 }
 
@@ -307,6 +318,15 @@ static size_t length(struct fx *fx, const char *eid)
     if (rc != 0)
         fail_msg("queue_length %s: %s", eid, mdm_errname(rc));
     return c.n;
+}
+
+static bool empty(struct fx *fx, const char *eid)
+{
+    struct call c = {.op = OP_EMPTY, .eid = eid};
+    int rc = view(fx, &c);
+    if (rc != 0)
+        fail_msg("queue_empty %s: %s", eid, mdm_errname(rc));
+    return c.empty;
 }
 
 static int result(struct fx *fx, const char *eid, const char *uuid, mdm_result_t *r,
@@ -625,6 +645,7 @@ static void test_report_outcomes(void **state)
     /* recorded, with the device's report kept as the result */
     expect_next(fx, E1, 50, 1, UA);
     expect_report(fx, E1, UA, "Acknowledged", 100, 1, MDM_REPORT_RECORDED);
+    assert_str(last_rtype, "ProfileList");
     mdm_result_t r;
     mdm_buf_t raw = MDM_BUF_INIT;
     assert_rc(result(fx, E1, UA, &r, &raw), 0);
@@ -645,6 +666,7 @@ static void test_report_outcomes(void **state)
 
     /* unknown: never queued for this enrollment, or an unusable id */
     expect_report(fx, E1, UD, "Acknowledged", 300, 1, MDM_REPORT_UNKNOWN);
+    assert_str(last_rtype, "");
     expect_report(fx, E1, UF, "Acknowledged", 300, 1, MDM_REPORT_UNKNOWN);
     expect_report(fx, "", UA, "Acknowledged", 300, 1, MDM_REPORT_UNKNOWN);
     expect_status(fx, E2, UD, "Queued");
@@ -659,6 +681,7 @@ static void test_report_outcomes(void **state)
     expect_report(fx, E1, UC, "CommandFormatError", 600, 2, MDM_REPORT_RECORDED);
     expect_status(fx, E1, UC, "CommandFormatError");
     assert_num(length(fx, E1), 0);
+    assert_true(empty(fx, E1));
 
     /* A status the protocol does not have changes nothing. */
     int outcome;
@@ -802,6 +825,8 @@ static void test_queue_length_and_bad_ids(void **state)
     }
     assert_num(length(fx, E1), 20);
     assert_num(length(fx, E2), 20);
+    assert_false(empty(fx, E1));
+    assert_true(empty(fx, "no-such-enrollment"));
 
     /* Empty or over-long enrollment ids are refused, not stored. */
     struct call c = {.op = OP_LENGTH, .eid = ""};
