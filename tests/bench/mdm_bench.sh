@@ -154,7 +154,7 @@ mkrow() {
     local l=$5 extra=""
     [ -n "$(val hs_p50_ms "$l")" ] && extra=", handshake $(val hs_p50_ms "$l") / $(val hs_p99_ms "$l")"
     [ -n "$(val svc_p99_ms "$l")" ] && extra=", from send $(val svc_p50_ms "$l") / $(val svc_p99_ms "$l")"
-    ROWS+=("| $1 | $2 | $3 | $4 | $(val p50_ms "$l") / $(val p99_ms "$l") (max $(val max_ms "$l"))$extra | $(val "server_cpu_ms_per_$6" "$l") per $6 | $(val server_write_kb_per_req "$l") | $(val server_cpu_util "$l") / $(val core0_busy "$l") | $(val errors "$l") |")
+    ROWS+=("| $1 | $2 | $3 | $4 | $(val p50_ms "$l") / $(val p99_ms "$l") (max $(val max_ms "$l"))$extra | $(val "server_cpu_ms_per_$6" "$l") per $6 | $(val disk_write_kb_per_req "$l") | $(val server_cpu_util "$l") / $(val core0_busy "$l") | $(val errors "$l") |")
 }
 
 # measure LABEL N: the runs of one population (the server already runs).
@@ -244,6 +244,6 @@ echo
 echo "$("$MOONMDM" --version 2>/dev/null | head -1 || true); $(nproc) cores; server on core 0, mdm_load on core 1;"
 echo "store.sync=$SYNC; ${SECS}s measured after ${WARMUP}s warm-up per run; latency per request (p50 / p99 ms)"
 echo
-echo "| population | run | throughput | ratio to /healthz | latency p50 / p99 (max) ms | server CPU ms | server writes KB/req | server util / core 0 busy | errors |"
+echo "| population | run | throughput | ratio to /healthz | latency p50 / p99 (max) ms | server CPU ms | disk writes KB/req | server util / core 0 busy | errors |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for r in "${ROWS[@]}"; do echo "$r"; done

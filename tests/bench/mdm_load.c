@@ -223,7 +223,7 @@ static struct {
     samples_t lat_req, lat_cycle, lat_hs, lat_post;
     samples_t lat_svc;          /* open loop: from the actual send */
     uint64_t late_starts;       /* open loop: cycles begun > 1 ms after schedule */
-    double server_cpu0, client_cpu0, core0_busy0, core1_busy0, server_wb0;
+    double server_cpu0, client_cpu0, core0_busy0, core1_busy0, server_wb0, disk_wb0;
     uint64_t last_progress_cycles;
     int error_lines;
 } G;
@@ -339,6 +339,40 @@ static double proc_write_bytes(int pid)
             v = strtod(line + 12, NULL);
     fclose(f);
     return v;
+}
+
+/* Bytes written to the machine's disks (sectors written, /proc/diskstats,
+ * whole disks only), or -1. write_bytes of /proc/<pid>/io counts pages as
+ * they are dirtied and, on some kernels, far more than reaches the disk;
+ * this is what the devices received (from every process: read it on a
+ * quiet machine). */
+static double disk_written_bytes(void)
+{
+    FILE *f = fopen("/proc/diskstats", "r");
+    if (f == NULL)
+        return -1;
+    char line[512];
+    double total = 0;
+    bool any = false;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        unsigned maj, min;
+        char name[64];
+        unsigned long long v[7];
+        if (sscanf(line, "%u %u %63s %llu %llu %llu %llu %llu %llu %llu", &maj, &min, name, &v[0],
+                   &v[1], &v[2], &v[3], &v[4], &v[5], &v[6]) != 10)
+            continue;
+        if (strncmp(name, "loop", 4) == 0 || strncmp(name, "ram", 3) == 0 ||
+            strncmp(name, "zram", 4) == 0)
+            continue;
+        char sys[128];
+        snprintf(sys, sizeof(sys), "/sys/block/%s", name);
+        if (access(sys, F_OK) != 0)
+            continue; /* a partition: its disk counts it */
+        total += (double)v[6] * 512.0;
+        any = true;
+    }
+    fclose(f);
+    return any ? total : -1;
 }
 
 /* Busy time of cpuN from /proc/stat in seconds (everything but idle and
@@ -1515,6 +1549,7 @@ static void begin_window(void)
     G.core0_busy0 = core_busy(0);
     G.core1_busy0 = core_busy(1);
     G.server_wb0 = G.pid > 0 ? proc_write_bytes(G.pid) : -1;
+    G.disk_wb0 = disk_written_bytes();
 }
 
 static void on_tick(uv_timer_t *t)
@@ -1640,6 +1675,9 @@ static void print_report(void)
     double wb = G.pid > 0 && G.server_wb0 >= 0 ? proc_write_bytes(G.pid) - G.server_wb0 : -1;
     if (wb >= 0 && G.requests > 0)
         printf(" server_write_kb_per_req=%.2f", wb / 1024.0 / (double)G.requests);
+    double dw = G.disk_wb0 >= 0 ? disk_written_bytes() - G.disk_wb0 : -1;
+    if (dw >= 0 && G.requests > 0)
+        printf(" disk_write_kb_per_req=%.2f", dw / 1024.0 / (double)G.requests);
     printf(" client_cpu_util=%.3f", ccpu / secs);
     /* How busy the two cores were, all processes: core0 - server and
      * core1 - client is what other processes took (server on core 0,
@@ -1878,6 +1916,7 @@ static void enroll(uint32_t from, uint32_t to)
     G.core0_busy0 = core_busy(0);
     G.core1_busy0 = core_busy(1);
     G.server_wb0 = G.pid > 0 ? proc_write_bytes(G.pid) : -1;
+    G.disk_wb0 = disk_written_bytes();
     fprintf(stderr, "mdm_load: enrolling devices %u..%u\n", from, to - 1);
     G.measuring = true;
     run_loop();
