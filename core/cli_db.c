@@ -318,20 +318,15 @@ typedef struct result_rec {
 static int result_decode(mdm_val_t v, result_rec_t *r)
 {
     memset(r, 0, sizeof(*r));
-    plist_t d = NULL;
-    if (mdm_plist_load(v.data, v.len, &d) != 0)
+    mdm_result_rec_t rec;
+    if (mdm_result_rec_decode(v.data, v.len, &rec) != 0)
         return MDM_EPARSE;
-    if (plist_get_node_type(d) != PLIST_DICT) {
-        plist_free(d);
-        return MDM_EPARSE;
-    }
-    const char *s = mdm_pl_str(d, "status");
-    r->has_status = s != NULL;
-    snprintf(r->status, sizeof(r->status), "%s", s ? s : "");
-    r->priority = mdm_pl_uint(d, "priority", 0);
-    r->seq = mdm_pl_uint(d, "seq", 0);
-    r->completed = mdm_pl_int(d, "completed_at", 0);
-    plist_free(d);
+    r->has_status = rec.has_status;
+    snprintf(r->status, sizeof(r->status), "%s", rec.status);
+    r->priority = rec.priority;
+    r->seq = rec.seq;
+    r->completed = rec.completed_at;
+    mdm_result_rec_free(&rec);
     return 0;
 }
 
@@ -494,7 +489,7 @@ static int check_results(mdm_txn_t *txn, check_t *c)
         const char *eid = show(kp, el), *us = show(uuid, ul);
         result_rec_t r;
         if (result_decode(cv, &r) != 0) {
-            problem(c, "result %s/%s: the record is not a valid plist dictionary", eid, us);
+            problem(c, "result %s/%s: the record is not a valid result record", eid, us);
             continue;
         }
         if (!r.has_status) {

@@ -129,45 +129,192 @@ int mdm_command_get(mdm_txn_t *txn, const char *uuid, mdm_command_info_t *info,
 
 /* ---- results ------------------------------------------------------------- */
 
-static int result_decode(mdm_val_t v, mdm_result_t *r, plist_t *keep)
+static const unsigned char RREC_MAGIC[4] = {'m', 'd', 'R', 1};
+#define RREC_FIXED (4 + 1 + 9 * 8)
+enum { RREC_HAS_STATUS = 1, RREC_HAS_RAW = 2 };
+
+static void rrec_init(mdm_result_rec_t *r)
 {
-    plist_t d;
-    if (mdm_plist_load_stored(v.data, v.len, &d) != 0)
+    memset(r, 0, sizeof(*r));
+    r->notnow_session = -1;
+}
+
+void mdm_result_rec_free(mdm_result_rec_t *r)
+{
+    mdm_buf_free(&r->raw);
+    rrec_init(r);
+}
+
+void mdm_result_rec_encode(const mdm_result_rec_t *r, mdm_buf_t *out)
+{
+    mdm_buf_reset(out);
+    mdm_buf_append(out, RREC_MAGIC, 4);
+    unsigned char flags = (unsigned char)((r->has_status ? RREC_HAS_STATUS : 0) |
+                                          (r->has_raw ? RREC_HAS_RAW : 0));
+    mdm_buf_putc(out, (char)flags);
+    const uint64_t f[9] = {(uint64_t)r->queued_at,      (uint64_t)r->updated_at,
+                           (uint64_t)r->sent_at,        (uint64_t)r->completed_at,
+                           (uint64_t)r->notnow_at,      (uint64_t)r->notnow_session,
+                           r->notnow_count,             r->priority,
+                           r->seq};
+    for (size_t i = 0; i < 9; i++) {
+        unsigned char b[8];
+        mdm_be64_put(b, f[i]);
+        mdm_buf_append(out, b, 8);
+    }
+    size_t sl = strnlen(r->status, sizeof(r->status) - 1);
+    size_t tl = strnlen(r->request_type, sizeof(r->request_type) - 1);
+    mdm_buf_putc(out, (char)sl);
+    mdm_buf_append(out, r->status, sl);
+    mdm_buf_putc(out, (char)tl);
+    mdm_buf_append(out, r->request_type, tl);
+    if (r->has_raw) {
+        unsigned char b[4] = {(unsigned char)(r->raw.len >> 24), (unsigned char)(r->raw.len >> 16),
+                              (unsigned char)(r->raw.len >> 8), (unsigned char)r->raw.len};
+        mdm_buf_append(out, b, 4);
+        if (r->raw.len > 0)
+            mdm_buf_append(out, r->raw.data, r->raw.len);
+    }
+}
+
+/* A length-prefixed string of at most cap - 1 bytes, without NULs. */
+static bool rrec_str(const unsigned char **p, const unsigned char *end, char *dst, size_t cap)
+{
+    if (*p >= end)
+        return false;
+    size_t n = **p;
+    (*p)++;
+    if (n >= cap || (size_t)(end - *p) < n || memchr(*p, '\0', n) != NULL)
+        return false;
+    memcpy(dst, *p, n);
+    dst[n] = '\0';
+    *p += n;
+    return true;
+}
+
+static int rrec_decode_bin(const unsigned char *p, size_t len, mdm_result_rec_t *r)
+{
+    const unsigned char *end = p + len;
+    if (len < RREC_FIXED + 2)
         return MDM_EPARSE;
-    const char *s = mdm_pl_str(d, "status");
+    unsigned char flags = p[4];
+    if ((flags & ~(RREC_HAS_STATUS | RREC_HAS_RAW)) != 0)
+        return MDM_EPARSE;
+    p += 5;
+    uint64_t f[9];
+    for (size_t i = 0; i < 9; i++, p += 8)
+        f[i] = mdm_be64_get(p);
+    r->queued_at = (int64_t)f[0];
+    r->updated_at = (int64_t)f[1];
+    r->sent_at = (int64_t)f[2];
+    r->completed_at = (int64_t)f[3];
+    r->notnow_at = (int64_t)f[4];
+    r->notnow_session = (int64_t)f[5];
+    r->notnow_count = f[6];
+    r->priority = f[7];
+    r->seq = f[8];
+    r->has_status = (flags & RREC_HAS_STATUS) != 0;
+    if (!rrec_str(&p, end, r->status, sizeof(r->status)) ||
+        !rrec_str(&p, end, r->request_type, sizeof(r->request_type)))
+        return MDM_EPARSE;
+    if (!r->has_status && r->status[0] != '\0')
+        return MDM_EPARSE;
+    r->has_raw = (flags & RREC_HAS_RAW) != 0;
+    if (r->has_raw) {
+        if (end - p < 4)
+            return MDM_EPARSE;
+        size_t n = (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
+        p += 4;
+        if ((size_t)(end - p) < n)
+            return MDM_EPARSE;
+        if (n > 0)
+            mdm_buf_append(&r->raw, p, n);
+        p += n;
+    }
+    return p == end ? 0 : MDM_EPARSE;
+}
+
+/* A record of an earlier version: a plist dictionary. */
+static int rrec_decode_plist(const void *data, size_t len, mdm_result_rec_t *r)
+{
+    plist_t d = NULL;
+    if (mdm_plist_load_stored(data, len, &d) != 0)
+        return MDM_EPARSE;
+    if (plist_get_node_type(d) != PLIST_DICT) {
+        plist_free(d);
+        return MDM_EPARSE;
+    }
+    const char *st = mdm_pl_str(d, "status");
     const char *rt = mdm_pl_str(d, "request_type");
-    snprintf(r->status, sizeof(r->status), "%s", s ? s : "?");
+    r->has_status = st != NULL;
+    snprintf(r->status, sizeof(r->status), "%s", st ? st : "");
     snprintf(r->request_type, sizeof(r->request_type), "%s", rt ? rt : "");
-    r->queued_ms = mdm_pl_int(d, "queued_at", 0);
-    r->sent_ms = mdm_pl_int(d, "sent_at", 0);
-    r->updated_ms = mdm_pl_int(d, "updated_at", 0);
-    r->completed_ms = mdm_pl_int(d, "completed_at", 0);
-    r->notnow_ms = mdm_pl_int(d, "notnow_at", 0);
+    r->queued_at = mdm_pl_int(d, "queued_at", 0);
+    r->updated_at = mdm_pl_int(d, "updated_at", 0);
+    r->sent_at = mdm_pl_int(d, "sent_at", 0);
+    r->completed_at = mdm_pl_int(d, "completed_at", 0);
+    r->notnow_at = mdm_pl_int(d, "notnow_at", 0);
+    r->notnow_session = mdm_pl_int(d, "notnow_session", -1);
     r->notnow_count = mdm_pl_uint(d, "notnow_count", 0);
-    r->raw = mdm_pl_data(d, "result", &r->raw_len);
-    *keep = d;
+    r->priority = mdm_pl_uint(d, "priority", 0);
+    r->seq = mdm_pl_uint(d, "seq", 0);
+    size_t rl = 0;
+    const unsigned char *raw = mdm_pl_data(d, "result", &rl);
+    r->has_raw = raw != NULL;
+    if (raw != NULL && rl > 0)
+        mdm_buf_append(&r->raw, raw, rl);
+    plist_free(d);
     return 0;
 }
 
-static int result_load(mdm_txn_t *txn, const char *eid, const char *uuid, plist_t *out)
+int mdm_result_rec_decode(const void *data, size_t len, mdm_result_rec_t *r)
+{
+    rrec_init(r);
+    int rc = len >= 4 && memcmp(data, RREC_MAGIC, 4) == 0
+                 ? rrec_decode_bin(data, len, r)
+                 : rrec_decode_plist(data, len, r);
+    if (rc != 0)
+        mdm_result_rec_free(r);
+    return rc;
+}
+
+/* The public view of a record; raw points into rec. */
+static void result_view(const mdm_result_rec_t *rec, mdm_result_t *r)
+{
+    snprintf(r->status, sizeof(r->status), "%s", rec->has_status ? rec->status : "?");
+    snprintf(r->request_type, sizeof(r->request_type), "%s", rec->request_type);
+    r->queued_ms = rec->queued_at;
+    r->sent_ms = rec->sent_at;
+    r->updated_ms = rec->updated_at;
+    r->completed_ms = rec->completed_at;
+    r->notnow_ms = rec->notnow_at;
+    r->notnow_count = rec->notnow_count;
+    r->raw = rec->has_raw ? rec->raw.data : NULL;
+    r->raw_len = rec->has_raw ? rec->raw.len : 0;
+}
+
+static int result_load(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result_rec_t *out)
 {
     mdm_buf_t k = MDM_BUF_INIT;
     int rc = result_key(&k, eid, uuid);
     mdm_val_t v;
     if (rc == 0)
         rc = mdm_txn_get(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len), &v);
-    if (rc == 0 && mdm_plist_load_stored(v.data, v.len, out) != 0)
-        rc = MDM_EPARSE;
     mdm_buf_free(&k);
-    return rc;
+    if (rc != 0) {
+        rrec_init(out);
+        return rc;
+    }
+    return mdm_result_rec_decode(v.data, v.len, out);
 }
 
-static int result_save(mdm_txn_t *txn, const char *eid, const char *uuid, plist_t d)
+static int result_save(mdm_txn_t *txn, const char *eid, const char *uuid,
+                       const mdm_result_rec_t *r)
 {
     mdm_buf_t k = MDM_BUF_INIT, b = MDM_BUF_INIT;
     int rc = result_key(&k, eid, uuid);
     if (rc == 0) {
-        mdm_plist_to_bin_buf(d, &b);
+        mdm_result_rec_encode(r, &b);
         rc = mdm_txn_put(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len), MDM_VAL(b.data, b.len), 0);
     }
     mdm_buf_free(&k);
@@ -175,12 +322,18 @@ static int result_save(mdm_txn_t *txn, const char *eid, const char *uuid, plist_
     return rc;
 }
 
+static void rrec_set_status(mdm_result_rec_t *r, const char *status)
+{
+    r->has_status = true;
+    snprintf(r->status, sizeof(r->status), "%s", status);
+}
+
 /* Deletes the queue entry of a waiting command, from the priority and
  * sequence kept in its result record. */
-static int queue_entry_del(mdm_txn_t *txn, const char *eid, plist_t res)
+static int queue_entry_del(mdm_txn_t *txn, const char *eid, const mdm_result_rec_t *res)
 {
     mdm_buf_t k = MDM_BUF_INIT;
-    int rc = queue_key(&k, eid, (int)mdm_pl_uint(res, "priority", 0), mdm_pl_uint(res, "seq", 0));
+    int rc = queue_key(&k, eid, (int)res->priority, res->seq);
     if (rc == 0) {
         rc = mdm_txn_del(txn, MDM_T_QUEUE, MDM_VAL(k.data, k.len));
         if (rc == MDM_ENOTFOUND)
@@ -192,15 +345,15 @@ static int queue_entry_del(mdm_txn_t *txn, const char *eid, plist_t res)
 
 /* Makes a waiting result terminal: status, completion time, retention
  * index, queue entry removed. */
-static int finish(mdm_txn_t *txn, const char *eid, const char *uuid, plist_t res,
+static int finish(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result_rec_t *res,
                   const char *status, int64_t now)
 {
     int rc = queue_entry_del(txn, eid, res);
     if (rc != 0)
         return rc;
-    mdm_pl_set_str(res, "status", status);
-    mdm_pl_set_int(res, "completed_at", now);
-    mdm_pl_set_int(res, "updated_at", now);
+    rrec_set_status(res, status);
+    res->completed_at = now;
+    res->updated_at = now;
     rc = result_save(txn, eid, uuid, res);
     if (rc != 0)
         return rc;
@@ -270,15 +423,16 @@ int mdm_queue_add(mdm_txn_t *txn, const char *eid, const mdm_command_info_t *inf
     if (rc != 0)
         goto out;
 
-    plist_t res = plist_new_dict();
-    mdm_pl_set_str(res, "status", "Queued");
-    mdm_pl_set_str(res, "request_type", info->request_type);
-    mdm_pl_set_int(res, "queued_at", info->created_ms);
-    mdm_pl_set_int(res, "updated_at", info->created_ms);
-    mdm_pl_set_uint(res, "priority", (uint64_t)info->priority);
-    mdm_pl_set_uint(res, "seq", seq);
-    rc = result_save(txn, eid, info->uuid, res);
-    plist_free(res);
+    mdm_result_rec_t res;
+    rrec_init(&res);
+    rrec_set_status(&res, "Queued");
+    snprintf(res.request_type, sizeof(res.request_type), "%s", info->request_type);
+    res.queued_at = info->created_ms;
+    res.updated_at = info->created_ms;
+    res.priority = (uint64_t)info->priority;
+    res.seq = seq;
+    rc = result_save(txn, eid, info->uuid, &res);
+    mdm_result_rec_free(&res);
     if (rc != 0)
         goto out;
     cmdt_key(&k, info->uuid, eid);
@@ -314,7 +468,7 @@ int mdm_queue_next(mdm_txn_t *txn, const char *eid, int64_t now_ms, int64_t sess
         memcpy(uuid, cv.data, MDM_UUID_LEN);
         uuid[MDM_UUID_LEN] = '\0';
         int64_t expires = (int64_t)mdm_be64_get((const unsigned char *)cv.data + MDM_UUID_LEN);
-        plist_t res = NULL;
+        mdm_result_rec_t res;
         rc = result_load(txn, eid, uuid, &res);
         if (rc == MDM_ENOTFOUND) {
             /* A queue entry without its result cannot be answered for. */
@@ -326,32 +480,31 @@ int mdm_queue_next(mdm_txn_t *txn, const char *eid, int64_t now_ms, int64_t sess
         if (rc != 0)
             break;
         if (expires != 0 && expires <= now_ms) {
-            rc = finish(txn, eid, uuid, res, "Expired", now_ms);
-            plist_free(res);
+            rc = finish(txn, eid, uuid, &res, "Expired", now_ms);
+            mdm_result_rec_free(&res);
             if (rc != 0)
                 break;
             continue;
         }
-        const char *status = mdm_pl_str(res, "status");
-        if (status && strcmp(status, "NotNow") == 0 &&
-            mdm_pl_int(res, "notnow_session", -1) == session) {
-            plist_free(res);
+        if (res.has_status && strcmp(res.status, "NotNow") == 0 &&
+            res.notnow_session == session) {
+            mdm_result_rec_free(&res);
             continue;
         }
         rc = mdm_command_get(txn, uuid, NULL, plist_out);
         if (rc == MDM_ENOTFOUND) {
-            rc = finish(txn, eid, uuid, res, "Error", now_ms);
-            plist_free(res);
+            rc = finish(txn, eid, uuid, &res, "Error", now_ms);
+            mdm_result_rec_free(&res);
             if (rc != 0)
                 break;
             continue;
         }
         if (rc == 0) {
-            mdm_pl_set_int(res, "sent_at", now_ms);
-            mdm_pl_set_int(res, "updated_at", now_ms);
-            rc = result_save(txn, eid, uuid, res);
+            res.sent_at = now_ms;
+            res.updated_at = now_ms;
+            rc = result_save(txn, eid, uuid, &res);
         }
-        plist_free(res);
+        mdm_result_rec_free(&res);
         if (rc == 0) {
             memcpy(uuid_out, uuid, MDM_UUID_LEN + 1);
             found = true;
@@ -375,7 +528,7 @@ int mdm_queue_report(mdm_txn_t *txn, const char *eid, const char *uuid, const ch
     if (!notnow && strcmp(status, "Acknowledged") != 0 && strcmp(status, "Error") != 0 &&
         strcmp(status, "CommandFormatError") != 0)
         return MDM_EINVAL;
-    plist_t res = NULL;
+    mdm_result_rec_t res;
     int rc = result_load(txn, eid, uuid, &res);
     if (rc == MDM_ENOTFOUND || rc == MDM_EINVAL) {
         *outcome = MDM_REPORT_UNKNOWN;
@@ -383,51 +536,50 @@ int mdm_queue_report(mdm_txn_t *txn, const char *eid, const char *uuid, const ch
     }
     if (rc != 0)
         return rc;
-    if (rtype != NULL) {
-        const char *rt = mdm_pl_str(res, "request_type");
-        snprintf(rtype, MDM_RTYPE_MAX, "%s", rt ? rt : "");
-    }
-    const char *cur = mdm_pl_str(res, "status");
-    if (cur == NULL || mdm_status_terminal(cur)) {
+    if (rtype != NULL)
+        snprintf(rtype, MDM_RTYPE_MAX, "%s", res.request_type);
+    if (!res.has_status || mdm_status_terminal(res.status)) {
         *outcome = MDM_REPORT_DUPLICATE;
-        plist_free(res);
+        mdm_result_rec_free(&res);
         return 0;
     }
     if (notnow) {
-        uint64_t n = mdm_pl_uint(res, "notnow_count", 0) + 1;
-        mdm_pl_set_uint(res, "notnow_count", n);
-        mdm_pl_set_int(res, "notnow_at", now_ms);
-        mdm_pl_set_int(res, "notnow_session", session);
+        uint64_t n = res.notnow_count + 1;
+        res.notnow_count = n;
+        res.notnow_at = now_ms;
+        res.notnow_session = session;
         if (notnow_max > 0 && n > notnow_max) {
             *outcome = MDM_REPORT_NOTNOW_LIMIT;
-            rc = finish(txn, eid, uuid, res, "NotNowLimit", now_ms);
+            rc = finish(txn, eid, uuid, &res, "NotNowLimit", now_ms);
         } else {
             *outcome = MDM_REPORT_NOTNOW;
-            mdm_pl_set_str(res, "status", "NotNow");
-            mdm_pl_set_int(res, "updated_at", now_ms);
-            rc = result_save(txn, eid, uuid, res);
+            rrec_set_status(&res, "NotNow");
+            res.updated_at = now_ms;
+            rc = result_save(txn, eid, uuid, &res);
         }
     } else {
         *outcome = MDM_REPORT_RECORDED;
-        mdm_pl_set_data(res, "result", raw, raw_len);
-        rc = finish(txn, eid, uuid, res, status, now_ms);
+        res.has_raw = true;
+        mdm_buf_reset(&res.raw);
+        if (raw_len > 0)
+            mdm_buf_append(&res.raw, raw, raw_len);
+        rc = finish(txn, eid, uuid, &res, status, now_ms);
     }
-    plist_free(res);
+    mdm_result_rec_free(&res);
     return rc;
 }
 
 int mdm_queue_cancel(mdm_txn_t *txn, const char *eid, const char *uuid, int64_t now_ms)
 {
-    plist_t res = NULL;
+    mdm_result_rec_t res;
     int rc = result_load(txn, eid, uuid, &res);
     if (rc != 0)
         return rc == MDM_EINVAL ? MDM_ENOTFOUND : rc;
-    const char *cur = mdm_pl_str(res, "status");
-    if (cur == NULL || mdm_status_terminal(cur))
+    if (!res.has_status || mdm_status_terminal(res.status))
         rc = MDM_ENOTFOUND;
     else
-        rc = finish(txn, eid, uuid, res, "Canceled", now_ms);
-    plist_free(res);
+        rc = finish(txn, eid, uuid, &res, "Canceled", now_ms);
+    mdm_result_rec_free(&res);
     return rc;
 }
 
@@ -469,11 +621,12 @@ int mdm_queue_clear(mdm_txn_t *txn, const char *eid, const char *status, int64_t
             mdm_buf_free(&key);
             return rc;
         }
-        plist_t res = NULL;
+        mdm_result_rec_t res;
+        rrec_init(&res);
         rc = uuid[0] ? result_load(txn, eid, uuid, &res) : MDM_ENOTFOUND;
         if (rc == 0) {
-            rc = finish(txn, eid, uuid, res, status, now_ms);
-            plist_free(res);
+            rc = finish(txn, eid, uuid, &res, status, now_ms);
+            mdm_result_rec_free(&res);
         } else if (rc == MDM_ENOTFOUND) {
             rc = mdm_txn_del(txn, MDM_T_QUEUE, MDM_VAL(key.data, key.len));
         }
@@ -533,9 +686,10 @@ int mdm_result_get(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result
     if (rc != 0)
         return rc == MDM_EINVAL ? MDM_ENOTFOUND : rc;
     memset(out, 0, sizeof(*out));
-    plist_t d = NULL;
-    rc = result_decode(v, out, &d);
+    mdm_result_rec_t rec;
+    rc = mdm_result_rec_decode(v.data, v.len, &rec);
     if (rc == 0) {
+        result_view(&rec, out);
         if (raw_out != NULL) {
             mdm_buf_reset(raw_out);
             if (out->raw)
@@ -543,27 +697,27 @@ int mdm_result_get(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result
         }
         out->raw = NULL;
         out->raw_len = 0;
-        plist_free(d);
         snprintf(out->uuid, sizeof(out->uuid), "%s", uuid);
         snprintf(out->eid, sizeof(out->eid), "%s", eid);
     }
+    mdm_result_rec_free(&rec);
     return rc;
 }
 
-/* Calls fn with a decoded result whose raw bytes live in plist d. */
+/* Calls fn with a decoded result (its raw bytes live until fn returns). */
 static int call_with_result(mdm_val_t v, const char *eid, size_t eidlen, const char *uuid,
                             size_t uuidlen, mdm_result_fn fn, void *arg)
 {
     mdm_result_t r;
     memset(&r, 0, sizeof(r));
-    plist_t d = NULL;
-    int rc = result_decode(v, &r, &d);
-    if (rc != 0)
+    mdm_result_rec_t rec;
+    if (mdm_result_rec_decode(v.data, v.len, &rec) != 0)
         return 0; /* an undecodable record is skipped, not fatal */
+    result_view(&rec, &r);
     snprintf(r.eid, sizeof(r.eid), "%.*s", (int)eidlen, eid);
     snprintf(r.uuid, sizeof(r.uuid), "%.*s", (int)uuidlen, uuid);
-    rc = fn(&r, arg);
-    plist_free(d);
+    int rc = fn(&r, arg);
+    mdm_result_rec_free(&rec);
     return rc;
 }
 

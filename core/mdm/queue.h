@@ -97,6 +97,29 @@ int mdm_queue_length(mdm_txn_t *txn, const char *eid, size_t *n);
 /* Whether eid has no waiting command; reads at most one queue entry. */
 int mdm_queue_empty(mdm_txn_t *txn, const char *eid, bool *empty);
 
+/* A result record as stored (table results). Written in a fixed binary
+ * layout ("mdR\x01", flags, nine 64-bit fields, status, RequestType, the
+ * report); records written as plists by earlier versions are read too and
+ * rewritten in the binary layout when they next change. */
+typedef struct mdm_result_rec {
+    bool has_status;
+    char status[32];
+    char request_type[MDM_RTYPE_MAX];
+    int64_t queued_at, updated_at, sent_at, completed_at, notnow_at;
+    int64_t notnow_session; /* -1: none */
+    uint64_t notnow_count, priority, seq;
+    bool has_raw;             /* the device's report, in raw (own copy) */
+    mdm_buf_t raw;
+} mdm_result_rec_t;
+
+/* Decodes a stored result record into r (fields absent from a plist record
+ * get their defaults). MDM_EPARSE when it is neither layout; r is then
+ * empty. Free r with mdm_result_rec_free in every case. */
+int mdm_result_rec_decode(const void *data, size_t len, mdm_result_rec_t *r);
+/* Appends the binary layout of r to out (after resetting it). */
+void mdm_result_rec_encode(const mdm_result_rec_t *r, mdm_buf_t *out);
+void mdm_result_rec_free(mdm_result_rec_t *r);
+
 /* One result record, decoded. */
 typedef struct mdm_result {
     char uuid[MDM_UUID_LEN + 1];
@@ -105,7 +128,7 @@ typedef struct mdm_result {
     char request_type[MDM_RTYPE_MAX];
     int64_t queued_ms, sent_ms, updated_ms, completed_ms, notnow_ms;
     uint64_t notnow_count;
-    const void *raw;          /* the device's report plist (valid during the txn) */
+    const void *raw;          /* the device's report plist (valid during the callback) */
     size_t raw_len;
 } mdm_result_t;
 

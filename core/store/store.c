@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "util/alloc.h"
+#include "util/log.h"
 
 static const char *const table_names[MDM_T__COUNT] = {
     [MDM_T_META] = "meta",
@@ -93,6 +94,7 @@ int mdm_meta_put_u64(mdm_txn_t *t, const char *name, uint64_t v)
 
 struct schema_check {
     bool create;
+    bool writable;
     uint64_t found;
     mdm_err_t *err;
 };
@@ -119,6 +121,16 @@ static int schema_check_fn(mdm_txn_t *t, void *arg)
                            "moonmdm %s understands; run a moonmdm release that supports it, or "
                            "restore a backup made by this release",
                            (unsigned long long)v, MDM_STORE_SCHEMA_VERSION, MOONMDM_VERSION);
+    if (v < MDM_STORE_SCHEMA_VERSION && sc->writable) {
+        /* Every older layout is read as it is (see store.h). */
+        rc = mdm_meta_put_u64(t, "schema_version", MDM_STORE_SCHEMA_VERSION);
+        if (rc != 0)
+            return mdm_err_set(sc->err, rc, "cannot record the schema upgrade: %s",
+                               mdm_strerror(rc));
+        mdm_log(MDM_LOG_INFO, NULL, "store.schema_upgraded", "from=%llu to=%d",
+                (unsigned long long)v, MDM_STORE_SCHEMA_VERSION);
+        sc->found = MDM_STORE_SCHEMA_VERSION;
+    }
     return 0;
 }
 
@@ -139,6 +151,7 @@ int mdm_store_open(const mdm_store_ops_t *ops, const mdm_store_config_t *cfg, md
         sc.create = false;
         rc = ops->view(s, schema_read_fn, &sc);
     } else {
+        sc.writable = true;
         rc = ops->update(s, schema_check_fn, &sc);
         if (rc == 0)
             rc = ops->flush(s);

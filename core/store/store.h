@@ -28,8 +28,13 @@
 #include "util/err.h"
 
 /* The schema version this build writes. A store with a newer version is
- * refused at open (MDM_ESCHEMA); an older one is migrated. */
-#define MDM_STORE_SCHEMA_VERSION 1
+ * refused at open (MDM_ESCHEMA); an older one is migrated when opened for
+ * writing.
+ *   1: the first layout.
+ *   2: command results may be in the binary result layout (queue.h);
+ *      version 1 records are read as they are, so the migration only
+ *      records the new version (a version 1 build would not read them). */
+#define MDM_STORE_SCHEMA_VERSION 2
 
 #define MDM_STORE_MAX_KEY 480
 

@@ -7,11 +7,16 @@
  *  - mdm_plist_to_json() and mdm_plist_to_json_checked() agree;
  *  - JSON -> plist -> JSON is the identity on what plist -> JSON made;
  *  - the binary plist the store would keep parses again with the same
- *    limits. */
+ *    limits;
+ *  - as a stored result record (binary layout or an older plist), the
+ *    input decodes or is refused, and what decodes encodes to bytes that
+ *    decode to the same record. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "mdm/queue.h"
 #include "util/buf.h"
 #include "util/plist.h"
 #include "util/plistjson.h"
@@ -23,8 +28,39 @@ static void fail(const char *what, const mdm_err_t *err)
     abort();
 }
 
+static bool rec_equal(const mdm_result_rec_t *a, const mdm_result_rec_t *b)
+{
+    return a->has_status == b->has_status && strcmp(a->status, b->status) == 0 &&
+           strcmp(a->request_type, b->request_type) == 0 && a->queued_at == b->queued_at &&
+           a->updated_at == b->updated_at && a->sent_at == b->sent_at &&
+           a->completed_at == b->completed_at && a->notnow_at == b->notnow_at &&
+           a->notnow_session == b->notnow_session && a->notnow_count == b->notnow_count &&
+           a->priority == b->priority && a->seq == b->seq && a->has_raw == b->has_raw &&
+           a->raw.len == b->raw.len &&
+           (a->raw.len == 0 || memcmp(a->raw.data, b->raw.data, a->raw.len) == 0);
+}
+
+static void result_record(const uint8_t *data, size_t size)
+{
+    mdm_result_rec_t r, r2;
+    if (mdm_result_rec_decode(data, size, &r) != 0) {
+        mdm_result_rec_free(&r);
+        return;
+    }
+    mdm_buf_t enc = MDM_BUF_INIT;
+    mdm_result_rec_encode(&r, &enc);
+    if (mdm_result_rec_decode(enc.data, enc.len, &r2) != 0)
+        fail("an encoded result record does not decode", NULL);
+    if (!rec_equal(&r, &r2))
+        fail("a result record changed through encode and decode", NULL);
+    mdm_result_rec_free(&r2);
+    mdm_result_rec_free(&r);
+    mdm_buf_free(&enc);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    result_record(data, size);
     plist_t p = NULL, back = NULL, again = NULL;
     json_t *j = NULL, *jc = NULL, *j2 = NULL;
     mdm_buf_t bin = MDM_BUF_INIT;

@@ -80,7 +80,7 @@ def test_backup_while_serving_under_load(datadir, tmpdir_path, capsys):
         assert re.search(r"^backup: .*/data\.mdb, [\d.]+ \w+ \(\d+ bytes\), compacted from .* "
                          rf"in [\d.]+ s while process {srv.proc.pid} had the store open$", out,
                          re.M), out
-        assert re.search(r"^verify: the backup opens; schema version 1, \d+ entries, "
+        assert re.search(r"^verify: the backup opens; schema version 2, \d+ entries, "
                          r"consistency ok$", out, re.M), out
         assert os.listdir(bk) == ["data.mdb"], os.listdir(bk)
         chk = run("db", "check", bk)
@@ -135,7 +135,7 @@ def test_restore_brings_back_the_state(datadir, tmpdir_path):
     assert glob.glob(store + ".*") == []
 
     p = db(datadir, "restore", bk, "--force")
-    assert re.search(r"^check: schema version 1 .*consistency ok$", p.stdout, re.M), p.stdout
+    assert re.search(r"^check: schema version 2 .*consistency ok$", p.stdout, re.M), p.stdout
     aside = re.search(r"^previous store: (.*)$", p.stdout, re.M).group(1)
     assert re.fullmatch(re.escape(store) + r"\.before-restore-\d{8}T\d{6}Z", aside), aside
     assert open(os.path.join(aside, "data.mdb"), "rb").read() == before
@@ -258,7 +258,7 @@ def test_check_detects_inconsistencies(datadir, tmpdir_path):
         rf"index cmdt {done} -> NOBODY: the command's target has no result record",
         r"certauth: certificate 000102[0-9a-f]+ is bound to ghost-enrollment, but that "
         r"enrollment has no binding",
-        rf"result {d.udid}/{waiting}: the record is not a valid plist dictionary",
+        rf"result {d.udid}/{waiting}: the record is not a valid result record",
     ]
     for w in want:
         assert re.search(w, out), f"missing problem {w!r} in:\n{out}"

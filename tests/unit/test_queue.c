@@ -20,10 +20,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <plist/plist.h>
+
 #include "mdm/queue.h"
 #include "store/store.h"
 #include "util/alloc.h"
 #include "util/buf.h"
+#include "util/plist.h"
 
 struct fx {
     char dir[64];
@@ -1065,6 +1068,144 @@ static void test_status_terminal(void **state)
             fail_msg("%s should be terminal", terminal[i]);
 }
 
+/* ---- the stored result record ---------------------------------------------- */
+
+static void test_result_record_codec(void **state)
+{
+    (void)state;
+    mdm_result_rec_t r, d;
+    memset(&r, 0, sizeof(r));
+    r.has_status = true;
+    snprintf(r.status, sizeof(r.status), "Acknowledged");
+    snprintf(r.request_type, sizeof(r.request_type), "DeviceInformation");
+    r.queued_at = 1;
+    r.updated_at = -2;
+    r.sent_at = 3;
+    r.completed_at = INT64_MAX;
+    r.notnow_at = 5;
+    r.notnow_session = -1;
+    r.notnow_count = UINT64_MAX;
+    r.priority = 255;
+    r.seq = 1234567890123ull;
+    r.has_raw = true;
+    mdm_buf_append(&r.raw, "report\0bytes", 12);
+    mdm_buf_t enc = MDM_BUF_INIT;
+    mdm_result_rec_encode(&r, &enc);
+    assert_rc(mdm_result_rec_decode(enc.data, enc.len, &d), 0);
+    assert_true(d.has_status);
+    assert_str(d.status, "Acknowledged");
+    assert_str(d.request_type, "DeviceInformation");
+    assert_num(d.queued_at, 1);
+    assert_num(d.updated_at, -2);
+    assert_num(d.sent_at, 3);
+    assert_true(d.completed_at == INT64_MAX);
+    assert_num(d.notnow_at, 5);
+    assert_num(d.notnow_session, -1);
+    assert_true(d.notnow_count == UINT64_MAX);
+    assert_num(d.priority, 255);
+    assert_true(d.seq == 1234567890123ull);
+    assert_true(d.has_raw);
+    assert_int_equal(d.raw.len, 12);
+    assert_memory_equal(d.raw.data, "report\0bytes", 12);
+    mdm_result_rec_free(&d);
+
+    /* Every cut short, one byte too many, an unknown flag: refused. */
+    for (size_t n = 0; n < enc.len; n++) {
+        if (mdm_result_rec_decode(enc.data, n, &d) != MDM_EPARSE)
+            fail_msg("a record cut to %zu of %zu bytes decoded", n, enc.len);
+        mdm_result_rec_free(&d);
+    }
+    mdm_buf_putc(&enc, 'x');
+    assert_rc(mdm_result_rec_decode(enc.data, enc.len, &d), MDM_EPARSE);
+    mdm_result_rec_free(&d);
+    enc.len--;
+    ((unsigned char *)enc.data)[4] |= 0x80;
+    assert_rc(mdm_result_rec_decode(enc.data, enc.len, &d), MDM_EPARSE);
+    mdm_result_rec_free(&d);
+
+    /* Without a report. */
+    r.has_raw = false;
+    mdm_result_rec_encode(&r, &enc);
+    assert_rc(mdm_result_rec_decode(enc.data, enc.len, &d), 0);
+    assert_false(d.has_raw);
+    assert_int_equal(d.raw.len, 0);
+    mdm_result_rec_free(&d);
+    mdm_result_rec_free(&r);
+    mdm_buf_free(&enc);
+}
+
+struct raw_rec {
+    const char *eid, *uuid;
+    mdm_buf_t *val; /* in: the bytes to put (put); out: the stored bytes (get) */
+    bool put;
+};
+
+static int raw_rec_fn(mdm_txn_t *t, void *arg)
+{
+    struct raw_rec *a = arg;
+    mdm_buf_t k = MDM_BUF_INIT;
+    mdm_buf_append(&k, a->eid, strlen(a->eid) + 1);
+    mdm_buf_puts(&k, a->uuid);
+    int rc;
+    if (a->put) {
+        rc = mdm_txn_put(t, MDM_T_RESULTS, MDM_VAL(k.data, k.len), MDM_VAL(a->val->data, a->val->len),
+                         0);
+    } else {
+        mdm_val_t v;
+        rc = mdm_txn_get(t, MDM_T_RESULTS, MDM_VAL(k.data, k.len), &v);
+        if (rc == 0) {
+            mdm_buf_reset(a->val);
+            mdm_buf_append(a->val, v.data, v.len);
+        }
+    }
+    mdm_buf_free(&k);
+    return rc;
+}
+
+/* A result written as a plist by an earlier version is offered, answered
+ * and rewritten in the binary layout. */
+static void test_legacy_plist_result_record(void **state)
+{
+    struct fx *fx = *state;
+    queue_new(fx, E1, UA, 0, 0);
+    mdm_buf_t val = MDM_BUF_INIT;
+    struct raw_rec get = {.eid = E1, .uuid = UA, .val = &val};
+    assert_rc(mdm_store_view(fx->store, raw_rec_fn, &get), 0);
+    mdm_result_rec_t cur;
+    assert_rc(mdm_result_rec_decode(val.data, val.len, &cur), 0);
+    uint64_t seq = cur.seq;
+    mdm_result_rec_free(&cur);
+
+    /* As the earlier version wrote it. */
+    plist_t d = plist_new_dict();
+    mdm_pl_set_str(d, "status", "Queued");
+    mdm_pl_set_str(d, "request_type", "ProfileList");
+    mdm_pl_set_int(d, "queued_at", 10);
+    mdm_pl_set_int(d, "updated_at", 10);
+    mdm_pl_set_uint(d, "priority", 0);
+    mdm_pl_set_uint(d, "seq", seq);
+    mdm_plist_to_bin_buf(d, &val);
+    plist_free(d);
+    struct raw_rec put = {.eid = E1, .uuid = UA, .val = &val, .put = true};
+    assert_rc(mdm_store_update(fx->store, raw_rec_fn, &put), 0);
+    expect_status(fx, E1, UA, "Queued");
+
+    expect_next(fx, E1, 50, 1, UA);
+    expect_report(fx, E1, UA, "Acknowledged", 60, 1, MDM_REPORT_RECORDED);
+    assert_str(last_rtype, "ProfileList");
+    assert_num(length(fx, E1), 0);
+    assert_rc(mdm_store_view(fx->store, raw_rec_fn, &get), 0);
+    assert_true(val.len > 4 && memcmp(val.data, "mdR\x01", 4) == 0);
+    assert_rc(mdm_result_rec_decode(val.data, val.len, &cur), 0);
+    assert_str(cur.status, "Acknowledged");
+    assert_num(cur.queued_at, 10);
+    assert_num(cur.sent_at, 50);
+    assert_num(cur.completed_at, 60);
+    assert_true(cur.has_raw);
+    mdm_result_rec_free(&cur);
+    mdm_buf_free(&val);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -1089,6 +1230,8 @@ int main(void)
         T(test_prune_keeps_command_while_a_target_remains),
         T(test_forget),
         T(test_status_terminal),
+        T(test_result_record_codec),
+        T(test_legacy_plist_result_record),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

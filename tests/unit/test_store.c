@@ -291,6 +291,21 @@ static void test_schema_version(void **state)
     assert_rc(mdm_store_view(s, schema_get_fn, &v), 0);
     assert_int_equal(v, MDM_STORE_SCHEMA_VERSION);
 
+    /* An older schema is read as it is when opened read-only, and
+     * upgraded when opened for writing. */
+    uint64_t older = 1;
+    assert_rc(mdm_store_update(s, schema_set_fn, &older), 0);
+    assert_rc(mdm_store_flush(s), 0);
+    mdm_store_close(s);
+    s = open_store(fx->path, MDM_STORE_RDONLY);
+    assert_rc(mdm_store_view(s, schema_get_fn, &v), 0);
+    assert_int_equal(v, 1);
+    mdm_store_close(s);
+    s = open_store(fx->path, 0);
+    assert_rc(mdm_store_view(s, schema_get_fn, &v), 0);
+    assert_int_equal(v, MDM_STORE_SCHEMA_VERSION);
+    assert_true(MDM_STORE_SCHEMA_VERSION > 1);
+
     /* A newer schema is refused, read-write and read-only. */
     uint64_t newer = MDM_STORE_SCHEMA_VERSION + 1;
     assert_rc(mdm_store_update(s, schema_set_fn, &newer), 0);
