@@ -683,7 +683,13 @@ def test_slow_or_dead_apns_does_not_slow_the_server(datadir, env, mode):
         fired.join(60)
         print(f"\nAPNs {mode}: healthz p99 {_p99(health) * 1000:.1f} ms over {len(health)}, "
               f"MDM request p99 {_p99(mdm) * 1000:.1f} ms over {len(mdm)}")
-        assert len(mdm) > 50
-        assert _p99(health) < 0.1 and _p99(mdm) < 0.1, (_p99(health), _p99(mdm))
+        # Under valgrind every request is tens of times slower: what is
+        # checked there is that the server stays correct (and leak-free),
+        # not its latency.
+        if not WRAPPER:
+            assert len(mdm) > 50
+            assert _p99(health) < 0.1 and _p99(mdm) < 0.1, (_p99(health), _p99(mdm))
+        else:
+            assert len(mdm) > 0 and len(health) > 0
     finally:
         stop(srv)
