@@ -1072,8 +1072,8 @@ static int report_txn(mdm_txn_t *txn, void *arg)
     }
     if (refresh_identity(c, e))
         dirty = true;
-    if (c->now - mdm_pl_int(e, "last_seen_at", 0) >= LAST_SEEN_GRANULARITY_MS ||
-        c->now < mdm_pl_int(e, "last_seen_at", 0)) {
+    int64_t last_seen = mdm_pl_int(e, "last_seen_at", 0);
+    if (c->now - last_seen >= LAST_SEEN_GRANULARITY_MS || c->now < last_seen) {
         mdm_pl_set_int(e, "last_seen_at", c->now);
         dirty = true;
     }

@@ -622,7 +622,6 @@ int mdm_queue_clear(mdm_txn_t *txn, const char *eid, const char *status, int64_t
             return rc;
         }
         mdm_result_rec_t res;
-        rrec_init(&res);
         rc = uuid[0] ? result_load(txn, eid, uuid, &res) : MDM_ENOTFOUND;
         if (rc == 0) {
             rc = finish(txn, eid, uuid, &res, status, now_ms);
