@@ -828,6 +828,13 @@ static int on_header_value_complete(llhttp_t *p)
 {
     mdm_conn_t *c = CONN(p);
     mdm_req_t *req = c->cur;
+    if (req->headers_done) {
+        /* A trailer field after a chunked body: counted against the header
+         * limit by the callbacks above, otherwise ignored. */
+        mdm_buf_reset(&c->hfield);
+        mdm_buf_reset(&c->hval);
+        return 0;
+    }
     if (c->nhdrs == c->hdrs_cap) {
         size_t cap = c->hdrs_cap ? c->hdrs_cap * 2 : 32;
         mdm_header_t *h = mdm_arena_alloc(&req->arena, cap * sizeof(*h));
@@ -863,6 +870,8 @@ static int on_headers_complete(llhttp_t *p)
      * starts a new one. */
     c->hdrs = NULL;
     c->hdrs_cap = 0;
+    c->nhdrs = 0;
+    req->headers_done = true;
     req->method_name = llhttp_method_name((llhttp_method_t)llhttp_get_method(p));
     req->method = mdm_method_bit(req->method_name);
     req->target = mdm_arena_memdup(&req->arena, c->url.data ? c->url.data : "", c->url.len);

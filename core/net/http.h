@@ -52,6 +52,7 @@ typedef struct mdm_req {
     char *query;                /* after '?', not decoded ("" if none) */
     mdm_header_t *headers;
     size_t nheaders;
+    bool headers_done;        /* the header block ended (what follows are trailers) */
     unsigned char *body;        /* NUL-terminated for convenience */
     size_t body_len;
     X509 *peer_cert;            /* verified client certificate or NULL */

@@ -71,6 +71,20 @@ def test_chunked_request_body_is_read_and_framing_kept(server):
         assert read_response(s, buf).status == 200
 
 
+def test_trailers_after_a_chunked_body_are_ignored(server):
+    # Trailer fields once crashed the server (found by fuzz_http).
+    with server.connect() as s:
+        buf = bytearray()
+        s.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+                  b"X-T1: a\r\nX-T2: b\r\nX-T3: c\r\n\r\n")
+        r = read_response(s, buf)
+        assert r.status in (200, 405), r.status
+        http_request(s, "GET", "/healthz")
+        r = read_response(s, buf)
+        assert r.status == 200 and r.body == b"ok\n"
+
+
 def test_expect_100_continue(server):
     with server.connect() as s:
         s.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
