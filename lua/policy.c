@@ -1181,13 +1181,21 @@ static bool needs_record(const char *k)
 /* Pushes field k (one of dev_fields) of d, nil when it has none. */
 static void push_dev_field(lua_State *L, const mdm_policy_device_t *d, const char *k)
 {
-    plist_t e = d->enrollment;
+    /* The enrollment record: read in place when the caller has it so, else
+     * its tree (or none). */
+    mdm_rec_t own, *e = d->enrollment_rec;
+    if (e == NULL) {
+        mdm_rec_init_tree(&own, d->enrollment);
+        e = &own;
+    }
+    bool have = d->enrollment_rec != NULL || d->enrollment != NULL;
+    char buf[MDM_EID_MAX + 1];
     plist_t dev = needs_record(k) && !(strcmp(k, "groups") == 0 && d->groups != NULL)
                       ? dev_record(d, true)
                       : NULL;
     if (strcmp(k, "udid") == 0) {
         char udid[MDM_EID_MAX + 1];
-        const char *did = e ? mdm_pl_str(e, "device_id") : NULL;
+        const char *did = have ? mdm_rec_str(e, "device_id", buf, sizeof(buf)) : NULL;
         snprintf(udid, sizeof(udid), "%s", did ? did : d->eid);
         if (did == NULL && strchr(udid, ':') != NULL)
             *strchr(udid, ':') = '\0';
@@ -1197,18 +1205,18 @@ static void push_dev_field(lua_State *L, const mdm_policy_device_t *d, const cha
     } else if (in_list(dev_facts, k)) {
         push_str_or_nil(L, dev ? mdm_pl_str(dev, k) : NULL);
     } else if (strcmp(k, "type") == 0) {
-        const char *type = e ? mdm_pl_str(e, "type") : NULL;
+        const char *type = have ? mdm_rec_str(e, "type", buf, sizeof(buf)) : NULL;
         lua_pushstring(L, type ? type : "device");
     } else if (strcmp(k, "user") == 0) {
-        push_str_or_nil(L, e ? mdm_pl_str(e, "user") : NULL);
+        push_str_or_nil(L, have ? mdm_rec_str(e, "user", buf, sizeof(buf)) : NULL);
     } else if (strcmp(k, "enrolled_at") == 0) {
-        push_seconds(L, e ? mdm_pl_int(e, "enrolled_at", 0) : 0);
+        push_seconds(L, have ? mdm_rec_int(e, "enrolled_at", 0) : 0);
     } else if (strcmp(k, "last_seen") == 0) {
-        push_seconds(L, e ? mdm_pl_int(e, "last_seen_at", 0) : 0);
+        push_seconds(L, have ? mdm_rec_int(e, "last_seen_at", 0) : 0);
     } else if (strcmp(k, "token_updates") == 0) {
-        lua_pushinteger(L, e ? (lua_Integer)mdm_pl_uint(e, "token_updates", 0) : 0);
+        lua_pushinteger(L, have ? (lua_Integer)mdm_rec_uint(e, "token_updates", 0) : 0);
     } else if (strcmp(k, "first_checkin") == 0) {
-        lua_pushboolean(L, d->first_checkin || (e && mdm_pl_bool(e, "new_enrollment", false)));
+        lua_pushboolean(L, d->first_checkin || (have && mdm_rec_bool(e, "new_enrollment", false)));
     } else if (strcmp(k, "groups") == 0) {
         plist_t g = d->groups ? d->groups : dev ? plist_dict_get_item(dev, "groups") : NULL;
         push_container(L, g, PLIST_ARRAY);

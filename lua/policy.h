@@ -46,6 +46,7 @@
 #include "config.h"
 #include "store/store.h"
 #include "util/err.h"
+#include "util/plist.h"
 
 typedef struct mdm_server mdm_server_t;
 
@@ -125,6 +126,8 @@ typedef struct mdm_policy_auth_req {
 typedef struct mdm_policy_device {
     const char *eid;           /* enrollment id (UDID, or "<device id>:<user>") */
     plist_t enrollment;        /* the enrollments/<eid> record */
+    mdm_rec_t *enrollment_rec; /* or, when set, that record read in place (it is
+                                  used instead of enrollment) */
     plist_t device;            /* the devices/<device id> record */
     plist_t installed;         /* dictionary: profile identifier -> hash (string or data) */
     plist_t groups;            /* array of strings: last known groups; NULL: the device

@@ -659,18 +659,22 @@ static const char *reqid_of(const msg_ctx_t *c)
 
 /* Keeps the enrollment's copy of its identity current: after a SCEP
  * renewal the device shows a new certificate, bound by the renewal. */
-static bool refresh_identity(msg_ctx_t *c, plist_t e)
+static int refresh_identity(msg_ctx_t *c, mdm_rec_t *en, bool *dirty)
 {
     size_t n = 0;
-    const unsigned char *fp = mdm_pl_data(e, "cert_fp", &n);
+    const unsigned char *fp = mdm_rec_data(en, "cert_fp", &n);
     if (fp != NULL && n == 32 && memcmp(fp, c->id->fp, 32) == 0)
-        return false;
+        return 0;
+    plist_t e = mdm_rec_tree(en);
+    if (e == NULL)
+        return MDM_EPARSE;
     mdm_pl_set_data(e, "cert_fp", c->id->fp, 32);
     mdm_buf_t der = MDM_BUF_INIT;
     if (mdm_cert_to_der(c->id->cert, &der) == 0)
         mdm_pl_set_data(e, "cert_der", der.data, der.len);
     mdm_buf_free(&der);
-    return true;
+    *dirty = true;
+    return 0;
 }
 
 /* Runs reconciliation for the enrollment record e (saved by the caller). */
@@ -909,14 +913,13 @@ static int merge_device_information(msg_ctx_t *c, mdm_txn_t *txn)
 
 /* The policy's result hook for a finished command: commands to queue and
  * facts to keep with the device. */
-static int policy_result(msg_ctx_t *c, mdm_txn_t *txn, plist_t e, const char *request_type)
+static int policy_result(msg_ctx_t *c, mdm_txn_t *txn, mdm_rec_t *en, const char *request_type)
 {
     if (!mdm_policy_has_hook(c->pol, MDM_POLICY_HOOK_RESULT))
         return 0;
     mdm_policy_view_t v;
-    int rc = mdm__policy_view_lazy(txn, c->eid, e, &v);
-    if (rc != 0)
-        return rc;
+    mdm__policy_view_rec(txn, c->eid, en, &v);
+    int rc;
     plist_t result = plist_copy(c->msg);
     mdm_pl_set_str(result, "RequestType", request_type);
     mdm_policy_decision_t d;
@@ -929,7 +932,8 @@ static int policy_result(msg_ctx_t *c, mdm_txn_t *txn, plist_t e, const char *re
         c->out->policy_commands += n;
     }
     if (rc == 0 && d.facts != NULL && plist_dict_get_size(d.facts) > 0) {
-        const char *did = mdm_pl_str(e, "device_id");
+        char buf[MDM_EID_MAX + 1];
+        const char *did = mdm_rec_str(en, "device_id", buf, sizeof(buf));
         plist_t dev = NULL;
         rc = mdm_device_load(txn, did ? did : c->eid, &dev);
         if (rc == MDM_ENOTFOUND) {
@@ -965,14 +969,13 @@ static int policy_result(msg_ctx_t *c, mdm_txn_t *txn, plist_t e, const char *re
 }
 
 /* The policy's connect hook, before the next command is picked. */
-static int policy_connect(msg_ctx_t *c, mdm_txn_t *txn, plist_t e)
+static int policy_connect(msg_ctx_t *c, mdm_txn_t *txn, mdm_rec_t *en)
 {
     if (!mdm_policy_has_hook(c->pol, MDM_POLICY_HOOK_CONNECT))
         return 0;
     mdm_policy_view_t v;
-    int rc = mdm__policy_view_lazy(txn, c->eid, e, &v);
-    if (rc != 0)
-        return rc;
+    mdm__policy_view_rec(txn, c->eid, en, &v);
+    int rc;
     mdm_policy_decision_t d;
     memset(&d, 0, sizeof(d));
     rc = mdm_policy_connect(c->pol, txn, reqid_of(c), &v.dev, c->msg, &d);
@@ -990,6 +993,133 @@ static int policy_connect(msg_ctx_t *c, mdm_txn_t *txn, plist_t e)
  * nothing else in the enrollment record. */
 #define LAST_SEEN_GRANULARITY_MS 60000
 
+/* The enrollment record's tree, to change it (the record is then saved). */
+static plist_t edit(mdm_rec_t *en, bool *dirty)
+{
+    plist_t e = mdm_rec_tree(en);
+    if (e != NULL)
+        *dirty = true;
+    return e;
+}
+
+/* Whether eid is due for reconciliation at this Idle; its device record is
+ * read in place too. */
+static bool reconcile_due(msg_ctx_t *c, mdm_txn_t *txn, mdm_rec_t *en)
+{
+    char buf[MDM_EID_MAX + 1];
+    const char *did = mdm_rec_str(en, "device_id", buf, sizeof(buf));
+    mdm_val_t raw;
+    mdm_rec_t dev;
+    bool have = mdm_txn_get(txn, MDM_T_DEVICES, MDM_VAL_STR(did ? did : c->eid), &raw) == 0;
+    if (have) {
+        mdm_rec_init_bin(&dev, raw.data, raw.len);
+        /* A record that does not parse counts as none, as it did. */
+        have = dev.inplace || mdm_rec_tree(&dev) != NULL;
+    }
+    bool due = mdm_reconcile_due_rec(c->pol, en, have ? &dev : NULL);
+    if (have)
+        mdm_rec_free(&dev);
+    return due;
+}
+
+/* The report against the enrollment record en. The record is read in place
+ * and written back only when something in it changed, so that a command
+ * report usually neither parses nor rewrites it. */
+static int report_on(msg_ctx_t *c, mdm_txn_t *txn, mdm_rec_t *en)
+{
+    if (!mdm_rec_bool(en, "enabled", false)) {
+        refuse(c, 403, "the enrollment is not enabled (no TokenUpdate since Authenticate, or "
+                       "checked out)");
+        return REFUSED;
+    }
+    bool dirty = false;
+    int rc = 0;
+    /* The session tells connections apart for NotNow (a command put off is
+     * not offered again in the same session). It needs to move on only
+     * when a NotNow was recorded in the current one; a record without
+     * the flag (written by an older version) moves on once. */
+    uint64_t session = mdm_rec_uint(en, "session", 0);
+    if (strcmp(c->type, "Idle") == 0) {
+        if (mdm_rec_bool(en, "notnow_in_session", true)) {
+            plist_t e = edit(en, &dirty);
+            if (e == NULL)
+                return MDM_EPARSE;
+            session++;
+            mdm_pl_set_uint(e, "session", session);
+            mdm_pl_set_bool(e, "notnow_in_session", false);
+        }
+    } else {
+        const char *uuid = mdm_pl_str(c->msg, "CommandUUID");
+        if (uuid == NULL || uuid[0] == '\0') {
+            refuse(c, 400, "report without CommandUUID");
+            return REFUSED;
+        }
+        snprintf(c->out->command_uuid, sizeof(c->out->command_uuid), "%s", uuid);
+        char rtype[MDM_RTYPE_MAX];
+        rc = mdm_queue_report(txn, c->eid, uuid, c->type, c->body, c->len, c->now,
+                              (int64_t)session, c->m->server->cfg->mdm_notnow_max,
+                              &c->report_outcome, rtype);
+        if (rc == MDM_EINVAL) {
+            refuse(c, 400, "unknown Status");
+            return REFUSED;
+        }
+        /* Recorded: the result existed and was waiting. */
+        bool recorded = rc == 0 && c->report_outcome == MDM_REPORT_RECORDED;
+        if (rc == 0 && c->report_outcome == MDM_REPORT_NOTNOW &&
+            !mdm_rec_bool(en, "notnow_in_session", true)) {
+            plist_t e = edit(en, &dirty);
+            if (e == NULL)
+                return MDM_EPARSE;
+            mdm_pl_set_bool(e, "notnow_in_session", true);
+        }
+        if (recorded && strcmp(c->type, "Acknowledged") == 0 &&
+            strcmp(rtype, "DeviceInformation") == 0)
+            rc = merge_device_information(c, txn);
+        if (rc == 0 && recorded) {
+            rc = mdm_reconcile_on_result(txn, c->eid, rtype, c->type, uuid, c->msg, c->now);
+            if (rc == 0)
+                rc = policy_result(c, txn, en, rtype);
+        }
+        if (rc != 0)
+            return rc;
+    }
+    rc = refresh_identity(c, en, &dirty);
+    if (rc != 0)
+        return rc;
+    int64_t last_seen = mdm_rec_int(en, "last_seen_at", 0);
+    if (c->now - last_seen >= LAST_SEEN_GRANULARITY_MS || c->now < last_seen) {
+        plist_t e = edit(en, &dirty);
+        if (e == NULL)
+            return MDM_EPARSE;
+        mdm_pl_set_int(e, "last_seen_at", c->now);
+    }
+    rc = policy_connect(c, txn, en);
+    if (rc == 0 && strcmp(c->type, "Idle") == 0 && reconcile_due(c, txn, en)) {
+        plist_t e = edit(en, &dirty);
+        rc = e == NULL ? MDM_EPARSE : reconcile(c, txn, e, mdm_pl_bool(e, "reconcile_requested", false));
+    }
+    if (rc != 0)
+        return rc;
+    if (mdm_rec_bool(en, "new_enrollment", false)) {
+        plist_t e = edit(en, &dirty);
+        if (e == NULL)
+            return MDM_EPARSE;
+        mdm_pl_set_bool(e, "new_enrollment", false);
+    }
+    char uuid[MDM_UUID_LEN + 1];
+    rc = mdm_queue_next(txn, c->eid, c->now, (int64_t)session, uuid, &c->out->body);
+    if (rc == 0) {
+        c->out->ctype = "application/xml";
+        snprintf(c->out->command_uuid, sizeof(c->out->command_uuid), "%s", uuid);
+    } else if (rc == MDM_ENOTFOUND) {
+        rc = 0;
+        c->out->command_uuid[0] = '\0';
+    }
+    if (rc == 0 && dirty)
+        rc = mdm_enrollment_save(txn, c->eid, en->tree);
+    return rc;
+}
+
 static int report_txn(mdm_txn_t *txn, void *arg)
 {
     msg_ctx_t *c = arg;
@@ -1004,111 +1134,21 @@ static int report_txn(mdm_txn_t *txn, void *arg)
         rc = check_binding(c, txn);
     if (rc != 0)
         return rc;
-    plist_t e = NULL;
-    rc = mdm_enrollment_load(txn, c->eid, &e);
+    mdm_val_t raw;
+    rc = mdm_txn_get(txn, MDM_T_ENROLLMENTS, MDM_VAL_STR(c->eid), &raw);
     if (rc == MDM_ENOTFOUND) {
         refuse(c, 403, "command report for an unknown enrollment");
         return REFUSED;
     }
     if (rc != 0)
         return rc;
-    if (!mdm_pl_bool(e, "enabled", false)) {
-        plist_free(e);
-        refuse(c, 403, "the enrollment is not enabled (no TokenUpdate since Authenticate, or "
-                       "checked out)");
-        return REFUSED;
-    }
-    /* The record is written back only when something in it changed, so
-     * that a command report usually costs no rewrite of it. */
-    bool dirty = false;
-    /* The session tells connections apart for NotNow (a command put off is
-     * not offered again in the same session). It needs to move on only
-     * when a NotNow was recorded in the current one; a record without
-     * the flag (written by an older version) moves on once. */
-    uint64_t session = mdm_pl_uint(e, "session", 0);
-    if (strcmp(c->type, "Idle") == 0) {
-        if (mdm_pl_bool(e, "notnow_in_session", true)) {
-            session++;
-            mdm_pl_set_uint(e, "session", session);
-            mdm_pl_set_bool(e, "notnow_in_session", false);
-            dirty = true;
-        }
-    } else {
-        const char *uuid = mdm_pl_str(c->msg, "CommandUUID");
-        if (uuid == NULL || uuid[0] == '\0') {
-            plist_free(e);
-            refuse(c, 400, "report without CommandUUID");
-            return REFUSED;
-        }
-        snprintf(c->out->command_uuid, sizeof(c->out->command_uuid), "%s", uuid);
-        char rtype[MDM_RTYPE_MAX];
-        rc = mdm_queue_report(txn, c->eid, uuid, c->type, c->body, c->len, c->now,
-                              (int64_t)session, c->m->server->cfg->mdm_notnow_max,
-                              &c->report_outcome, rtype);
-        /* Recorded: the result existed and was waiting. */
-        bool recorded = rc == 0 && c->report_outcome == MDM_REPORT_RECORDED;
-        if (rc == 0 && c->report_outcome == MDM_REPORT_NOTNOW &&
-            !mdm_pl_bool(e, "notnow_in_session", true)) {
-            mdm_pl_set_bool(e, "notnow_in_session", true);
-            dirty = true;
-        }
-        if (rc == MDM_EINVAL) {
-            plist_free(e);
-            refuse(c, 400, "unknown Status");
-            return REFUSED;
-        }
-        if (recorded && strcmp(c->type, "Acknowledged") == 0 &&
-            strcmp(rtype, "DeviceInformation") == 0)
-            rc = merge_device_information(c, txn);
-        if (rc == 0 && recorded) {
-            rc = mdm_reconcile_on_result(txn, c->eid, rtype, c->type, uuid, c->msg, c->now);
-            if (rc == 0)
-                rc = policy_result(c, txn, e, rtype);
-        }
-        if (rc != 0) {
-            plist_free(e);
-            return rc;
-        }
-    }
-    if (refresh_identity(c, e))
-        dirty = true;
-    int64_t last_seen = mdm_pl_int(e, "last_seen_at", 0);
-    if (c->now - last_seen >= LAST_SEEN_GRANULARITY_MS || c->now < last_seen) {
-        mdm_pl_set_int(e, "last_seen_at", c->now);
-        dirty = true;
-    }
-    rc = policy_connect(c, txn, e);
-    if (rc == 0 && strcmp(c->type, "Idle") == 0) {
-        plist_t dev = NULL;
-        const char *did = mdm_pl_str(e, "device_id");
-        if (mdm_device_load(txn, did ? did : c->eid, &dev) != 0)
-            dev = NULL;
-        if (mdm_reconcile_due(c->pol, e, dev)) {
-            rc = reconcile(c, txn, e, mdm_pl_bool(e, "reconcile_requested", false));
-            dirty = true;
-        }
-        plist_free(dev);
-    }
-    if (rc != 0) {
-        plist_free(e);
-        return rc;
-    }
-    if (mdm_pl_bool(e, "new_enrollment", false)) {
-        mdm_pl_set_bool(e, "new_enrollment", false);
-        dirty = true;
-    }
-    char uuid[MDM_UUID_LEN + 1];
-    rc = mdm_queue_next(txn, c->eid, c->now, (int64_t)session, uuid, &c->out->body);
-    if (rc == 0) {
-        c->out->ctype = "application/xml";
-        snprintf(c->out->command_uuid, sizeof(c->out->command_uuid), "%s", uuid);
-    } else if (rc == MDM_ENOTFOUND) {
-        rc = 0;
-        c->out->command_uuid[0] = '\0';
-    }
-    if (rc == 0 && dirty)
-        rc = mdm_enrollment_save(txn, c->eid, e);
-    plist_free(e);
+    mdm_rec_t en;
+    mdm_rec_init_bin(&en, raw.data, raw.len);
+    if (!en.inplace && mdm_rec_tree(&en) == NULL)
+        rc = MDM_EPARSE;
+    else
+        rc = report_on(c, txn, &en);
+    mdm_rec_free(&en);
     return rc;
 }
 
@@ -1117,11 +1157,14 @@ struct idle_probe {
     bool fast;
     mdm_policy_view_t view;
     bool have_view;
+    /* Copies of the records the view reads after the read transaction. */
+    mdm_buf_t ebin, dbin;
+    mdm_rec_t erec;
 };
 
 /* Looks, without writing, whether an Idle changes anything: a bound,
  * enabled enrollment with an empty queue, nothing to reconcile and a
- * recent last_seen. */
+ * recent last_seen. The records are read in place (no tree). */
 static int idle_probe_fn(mdm_txn_t *txn, void *arg)
 {
     struct idle_probe *ip = arg;
@@ -1131,7 +1174,7 @@ static int idle_probe_fn(mdm_txn_t *txn, void *arg)
     if (mdm_certauth_lookup(txn, c->id->fp, bound, sizeof(bound)) != 0 ||
         strcmp(bound, c->device_id) != 0)
         return 0;
-    /* A waiting command means a write: look at the queue before parsing
+    /* A waiting command means a write: look at the queue before reading
      * any record. */
     bool empty = false;
     if (mdm_queue_empty(txn, c->eid, &empty) != 0 || !empty)
@@ -1142,24 +1185,39 @@ static int idle_probe_fn(mdm_txn_t *txn, void *arg)
     if (mdm_cert_serial(c->id->cert, serial, &sl) == 0 &&
         mdm_certdb_is_revoked(txn, serial, sl, &revoked) == 0 && revoked)
         return 0;
-    plist_t e = NULL;
-    if (mdm_enrollment_load(txn, c->eid, &e) != 0)
+    mdm_val_t raw;
+    if (mdm_txn_get(txn, MDM_T_ENROLLMENTS, MDM_VAL_STR(c->eid), &raw) != 0)
+        return 0;
+    mdm_buf_append(&ip->ebin, raw.data, raw.len);
+    mdm_rec_t *en = &ip->erec;
+    mdm_rec_init_bin(en, ip->ebin.data, ip->ebin.len);
+    if (!en->inplace && mdm_rec_tree(en) == NULL)
         return 0;
     size_t fl = 0;
-    const unsigned char *fp = mdm_pl_data(e, "cert_fp", &fl);
-    bool quiet = mdm_pl_bool(e, "enabled", false) && !mdm_pl_bool(e, "new_enrollment", false) &&
-                 !mdm_pl_bool(e, "reconcile_requested", false) && fp != NULL && fl == 32 &&
+    const unsigned char *fp = mdm_rec_data(en, "cert_fp", &fl);
+    bool quiet = mdm_rec_bool(en, "enabled", false) && !mdm_rec_bool(en, "new_enrollment", false) &&
+                 !mdm_rec_bool(en, "reconcile_requested", false) && fp != NULL && fl == 32 &&
                  memcmp(fp, c->id->fp, 32) == 0 &&
-                 c->now - mdm_pl_int(e, "last_seen_at", 0) < LAST_SEEN_GRANULARITY_MS;
-    if (!quiet || mdm__policy_view(txn, c->eid, e, &ip->view) != 0) {
-        plist_free(e);
+                 c->now - mdm_rec_int(en, "last_seen_at", 0) < LAST_SEEN_GRANULARITY_MS;
+    if (!quiet)
         return 0;
+    char buf[MDM_EID_MAX + 1];
+    const char *did = mdm_rec_str(en, "device_id", buf, sizeof(buf));
+    mdm_rec_t dev;
+    mdm_rec_init_tree(&dev, NULL);
+    bool have_dev = mdm_txn_get(txn, MDM_T_DEVICES, MDM_VAL_STR(did ? did : c->eid), &raw) == 0;
+    if (have_dev) {
+        mdm_buf_append(&ip->dbin, raw.data, raw.len);
+        mdm_rec_init_bin(&dev, ip->dbin.data, ip->dbin.len);
+        /* A record that does not parse counts as none. */
+        have_dev = dev.inplace || mdm_rec_tree(&dev) != NULL;
     }
-    ip->view.own_enrollment = true;
+    mdm__policy_view_detached(txn, c->eid, en, have_dev ? ip->dbin.data : NULL, ip->dbin.len,
+                              &ip->view);
     ip->have_view = true;
-    if (mdm_reconcile_due(c->pol, e, ip->view.device))
-        return 0;
-    ip->fast = true;
+    bool due = mdm_reconcile_due_rec(c->pol, en, have_dev ? &dev : NULL);
+    mdm_rec_free(&dev);
+    ip->fast = !due;
     return 0;
 }
 
@@ -1167,14 +1225,9 @@ static int idle_probe_fn(mdm_txn_t *txn, void *arg)
  * that the commonest request costs no commit. Returns true when answered. */
 static bool idle_fast_path(msg_ctx_t *c)
 {
-    struct idle_probe ip = {.c = c};
-    if (mdm_store_view(c->m->server->store, idle_probe_fn, &ip) != 0 || !ip.fast) {
-        if (ip.have_view)
-            mdm__policy_view_free(&ip.view);
-        return false;
-    }
-    bool fast = true;
-    if (mdm_policy_has_hook(c->pol, MDM_POLICY_HOOK_CONNECT)) {
+    struct idle_probe ip = {.c = c, .ebin = MDM_BUF_INIT, .dbin = MDM_BUF_INIT};
+    bool fast = mdm_store_view(c->m->server->store, idle_probe_fn, &ip) == 0 && ip.fast;
+    if (fast && mdm_policy_has_hook(c->pol, MDM_POLICY_HOOK_CONNECT)) {
         mdm_policy_decision_t d;
         memset(&d, 0, sizeof(d));
         bool wants_write = false;
@@ -1184,7 +1237,11 @@ static bool idle_fast_path(msg_ctx_t *c)
             fast = false;
         mdm_policy_decision_free(&d);
     }
-    mdm__policy_view_free(&ip.view);
+    if (ip.have_view)
+        mdm__policy_view_free(&ip.view);
+    mdm_rec_free(&ip.erec);
+    mdm_buf_free(&ip.ebin);
+    mdm_buf_free(&ip.dbin);
     if (fast) {
         c->out->status = 200;
         c->out->ctype = NULL;

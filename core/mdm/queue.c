@@ -100,30 +100,37 @@ int mdm_command_get(mdm_txn_t *txn, const char *uuid, mdm_command_info_t *info,
     int rc = mdm_txn_get(txn, MDM_T_COMMANDS, MDM_VAL_STR(uuid), &v);
     if (rc != 0)
         return rc;
-    plist_t d;
-    if (mdm_plist_load_stored(v.data, v.len, &d) != 0)
+    /* Read in place: the command is sent on every offer, and its record
+     * needs no tree for that. */
+    mdm_rec_t d;
+    mdm_rec_init_bin(&d, v.data, v.len);
+    if (!d.inplace && mdm_rec_tree(&d) == NULL) {
+        mdm_rec_free(&d);
         return MDM_EPARSE;
+    }
     if (info != NULL) {
         memset(info, 0, sizeof(*info));
         snprintf(info->uuid, sizeof(info->uuid), "%s", uuid);
-        const char *rt = mdm_pl_str(d, "request_type");
-        snprintf(info->request_type, sizeof(info->request_type), "%s", rt ? rt : "");
-        info->priority = (int)mdm_pl_uint(d, "priority", 0);
-        info->created_ms = mdm_pl_int(d, "created_at", 0);
-        info->expires_ms = mdm_pl_int(d, "expires_at", 0);
+        const char *rt = mdm_rec_str(&d, "request_type", info->request_type,
+                                     sizeof(info->request_type));
+        if (rt != info->request_type)
+            snprintf(info->request_type, sizeof(info->request_type), "%s", rt ? rt : "");
+        info->priority = (int)mdm_rec_uint(&d, "priority", 0);
+        info->created_ms = mdm_rec_int(&d, "created_at", 0);
+        info->expires_ms = mdm_rec_int(&d, "expires_at", 0);
         size_t hl = 0;
-        const unsigned char *h = mdm_pl_data(d, "hash", &hl);
+        const unsigned char *h = mdm_rec_data(&d, "hash", &hl);
         if (h && hl == 32)
             memcpy(info->hash, h, 32);
     }
     if (plist_out != NULL) {
         size_t pl = 0;
-        const unsigned char *p = mdm_pl_data(d, "plist", &pl);
+        const unsigned char *p = mdm_rec_data(&d, "plist", &pl);
         mdm_buf_reset(plist_out);
         if (p)
             mdm_buf_append(plist_out, p, pl);
     }
-    plist_free(d);
+    mdm_rec_free(&d);
     return 0;
 }
 

@@ -136,9 +136,19 @@ int mdm_reconcile_forget(mdm_txn_t *txn, const char *eid)
 static plist_t view_device_record(void *arg, bool load)
 {
     mdm_policy_view_t *v = arg;
+    if (!v->device_read && load && v->detached) {
+        v->device_read = true;
+        if (v->dev_bin != NULL && (mdm_plist_load_stored(v->dev_bin, v->dev_len, &v->device) != 0 ||
+                                   plist_get_node_type(v->device) != PLIST_DICT)) {
+            plist_free(v->device);
+            v->device = NULL;
+        }
+    }
     if (!v->device_read && load) {
         v->device_read = true;
-        const char *did = mdm_pl_str(v->enrollment, "device_id");
+        char buf[MDM_EID_MAX + 1];
+        const char *did = v->rec ? mdm_rec_str(v->rec, "device_id", buf, sizeof(buf))
+                                 : mdm_pl_str(v->enrollment, "device_id");
         if (mdm_device_load(v->txn, did ? did : v->dev.eid, &v->device) != 0)
             v->device = NULL;
     }
@@ -184,6 +194,33 @@ int mdm__policy_view_lazy(mdm_txn_t *txn, const char *eid, plist_t e, mdm_policy
     return policy_view(txn, eid, e, true, v);
 }
 
+void mdm__policy_view_rec(mdm_txn_t *txn, const char *eid, mdm_rec_t *rec,
+                          mdm_policy_view_t *v)
+{
+    memset(v, 0, sizeof(*v));
+    v->rec = rec;
+    v->enrollment = rec->tree;
+    v->dev.eid = eid;
+    v->txn = txn;
+    v->dev.device_record = view_device_record;
+    v->dev.record_arg = v;
+    v->installed = mdm__installed_dict(txn, eid);
+    v->dev.enrollment = rec->tree;
+    v->dev.enrollment_rec = rec;
+    v->dev.installed = v->installed;
+    v->dev.first_checkin = mdm_rec_bool(rec, "new_enrollment", false);
+}
+
+void mdm__policy_view_detached(mdm_txn_t *txn, const char *eid, mdm_rec_t *rec,
+                               const void *dev_bin, size_t dev_len, mdm_policy_view_t *v)
+{
+    mdm__policy_view_rec(txn, eid, rec, v);
+    v->txn = NULL;
+    v->detached = true;
+    v->dev_bin = dev_bin;
+    v->dev_len = dev_len;
+}
+
 void mdm__policy_view_free(mdm_policy_view_t *v)
 {
     if (v->own_enrollment)
@@ -221,16 +258,25 @@ int mdm__enqueue_commands(mdm_txn_t *txn, const char *eid, plist_t commands, int
 
 /* ---- reconciliation ------------------------------------------------------ */
 
-bool mdm_reconcile_due(mdm_policy_t *pol, plist_t e, plist_t device)
+bool mdm_reconcile_due_rec(mdm_policy_t *pol, mdm_rec_t *e, mdm_rec_t *device)
 {
-    if (mdm_pl_bool(e, "reconcile_requested", false))
+    if (mdm_rec_bool(e, "reconcile_requested", false))
         return true;
-    const char *rev = mdm_pl_str(e, "reconciled_revision");
+    char buf[160];
+    const char *rev = mdm_rec_str(e, "reconciled_revision", buf, sizeof(buf));
     const char *cur = pol ? mdm_policy_revision(pol) : NULL;
     if (cur != NULL && (rev == NULL || strcmp(rev, cur) != 0))
         return true;
-    int64_t at = mdm_pl_int(e, "reconciled_at", 0);
-    return device != NULL && mdm_pl_int(device, "facts_at", 0) > at;
+    int64_t at = mdm_rec_int(e, "reconciled_at", 0);
+    return device != NULL && mdm_rec_int(device, "facts_at", 0) > at;
+}
+
+bool mdm_reconcile_due(mdm_policy_t *pol, plist_t e, plist_t device)
+{
+    mdm_rec_t er, dr;
+    mdm_rec_init_tree(&er, e);
+    mdm_rec_init_tree(&dr, device);
+    return mdm_reconcile_due_rec(pol, &er, device != NULL ? &dr : NULL);
 }
 
 static bool strlist_has(const mdm_strlist_t *l, const char *s)

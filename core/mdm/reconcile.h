@@ -36,10 +36,23 @@ typedef struct mdm_policy_view {
     bool own_enrollment;
     mdm_txn_t *txn;      /* lazy: where the device record is read from */
     bool device_read;    /* lazy: the record was read (device may be NULL) */
+    mdm_rec_t *rec;      /* _rec: the enrollment record read in place */
+    bool detached;       /* _detached: the device record comes from dev_bin */
+    const void *dev_bin; /* its stored bytes (NULL: none) */
+    size_t dev_len;
 } mdm_policy_view_t;
 
 int mdm__policy_view(mdm_txn_t *txn, const char *eid, plist_t e, mdm_policy_view_t *v);
 int mdm__policy_view_lazy(mdm_txn_t *txn, const char *eid, plist_t e, mdm_policy_view_t *v);
+/* A lazy view over the enrollment record rec (its tree if it has one, else
+ * its bytes read in place); rec must outlive the view. */
+void mdm__policy_view_rec(mdm_txn_t *txn, const char *eid, mdm_rec_t *rec,
+                          mdm_policy_view_t *v);
+/* The same, for use after txn ends: the device record is parsed, on first
+ * use, from dev_bin (its stored bytes, NULL when there is none); rec and
+ * dev_bin must outlive the view. */
+void mdm__policy_view_detached(mdm_txn_t *txn, const char *eid, mdm_rec_t *rec,
+                               const void *dev_bin, size_t dev_len, mdm_policy_view_t *v);
 void mdm__policy_view_free(mdm_policy_view_t *v);
 
 /* Reconciles eid in txn. e is the enrollment record (its
@@ -51,6 +64,8 @@ int mdm_reconcile(mdm_server_t *s, mdm_policy_t *pol, mdm_txn_t *txn, const char
 /* True when eid should be reconciled at its next Idle: a new policy
  * revision, new facts, or a request for it. */
 bool mdm_reconcile_due(mdm_policy_t *pol, plist_t e, plist_t device);
+/* The same over records read in place (device may be NULL). */
+bool mdm_reconcile_due_rec(mdm_policy_t *pol, mdm_rec_t *e, mdm_rec_t *device);
 
 /* Keeps the installed table current from a finished command: InstallProfile
  * and RemoveProfile results, and ProfileList answers. */

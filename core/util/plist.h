@@ -46,6 +46,62 @@ void mdm_pl_set_bool(plist_t dict, const char *key, bool v);
 void mdm_pl_set_uint(plist_t dict, const char *key, uint64_t v);
 void mdm_pl_remove(plist_t dict, const char *key);
 
+/* Single values of a stored binary plist dictionary, read in place without
+ * a tree (core/util/bplist_read.c). mdm_bpl_open checks the trailer and that
+ * the top object is a dictionary (MDM_EPARSE otherwise: parse the record
+ * instead). mdm_bpl_get finds key among its keys: MDM_ENOTFOUND when absent;
+ * 0 with v->type MDM_BPL_OTHER for a value of another kind (a real, date,
+ * array, dictionary, UTF-16 string, 16-byte integer, or a string holding a
+ * NUL). Pointers in v point into the buffer. Integers are raw: 1, 2 and
+ * 4-byte ones unsigned, 8-byte ones as stored (libplist's PLIST_UINT). */
+typedef struct mdm_bpl {
+    const unsigned char *b;
+    size_t otoff;      /* the offset table */
+    unsigned osz, rsz; /* offset and reference sizes */
+    uint64_t nobj;
+    size_t refs;       /* the top dictionary's key references */
+    uint64_t nkeys;
+} mdm_bpl_t;
+
+enum { MDM_BPL_OTHER = 1, MDM_BPL_BOOL, MDM_BPL_UINT, MDM_BPL_DATA, MDM_BPL_ASCII };
+
+typedef struct mdm_bpl_val {
+    int type;
+    bool b;
+    uint64_t u;
+    const unsigned char *p; /* data bytes, string characters (not NUL-terminated) */
+    size_t len;
+} mdm_bpl_val_t;
+
+int mdm_bpl_open(mdm_bpl_t *bp, const void *data, size_t len);
+int mdm_bpl_get(const mdm_bpl_t *bp, const char *key, mdm_bpl_val_t *v);
+
+/* A stored dictionary record that is read in place until something needs
+ * its tree. The getters answer exactly as mdm_pl_* on the parsed record
+ * would: in place when the value is of a plain kind, from the tree (parsed
+ * once, on first need) otherwise. mdm_rec_tree() returns the tree to change
+ * (NULL when the bytes do not parse as a dictionary); from then on the
+ * getters read the tree. */
+typedef struct mdm_rec {
+    const void *bin;
+    size_t len;
+    mdm_bpl_t bp;
+    bool inplace;   /* bp is open */
+    plist_t tree;   /* NULL until needed */
+    bool own_tree;  /* freed by mdm_rec_free */
+    bool failed;    /* the bytes did not parse */
+} mdm_rec_t;
+
+void mdm_rec_init_bin(mdm_rec_t *r, const void *bin, size_t len); /* bytes outlive r */
+void mdm_rec_init_tree(mdm_rec_t *r, plist_t tree);                /* borrowed */
+plist_t mdm_rec_tree(mdm_rec_t *r);
+const char *mdm_rec_str(mdm_rec_t *r, const char *key, char *buf, size_t cap);
+const unsigned char *mdm_rec_data(mdm_rec_t *r, const char *key, size_t *len);
+bool mdm_rec_bool(mdm_rec_t *r, const char *key, bool def);
+uint64_t mdm_rec_uint(mdm_rec_t *r, const char *key, uint64_t def);
+int64_t mdm_rec_int(mdm_rec_t *r, const char *key, int64_t def);
+void mdm_rec_free(mdm_rec_t *r);
+
 /* Serialises to a binary plist (for store values and replies) into out
  * (core/util/bplist.c: no object sharing, two flat passes). */
 void mdm_plist_to_bin_buf(plist_t p, mdm_buf_t *out);

@@ -10,7 +10,10 @@
  *    limits;
  *  - as a stored result record (binary layout or an older plist), the
  *    input decodes or is refused, and what decodes encodes to bytes that
- *    decode to the same record. */
+ *    decode to the same record;
+ *  - as a stored record read in place (mdm_rec_*, on the input and on the
+ *    server's binary form of it): every getter, for every top-level key,
+ *    answers as the same getter on the parsed record. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,9 +61,58 @@ static void result_record(const uint8_t *data, size_t size)
     mdm_buf_free(&enc);
 }
 
+/* The in-place reader of stored records against the parse of the same
+ * bytes (when they parse as a dictionary; otherwise it must only stay in
+ * bounds). */
+static void in_place(const void *data, size_t size)
+{
+    mdm_bpl_t bp;
+    mdm_bpl_val_t v;
+    if (mdm_bpl_open(&bp, data, size) == 0)
+        (void)mdm_bpl_get(&bp, "k", &v);
+    plist_t tree = NULL;
+    if (mdm_plist_load_stored(data, size, &tree) != 0 || plist_get_node_type(tree) != PLIST_DICT) {
+        plist_free(tree);
+        return;
+    }
+    plist_dict_iter it = NULL;
+    plist_dict_new_iter(tree, &it);
+    for (int n = 0; n < 64; n++) {
+        char *k = NULL;
+        plist_t val = NULL;
+        plist_dict_next_item(tree, it, &k, &val);
+        if (k == NULL)
+            break;
+        char buf[32];
+        mdm_rec_t r;
+        mdm_rec_init_bin(&r, data, size);
+        const char *a = mdm_pl_str(tree, k), *b = mdm_rec_str(&r, k, buf, sizeof(buf));
+        if ((a == NULL) != (b == NULL) || (a != NULL && strcmp(a, b) != 0))
+            fail("a string read in place differs from the parse", NULL);
+        mdm_rec_free(&r);
+        mdm_rec_init_bin(&r, data, size);
+        size_t al = 0, bl = 0;
+        const unsigned char *ad = mdm_pl_data(tree, k, &al), *bd = mdm_rec_data(&r, k, &bl);
+        if ((ad == NULL) != (bd == NULL) || al != bl || (al > 0 && memcmp(ad, bd, al) != 0))
+            fail("data read in place differs from the parse", NULL);
+        mdm_rec_free(&r);
+        mdm_rec_init_bin(&r, data, size);
+        if (mdm_rec_bool(&r, k, true) != mdm_pl_bool(tree, k, true) ||
+            mdm_rec_bool(&r, k, false) != mdm_pl_bool(tree, k, false) ||
+            mdm_rec_uint(&r, k, 3) != mdm_pl_uint(tree, k, 3) ||
+            mdm_rec_int(&r, k, -3) != mdm_pl_int(tree, k, -3))
+            fail("a scalar read in place differs from the parse", NULL);
+        mdm_rec_free(&r);
+        free(k);
+    }
+    free(it);
+    plist_free(tree);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     result_record(data, size);
+    in_place(data, size);
     plist_t p = NULL, back = NULL, again = NULL;
     json_t *j = NULL, *jc = NULL, *j2 = NULL;
     mdm_buf_t bin = MDM_BUF_INIT;
@@ -92,6 +144,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     mdm_plist_to_bin_buf(p, &bin);
     if (bin.len > 0 && mdm_plist_parse(bin.data, bin.len, 0, &again, &err) != 0)
         fail("the binary form of a parsed plist does not parse again", &err);
+    in_place(bin.data, bin.len);
 
     plist_free(again);
     plist_free(back);

@@ -230,3 +230,53 @@ def test_reload_under_load_drops_no_request(tmpdir_path, datadir):
         assert r["reloads"] >= 100 and r["last_error"] is None
     finally:
         assert srv.stop() == 0
+
+
+# connect() reads the device's facts and its enrollment. On an Idle that
+# changes nothing, the server answers from a read-only view and runs the
+# hook as a probe over the records read in place (no tree): a decision
+# there must still see the same values as on the write path.
+FACTS_POLICY = r'''
+return {
+  connect = function(device, report)
+    if report.Status == "Idle" and device.serial == "C0FACT5" and device.type == "device"
+       and device.udid == device.id and device.last_seen > 0 then
+      return { commands = { mdm.command.SecurityInfo{} } }
+    end
+  end,
+}
+'''
+
+
+def test_connect_on_the_read_only_idle_path_sees_the_records(datadir, tmpdir_path):
+    pdir = os.path.join(tmpdir_path, "factspolicy")
+    os.makedirs(pdir)
+    with open(os.path.join(pdir, "init.lua"), "w") as f:
+        f.write(FACTS_POLICY)
+    datadir.write_config('  policy = { dir = "%s" },' % pdir)
+    srv = Server(datadir)
+    try:
+        chosen, other = Device(srv, serial="C0FACT5"), Device(srv, serial="C0OTHER")
+        for d in (chosen, other):
+            d.enroll()
+            # The first session runs on the write path (a new enrollment).
+            d.run()
+
+        def fast():
+            r = requests.get(srv.url + "/metrics", verify=srv.datadir.ca_crt, timeout=10)
+            m = re.search(r"^moonmdm_mdm_idle_without_write_total (\S+)$", r.text, re.M)
+            assert m, r.text[:2000]
+            return float(m.group(1))
+
+        # Later sessions: the other device's Idle is answered without a
+        # write; the chosen one's probe sees its serial (device record),
+        # type, udid and last_seen (enrollment record) and asks for a
+        # command each time.
+        for _ in range(3):
+            before = fast()
+            assert other.run() == []
+            assert fast() == before + 1
+            got = chosen.run()
+            assert [c["Command"]["RequestType"] for c in got] == ["SecurityInfo"], got
+    finally:
+        srv.stop()

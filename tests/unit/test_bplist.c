@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "util/buf.h"
+#include "util/err.h"
 #include "util/plist.h"
 #include "util/plistjson.h"
 
@@ -64,17 +65,20 @@ static size_t roundtrip(plist_t p)
     return n;
 }
 
+/* Integers at every width the writers choose, and negative ones. */
+static const uint64_t edge_ints[] = {0, 1, 0xff, 0x100, 0xffff, 0x10000, 0xffffffffu,
+                                     0x100000000ull, (uint64_t)INT64_MAX, (uint64_t)-1,
+                                     (uint64_t)-1000};
+
 static void test_scalars(void **state)
 {
     (void)state;
     plist_t d = plist_new_dict();
     plist_dict_set_item(d, "true", plist_new_bool(1));
     plist_dict_set_item(d, "false", plist_new_bool(0));
-    const uint64_t ints[] = {0, 1, 0xff, 0x100, 0xffff, 0x10000, 0xffffffffu, 0x100000000ull,
-                             (uint64_t)INT64_MAX, (uint64_t)-1, (uint64_t)-1000};
     plist_t a = plist_new_array();
-    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++)
-        plist_array_append_item(a, plist_new_uint(ints[i]));
+    for (size_t i = 0; i < sizeof(edge_ints) / sizeof(edge_ints[0]); i++)
+        plist_array_append_item(a, plist_new_uint(edge_ints[i]));
     plist_dict_set_item(d, "ints", a);
     plist_dict_set_item(d, "real", plist_new_real(-2.5e-3));
     plist_dict_set_item(d, "date", plist_new_date(757382400, 0));
@@ -235,6 +239,222 @@ static void test_random_trees(void **state)
     }
 }
 
+
+/* ---- values read in place (mdm_bpl, mdm_rec) ------------------------------------ */
+
+/* Asserts that every getter of a record read in place answers as the same
+ * getter on the parsed tree would, for every key of the top dictionary and
+ * two absent ones; and that the plain kinds are answered without parsing. */
+static void check_in_place(const void *bin, size_t len)
+{
+    plist_t tree = NULL;
+    if (mdm_plist_load_stored(bin, len, &tree) != 0 || plist_get_node_type(tree) != PLIST_DICT) {
+        plist_free(tree);
+        return;
+    }
+    mdm_bpl_t bp;
+    assert_int_equal(mdm_bpl_open(&bp, bin, len), 0);
+    char **keys = NULL;
+    size_t nkeys = 0;
+    plist_dict_iter it = NULL;
+    plist_dict_new_iter(tree, &it);
+    for (;;) {
+        char *k = NULL;
+        plist_t v = NULL;
+        plist_dict_next_item(tree, it, &k, &v);
+        if (k == NULL)
+            break;
+        keys = realloc(keys, (nkeys + 2) * sizeof(*keys));
+        keys[nkeys++] = k;
+    }
+    free(it);
+    keys = realloc(keys, (nkeys + 2) * sizeof(*keys));
+    keys[nkeys++] = strdup("absent");
+    keys[nkeys++] = strdup("");
+    for (size_t i = 0; i < nkeys; i++) {
+        const char *k = keys[i];
+        plist_t node = plist_dict_get_item(tree, k);
+        plist_type t = node ? plist_get_node_type(node) : PLIST_NONE;
+        bool ascii_key = true;
+        for (const char *c = k; *c; c++)
+            ascii_key = ascii_key && (unsigned char)*c < 0x80;
+        mdm_rec_t r;
+        char buf[64];
+
+        mdm_rec_init_bin(&r, bin, len);
+        const char *want = mdm_pl_str(tree, k), *have = mdm_rec_str(&r, k, buf, sizeof(buf));
+        if ((want == NULL) != (have == NULL) || (want && strcmp(want, have) != 0))
+            fail_msg("string %s: want %s, have %s", k, want ? want : "(none)",
+                     have ? have : "(none)");
+        mdm_rec_free(&r);
+
+        mdm_rec_init_bin(&r, bin, len);
+        size_t wl = 0, hl = 0;
+        const unsigned char *wd = mdm_pl_data(tree, k, &wl), *hd = mdm_rec_data(&r, k, &hl);
+        assert_true((wd == NULL) == (hd == NULL));
+        assert_int_equal(wl, hl);
+        if (wl > 0)
+            assert_memory_equal(wd, hd, wl);
+        /* Data is answered in place. */
+        if (ascii_key && (t == PLIST_DATA || t == PLIST_NONE))
+            assert_null(r.tree);
+        mdm_rec_free(&r);
+
+        mdm_rec_init_bin(&r, bin, len);
+        assert_int_equal(mdm_rec_bool(&r, k, true), mdm_pl_bool(tree, k, true));
+        assert_int_equal(mdm_rec_bool(&r, k, false), mdm_pl_bool(tree, k, false));
+        if (ascii_key && t == PLIST_BOOLEAN)
+            assert_null(r.tree);
+        mdm_rec_free(&r);
+
+        mdm_rec_init_bin(&r, bin, len);
+        assert_true(mdm_rec_uint(&r, k, 77) == mdm_pl_uint(tree, k, 77));
+        assert_true(mdm_rec_int(&r, k, -5) == mdm_pl_int(tree, k, -5));
+        mdm_rec_free(&r);
+        free(keys[i]);
+    }
+    free(keys);
+    plist_free(tree);
+}
+
+/* Records of every kind of top-level value, written by the server's writer
+ * and by libplist's (which shares objects and sizes integers its own way);
+ * read in place and compared with the parse. */
+static void test_read_in_place(void **state)
+{
+    (void)state;
+    plist_t d = plist_new_dict();
+    plist_dict_set_item(d, "enabled", plist_new_bool(1));
+    plist_dict_set_item(d, "off", plist_new_bool(0));
+    for (size_t i = 0; i < sizeof(edge_ints) / sizeof(edge_ints[0]); i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "int%zu", i);
+        plist_dict_set_item(d, k, plist_new_uint(edge_ints[i]));
+    }
+    plist_dict_set_item(d, "real", plist_new_real(-2.5e-3));
+    plist_dict_set_item(d, "date", plist_new_date(757382400, 0));
+    plist_dict_set_item(d, "empty", plist_new_string(""));
+    plist_dict_set_item(d, "device_id", plist_new_string("00008030-000A1B2C3D4E5F60"));
+    plist_dict_set_item(d, "long", plist_new_string("a string longer than the sixty-four bytes "
+                                                    "of the test's buffer, so read from the tree"));
+    plist_dict_set_item(d, "user", plist_new_string("J\xc3\xbcrgen"));
+    plist_dict_set_item(d, "\xc3\xa9t\xc3\xa9", plist_new_string("summer"));
+    plist_dict_set_item(d, "cert_fp", plist_new_data("\x00\x01\x02\xff", 4));
+    plist_dict_set_item(d, "nothing", plist_new_data("", 0));
+    plist_dict_set_item(d, "list", plist_new_array());
+    plist_dict_set_item(d, "dict", plist_new_dict());
+    plist_dict_set_item(d, "uid", plist_new_uid(7));
+
+    mdm_buf_t b = MDM_BUF_INIT;
+    mdm_plist_to_bin_buf(d, &b);
+    check_in_place(b.data, b.len);
+
+    /* The plain kinds really are read in place. */
+    mdm_rec_t r;
+    char buf[64];
+    mdm_rec_init_bin(&r, b.data, b.len);
+    assert_true(r.inplace);
+    assert_true(mdm_rec_bool(&r, "enabled", false));
+    assert_true(mdm_rec_uint(&r, "int8", 0) == (uint64_t)INT64_MAX);
+    assert_true(mdm_rec_int(&r, "int10", 0) == -1000);
+    assert_string_equal(mdm_rec_str(&r, "device_id", buf, sizeof(buf)), "00008030-000A1B2C3D4E5F60");
+    assert_null(mdm_rec_str(&r, "enabled", buf, sizeof(buf)));
+    assert_null(r.tree);
+    /* A UTF-16 string needs the tree; from then on the tree answers. */
+    assert_string_equal(mdm_rec_str(&r, "user", buf, sizeof(buf)), "J\xc3\xbcrgen");
+    assert_non_null(r.tree);
+    plist_dict_set_item(r.tree, "enabled", plist_new_bool(0));
+    assert_false(mdm_rec_bool(&r, "enabled", true));
+    mdm_rec_free(&r);
+
+    char *lib = NULL;
+    uint32_t llen = 0;
+    plist_to_bin(d, &lib, &llen);
+    assert_non_null(lib);
+    check_in_place(lib, llen);
+    free(lib);
+
+    /* Not a binary dictionary: nothing in place, the parse decides. */
+    mdm_bpl_t bp;
+    plist_t s = plist_new_string("only");
+    mdm_buf_reset(&b);
+    mdm_plist_to_bin_buf(s, &b);
+    assert_int_equal(mdm_bpl_open(&bp, b.data, b.len), MDM_EPARSE);
+    mdm_rec_init_bin(&r, b.data, b.len);
+    assert_false(r.inplace);
+    assert_true(mdm_rec_bool(&r, "x", true));
+    assert_true(r.failed);
+    mdm_rec_free(&r);
+    plist_free(s);
+    const char xml[] = "<plist><dict><key>a</key><true/></dict></plist>";
+    assert_int_equal(mdm_bpl_open(&bp, xml, sizeof(xml) - 1), MDM_EPARSE);
+    mdm_rec_init_bin(&r, xml, sizeof(xml) - 1);
+    assert_true(mdm_rec_bool(&r, "a", false));
+    mdm_rec_free(&r);
+    mdm_buf_free(&b);
+    plist_free(d);
+}
+
+/* Every truncation and every single-byte change of a record: the in-place
+ * reader stays inside the buffer (ASan checks), and whenever the damaged
+ * bytes still parse, it agrees with the parse. */
+static void test_read_in_place_damaged(void **state)
+{
+    (void)state;
+    plist_t d = plist_new_dict();
+    plist_dict_set_item(d, "enabled", plist_new_bool(1));
+    plist_dict_set_item(d, "session", plist_new_uint(300));
+    plist_dict_set_item(d, "last_seen_at", plist_new_uint(1796581621510ull));
+    plist_dict_set_item(d, "cert_fp", plist_new_data("0123456789abcdef0123456789abcdef", 32));
+    plist_dict_set_item(d, "device_id", plist_new_string("00008030-BE00000000000000"));
+    mdm_buf_t b = MDM_BUF_INIT;
+    mdm_plist_to_bin_buf(d, &b);
+    unsigned char *copy = malloc(b.len);
+    for (size_t n = 0; n <= b.len; n++) {
+        memcpy(copy, b.data, n);
+        mdm_bpl_t bp;
+        mdm_bpl_val_t v;
+        if (mdm_bpl_open(&bp, copy, n) == 0)
+            (void)mdm_bpl_get(&bp, "session", &v);
+        check_in_place(copy, n);
+    }
+    for (size_t i = 0; i < b.len; i++) {
+        for (unsigned x = 1; x < 256; x <<= 1) {
+            memcpy(copy, b.data, b.len);
+            copy[i] ^= (unsigned char)x;
+            check_in_place(copy, b.len);
+        }
+    }
+    free(copy);
+    mdm_buf_free(&b);
+    plist_free(d);
+}
+
+/* Random top-level dictionaries, by both writers. */
+static void test_read_in_place_random(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 300; i++) {
+        plist_t t = plist_new_dict();
+        size_t n = next() % 24;
+        for (size_t j = 0; j < n; j++) {
+            char key[24];
+            snprintf(key, sizeof(key), "%s%u", next() % 4 ? "k" : "\xc3\xa9", (unsigned)(next() % 40));
+            plist_dict_set_item(t, key, random_tree(4));
+        }
+        mdm_buf_t b = MDM_BUF_INIT;
+        mdm_plist_to_bin_buf(t, &b);
+        check_in_place(b.data, b.len);
+        mdm_buf_free(&b);
+        char *lib = NULL;
+        uint32_t llen = 0;
+        plist_to_bin(t, &lib, &llen);
+        check_in_place(lib, llen);
+        free(lib);
+        plist_free(t);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -242,6 +462,9 @@ int main(void)
         cmocka_unit_test(test_counts_and_widths),
         cmocka_unit_test(test_strings),
         cmocka_unit_test(test_random_trees),
+        cmocka_unit_test(test_read_in_place),
+        cmocka_unit_test(test_read_in_place_damaged),
+        cmocka_unit_test(test_read_in_place_random),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

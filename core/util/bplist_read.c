@@ -1,0 +1,270 @@
+/* Reads single values of a stored binary property list dictionary without
+ * building a libplist tree (util/plist.h, mdm_bpl_*).
+ *
+ * The hot request paths read a handful of scalars (flags, counters, times,
+ * a fingerprint) from records of twenty or more keys; parsing the whole
+ * record costs two or three allocations per key. These functions look a
+ * key up in the top-level dictionary's references and decode the one value
+ * in place. Every offset and count is checked against the buffer, so any
+ * input is safe (fuzz_plist runs them on every input and compares them with
+ * libplist's parse). They answer only for the plain kinds; anything else is
+ * MDM_BPL_OTHER, and callers then parse the record as before. */
+#include <string.h>
+
+#include "util/err.h"
+#include "util/plist.h"
+
+static uint64_t be_get(const unsigned char *p, unsigned n)
+{
+    uint64_t v = 0;
+    for (unsigned i = 0; i < n; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* Where object obj starts: its marker byte, where its payload starts and
+ * the count in the marker (or in the integer that follows it). */
+static int bpl_object(const mdm_bpl_t *bp, uint64_t obj, unsigned *marker, size_t *payload,
+                      uint64_t *count)
+{
+    if (obj >= bp->nobj)
+        return MDM_EPARSE;
+    uint64_t off = be_get(bp->b + bp->otoff + obj * bp->osz, bp->osz);
+    if (off < 8 || off >= bp->otoff)
+        return MDM_EPARSE;
+    unsigned m = bp->b[off];
+    size_t p = (size_t)off + 1;
+    uint64_t c = m & 0xF;
+    unsigned kind = m >> 4;
+    bool counted = kind == 0x4 || kind == 0x5 || kind == 0x6 || kind == 0xA || kind == 0xD;
+    if (counted && c == 0xF) {
+        if (p >= bp->otoff || (bp->b[p] >> 4) != 0x1 || (bp->b[p] & 0xF) > 3)
+            return MDM_EPARSE;
+        unsigned isz = 1u << (bp->b[p] & 0xF);
+        if (isz > bp->otoff - p - 1)
+            return MDM_EPARSE;
+        c = be_get(bp->b + p + 1, isz);
+        p += 1 + isz;
+    }
+    *marker = m;
+    *payload = p;
+    *count = c;
+    return 0;
+}
+
+int mdm_bpl_open(mdm_bpl_t *bp, const void *data, size_t len)
+{
+    memset(bp, 0, sizeof(*bp));
+    const unsigned char *b = data;
+    if (b == NULL || len < 8 + 32 || memcmp(b, "bplist00", 8) != 0)
+        return MDM_EPARSE;
+    const unsigned char *t = b + len - 32;
+    unsigned osz = t[6], rsz = t[7];
+    uint64_t nobj = be_get(t + 8, 8), top = be_get(t + 16, 8), otoff = be_get(t + 24, 8);
+    size_t n = len - 32;
+    if (osz < 1 || osz > 8 || rsz < 1 || rsz > 8 || nobj == 0 || top >= nobj || otoff < 9 ||
+        otoff > n || nobj > (n - otoff) / osz)
+        return MDM_EPARSE;
+    bp->b = b;
+    bp->otoff = (size_t)otoff;
+    bp->osz = osz;
+    bp->rsz = rsz;
+    bp->nobj = nobj;
+    size_t p;
+    uint64_t count;
+    unsigned marker;
+    if (bpl_object(bp, top, &marker, &p, &count) != 0 || (marker >> 4) != 0xD ||
+        count > (bp->otoff - p) / (2 * (uint64_t)rsz)) {
+        memset(bp, 0, sizeof(*bp));
+        return MDM_EPARSE;
+    }
+    bp->refs = p;
+    bp->nkeys = count;
+    return 0;
+}
+
+/* Whether the string object obj spells key (ASCII or UTF-16BE). */
+static bool key_is(const mdm_bpl_t *bp, uint64_t obj, const char *key, size_t klen)
+{
+    unsigned m;
+    size_t p;
+    uint64_t count;
+    if (bpl_object(bp, obj, &m, &p, &count) != 0 || count != klen)
+        return false;
+    size_t avail = bp->otoff - p;
+    if (m >> 4 == 0x5)
+        return klen <= avail && memcmp(bp->b + p, key, klen) == 0;
+    if (m >> 4 != 0x6 || klen > avail / 2)
+        return false;
+    for (size_t i = 0; i < klen; i++)
+        if (bp->b[p + 2 * i] != 0 || bp->b[p + 2 * i + 1] != (unsigned char)key[i])
+            return false;
+    return true;
+}
+
+int mdm_bpl_get(const mdm_bpl_t *bp, const char *key, mdm_bpl_val_t *v)
+{
+    memset(v, 0, sizeof(*v));
+    if (bp->b == NULL)
+        return MDM_EPARSE;
+    /* Keys are compared as ASCII; a UTF-16 key spelling another one is left
+     * to the full parser. */
+    size_t klen = 0;
+    for (; key[klen] != '\0'; klen++)
+        if ((unsigned char)key[klen] >= 0x80)
+            return MDM_EPARSE;
+    for (uint64_t i = 0; i < bp->nkeys; i++) {
+        uint64_t kref = be_get(bp->b + bp->refs + i * bp->rsz, bp->rsz);
+        if (!key_is(bp, kref, key, klen))
+            continue;
+        uint64_t vref = be_get(bp->b + bp->refs + (bp->nkeys + i) * bp->rsz, bp->rsz);
+        unsigned m;
+        size_t p;
+        uint64_t count;
+        if (bpl_object(bp, vref, &m, &p, &count) != 0)
+            return MDM_EPARSE;
+        size_t avail = bp->otoff - p;
+        v->type = MDM_BPL_OTHER;
+        switch (m >> 4) {
+        case 0x0:
+            if (m == 0x08 || m == 0x09) {
+                v->type = MDM_BPL_BOOL;
+                v->b = m == 0x09;
+            }
+            break;
+        case 0x1: {
+            unsigned size = 1u << (m & 0xF);
+            if ((m & 0xF) <= 3 && size <= avail) {
+                v->type = MDM_BPL_UINT;
+                v->u = be_get(bp->b + p, size);
+            }
+            break;
+        }
+        case 0x4:
+            if (count <= avail) {
+                v->type = MDM_BPL_DATA;
+                v->p = bp->b + p;
+                v->len = (size_t)count;
+            }
+            break;
+        case 0x5:
+            /* A NUL inside is refused by the full parser: leave it to it. */
+            if (count <= avail && memchr(bp->b + p, 0, (size_t)count) == NULL) {
+                v->type = MDM_BPL_ASCII;
+                v->p = bp->b + p;
+                v->len = (size_t)count;
+            }
+            break;
+        default:
+            break;
+        }
+        return 0;
+    }
+    return MDM_ENOTFOUND;
+}
+
+/* ---- records read in place ---------------------------------------------- */
+
+void mdm_rec_init_bin(mdm_rec_t *r, const void *bin, size_t len)
+{
+    memset(r, 0, sizeof(*r));
+    r->bin = bin;
+    r->len = len;
+    r->inplace = mdm_bpl_open(&r->bp, bin, len) == 0;
+}
+
+void mdm_rec_init_tree(mdm_rec_t *r, plist_t tree)
+{
+    memset(r, 0, sizeof(*r));
+    r->tree = tree;
+}
+
+plist_t mdm_rec_tree(mdm_rec_t *r)
+{
+    if (r->tree != NULL || r->failed || r->bin == NULL)
+        return r->tree;
+    plist_t p = NULL;
+    if (mdm_plist_load_stored(r->bin, r->len, &p) != 0 || plist_get_node_type(p) != PLIST_DICT) {
+        plist_free(p);
+        r->failed = true;
+        return NULL;
+    }
+    r->tree = p;
+    r->own_tree = true;
+    return p;
+}
+
+void mdm_rec_free(mdm_rec_t *r)
+{
+    if (r->own_tree)
+        plist_free(r->tree);
+    memset(r, 0, sizeof(*r));
+}
+
+/* The value of key read in place: 1 when v answers (v->type is want), 0
+ * when the key is absent or of another plain kind (the getter's default),
+ * -1 when only the tree can tell. */
+static int in_place(mdm_rec_t *r, const char *key, int want, mdm_bpl_val_t *v)
+{
+    if (r->tree != NULL || !r->inplace)
+        return -1;
+    int rc = mdm_bpl_get(&r->bp, key, v);
+    if (rc == MDM_ENOTFOUND)
+        return 0;
+    if (rc != 0 || v->type == MDM_BPL_OTHER)
+        return -1;
+    return v->type == want ? 1 : 0;
+}
+
+const char *mdm_rec_str(mdm_rec_t *r, const char *key, char *buf, size_t cap)
+{
+    mdm_bpl_val_t v;
+    int k = in_place(r, key, MDM_BPL_ASCII, &v);
+    if (k == 0)
+        return NULL;
+    if (k == 1 && v.len < cap) {
+        memcpy(buf, v.p, v.len);
+        buf[v.len] = '\0';
+        return buf;
+    }
+    return mdm_pl_str(mdm_rec_tree(r), key);
+}
+
+const unsigned char *mdm_rec_data(mdm_rec_t *r, const char *key, size_t *len)
+{
+    mdm_bpl_val_t v;
+    int k = in_place(r, key, MDM_BPL_DATA, &v);
+    if (k >= 0) {
+        if (len)
+            *len = k == 1 ? v.len : 0;
+        return k == 1 ? v.p : NULL;
+    }
+    return mdm_pl_data(mdm_rec_tree(r), key, len);
+}
+
+bool mdm_rec_bool(mdm_rec_t *r, const char *key, bool def)
+{
+    mdm_bpl_val_t v;
+    int k = in_place(r, key, MDM_BPL_BOOL, &v);
+    if (k >= 0)
+        return k == 1 ? v.b : def;
+    return mdm_pl_bool(mdm_rec_tree(r), key, def);
+}
+
+uint64_t mdm_rec_uint(mdm_rec_t *r, const char *key, uint64_t def)
+{
+    mdm_bpl_val_t v;
+    int k = in_place(r, key, MDM_BPL_UINT, &v);
+    if (k >= 0)
+        return k == 1 ? v.u : def;
+    return mdm_pl_uint(mdm_rec_tree(r), key, def);
+}
+
+int64_t mdm_rec_int(mdm_rec_t *r, const char *key, int64_t def)
+{
+    mdm_bpl_val_t v;
+    int k = in_place(r, key, MDM_BPL_UINT, &v);
+    if (k >= 0)
+        return k == 1 ? (int64_t)v.u : def;
+    return mdm_pl_int(mdm_rec_tree(r), key, def);
+}
