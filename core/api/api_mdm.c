@@ -554,9 +554,11 @@ static bool run_enqueue(mdm_req_t *req, struct enq_ctx *e)
         mdm_resp_json_error(req, 409, "conflict", "a command with this CommandUUID exists");
         return false;
     }
-    /* Durable before anyone is told, and before devices are woken to
-     * fetch it (the answer may come later, after the pushes). */
-    if (rc == 0)
+    /* Durable before devices are woken to fetch it: pushes go out before
+     * the answer, so commit the batch now. Without pushes the enqueue joins
+     * the loop's batch: its answer is held until that batch is committed
+     * (and becomes a 503 if the commit fails), like every other write. */
+    if (rc == 0 && !e->r.nopush && req->server->apns != NULL)
         rc = mdm_server_commit(req->server);
     if (rc != 0) {
         mdm_api_store_error(req, rc);
