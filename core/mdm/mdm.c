@@ -919,12 +919,11 @@ static int policy_result(msg_ctx_t *c, mdm_txn_t *txn, mdm_rec_t *en, const char
         return 0;
     mdm_policy_view_t v;
     mdm__policy_view_rec(txn, c->eid, en, &v);
-    int rc;
     plist_t result = plist_copy(c->msg);
     mdm_pl_set_str(result, "RequestType", request_type);
     mdm_policy_decision_t d;
     memset(&d, 0, sizeof(d));
-    rc = mdm_policy_result(c->pol, txn, reqid_of(c), &v.dev, result, &d);
+    int rc = mdm_policy_result(c->pol, txn, reqid_of(c), &v.dev, result, &d);
     plist_free(result);
     if (rc == 0) {
         size_t n = 0;
@@ -975,10 +974,9 @@ static int policy_connect(msg_ctx_t *c, mdm_txn_t *txn, mdm_rec_t *en)
         return 0;
     mdm_policy_view_t v;
     mdm__policy_view_rec(txn, c->eid, en, &v);
-    int rc;
     mdm_policy_decision_t d;
     memset(&d, 0, sizeof(d));
-    rc = mdm_policy_connect(c->pol, txn, reqid_of(c), &v.dev, c->msg, &d);
+    int rc = mdm_policy_connect(c->pol, txn, reqid_of(c), &v.dev, c->msg, &d);
     if (rc == 0) {
         size_t n = 0;
         rc = mdm__enqueue_commands(txn, c->eid, d.commands, c->now, &n);
@@ -1002,23 +1000,33 @@ static plist_t edit(mdm_rec_t *en, bool *dirty)
     return e;
 }
 
-/* Whether eid is due for reconciliation at this Idle; its device record is
- * read in place too. */
-static bool reconcile_due(msg_ctx_t *c, mdm_txn_t *txn, mdm_rec_t *en)
+/* The device record of the enrollment en, read in place into out. keep:
+ * where to copy its bytes when out must outlive txn (NULL: it need not).
+ * False when there is none; a record that does not parse counts as none. */
+static bool device_rec(msg_ctx_t *c, mdm_txn_t *txn, mdm_rec_t *en, mdm_buf_t *keep,
+                       mdm_rec_t *out)
 {
+    mdm_rec_init_tree(out, NULL);
     char buf[MDM_EID_MAX + 1];
     const char *did = mdm_rec_str(en, "device_id", buf, sizeof(buf));
     mdm_val_t raw;
-    mdm_rec_t dev;
-    bool have = mdm_txn_get(txn, MDM_T_DEVICES, MDM_VAL_STR(did ? did : c->eid), &raw) == 0;
-    if (have) {
-        mdm_rec_init_bin(&dev, raw.data, raw.len);
-        /* A record that does not parse counts as none, as it did. */
-        have = dev.inplace || mdm_rec_tree(&dev) != NULL;
+    if (mdm_txn_get(txn, MDM_T_DEVICES, MDM_VAL_STR(did ? did : c->eid), &raw) != 0)
+        return false;
+    if (keep != NULL) {
+        mdm_buf_append(keep, raw.data, raw.len);
+        raw = MDM_VAL(keep->data, keep->len);
     }
-    bool due = mdm_reconcile_due_rec(c->pol, en, have ? &dev : NULL);
-    if (have)
-        mdm_rec_free(&dev);
+    mdm_rec_init_bin(out, raw.data, raw.len);
+    return out->inplace || mdm_rec_tree(out) != NULL;
+}
+
+/* Whether the enrollment is due for reconciliation at this Idle. */
+static bool reconcile_due(msg_ctx_t *c, mdm_txn_t *txn, mdm_rec_t *en)
+{
+    mdm_rec_t dev;
+    bool have = device_rec(c, txn, en, NULL, &dev);
+    bool due = mdm_reconcile_due(c->pol, en, have ? &dev : NULL);
+    mdm_rec_free(&dev);
     return due;
 }
 
@@ -1201,21 +1209,12 @@ static int idle_probe_fn(mdm_txn_t *txn, void *arg)
                  c->now - mdm_rec_int(en, "last_seen_at", 0) < LAST_SEEN_GRANULARITY_MS;
     if (!quiet)
         return 0;
-    char buf[MDM_EID_MAX + 1];
-    const char *did = mdm_rec_str(en, "device_id", buf, sizeof(buf));
     mdm_rec_t dev;
-    mdm_rec_init_tree(&dev, NULL);
-    bool have_dev = mdm_txn_get(txn, MDM_T_DEVICES, MDM_VAL_STR(did ? did : c->eid), &raw) == 0;
-    if (have_dev) {
-        mdm_buf_append(&ip->dbin, raw.data, raw.len);
-        mdm_rec_init_bin(&dev, ip->dbin.data, ip->dbin.len);
-        /* A record that does not parse counts as none. */
-        have_dev = dev.inplace || mdm_rec_tree(&dev) != NULL;
-    }
+    bool have_dev = device_rec(c, txn, en, &ip->dbin, &dev);
     mdm__policy_view_detached(txn, c->eid, en, have_dev ? ip->dbin.data : NULL, ip->dbin.len,
                               &ip->view);
     ip->have_view = true;
-    bool due = mdm_reconcile_due_rec(c->pol, en, have_dev ? &dev : NULL);
+    bool due = mdm_reconcile_due(c->pol, en, have_dev ? &dev : NULL);
     mdm_rec_free(&dev);
     ip->fast = !due;
     return 0;

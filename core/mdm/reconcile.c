@@ -147,16 +147,14 @@ static plist_t view_device_record(void *arg, bool load)
     if (!v->device_read && load) {
         v->device_read = true;
         char buf[MDM_EID_MAX + 1];
-        const char *did = v->rec ? mdm_rec_str(v->rec, "device_id", buf, sizeof(buf))
-                                 : mdm_pl_str(v->enrollment, "device_id");
+        const char *did = mdm_rec_str(v->rec, "device_id", buf, sizeof(buf));
         if (mdm_device_load(v->txn, did ? did : v->dev.eid, &v->device) != 0)
             v->device = NULL;
     }
     return v->device;
 }
 
-static int policy_view(mdm_txn_t *txn, const char *eid, plist_t e, bool lazy,
-                       mdm_policy_view_t *v)
+int mdm__policy_view(mdm_txn_t *txn, const char *eid, plist_t e, mdm_policy_view_t *v)
 {
     memset(v, 0, sizeof(*v));
     if (e == NULL) {
@@ -167,31 +165,15 @@ static int policy_view(mdm_txn_t *txn, const char *eid, plist_t e, bool lazy,
     }
     v->enrollment = e;
     v->dev.eid = eid;
-    if (lazy) {
-        v->txn = txn;
-        v->dev.device_record = view_device_record;
-        v->dev.record_arg = v;
-    } else {
-        const char *did = mdm_pl_str(e, "device_id");
-        if (mdm_device_load(txn, did ? did : eid, &v->device) != 0)
-            v->device = NULL;
-        v->dev.device = v->device;
-    }
+    const char *did = mdm_pl_str(e, "device_id");
+    if (mdm_device_load(txn, did ? did : eid, &v->device) != 0)
+        v->device = NULL;
+    v->dev.device = v->device;
     v->installed = mdm__installed_dict(txn, eid);
     v->dev.enrollment = e;
     v->dev.installed = v->installed;
     v->dev.first_checkin = mdm_pl_bool(e, "new_enrollment", false);
     return 0;
-}
-
-int mdm__policy_view(mdm_txn_t *txn, const char *eid, plist_t e, mdm_policy_view_t *v)
-{
-    return policy_view(txn, eid, e, false, v);
-}
-
-int mdm__policy_view_lazy(mdm_txn_t *txn, const char *eid, plist_t e, mdm_policy_view_t *v)
-{
-    return policy_view(txn, eid, e, true, v);
 }
 
 void mdm__policy_view_rec(mdm_txn_t *txn, const char *eid, mdm_rec_t *rec,
@@ -258,7 +240,7 @@ int mdm__enqueue_commands(mdm_txn_t *txn, const char *eid, plist_t commands, int
 
 /* ---- reconciliation ------------------------------------------------------ */
 
-bool mdm_reconcile_due_rec(mdm_policy_t *pol, mdm_rec_t *e, mdm_rec_t *device)
+bool mdm_reconcile_due(mdm_policy_t *pol, mdm_rec_t *e, mdm_rec_t *device)
 {
     if (mdm_rec_bool(e, "reconcile_requested", false))
         return true;
@@ -269,14 +251,6 @@ bool mdm_reconcile_due_rec(mdm_policy_t *pol, mdm_rec_t *e, mdm_rec_t *device)
         return true;
     int64_t at = mdm_rec_int(e, "reconciled_at", 0);
     return device != NULL && mdm_rec_int(device, "facts_at", 0) > at;
-}
-
-bool mdm_reconcile_due(mdm_policy_t *pol, plist_t e, plist_t device)
-{
-    mdm_rec_t er, dr;
-    mdm_rec_init_tree(&er, e);
-    mdm_rec_init_tree(&dr, device);
-    return mdm_reconcile_due_rec(pol, &er, device != NULL ? &dr : NULL);
 }
 
 static bool strlist_has(const mdm_strlist_t *l, const char *s)

@@ -26,10 +26,7 @@ typedef struct mdm_reconcile_stats {
 } mdm_reconcile_stats_t;
 
 /* Builds the policy's device view for eid from its records (the caller
- * frees with mdm__policy_view_free). e may be NULL (loaded here).
- * mdm__policy_view_lazy reads the device record only when the policy first
- * needs it: txn must stay open as long as the view is used, and the view
- * must not move (it points at itself). */
+ * frees with mdm__policy_view_free). e may be NULL (loaded here). */
 typedef struct mdm_policy_view {
     mdm_policy_device_t dev;
     plist_t enrollment, device, installed;
@@ -43,9 +40,10 @@ typedef struct mdm_policy_view {
 } mdm_policy_view_t;
 
 int mdm__policy_view(mdm_txn_t *txn, const char *eid, plist_t e, mdm_policy_view_t *v);
-int mdm__policy_view_lazy(mdm_txn_t *txn, const char *eid, plist_t e, mdm_policy_view_t *v);
-/* A lazy view over the enrollment record rec (its tree if it has one, else
- * its bytes read in place); rec must outlive the view. */
+/* A view over the enrollment record rec (its tree if it has one, else its
+ * bytes read in place) that reads the device record only when the policy
+ * first needs it: rec and txn must outlive the view, and the view must not
+ * move (it points at itself). */
 void mdm__policy_view_rec(mdm_txn_t *txn, const char *eid, mdm_rec_t *rec,
                           mdm_policy_view_t *v);
 /* The same, for use after txn ends: the device record is parsed, on first
@@ -63,9 +61,7 @@ int mdm_reconcile(mdm_server_t *s, mdm_policy_t *pol, mdm_txn_t *txn, const char
 
 /* True when eid should be reconciled at its next Idle: a new policy
  * revision, new facts, or a request for it. */
-bool mdm_reconcile_due(mdm_policy_t *pol, plist_t e, plist_t device);
-/* The same over records read in place (device may be NULL). */
-bool mdm_reconcile_due_rec(mdm_policy_t *pol, mdm_rec_t *e, mdm_rec_t *device);
+bool mdm_reconcile_due(mdm_policy_t *pol, mdm_rec_t *e, mdm_rec_t *device); /* device: NULL for none */
 
 /* Keeps the installed table current from a finished command: InstallProfile
  * and RemoveProfile results, and ProfileList answers. */

@@ -22,59 +22,79 @@ static uint64_t be_get(const unsigned char *p, unsigned n)
     return v;
 }
 
-/* Where object obj starts: its marker byte, where its payload starts and
- * the count in the marker (or in the integer that follows it). */
-static int bpl_object(const mdm_bpl_t *bp, uint64_t obj, unsigned *marker, size_t *payload,
-                      uint64_t *count)
+int mdm__bpl_trailer(mdm_bpl_t *bp, const void *data, size_t len, uint64_t *top)
+{
+    memset(bp, 0, sizeof(*bp));
+    if (data == NULL || len < 8 + 32)
+        return MDM_EPARSE;
+    const unsigned char *b = data, *t = b + len - 32;
+    size_t n = len - 32;
+    unsigned osz = t[6], rsz = t[7];
+    uint64_t nobj = be_get(t + 8, 8), otoff = be_get(t + 24, 8);
+    *top = be_get(t + 16, 8);
+    if (osz < 1 || osz > 8 || rsz < 1 || rsz > 8 || nobj == 0 || *top >= nobj || otoff < 9 ||
+        otoff > n || nobj > (n - otoff) / osz)
+        return MDM_EPARSE;
+    *bp = (mdm_bpl_t){.b = b, .n = n, .otoff = (size_t)otoff, .osz = osz, .rsz = rsz,
+                      .nobj = nobj};
+    return 0;
+}
+
+int mdm__bpl_object(const mdm_bpl_t *bp, uint64_t obj, unsigned *marker, size_t *p)
 {
     if (obj >= bp->nobj)
         return MDM_EPARSE;
     uint64_t off = be_get(bp->b + bp->otoff + obj * bp->osz, bp->osz);
     if (off < 8 || off >= bp->otoff)
         return MDM_EPARSE;
-    unsigned m = bp->b[off];
-    size_t p = (size_t)off + 1;
-    uint64_t c = m & 0xF;
-    unsigned kind = m >> 4;
-    bool counted = kind == 0x4 || kind == 0x5 || kind == 0x6 || kind == 0xA || kind == 0xD;
-    if (counted && c == 0xF) {
-        if (p >= bp->otoff || (bp->b[p] >> 4) != 0x1 || (bp->b[p] & 0xF) > 3)
-            return MDM_EPARSE;
-        unsigned isz = 1u << (bp->b[p] & 0xF);
-        if (isz > bp->otoff - p - 1)
-            return MDM_EPARSE;
-        c = be_get(bp->b + p + 1, isz);
-        p += 1 + isz;
-    }
-    *marker = m;
-    *payload = p;
-    *count = c;
+    *marker = bp->b[off];
+    *p = (size_t)off + 1;
+    return 0;
+}
+
+int mdm__bpl_count(const mdm_bpl_t *bp, unsigned m, size_t *p, uint64_t *count)
+{
+    *count = m & 0xF;
+    if (*count != 0xF)
+        return 0;
+    size_t q = *p;
+    if (q >= bp->otoff || (bp->b[q] >> 4) != 0x1 || (bp->b[q] & 0xF) > 3)
+        return MDM_EPARSE;
+    unsigned isz = 1u << (bp->b[q] & 0xF);
+    if (isz > bp->otoff - q - 1)
+        return MDM_EPARSE;
+    *count = be_get(bp->b + q + 1, isz);
+    *p = q + 1 + isz;
+    return 0;
+}
+
+/* Object obj's marker, where its payload starts and its count (data,
+ * strings and dictionaries; the marker's low nibble for other kinds). */
+static int bpl_object(const mdm_bpl_t *bp, uint64_t obj, unsigned *marker, size_t *payload,
+                      uint64_t *count)
+{
+    if (mdm__bpl_object(bp, obj, marker, payload) != 0)
+        return MDM_EPARSE;
+    unsigned kind = *marker >> 4;
+    if (kind == 0x4 || kind == 0x5 || kind == 0x6 || kind == 0xD)
+        return mdm__bpl_count(bp, *marker, payload, count);
+    *count = *marker & 0xF;
     return 0;
 }
 
 int mdm_bpl_open(mdm_bpl_t *bp, const void *data, size_t len)
 {
-    memset(bp, 0, sizeof(*bp));
-    const unsigned char *b = data;
-    if (b == NULL || len < 8 + 32 || memcmp(b, "bplist00", 8) != 0)
+    uint64_t top;
+    if (data == NULL || len < 8 + 32 || memcmp(data, "bplist00", 8) != 0 ||
+        mdm__bpl_trailer(bp, data, len, &top) != 0) {
+        memset(bp, 0, sizeof(*bp));
         return MDM_EPARSE;
-    const unsigned char *t = b + len - 32;
-    unsigned osz = t[6], rsz = t[7];
-    uint64_t nobj = be_get(t + 8, 8), top = be_get(t + 16, 8), otoff = be_get(t + 24, 8);
-    size_t n = len - 32;
-    if (osz < 1 || osz > 8 || rsz < 1 || rsz > 8 || nobj == 0 || top >= nobj || otoff < 9 ||
-        otoff > n || nobj > (n - otoff) / osz)
-        return MDM_EPARSE;
-    bp->b = b;
-    bp->otoff = (size_t)otoff;
-    bp->osz = osz;
-    bp->rsz = rsz;
-    bp->nobj = nobj;
+    }
     size_t p;
     uint64_t count;
     unsigned marker;
     if (bpl_object(bp, top, &marker, &p, &count) != 0 || (marker >> 4) != 0xD ||
-        count > (bp->otoff - p) / (2 * (uint64_t)rsz)) {
+        count > (bp->otoff - p) / (2 * (uint64_t)bp->rsz)) {
         memset(bp, 0, sizeof(*bp));
         return MDM_EPARSE;
     }

@@ -56,6 +56,7 @@ void mdm_pl_remove(plist_t dict, const char *key);
  * 4-byte ones unsigned, 8-byte ones as stored (libplist's PLIST_UINT). */
 typedef struct mdm_bpl {
     const unsigned char *b;
+    size_t n;          /* bytes before the trailer */
     size_t otoff;      /* the offset table */
     unsigned osz, rsz; /* offset and reference sizes */
     uint64_t nobj;
@@ -75,6 +76,18 @@ typedef struct mdm_bpl_val {
 
 int mdm_bpl_open(mdm_bpl_t *bp, const void *data, size_t len);
 int mdm_bpl_get(const mdm_bpl_t *bp, const char *key, mdm_bpl_val_t *v);
+
+/* The checks both readers of binary plists share (this reader and the
+ * bounded parser, plistjson.c). mdm__bpl_trailer checks the trailer of the
+ * len bytes at data (len >= 40; the header is the caller's) and fills bp's
+ * layout and *top. mdm__bpl_object finds object obj: its marker and the
+ * offset after it. mdm__bpl_count reads the count of an object with marker
+ * m whose payload starts at *p: the marker's low nibble, or the integer
+ * after it when that is 0xF (*p then moves past the integer). All three
+ * return MDM_EPARSE for anything out of bounds. */
+int mdm__bpl_trailer(mdm_bpl_t *bp, const void *data, size_t len, uint64_t *top);
+int mdm__bpl_object(const mdm_bpl_t *bp, uint64_t obj, unsigned *marker, size_t *p);
+int mdm__bpl_count(const mdm_bpl_t *bp, unsigned m, size_t *p, uint64_t *count);
 
 /* A stored dictionary record that is read in place until something needs
  * its tree. The getters answer exactly as mdm_pl_* on the parsed record

@@ -15,6 +15,7 @@
 #include "util/alloc.h"
 #include "util/buf.h"
 #include "util/encode.h"
+#include "util/plist.h"
 
 /* libplist 2.2 has no plist_mem_free(): what it hands out (dictionary keys,
  * iterators) comes from its own malloc and goes back with free(). */
@@ -635,13 +636,6 @@ static uint64_t be_uint(const unsigned char *p, unsigned n)
     return v;
 }
 
-typedef struct bplist {
-    const unsigned char *b;
-    size_t n;          /* bytes before the trailer */
-    unsigned osz, rsz; /* offset and reference sizes */
-    uint64_t nobj, otoff;
-} bplist_t;
-
 typedef struct bframe {
     uint64_t obj;
     size_t refs;    /* where the references start */
@@ -656,29 +650,21 @@ typedef struct bframe {
  * libplist keeps it with its full length, but copies of it (plist_copy
  * uses strdup) end at the NUL while keeping that length, and its writers
  * then read past the copy. */
-static int bplist_object(const bplist_t *bp, uint64_t obj, bool *container, size_t *refs,
+static int bplist_object(const mdm_bpl_t *bp, uint64_t obj, bool *container, size_t *refs,
                          uint64_t *nrefs)
 {
-    uint64_t off = be_uint(bp->b + bp->otoff + obj * bp->osz, bp->osz);
     *container = false;
-    if (off < 8 || off >= bp->otoff)
+    unsigned marker;
+    size_t p;
+    if (mdm__bpl_object(bp, obj, &marker, &p) != 0)
         return MDM_EPARSE;
-    unsigned marker = bp->b[off];
     unsigned kind = marker >> 4;
     bool string = kind == 0x5 || kind == 0x6; /* ASCII, UTF-16BE */
     if (kind != 0xA && kind != 0xB && kind != 0xC && kind != 0xD && !string)
         return 0;
-    uint64_t count = marker & 0xF;
-    size_t p = (size_t)off + 1;
-    if (count == 0xF) {
-        if (p >= bp->otoff || (bp->b[p] >> 4) != 0x1 || (bp->b[p] & 0xF) > 3)
-            return MDM_EPARSE;
-        unsigned isz = 1u << (bp->b[p] & 0xF);
-        if (p + 1 + isz > bp->otoff)
-            return MDM_EPARSE;
-        count = be_uint(bp->b + p + 1, isz);
-        p += 1 + isz;
-    }
+    uint64_t count;
+    if (mdm__bpl_count(bp, marker, &p, &count) != 0)
+        return MDM_EPARSE;
     if (string) {
         size_t unit = kind == 0x6 ? 2 : 1;
         if (count > (bp->otoff - p) / unit)
@@ -711,14 +697,9 @@ static int bplist_check(const char *data, size_t len, int max_depth, mdm_err_t *
     const unsigned char *b = (const unsigned char *)data;
     if (len < 8 + 32)
         return mdm_err_set(err, MDM_EPARSE, "binary property list is truncated");
-    const unsigned char *t = b + len - 32;
-    bplist_t bp = {.b = b, .n = len - 32, .osz = t[6], .rsz = t[7]};
-    bp.nobj = be_uint(t + 8, 8);
-    uint64_t top = be_uint(t + 16, 8);
-    bp.otoff = be_uint(t + 24, 8);
-    if (bp.osz < 1 || bp.osz > 8 || bp.rsz < 1 || bp.rsz > 8 || bp.nobj == 0 ||
-        top >= bp.nobj || bp.otoff < 9 || bp.otoff > bp.n ||
-        bp.nobj > (bp.n - bp.otoff) / bp.osz)
+    mdm_bpl_t bp;
+    uint64_t top;
+    if (mdm__bpl_trailer(&bp, b, len, &top) != 0)
         return mdm_err_set(err, MDM_EPARSE, "binary property list has a bad trailer");
     if (bp.nobj > MDM_PLIST_MAX_NODES)
         return mdm_err_set(err, MDM_ELIMIT, "binary property list has more than %u objects",
