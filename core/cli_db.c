@@ -335,9 +335,13 @@ static bool waiting(const char *status)
     return strcmp(status, "Queued") == 0 || strcmp(status, "NotNow") == 0;
 }
 
-static void key_result(mdm_buf_t *k, const void *eid, size_t el, const void *uuid, size_t ul)
+/* live: the key of a waiting result ("\x01" + the usual key, schema 3). */
+static void key_result(mdm_buf_t *k, const void *eid, size_t el, const void *uuid, size_t ul,
+                       bool live)
 {
     mdm_buf_reset(k);
+    if (live)
+        mdm_buf_putc(k, '\x01');
     mdm_buf_append(k, eid, el);
     mdm_buf_putc(k, '\0');
     mdm_buf_append(k, uuid, ul);
@@ -383,6 +387,18 @@ static int exists(mdm_txn_t *txn, int table, const mdm_buf_t *k, mdm_val_t *v)
     return mdm_txn_get(txn, table, MDM_VAL(k->data, k->len), v);
 }
 
+/* The result of (eid, uuid), among the waiting ones or the finished ones. */
+static int find_result(mdm_txn_t *txn, mdm_buf_t *k, const void *eid, size_t el,
+                       const void *uuid, size_t ul, mdm_val_t *v)
+{
+    key_result(k, eid, el, uuid, ul, true);
+    int g = exists(txn, MDM_T_RESULTS, k, v);
+    if (g != MDM_ENOTFOUND)
+        return g;
+    key_result(k, eid, el, uuid, ul, false);
+    return exists(txn, MDM_T_RESULTS, k, v);
+}
+
 static int command_exists(mdm_txn_t *txn, const char *uuid, size_t ul)
 {
     mdm_val_t v;
@@ -425,8 +441,7 @@ static int check_queue(mdm_txn_t *txn, check_t *c)
                     "queue %s #%llu: sequence number above meta queue_seq (%llu); a new "
                     "command could take its key",
                     eid, (unsigned long long)seq, (unsigned long long)c->queue_seq);
-        key_result(&k, kp, el, uuid, ul);
-        int g = exists(txn, MDM_T_RESULTS, &k, &v);
+        int g = find_result(txn, &k, kp, el, uuid, ul, &v);
         if (g == MDM_ENOTFOUND) {
             problem(c, "queue %s #%llu: command %s has no result record", eid,
                     (unsigned long long)seq, show(uuid, ul));
@@ -478,10 +493,17 @@ static int check_results(mdm_txn_t *txn, check_t *c)
          rc = mdm_cursor_next(cur, &ck, &cv)) {
         c->n_results++;
         const char *kp = ck.data;
-        const char *nul = memchr(kp, '\0', ck.len);
+        size_t klen = ck.len;
+        bool live = klen > 0 && kp[0] == '\x01';
+        if (live) {
+            kp++;
+            klen--;
+        }
+        const char *nul = memchr(kp, '\0', klen);
         size_t el = nul ? (size_t)(nul - kp) : 0;
-        size_t ul = nul ? ck.len - el - 1 : 0;
-        if (nul == NULL || el == 0 || ul == 0 || ul > MDM_UUID_LEN) {
+        size_t ul = nul ? klen - el - 1 : 0;
+        if (nul == NULL || el == 0 || ul == 0 || ul > MDM_UUID_LEN ||
+            (unsigned char)kp[0] < 0x20) {
             problem(c, "results: malformed key %s", show(ck.data, ck.len));
             continue;
         }
@@ -495,6 +517,21 @@ static int check_results(mdm_txn_t *txn, check_t *c)
         if (!r.has_status) {
             problem(c, "result %s/%s: the record has no status", eid, us);
             continue;
+        }
+        if (live) {
+            /* Finished results move out of the waiting range, and a result
+             * is kept in one place. */
+            if (!waiting(r.status))
+                problem(c, "result %s/%s: finished (%s) but kept among the waiting results",
+                        eid, us, r.status);
+            key_result(&k, kp, el, uuid, ul, false);
+            int g = exists(txn, MDM_T_RESULTS, &k, &v);
+            if (g == 0)
+                problem(c, "result %s/%s: kept twice (waiting and finished)", eid, us);
+            else if (g != MDM_ENOTFOUND) {
+                rc = g;
+                break;
+            }
         }
         key_cmdt(&k, uuid, ul, kp, el);
         int g = exists(txn, MDM_T_INDEX, &k, &v);
@@ -599,8 +636,7 @@ static int check_index(mdm_txn_t *txn, check_t *c)
                 continue;
             }
             const char *eid = nul + 1;
-            key_result(&k, eid, el, uuid, ul);
-            int g = exists(txn, MDM_T_RESULTS, &k, &v);
+            int g = find_result(txn, &k, eid, el, uuid, ul, &v);
             if (g == MDM_ENOTFOUND)
                 problem(c, "index cmdt %s -> %s: the command's target has no result record",
                         show(uuid, ul), show(eid, el));
@@ -628,8 +664,7 @@ static int check_index(mdm_txn_t *txn, check_t *c)
             }
             int64_t completed = (int64_t)mdm_be64_get((const unsigned char *)kp + 5);
             const char *uuid = nul + 1;
-            key_result(&k, rest, el, uuid, ul);
-            int g = exists(txn, MDM_T_RESULTS, &k, &v);
+            int g = find_result(txn, &k, rest, el, uuid, ul, &v);
             if (g == MDM_ENOTFOUND) {
                 problem(c, "index rexp %s/%s: no such result", show(rest, el), show(uuid, ul));
             } else if (g != 0) {

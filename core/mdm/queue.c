@@ -16,15 +16,36 @@ bool mdm_status_terminal(const char *s)
 
 /* ---- keys ---------------------------------------------------------------- */
 
-static int eid_prefix(mdm_buf_t *k, const char *eid)
+/* Where a result record is kept. The result of a command that still waits
+ * (Queued, NotNow) is small and changes at every connection of its device;
+ * a finished one holds the device's report and does not change again.
+ * Waiting results are kept apart, under LIVE_MARK + the usual key, so that
+ * they share a few leaves of their own: a batch of connections then
+ * rewrites those few, instead of one leaf of finished results per device
+ * and per change. A result moves to the usual key when it finishes. Stores
+ * of schema version 2 hold waiting results under the usual key; they are
+ * found there and move on their next change. No enrollment id starts with
+ * a control character (eid_prefix refuses them), so the ranges are apart. */
+#define LIVE_MARK '\x01'
+enum { AT_NONE = 0, AT_LIVE, AT_DONE };
+
+/* live: the prefix of the waiting results' range. */
+static int eid_prefix_at(mdm_buf_t *k, const char *eid, bool live)
 {
     size_t n = strlen(eid);
-    if (n == 0 || n > EID_MAX)
+    if (n == 0 || n > EID_MAX || (unsigned char)eid[0] < 0x20)
         return MDM_EINVAL;
     mdm_buf_reset(k);
+    if (live)
+        mdm_buf_putc(k, LIVE_MARK);
     mdm_buf_append(k, eid, n);
     mdm_buf_putc(k, '\0');
     return 0;
+}
+
+static int eid_prefix(mdm_buf_t *k, const char *eid)
+{
+    return eid_prefix_at(k, eid, false);
 }
 
 static int queue_key(mdm_buf_t *k, const char *eid, int prio, uint64_t seq)
@@ -39,9 +60,9 @@ static int queue_key(mdm_buf_t *k, const char *eid, int prio, uint64_t seq)
     return 0;
 }
 
-static int result_key(mdm_buf_t *k, const char *eid, const char *uuid)
+static int result_key(mdm_buf_t *k, const char *eid, const char *uuid, bool live)
 {
-    int rc = eid_prefix(k, eid);
+    int rc = eid_prefix_at(k, eid, live);
     if (rc != 0)
         return rc;
     if (strlen(uuid) > MDM_UUID_LEN)
@@ -300,30 +321,63 @@ static void result_view(const mdm_result_rec_t *rec, mdm_result_t *r)
     r->raw_len = rec->has_raw ? rec->raw.len : 0;
 }
 
-static int result_load(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result_rec_t *out)
+/* The stored result of (eid, uuid), waiting or finished; *at tells which
+ * (AT_NONE with MDM_ENOTFOUND). */
+static int result_raw(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_val_t *v, int *at)
 {
     mdm_buf_t k = MDM_BUF_INIT;
-    int rc = result_key(&k, eid, uuid);
-    mdm_val_t v;
-    if (rc == 0)
-        rc = mdm_txn_get(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len), &v);
+    *at = AT_NONE;
+    int rc = result_key(&k, eid, uuid, true);
+    if (rc == 0) {
+        rc = mdm_txn_get(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len), v);
+        if (rc == 0)
+            *at = AT_LIVE;
+    }
+    if (rc == MDM_ENOTFOUND) {
+        rc = result_key(&k, eid, uuid, false);
+        if (rc == 0)
+            rc = mdm_txn_get(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len), v);
+        if (rc == 0)
+            *at = AT_DONE;
+    }
     mdm_buf_free(&k);
+    return rc;
+}
+
+static int result_load(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result_rec_t *out)
+{
+    mdm_val_t v;
+    int at;
+    int rc = result_raw(txn, eid, uuid, &v, &at);
     if (rc != 0) {
         rrec_init(out);
         return rc;
     }
-    return mdm_result_rec_decode(v.data, v.len, out);
+    rc = mdm_result_rec_decode(v.data, v.len, out);
+    out->at = at;
+    return rc;
 }
 
-static int result_save(mdm_txn_t *txn, const char *eid, const char *uuid,
-                       const mdm_result_rec_t *r)
+/* Saves r where its status says (waiting or finished), and drops the copy
+ * it was read from when that was the other place. */
+static int result_save(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result_rec_t *r)
 {
+    bool live = r->has_status && !mdm_status_terminal(r->status);
     mdm_buf_t k = MDM_BUF_INIT, b = MDM_BUF_INIT;
-    int rc = result_key(&k, eid, uuid);
+    int rc = result_key(&k, eid, uuid, live);
     if (rc == 0) {
         mdm_result_rec_encode(r, &b);
         rc = mdm_txn_put(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len), MDM_VAL(b.data, b.len), 0);
     }
+    if (rc == 0 && r->at == (live ? AT_DONE : AT_LIVE)) {
+        rc = result_key(&k, eid, uuid, !live);
+        if (rc == 0)
+            rc = mdm_txn_del(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len));
+        if (rc == MDM_ENOTFOUND)
+            rc = 0;
+    }
+    if (rc == 0)
+        r->at = live ? AT_LIVE : AT_DONE;
     mdm_buf_free(&k);
     mdm_buf_free(&b);
     return rc;
@@ -683,12 +737,9 @@ int mdm_queue_empty(mdm_txn_t *txn, const char *eid, bool *empty)
 int mdm_result_get(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result_t *out,
                    mdm_buf_t *raw_out)
 {
-    mdm_buf_t k = MDM_BUF_INIT;
-    int rc = result_key(&k, eid, uuid);
     mdm_val_t v;
-    if (rc == 0)
-        rc = mdm_txn_get(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len), &v);
-    mdm_buf_free(&k);
+    int at;
+    int rc = result_raw(txn, eid, uuid, &v, &at);
     if (rc != 0)
         return rc == MDM_EINVAL ? MDM_ENOTFOUND : rc;
     memset(out, 0, sizeof(*out));
@@ -730,11 +781,13 @@ static int call_with_result(mdm_val_t v, const char *eid, size_t eidlen, const c
 int mdm_results_of_enrollment(mdm_txn_t *txn, const char *eid, mdm_result_fn fn, void *arg)
 {
     mdm_buf_t k = MDM_BUF_INIT;
-    int rc = eid_prefix(&k, eid);
     mdm_cursor_t *c = NULL;
-    if (rc == 0)
-        rc = mdm_cursor_open(txn, MDM_T_RESULTS, &c);
-    if (rc == 0) {
+    int rc = mdm_cursor_open(txn, MDM_T_RESULTS, &c);
+    /* The waiting results, then the finished ones. */
+    for (int live = 1; rc == 0 && live >= 0; live--) {
+        rc = eid_prefix_at(&k, eid, live);
+        if (rc != 0)
+            break;
         mdm_val_t prefix = MDM_VAL(k.data, k.len), ck, cv;
         for (rc = mdm_cursor_seek(c, prefix, &ck, &cv); rc == 0 && mdm_val_has_prefix(ck, prefix);
              rc = mdm_cursor_next(c, &ck, &cv)) {
@@ -753,7 +806,7 @@ int mdm_results_of_enrollment(mdm_txn_t *txn, const char *eid, mdm_result_fn fn,
 
 int mdm_results_of_command(mdm_txn_t *txn, const char *uuid, mdm_result_fn fn, void *arg)
 {
-    mdm_buf_t k = MDM_BUF_INIT, rk = MDM_BUF_INIT;
+    mdm_buf_t k = MDM_BUF_INIT;
     cmdt_key(&k, uuid, NULL);
     mdm_cursor_t *c = NULL;
     int rc = mdm_cursor_open(txn, MDM_T_INDEX, &c);
@@ -768,8 +821,8 @@ int mdm_results_of_command(mdm_txn_t *txn, const char *uuid, mdm_result_fn fn, v
             memcpy(eid, (const char *)ck.data + prefix.len, el);
             eid[el] = '\0';
             mdm_val_t v;
-            if (result_key(&rk, eid, uuid) != 0 ||
-                mdm_txn_get(txn, MDM_T_RESULTS, MDM_VAL(rk.data, rk.len), &v) != 0)
+            int at;
+            if (result_raw(txn, eid, uuid, &v, &at) != 0)
                 continue;
             rc = call_with_result(v, eid, el, uuid, strlen(uuid), fn, arg);
             if (rc != 0)
@@ -780,7 +833,6 @@ int mdm_results_of_command(mdm_txn_t *txn, const char *uuid, mdm_result_fn fn, v
     }
     mdm_cursor_close(c);
     mdm_buf_free(&k);
-    mdm_buf_free(&rk);
     return rc;
 }
 
@@ -811,9 +863,11 @@ static int command_gc(mdm_txn_t *txn, const char *uuid)
 static int forget_result(mdm_txn_t *txn, const char *eid, const char *uuid)
 {
     mdm_buf_t k = MDM_BUF_INIT;
-    int rc = result_key(&k, eid, uuid);
-    if (rc == 0) {
-        rc = mdm_txn_del(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len));
+    int rc = 0;
+    for (int live = 0; rc == 0 && live <= 1; live++) {
+        rc = result_key(&k, eid, uuid, live);
+        if (rc == 0)
+            rc = mdm_txn_del(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len));
         if (rc == MDM_ENOTFOUND)
             rc = 0;
     }

@@ -110,6 +110,7 @@ typedef struct mdm_result_rec {
     uint64_t notnow_count, priority, seq;
     bool has_raw;             /* the device's report, in raw (own copy) */
     mdm_buf_t raw;
+    int at;                   /* where it was read from (queue.c; not stored) */
 } mdm_result_rec_t;
 
 /* Decodes a stored result record into r (fields absent from a plist record

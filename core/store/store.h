@@ -33,8 +33,12 @@
  *   1: the first layout.
  *   2: command results may be in the binary result layout (queue.h);
  *      version 1 records are read as they are, so the migration only
- *      records the new version (a version 1 build would not read them). */
-#define MDM_STORE_SCHEMA_VERSION 2
+ *      records the new version (a version 1 build would not read them).
+ *   3: results of commands that still wait are kept under "\x01" + their
+ *      key (queue.c); version 2 records are found under the usual key and
+ *      move when they next change, so the migration only records the new
+ *      version (a version 2 build would not find the moved ones). */
+#define MDM_STORE_SCHEMA_VERSION 3
 
 #define MDM_STORE_MAX_KEY 480
 

@@ -841,6 +841,10 @@ static void test_queue_length_and_bad_ids(void **state)
     int outcome;
     assert_rc(add(fx, longid, &i, false, &outcome, NULL), MDM_EINVAL);
     assert_rc(add(fx, "", &i, false, &outcome, NULL), MDM_EINVAL);
+    /* A control character first would put its results among the waiting
+     * results' keys. */
+    assert_rc(add(fx, "\x01" E1, &i, false, &outcome, NULL), MDM_EINVAL);
+    assert_rc(add(fx, "\t" E1, &i, false, &outcome, NULL), MDM_EINVAL);
     char got[MDM_UUID_LEN + 1];
     assert_rc(next(fx, "", 1, 1, got, NULL), MDM_EINVAL);
 }
@@ -1134,20 +1138,26 @@ static void test_result_record_codec(void **state)
     mdm_buf_free(&enc);
 }
 
+/* A result record under its stored key: the finished results' key
+ * (eid NUL uuid), or with live the waiting results' ("\x01" first). */
 struct raw_rec {
     const char *eid, *uuid;
     mdm_buf_t *val; /* in: the bytes to put (put); out: the stored bytes (get) */
-    bool put;
+    bool put, del, live;
 };
 
 static int raw_rec_fn(mdm_txn_t *t, void *arg)
 {
     struct raw_rec *a = arg;
     mdm_buf_t k = MDM_BUF_INIT;
+    if (a->live)
+        mdm_buf_putc(&k, '\x01');
     mdm_buf_append(&k, a->eid, strlen(a->eid) + 1);
     mdm_buf_puts(&k, a->uuid);
     int rc;
-    if (a->put) {
+    if (a->del) {
+        rc = mdm_txn_del(t, MDM_T_RESULTS, MDM_VAL(k.data, k.len));
+    } else if (a->put) {
         rc = mdm_txn_put(t, MDM_T_RESULTS, MDM_VAL(k.data, k.len), MDM_VAL(a->val->data, a->val->len),
                          0);
     } else {
@@ -1162,19 +1172,76 @@ static int raw_rec_fn(mdm_txn_t *t, void *arg)
     return rc;
 }
 
-/* A result written as a plist by an earlier version is offered, answered
- * and rewritten in the binary layout. */
+/* Whether the result of (eid, uuid) is stored among the waiting results
+ * (live) or the finished ones. */
+static bool stored_at(struct fx *fx, const char *eid, const char *uuid, bool live)
+{
+    mdm_buf_t val = MDM_BUF_INIT;
+    struct raw_rec get = {.eid = eid, .uuid = uuid, .val = &val, .live = live};
+    int rc = mdm_store_view(fx->store, raw_rec_fn, &get);
+    mdm_buf_free(&val);
+    assert_true(rc == 0 || rc == MDM_ENOTFOUND);
+    return rc == 0;
+}
+
+/* A waiting result is kept among the waiting results while it is queued,
+ * sent and put off, and moves to the finished ones when it finishes; both
+ * are found by every reader, and forgetting removes both. */
+static void test_waiting_results_kept_apart(void **state)
+{
+    struct fx *fx = *state;
+    queue_new(fx, E1, UA, 0, 0);
+    queue_new(fx, E1, UB, 0, 0);
+    assert_true(stored_at(fx, E1, UA, true));
+    assert_false(stored_at(fx, E1, UA, false));
+    expect_next(fx, E1, 50, 1, UA);
+    assert_true(stored_at(fx, E1, UA, true));
+    expect_report(fx, E1, UA, "NotNow", 55, 1, MDM_REPORT_NOTNOW);
+    assert_true(stored_at(fx, E1, UA, true));
+    assert_false(stored_at(fx, E1, UA, false));
+    expect_next(fx, E1, 60, 2, UA);
+    expect_report(fx, E1, UA, "Acknowledged", 70, 2, MDM_REPORT_RECORDED);
+    assert_false(stored_at(fx, E1, UA, true));
+    assert_true(stored_at(fx, E1, UA, false));
+    expect_status(fx, E1, UA, "Acknowledged");
+    expect_status(fx, E1, UB, "Queued");
+    /* A duplicate report finds the finished result. */
+    expect_report(fx, E1, UA, "Acknowledged", 75, 2, MDM_REPORT_DUPLICATE);
+
+    struct seen s = {0};
+    assert_rc(of_enrollment(fx, E1, &s), 0);
+    assert_num(s.n, 2);
+    assert_true(seen_uuid(&s, UA) >= 0 && seen_uuid(&s, UB) >= 0);
+    struct seen t = {0};
+    assert_rc(of_command(fx, UB, &t), 0);
+    assert_num(t.n, 1);
+    assert_true(seen_eid(&t, E1) >= 0);
+
+    struct call c = {.op = OP_FORGET, .eid = E1};
+    assert_rc(update(fx, &c), 0);
+    for (int live = 0; live <= 1; live++) {
+        assert_false(stored_at(fx, E1, UA, live));
+        assert_false(stored_at(fx, E1, UB, live));
+    }
+}
+
+/* A result written as a plist by an earlier version (and kept, waiting,
+ * under the finished results' key as schema 2 did) is offered, answered and
+ * rewritten in the binary layout, moving to where it belongs at each step. */
 static void test_legacy_plist_result_record(void **state)
 {
     struct fx *fx = *state;
     queue_new(fx, E1, UA, 0, 0);
     mdm_buf_t val = MDM_BUF_INIT;
-    struct raw_rec get = {.eid = E1, .uuid = UA, .val = &val};
+    struct raw_rec get = {.eid = E1, .uuid = UA, .val = &val, .live = true};
     assert_rc(mdm_store_view(fx->store, raw_rec_fn, &get), 0);
     mdm_result_rec_t cur;
     assert_rc(mdm_result_rec_decode(val.data, val.len, &cur), 0);
     uint64_t seq = cur.seq;
     mdm_result_rec_free(&cur);
+    struct raw_rec del = {.eid = E1, .uuid = UA, .del = true, .live = true};
+    assert_rc(mdm_store_update(fx->store, raw_rec_fn, &del), 0);
+    get.live = false;
 
     /* As the earlier version wrote it. */
     plist_t d = plist_new_dict();
@@ -1189,9 +1256,13 @@ static void test_legacy_plist_result_record(void **state)
     struct raw_rec put = {.eid = E1, .uuid = UA, .val = &val, .put = true};
     assert_rc(mdm_store_update(fx->store, raw_rec_fn, &put), 0);
     expect_status(fx, E1, UA, "Queued");
+    assert_false(stored_at(fx, E1, UA, true));
 
     expect_next(fx, E1, 50, 1, UA);
+    assert_true(stored_at(fx, E1, UA, true));
+    assert_false(stored_at(fx, E1, UA, false));
     expect_report(fx, E1, UA, "Acknowledged", 60, 1, MDM_REPORT_RECORDED);
+    assert_false(stored_at(fx, E1, UA, true));
     assert_str(last_rtype, "ProfileList");
     assert_num(length(fx, E1), 0);
     assert_rc(mdm_store_view(fx->store, raw_rec_fn, &get), 0);
@@ -1232,6 +1303,7 @@ int main(void)
         T(test_status_terminal),
         T(test_result_record_codec),
         T(test_legacy_plist_result_record),
+        T(test_waiting_results_kept_apart),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
