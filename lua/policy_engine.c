@@ -19,9 +19,13 @@
 
 #define DEBOUNCE_MS 200
 /* The timer writes buffered decision log entries every tick and prunes
- * the log every PRUNE_EVERY ticks. */
+ * what is over policy.decision_log_max or older than decision_log_age (a
+ * count and a look at the oldest entry when nothing is). While a prune
+ * finds a full batch it comes back after PRUNE_AGAIN_MS, so the log is cut
+ * back at up to about 50,000 entries a second, in batches that keep each
+ * transaction short. */
 #define PRUNE_INTERVAL_MS 250
-#define PRUNE_EVERY 40
+#define PRUNE_AGAIN_MS 10
 #define PRUNE_BATCH 500
 #define DECISIONS_SCAN_MAX 100000
 
@@ -47,7 +51,6 @@ struct engine {
     size_t nwatches;
     int open_handles;          /* timers still to be closed at shutdown */
     mdm__log_sink_t sink;      /* decision log entries waiting for the timer */
-    unsigned ticks;
     mdm_metric_t *m_reload_ok, *m_reload_failed, *m_pruned;
 };
 
@@ -323,8 +326,6 @@ static void prune_cb(uv_timer_t *t)
 {
     engine_t *e = t->data;
     mdm__log_sink_flush(e->server->store, &e->sink);
-    if (++e->ticks % PRUNE_EVERY != 0)
-        return;
     const mdm_config_t *cfg = e->server->cfg;
     size_t n = 0;
     int rc = mdm_policy_decisions_prune(e->server->store, cfg->policy_decision_log_max,
@@ -336,7 +337,7 @@ static void prune_cb(uv_timer_t *t)
     }
     mdm_metric_add(e->m_pruned, (int64_t)n);
     if (n == PRUNE_BATCH)
-        e->ticks = PRUNE_EVERY - 1; /* more to prune: again at the next tick */
+        uv_timer_start(t, prune_cb, PRUNE_AGAIN_MS, PRUNE_INTERVAL_MS);
 }
 
 struct query_ctx {

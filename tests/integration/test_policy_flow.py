@@ -280,3 +280,52 @@ def test_connect_on_the_read_only_idle_path_sees_the_records(datadir, tmpdir_pat
             assert [c["Command"]["RequestType"] for c in got] == ["SecurityInfo"], got
     finally:
         srv.stop()
+
+
+# The decision log keeps at most policy.decision_log_max entries even when
+# hooks run faster than one tick's pruning batch: a connect hook on every
+# request wrote thousands of entries a second, and pruning at 500 per tick
+# let the log (and the store) grow without bound under load.
+def test_decision_log_stays_within_its_maximum_under_load(datadir, tmpdir_path):
+    pdir = os.path.join(tmpdir_path, "policy")
+    os.makedirs(pdir)
+    with open(os.path.join(pdir, "init.lua"), "w") as f:
+        f.write("return { connect = function(device, report) end }\n")
+    datadir.write_config('  policy = { dir = "%s", decision_log_max = 50 },' % pdir)
+    srv = Server(datadir)
+    try:
+        api = Api(srv)
+        devices = [Device(srv) for _ in range(4)]
+        for dv in devices:
+            dv.enroll()
+        failures, counts = [], [0]
+
+        def load(dv):
+            for _ in range(200):
+                st, cmd = dv.idle()
+                if st != 200 or cmd is not None:
+                    failures.append((st, cmd))
+                counts[0] += 1
+
+        threads = [threading.Thread(target=load, args=(dv,)) for dv in devices]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert failures == [] and counts[0] == 800, (failures[:3], counts[0])
+        # A tick or two (250 ms each): the last entries are written, then
+        # pruned.
+        deadline = time.time() + 2.5
+        while True:
+            st, r = api.call("GET", "/v1/decisions?limit=1000")
+            assert st == 200, r
+            if len(r["decisions"]) <= 50 or time.time() > deadline:
+                break
+            time.sleep(0.25)
+        n = len(r["decisions"])
+        assert n == 50, n
+        text = requests.get(srv.url + "/metrics", verify=srv.datadir.ca_crt, timeout=10).text
+        m = re.search(r"^moonmdm_policy_decisions_pruned_total (\d+)$", text, re.M)
+        assert m and int(m.group(1)) >= 800 - 50, m and m.group(0)
+    finally:
+        assert srv.stop() == 0
