@@ -37,7 +37,8 @@
  *            cycles: devices that finished a cycle are collected and
  *            enqueued in bulk, one POST /v1/commands with all of them as
  *            targets, by a separate admin connection; the POST goes out as
- *            soon as the previous one returned, so the rounds overlap.
+ *            soon as the previous one returned, so the rounds overlap (in
+ *            open loop, at most every POST_GAP_MS: see there).
  *   healthz  GET /healthz (a "cycle" is that one request): the bare
  *            request, for the ratio to the protocol work.
  *
@@ -85,6 +86,12 @@
 #define READ_CHUNK 65536
 #define TOPIC "com.apple.mgmt.External.7b1f6b46-2f5c-4d4e-9d4f-00000000b001"
 #define MAX_TARGETS_PER_POST 100000
+/* Open loop: the bulk enqueues go out at most this often. A server below
+ * its peak answers a POST within a fraction of a millisecond, so posting
+ * as soon as the previous one returned made one POST per cycle: an admin
+ * request per cycle for the server, and the load generator's core full,
+ * which then delayed its own reads and inflated the latencies. */
+#define POST_GAP_MS 10
 #define MAX_ERROR_LINES 10
 #define ENROLL_CONNS 128            /* concurrent enrollments (one handshake each) */
 
@@ -200,6 +207,9 @@ static struct {
     size_t ndrained;
     ring_t backlog;             /* open loop: scheduled starts not yet begun */
     uv_timer_t tick;
+    uv_timer_t post_gap;        /* open loop: the next bulk enqueue is due */
+    bool post_gap_armed;
+    uint64_t last_post_ns;
     uv_idle_t idle;
     uv_signal_t sigint;
     bool stopping;
@@ -1428,11 +1438,31 @@ static void dispatch(void)
 
 /* ---- bulk enqueue (admin API) ------------------------------------------- */
 
+static void admin_maybe_post(void);
+
+static void on_post_gap(uv_timer_t *t)
+{
+    (void)t;
+    G.post_gap_armed = false;
+    admin_maybe_post();
+}
+
 static void admin_maybe_post(void)
 {
     slot_t *s = &G.admin;
     if (!G.use_admin || s->state != ST_READY || G.ndrained == 0 || G.stopping)
         return;
+    if (G.rate > 0) {
+        uint64_t now = now_ns(), due = G.last_post_ns + (uint64_t)POST_GAP_MS * 1000000u;
+        if (now < due) {
+            if (!G.post_gap_armed) {
+                G.post_gap_armed = true;
+                uv_timer_start(&G.post_gap, on_post_gap, (due - now) / 1000000u + 1, 0);
+            }
+            return;
+        }
+        G.last_post_ns = now;
+    }
     size_t n = G.ndrained > MAX_TARGETS_PER_POST ? MAX_TARGETS_PER_POST : G.ndrained;
     mdm_buf_t body = MDM_BUF_INIT;
     mdm_buf_puts(&body, "{\"request_type\":\"ProfileList\",\"nopush\":true,\"targets\":[");
@@ -1500,6 +1530,7 @@ static void stop_all(void)
     G.stopping = true;
     G.measuring = false;
     uv_timer_stop(&G.tick);
+    uv_timer_stop(&G.post_gap);
     if (G.rate > 0)
         uv_idle_stop(&G.idle);
     for (int i = 0; i < G.nconn; i++) {
@@ -1510,6 +1541,7 @@ static void stop_all(void)
         slot_close(&G.admin, AC_NONE, false);
     G.done = true;
     uv_close((uv_handle_t *)&G.tick, NULL);
+    uv_close((uv_handle_t *)&G.post_gap, NULL);
     uv_close((uv_handle_t *)&G.idle, NULL);
     uv_close((uv_handle_t *)&G.sigint, NULL);
     if (G.open_handles == 0)
@@ -1848,6 +1880,7 @@ static void run_loop(void)
     G.t0_ns = now_ns();
     uv_timer_init(G.loop, &G.tick);
     uv_timer_start(&G.tick, on_tick, 100, 100);
+    uv_timer_init(G.loop, &G.post_gap);
     uv_idle_init(G.loop, &G.idle);
     if (G.rate > 0)
         uv_idle_start(&G.idle, on_idle);
