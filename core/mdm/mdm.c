@@ -1246,6 +1246,7 @@ static bool idle_fast_path(msg_ctx_t *c)
         c->out->ctype = NULL;
         mdm_buf_reset(&c->out->body);
         c->out->command_uuid[0] = '\0';
+        c->out->unchanged = true;
     }
     return fast;
 }

@@ -63,6 +63,8 @@ typedef struct mdm_outcome {
     char command_uuid[40];      /* the command sent back, if any */
     size_t policy_commands;     /* commands the policy queued */
     size_t installs, removals;  /* profile changes reconciliation queued */
+    bool unchanged;             /* answered from a read-only look: nothing was
+                                   written, and the answer tells of nothing stored */
 } mdm_outcome_t;
 
 /* Handles a check-in message body from the device with identity id. */

@@ -74,6 +74,11 @@ static void answer(mdm_req_t *req, const mdm_outcome_t *out, bool report)
                 out->policy_commands, out->installs,
                 mdm_logq(detq, sizeof(detq), out->detail[0] ? out->detail : NULL));
     if (out->status == 200) {
+        /* "Nothing to do" needs no commit: whatever the open batch holds,
+         * losing it leaves the device as if it had asked a moment earlier.
+         * So an Idle answered from the read-only look does not wait for
+         * other requests' fsync. */
+        req->no_hold = out->unchanged;
         mdm_resp_send(req, 200, out->body.len ? out->ctype : NULL, out->body.data,
                       out->body.len);
     } else if (out->status == 403 || out->status == 410) {

@@ -335,7 +335,7 @@ void mdm_resp_send_buf(mdm_req_t *req, int status, const char *ctype)
         req_free(req);
         return;
     }
-    if (mdm_store_pending(c->server->store))
+    if (!req->no_hold && mdm_store_pending(c->server->store))
         req->held = true;
     if (!c->in_parse)
         conn_flush(c);
@@ -640,7 +640,20 @@ static void pipe_drop(mdm_conn_t *c)
     }
 }
 
-/* Sends every answered request at the head of the pipeline, in order. */
+/* Puts the connection on the server's list of those waiting for the batch
+ * commit (once). */
+static void await_commit(mdm_conn_t *c)
+{
+    mdm_server_t *s = c->server;
+    if (c->in_commit_list)
+        return;
+    c->in_commit_list = true;
+    c->commit_next = s->awaiting_commit;
+    s->awaiting_commit = c;
+}
+
+/* Sends every answered request at the head of the pipeline, in order, up
+ * to one held for the batch commit. */
 static void conn_flush(mdm_conn_t *c)
 {
     mdm_server_t *s = c->server;
@@ -655,18 +668,14 @@ static void conn_flush(mdm_conn_t *c)
     }
     if (c->pipe_head == NULL || !c->pipe_head->responded)
         return;
-    if (mdm_store_pending(s->store)) {
-        /* The batch these responses may depend on is not on disk yet. */
-        if (!c->in_commit_list) {
-            c->in_commit_list = true;
-            c->commit_next = s->awaiting_commit;
-            s->awaiting_commit = c;
-        }
+    if (c->pipe_head->held) {
+        /* The batch this response may depend on is not on disk yet. */
+        await_commit(c);
         return;
     }
     mdm_buf_t *out = &s->out;
     mdm_buf_reset(out);
-    while (c->pipe_head != NULL && c->pipe_head->responded) {
+    while (c->pipe_head != NULL && c->pipe_head->responded && !c->pipe_head->held) {
         mdm_req_t *r = c->pipe_head;
         bool last = r->close_after;
         serialize_response(c, r, out);
@@ -688,6 +697,8 @@ static void conn_flush(mdm_conn_t *c)
         mdm_buf_free(out);
     if (c->closing)
         return;
+    if (c->pipe_head != NULL && c->pipe_head->responded && c->pipe_head->held)
+        await_commit(c); /* sent up to a response that waits for the commit */
     if (s->stopping && c->cur == NULL)
         c->close_when_done = true;
     if (c->close_when_done && c->npipe == 0) {

@@ -75,6 +75,8 @@ typedef struct mdm_req {
     mdm_buf_t resp_body;
     bool responded;
     bool held;                  /* answered while a store batch was open */
+    bool no_hold;               /* the answer tells of no stored change: it is
+                                   sent without waiting for the batch commit */
     bool close_after;
     struct mdm_req *next;       /* pipeline order on the connection */
 } mdm_req_t;

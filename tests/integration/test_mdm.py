@@ -524,3 +524,73 @@ def test_kill9_under_load_loses_nothing_acknowledged(datadir):
             assert c["targets"][udid]["status"] == "Acknowledged", (udid, u)
     finally:
         srv2.stop()
+
+
+# A disk whose every flush takes 300 ms longer, for the server only.
+SLOW_SYNC_C = r'''
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <unistd.h>
+static int slow(const char *name, int fd)
+{
+    int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, name);
+    usleep(300000);
+    return real(fd);
+}
+int fdatasync(int fd) { return slow("fdatasync", fd); }
+int fsync(int fd) { return slow("fsync", fd); }
+'''
+
+
+# An Idle with nothing to do is answered at once, even when other devices'
+# writes of the same loop iteration wait for their commit: "nothing to do"
+# depends on nothing being stored. With every flush 300 ms long and other
+# devices writing all the time, each Idle arrives while the loop flushes;
+# it used to wait for that flush and then for its own iteration's (about
+# 600 ms), and now for the first only (about 300 ms).
+def test_idle_with_nothing_to_do_does_not_wait_for_other_commits(datadir, tmpdir_path):
+    src = os.path.join(tmpdir_path, "slow_sync.c")
+    so = os.path.join(tmpdir_path, "slow_sync.so")
+    with open(src, "w") as f:
+        f.write(SLOW_SYNC_C)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", so, src, "-ldl"], check=True)
+    asan = os.environ.get("ASAN_OPTIONS", "")
+    env = {"LD_PRELOAD": so,
+           "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
+    srv = Server(datadir, env=env)
+    try:
+        quiet = Device(srv)
+        busy = [Device(srv) for _ in range(3)]
+        for d in [quiet] + busy:
+            d.enroll()
+        st, cmd = quiet.idle()  # records last_seen: later Idles change nothing
+        assert st == 200 and cmd is None
+        stop = threading.Event()
+        writes, failures = [0], []
+
+        def write_loop(d):
+            while not stop.is_set():
+                st = d.token_update()  # a write: the token is stored again
+                if st != 200:
+                    failures.append(st)
+                writes[0] += 1
+
+        threads = [threading.Thread(target=write_loop, args=(d,)) for d in busy]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        lat = []
+        for _ in range(12):
+            t0 = time.monotonic()
+            st, cmd = quiet.idle()
+            lat.append(time.monotonic() - t0)
+            assert st == 200 and cmd is None
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert failures == [] and writes[0] >= 12, (failures, writes[0])
+        lat.sort()
+        median = lat[len(lat) // 2]
+        assert median < 0.45, [round(x, 3) for x in lat]
+    finally:
+        assert srv.stop() == 0
