@@ -174,6 +174,10 @@ static const opt_t options[] = {
      .def = "100000", .doc = "Decision log entries kept at most (0: no decision log)."},
     {.key = "policy.decision_log_age", .type = OPT_DURATION, FIELD(policy_decision_log_age_ms),
      .def = "30d", .min = 1000, .doc = "Decision log entries older than this are pruned."},
+    {.key = "policy.decision_log_all", .type = OPT_BOOL, FIELD(policy_decision_log_all),
+     .def = "false",
+     .doc = "Also record connect and result hook calls that decided nothing (no command, fact, "
+            "mdm.kv change or error); by default only the calls metric counts them."},
 
     {.key = "ca.cert", .type = OPT_STRING, FIELD(ca_cert), .def = DATA_DIR_VAR "/ca.crt",
      .flags = F_PATH | F_DATADIR, .doc = "CA certificate that signs device certificates (PEM)."},

@@ -72,6 +72,7 @@ typedef struct mdm_config {
     bool policy_watch;        /* policy.watch: reload when a file changes */
     uint64_t policy_decision_log_max; /* policy.decision_log_max: entries kept (0: off) */
     uint64_t policy_decision_log_age_ms; /* policy.decision_log_age: entries pruned after */
+    bool policy_decision_log_all; /* policy.decision_log_all: also calls that decided nothing */
 
     /* ca */
     char *ca_cert;            /* ca.cert */

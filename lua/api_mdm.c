@@ -342,6 +342,7 @@ static int kv_write(lua_State *L, const char *what)
     if (c->kv == MDM__KV_READONLY)
         return luaL_error(L, "mdm.kv.%s: mdm.kv is read-only here (the caller has no transaction)",
                           what);
+    c->kv_changes++;
     if (c->kv == MDM__KV_VIRTUAL && c->kv_writes != NULL) {
         size_t klen = 0;
         const char *k = lua_tolstring(L, 1, &klen);

@@ -135,6 +135,7 @@ int mdm_policy_settings_from_config(mdm_policy_settings_t *s, const mdm_config_t
     s->instructions = cfg->policy_instructions;
     s->load_budget_ms = cfg->policy_load_budget_ms;
     s->decision_log = cfg->policy_decision_log_max > 0;
+    s->decision_log_all = cfg->policy_decision_log_all;
     return 0;
 }
 
@@ -849,6 +850,7 @@ int mdm__policy_load(const mdm_policy_settings_t *s, int mode, const char *test_
     p->store = mode == MDM__MODE_SERVER ? s->store : NULL;
     p->decision_log = p->store != NULL && s->decision_log;
     p->log_sink = p->decision_log ? s->log_sink : NULL;
+    p->decision_log_all = s->decision_log_all;
     p->instructions = s->instructions ? s->instructions : DEFAULT_INSTRUCTIONS;
     p->load_budget_ns = (s->load_budget_ms ? s->load_budget_ms : DEFAULT_LOAD_BUDGET_MS) * 1000000ull;
     for (int h = 0; h < MDM_POLICY_HOOK__COUNT; h++)
@@ -2024,6 +2026,30 @@ static int log_decision(mdm_policy_t *p, run_t *r, mdm_txn_t *txn)
     return rc;
 }
 
+/* A connect or result call that changed nothing: it ran, returned no
+ * command and no fact, and wrote nothing with mdm.kv. These come with
+ * every report and every Idle of every device; recording each would turn
+ * the decision log over within seconds on a busy server and hide the
+ * decisions that did something (policy.decision_log_all records them
+ * too). The calls metric counts them all. */
+static bool decided_nothing(const run_t *r)
+{
+    if (r->hook != MDM_POLICY_HOOK_CONNECT && r->hook != MDM_POLICY_HOOK_RESULT)
+        return false;
+    const mdm_policy_decision_t *d = r->out;
+    return d->status == MDM_POLICY_OK && r->call.kv_changes == 0 &&
+           (d->commands == NULL || plist_array_get_size(d->commands) == 0) &&
+           (d->facts == NULL || plist_dict_get_size(d->facts) == 0);
+}
+
+/* A probe that wants to write: its caller calls again in a transaction,
+ * and that call is the one recorded. */
+static bool called_again(const run_t *r)
+{
+    return r->call.probe && (r->call.kv_changes > 0 || (r->out->commands != NULL &&
+                                                        plist_array_get_size(r->out->commands) > 0));
+}
+
 /* ---- the typed calls ------------------------------------------------------------------- */
 
 static void report_failure(mdm_policy_t *p, run_t *r)
@@ -2087,7 +2113,8 @@ int mdm__policy_call(mdm_policy_t *p, int hook, const mdm__call_t *tmpl,
     if (log && p->mode == MDM__MODE_SERVER)
         mdm_metric_set(p->m_memory, (int64_t)p->sb.mem_used);
     int rc = r.call.store_rc;
-    if (log && p->decision_log && hook != MDM_POLICY_HOOK_SELF_TEST) {
+    if (log && p->decision_log && hook != MDM_POLICY_HOOK_SELF_TEST &&
+        !called_again(&r) && (p->decision_log_all || !decided_nothing(&r))) {
         int lrc = log_decision(p, &r, tmpl->txn);
         if (rc == 0 && tmpl->txn != NULL)
             rc = lrc;
@@ -2153,7 +2180,7 @@ int mdm_policy_connect_probe(mdm_policy_t *p, const char *reqid, const mdm_polic
                              plist_t report, mdm_policy_decision_t *out, bool *wants_write)
 {
     mdm__hook_input_t in = {.dev = dev, .a = report};
-    mdm__call_t tmpl = {.reqid = reqid, .txn = NULL, .kv_writes = json_array()};
+    mdm__call_t tmpl = {.reqid = reqid, .txn = NULL, .kv_writes = json_array(), .probe = true};
     tmpl.kv = p->mode == MDM__MODE_SERVER && p->store != NULL ? MDM__KV_VIRTUAL : MDM__KV_MEMORY;
     int rc = mdm__policy_call(p, MDM_POLICY_HOOK_CONNECT, &tmpl, &in, true, out);
     *wants_write = json_array_size(tmpl.kv_writes) > 0 ||

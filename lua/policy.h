@@ -212,6 +212,7 @@ typedef struct mdm_policy_settings {
     mdm_store_t *store;        /* the store, or NULL (no kv outside tests, no decision log,
                                   no profile checks) */
     bool decision_log;         /* record decisions (needs store) */
+    bool decision_log_all;     /* also connect and result calls that decided nothing */
     void *log_sink;            /* server: decision log entries of calls without a
                                   transaction are buffered here and written by the
                                   engine's timer (NULL: written at once) */

@@ -145,6 +145,10 @@ typedef struct mdm__call {
     json_t *logs;             /* when set, mdm.log lines are appended here too */
     json_t *kv_writes;        /* MDM__KV_VIRTUAL: the writes that would happen */
     int store_rc;             /* the first store error met */
+    unsigned kv_changes;      /* mdm.kv writes and deletes of this call */
+    bool probe;               /* a read-only try: when it wants to write, the caller
+                                 calls again in a transaction, and that call is the
+                                 one recorded */
 } mdm__call_t;
 
 /* Registry fields of a policy state, keyed by address (lua_rawgetp) so that
@@ -220,6 +224,7 @@ struct mdm_policy {
     uint64_t load_budget_ns;
     mdm_store_t *store;        /* for reads without a transaction, and the decision log */
     bool decision_log;
+    bool decision_log_all;     /* also connect and result calls that decided nothing */
     mdm__log_sink_t *log_sink; /* or NULL */
     uint64_t seq;              /* decision log key sequence */
     mdm__call_t *call;         /* the call in progress, or NULL */

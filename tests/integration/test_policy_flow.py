@@ -291,7 +291,8 @@ def test_decision_log_stays_within_its_maximum_under_load(datadir, tmpdir_path):
     os.makedirs(pdir)
     with open(os.path.join(pdir, "init.lua"), "w") as f:
         f.write("return { connect = function(device, report) end }\n")
-    datadir.write_config('  policy = { dir = "%s", decision_log_max = 50 },' % pdir)
+    datadir.write_config('  policy = { dir = "%s", decision_log_max = 50, decision_log_all = true },'
+                         % pdir)
     srv = Server(datadir)
     try:
         api = Api(srv)
@@ -329,3 +330,61 @@ def test_decision_log_stays_within_its_maximum_under_load(datadir, tmpdir_path):
         assert m and int(m.group(1)) >= 800 - 50, m and m.group(0)
     finally:
         assert srv.stop() == 0
+
+
+# Connect and result calls that decide nothing come with every report and
+# Idle; they are counted but not recorded unless policy.decision_log_all
+# asks for them, so that the decisions that did something stay in the log.
+# Those are recorded: a command queued, an mdm.kv write, a failure.
+QUIET_POLICY = r'''
+return {
+  connect = function(device, report)
+    if report.Status ~= "Idle" then return end
+    local n = (mdm.kv.get("idles:" .. device.id) or 0) + 1
+    if n > 2 then return end
+    mdm.kv.put("idles:" .. device.id, n)
+    if n == 1 then return { commands = { mdm.command.ProfileList{} } } end
+  end,
+  result = function(device, result) error("no results wanted") end,
+}
+'''
+
+
+def test_decision_log_leaves_out_calls_that_decided_nothing(datadir, tmpdir_path):
+    from collections import Counter
+    for log_all in (False, True):
+        pdir = os.path.join(tmpdir_path, "policy-%s" % log_all)
+        os.makedirs(pdir)
+        with open(os.path.join(pdir, "init.lua"), "w") as f:
+            f.write(QUIET_POLICY)
+        datadir.write_config('  policy = { dir = "%s", decision_log_all = %s },'
+                             % (pdir, "true" if log_all else "false"))
+        srv = Server(datadir)
+        try:
+            api = Api(srv)
+            dev = Device(srv)
+            dev.enroll()
+            # Idle 1 queues ProfileList (recorded); its report fails the
+            # result hook (recorded) and runs connect, which decides
+            # nothing. Idle 2 writes mdm.kv (recorded); Idles 3-6 decide
+            # nothing.
+            assert [c["Command"]["RequestType"] for c in dev.run()] == ["ProfileList"]
+            for _ in range(5):
+                st, cmd = dev.idle()
+                assert st == 200 and cmd is None, (st, cmd)
+            st, r = api.call("GET", "/v1/decisions?device=%s&limit=100" % dev.udid)
+            assert st == 200, r
+            got = Counter((d["hook"], d["status"]) for d in r["decisions"]
+                          if d["hook"] in ("connect", "result"))
+            want = {("connect", "ok"): 7 if log_all else 2, ("result", "failed"): 1}
+            assert got == want, (log_all, got)
+            first = [d for d in r["decisions"] if d["hook"] == "connect"][-1]
+            assert first["decision"]["commands"][0]["RequestType"] == "ProfileList", first
+            text = requests.get(srv.url + "/metrics", verify=srv.datadir.ca_crt, timeout=10).text
+            calls = sum(int(m.group(1)) for m in re.finditer(
+                r'^moonmdm_policy_calls_total\{hook="connect",[^}]*\} (\d+)$', text, re.M))
+            # Every call is counted (an Idle whose read-only try wants to
+            # write runs the hook again in a transaction).
+            assert calls >= 7, calls
+        finally:
+            assert srv.stop() == 0
