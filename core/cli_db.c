@@ -387,16 +387,69 @@ static int exists(mdm_txn_t *txn, int table, const mdm_buf_t *k, mdm_val_t *v)
     return mdm_txn_get(txn, table, MDM_VAL(k->data, k->len), v);
 }
 
-/* The result of (eid, uuid), among the waiting ones or the finished ones. */
+#define QHDR (MDM_UUID_LEN + 8)
+#define QPOS 9
+
+/* Whether a queue entry's value names the command uuid. */
+static bool qent_is(mdm_val_t v, const void *uuid, size_t ul)
+{
+    return v.len >= QHDR && strnlen(v.data, MDM_UUID_LEN) == ul && memcmp(v.data, uuid, ul) == 0;
+}
+
+/* The waiting result of (eid, uuid) kept in its queue entry, found through
+ * the position in the command's target index (schema 4); v is the record. */
+static int find_in_queue(mdm_txn_t *txn, mdm_buf_t *k, const void *eid, size_t el,
+                         const void *uuid, size_t ul, mdm_val_t *v)
+{
+    mdm_val_t pos;
+    key_cmdt(k, uuid, ul, eid, el);
+    int g = exists(txn, MDM_T_INDEX, k, &pos);
+    if (g != 0)
+        return g;
+    if (pos.len != QPOS)
+        return MDM_ENOTFOUND;
+    mdm_buf_reset(k);
+    mdm_buf_append(k, eid, el);
+    mdm_buf_putc(k, '\0');
+    mdm_buf_append(k, pos.data, QPOS);
+    g = exists(txn, MDM_T_QUEUE, k, v);
+    if (g != 0)
+        return g;
+    if (v->len <= QHDR || !qent_is(*v, uuid, ul))
+        return MDM_ENOTFOUND;
+    *v = MDM_VAL((const char *)v->data + QHDR, v->len - QHDR);
+    return 0;
+}
+
+/* The result of (eid, uuid): in its queue entry, among the waiting ones of
+ * schema 3, or among the finished ones. */
 static int find_result(mdm_txn_t *txn, mdm_buf_t *k, const void *eid, size_t el,
                        const void *uuid, size_t ul, mdm_val_t *v)
 {
+    int g = find_in_queue(txn, k, eid, el, uuid, ul, v);
+    if (g != MDM_ENOTFOUND)
+        return g;
     key_result(k, eid, el, uuid, ul, true);
-    int g = exists(txn, MDM_T_RESULTS, k, v);
+    g = exists(txn, MDM_T_RESULTS, k, v);
     if (g != MDM_ENOTFOUND)
         return g;
     key_result(k, eid, el, uuid, ul, false);
     return exists(txn, MDM_T_RESULTS, k, v);
+}
+
+/* Whether a result of (eid, uuid) is kept under a results key: the
+ * finished one, or the waiting one of schema 3. */
+static int kept_in_results(mdm_txn_t *txn, mdm_buf_t *k, const void *eid, size_t el,
+                           const void *uuid, size_t ul)
+{
+    mdm_val_t v;
+    for (int live = 0; live <= 1; live++) {
+        key_result(k, eid, el, uuid, ul, live);
+        int g = exists(txn, MDM_T_RESULTS, k, &v);
+        if (g != MDM_ENOTFOUND)
+            return g;
+    }
+    return MDM_ENOTFOUND;
 }
 
 static int command_exists(mdm_txn_t *txn, const char *uuid, size_t ul)
@@ -407,8 +460,10 @@ static int command_exists(mdm_txn_t *txn, const char *uuid, size_t ul)
     return mdm_txn_get(txn, MDM_T_COMMANDS, MDM_VAL(uuid, ul), &v);
 }
 
-/* Every queue entry: a command record, and a waiting result that points
- * back at the entry (its priority and sequence). */
+/* Every queue entry: a command record, and a waiting result that names
+ * the entry's priority and sequence, kept in the entry (with the command's
+ * target index pointing at it) or, from schema 2 and 3, under a results
+ * key. */
 static int check_queue(mdm_txn_t *txn, check_t *c)
 {
     mdm_cursor_t *cur = NULL;
@@ -429,9 +484,9 @@ static int check_queue(mdm_txn_t *txn, check_t *c)
         uint64_t prio = 255u - pb[0];
         uint64_t seq = mdm_be64_get(pb + 1);
         const char *eid = show(kp, el);
-        if (cv.len != MDM_UUID_LEN + 8) {
-            problem(c, "queue %s #%llu: malformed value (%zu bytes, want %d)", eid,
-                    (unsigned long long)seq, cv.len, MDM_UUID_LEN + 8);
+        if (cv.len < QHDR) {
+            problem(c, "queue %s #%llu: malformed value (%zu bytes, want at least %d)", eid,
+                    (unsigned long long)seq, cv.len, QHDR);
             continue;
         }
         const char *uuid = cv.data;
@@ -441,7 +496,38 @@ static int check_queue(mdm_txn_t *txn, check_t *c)
                     "queue %s #%llu: sequence number above meta queue_seq (%llu); a new "
                     "command could take its key",
                     eid, (unsigned long long)seq, (unsigned long long)c->queue_seq);
-        int g = find_result(txn, &k, kp, el, uuid, ul, &v);
+        int g;
+        bool inside = cv.len > QHDR;
+        if (inside) {
+            v = MDM_VAL((const char *)cv.data + QHDR, cv.len - QHDR);
+            g = 0;
+            mdm_val_t pos;
+            key_cmdt(&k, uuid, ul, kp, el);
+            int p = exists(txn, MDM_T_INDEX, &k, &pos);
+            if (p == MDM_ENOTFOUND) {
+                problem(c, "queue %s #%llu: command %s is missing from its target index (cmdt)",
+                        eid, (unsigned long long)seq, show(uuid, ul));
+            } else if (p != 0) {
+                rc = p;
+                break;
+            } else if (pos.len != QPOS || memcmp(pos.data, pb, QPOS) != 0) {
+                problem(c,
+                        "queue %s #%llu: the target index (cmdt) of command %s does not point at "
+                        "this entry: its report would not find the waiting result",
+                        eid, (unsigned long long)seq, show(uuid, ul));
+            }
+            p = kept_in_results(txn, &k, kp, el, uuid, ul);
+            if (p == 0)
+                problem(c, "queue %s #%llu: the result of command %s is kept twice (in the "
+                        "queue entry and among the results)",
+                        eid, (unsigned long long)seq, show(uuid, ul));
+            else if (p != MDM_ENOTFOUND) {
+                rc = p;
+                break;
+            }
+        } else {
+            g = find_result(txn, &k, kp, el, uuid, ul, &v);
+        }
         if (g == MDM_ENOTFOUND) {
             problem(c, "queue %s #%llu: command %s has no result record", eid,
                     (unsigned long long)seq, show(uuid, ul));
@@ -450,13 +536,24 @@ static int check_queue(mdm_txn_t *txn, check_t *c)
             break;
         } else {
             result_rec_t r;
-            /* An undecodable record is reported by the results pass. */
-            if (result_decode(v, &r) == 0) {
-                if (!waiting(r.status))
+            /* An undecodable record is reported by the results pass; one in
+             * the entry, here. */
+            int d = result_decode(v, &r);
+            if (d != 0 && inside)
+                problem(c, "queue %s #%llu: command %s: the waiting result in the entry is not a "
+                        "valid result record",
+                        eid, (unsigned long long)seq, show(uuid, ul));
+            if (inside) {
+                c->n_results++;
+                if (d == 0)
+                    c->n_waiting++;
+            }
+            if (d == 0) {
+                if (!r.has_status || !waiting(r.status))
                     problem(c,
                             "queue %s #%llu: command %s is queued but its result has status %s",
                             eid, (unsigned long long)seq, show(uuid, ul),
-                            show(r.status, strlen(r.status)));
+                            r.has_status ? show(r.status, strlen(r.status)) : "(none)");
                 else if (r.priority != prio || r.seq != seq)
                     problem(c,
                             "queue %s #%llu: command %s: its result record names priority %llu "
@@ -554,11 +651,13 @@ static int check_results(mdm_txn_t *txn, check_t *c)
             } else if (g != 0) {
                 rc = g;
                 break;
-            } else if (v.len != MDM_UUID_LEN + 8 ||
-                       strnlen(v.data, MDM_UUID_LEN) != ul || memcmp(v.data, uuid, ul) != 0) {
+            } else if (!qent_is(v, uuid, ul)) {
                 problem(c, "result %s/%s: its queue entry (sequence %llu) holds another command %s",
                         eid, us, (unsigned long long)r.seq,
                         show(v.data, v.len < MDM_UUID_LEN ? v.len : MDM_UUID_LEN));
+            } else if (v.len > QHDR) {
+                problem(c, "result %s/%s: kept twice (waiting in its queue entry, and here)",
+                        eid, us);
             }
             g = command_exists(txn, uuid, ul);
             if (g == MDM_ENOTFOUND)
@@ -636,6 +735,9 @@ static int check_index(mdm_txn_t *txn, check_t *c)
                 continue;
             }
             const char *eid = nul + 1;
+            if (cv.len != 0 && cv.len != QPOS)
+                problem(c, "index cmdt %s -> %s: malformed value (%zu bytes, want 0 or %d)",
+                        show(uuid, ul), show(eid, el), cv.len, QPOS);
             int g = find_result(txn, &k, eid, el, uuid, ul, &v);
             if (g == MDM_ENOTFOUND)
                 problem(c, "index cmdt %s -> %s: the command's target has no result record",

@@ -19,15 +19,25 @@ bool mdm_status_terminal(const char *s)
 /* Where a result record is kept. The result of a command that still waits
  * (Queued, NotNow) is small and changes at every connection of its device;
  * a finished one holds the device's report and does not change again.
- * Waiting results are kept apart, under LIVE_MARK + the usual key, so that
- * they share a few leaves of their own: a batch of connections then
- * rewrites those few, instead of one leaf of finished results per device
- * and per change. A result moves to the usual key when it finishes. Stores
- * of schema version 2 hold waiting results under the usual key; they are
- * found there and move on their next change. No enrollment id starts with
- * a control character (eid_prefix refuses them), so the ranges are apart. */
+ *
+ * A waiting result lives in its command's queue entry, after the entry's
+ * header (QHDR: the command UUID and the expiry), and the command's target
+ * index entry (cmdt) holds the entry's position (QPOS bytes) so that a
+ * report finds it without a scan. Queueing, sending, putting off and
+ * finishing then rewrite the one leaf of the queue entry instead of one
+ * more leaf elsewhere. A result moves to the usual key (eid NUL uuid) in
+ * MDM_T_RESULTS when it finishes; a position left in cmdt after that
+ * names no entry (sequence numbers are not reused).
+ *
+ * Earlier layouts are read as they are and move on their next change:
+ * schema 3 kept waiting results under LIVE_MARK + the usual key, schema 2
+ * under the usual key, both with a queue entry of QHDR bytes. No
+ * enrollment id starts with a control character (eid_prefix refuses
+ * them), so the ranges are apart. */
 #define LIVE_MARK '\x01'
-enum { AT_NONE = 0, AT_LIVE, AT_DONE };
+#define QHDR (MDM_UUID_LEN + 8)
+#define QPOS 9
+enum { AT_NONE = 0, AT_QUEUE, AT_LIVE, AT_DONE };
 
 /* live: the prefix of the waiting results' range. */
 static int eid_prefix_at(mdm_buf_t *k, const char *eid, bool live)
@@ -48,16 +58,36 @@ static int eid_prefix(mdm_buf_t *k, const char *eid)
     return eid_prefix_at(k, eid, false);
 }
 
+/* A queue entry's position within its enrollment's queue: highest
+ * priority first, then the order of enqueueing. */
+static void queue_pos(unsigned char b[QPOS], int prio, uint64_t seq)
+{
+    b[0] = (unsigned char)(255 - (prio & 255));
+    mdm_be64_put(b + 1, seq);
+}
+
 static int queue_key(mdm_buf_t *k, const char *eid, int prio, uint64_t seq)
 {
     int rc = eid_prefix(k, eid);
     if (rc != 0)
         return rc;
-    unsigned char b[9];
-    b[0] = (unsigned char)(255 - (prio & 255));
-    mdm_be64_put(b + 1, seq);
-    mdm_buf_append(k, b, 9);
+    unsigned char b[QPOS];
+    queue_pos(b, prio, seq);
+    mdm_buf_append(k, b, QPOS);
     return 0;
+}
+
+/* Whether a queue entry's value names uuid. */
+static bool qent_is(mdm_val_t v, const char *uuid)
+{
+    size_t n = strlen(uuid);
+    return v.len >= QHDR && n <= MDM_UUID_LEN && strnlen(v.data, MDM_UUID_LEN) == n &&
+           memcmp(v.data, uuid, n) == 0;
+}
+
+static int64_t qent_expires(mdm_val_t v)
+{
+    return (int64_t)mdm_be64_get((const unsigned char *)v.data + MDM_UUID_LEN);
 }
 
 static int result_key(mdm_buf_t *k, const char *eid, const char *uuid, bool live)
@@ -321,15 +351,54 @@ static void result_view(const mdm_result_rec_t *rec, mdm_result_t *r)
     r->raw_len = rec->has_raw ? rec->raw.len : 0;
 }
 
-/* The stored result of (eid, uuid), waiting or finished; *at tells which
- * (AT_NONE with MDM_ENOTFOUND). */
+/* The record bytes of a stored result: a queue entry holds them after its
+ * header. */
+static mdm_val_t rec_bytes(mdm_val_t v, int at)
+{
+    if (at == AT_QUEUE)
+        return MDM_VAL((const char *)v.data + QHDR, v.len - QHDR);
+    return v;
+}
+
+/* The waiting result of (eid, uuid) in its queue entry, found through the
+ * position in the command's target index. v is the whole entry. */
+static int result_in_queue(mdm_txn_t *txn, mdm_buf_t *k, const char *eid, const char *uuid,
+                           mdm_val_t *v)
+{
+    mdm_val_t pos;
+    cmdt_key(k, uuid, eid);
+    int rc = mdm_txn_get(txn, MDM_T_INDEX, MDM_VAL(k->data, k->len), &pos);
+    if (rc != 0)
+        return rc;
+    if (pos.len != QPOS)
+        return MDM_ENOTFOUND; /* an earlier layout's index entry */
+    rc = eid_prefix(k, eid);
+    if (rc != 0)
+        return rc;
+    mdm_buf_append(k, pos.data, QPOS);
+    rc = mdm_txn_get(txn, MDM_T_QUEUE, MDM_VAL(k->data, k->len), v);
+    if (rc == 0 && (v->len <= QHDR || !qent_is(*v, uuid)))
+        rc = MDM_ENOTFOUND;
+    return rc;
+}
+
+/* The stored result of (eid, uuid), waiting or finished; *at tells where
+ * (AT_NONE with MDM_ENOTFOUND). With AT_QUEUE, v is the whole queue entry
+ * (rec_bytes gives the record). */
 static int result_raw(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_val_t *v, int *at)
 {
     mdm_buf_t k = MDM_BUF_INIT;
     *at = AT_NONE;
-    int rc = result_key(&k, eid, uuid, true);
+    int rc = strlen(uuid) > MDM_UUID_LEN ? MDM_EINVAL : eid_prefix(&k, eid);
     if (rc == 0) {
-        rc = mdm_txn_get(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len), v);
+        rc = result_in_queue(txn, &k, eid, uuid, v);
+        if (rc == 0)
+            *at = AT_QUEUE;
+    }
+    if (rc == MDM_ENOTFOUND) {
+        rc = result_key(&k, eid, uuid, true);
+        if (rc == 0)
+            rc = mdm_txn_get(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len), v);
         if (rc == 0)
             *at = AT_LIVE;
     }
@@ -344,6 +413,17 @@ static int result_raw(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_val
     return rc;
 }
 
+/* Decodes a stored result (as result_raw found it) into out. */
+static int result_decode_at(mdm_val_t v, int at, mdm_result_rec_t *out)
+{
+    mdm_val_t r = rec_bytes(v, at);
+    int rc = mdm_result_rec_decode(r.data, r.len, out);
+    out->at = at;
+    if (at == AT_QUEUE)
+        out->expires_at = qent_expires(v);
+    return rc;
+}
+
 static int result_load(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result_rec_t *out)
 {
     mdm_val_t v;
@@ -353,31 +433,107 @@ static int result_load(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_re
         rrec_init(out);
         return rc;
     }
-    rc = mdm_result_rec_decode(v.data, v.len, out);
-    out->at = at;
+    return result_decode_at(v, at, out);
+}
+
+/* A queue entry's value: its header, then the waiting result. */
+static void qent_value(mdm_buf_t *b, const char *uuid, int64_t expires, const mdm_result_rec_t *r)
+{
+    mdm_buf_t rec = MDM_BUF_INIT;
+    mdm_result_rec_encode(r, &rec);
+    unsigned char h[QHDR];
+    memset(h, 0, sizeof(h));
+    memcpy(h, uuid, strnlen(uuid, MDM_UUID_LEN));
+    mdm_be64_put(h + MDM_UUID_LEN, (uint64_t)expires);
+    mdm_buf_reset(b);
+    mdm_buf_append(b, h, QHDR);
+    mdm_buf_append(b, rec.data, rec.len);
+    mdm_buf_free(&rec);
+}
+
+/* Points the command's target index entry at the queue entry. */
+static int cmdt_put(mdm_txn_t *txn, mdm_buf_t *k, const char *eid, const char *uuid,
+                    const mdm_result_rec_t *r)
+{
+    unsigned char pos[QPOS];
+    queue_pos(pos, (int)r->priority, r->seq);
+    cmdt_key(k, uuid, eid);
+    return mdm_txn_put(txn, MDM_T_INDEX, MDM_VAL(k->data, k->len), MDM_VAL(pos, QPOS), 0);
+}
+
+/* Deletes the copy of a result kept where an earlier layout put it. */
+static int result_del_at(mdm_txn_t *txn, mdm_buf_t *k, const char *eid, const char *uuid, int at)
+{
+    int rc = result_key(k, eid, uuid, at == AT_LIVE);
+    if (rc == 0)
+        rc = mdm_txn_del(txn, MDM_T_RESULTS, MDM_VAL(k->data, k->len));
+    return rc == MDM_ENOTFOUND ? 0 : rc;
+}
+
+/* Saves a waiting result into its queue entry. One read where an earlier
+ * layout kept it: it moves into the entry, and the index learns the
+ * entry's position. Without a queue entry (a damaged store) it stays where
+ * it was. */
+static int result_save_waiting(mdm_txn_t *txn, mdm_buf_t *k, mdm_buf_t *b, const char *eid,
+                               const char *uuid, mdm_result_rec_t *r)
+{
+    int rc = queue_key(k, eid, (int)r->priority, r->seq);
+    if (rc != 0)
+        return rc;
+    int64_t expires = r->expires_at;
+    if (r->at != AT_QUEUE) {
+        mdm_val_t q;
+        rc = mdm_txn_get(txn, MDM_T_QUEUE, MDM_VAL(k->data, k->len), &q);
+        if (rc == MDM_ENOTFOUND || (rc == 0 && !qent_is(q, uuid))) {
+            rc = result_key(k, eid, uuid, r->at == AT_LIVE);
+            if (rc == 0) {
+                mdm_result_rec_encode(r, b);
+                rc = mdm_txn_put(txn, MDM_T_RESULTS, MDM_VAL(k->data, k->len),
+                                 MDM_VAL(b->data, b->len), 0);
+            }
+            return rc;
+        }
+        if (rc != 0)
+            return rc;
+        expires = qent_expires(q);
+    }
+    qent_value(b, uuid, expires, r);
+    rc = mdm_txn_put(txn, MDM_T_QUEUE, MDM_VAL(k->data, k->len), MDM_VAL(b->data, b->len), 0);
+    if (rc == 0 && r->at != AT_QUEUE) {
+        rc = cmdt_put(txn, k, eid, uuid, r);
+        if (rc == 0 && r->at != AT_NONE)
+            rc = result_del_at(txn, k, eid, uuid, r->at);
+    }
+    if (rc == 0) {
+        r->at = AT_QUEUE;
+        r->expires_at = expires;
+    }
     return rc;
 }
 
-/* Saves r where its status says (waiting or finished), and drops the copy
- * it was read from when that was the other place. */
+/* Saves r where its status says: a waiting result in its queue entry, a
+ * finished one under the usual key. A result finishes through finish(),
+ * which deletes the queue entry first; a copy where an earlier layout kept
+ * it is dropped. */
 static int result_save(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result_rec_t *r)
 {
     bool live = r->has_status && !mdm_status_terminal(r->status);
     mdm_buf_t k = MDM_BUF_INIT, b = MDM_BUF_INIT;
-    int rc = result_key(&k, eid, uuid, live);
-    if (rc == 0) {
-        mdm_result_rec_encode(r, &b);
-        rc = mdm_txn_put(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len), MDM_VAL(b.data, b.len), 0);
-    }
-    if (rc == 0 && r->at == (live ? AT_DONE : AT_LIVE)) {
-        rc = result_key(&k, eid, uuid, !live);
+    int rc;
+    if (live) {
+        rc = result_save_waiting(txn, &k, &b, eid, uuid, r);
+    } else {
+        rc = result_key(&k, eid, uuid, false);
+        if (rc == 0) {
+            mdm_result_rec_encode(r, &b);
+            rc = mdm_txn_put(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len),
+                             MDM_VAL(b.data, b.len), 0);
+        }
+        if (rc == 0 && r->at == AT_LIVE)
+            rc = result_del_at(txn, &k, eid, uuid, AT_LIVE);
         if (rc == 0)
-            rc = mdm_txn_del(txn, MDM_T_RESULTS, MDM_VAL(k.data, k.len));
-        if (rc == MDM_ENOTFOUND)
-            rc = 0;
+            r->at = AT_DONE;
     }
-    if (rc == 0)
-        r->at = live ? AT_LIVE : AT_DONE;
     mdm_buf_free(&k);
     mdm_buf_free(&b);
     return rc;
@@ -476,14 +632,8 @@ int mdm_queue_add(mdm_txn_t *txn, const char *eid, const mdm_command_info_t *inf
     rc = queue_key(&k, eid, info->priority, seq);
     if (rc != 0)
         goto out;
-    unsigned char v[MDM_UUID_LEN + 8];
-    memset(v, 0, sizeof(v));
-    memcpy(v, info->uuid, strnlen(info->uuid, MDM_UUID_LEN));
-    mdm_be64_put(v + MDM_UUID_LEN, (uint64_t)info->expires_ms);
-    rc = mdm_txn_put(txn, MDM_T_QUEUE, MDM_VAL(k.data, k.len), MDM_VAL(v, sizeof(v)), 0);
-    if (rc != 0)
-        goto out;
-
+    /* The queue entry holds the waiting result; the command's target index
+     * holds the entry's position. */
     mdm_result_rec_t res;
     rrec_init(&res);
     rrec_set_status(&res, "Queued");
@@ -492,12 +642,13 @@ int mdm_queue_add(mdm_txn_t *txn, const char *eid, const mdm_command_info_t *inf
     res.updated_at = info->created_ms;
     res.priority = (uint64_t)info->priority;
     res.seq = seq;
-    rc = result_save(txn, eid, info->uuid, &res);
+    mdm_buf_t v = MDM_BUF_INIT;
+    qent_value(&v, info->uuid, info->expires_ms, &res);
+    rc = mdm_txn_put(txn, MDM_T_QUEUE, MDM_VAL(k.data, k.len), MDM_VAL(v.data, v.len), 0);
+    mdm_buf_free(&v);
+    if (rc == 0)
+        rc = cmdt_put(txn, &k, eid, info->uuid, &res);
     mdm_result_rec_free(&res);
-    if (rc != 0)
-        goto out;
-    cmdt_key(&k, info->uuid, eid);
-    rc = mdm_txn_put(txn, MDM_T_INDEX, MDM_VAL(k.data, k.len), MDM_VAL("", 0), 0);
 out:
     mdm_buf_free(&k);
     return rc;
@@ -523,14 +674,19 @@ int mdm_queue_next(mdm_txn_t *txn, const char *eid, int64_t now_ms, int64_t sess
     bool found = false;
     for (rc = mdm_cursor_seek(c, prefix, &ck, &cv); rc == 0 && mdm_val_has_prefix(ck, prefix);
          rc = mdm_cursor_next(c, &ck, &cv)) {
-        if (cv.len != MDM_UUID_LEN + 8)
+        if (cv.len < QHDR)
             continue;
         char uuid[MDM_UUID_LEN + 1];
         memcpy(uuid, cv.data, MDM_UUID_LEN);
         uuid[MDM_UUID_LEN] = '\0';
-        int64_t expires = (int64_t)mdm_be64_get((const unsigned char *)cv.data + MDM_UUID_LEN);
+        int64_t expires = qent_expires(cv);
         mdm_result_rec_t res;
-        rc = result_load(txn, eid, uuid, &res);
+        /* The entry holds its result; one of an earlier layout is kept
+         * elsewhere. */
+        if (cv.len > QHDR)
+            rc = result_decode_at(cv, AT_QUEUE, &res);
+        else
+            rc = result_load(txn, eid, uuid, &res);
         if (rc == MDM_ENOTFOUND) {
             /* A queue entry without its result cannot be answered for. */
             rc = mdm_cursor_del(c);
@@ -744,7 +900,7 @@ int mdm_result_get(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result
         return rc == MDM_EINVAL ? MDM_ENOTFOUND : rc;
     memset(out, 0, sizeof(*out));
     mdm_result_rec_t rec;
-    rc = mdm_result_rec_decode(v.data, v.len, &rec);
+    rc = result_decode_at(v, at, &rec);
     if (rc == 0) {
         result_view(&rec, out);
         if (raw_out != NULL) {
@@ -762,14 +918,16 @@ int mdm_result_get(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result
 }
 
 /* Calls fn with a decoded result (its raw bytes live until fn returns). */
-static int call_with_result(mdm_val_t v, const char *eid, size_t eidlen, const char *uuid,
+static int call_with_result(mdm_val_t v, int at, const char *eid, size_t eidlen, const char *uuid,
                             size_t uuidlen, mdm_result_fn fn, void *arg)
 {
     mdm_result_t r;
     memset(&r, 0, sizeof(r));
     mdm_result_rec_t rec;
-    if (mdm_result_rec_decode(v.data, v.len, &rec) != 0)
+    if (result_decode_at(v, at, &rec) != 0) {
+        mdm_result_rec_free(&rec);
         return 0; /* an undecodable record is skipped, not fatal */
+    }
     result_view(&rec, &r);
     snprintf(r.eid, sizeof(r.eid), "%.*s", (int)eidlen, eid);
     snprintf(r.uuid, sizeof(r.uuid), "%.*s", (int)uuidlen, uuid);
@@ -782,8 +940,29 @@ int mdm_results_of_enrollment(mdm_txn_t *txn, const char *eid, mdm_result_fn fn,
 {
     mdm_buf_t k = MDM_BUF_INIT;
     mdm_cursor_t *c = NULL;
-    int rc = mdm_cursor_open(txn, MDM_T_RESULTS, &c);
-    /* The waiting results, then the finished ones. */
+    /* The waiting results in the queue entries, in queue order. */
+    int rc = eid_prefix(&k, eid);
+    if (rc == 0)
+        rc = mdm_cursor_open(txn, MDM_T_QUEUE, &c);
+    if (rc == 0) {
+        mdm_val_t prefix = MDM_VAL(k.data, k.len), ck, cv;
+        for (rc = mdm_cursor_seek(c, prefix, &ck, &cv); rc == 0 && mdm_val_has_prefix(ck, prefix);
+             rc = mdm_cursor_next(c, &ck, &cv)) {
+            if (cv.len <= QHDR)
+                continue; /* an earlier layout's: its result is kept apart */
+            rc = call_with_result(cv, AT_QUEUE, eid, strlen(eid), cv.data,
+                                  strnlen(cv.data, MDM_UUID_LEN), fn, arg);
+            if (rc != 0)
+                break;
+        }
+        if (rc == MDM_ENOTFOUND)
+            rc = 0;
+    }
+    mdm_cursor_close(c);
+    c = NULL;
+    if (rc == 0)
+        rc = mdm_cursor_open(txn, MDM_T_RESULTS, &c);
+    /* Then those of earlier layouts, then the finished ones. */
     for (int live = 1; rc == 0 && live >= 0; live--) {
         rc = eid_prefix_at(&k, eid, live);
         if (rc != 0)
@@ -791,8 +970,9 @@ int mdm_results_of_enrollment(mdm_txn_t *txn, const char *eid, mdm_result_fn fn,
         mdm_val_t prefix = MDM_VAL(k.data, k.len), ck, cv;
         for (rc = mdm_cursor_seek(c, prefix, &ck, &cv); rc == 0 && mdm_val_has_prefix(ck, prefix);
              rc = mdm_cursor_next(c, &ck, &cv)) {
-            rc = call_with_result(cv, eid, strlen(eid), (const char *)ck.data + prefix.len,
-                                  ck.len - prefix.len, fn, arg);
+            rc = call_with_result(cv, live ? AT_LIVE : AT_DONE, eid, strlen(eid),
+                                  (const char *)ck.data + prefix.len, ck.len - prefix.len, fn,
+                                  arg);
             if (rc != 0)
                 break;
         }
@@ -824,7 +1004,7 @@ int mdm_results_of_command(mdm_txn_t *txn, const char *uuid, mdm_result_fn fn, v
             int at;
             if (result_raw(txn, eid, uuid, &v, &at) != 0)
                 continue;
-            rc = call_with_result(v, eid, el, uuid, strlen(uuid), fn, arg);
+            rc = call_with_result(v, at, eid, el, uuid, strlen(uuid), fn, arg);
             if (rc != 0)
                 break;
         }
@@ -966,3 +1146,77 @@ int mdm_queue_forget(mdm_txn_t *txn, const char *eid)
     mdm_free(f.completed);
     return rc;
 }
+
+/* ---- moving waiting results of earlier layouts --------------------------- */
+
+/* At most this many queue entries are looked at in one transaction. */
+#define UPGRADE_SCAN 20000
+
+int mdm_queue_upgrade_txn(mdm_txn_t *txn, mdm_queue_upgrade_t *u)
+{
+    uint64_t layout = 0;
+    int rc = mdm_meta_get_u64(txn, "queue_layout", &layout);
+    if (rc == 0 && layout >= MDM_QUEUE_LAYOUT) {
+        u->done = true;
+        return 0;
+    }
+    if (rc != 0 && rc != MDM_ENOTFOUND)
+        return rc;
+    /* The entries of the header alone, from where the last step ended. */
+    mdm_buf_t keys = MDM_BUF_INIT; /* key, then the UUID, each NUL-terminated */
+    size_t n = 0, scanned = 0;
+    mdm_cursor_t *c = NULL;
+    rc = mdm_cursor_open(txn, MDM_T_QUEUE, &c);
+    mdm_val_t ck, cv;
+    for (rc = rc ? rc : mdm_cursor_seek(c, MDM_VAL(u->from.data, u->from.len), &ck, &cv);
+         rc == 0 && scanned < (u->scan_max ? u->scan_max : UPGRADE_SCAN);
+         rc = mdm_cursor_next(c, &ck, &cv)) {
+        scanned++;
+        mdm_buf_reset(&u->from);
+        mdm_buf_append(&u->from, ck.data, ck.len);
+        mdm_buf_putc(&u->from, '\0'); /* the next key after this one */
+        const char *nul = memchr(ck.data, '\0', ck.len);
+        if (cv.len != QHDR || nul == NULL || (size_t)(nul - (const char *)ck.data) > EID_MAX)
+            continue;
+        mdm_buf_append(&keys, ck.data, (size_t)(nul - (const char *)ck.data));
+        mdm_buf_putc(&keys, '\0');
+        mdm_buf_append(&keys, cv.data, strnlen(cv.data, MDM_UUID_LEN));
+        mdm_buf_putc(&keys, '\0');
+        n++;
+    }
+    mdm_cursor_close(c);
+    bool end = rc == MDM_ENOTFOUND;
+    if (rc == MDM_ENOTFOUND)
+        rc = 0;
+    const char *p = keys.data;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        const char *eid = p, *uuid = p + strlen(p) + 1;
+        p = uuid + strlen(uuid) + 1;
+        mdm_result_rec_t res;
+        int g = result_load(txn, eid, uuid, &res);
+        /* Anything else (no result, a finished or undecodable one) is left
+         * for `moonmdm db check` to report. */
+        if (g == 0 && res.has_status && !mdm_status_terminal(res.status) && res.at != AT_QUEUE) {
+            rc = result_save(txn, eid, uuid, &res);
+            if (rc == 0 && res.at == AT_QUEUE)
+                u->moved++;
+        } else if (g != 0 && g != MDM_ENOTFOUND && g != MDM_EPARSE && g != MDM_EINVAL) {
+            rc = g;
+        }
+        mdm_result_rec_free(&res);
+    }
+    mdm_buf_free(&keys);
+    u->scanned += scanned;
+    if (rc == 0 && end) {
+        rc = mdm_meta_put_u64(txn, "queue_layout", MDM_QUEUE_LAYOUT);
+        if (rc == 0)
+            u->done = true;
+    }
+    return rc;
+}
+
+void mdm_queue_upgrade_free(mdm_queue_upgrade_t *u)
+{
+    mdm_buf_free(&u->from);
+}
+

@@ -111,6 +111,7 @@ typedef struct mdm_result_rec {
     bool has_raw;             /* the device's report, in raw (own copy) */
     mdm_buf_t raw;
     int at;                   /* where it was read from (queue.c; not stored) */
+    int64_t expires_at;       /* read from a queue entry: the entry's expiry (not stored) */
 } mdm_result_rec_t;
 
 /* Decodes a stored result record into r (fields absent from a plist record
@@ -149,6 +150,25 @@ int mdm_results_of_command(mdm_txn_t *txn, const char *uuid, mdm_result_fn fn, v
 /* Deletes up to max terminal results completed before cutoff_ms (and the
  * commands no target needs any more). *n gets the number deleted. */
 int mdm_results_prune(mdm_txn_t *txn, int64_t cutoff_ms, size_t max, size_t *n);
+
+/* Moving the waiting results of schemas 2 and 3 into their queue entries
+ * (queue.c, "Where a result record is kept"). Readers find them where they
+ * are, and each moves at its next change; this moves the rest, so that
+ * queues of devices that stay away cost what new ones do. Call
+ * mdm_queue_upgrade_txn in write transactions until done: each step looks
+ * at a bounded number of queue entries and resumes where the last one
+ * ended; the last records meta "queue_layout", so that later starts skip
+ * it at once. */
+#define MDM_QUEUE_LAYOUT 4
+typedef struct mdm_queue_upgrade {
+    size_t scan_max; /* queue entries looked at per step (0: 20,000) */
+    mdm_buf_t from;  /* the next queue key to look at */
+    size_t scanned;  /* queue entries looked at */
+    size_t moved;    /* results moved into their entries */
+    bool done;
+} mdm_queue_upgrade_t;
+int mdm_queue_upgrade_txn(mdm_txn_t *txn, mdm_queue_upgrade_t *u);
+void mdm_queue_upgrade_free(mdm_queue_upgrade_t *u);
 
 /* Deletes everything of eid: queue, results, index entries. */
 int mdm_queue_forget(mdm_txn_t *txn, const char *eid);

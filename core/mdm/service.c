@@ -170,8 +170,52 @@ static void prune_cb(uv_timer_t *t)
 
 /* ---- set-up -------------------------------------------------------------- */
 
+static int upgrade_txn(mdm_txn_t *txn, void *arg)
+{
+    return mdm_queue_upgrade_txn(txn, arg);
+}
+
+/* Moves waiting results of earlier store layouts into their queue entries
+ * before the first request, in steps of one transaction each. A store
+ * that has been through it skips it with one read. */
+static int upgrade_queue(mdm_server_t *s, mdm_err_t *err)
+{
+    mdm_queue_upgrade_t u = {.from = MDM_BUF_INIT};
+    int64_t t0 = mdm_now_ms(), last_log = t0;
+    int rc = 0;
+    for (int step = 0; rc == 0 && !u.done; step++) {
+        rc = mdm_store_update(s->store, upgrade_txn, &u);
+        if (rc == 0)
+            rc = mdm_store_flush(s->store);
+        int64_t now = mdm_now_ms();
+        if (rc == 0 && !u.done && now - last_log >= 2000) {
+            mdm_log(MDM_LOG_INFO, NULL, "mdm.queue_upgrade_progress",
+                    "queue_entries=%zu moved=%zu elapsed_ms=%lld", u.scanned, u.moved,
+                    (long long)(now - t0));
+            last_log = now;
+        }
+        if (step == 0 && u.done)
+            break; /* done before: nothing to say */
+        if (u.done)
+            mdm_log(MDM_LOG_INFO, NULL, "mdm.queue_upgraded",
+                    "queue_entries=%zu moved=%zu elapsed_ms=%lld", u.scanned, u.moved,
+                    (long long)(now - t0));
+    }
+    mdm_queue_upgrade_free(&u);
+    if (rc != 0)
+        return mdm_err_set(err, rc,
+                           "moving waiting command results into their queue entries failed: %s "
+                           "(the store is unchanged from the last completed step; see "
+                           "`moonmdm db check`)",
+                           mdm_strerror(rc));
+    return 0;
+}
+
 int mdm_mdm_service_init(mdm_server_t *s, mdm_err_t *err)
 {
+    int urc = upgrade_queue(s, err);
+    if (urc != 0)
+        return urc;
     mdm_mdm_t *m = mdm_calloc(1, sizeof(*m));
     m->server = s;
     char *path = mdm_sprintf("%s/secret.key", s->cfg->data_dir);

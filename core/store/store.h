@@ -37,8 +37,14 @@
  *   3: results of commands that still wait are kept under "\x01" + their
  *      key (queue.c); version 2 records are found under the usual key and
  *      move when they next change, so the migration only records the new
- *      version (a version 2 build would not find the moved ones). */
-#define MDM_STORE_SCHEMA_VERSION 3
+ *      version (a version 2 build would not find the moved ones).
+ *   4: the result of a command that still waits is kept in its queue
+ *      entry, after the command UUID and expiry, and the command's target
+ *      index entry (cmdt) holds the queue entry's position (queue.c);
+ *      results and entries of versions 2 and 3 are read as they are and
+ *      move when they next change, so the migration only records the new
+ *      version (a version 3 build would skip the longer queue entries). */
+#define MDM_STORE_SCHEMA_VERSION 4
 
 #define MDM_STORE_MAX_KEY 480
 
@@ -52,8 +58,9 @@ enum mdm_table {
     MDM_T_CERTS,       /* serial -> issued certificate record */
     MDM_T_CHALLENGES,  /* challenge digest -> expiry, owner (one-time) */
     MDM_T_COMMANDS,    /* command UUID -> command plist, request type, times */
-    MDM_T_QUEUE,       /* enrollment id, priority, sequence -> command UUID */
-    MDM_T_RESULTS,     /* enrollment id, command UUID -> status, result */
+    MDM_T_QUEUE,       /* enrollment id, priority, sequence -> command UUID, expiry,
+                          waiting result */
+    MDM_T_RESULTS,     /* enrollment id, command UUID -> finished result */
     MDM_T_PROFILES,    /* identifier -> profile bytes, hash, metadata */
     MDM_T_INSTALLED,   /* enrollment id, identifier -> installed hash */
     MDM_T_POLICY_KV,   /* namespace, key -> policy-owned value */

@@ -51,6 +51,31 @@ def mdb_put(store_dir, table, pairs):
     assert p.returncode == 0, p.stderr
 
 
+def mdb_items(store_dir, table):
+    """A table's (key, value) pairs, read with mdb_dump -p."""
+    p = subprocess.run(["mdb_dump", "-p", "-s", table, store_dir], capture_output=True)
+    assert p.returncode == 0, p.stderr
+
+    def unescape(line):
+        out, i = bytearray(), 0
+        while i < len(line):
+            if line[i] == "\\":
+                if line[i + 1] == "\\":
+                    out.append(0x5c)
+                    i += 2
+                else:
+                    out.append(int(line[i + 1:i + 3], 16))
+                    i += 3
+            else:
+                out.append(ord(line[i]))
+                i += 1
+        return bytes(out)
+
+    lines = p.stdout.decode("latin-1").split("HEADER=END\n", 1)[1].splitlines()
+    data = [unescape(ln[1:]) for ln in lines if ln.startswith(" ")]
+    return list(zip(data[0::2], data[1::2]))
+
+
 def test_backup_while_serving_under_load(datadir, tmpdir_path, capsys):
     srv = Server(datadir)
     devices = enrolled_devices(srv, 10)
@@ -80,7 +105,7 @@ def test_backup_while_serving_under_load(datadir, tmpdir_path, capsys):
         assert re.search(r"^backup: .*/data\.mdb, [\d.]+ \w+ \(\d+ bytes\), compacted from .* "
                          rf"in [\d.]+ s while process {srv.proc.pid} had the store open$", out,
                          re.M), out
-        assert re.search(r"^verify: the backup opens; schema version 3, \d+ entries, "
+        assert re.search(r"^verify: the backup opens; schema version 4, \d+ entries, "
                          r"consistency ok$", out, re.M), out
         assert os.listdir(bk) == ["data.mdb"], os.listdir(bk)
         chk = run("db", "check", bk)
@@ -135,7 +160,7 @@ def test_restore_brings_back_the_state(datadir, tmpdir_path):
     assert glob.glob(store + ".*") == []
 
     p = db(datadir, "restore", bk, "--force")
-    assert re.search(r"^check: schema version 3 .*consistency ok$", p.stdout, re.M), p.stdout
+    assert re.search(r"^check: schema version 4 .*consistency ok$", p.stdout, re.M), p.stdout
     aside = re.search(r"^previous store: (.*)$", p.stdout, re.M).group(1)
     assert re.fullmatch(re.escape(store) + r"\.before-restore-\d{8}T\d{6}Z", aside), aside
     assert open(os.path.join(aside, "data.mdb"), "rb").read() == before
@@ -219,15 +244,24 @@ def test_check_detects_inconsistencies(datadir, tmpdir_path):
         done = api.send("ProfileList", [d.udid, e.udid])[1]["command_uuid"]
         d.run()
         waiting = api.send("SecurityInfo", [d.udid])[1]["command_uuid"]
+        broken = api.send("SecurityInfo", [e.udid])[1]["command_uuid"]
         bk = os.path.join(tmpdir_path, "bk")
         db(datadir, "backup", bk)
     finally:
         assert srv.stop() == 0
     good = run("db", "check", bk).stdout
     n = entries(good)
-    assert n["queue"] == 2 and n["results"] == 3 and n["certauth"] == 4, good
-    assert "checked: 2 queue entries, 3 results (2 waiting), 3 cmdt and 1 rexp index entries, " \
+    # Waiting results are kept in their queue entries.
+    assert n["queue"] == 3 and n["results"] == 1 and n["certauth"] == 4, good
+    assert "checked: 3 queue entries, 4 results (3 waiting), 4 cmdt and 1 rexp index entries, " \
            "2 certificate bindings" in good, good
+    queue = dict(mdb_items(bk, "queue"))
+    index = dict(mdb_items(bk, "index"))
+    e_done = [k for k, v in queue.items() if v.startswith(done.encode())]
+    e_broken = [k for k, v in queue.items() if v.startswith(broken.encode())]
+    assert len(e_done) == 1 and len(e_broken) == 1, queue
+    e_done_pos = e_done[0][len(e.udid) + 1:]
+    assert index[b"cmdt\0" + done.encode() + b"\0" + e.udid.encode()] == e_done_pos
 
     ghost = str(uuidlib.uuid4()).upper()
     orphan = str(uuidlib.uuid4()).upper()
@@ -242,8 +276,14 @@ def test_check_detects_inconsistencies(datadir, tmpdir_path):
     mdb_put(bk, "index", [(b"cmdt\0" + done.encode() + b"\0NOBODY", b"")])
     # A certificate bound one way only, and an undecodable result.
     mdb_put(bk, "certauth", [(b"h:" + bytes(range(32)), b"ghost-enrollment")])
-    # (Waiting results are kept under "\x01" + the usual key.)
+    # (Schema 3 kept waiting results under "\x01" + the usual key; this one
+    # is in its queue entry as well.)
     mdb_put(bk, "results", [(b"\x01" + d.udid.encode() + b"\0" + waiting.encode(), b"garbage")])
+    # A queue entry whose waiting result is not a result record.
+    mdb_put(bk, "queue", [(e_broken[0], queue[e_broken[0]][:44] + b"garbage")])
+    # A target index entry pointing at another queue position.
+    mdb_put(bk, "index", [(b"cmdt\0" + done.encode() + b"\0" + e.udid.encode(),
+                           b"\xff" + struct.pack(">Q", 999999))])
     # A finished result also kept among the waiting ones.
     fin = plistlib.dumps({"status": "Acknowledged", "request_type": "ProfileList",
                           "completed_at": 5}, fmt=plistlib.FMT_BINARY)
@@ -264,6 +304,13 @@ def test_check_detects_inconsistencies(datadir, tmpdir_path):
         r"certauth: certificate 000102[0-9a-f]+ is bound to ghost-enrollment, but that "
         r"enrollment has no binding",
         rf"result {d.udid}/{waiting}: the record is not a valid result record",
+        rf"queue {d.udid} #\d+: the result of command {waiting} is kept twice \(in the queue "
+        r"entry and among the results\)",
+        rf"queue {e.udid} #\d+: command {broken}: the waiting result in the entry is not a "
+        r"valid result record",
+        rf"queue {e.udid} #\d+: the target index \(cmdt\) of command {done} does not point at "
+        r"this entry",
+        rf"index cmdt {done} -> {e.udid}: the command's target has no result record",
         rf"result {d.udid}/{done}: finished \(Acknowledged\) but kept among the waiting results",
         rf"result {d.udid}/{done}: kept twice \(waiting and finished\)",
         rf"result {d.udid}/{done}: finished \(Acknowledged\) but missing from the retention "
@@ -280,11 +327,11 @@ def test_check_detects_inconsistencies(datadir, tmpdir_path):
     store = os.path.join(datadir.path, "db")
     shutil.rmtree(store)
     p = db(datadir, "restore", bk, check=False)
-    assert p.returncode == 1 and "13 consistency problems" in p.stderr, p.stderr
+    assert p.returncode == 1 and "17 consistency problems" in p.stderr, p.stderr
     assert not os.path.exists(store) and glob.glob(store + "*") == []
     db(datadir, "restore", bk, "--force")
     p = db(datadir, "check", check=False)
-    assert p.returncode == 1 and "13 problems" in p.stderr
+    assert p.returncode == 1 and "17 problems" in p.stderr
 
 
 def test_db_usage_errors(datadir):

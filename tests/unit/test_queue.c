@@ -1172,8 +1172,8 @@ static int raw_rec_fn(mdm_txn_t *t, void *arg)
     return rc;
 }
 
-/* Whether the result of (eid, uuid) is stored among the waiting results
- * (live) or the finished ones. */
+/* Whether the result of (eid, uuid) is stored under the finished results'
+ * key, or with live under the waiting results' key of schema 3. */
 static bool stored_at(struct fx *fx, const char *eid, const char *uuid, bool live)
 {
     mdm_buf_t val = MDM_BUF_INIT;
@@ -1184,29 +1184,112 @@ static bool stored_at(struct fx *fx, const char *eid, const char *uuid, bool liv
     return rc == 0;
 }
 
-/* A waiting result is kept among the waiting results while it is queued,
- * sent and put off, and moves to the finished ones when it finishes; both
- * are found by every reader, and forgetting removes both. */
-static void test_waiting_results_kept_apart(void **state)
+#define QHDR (MDM_UUID_LEN + 8)
+
+/* The queue entry of (eid, uuid) and its command's target index entry
+ * (cmdt): read them (or, with put, write val and pos instead). */
+struct raw_q {
+    const char *eid, *uuid;
+    mdm_buf_t *val, *pos; /* the entry's value; the index entry's value */
+    bool put;
+    bool found;
+};
+
+static int raw_q_fn(mdm_txn_t *t, void *arg)
+{
+    struct raw_q *a = arg;
+    a->found = false;
+    mdm_buf_t k = MDM_BUF_INIT;
+    mdm_buf_append(&k, a->eid, strlen(a->eid) + 1);
+    mdm_cursor_t *c = NULL;
+    int rc = mdm_cursor_open(t, MDM_T_QUEUE, &c);
+    mdm_val_t prefix = MDM_VAL(k.data, k.len), ck, cv;
+    mdm_buf_t key = MDM_BUF_INIT;
+    for (rc = rc ? rc : mdm_cursor_seek(c, prefix, &ck, &cv);
+         rc == 0 && mdm_val_has_prefix(ck, prefix); rc = mdm_cursor_next(c, &ck, &cv)) {
+        if (cv.len >= QHDR && memcmp(cv.data, a->uuid, strlen(a->uuid)) == 0) {
+            a->found = true;
+            mdm_buf_append(&key, ck.data, ck.len);
+            if (!a->put) {
+                mdm_buf_reset(a->val);
+                mdm_buf_append(a->val, cv.data, cv.len);
+            }
+            break;
+        }
+    }
+    mdm_cursor_close(c);
+    if (rc == MDM_ENOTFOUND)
+        rc = 0;
+    if (rc == 0 && a->found && a->put)
+        rc = mdm_txn_put(t, MDM_T_QUEUE, MDM_VAL(key.data, key.len),
+                         MDM_VAL(a->val->data, a->val->len), 0);
+    mdm_buf_reset(&k);
+    mdm_buf_append(&k, "cmdt", 5);
+    mdm_buf_puts(&k, a->uuid);
+    mdm_buf_putc(&k, '\0');
+    mdm_buf_puts(&k, a->eid);
+    if (rc == 0 && a->put) {
+        rc = mdm_txn_put(t, MDM_T_INDEX, MDM_VAL(k.data, k.len),
+                         MDM_VAL(a->pos->data, a->pos->len), 0);
+    } else if (rc == 0) {
+        mdm_val_t v;
+        mdm_buf_reset(a->pos);
+        if (mdm_txn_get(t, MDM_T_INDEX, MDM_VAL(k.data, k.len), &v) == 0)
+            mdm_buf_append(a->pos, v.data, v.len);
+    }
+    mdm_buf_free(&k);
+    mdm_buf_free(&key);
+    return rc;
+}
+
+/* The length of the queue entry of (eid, uuid), 0 without one; and the
+ * length of its index entry's value in *pos_len. */
+static size_t qent_len(struct fx *fx, const char *eid, const char *uuid, size_t *pos_len)
+{
+    mdm_buf_t val = MDM_BUF_INIT, pos = MDM_BUF_INIT;
+    struct raw_q q = {.eid = eid, .uuid = uuid, .val = &val, .pos = &pos};
+    assert_rc(mdm_store_view(fx->store, raw_q_fn, &q), 0);
+    size_t n = q.found ? val.len : 0;
+    if (pos_len)
+        *pos_len = pos.len;
+    mdm_buf_free(&val);
+    mdm_buf_free(&pos);
+    return n;
+}
+
+/* A waiting result is kept in its queue entry while it is queued, sent and
+ * put off, and the index entry points at it; it moves to the finished
+ * results when it finishes. Every reader finds both, and forgetting
+ * removes both. */
+static void test_waiting_results_kept_in_queue_entries(void **state)
 {
     struct fx *fx = *state;
     queue_new(fx, E1, UA, 0, 0);
     queue_new(fx, E1, UB, 0, 0);
-    assert_true(stored_at(fx, E1, UA, true));
-    assert_false(stored_at(fx, E1, UA, false));
+    size_t pos = 0;
+    assert_true(qent_len(fx, E1, UA, &pos) > QHDR);
+    assert_num(pos, 9);
+    for (int live = 0; live <= 1; live++)
+        assert_false(stored_at(fx, E1, UA, live));
+    expect_status(fx, E1, UA, "Queued");
     expect_next(fx, E1, 50, 1, UA);
-    assert_true(stored_at(fx, E1, UA, true));
+    assert_true(qent_len(fx, E1, UA, NULL) > QHDR);
     expect_report(fx, E1, UA, "NotNow", 55, 1, MDM_REPORT_NOTNOW);
-    assert_true(stored_at(fx, E1, UA, true));
+    assert_true(qent_len(fx, E1, UA, NULL) > QHDR);
     assert_false(stored_at(fx, E1, UA, false));
+    expect_status(fx, E1, UA, "NotNow");
     expect_next(fx, E1, 60, 2, UA);
     expect_report(fx, E1, UA, "Acknowledged", 70, 2, MDM_REPORT_RECORDED);
-    assert_false(stored_at(fx, E1, UA, true));
+    assert_num(qent_len(fx, E1, UA, &pos), 0);
+    assert_num(pos, 9); /* names no entry any more */
     assert_true(stored_at(fx, E1, UA, false));
+    assert_false(stored_at(fx, E1, UA, true));
     expect_status(fx, E1, UA, "Acknowledged");
     expect_status(fx, E1, UB, "Queued");
     /* A duplicate report finds the finished result. */
     expect_report(fx, E1, UA, "Acknowledged", 75, 2, MDM_REPORT_DUPLICATE);
+    /* Another enrollment's report of the command is not E1's. */
+    expect_report(fx, E2, UB, "Acknowledged", 75, 2, MDM_REPORT_UNKNOWN);
 
     struct seen s = {0};
     assert_rc(of_enrollment(fx, E1, &s), 0);
@@ -1219,30 +1302,59 @@ static void test_waiting_results_kept_apart(void **state)
 
     struct call c = {.op = OP_FORGET, .eid = E1};
     assert_rc(update(fx, &c), 0);
+    assert_num(qent_len(fx, E1, UB, NULL), 0);
     for (int live = 0; live <= 1; live++) {
         assert_false(stored_at(fx, E1, UA, live));
         assert_false(stored_at(fx, E1, UB, live));
     }
+    assert_num(length(fx, E1), 0);
 }
 
-/* A result written as a plist by an earlier version (and kept, waiting,
- * under the finished results' key as schema 2 did) is offered, answered and
- * rewritten in the binary layout, moving to where it belongs at each step. */
+/* Turns the queue entry of (eid, uuid) into an earlier layout's: its
+ * header alone, an index entry without a position, and the result record
+ * in val under the finished results' key (schema 2) or the waiting ones'
+ * (live, schema 3). Returns the entry's sequence number. */
+static uint64_t make_legacy(struct fx *fx, const char *eid, const char *uuid, mdm_buf_t *val,
+                            bool live)
+{
+    mdm_buf_t q = MDM_BUF_INIT, pos = MDM_BUF_INIT;
+    struct raw_q get = {.eid = eid, .uuid = uuid, .val = &q, .pos = &pos};
+    assert_rc(mdm_store_view(fx->store, raw_q_fn, &get), 0);
+    assert_true(get.found && q.len > QHDR);
+    mdm_result_rec_t cur;
+    assert_rc(mdm_result_rec_decode((const char *)q.data + QHDR, q.len - QHDR, &cur), 0);
+    uint64_t seq = cur.seq;
+    mdm_result_rec_free(&cur);
+    q.len = QHDR;
+    mdm_buf_reset(&pos);
+    struct raw_q put = {.eid = eid, .uuid = uuid, .val = &q, .pos = &pos, .put = true};
+    assert_rc(mdm_store_update(fx->store, raw_q_fn, &put), 0);
+    struct raw_rec rec = {.eid = eid, .uuid = uuid, .val = val, .put = true, .live = live};
+    assert_rc(mdm_store_update(fx->store, raw_rec_fn, &rec), 0);
+    mdm_buf_free(&q);
+    mdm_buf_free(&pos);
+    return seq;
+}
+
+/* A result written as a plist by an earlier version and kept, waiting,
+ * under the finished results' key as schema 2 did, is offered, answered
+ * and rewritten in the binary layout, moving to where it belongs at each
+ * step. */
 static void test_legacy_plist_result_record(void **state)
 {
     struct fx *fx = *state;
     queue_new(fx, E1, UA, 0, 0);
     mdm_buf_t val = MDM_BUF_INIT;
-    struct raw_rec get = {.eid = E1, .uuid = UA, .val = &val, .live = true};
-    assert_rc(mdm_store_view(fx->store, raw_rec_fn, &get), 0);
+    mdm_buf_t probe = MDM_BUF_INIT;
     mdm_result_rec_t cur;
-    assert_rc(mdm_result_rec_decode(val.data, val.len, &cur), 0);
-    uint64_t seq = cur.seq;
-    mdm_result_rec_free(&cur);
-    struct raw_rec del = {.eid = E1, .uuid = UA, .del = true, .live = true};
-    assert_rc(mdm_store_update(fx->store, raw_rec_fn, &del), 0);
-    get.live = false;
-
+    {
+        mdm_buf_t q = MDM_BUF_INIT, pos = MDM_BUF_INIT;
+        struct raw_q get = {.eid = E1, .uuid = UA, .val = &q, .pos = &pos};
+        assert_rc(mdm_store_view(fx->store, raw_q_fn, &get), 0);
+        assert_rc(mdm_result_rec_decode((const char *)q.data + QHDR, q.len - QHDR, &cur), 0);
+        mdm_buf_free(&q);
+        mdm_buf_free(&pos);
+    }
     /* As the earlier version wrote it. */
     plist_t d = plist_new_dict();
     mdm_pl_set_str(d, "status", "Queued");
@@ -1250,24 +1362,30 @@ static void test_legacy_plist_result_record(void **state)
     mdm_pl_set_int(d, "queued_at", 10);
     mdm_pl_set_int(d, "updated_at", 10);
     mdm_pl_set_uint(d, "priority", 0);
-    mdm_pl_set_uint(d, "seq", seq);
+    mdm_pl_set_uint(d, "seq", cur.seq);
+    mdm_result_rec_free(&cur);
     mdm_plist_to_bin_buf(d, &val);
     plist_free(d);
-    struct raw_rec put = {.eid = E1, .uuid = UA, .val = &val, .put = true};
-    assert_rc(mdm_store_update(fx->store, raw_rec_fn, &put), 0);
+    make_legacy(fx, E1, UA, &val, false);
+    assert_num(qent_len(fx, E1, UA, NULL), QHDR);
     expect_status(fx, E1, UA, "Queued");
-    assert_false(stored_at(fx, E1, UA, true));
+    struct seen s = {0};
+    assert_rc(of_enrollment(fx, E1, &s), 0);
+    assert_num(s.n, 1);
 
     expect_next(fx, E1, 50, 1, UA);
-    assert_true(stored_at(fx, E1, UA, true));
+    size_t pos = 0;
+    assert_true(qent_len(fx, E1, UA, &pos) > QHDR);
+    assert_num(pos, 9);
     assert_false(stored_at(fx, E1, UA, false));
-    expect_report(fx, E1, UA, "Acknowledged", 60, 1, MDM_REPORT_RECORDED);
     assert_false(stored_at(fx, E1, UA, true));
+    expect_report(fx, E1, UA, "Acknowledged", 60, 1, MDM_REPORT_RECORDED);
     assert_str(last_rtype, "ProfileList");
     assert_num(length(fx, E1), 0);
+    struct raw_rec get = {.eid = E1, .uuid = UA, .val = &probe};
     assert_rc(mdm_store_view(fx->store, raw_rec_fn, &get), 0);
-    assert_true(val.len > 4 && memcmp(val.data, "mdR\x01", 4) == 0);
-    assert_rc(mdm_result_rec_decode(val.data, val.len, &cur), 0);
+    assert_true(probe.len > 4 && memcmp(probe.data, "mdR\x01", 4) == 0);
+    assert_rc(mdm_result_rec_decode(probe.data, probe.len, &cur), 0);
     assert_str(cur.status, "Acknowledged");
     assert_num(cur.queued_at, 10);
     assert_num(cur.sent_at, 50);
@@ -1275,6 +1393,127 @@ static void test_legacy_plist_result_record(void **state)
     assert_true(cur.has_raw);
     mdm_result_rec_free(&cur);
     mdm_buf_free(&val);
+    mdm_buf_free(&probe);
+}
+
+/* A waiting result that schema 3 kept under "\x01" + its key moves into
+ * its queue entry on its next change (a NotNow here), and is reported and
+ * answered from there; another left in the old place is cancelled from
+ * there. */
+static void test_schema3_waiting_result_moves_into_its_entry(void **state)
+{
+    struct fx *fx = *state;
+    queue_new(fx, E1, UA, 0, 0);
+    queue_new(fx, E1, UB, 0, 0);
+    for (int i = 0; i < 2; i++) {
+        const char *u = i ? UB : UA;
+        mdm_buf_t q = MDM_BUF_INIT, pos = MDM_BUF_INIT, val = MDM_BUF_INIT;
+        struct raw_q get = {.eid = E1, .uuid = u, .val = &q, .pos = &pos};
+        assert_rc(mdm_store_view(fx->store, raw_q_fn, &get), 0);
+        mdm_buf_append(&val, (const char *)q.data + QHDR, q.len - QHDR);
+        make_legacy(fx, E1, u, &val, true);
+        mdm_buf_free(&q);
+        mdm_buf_free(&pos);
+        mdm_buf_free(&val);
+    }
+    assert_true(stored_at(fx, E1, UA, true));
+    expect_next(fx, E1, 50, 1, UA);
+    /* Sent: moved. */
+    assert_false(stored_at(fx, E1, UA, true));
+    assert_true(qent_len(fx, E1, UA, NULL) > QHDR);
+    expect_report(fx, E1, UA, "NotNow", 55, 1, MDM_REPORT_NOTNOW);
+    expect_status(fx, E1, UA, "NotNow");
+    struct seen s = {0};
+    assert_rc(of_enrollment(fx, E1, &s), 0);
+    assert_num(s.n, 2);
+    /* UB, still in the old place, is cancelled from there. */
+    struct call c = {.op = OP_CANCEL, .eid = E1, .uuid = UB, .now = 60};
+    assert_rc(update(fx, &c), 0);
+    assert_false(stored_at(fx, E1, UB, true));
+    assert_true(stored_at(fx, E1, UB, false));
+    expect_status(fx, E1, UB, "Canceled");
+    assert_num(length(fx, E1), 1);
+    expect_next(fx, E1, 70, 2, UA);
+    expect_report(fx, E1, UA, "Acknowledged", 75, 2, MDM_REPORT_RECORDED);
+    assert_num(length(fx, E1), 0);
+    expect_status(fx, E1, UA, "Acknowledged");
+}
+
+static int upgrade_fn(mdm_txn_t *t, void *arg)
+{
+    return mdm_queue_upgrade_txn(t, arg);
+}
+
+/* The upgrade moves every waiting result of schemas 2 and 3 into its queue
+ * entry, a bounded number of entries per step, resuming where the last
+ * step ended; it leaves what it cannot move (a queue entry without a
+ * result), and once done, later runs stop at once. */
+static void test_upgrade_moves_every_waiting_result(void **state)
+{
+    struct fx *fx = *state;
+    const char *uuids[] = {UA, UB, UC, UD};
+    queue_new(fx, E1, UA, 0, 0);
+    queue_new(fx, E1, UB, 0, 0);
+    queue_new(fx, E2, UC, 0, 0);
+    queue_new(fx, E2, UD, 0, 0);
+    /* UA, UB of schema 3, UC of schema 2; UD stays as it is. */
+    for (int i = 0; i < 3; i++) {
+        const char *eid = i < 2 ? E1 : E2;
+        mdm_buf_t q = MDM_BUF_INIT, pos = MDM_BUF_INIT, val = MDM_BUF_INIT;
+        struct raw_q get = {.eid = eid, .uuid = uuids[i], .val = &q, .pos = &pos};
+        assert_rc(mdm_store_view(fx->store, raw_q_fn, &get), 0);
+        mdm_buf_append(&val, (const char *)q.data + QHDR, q.len - QHDR);
+        make_legacy(fx, eid, uuids[i], &val, i < 2);
+        mdm_buf_free(&q);
+        mdm_buf_free(&pos);
+        mdm_buf_free(&val);
+    }
+    /* A queue entry of the header alone whose result is gone. */
+    queue_new(fx, E3, UE, 0, 0);
+    {
+        mdm_buf_t q = MDM_BUF_INIT, pos = MDM_BUF_INIT;
+        struct raw_q get = {.eid = E3, .uuid = UE, .val = &q, .pos = &pos};
+        assert_rc(mdm_store_view(fx->store, raw_q_fn, &get), 0);
+        q.len = QHDR;
+        mdm_buf_reset(&pos);
+        struct raw_q put = {.eid = E3, .uuid = UE, .val = &q, .pos = &pos, .put = true};
+        assert_rc(mdm_store_update(fx->store, raw_q_fn, &put), 0);
+        mdm_buf_free(&q);
+        mdm_buf_free(&pos);
+    }
+    assert_num(qent_len(fx, E1, UA, NULL), QHDR);
+
+    mdm_queue_upgrade_t u = {.scan_max = 2, .from = MDM_BUF_INIT};
+    int steps = 0;
+    while (!u.done && steps < 10) {
+        assert_rc(mdm_store_update(fx->store, upgrade_fn, &u), 0);
+        steps++;
+    }
+    assert_true(u.done);
+    assert_num(steps, 3); /* five entries, two a step */
+    assert_num(u.scanned, 5);
+    assert_num(u.moved, 3);
+    mdm_queue_upgrade_free(&u);
+    for (int i = 0; i < 4; i++) {
+        const char *eid = i < 2 ? E1 : E2;
+        size_t pos = 0;
+        assert_true(qent_len(fx, eid, uuids[i], &pos) > QHDR);
+        assert_num(pos, 9);
+        assert_false(stored_at(fx, eid, uuids[i], true));
+        assert_false(stored_at(fx, eid, uuids[i], false));
+        expect_status(fx, eid, uuids[i], "Queued");
+    }
+    assert_num(qent_len(fx, E3, UE, NULL), QHDR);
+    /* Done before: one read. */
+    mdm_queue_upgrade_t again = {.from = MDM_BUF_INIT};
+    assert_rc(mdm_store_update(fx->store, upgrade_fn, &again), 0);
+    assert_true(again.done);
+    assert_num(again.scanned, 0);
+    mdm_queue_upgrade_free(&again);
+    /* The moved ones are offered and answered as usual. */
+    expect_next(fx, E1, 50, 1, UA);
+    expect_report(fx, E1, UA, "Acknowledged", 60, 1, MDM_REPORT_RECORDED);
+    expect_status(fx, E1, UA, "Acknowledged");
 }
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -1303,7 +1542,9 @@ int main(void)
         T(test_status_terminal),
         T(test_result_record_codec),
         T(test_legacy_plist_result_record),
-        T(test_waiting_results_kept_apart),
+        T(test_waiting_results_kept_in_queue_entries),
+        T(test_schema3_waiting_result_moves_into_its_entry),
+        T(test_upgrade_moves_every_waiting_result),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
