@@ -177,13 +177,14 @@ static int upgrade_txn(mdm_txn_t *txn, void *arg)
 
 /* Moves waiting results of earlier store layouts into their queue entries
  * before the first request, in steps of one transaction each. A store
- * that has been through it skips it with one read. */
-static int upgrade_queue(mdm_server_t *s, mdm_err_t *err)
+ * that has been through it skips it with one read. A failure is logged and
+ * the server starts anyway. */
+static void upgrade_queue(mdm_server_t *s)
 {
     mdm_queue_upgrade_t u = {.from = MDM_BUF_INIT};
     int64_t t0 = mdm_now_ms(), last_log = t0;
     int rc = 0;
-    for (int step = 0; rc == 0 && !u.done; step++) {
+    while (rc == 0 && !u.done) {
         rc = mdm_store_update(s->store, upgrade_txn, &u);
         if (rc == 0)
             rc = mdm_store_flush(s->store);
@@ -194,28 +195,24 @@ static int upgrade_queue(mdm_server_t *s, mdm_err_t *err)
                     (long long)(now - t0));
             last_log = now;
         }
-        if (step == 0 && u.done)
-            break; /* done before: nothing to say */
-        if (u.done)
+        if (u.done && u.scanned > 0) /* nothing to say when done before */
             mdm_log(MDM_LOG_INFO, NULL, "mdm.queue_upgraded",
                     "queue_entries=%zu moved=%zu elapsed_ms=%lld", u.scanned, u.moved,
                     (long long)(now - t0));
     }
     mdm_queue_upgrade_free(&u);
+    /* Readers find the results not moved where they are: serve anyway. */
     if (rc != 0)
-        return mdm_err_set(err, rc,
-                           "moving waiting command results into their queue entries failed: %s "
-                           "(the store is unchanged from the last completed step; see "
-                           "`moonmdm db check`)",
-                           mdm_strerror(rc));
-    return 0;
+        mdm_log(MDM_LOG_WARN, NULL, "mdm.queue_upgrade_failed",
+                "queue_entries=%zu moved=%zu error=\"%s\" detail=\"the results not moved are "
+                "read where they are and move at their next change; the next start tries "
+                "again\"",
+                u.scanned, u.moved, mdm_strerror(rc));
 }
 
 int mdm_mdm_service_init(mdm_server_t *s, mdm_err_t *err)
 {
-    int urc = upgrade_queue(s, err);
-    if (urc != 0)
-        return urc;
+    upgrade_queue(s);
     mdm_mdm_t *m = mdm_calloc(1, sizeof(*m));
     m->server = s;
     char *path = mdm_sprintf("%s/secret.key", s->cfg->data_dir);

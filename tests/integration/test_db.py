@@ -52,27 +52,12 @@ def mdb_put(store_dir, table, pairs):
 
 
 def mdb_items(store_dir, table):
-    """A table's (key, value) pairs, read with mdb_dump -p."""
-    p = subprocess.run(["mdb_dump", "-p", "-s", table, store_dir], capture_output=True)
+    """A table's (key, value) pairs, read with mdb_dump in hex (its -p form
+    leaves a backslash unescaped, which makes it ambiguous)."""
+    p = subprocess.run(["mdb_dump", "-s", table, store_dir], capture_output=True)
     assert p.returncode == 0, p.stderr
-
-    def unescape(line):
-        out, i = bytearray(), 0
-        while i < len(line):
-            if line[i] == "\\":
-                if line[i + 1] == "\\":
-                    out.append(0x5c)
-                    i += 2
-                else:
-                    out.append(int(line[i + 1:i + 3], 16))
-                    i += 3
-            else:
-                out.append(ord(line[i]))
-                i += 1
-        return bytes(out)
-
-    lines = p.stdout.decode("latin-1").split("HEADER=END\n", 1)[1].splitlines()
-    data = [unescape(ln[1:]) for ln in lines if ln.startswith(" ")]
+    lines = p.stdout.decode().split("HEADER=END\n", 1)[1].splitlines()
+    data = [bytes.fromhex(ln[1:]) for ln in lines if ln.startswith(" ")]
     return list(zip(data[0::2], data[1::2]))
 
 
@@ -332,6 +317,66 @@ def test_check_detects_inconsistencies(datadir, tmpdir_path):
     db(datadir, "restore", bk, "--force")
     p = db(datadir, "check", check=False)
     assert p.returncode == 1 and "17 problems" in p.stderr
+
+
+# A store of schema 3: at start the server moves its waiting results into
+# their queue entries (schema 4), and the devices get their commands as
+# before. Schema 3 kept them under "\x01" + the usual key, schema 2 under
+# the usual key; both are made here from what the server wrote.
+def test_start_moves_waiting_results_of_earlier_layouts(datadir):
+    srv = Server(datadir)
+    try:
+        api = Api(srv)
+        d, e = enrolled_devices(srv, 2)
+        u1 = api.send("ProfileList", [d.udid])[1]["command_uuid"]
+        u2 = api.send("SecurityInfo", [d.udid, e.udid])[1]["command_uuid"]
+    finally:
+        assert srv.stop() == 0
+    store = os.path.join(datadir.path, "db")
+    queue = mdb_items(store, "queue")
+    assert len(queue) == 3 and all(len(v) > 44 for _, v in queue), queue
+    qputs, rputs, iputs = [], [], []
+    for k, v in queue:
+        eid, uuid = k[:k.index(b"\0")], v[:36].rstrip(b"\0")
+        qputs.append((k, v[:44]))
+        mark = b"\x01" if eid == d.udid.encode() else b""
+        rputs.append((mark + eid + b"\0" + uuid, v[44:]))
+        iputs.append((b"cmdt\0" + uuid + b"\0" + eid, b""))
+    mdb_put(store, "queue", qputs)
+    mdb_put(store, "results", rputs)
+    mdb_put(store, "index", iputs)
+    mdb_put(store, "meta", [(b"schema_version", struct.pack(">Q", 3)),
+                            (b"queue_layout", struct.pack(">Q", 3))])
+    assert "consistency: ok" in run("db", "check", store).stdout
+
+    srv = Server(datadir)
+    try:
+        srv.wait_log(r"event=store.schema_upgraded from=3 to=4")
+        srv.wait_log(r"event=mdm.queue_upgraded queue_entries=3 moved=3 ")
+        queue = mdb_items(store, "queue")
+        assert len(queue) == 3 and all(len(v) > 44 for _, v in queue), queue
+        assert not any(k.startswith(b"\x01") for k, _ in mdb_items(store, "results"))
+        api = Api(srv)
+        st, r = api.call("GET", f"/v1/commands/{u2}")
+        assert st == 200 and sorted(t["status"] for t in r["targets"].values()) == ["Queued", "Queued"], r
+        repoint([d, e], srv)
+        got = [c["CommandUUID"] for c in d.run()]
+        assert got == [u1, u2], got
+        assert [c["CommandUUID"] for c in e.run()] == [u2]
+        st, r = api.call("GET", f"/v1/commands/{u2}")
+        assert st == 200 and [t["status"] for t in r["targets"].values()] == ["Acknowledged"] * 2, r
+    finally:
+        assert srv.stop() == 0
+    out = run("db", "check", store).stdout
+    assert "consistency: ok" in out and "checked: 0 queue entries, 3 results (0 waiting)" in out, out
+    # Later starts find the layout recorded and move nothing.
+    srv = Server(datadir)
+    try:
+        api = Api(srv)
+        assert api.call("GET", "/healthz")[0] == 200
+        assert "mdm.queue_upgraded" not in srv.log()
+    finally:
+        assert srv.stop() == 0
 
 
 def test_db_usage_errors(datadir):
