@@ -264,6 +264,11 @@ def test_check_detects_inconsistencies(datadir, tmpdir_path):
     # (Schema 3 kept waiting results under "\x01" + the usual key; this one
     # is in its queue entry as well.)
     mdb_put(bk, "results", [(b"\x01" + d.udid.encode() + b"\0" + waiting.encode(), b"garbage")])
+    # ... and a valid copy under the usual key (schema 2's place) too: one
+    # problem, reported once.
+    d_waiting = [v for v in queue.values() if v.startswith(waiting.encode())]
+    assert len(d_waiting) == 1
+    mdb_put(bk, "results", [(d.udid.encode() + b"\0" + waiting.encode(), d_waiting[0][44:])])
     # A queue entry whose waiting result is not a result record.
     mdb_put(bk, "queue", [(e_broken[0], queue[e_broken[0]][:44] + b"garbage")])
     # A target index entry pointing at another queue position.
