@@ -1310,6 +1310,19 @@ static void test_waiting_results_kept_in_queue_entries(void **state)
     assert_num(length(fx, E1), 0);
 }
 
+/* The waiting result record kept in the queue entry of (eid, uuid). */
+static void entry_record(struct fx *fx, const char *eid, const char *uuid, mdm_buf_t *rec)
+{
+    mdm_buf_t q = MDM_BUF_INIT, pos = MDM_BUF_INIT;
+    struct raw_q get = {.eid = eid, .uuid = uuid, .val = &q, .pos = &pos};
+    assert_rc(mdm_store_view(fx->store, raw_q_fn, &get), 0);
+    assert_true(get.found && q.len > QHDR);
+    mdm_buf_reset(rec);
+    mdm_buf_append(rec, (const char *)q.data + QHDR, q.len - QHDR);
+    mdm_buf_free(&q);
+    mdm_buf_free(&pos);
+}
+
 /* Turns the queue entry of (eid, uuid) into an earlier layout's: its
  * header alone, an index entry without a position, and the result record
  * in val under the finished results' key (schema 2) or the waiting ones'
@@ -1347,14 +1360,8 @@ static void test_legacy_plist_result_record(void **state)
     mdm_buf_t val = MDM_BUF_INIT;
     mdm_buf_t probe = MDM_BUF_INIT;
     mdm_result_rec_t cur;
-    {
-        mdm_buf_t q = MDM_BUF_INIT, pos = MDM_BUF_INIT;
-        struct raw_q get = {.eid = E1, .uuid = UA, .val = &q, .pos = &pos};
-        assert_rc(mdm_store_view(fx->store, raw_q_fn, &get), 0);
-        assert_rc(mdm_result_rec_decode((const char *)q.data + QHDR, q.len - QHDR, &cur), 0);
-        mdm_buf_free(&q);
-        mdm_buf_free(&pos);
-    }
+    entry_record(fx, E1, UA, &probe);
+    assert_rc(mdm_result_rec_decode(probe.data, probe.len, &cur), 0);
     /* As the earlier version wrote it. */
     plist_t d = plist_new_dict();
     mdm_pl_set_str(d, "status", "Queued");
@@ -1407,13 +1414,9 @@ static void test_schema3_waiting_result_moves_into_its_entry(void **state)
     queue_new(fx, E1, UB, 0, 0);
     for (int i = 0; i < 2; i++) {
         const char *u = i ? UB : UA;
-        mdm_buf_t q = MDM_BUF_INIT, pos = MDM_BUF_INIT, val = MDM_BUF_INIT;
-        struct raw_q get = {.eid = E1, .uuid = u, .val = &q, .pos = &pos};
-        assert_rc(mdm_store_view(fx->store, raw_q_fn, &get), 0);
-        mdm_buf_append(&val, (const char *)q.data + QHDR, q.len - QHDR);
+        mdm_buf_t val = MDM_BUF_INIT;
+        entry_record(fx, E1, u, &val);
         make_legacy(fx, E1, u, &val, true);
-        mdm_buf_free(&q);
-        mdm_buf_free(&pos);
         mdm_buf_free(&val);
     }
     assert_true(stored_at(fx, E1, UA, true));
@@ -1459,13 +1462,9 @@ static void test_upgrade_moves_every_waiting_result(void **state)
     /* UA, UB of schema 3, UC of schema 2; UD stays as it is. */
     for (int i = 0; i < 3; i++) {
         const char *eid = i < 2 ? E1 : E2;
-        mdm_buf_t q = MDM_BUF_INIT, pos = MDM_BUF_INIT, val = MDM_BUF_INIT;
-        struct raw_q get = {.eid = eid, .uuid = uuids[i], .val = &q, .pos = &pos};
-        assert_rc(mdm_store_view(fx->store, raw_q_fn, &get), 0);
-        mdm_buf_append(&val, (const char *)q.data + QHDR, q.len - QHDR);
+        mdm_buf_t val = MDM_BUF_INIT;
+        entry_record(fx, eid, uuids[i], &val);
         make_legacy(fx, eid, uuids[i], &val, i < 2);
-        mdm_buf_free(&q);
-        mdm_buf_free(&pos);
         mdm_buf_free(&val);
     }
     /* A queue entry of the header alone whose result is gone. */
