@@ -1214,7 +1214,7 @@ static void push_dev_field(lua_State *L, const mdm_policy_device_t *d, const cha
     } else if (strcmp(k, "enrolled_at") == 0) {
         push_seconds(L, have ? mdm_rec_int(e, "enrolled_at", 0) : 0);
     } else if (strcmp(k, "last_seen") == 0) {
-        push_seconds(L, have ? mdm_rec_int(e, "last_seen_at", 0) : 0);
+        push_seconds(L, d->seen_at_ms ? d->seen_at_ms : have ? mdm_rec_int(e, "last_seen_at", 0) : 0);
     } else if (strcmp(k, "token_updates") == 0) {
         lua_pushinteger(L, have ? (lua_Integer)mdm_rec_uint(e, "token_updates", 0) : 0);
     } else if (strcmp(k, "first_checkin") == 0) {

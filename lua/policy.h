@@ -134,6 +134,8 @@ typedef struct mdm_policy_device {
                                   record's "groups" array */
     bool first_checkin;        /* a new enrollment (also true when the enrollment record
                                   says new_enrollment) */
+    int64_t seen_at_ms;        /* non-zero: last_seen reads this, not the record's (a
+                                  request that is about to record it) */
     /* When device is NULL and this is set, the device record is read on
      * first use: device_record(record_arg, true) returns it (owned by the
      * caller, the same on every call; NULL when there is none), and

@@ -1163,6 +1163,7 @@ static int report_txn(mdm_txn_t *txn, void *arg)
 struct idle_probe {
     msg_ctx_t *c;
     bool fast;
+    bool stale;     /* last_seen_at is to be recorded again */
     mdm_policy_view_t view;
     bool have_view;
     /* Copies of the records the view reads after the read transaction. */
@@ -1170,9 +1171,9 @@ struct idle_probe {
     mdm_rec_t erec;
 };
 
-/* Looks, without writing, whether an Idle changes anything: a bound,
- * enabled enrollment with an empty queue, nothing to reconcile and a
- * recent last_seen. The records are read in place (no tree). */
+/* Looks, without writing, whether an Idle changes anything but
+ * last_seen_at: a bound, enabled enrollment with an empty queue and
+ * nothing to reconcile. The records are read in place (no tree). */
 static int idle_probe_fn(mdm_txn_t *txn, void *arg)
 {
     struct idle_probe *ip = arg;
@@ -1205,14 +1206,19 @@ static int idle_probe_fn(mdm_txn_t *txn, void *arg)
     const unsigned char *fp = mdm_rec_data(en, "cert_fp", &fl);
     bool quiet = mdm_rec_bool(en, "enabled", false) && !mdm_rec_bool(en, "new_enrollment", false) &&
                  !mdm_rec_bool(en, "reconcile_requested", false) && fp != NULL && fl == 32 &&
-                 memcmp(fp, c->id->fp, 32) == 0 &&
-                 c->now - mdm_rec_int(en, "last_seen_at", 0) < LAST_SEEN_GRANULARITY_MS;
+                 memcmp(fp, c->id->fp, 32) == 0;
     if (!quiet)
         return 0;
+    int64_t last_seen = mdm_rec_int(en, "last_seen_at", 0);
+    ip->stale = c->now - last_seen >= LAST_SEEN_GRANULARITY_MS || c->now < last_seen;
     mdm_rec_t dev;
     bool have_dev = device_rec(c, txn, en, &ip->dbin, &dev);
     mdm__policy_view_detached(txn, c->eid, en, have_dev ? ip->dbin.data : NULL, ip->dbin.len,
                               &ip->view);
+    /* The hook sees the device as seen now, as it does when the write
+     * path records last_seen_at before calling it. */
+    if (ip->stale)
+        ip->view.dev.seen_at_ms = c->now;
     ip->have_view = true;
     bool due = mdm_reconcile_due(c->pol, en, have_dev ? &dev : NULL);
     mdm_rec_free(&dev);
@@ -1220,8 +1226,26 @@ static int idle_probe_fn(mdm_txn_t *txn, void *arg)
     return 0;
 }
 
-/* Answers an Idle that changes nothing without a write transaction, so
- * that the commonest request costs no commit. Returns true when answered. */
+/* Records that the device was seen now: the only change an Idle with
+ * nothing to do makes. */
+static int touch_fn(mdm_txn_t *txn, void *arg)
+{
+    msg_ctx_t *c = arg;
+    plist_t e = NULL;
+    int rc = mdm_enrollment_load(txn, c->eid, &e);
+    if (rc != 0)
+        return rc;
+    mdm_pl_set_int(e, "last_seen_at", c->now);
+    rc = mdm_enrollment_save(txn, c->eid, e);
+    plist_free(e);
+    return rc;
+}
+
+/* Answers an Idle with nothing to do from a read-only look at the store,
+ * so that the commonest request costs no commit, or, when last_seen_at is
+ * due to be recorded again, only that write, whose commit the answer does
+ * not wait for: "nothing to do" stays true if the write is lost. Returns
+ * true when answered. */
 static bool idle_fast_path(msg_ctx_t *c)
 {
     struct idle_probe ip = {.c = c, .ebin = MDM_BUF_INIT, .dbin = MDM_BUF_INIT};
@@ -1241,6 +1265,9 @@ static bool idle_fast_path(msg_ctx_t *c)
     mdm_rec_free(&ip.erec);
     mdm_buf_free(&ip.ebin);
     mdm_buf_free(&ip.dbin);
+    /* A failed write takes the usual path, which reports it. */
+    if (fast && ip.stale && mdm_store_update(c->m->server->store, touch_fn, c) != 0)
+        fast = false;
     if (fast) {
         c->out->status = 200;
         c->out->ctype = NULL;

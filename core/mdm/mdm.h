@@ -63,8 +63,9 @@ typedef struct mdm_outcome {
     char command_uuid[40];      /* the command sent back, if any */
     size_t policy_commands;     /* commands the policy queued */
     size_t installs, removals;  /* profile changes reconciliation queued */
-    bool unchanged;             /* answered from a read-only look: nothing was
-                                   written, and the answer tells of nothing stored */
+    bool unchanged;             /* answered from a read-only look: the answer tells
+                                   of nothing stored (at most last_seen_at was
+                                   written) */
 } mdm_outcome_t;
 
 /* Handles a check-in message body from the device with identity id. */
