@@ -312,6 +312,9 @@ void mdm__server_dispatch(mdm_server_t *s, mdm_req_t *req)
         if (status == 405)
             mdm_resp_json_error(req, 405, "method_not_allowed",
                                 "the path exists but not for this method");
+        else if (status == 400)
+            mdm_resp_json_error(req, 400, "bad_path",
+                                "a path segment has a bad percent-escape (or %00)");
         else
             mdm_resp_json_error(req, 404, "not_found", "no such path");
         return;

@@ -100,7 +100,12 @@ const mdm_route_t *mdm_router_match(const mdm_router_t *r, mdm_req_t *req, int *
             m = MDM_GET;
         if (!(rt->methods & m))
             continue;
-        match(rt->pattern, req->path, req);
+        /* The parameters are decoded now; a bad escape (or %00) in one
+         * makes the request bad, not a match without its parameters. */
+        if (!match(rt->pattern, req->path, req)) {
+            *status = 400;
+            return NULL;
+        }
         *status = 200;
         return rt;
     }

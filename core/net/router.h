@@ -51,7 +51,8 @@ void mdm_router_add(mdm_router_t *r, unsigned methods, const char *pattern, mdm_
                     int auth, const char *name);
 
 /* Finds the route for req->method and req->path and fills req->params.
- * Returns the route, or NULL with *status set to 404 or 405. */
+ * Returns the route, or NULL with *status set to 404, 405, or 400 when a
+ * parameter does not decode (a bad percent-escape or %00). */
 const mdm_route_t *mdm_router_match(const mdm_router_t *r, mdm_req_t *req, int *status);
 
 /* The MDM_* bit for a method name, or MDM_OTHER. */

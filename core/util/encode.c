@@ -123,7 +123,9 @@ int mdm_url_decode(mdm_buf_t *out, const char *s, size_t n, int plus_is_space)
             if (i + 2 >= n)
                 return MDM_EPARSE;
             int hi = hexval((unsigned char)s[i + 1]), lo = hexval((unsigned char)s[i + 2]);
-            if (hi < 0 || lo < 0)
+            /* A NUL would cut the C string the caller makes of it, so that
+             * "a%00b" would name "a". */
+            if (hi < 0 || lo < 0 || (hi | lo) == 0)
                 return MDM_EPARSE;
             out->data[out->len++] = (char)(hi << 4 | lo);
             i += 2;

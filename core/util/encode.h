@@ -21,7 +21,8 @@ void mdm_hex_encode(char *out, const void *p, size_t n);
 int mdm_hex_decode(unsigned char *out, size_t outlen, const char *s, size_t n);
 
 /* Percent-decodes s into out. When plus_is_space is false, '+' stays '+'
- * (the SCEP message= rule). Returns 0 or MDM_EPARSE on a bad escape. */
+ * (the SCEP message= rule). Returns 0 or MDM_EPARSE on a bad escape or on
+ * %00 (callers use the result as a C string). */
 int mdm_url_decode(mdm_buf_t *out, const char *s, size_t n, int plus_is_space);
 
 #endif

@@ -505,6 +505,10 @@ def http_seeds(w, expired):
     h["api-device"] = request("GET", "/v1/devices/" + HTTP_UDID, [bearer()])
     h["api-device-commands"] = request("GET", f"/v1/devices/{HTTP_UDID}/commands", [bearer()])
     h["api-device-delete"] = request("DELETE", "/v1/devices/" + HTTP_UDID, [bearer()])
+    # Path parameters that do not decode (these once reached the handler
+    # without their parameter).
+    h["api-device-bad-escape"] = request("GET", "/v1/devices/%zz", [bearer()])
+    h["api-device-nul"] = request("DELETE", f"/v1/devices/{HTTP_UDID}%00:x", [bearer()])
     h["api-cancel"] = request("DELETE", f"/v1/devices/{HTTP_UDID}/commands/{CMD_UUID}", [bearer()])
     h["api-command"] = request("GET", "/v1/commands/" + CMD_UUID, [bearer()])
     h["api-commands-post"] = request("POST", "/v1/commands", [bearer(), ("Content-Type", "application/json")],
