@@ -181,8 +181,60 @@ static char *escape_segment(const char *s)
     return r;
 }
 
+/* device list: every page (or the first N devices), as one list. */
+static int list_devices(api_client_t *c, mdm_buf_t *body)
+{
+    json_t *all = json_array();
+    char *cursor = NULL;
+    long st = 200;
+    /* Bounded: a page holds at least one device, so 10 million pages is
+     * more than any fleet. */
+    for (int page = 0; page < 10000000; page++) {
+        size_t want = 1000;
+        if (c->limit > 0 && (size_t)c->limit - json_array_size(all) < want)
+            want = (size_t)c->limit - json_array_size(all);
+        mdm_buf_t path = MDM_BUF_INIT;
+        mdm_buf_printf(&path, "/v1/devices?limit=%zu%s", want, c->enrolled ? "&enrolled=true" : "");
+        if (cursor != NULL) {
+            char *e = escape_segment(cursor);
+            mdm_buf_printf(&path, "&cursor=%s", e);
+            mdm_free(e);
+        }
+        mdm_buf_reset(body);
+        st = api_call(c, "GET", path.data, NULL, NULL, 0, body);
+        mdm_buf_free(&path);
+        json_error_t je;
+        json_t *j = st == 200 ? json_loadb(body->data, body->len, 0, &je) : NULL;
+        json_t *devs = json_object_get(j, "devices");
+        if (!json_is_array(devs)) {
+            json_decref(j);
+            break; /* the server's answer (an error) is printed as it is */
+        }
+        json_array_extend(all, devs);
+        const char *next = json_string_value(json_object_get(j, "next_cursor"));
+        mdm_free(cursor);
+        cursor = next && json_array_size(devs) > 0 ? mdm_strdup(next) : NULL;
+        json_decref(j);
+        if (cursor == NULL || (c->limit > 0 && json_array_size(all) >= (size_t)c->limit)) {
+            json_t *o = json_object();
+            json_object_set_new(o, "devices", all);
+            json_object_set_new(o, "next_cursor", cursor ? json_string(cursor) : json_null());
+            all = NULL;
+            char *s = json_dumps(o, 0);
+            json_decref(o);
+            mdm_buf_reset(body);
+            mdm_buf_puts(body, s);
+            free(s);
+            break;
+        }
+    }
+    mdm_free(cursor);
+    json_decref(all);
+    return print_result(st, body);
+}
+
 static const char device_usage[] =
-    "usage: moonmdm device list [--enrolled] [--limit N]\n"
+    "usage: moonmdm device list [--enrolled] [--limit N]   (every device, or the first N)\n"
     "       moonmdm device show ID\n"
     "       moonmdm device delete ID\n";
 
@@ -196,13 +248,7 @@ int mdm_cmd_device(int argc, char **argv)
     mdm_buf_t body = MDM_BUF_INIT;
     const char *verb = optind < argc ? argv[optind] : "";
     if (strcmp(verb, "list") == 0) {
-        mdm_buf_t path = MDM_BUF_INIT;
-        mdm_buf_printf(&path, "/v1/devices?limit=%d", c.limit > 0 ? c.limit : 1000);
-        if (c.enrolled)
-            mdm_buf_puts(&path, "&enrolled=true");
-        long st = api_call(&c, "GET", path.data, NULL, NULL, 0, &body);
-        mdm_buf_free(&path);
-        exit_code = print_result(st, &body);
+        exit_code = list_devices(&c, &body);
     } else if ((strcmp(verb, "show") == 0 || strcmp(verb, "delete") == 0) && optind + 1 < argc) {
         char *id = escape_segment(argv[optind + 1]);
         char *path = mdm_sprintf("/v1/devices/%s", id);

@@ -206,6 +206,13 @@ static void handle_devices(mdm_req_t *req)
     mdm_buf_t cur = MDM_BUF_INIT;
     if (mdm_req_query(req, "cursor", &cur, true) == 0 && cur.len > 0)
         l.cursor = cur.data;
+    if (cur.len > MDM_ENROLLMENT_ID_MAX) {
+        mdm_buf_free(&cur);
+        json_decref(l.arr);
+        mdm_resp_json_error(req, 400, "bad_request",
+                            "cursor: not one this server gave (longer than an enrollment id)");
+        return;
+    }
     if (l.limit == 0)
         l.limit = 100;
     int rc = mdm_store_view(req->server->store, list_fn, &l);
@@ -554,6 +561,11 @@ static bool run_enqueue(mdm_req_t *req, struct enq_ctx *e)
         mdm_resp_json_error(req, 409, "conflict", "a command with this CommandUUID exists");
         return false;
     }
+    if (rc == MDM_EINVAL) {
+        mdm_resp_json_error(req, 400, "bad_request",
+                            "the command cannot be queued (its CommandUUID, RequestType or ttl)");
+        return false;
+    }
     /* Durable before devices are woken to fetch it: pushes go out before
      * the answer, so commit the batch now. Without pushes the enqueue joins
      * the loop's batch: its answer is held until that batch is committed
@@ -652,13 +664,26 @@ static void handle_commands_post(mdm_req_t *req)
         if (mdm_req_query(req, "targets", &t, true) == 0)
             e.r.ntargets = split_ids(req, t.data, (const char ***)&e.r.targets);
         mdm_buf_free(&t);
-        e.r.priority = (int)query_long(req, "priority", 0, 255);
+        mdm_buf_t q = MDM_BUF_INIT;
+        if (mdm_req_query(req, "priority", &q, true) == 0) {
+            char *end = NULL;
+            long pr = strtol(q.data, &end, 10);
+            if (q.len == 0 || *end != '\0' || pr < 0 || pr > 255) {
+                mdm_buf_free(&q);
+                mdm_resp_json_error(req, 400, "bad_request", "priority: expected 0 to 255");
+                goto out;
+            }
+            e.r.priority = (int)pr;
+        }
+        mdm_buf_free(&q);
         e.r.dedupe = query_bool(req, "dedupe") == 1;
         mdm_buf_t ttl = MDM_BUF_INIT;
         uint64_t ms = 0;
-        if (mdm_req_query(req, "ttl", &ttl, true) == 0 && mdm_parse_duration_ms(ttl.data, &ms) != 0) {
+        if (mdm_req_query(req, "ttl", &ttl, true) == 0 &&
+            (mdm_parse_duration_ms(ttl.data, &ms) != 0 || ms > (uint64_t)MDM_TTL_MAX_MS)) {
             mdm_buf_free(&ttl);
-            mdm_resp_json_error(req, 400, "bad_request", "ttl: expected a duration like 1h");
+            mdm_resp_json_error(req, 400, "bad_request",
+                                "ttl: expected a duration like 1h, at most 3650d");
             goto out;
         }
         mdm_buf_free(&ttl);
@@ -709,10 +734,12 @@ static void handle_commands_post(mdm_req_t *req)
                 e.r.priority = (int)json_integer_value(val);
             } else if (strcmp(key, "ttl") == 0) {
                 uint64_t ms = 0;
-                if (json_is_integer(val) && json_integer_value(val) > 0)
+                if (json_is_integer(val) && json_integer_value(val) > 0 &&
+                    json_integer_value(val) <= MDM_TTL_MAX_MS / 1000)
                     ms = (uint64_t)json_integer_value(val) * 1000;
                 else if (!json_is_string(val) ||
-                         mdm_parse_duration_ms(json_string_value(val), &ms) != 0)
+                         mdm_parse_duration_ms(json_string_value(val), &ms) != 0 ||
+                         ms > (uint64_t)MDM_TTL_MAX_MS)
                     bad = true;
                 e.r.ttl_ms = (int64_t)ms;
             } else if (strcmp(key, "dedupe") == 0) {
@@ -722,8 +749,9 @@ static void handle_commands_post(mdm_req_t *req)
                 bad |= !json_is_boolean(val);
                 e.r.nopush = json_is_true(val);
             } else if (strcmp(key, "command_uuid") == 0) {
-                bad |= !json_is_string(val);
-                snprintf(uuid, sizeof(uuid), "%s", json_string_value(val) ? json_string_value(val) : "");
+                const char *u = json_string_value(val);
+                bad |= u == NULL || !mdm_command_uuid_ok(u);
+                snprintf(uuid, sizeof(uuid), "%s", u && mdm_command_uuid_ok(u) ? u : "");
             } else {
                 json_object_set(params, key, val);
             }
@@ -731,8 +759,9 @@ static void handle_commands_post(mdm_req_t *req)
         if (bad) {
             json_decref(params);
             mdm_resp_json_error(req, 400, "bad_request",
-                                "priority (0..255), ttl (\"1h\" or seconds), dedupe, nopush "
-                                "(booleans) and command_uuid (string) have the wrong type");
+                                "priority (0..255), ttl (\"1h\" or seconds, at most 3650 days), "
+                                "dedupe, nopush (booleans) and command_uuid (1 to 36 printable "
+                                "ASCII characters, no space) have the wrong type or value");
             goto out;
         }
         int rc = mdm_command_build_json(rt, params, &cmd, &err);
@@ -804,25 +833,35 @@ static void nano_enqueue_answer(mdm_req_t *req, json_t *push, void *arg)
     struct nano_enq_ctx *c = arg;
     json_t *o = c->o;
     json_t *status = json_object();
-    size_t ok = 0;
+    /* As NanoMDM counts: an id fails when its enqueue or its push failed;
+     * 200 when none failed, 500 when all did, 207 in between. */
+    size_t failed = 0;
     for (size_t i = 0; i < c->n; i++) {
         json_t *s = json_object();
-        if (c->results[i].status == MDM_TARGET_QUEUED ||
-            c->results[i].status == MDM_TARGET_DUPLICATE) {
-            ok++;
-        } else {
-            set_str(s, "enqueue_error", mdm_target_status_name(c->results[i].status));
+        bool bad = c->results[i].status != MDM_TARGET_QUEUED &&
+                   c->results[i].status != MDM_TARGET_DUPLICATE;
+        if (bad)
+            set_str(s, "command_error", mdm_target_status_name(c->results[i].status));
+        if (push != NULL) {
+            json_t *pr = json_object_get(push, c->targets[i]);
+            nano_push_status(s, pr);
+            bad |= pr != NULL && json_object_get(pr, "error") != NULL;
         }
-        nano_push_status(s, push ? json_object_get(push, c->targets[i]) : NULL);
+        /* An id named twice is one enrollment, counted once. */
+        if (json_object_get(status, c->targets[i]) == NULL)
+            failed += bad;
         json_object_set_new(status, c->targets[i], s);
     }
-    if (json_object_size(status) > 0)
+    size_t ids = json_object_size(status);
+    if (ids > 0)
         json_object_set_new(o, "status", status);
     else
         json_decref(status);
+    if (push == NULL)
+        json_object_set_new(o, "no_push", json_true());
     set_str(o, "command_uuid", c->uuid);
     set_str(o, "request_type", c->request_type);
-    mdm_api_send_json(req, ok == c->n ? 200 : ok ? 207 : 500, o);
+    mdm_api_send_json(req, failed == 0 ? 200 : failed < ids ? 207 : 500, o);
 }
 
 /* NanoMDM: PUT /v1/enqueue/{id,id,...} with a raw command plist. */
@@ -894,6 +933,12 @@ static void handle_nano_push(mdm_req_t *req)
 {
     struct nano_push_ctx *c = mdm_arena_alloc(&req->arena, sizeof(*c));
     c->n = split_ids(req, req->params[0], &c->ids);
+    if (c->n == 0) {
+        json_t *o = json_object();
+        set_str(o, "push_error", "no enrollment ids in the path");
+        mdm_api_send_json(req, 400, o);
+        return;
+    }
     mdm_api_push_start(req->server, req, c->ids, c->n, NULL, nano_push_answer, c);
 }
 

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mdm/queue.h"
 #include "util/alloc.h"
 #include "util/buf.h"
 #include "util/encode.h"
@@ -876,11 +877,10 @@ int mdm_command_wrap(plist_t cmd_dict, const char *uuid, char **xml, uint32_t *l
     return 0;
 }
 
-/* A CommandUUID we can store and echo: 1..63 printable ASCII bytes. */
-static bool uuid_ok(const char *s)
+bool mdm_command_uuid_ok(const char *s)
 {
     size_t n = strlen(s);
-    if (n == 0 || n >= 64)
+    if (n == 0 || n > MDM_UUID_LEN)
         return false;
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
@@ -929,9 +929,9 @@ int mdm_command_unwrap(const char *xml_or_bin, size_t len, plist_t *cmd_dict, ch
     plist_t id = plist_dict_get_item(root, "CommandUUID");
     if (id != NULL) {
         const char *s = PLIST_IS_STRING(id) ? plist_get_string_ptr(id, NULL) : NULL;
-        if (s == NULL || !uuid_ok(s)) {
+        if (s == NULL || !mdm_command_uuid_ok(s)) {
             rc = mdm_err_set(err, MDM_EINVAL,
-                             "CommandUUID: expected a string of 1 to 63 printable characters");
+                             "CommandUUID: expected 1 to %d printable ASCII characters without spaces", MDM_UUID_LEN);
             goto out;
         }
         memcpy(uuid_out, s, strlen(s) + 1);

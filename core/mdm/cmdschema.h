@@ -147,4 +147,8 @@ int mdm_command_wrap(plist_t cmd_dict, const char *uuid, char **xml, uint32_t *l
 int mdm_command_unwrap(const char *xml_or_bin, size_t len, plist_t *cmd_dict, char uuid_out[64],
                        mdm_err_t *err);
 
+/* A CommandUUID the queue can keep and echo: 1 to MDM_UUID_LEN (36)
+ * printable ASCII characters, no space. */
+bool mdm_command_uuid_ok(const char *s);
+
 #endif

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "mdm/certauth.h"
+#include "mdm/cmdschema.h"
 #include "util/alloc.h"
 #include "util/misc.h"
 #include "util/plist.h"
@@ -25,14 +26,14 @@ int mdm_enqueue(mdm_txn_t *txn, const mdm_enqueue_req_t *req, int64_t now_ms,
     mdm_command_info_t info;
     memset(&info, 0, sizeof(info));
     if (req->uuid != NULL && req->uuid[0] != '\0') {
-        if (strlen(req->uuid) > MDM_UUID_LEN)
+        if (!mdm_command_uuid_ok(req->uuid))
             return MDM_EINVAL;
         snprintf(info.uuid, sizeof(info.uuid), "%s", req->uuid);
     } else {
         mdm_uuid(info.uuid);
     }
     const char *rt = mdm_pl_str(req->command, "RequestType");
-    if (rt == NULL)
+    if (rt == NULL || req->ttl_ms < 0 || req->ttl_ms > MDM_TTL_MAX_MS)
         return MDM_EINVAL;
     snprintf(info.request_type, sizeof(info.request_type), "%s", rt);
     info.priority = req->priority < 0 ? 0 : req->priority > 255 ? 255 : req->priority;
@@ -73,7 +74,7 @@ int mdm_enqueue(mdm_txn_t *txn, const mdm_enqueue_req_t *req, int64_t now_ms,
         if (rc != 0)
             return rc;
         r->status = outcome == MDM_ENQ_DUPLICATE ? MDM_TARGET_DUPLICATE : MDM_TARGET_QUEUED;
-        if (r->status == MDM_TARGET_QUEUED)
+        if (outcome == MDM_ENQ_QUEUED)
             queued++;
     }
     if (queued == 0) {

@@ -24,11 +24,14 @@ typedef struct mdm_target_result {
     char dup_uuid[MDM_UUID_LEN + 1];
 } mdm_target_result_t;
 
+/* The longest time-to-live a command can have: ten years. */
+#define MDM_TTL_MAX_MS ((int64_t)10 * 365 * 24 * 3600 * 1000)
+
 typedef struct mdm_enqueue_req {
     plist_t command;          /* the Command dict (with RequestType) */
     const char *uuid;         /* NULL: a new UUID */
     int priority;             /* 0..255, higher first (default 0) */
-    int64_t ttl_ms;           /* 0: no expiry */
+    int64_t ttl_ms;           /* 0: no expiry; at most MDM_TTL_MAX_MS */
     bool dedupe;
     bool nopush;              /* do not wake the targets (read by the caller) */
     const char *const *targets;

@@ -588,7 +588,18 @@ int mdm_queue_add(mdm_txn_t *txn, const char *eid, const mdm_command_info_t *inf
 {
     *outcome = MDM_ENQ_QUEUED;
     mdm_buf_t k = MDM_BUF_INIT;
-    int rc = eid_prefix(&k, eid);
+    /* One entry per command and enrollment: a second would stay behind
+     * when the device answers the first (the index points at one). */
+    mdm_val_t pos;
+    cmdt_key(&k, info->uuid, eid);
+    int rc = mdm_txn_get(txn, MDM_T_INDEX, MDM_VAL(k.data, k.len), &pos);
+    if (rc == 0) {
+        *outcome = MDM_ENQ_ALREADY;
+        goto out;
+    }
+    if (rc != MDM_ENOTFOUND)
+        goto out;
+    rc = eid_prefix(&k, eid);
     if (rc != 0)
         goto out;
     if (dedupe) {
@@ -841,10 +852,17 @@ int mdm_queue_clear(mdm_txn_t *txn, const char *eid, const char *status, int64_t
         mdm_result_rec_t res;
         rc = uuid[0] ? result_load(txn, eid, uuid, &res) : MDM_ENOTFOUND;
         if (rc == 0) {
-            rc = finish(txn, eid, uuid, &res, status, now_ms);
+            if (res.has_status && !mdm_status_terminal(res.status))
+                rc = finish(txn, eid, uuid, &res, status, now_ms);
             mdm_result_rec_free(&res);
-        } else if (rc == MDM_ENOTFOUND) {
+        }
+        /* The entry goes whatever its result says, so that every pass
+         * removes one (an entry whose result another one's index points
+         * at would otherwise stay first for ever). */
+        if (rc == 0 || rc == MDM_ENOTFOUND) {
             rc = mdm_txn_del(txn, MDM_T_QUEUE, MDM_VAL(key.data, key.len));
+            if (rc == MDM_ENOTFOUND)
+                rc = 0;
         }
         mdm_buf_free(&key);
         if (rc != 0)
@@ -1154,10 +1172,15 @@ int mdm_queue_forget(mdm_txn_t *txn, const char *eid)
 
 int mdm_queue_upgrade_txn(mdm_txn_t *txn, mdm_queue_upgrade_t *u)
 {
+    /* Each run starts from the last step kept. */
+    mdm_buf_reset(&u->step_from);
+    mdm_buf_append(&u->step_from, u->from.data ? u->from.data : "", u->from.len);
+    u->step_scanned = u->step_moved = 0;
+    u->step_done = false;
     uint64_t layout = 0;
     int rc = mdm_meta_get_u64(txn, "queue_layout", &layout);
     if (rc == 0 && layout >= MDM_QUEUE_LAYOUT) {
-        u->done = true;
+        u->step_done = true;
         return 0;
     }
     if (rc != 0 && rc != MDM_ENOTFOUND)
@@ -1172,9 +1195,9 @@ int mdm_queue_upgrade_txn(mdm_txn_t *txn, mdm_queue_upgrade_t *u)
          rc == 0 && scanned < (u->scan_max ? u->scan_max : UPGRADE_SCAN);
          rc = mdm_cursor_next(c, &ck, &cv)) {
         scanned++;
-        mdm_buf_reset(&u->from);
-        mdm_buf_append(&u->from, ck.data, ck.len);
-        mdm_buf_putc(&u->from, '\0'); /* the next key after this one */
+        mdm_buf_reset(&u->step_from);
+        mdm_buf_append(&u->step_from, ck.data, ck.len);
+        mdm_buf_putc(&u->step_from, '\0'); /* the next key after this one */
         const char *nul = memchr(ck.data, '\0', ck.len);
         if (cv.len != QHDR || nul == NULL || (size_t)(nul - (const char *)ck.data) > EID_MAX)
             continue;
@@ -1199,24 +1222,44 @@ int mdm_queue_upgrade_txn(mdm_txn_t *txn, mdm_queue_upgrade_t *u)
         if (g == 0 && res.has_status && !mdm_status_terminal(res.status) && res.at != AT_QUEUE) {
             rc = result_save(txn, eid, uuid, &res);
             if (rc == 0 && res.at == AT_QUEUE)
-                u->moved++;
+                u->step_moved++;
         } else if (g != 0 && g != MDM_ENOTFOUND && g != MDM_EPARSE && g != MDM_EINVAL) {
             rc = g;
         }
         mdm_result_rec_free(&res);
     }
     mdm_buf_free(&keys);
-    u->scanned += scanned;
+    u->step_scanned = scanned;
     if (rc == 0 && end) {
         rc = mdm_meta_put_u64(txn, "queue_layout", MDM_QUEUE_LAYOUT);
         if (rc == 0)
-            u->done = true;
+            u->step_done = true;
     }
     return rc;
+}
+
+static int upgrade_fn(mdm_txn_t *txn, void *arg)
+{
+    return mdm_queue_upgrade_txn(txn, arg);
+}
+
+int mdm_queue_upgrade_step(mdm_store_t *store, mdm_queue_upgrade_t *u)
+{
+    int rc = mdm_store_update(store, upgrade_fn, u);
+    if (rc != 0)
+        return rc;
+    mdm_buf_t t = u->from;
+    u->from = u->step_from;
+    u->step_from = t;
+    u->scanned += u->step_scanned;
+    u->moved += u->step_moved;
+    u->done = u->step_done;
+    return 0;
 }
 
 void mdm_queue_upgrade_free(mdm_queue_upgrade_t *u)
 {
     mdm_buf_free(&u->from);
+    mdm_buf_free(&u->step_from);
 }
 

@@ -49,6 +49,8 @@ int mdm_command_get(mdm_txn_t *txn, const char *uuid, mdm_command_info_t *info,
 enum mdm_enqueue_outcome {
     MDM_ENQ_QUEUED = 0,
     MDM_ENQ_DUPLICATE = 1,    /* dedupe asked and an identical command waits */
+    MDM_ENQ_ALREADY = 2,      /* this command is already queued for the enrollment
+                                 (named twice in one enqueue): nothing more queued */
 };
 
 /* Queues a stored command for one enrollment. With dedupe, an identical
@@ -158,7 +160,12 @@ int mdm_results_prune(mdm_txn_t *txn, int64_t cutoff_ms, size_t max, size_t *n);
  * mdm_queue_upgrade_txn in write transactions until done: each step looks
  * at a bounded number of queue entries and resumes where the last one
  * ended; the last records meta "queue_layout", so that later starts skip
- * it at once. */
+ * it at once.
+ *
+ * mdm_queue_upgrade_step runs one step in its own update and counts it
+ * only once that update is through: the store may run a transaction
+ * function again (after growing a full map), and each run starts from the
+ * last step that was kept. */
 #define MDM_QUEUE_LAYOUT 4
 typedef struct mdm_queue_upgrade {
     size_t scan_max; /* queue entries looked at per step (0: 20,000) */
@@ -166,7 +173,13 @@ typedef struct mdm_queue_upgrade {
     size_t scanned;  /* queue entries looked at */
     size_t moved;    /* results moved into their entries */
     bool done;
+    /* The step in progress, kept by mdm_queue_upgrade_step. */
+    mdm_buf_t step_from;
+    size_t step_scanned, step_moved;
+    bool step_done;
 } mdm_queue_upgrade_t;
+int mdm_queue_upgrade_step(mdm_store_t *store, mdm_queue_upgrade_t *u);
+/* The transaction function of a step (u's counts do not move). */
 int mdm_queue_upgrade_txn(mdm_txn_t *txn, mdm_queue_upgrade_t *u);
 void mdm_queue_upgrade_free(mdm_queue_upgrade_t *u);
 

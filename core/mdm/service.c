@@ -53,7 +53,7 @@ static void identity_free(mdm_identity_t *id)
 
 static void answer(mdm_req_t *req, const mdm_outcome_t *out, bool report)
 {
-    char eidq[300], detq[300];
+    char eidq[300], detq[300], typeq[200];
     int level = out->status >= 500 ? MDM_LOG_ERROR
                 : out->status >= 400 && out->status != 410 ? MDM_LOG_WARN
                                                            : MDM_LOG_INFO;
@@ -62,7 +62,8 @@ static void answer(mdm_req_t *req, const mdm_outcome_t *out, bool report)
                 "eid=%s status=%s http_status=%d next_command=%s policy_commands=%zu "
                 "installs=%zu removals=%zu detail=%s",
                 mdm_logq(eidq, sizeof(eidq), out->eid[0] ? out->eid : NULL),
-                out->message_type[0] ? out->message_type : "-", out->status,
+                mdm_logq(typeq, sizeof(typeq), out->message_type[0] ? out->message_type : NULL),
+                out->status,
                 out->command_uuid[0] && out->body.len ? out->command_uuid : "-",
                 out->policy_commands, out->installs, out->removals,
                 mdm_logq(detq, sizeof(detq), out->detail[0] ? out->detail : NULL));
@@ -70,8 +71,8 @@ static void answer(mdm_req_t *req, const mdm_outcome_t *out, bool report)
         mdm_log(level, req->id, "mdm.checkin",
                 "eid=%s type=%s http_status=%d policy_commands=%zu installs=%zu detail=%s",
                 mdm_logq(eidq, sizeof(eidq), out->eid[0] ? out->eid : NULL),
-                out->message_type[0] ? out->message_type : "-", out->status,
-                out->policy_commands, out->installs,
+                mdm_logq(typeq, sizeof(typeq), out->message_type[0] ? out->message_type : NULL),
+                out->status, out->policy_commands, out->installs,
                 mdm_logq(detq, sizeof(detq), out->detail[0] ? out->detail : NULL));
     if (out->status == 200) {
         /* "Nothing to do" needs no commit: whatever the open batch holds,
@@ -170,22 +171,17 @@ static void prune_cb(uv_timer_t *t)
 
 /* ---- set-up -------------------------------------------------------------- */
 
-static int upgrade_txn(mdm_txn_t *txn, void *arg)
-{
-    return mdm_queue_upgrade_txn(txn, arg);
-}
-
 /* Moves waiting results of earlier store layouts into their queue entries
  * before the first request, in steps of one transaction each. A store
  * that has been through it skips it with one read. A failure is logged and
  * the server starts anyway. */
 static void upgrade_queue(mdm_server_t *s)
 {
-    mdm_queue_upgrade_t u = {.from = MDM_BUF_INIT};
+    mdm_queue_upgrade_t u = {.from = MDM_BUF_INIT, .step_from = MDM_BUF_INIT};
     int64_t t0 = mdm_now_ms(), last_log = t0;
     int rc = 0;
     while (rc == 0 && !u.done) {
-        rc = mdm_store_update(s->store, upgrade_txn, &u);
+        rc = mdm_queue_upgrade_step(s->store, &u);
         if (rc == 0)
             rc = mdm_store_flush(s->store);
         int64_t now = mdm_now_ms();

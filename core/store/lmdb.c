@@ -338,6 +338,12 @@ static bool key_ok(mdm_val_t key)
     return key.len > 0 && key.len <= MDM_STORE_MAX_KEY && key.data != NULL;
 }
 
+/* A key no table can hold: looking it up finds nothing. */
+static bool key_too_long(mdm_val_t key)
+{
+    return key.len > MDM_STORE_MAX_KEY && key.data != NULL;
+}
+
 static bool table_ok(int table)
 {
     return table >= 0 && table < MDM_T__COUNT;
@@ -685,6 +691,8 @@ static int lm_view(mdm_store_t *store, mdm_txn_fn fn, void *arg)
 static int lm_get(mdm_txn_t *txn, int table, mdm_val_t key, mdm_val_t *val)
 {
     struct lmdb_txn *t = (struct lmdb_txn *)txn;
+    if (table_ok(table) && key_too_long(key))
+        return MDM_ENOTFOUND;
     if (!table_ok(table) || !key_ok(key))
         return MDM_EINVAL;
     if (t->full)
@@ -718,6 +726,8 @@ static int lm_put(mdm_txn_t *txn, int table, mdm_val_t key, mdm_val_t val, unsig
 static int lm_del(mdm_txn_t *txn, int table, mdm_val_t key)
 {
     struct lmdb_txn *t = (struct lmdb_txn *)txn;
+    if (table_ok(table) && key_too_long(key) && t->write)
+        return MDM_ENOTFOUND;
     if (!table_ok(table) || !key_ok(key))
         return MDM_EINVAL;
     if (!t->write || !t->s->have[table])

@@ -17,7 +17,8 @@
  * the store with MDM_STORE_AUTOFLUSH and every update commits at once.
  *
  * Values returned by get and cursors stay valid until the transaction ends.
- * Keys are at most MDM_STORE_MAX_KEY bytes. */
+ * Keys are at most MDM_STORE_MAX_KEY bytes: put refuses a longer one
+ * (MDM_EINVAL), get and del find nothing under it (MDM_ENOTFOUND). */
 #ifndef MDM_STORE_H
 #define MDM_STORE_H
 

@@ -356,13 +356,22 @@ def test_raw_plist_command_and_nanomdm_endpoints(server, api):
     a.enroll()
     b.enroll()
     raw = plistlib.dumps({"CommandUUID": "nano-1", "Command": {"RequestType": "ProfileList"}})
+    # Queued for both, but no push could go out (no push certificate): as
+    # NanoMDM counts, every id failed, so 500, with the command queued.
     st, r = api.call("PUT", f"/v1/enqueue/{a.udid},{b.udid}", raw, "application/x-apple-plist")
-    assert st == 200 and r["command_uuid"] == "nano-1" and r["request_type"] == "ProfileList", r
+    assert st == 500 and r["command_uuid"] == "nano-1" and r["request_type"] == "ProfileList", r
+    assert "not configured" in r["status"][a.udid]["push_error"] and "no_push" not in r, r
     st, r = api.call("PUT", f"/v1/enqueue/{a.udid},nobody?nopush=1",
                      plistlib.dumps({"Command": {"RequestType": "SecurityInfo"}}),
                      "application/x-apple-plist")
-    assert st == 207 and r["status"]["nobody"]["enqueue_error"] == "unknown_enrollment", r
+    assert st == 207 and r["status"]["nobody"]["command_error"] == "unknown_enrollment", r
+    assert r["no_push"] is True and r["status"][a.udid] == {}, r
     sec = r["command_uuid"]
+    st, r = api.call("PUT", f"/v1/enqueue/{a.udid},nobody?nopush=1",
+                     plistlib.dumps({"Command": {"RequestType": "SecurityInfo"}}),
+                     "application/x-apple-plist")
+    assert st == 207, r  # a second SecurityInfo, also queued for a
+    sec2 = r["command_uuid"]
     st, r = api.call("PUT", f"/v1/enqueue/{a.udid}", b"junk", "application/x-apple-plist")
     assert st == 400 and r["command_error"]
     # HTTP Basic with the key as password, like NanoMDM's tools.
@@ -377,7 +386,7 @@ def test_raw_plist_command_and_nanomdm_endpoints(server, api):
                      "application/x-apple-plist")
     assert st == 201, r
     lock = r["command_uuid"]
-    assert [c["CommandUUID"] for c in a.run()] == ["nano-1", sec]
+    assert [c["CommandUUID"] for c in a.run()] == ["nano-1", sec, sec2]
     assert [c["CommandUUID"] for c in b.run()] == [lock, "nano-1"]
 
 

@@ -786,12 +786,17 @@ static void test_unwrap_errors(void **state)
                            "<dict><key>RequestType</key><string>ProfileList</string></dict>"
                            "</dict>"),
                         MDM_EINVAL,
-                        "CommandUUID: expected a string of 1 to 63 printable characters");
+                        "CommandUUID: expected 1 to 36 printable ASCII characters without spaces");
     expect_unwrap_error(PL("<dict><key>CommandUUID</key><string>a b</string><key>Command</key>"
                            "<dict><key>RequestType</key><string>ProfileList</string></dict>"
                            "</dict>"),
                         MDM_EINVAL,
-                        "CommandUUID: expected a string of 1 to 63 printable characters");
+                        "CommandUUID: expected 1 to 36 printable ASCII characters without spaces");
+    expect_unwrap_error(PL("<dict><key>CommandUUID</key><string>0123456789012345678901234567890123456"
+                           "</string><key>Command</key><dict><key>RequestType</key><string>"
+                           "ProfileList</string></dict></dict>"),
+                        MDM_EINVAL,
+                        "CommandUUID: expected 1 to 36 printable ASCII characters without spaces");
     expect_unwrap_error("not a plist", MDM_EPARSE, "not a valid XML property list");
     expect_unwrap_error("", MDM_EPARSE, "empty property list");
 

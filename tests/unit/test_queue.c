@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <plist/plist.h>
@@ -1442,9 +1443,77 @@ static void test_schema3_waiting_result_moves_into_its_entry(void **state)
     expect_status(fx, E1, UA, "Acknowledged");
 }
 
-static int upgrade_fn(mdm_txn_t *t, void *arg)
+/* A command is queued once per enrollment: naming the same enrollment
+ * again (targets ["E1", "E1"]) queues nothing more. Two entries under one
+ * index entry made the device get the command after every answer. */
+static void test_same_command_twice_is_queued_once(void **state)
 {
-    return mdm_queue_upgrade_txn(t, arg);
+    struct fx *fx = *state;
+    mdm_command_info_t i = cmd_info(UA, "ProfileList", 0, 10, 0, 'a');
+    put_cmd(fx, &i);
+    int outcome = -1;
+    assert_rc(add(fx, E1, &i, false, &outcome, NULL), 0);
+    assert_num(outcome, MDM_ENQ_QUEUED);
+    assert_rc(add(fx, E1, &i, false, &outcome, NULL), 0);
+    assert_num(outcome, MDM_ENQ_ALREADY);
+    assert_rc(add(fx, E1, &i, true, &outcome, NULL), 0);
+    assert_num(outcome, MDM_ENQ_ALREADY);
+    assert_num(length(fx, E1), 1);
+    expect_next(fx, E1, 50, 1, UA);
+    expect_report(fx, E1, UA, "Acknowledged", 55, 1, MDM_REPORT_RECORDED);
+    assert_num(length(fx, E1), 0);
+    char got[MDM_UUID_LEN + 1];
+    assert_rc(next(fx, E1, 60, 2, got, NULL), MDM_ENOTFOUND);
+    /* Once finished, the same command is not queued again either. */
+    assert_rc(add(fx, E1, &i, false, &outcome, NULL), 0);
+    assert_num(outcome, MDM_ENQ_ALREADY);
+    assert_num(length(fx, E1), 0);
+}
+
+/* Clearing a queue ends whatever its entries hold: here a second entry
+ * that holds the UUID and result of the first (the state that queueing a
+ * command twice used to leave). Each pass removes the first entry. Run in
+ * a child with a 5 s alarm, as the old code never returned. */
+static void test_clear_ends_with_an_entry_kept_twice(void **state)
+{
+    struct fx *fx = *state;
+    queue_new(fx, E1, UA, 0, 0);
+    queue_new(fx, E1, UB, 0, 0);
+    mdm_buf_t va = MDM_BUF_INIT, pa = MDM_BUF_INIT, vb = MDM_BUF_INIT, pb = MDM_BUF_INIT;
+    struct raw_q ga = {.eid = E1, .uuid = UA, .val = &va, .pos = &pa};
+    struct raw_q gb = {.eid = E1, .uuid = UB, .val = &vb, .pos = &pb};
+    assert_rc(mdm_store_view(fx->store, raw_q_fn, &ga), 0);
+    assert_rc(mdm_store_view(fx->store, raw_q_fn, &gb), 0);
+    assert_true(ga.found && gb.found);
+    /* UB's entry now holds UA's value; UA's index still points at its own. */
+    struct raw_q put = {.eid = E1, .uuid = UB, .val = &va, .pos = &pb, .put = true};
+    assert_rc(mdm_store_update(fx->store, raw_q_fn, &put), 0);
+    assert_num(length(fx, E1), 2);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        alarm(5);
+        struct call c = {.op = OP_CLEAR, .eid = E1, .status = "Cleared", .now = 100};
+        int rc = update(fx, &c);
+        _exit(rc == 0 && c.n == 2 && length(fx, E1) == 0 ? 0 : 1);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        fail_msg("clear: %s %d", WIFSIGNALED(st) ? "killed by signal" : "exit",
+                 WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+    mdm_buf_free(&va);
+    mdm_buf_free(&pa);
+    mdm_buf_free(&vb);
+    mdm_buf_free(&pb);
+}
+
+/* A step whose transaction is rolled back after it ran, as the store does
+ * before running it again when the map was full. */
+static int upgrade_rolled_back_fn(mdm_txn_t *t, void *arg)
+{
+    int rc = mdm_queue_upgrade_txn(t, arg);
+    return rc != 0 ? rc : MDM_EMAPFULL;
 }
 
 /* The upgrade moves every waiting result of schemas 2 and 3 into its queue
@@ -1482,11 +1551,26 @@ static void test_upgrade_moves_every_waiting_result(void **state)
     }
     assert_num(qent_len(fx, E1, UA, NULL), QHDR);
 
-    mdm_queue_upgrade_t u = {.scan_max = 2, .from = MDM_BUF_INIT};
+    mdm_queue_upgrade_t u = {.scan_max = 2, .from = MDM_BUF_INIT, .step_from = MDM_BUF_INIT};
+    /* A step that does not go through counts for nothing: the next one
+     * starts where the last kept step ended (here, at the beginning). */
+    assert_rc(mdm_store_update(fx->store, upgrade_rolled_back_fn, &u), MDM_EMAPFULL);
+    assert_num(u.scanned, 0);
+    assert_num(u.from.len, 0);
     int steps = 0;
     while (!u.done && steps < 10) {
-        assert_rc(mdm_store_update(fx->store, upgrade_fn, &u), 0);
+        assert_rc(mdm_queue_upgrade_step(fx->store, &u), 0);
         steps++;
+        if (steps == 1) {
+            /* Rolled back mid-way, too. */
+            size_t from = u.from.len;
+            u.scan_max = 5;
+            assert_rc(mdm_store_update(fx->store, upgrade_rolled_back_fn, &u), MDM_EMAPFULL);
+            assert_num(u.scanned, 2);
+            assert_num(u.from.len, from);
+            assert_false(u.done);
+            u.scan_max = 2;
+        }
     }
     assert_true(u.done);
     assert_num(steps, 3); /* five entries, two a step */
@@ -1504,8 +1588,8 @@ static void test_upgrade_moves_every_waiting_result(void **state)
     }
     assert_num(qent_len(fx, E3, UE, NULL), QHDR);
     /* Done before: one read. */
-    mdm_queue_upgrade_t again = {.from = MDM_BUF_INIT};
-    assert_rc(mdm_store_update(fx->store, upgrade_fn, &again), 0);
+    mdm_queue_upgrade_t again = {.from = MDM_BUF_INIT, .step_from = MDM_BUF_INIT};
+    assert_rc(mdm_queue_upgrade_step(fx->store, &again), 0);
     assert_true(again.done);
     assert_num(again.scanned, 0);
     mdm_queue_upgrade_free(&again);
@@ -1544,6 +1628,8 @@ int main(void)
         T(test_waiting_results_kept_in_queue_entries),
         T(test_schema3_waiting_result_moves_into_its_entry),
         T(test_upgrade_moves_every_waiting_result),
+        T(test_same_command_twice_is_queued_once),
+        T(test_clear_ends_with_an_entry_kept_twice),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -330,8 +330,9 @@ static int misuse_fn(mdm_txn_t *t, void *arg)
     char longkey[MDM_STORE_MAX_KEY + 2];
     memset(longkey, 'k', sizeof(longkey));
     mdm_val_t v;
+    /* No key that long can be stored, so none is found. */
     assert_rc(mdm_txn_get(t, MDM_T_DEVICES, MDM_VAL(longkey, MDM_STORE_MAX_KEY + 1), &v),
-              MDM_EINVAL);
+              MDM_ENOTFOUND);
     assert_rc(mdm_txn_get(t, MDM_T_DEVICES, MDM_VAL("", 0), &v), MDM_EINVAL);
     assert_rc(mdm_txn_get(t, MDM_T__COUNT, MDM_VAL_STR("a"), &v), MDM_EINVAL);
     assert_rc(mdm_txn_get(t, -1, MDM_VAL_STR("a"), &v), MDM_EINVAL);
@@ -339,6 +340,8 @@ static int misuse_fn(mdm_txn_t *t, void *arg)
         assert_rc(mdm_txn_put(t, MDM_T_DEVICES, MDM_VAL(longkey, MDM_STORE_MAX_KEY + 1),
                               MDM_VAL("x", 1), 0),
                   MDM_EINVAL);
+        assert_rc(mdm_txn_del(t, MDM_T_DEVICES, MDM_VAL(longkey, MDM_STORE_MAX_KEY + 1)),
+                  MDM_ENOTFOUND);
         assert_rc(mdm_txn_put(t, MDM_T_DEVICES, MDM_VAL(longkey, MDM_STORE_MAX_KEY),
                               MDM_VAL("max", 3), 0),
                   0);

@@ -1,0 +1,173 @@
+"""Edges of the admin API and the check-in logs: repeated targets, CommandUUID
+and ttl limits, ids the store cannot hold, NUL in paths, NanoMDM's answer
+shapes, and values from devices and admins in the log."""
+import plistlib
+import uuid as uuidlib
+
+import pytest
+import requests
+
+from conftest import Server, http_request, read_response
+from device import CHECKIN_CT, TOPIC, Api, Device
+
+
+@pytest.fixture
+def api(server):
+    return Api(server)
+
+
+def test_duplicate_targets_queue_the_command_twice(server, api):
+    d = Device(server)
+    d.enroll()
+    st, r = api.send("ProfileList", [d.udid, d.udid])
+    assert st == 201, r
+    cmd = r["command_uuid"]
+    # Observed: the command is offered again after every Acknowledged,
+    # forever (the device's session never ends).
+    got = [c["CommandUUID"] for c in d.run(limit=5)]
+    assert got == [cmd]
+    # Nothing is left behind for the device.
+    assert api.call("GET", "/v1/devices/" + d.udid)[1]["queue_length"] == 0
+    assert d.run() == []
+
+
+def test_nano_enqueue_duplicate_ids_queue_the_command_twice(server, api):
+    d = Device(server)
+    d.enroll()
+    raw = plistlib.dumps({"Command": {"RequestType": "ProfileList"}})
+    st, r = api.call("PUT", f"/v1/enqueue/{d.udid},{d.udid}?nopush=1", raw,
+                     "application/x-apple-plist")
+    assert st == 200, r
+    got = [c["CommandUUID"] for c in d.run(limit=5)]
+    assert got == [r["command_uuid"]]
+    assert api.call("GET", "/v1/devices/" + d.udid)[1]["queue_length"] == 0
+
+
+def test_json_command_uuid_too_long_is_a_client_error(server, api):
+    d = Device(server)
+    d.enroll()
+    st, r = api.send("ProfileList", [d.udid], command_uuid="X" * 40, nopush=True)
+    assert st == 400, (st, r)
+
+
+def test_raw_command_uuid_too_long_is_a_client_error(server, api):
+    d = Device(server)
+    d.enroll()
+    raw = plistlib.dumps({"CommandUUID": "Y" * 40, "Command": {"RequestType": "ProfileList"}})
+    st, r = api.call("PUT", f"/v1/enqueue/{d.udid}?nopush=1", raw, "application/x-apple-plist")
+    assert st == 400, (st, r)
+    st, r = api.call("POST", f"/v1/commands?targets={d.udid}", raw, "application/x-apple-plist")
+    assert st == 400, (st, r)
+
+
+def test_json_command_uuid_cannot_forge_log_lines(server, api):
+    d = Device(server)
+    d.enroll()
+    api.send("ProfileList", [d.udid], nopush=True,
+             command_uuid="a\nts=x level=ERROR event=forged")
+    # The raw-plist path refuses such a CommandUUID; the JSON path must too,
+    # and no log line may start with text chosen by the client.
+    assert not any(l.startswith("ts=x level=ERROR event=forged")
+                   for l in server.log().splitlines()), server.log()[-800:]
+
+
+def test_long_ids_are_client_errors_not_500(server, api):
+    d = Device(server)
+    d.enroll()
+    long = "A" * 600
+    bad = []
+    for method, path in [("GET", "/v1/devices?cursor=" + long),
+                         ("GET", "/v1/devices/" + long),
+                         ("GET", f"/v1/devices/{long}/commands"),
+                         ("GET", "/v1/commands/" + long),
+                         ("DELETE", "/v1/devices/" + long),
+                         ("DELETE", f"/v1/devices/{d.udid}/commands/{'B' * 40}"),
+                         ("DELETE", f"/v1/devices/{long}/commands/x")]:
+        st, r = api.call(method, path)
+        if st >= 500:
+            bad.append((method, path[:45], st, r))
+    assert bad == [], "\n".join(map(str, bad))
+
+
+def test_push_with_no_ids(server, api):
+    st, r = api.call("POST", "/v1/push/,")
+    assert st == 400, (st, r)
+
+
+def test_nul_in_path_id_does_not_address_another_device(server, api):
+    d = Device(server)
+    d.enroll()
+    # "<udid>%00:x" names a user channel (deleting one is refused with 400)
+    # or nothing; it must not delete the device <udid>.
+    st, r = api.call("DELETE", f"/v1/devices/{d.udid}%00:x")
+    assert st == 400 and r["error"] == "bad_path", (st, r)
+    assert api.call("GET", "/v1/devices/" + d.udid)[0] == 200
+    # A bad escape in a path parameter: 400 (it once reached the handler
+    # without its parameter and crashed the server).
+    # Sent as they are (an HTTP library would escape the '%').
+    with server.connect() as sock:
+        buf = bytearray()
+        for method, path in [("GET", "/v1/devices/%zz"), ("DELETE", "/v1/devices/%4"),
+                             ("GET", "/v1/commands/%g0"), ("PUT", "/v1/enqueue/a,%zz")]:
+            http_request(sock, method, path, {"Authorization": "Bearer " + api.key,
+                                              "Content-Length": "0"})
+            resp = read_response(sock, buf)
+            assert resp.status == 400 and b"bad_path" in resp.body, (method, path, resp.status)
+    assert api.call("GET", "/v1/devices/" + d.udid)[0] == 200
+
+
+def test_nano_enqueue_result_shape(server, api):
+    d = Device(server)
+    d.enroll()
+    raw = plistlib.dumps({"Command": {"RequestType": "ProfileList"}})
+    st, r = api.call("PUT", f"/v1/enqueue/{d.udid},nobody?nopush=1", raw,
+                     "application/x-apple-plist")
+    assert st == 207, r
+    # NanoMDM's EnrollmentResult: push_error, push_result, command_error.
+    assert "command_error" in r["status"]["nobody"], r
+    assert r.get("no_push") is True, r
+
+
+def test_nano_enqueue_counts_push_errors_like_nanomdm(server, api):
+    d = Device(server)
+    d.enroll()
+    raw = plistlib.dumps({"Command": {"RequestType": "ProfileList"}})
+    # No APNs certificate: every push fails.
+    st, r = api.call("PUT", f"/v1/enqueue/{d.udid}", raw, "application/x-apple-plist")
+    assert "push_error" in r["status"][d.udid], r
+    # NanoMDM: an id with a push_error counts as an error; all errors -> 500.
+    assert st == 500, (st, r)
+
+
+def test_ttl_is_bounded_and_a_long_one_works(server, api):
+    d = Device(server)
+    d.enroll()
+    # Past ten years: refused (it used to overflow into an expiry in the past).
+    for ttl in [9223372036854775, "9000000000000000000ms", 315360001, "3651d"]:
+        st, r = api.send("ProfileList", [d.udid], ttl=ttl, nopush=True)
+        assert st == 400 and "ttl" in r["detail"], (ttl, st, r)
+    raw = plistlib.dumps({"Command": {"RequestType": "ProfileList"}})
+    st, r = api.call("POST", f"/v1/commands?targets={d.udid}&ttl=3651d", raw,
+                     "application/x-apple-plist")
+    assert st == 400 and "ttl" in r["detail"], r
+    for q in ["priority=256", "priority=-1", "priority=x"]:
+        st, r = api.call("POST", f"/v1/commands?targets={d.udid}&{q}", raw,
+                         "application/x-apple-plist")
+        assert st == 400 and "priority" in r["detail"], (q, r)
+    # Ten years is allowed, and the command waits as it should.
+    uuids = []
+    for ttl in [315360000, "3650d"]:
+        st, r = api.send("ProfileList", [d.udid], ttl=ttl, nopush=True)
+        assert st == 201, r
+        uuids.append(r["command_uuid"])
+    assert [c["CommandUUID"] for c in d.run()] == uuids
+
+
+def test_message_type_cannot_forge_log_lines(server):
+    d = Device(server)
+    d.enroll()
+    d.checkin("X\nts=x level=ERROR event=forged_by_device")
+    d.report("Y\nts=x level=ERROR event=forged_by_report", "abc")
+    lines = server.log().splitlines()
+    assert not any(l.startswith("ts=x level=ERROR") for l in lines), \
+        [l for l in lines if "forged" in l]
