@@ -1,5 +1,6 @@
 """The MDM check-in and command protocols with the device simulator."""
 import base64
+import json
 import os
 import plistlib
 import re
@@ -408,8 +409,17 @@ def test_cli_over_the_api(server):
     d.enroll()
     env = dict(os.environ, MOONMDM_API_KEY=server.datadir.api_key)
     common = ["--config", server.datadir.config, "--url", server.url]
+    d2 = Device(server)
+    d2.enroll()
     p = subprocess.run([BIN, "device", "list", *common], capture_output=True, text=True, env=env)
-    assert p.returncode == 0 and d.udid in p.stdout, p.stderr
+    assert p.returncode == 0, p.stderr
+    listed = json.loads(p.stdout)
+    assert {x["id"] for x in listed["devices"]} == {d.udid, d2.udid}, p.stdout
+    assert listed["next_cursor"] is None
+    p = subprocess.run([BIN, "device", "list", "--limit", "1", *common], capture_output=True,
+                       text=True, env=env)
+    listed = json.loads(p.stdout)
+    assert p.returncode == 0 and len(listed["devices"]) == 1 and listed["next_cursor"], p.stdout
     p = subprocess.run([BIN, "device", "show", *common, d.udid], capture_output=True, text=True,
                        env=env)
     assert p.returncode == 0 and d.serial in p.stdout
