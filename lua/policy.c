@@ -42,6 +42,7 @@
 #define NAME_BYTES 255                   /* one group name or profile identifier */
 #define REASON_BYTES 1024
 #define FACTS_MAX ((size_t)1 << 20)
+#define RESPOND_MAX ((size_t)64 << 10)
 
 #define LOADING_MARK "moonmdm: loading"
 
@@ -982,6 +983,7 @@ void mdm_policy_decision_free(mdm_policy_decision_t *d)
     mdm__strlist_free(&d->names);
     plist_free(d->commands);
     plist_free(d->facts);
+    plist_free(d->respond);
     memset(d, 0, sizeof(*d));
 }
 
@@ -1037,6 +1039,26 @@ plist_t mdm__decision_to_plist(int hook, const mdm_policy_decision_t *d, bool wi
         mdm_pl_set_bool(o, "reject", d->reject);
         mdm_pl_set_str(o, "reason", d->reason);
         plist_dict_set_item(o, "commands", plist_copy(d->commands));
+        if (d->respond != NULL && with_status) {
+            plist_dict_set_item(o, "respond", plist_copy(d->respond));
+        } else if (d->respond != NULL) {
+            /* The decision log names the answer's keys only: an AuthToken
+             * or TokenData is a secret. */
+            plist_t keys = plist_new_array();
+            plist_dict_iter it = NULL;
+            plist_dict_new_iter(d->respond, &it);
+            for (;;) {
+                char *k = NULL;
+                plist_t v = NULL;
+                plist_dict_next_item(d->respond, it, &k, &v);
+                if (k == NULL)
+                    break;
+                plist_array_append_item(keys, plist_new_string(k));
+                free(k);
+            }
+            free(it);
+            plist_dict_set_item(o, "respond_keys", keys);
+        }
         break;
     case MDM_POLICY_HOOK_GROUPS:
         put_strlist(o, "groups", &d->names);
@@ -1459,6 +1481,29 @@ static void parse_commands(lua_State *L, run_t *r, int t)
     lua_pop(L, 1);
 }
 
+/* The answer to UserAuthenticate or GetToken: a table of its keys. */
+static void parse_respond(lua_State *L, run_t *r, int t)
+{
+    int type = lua_getfield(L, t, "respond");
+    if (type == LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    char err[300];
+    plist_t a = NULL;
+    if (type != LUA_TTABLE)
+        bad(L, r, "respond must be a table (the answer's keys), got %s", luaL_typename(L, -1));
+    if (mdm__lua_to_plist(L, -1, RESPOND_MAX, &a, err, sizeof(err)) != 0)
+        bad(L, r, "respond.%s", err);
+    if (plist_get_node_type(a) != PLIST_DICT) {
+        plist_free(a);
+        bad(L, r, "respond must be a table of named values, not a list");
+    }
+    plist_free(r->out->respond);
+    r->out->respond = a;
+    lua_pop(L, 1);
+}
+
 static void parse_facts(lua_State *L, run_t *r, int t)
 {
     int type = lua_getfield(L, t, "facts");
@@ -1525,16 +1570,19 @@ static void parse_decision(lua_State *L, run_t *r, int idx)
         break;
     }
     case MDM_POLICY_HOOK_CHECKIN: {
-        static const char *const f[] = {"reject", "reason", "commands", NULL};
+        static const char *const f[] = {"reject", "reason", "commands", "respond", NULL};
         if (type == LUA_TNIL)
             break;
         if (type != LUA_TTABLE)
-            bad(L, r, "expected nil or {reject = ..., reason = ..., commands = {...}}, got %s",
+            bad(L, r,
+                "expected nil or {reject = ..., reason = ..., commands = {...}, respond = {...}}, "
+                "got %s",
                 luaL_typename(L, idx));
         check_fields(L, r, idx, f);
         d->reject = opt_bool(L, r, idx, "reject");
         opt_string(L, r, idx, "reason", REASON_BYTES, &d->reason);
         parse_commands(L, r, idx);
+        parse_respond(L, r, idx);
         break;
     }
     case MDM_POLICY_HOOK_GROUPS:

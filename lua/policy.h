@@ -104,6 +104,8 @@ typedef struct mdm_policy_decision {
     plist_t commands;          /* checkin, connect, result: array of Command dictionaries
                                   (RequestType first), never NULL after a call */
     plist_t facts;             /* result: dictionary of facts to store, never NULL */
+    plist_t respond;           /* checkin: the answer's dictionary (UserAuthenticate,
+                                  GetToken), or NULL */
     mdm_strlist_t names;       /* groups: group names; profiles: profile identifiers */
 } mdm_policy_decision_t;
 

@@ -286,7 +286,9 @@ int mdm__policy_run_chunk(mdm_policy_t *p, const char *src, size_t len, const ch
                           uint64_t budget_ns, char *err, size_t errlen);
 
 /* The decision as a dictionary, with "status" and "error" when
- * with_status (what tests and eval show). */
+ * with_status (what policy tests show). A checkin answer (respond) is shown
+ * whole only then; the decision log and eval name its keys only
+ * (respond_keys), as it may hold an AuthToken or TokenData. */
 plist_t mdm__decision_to_plist(int hook, const mdm_policy_decision_t *d, bool with_status);
 
 /* Splits "file:line: message" into e (file "" and line 0 when absent). */

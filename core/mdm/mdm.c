@@ -283,6 +283,7 @@ typedef struct msg_ctx {
     int report_outcome;
     size_t cleared;
     bool revoked_cert;
+    bool policy_answers; /* UserAuthenticate, GetToken: the checkin hook answers */
 } msg_ctx_t;
 
 static void refuse(msg_ctx_t *c, int status, const char *fmt, ...)
@@ -689,6 +690,40 @@ static int reconcile(msg_ctx_t *c, mdm_txn_t *txn, plist_t e, bool force)
     return rc;
 }
 
+/* UserAuthenticate and GetToken: the checkin hook's respond table is the
+ * answer; without one (no hook, a failed hook, reject) the message is
+ * declined: 410 to UserAuthenticate ("this user is not managed here"),
+ * 400 to GetToken, 403 when the policy rejected it. */
+static int policy_answer(msg_ctx_t *c, const mdm_policy_decision_t *d)
+{
+    bool ua = strcmp(c->type, "UserAuthenticate") == 0;
+    if (d != NULL && d->status == MDM_POLICY_OK && !d->reject && d->respond != NULL) {
+        plist_t a = plist_copy(d->respond);
+        /* TokenData is <data>; a policy gives it as a string of its bytes. */
+        plist_t td = ua ? NULL : plist_dict_get_item(a, "TokenData");
+        if (td != NULL && PLIST_IS_STRING(td)) {
+            uint64_t n = 0;
+            const char *s = plist_get_string_ptr(td, &n);
+            plist_dict_set_item(a, "TokenData", plist_new_data(s, n));
+        }
+        mdm_buf_reset(&c->out->body);
+        mdm_plist_to_xml_buf(a, &c->out->body);
+        plist_free(a);
+        c->out->ctype = "application/xml";
+        return 0;
+    }
+    const char *why = d == NULL                            ? "no enrollment to ask the policy for"
+                      : d->status == MDM_POLICY_FAILED     ? "the policy failed"
+                      : d->reject                          ? "the policy rejected it"
+                                                           : "no policy answered it";
+    if (d != NULL && d->reject)
+        refuse(c, ua ? 410 : 403, "%s declined: %s%s%s", c->type, why, d->reason ? ": " : "",
+               d->reason ? d->reason : "");
+    else
+        refuse(c, ua ? 410 : 400, "%s declined: %s", c->type, why);
+    return REFUSED;
+}
+
 /* The policy's checkin hook, after the core handled the message (the
  * records are written: the hook sees the device as it now is). */
 static int policy_checkin(msg_ctx_t *c, mdm_txn_t *txn)
@@ -696,14 +731,20 @@ static int policy_checkin(msg_ctx_t *c, mdm_txn_t *txn)
     bool checkout = strcmp(c->type, "CheckOut") == 0;
     mdm_policy_view_t v;
     int rc = mdm__policy_view(txn, c->eid, NULL, &v);
+    /* A user not yet enrolled on its channel is asked about through the
+     * device's enrollment. */
+    if (rc == MDM_ENOTFOUND && c->policy_answers && c->user_channel)
+        rc = mdm__policy_view(txn, c->device_id, NULL, &v);
     if (rc == MDM_ENOTFOUND)
-        return 0;
+        return c->policy_answers ? policy_answer(c, NULL) : 0;
     if (rc != 0)
         return rc;
     mdm_policy_decision_t d;
     memset(&d, 0, sizeof(d));
     rc = mdm_policy_checkin(c->pol, txn, reqid_of(c), &v.dev, c->msg, &d);
-    if (rc == 0 && d.reject && !checkout) {
+    if (rc == 0 && c->policy_answers) {
+        rc = policy_answer(c, &d);
+    } else if (rc == 0 && d.reject && !checkout) {
         refuse(c, 403, "the policy refused %s: %s", c->type,
                d.status == MDM_POLICY_FAILED ? d.error : d.reason ? d.reason : "no reason given");
         rc = REFUSED;
@@ -745,6 +786,7 @@ static int checkin_core(msg_ctx_t *c, mdm_txn_t *txn)
     mdm_buf_reset(&c->out->body);
     c->cleared = 0;
     c->revoked_cert = false;
+    c->policy_answers = false;
     const char *t = c->type;
     if (strcmp(t, "Authenticate") == 0)
         return on_authenticate(c, txn);
@@ -759,18 +801,14 @@ static int checkin_core(msg_ctx_t *c, mdm_txn_t *txn)
     int rc = check_binding(c, txn);
     if (rc != 0)
         return rc;
-    if (strcmp(t, "UserAuthenticate") == 0) {
-        /* 410: this server does not manage network or mobile accounts
-         * unless a policy says otherwise. */
-        refuse(c, 410, "UserAuthenticate declined (no policy answers it)");
-        return REFUSED;
+    if (strcmp(t, "UserAuthenticate") == 0 || strcmp(t, "GetToken") == 0) {
+        /* The policy's checkin hook answers (policy_answer); by default
+         * this server manages no network account and gives no token. */
+        c->policy_answers = true;
+        return 0;
     }
     if (strcmp(t, "DeclarativeManagement") == 0) {
         refuse(c, 400, "declarative management is not supported by this server");
-        return REFUSED;
-    }
-    if (strcmp(t, "GetToken") == 0) {
-        refuse(c, 400, "GetToken is not answered (no policy provides tokens)");
         return REFUSED;
     }
     refuse(c, 400, "unknown check-in MessageType");

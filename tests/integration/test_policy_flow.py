@@ -388,3 +388,65 @@ def test_decision_log_leaves_out_calls_that_decided_nothing(datadir, tmpdir_path
             assert calls >= 7, calls
         finally:
             assert srv.stop() == 0
+
+
+ANSWER_POLICY = r'''
+local M = { name = "answers" }
+-- One network user, "alice"; every other user is declined (410).
+function M.checkin(device, msg)
+  if msg.MessageType == "UserAuthenticate" then
+    if msg.UserID ~= "alice" then return nil end
+    if msg.DigestResponse == nil then
+      return { respond = { DigestChallenge = "challenge-1" } }
+    end
+    if msg.DigestResponse == "right" then
+      return { respond = { AuthToken = "token-for-alice" } }
+    end
+    return { respond = { AuthToken = "" } }
+  end
+  if msg.MessageType == "GetToken" then
+    if msg.TokenServiceType == "com.apple.maid" then
+      return { respond = { TokenData = "maid-token\0bytes" } }
+    end
+    return { reject = true, reason = "no such token service" }
+  end
+end
+return M
+'''
+
+
+# The checkin hook may answer UserAuthenticate (the digest challenge, then
+# the AuthToken) and GetToken (TokenData, as <data>); without an answer the
+# defaults stay (410 and 400), a rejection of GetToken is a 403, and the
+# decision log names the answer's keys without their secret values.
+def test_policy_answers_user_authenticate_and_get_token(datadir, tmpdir_path):
+    pdir = os.path.join(tmpdir_path, "answers")
+    os.makedirs(pdir)
+    with open(os.path.join(pdir, "init.lua"), "w") as f:
+        f.write(ANSWER_POLICY)
+    datadir.write_config('  policy = { dir = "%s" },' % pdir)
+    srv = Server(datadir)
+    try:
+        d = Device(srv)
+        d.enroll()
+        st, body = d.checkin("UserAuthenticate", UserID="alice")
+        assert st == 200 and plistlib.loads(body) == {"DigestChallenge": "challenge-1"}, body
+        st, body = d.checkin("UserAuthenticate", UserID="alice", DigestResponse="right")
+        assert st == 200 and plistlib.loads(body) == {"AuthToken": "token-for-alice"}, body
+        st, body = d.checkin("UserAuthenticate", UserID="alice", DigestResponse="wrong")
+        assert st == 200 and plistlib.loads(body) == {"AuthToken": ""}, body
+        assert d.checkin("UserAuthenticate", UserID="bob")[0] == 410
+        st, body = d.checkin("GetToken", TokenServiceType="com.apple.maid")
+        assert st == 200 and plistlib.loads(body) == {"TokenData": b"maid-token\0bytes"}, body
+        assert d.checkin("GetToken", TokenServiceType="com.apple.watch.pairing")[0] == 403
+        srv.wait_log(r"type=GetToken http_status=403 .*no such token service")
+        api = Api(srv)
+        st, r = api.call("GET", "/v1/decisions?device=%s&limit=100" % d.udid)
+        assert st == 200, r
+        text = str(r)
+        assert "token-for-alice" not in text and "maid-token" not in text, text
+        keys = [x["decision"].get("respond_keys") for x in r["decisions"] if x["hook"] == "checkin"]
+        assert ["AuthToken"] in keys and ["TokenData"] in keys, keys
+        assert "token-for-alice" not in srv.log()
+    finally:
+        srv.stop()
