@@ -382,10 +382,37 @@ static int reset_user_channel(mdm_txn_t *txn, const char *eid, void *arg)
     return rc;
 }
 
+/* Whether this server pushes to topic: the topic of one of its push
+ * certificates, or enroll.topic. With neither (push not set up yet) any
+ * topic is taken. */
+static bool topic_served(mdm_server_t *s, const char *topic)
+{
+    const mdm_pushcerts_t *set = mdm_apns_pushcerts(s);
+    const char *cfg = s->cfg->enroll_topic;
+    bool any = (set != NULL && set->n > 0) || (cfg != NULL && cfg[0] != '\0');
+    if (!any)
+        return true;
+    return (set != NULL && mdm_pushcerts_find(set, topic) != NULL) ||
+           (cfg != NULL && strcmp(cfg, topic) == 0);
+}
+
 static int on_authenticate(msg_ctx_t *c, mdm_txn_t *txn)
 {
     if (c->user_channel) {
         refuse(c, 400, "Authenticate on a user channel");
+        return REFUSED;
+    }
+    const char *topic = mdm_pl_str(c->msg, "Topic");
+    if (topic == NULL || topic[0] == '\0') {
+        refuse(c, 400, "Authenticate without Topic");
+        return REFUSED;
+    }
+    /* A device that subscribes to another topic could never be woken. */
+    if (!topic_served(c->m->server, topic)) {
+        refuse(c, 403,
+               "Authenticate for topic %.200s, which no push certificate or enroll.topic of "
+               "this server has",
+               topic);
         return REFUSED;
     }
     int rc = check_revoked(c, txn);

@@ -705,3 +705,22 @@ def test_idle_with_nothing_to_do_does_not_wait_for_other_commits(datadir, tmpdir
         assert median < 0.45, [round(x, 3) for x in lat]
     finally:
         assert srv.stop() == 0
+
+
+# Authenticate names the push topic the device subscribes to. Once the
+# server knows its topics (a push certificate, or enroll.topic), another
+# one is refused: the device could never be woken. Topic is required.
+def test_authenticate_checks_the_topic(datadir):
+    datadir.write_config('  enroll = { topic = "%s" },' % TOPIC)
+    srv = Server(datadir)
+    try:
+        d = Device(srv)
+        assert d.authenticate(Topic="com.apple.mgmt.External.other") == 403
+        srv.wait_log(r"type=Authenticate http_status=403 .*com.apple.mgmt.External.other")
+        st, _ = d.checkin("Authenticate", SerialNumber=d.serial)
+        assert st == 400
+        assert Api(srv).call("GET", "/v1/devices/" + d.udid)[0] == 404
+        d.enroll()
+        assert d.run() == []
+    finally:
+        assert srv.stop() == 0
