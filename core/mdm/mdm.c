@@ -581,7 +581,9 @@ static int on_token_update(msg_ctx_t *c, mdm_txn_t *txn)
 
 static int on_checkout(msg_ctx_t *c, mdm_txn_t *txn)
 {
-    int rc = check_binding(c, txn);
+    int rc = check_revoked(c, txn);
+    if (rc == 0)
+        rc = check_binding(c, txn);
     if (rc != 0)
         return rc;
     plist_t e = NULL;
@@ -825,7 +827,9 @@ static int checkin_core(msg_ctx_t *c, mdm_txn_t *txn)
         return on_set_bootstrap(c, txn);
     if (strcmp(t, "GetBootstrapToken") == 0)
         return on_get_bootstrap(c, txn);
-    int rc = check_binding(c, txn);
+    int rc = check_revoked(c, txn);
+    if (rc == 0)
+        rc = check_binding(c, txn);
     if (rc != 0)
         return rc;
     if (strcmp(t, "UserAuthenticate") == 0 || strcmp(t, "GetToken") == 0) {

@@ -33,6 +33,14 @@ static int request_identity(mdm_mdm_t *m, mdm_req_t *req, mdm_identity_t *id, co
         *why = "no client certificate and no Mdm-Signature";
         return MDM_EAUTH;
     }
+    /* The handshake checked the certificate's dates; a kept-alive
+     * connection or a resumed TLS session lasts past them. */
+    int64_t now = mdm_now_ms() / 1000;
+    if ((req->peer_not_before != 0 && now < req->peer_not_before) ||
+        (req->peer_not_after != 0 && now > req->peer_not_after)) {
+        *why = "the client certificate is expired or not yet valid";
+        return MDM_EAUTH;
+    }
     id->cert = req->peer_cert;
     id->source = req->peer_cert_source;
     if (req->peer_fp_ok) {

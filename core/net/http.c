@@ -40,6 +40,7 @@ struct mdm_conn {
     X509 *peer_cert;
     unsigned char peer_fp[32];     /* SHA-256 of peer_cert's DER, once per connection */
     bool peer_fp_ok;
+    int64_t peer_not_before, peer_not_after; /* its validity, seconds since 1970 */
 
     llhttp_t parser;
     mdm_buf_t in;                  /* plaintext not yet parsed */
@@ -85,6 +86,15 @@ static bool parser_settings_ready;
 
 static void conn_parse(mdm_conn_t *c);
 static void conn_flush(mdm_conn_t *c);
+
+/* An ASN.1 time as seconds since 1970, or 0 when it does not convert. */
+static int64_t asn1_time_s(const ASN1_TIME *t)
+{
+    struct tm tm;
+    if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1)
+        return 0;
+    return (int64_t)timegm(&tm);
+}
 static void conn_maybe_free(mdm_conn_t *c);
 static void conn_update_reading(mdm_conn_t *c);
 
@@ -951,6 +961,8 @@ static int on_message_complete(llhttp_t *p)
             memcpy(req->peer_fp, c->peer_fp, sizeof(req->peer_fp));
             req->peer_fp_ok = true;
         }
+        req->peer_not_before = c->peer_not_before;
+        req->peer_not_after = c->peer_not_after;
     }
     if (c->pipe_tail)
         c->pipe_tail->next = req;
@@ -1092,6 +1104,12 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
             c->peer_fp_ok = c->peer_cert != NULL &&
                             X509_digest(c->peer_cert, EVP_sha256(), c->peer_fp, &mdlen) == 1 &&
                             mdlen == sizeof(c->peer_fp);
+            /* The handshake checked the dates, but a connection (or a
+             * resumed session) outlives them: requests check them again. */
+            if (c->peer_cert != NULL) {
+                c->peer_not_before = asn1_time_s(X509_get0_notBefore(c->peer_cert));
+                c->peer_not_after = asn1_time_s(X509_get0_notAfter(c->peer_cert));
+            }
             if (c->in.len == 0)
                 set_deadline(c, DL_IDLE, c->server->cfg->http_idle_timeout_ms);
         }

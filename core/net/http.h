@@ -60,6 +60,8 @@ typedef struct mdm_req {
     unsigned char peer_fp[32];  /* SHA-256 of peer_cert's DER when peer_fp_ok (TLS: hashed
                                    once per connection) */
     bool peer_fp_ok;
+    int64_t peer_not_before;    /* TLS: peer_cert's validity (seconds since 1970), read once */
+    int64_t peer_not_after;     /* per connection; both 0 when unknown */
     char remote_addr[64];       /* "ip:port" */
     bool tls;                   /* arrived over TLS */
     const mdm_route_t *route;   /* the matched route */

@@ -2,13 +2,11 @@
 and ttl limits, ids the store cannot hold, NUL in paths, NanoMDM's answer
 shapes, and values from devices and admins in the log."""
 import plistlib
-import uuid as uuidlib
 
 import pytest
-import requests
 
-from conftest import Server, http_request, read_response
-from device import CHECKIN_CT, TOPIC, Api, Device
+from conftest import http_request, read_response
+from device import Api, Device
 
 
 @pytest.fixture

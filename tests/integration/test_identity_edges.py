@@ -1,0 +1,135 @@
+"""Identity checks that must refuse: a revoked certificate on every check-in
+message (GetToken, UserAuthenticate, CheckOut), and an expired TLS client
+certificate on a kept-alive connection or a resumed TLS session."""
+import datetime
+import os
+import plistlib
+import socket
+import ssl
+import time
+
+import pytest
+import requests
+
+import pki
+from conftest import Server, http_request, read_response
+from device import CONNECT_CT, TOPIC, Api, Device
+from test_scep import base, enroll, new_challenge, scep_datadir, stop_clean
+
+POLICY = """
+return {
+  checkin = function(device, msg)
+    if msg.MessageType == "GetToken" then
+      return { respond = { TokenData = "secret-token-for-" .. (msg.UDID or "?") } }
+    end
+    if msg.MessageType == "UserAuthenticate" then
+      return { respond = { DigestChallenge = "" } }
+    end
+    return nil
+  end,
+}
+"""
+
+
+@pytest.fixture
+def scep_srv(tmpdir_path):
+    d = scep_datadir(tmpdir_path, allow_single_des="true")
+    pdir = os.path.join(tmpdir_path, "pol")
+    os.makedirs(pdir)
+    with open(os.path.join(pdir, "init.lua"), "w") as f:
+        f.write(POLICY)
+    d.write_config('  policy = { dir = "%s" },' % pdir)
+    s = Server(d, plain=True)
+    yield s
+    stop_clean(s)
+
+
+def revoke(srv, cert):
+    serial = format(cert.serial_number, "X")
+    r = requests.post(base(srv) + f"/v1/certs/{serial}/revoke", json={"reason": 1}, timeout=10,
+                      headers={"Authorization": "Bearer " + srv.datadir.api_key})
+    assert r.status_code == 200, r.text
+
+
+def scep_device(srv):
+    d = srv.datadir
+    c, cert = enroll(srv, d, new_challenge(d))
+    return Device(srv, cert=cert, key=c.key)
+
+
+def test_revoked_certificate_cannot_get_token(scep_srv):
+    dev = scep_device(scep_srv)
+    dev.enroll()
+    st, body = dev.checkin("GetToken", TokenServiceType="com.apple.maid")
+    assert st == 200 and plistlib.loads(body)["TokenData"].startswith(b"secret-token")
+    revoke(scep_srv, dev.cert)
+    assert dev.idle()[0] == 403  # reports are refused...
+    st, body = dev.checkin("GetToken", TokenServiceType="com.apple.maid")
+    # ...and so must every other check-in be.
+    assert st == 403, (st, body)
+
+
+def test_revoked_certificate_cannot_user_authenticate(scep_srv):
+    dev = scep_device(scep_srv)
+    dev.enroll()
+    revoke(scep_srv, dev.cert)
+    st, body = dev.checkin("UserAuthenticate", UserID="E4A5F9E1-0000-4000-8000-00000000AAAA")
+    assert st == 403, (st, body)
+
+
+def test_revoked_certificate_cannot_check_out(scep_srv):
+    dev = scep_device(scep_srv)
+    dev.enroll()
+    revoke(scep_srv, dev.cert)
+    st, body = dev.checkin("CheckOut", Topic=TOPIC)
+    assert st == 403, (st, body)
+    st, show = Api(scep_srv).call("GET", "/v1/devices/" + dev.udid)
+    assert show.get("checked_out_at") in (None, 0), show
+
+
+def test_expired_certificate_through_tls_session_resumption(server, tmpdir_path):
+    ca_cert, ca_key = pki.load_ca(server.datadir)
+    na = pki.now().replace(microsecond=0) + datetime.timedelta(seconds=6)
+    cert, key = pki.issue_client(ca_cert, ca_key, "short-lived", not_after=na)
+    c, k = pki.write_pair(tmpdir_path, "short", cert, key)
+    dev = Device(server, cert=cert, key=key)
+    dev.enroll()
+    dev.close()
+    ctx = server.ssl_context(c, k)
+    body = plistlib.dumps({"Status": "Idle", "UDID": dev.udid})
+    hdrs = {"Content-Type": CONNECT_CT}
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        http_request(s, "PUT", "/mdm/connect", hdrs, body)
+        assert read_response(s).status == 200
+        sess = s.session
+    # Wait until the certificate has expired.
+    while pki.now() < na + datetime.timedelta(seconds=2):
+        time.sleep(0.5)
+    # A fresh handshake is refused.
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            http_request(s, "PUT", "/mdm/connect", hdrs, body)
+            read_response(s)
+    # A resumed session must be refused too.
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname="localhost", session=sess) as s:
+        assert s.session_reused
+        http_request(s, "PUT", "/mdm/connect", hdrs, body)
+        st = read_response(s).status
+    assert st == 403, f"expired certificate accepted through a resumed session: {st}"
+
+
+def test_expired_certificate_on_a_kept_alive_connection(server, tmpdir_path):
+    ca_cert, ca_key = pki.load_ca(server.datadir)
+    na = pki.now().replace(microsecond=0) + datetime.timedelta(seconds=5)
+    cert, key = pki.issue_client(ca_cert, ca_key, "short-lived", not_after=na)
+    dev = Device(server, cert=cert, key=key)
+    dev.enroll()
+    assert dev.idle()[0] == 200
+    while pki.now() < na + datetime.timedelta(seconds=2):
+        time.sleep(0.5)
+    st, _ = dev.idle()  # same keep-alive connection
+    assert st == 403, f"expired certificate accepted on a kept-alive connection: {st}"
+
