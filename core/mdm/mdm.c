@@ -316,6 +316,17 @@ static int check_revoked(msg_ctx_t *c, mdm_txn_t *txn)
     if (rc != 0)
         return rc;
     if (revoked) {
+        /* The serial is ours and revoked; a certificate of another CA
+         * (tls.client_ca may hold more than one) can have the same one. */
+        mdm_certrec_t rec;
+        rc = mdm_certdb_get_by_serial(txn, serial, sl, &rec);
+        bool same = rc == 0 && memcmp(rec.sha256, c->id->fp, 32) == 0;
+        if (rc == 0)
+            mdm_certrec_free(&rec);
+        if (rc != 0 && rc != MDM_ENOTFOUND)
+            return rc;
+        if (!same)
+            return 0;
         refuse(c, 403, "the identity certificate is revoked");
         return REFUSED;
     }
@@ -603,15 +614,19 @@ static int on_checkout(msg_ctx_t *c, mdm_txn_t *txn)
         return rc;
     /* The device left: its identity is worth nothing any more. */
     rc = for_each_user_channel(txn, c->device_id, reset_user_channel, c);
-    unsigned char serial[MDM_SERIAL_MAX];
-    size_t sl = 0;
-    if (rc == 0 && mdm_cert_serial(c->id->cert, serial, &sl) == 0) {
-        int r = mdm_scep_revoke(txn, serial, sl, 5 /* cessationOfOperation */, c->now);
+    /* Only a certificate this server issued, found by its fingerprint: a
+     * certificate of another CA may share its serial with one of ours. */
+    mdm_certrec_t rec;
+    int r = rc == 0 ? mdm_certdb_get_by_fingerprint(txn, c->id->fp, &rec) : MDM_ENOTFOUND;
+    if (r == 0) {
+        r = mdm_scep_revoke(txn, rec.serial, rec.serial_len, 5 /* cessationOfOperation */,
+                            c->now);
+        mdm_certrec_free(&rec);
         if (r == 0)
             c->revoked_cert = true;
-        if (r != 0 && r != MDM_ENOTFOUND)
-            rc = r;
     }
+    if (r != 0 && r != MDM_ENOTFOUND)
+        rc = r;
     if (rc == 0)
         rc = mdm_certauth_unbind(txn, c->device_id);
     return rc;

@@ -133,3 +133,53 @@ def test_expired_certificate_on_a_kept_alive_connection(server, tmpdir_path):
     st, _ = dev.idle()  # same keep-alive connection
     assert st == 403, f"expired certificate accepted on a kept-alive connection: {st}"
 
+
+
+def foreign_device(srv, ca, serial, name):
+    """A device whose certificate comes from another CA the server trusts,
+    with the given serial number."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    ca_cert, ca_key = ca
+    key = pki.new_key()
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(pki.now() - datetime.timedelta(minutes=5))
+            .not_valid_after(pki.now() + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return Device(srv, cert=cert, key=key)
+
+
+# tls.client_ca may trust another CA (devices migrated from another
+# server). A certificate of that CA can carry the serial number of one this
+# server issued: its CheckOut must not revoke ours, and ours being revoked
+# must not refuse it.
+def test_revocation_tells_certificates_of_two_cas_apart(tmpdir_path):
+    from cryptography.hazmat.primitives import serialization
+    d = scep_datadir(tmpdir_path, allow_single_des="true")
+    other = pki.make_ca("Migrated devices CA")
+    other_pem = os.path.join(tmpdir_path, "other-ca.pem")
+    with open(other_pem, "wb") as f:
+        f.write(other[0].public_bytes(serialization.Encoding.PEM))
+    d.write_config('  tls = { client_ca = { "%s", "%s" } },' % (d.ca_crt, other_pem))
+    srv = Server(d, plain=True)
+    try:
+        ours = scep_device(srv)
+        ours.enroll()
+        serial = ours.cert.serial_number
+        twin = foreign_device(srv, other, serial, "twin")
+        twin.enroll()
+        assert twin.checkin("CheckOut", Topic=TOPIC)[0] == 200
+        assert ours.idle()[0] == 200  # our certificate was not revoked
+        revoke(srv, ours.cert)
+        assert ours.idle()[0] == 403
+        twin2 = foreign_device(srv, other, serial, "twin2")
+        assert twin2.authenticate() == 200  # not taken for the revoked one
+    finally:
+        stop_clean(srv)
