@@ -50,6 +50,12 @@ struct mdm_conn {
     mdm_header_t *hdrs;
     size_t nhdrs, hdrs_cap;
     size_t header_bytes;
+    /* Raw bytes of the request head so far, whitespace llhttp skips
+     * included: head_mark is where the head starts in the chunk being
+     * parsed (NULL: at its start, or not known yet when head_began). */
+    size_t head_raw;
+    const char *head_mark;
+    bool head_began;
     int error_status;              /* set by a parser callback that refuses */
     const char *error_detail;
 
@@ -60,12 +66,14 @@ struct mdm_conn {
     size_t write_bytes_pending;
     int64_t deadline;              /* loop time in ms */
     int deadline_kind;
+    int64_t read_deadline;         /* the request in progress must be complete by then */
     int handles_open;
 
     bool reading;
     bool blocked;                  /* parsing stopped: too many requests queued */
     bool closing;
     bool close_when_done;
+    bool no_more_requests;         /* shutting down: nothing after the request in progress */
     bool in_parse;
     bool eof;
     bool linger;                   /* drain input before closing (error answers) */
@@ -429,7 +437,8 @@ static void serialize_response(mdm_conn_t *c, mdm_req_t *req, mdm_buf_t *out)
     PUT_LIT(out, "\r\n");
     /* Only the last response on the connection says so: answered requests
      * pipelined behind this one are still sent. */
-    if (req->close_after || ((c->close_when_done || c->server->stopping) && req->next == NULL))
+    if (req->close_after ||
+        ((c->close_when_done || c->server->stopping) && req->next == NULL && c->cur == NULL))
         PUT_LIT(out, "Connection: close\r\n");
     if (req->resp_head.len)
         mdm_buf_append(out, req->resp_head.data, req->resp_head.len);
@@ -460,13 +469,24 @@ static void set_deadline(mdm_conn_t *c, int kind, uint64_t ms)
         uv_timer_start(&c->timer, conn_timer_cb, ms, 0);
 }
 
+/* Puts back the read deadline of the request in progress (a write
+ * deadline set meanwhile has no business outliving its writes). */
+static void restore_read_deadline(mdm_conn_t *c)
+{
+    if (c->deadline_kind == DL_READ || c->closing)
+        return;
+    int64_t now = (int64_t)uv_now(c->server->loop);
+    uint64_t left = c->read_deadline > now ? (uint64_t)(c->read_deadline - now) : 0;
+    set_deadline(c, DL_READ, left);
+}
+
 static void update_idle_deadline(mdm_conn_t *c)
 {
     const mdm_config_t *cfg = c->server->cfg;
     if (c->writes_pending > 0)
         set_deadline(c, DL_WRITE, cfg->http_write_timeout_ms);
     else if (c->cur != NULL)
-        ; /* the read deadline of the request in progress stands */
+        restore_read_deadline(c); /* the request in progress keeps its own */
     else if (c->npipe > 0)
         set_deadline(c, DL_NONE, 0);
     else
@@ -560,7 +580,8 @@ static void after_write(uv_write_t *w, int status)
     } else if (c->closing) {
         conn_maybe_free(c);
     } else if (c->writes_pending == 0 && c->close_when_done && c->npipe == 0 &&
-               c->cur == NULL) {
+               (c->cur == NULL || c->eof)) {
+        /* Done (a request cut off by the client's end never completes). */
         conn_finish(c);
     } else {
         update_idle_deadline(c);
@@ -718,7 +739,7 @@ static void conn_flush(mdm_conn_t *c)
         return;
     }
     update_idle_deadline(c);
-    if (c->blocked && c->npipe < s->cfg->http_max_pipeline) {
+    if (c->blocked && !c->no_more_requests && c->npipe < s->cfg->http_max_pipeline) {
         c->blocked = false;
         conn_parse(c);
     }
@@ -812,7 +833,11 @@ static int on_message_begin(llhttp_t *p)
     mdm_buf_reset(&c->url);
     mdm_buf_reset(&c->hfield);
     mdm_buf_reset(&c->hval);
+    c->head_raw = 0;
+    c->head_mark = NULL;
+    c->head_began = true;
     set_deadline(c, DL_READ, c->server->cfg->http_read_timeout_ms);
+    c->read_deadline = c->deadline;
     if (mdm_log_enabled(MDM_LOG_DEBUG))
         mdm_log(MDM_LOG_DEBUG, c->cur->id, "http.request_begin", "remote=%s", c->remote);
     return 0;
@@ -821,6 +846,8 @@ static int on_message_begin(llhttp_t *p)
 static int on_url(llhttp_t *p, const char *at, size_t n)
 {
     mdm_conn_t *c = CONN(p);
+    if (c->head_began && c->head_mark == NULL)
+        c->head_mark = at;
     if (count_header_bytes(c, n))
         return -1;
     mdm_buf_append(&c->url, at, n);
@@ -997,16 +1024,31 @@ static void conn_parse(mdm_conn_t *c)
 {
     mdm_server_t *s = c->server;
     c->in_parse = true;
-    while (!c->closing && !c->blocked && c->in_off < c->in.len) {
+    while (!c->closing && !c->blocked && !c->no_more_requests && c->in_off < c->in.len) {
         if (c->npipe >= s->cfg->http_max_pipeline) {
             c->blocked = true;
             break;
         }
         const char *start = c->in.data + c->in_off;
         size_t avail = c->in.len - c->in_off;
+        bool in_head = c->cur != NULL && !c->cur->headers_done;
+        c->head_mark = NULL;
+        c->head_began = false;
         llhttp_errno_t e = llhttp_execute(&c->parser, start, avail);
         if (e == HPE_OK) {
             c->in_off = c->in.len;
+            /* Still in a request head: count what this chunk gave it,
+             * including the whitespace no callback reports. */
+            if (c->cur != NULL && !c->cur->headers_done &&
+                (in_head || c->head_mark != NULL)) {
+                const char *from = c->head_mark ? c->head_mark : start;
+                c->head_raw += (size_t)(start + avail - from);
+                if (c->head_raw > s->cfg->http_max_header_bytes) {
+                    queue_error_response(c, 431, "the request line and headers exceed "
+                                                 "http.max_header_bytes");
+                    break;
+                }
+            }
             break;
         }
         if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
@@ -1018,8 +1060,19 @@ static void conn_parse(mdm_conn_t *c)
             } else {
                 llhttp_resume(&c->parser);
             }
+            /* llhttp reports an upgrade request once more after its end:
+             * it is dispatched once. */
             mdm_req_t *req = c->pipe_tail;
-            mdm__server_dispatch(s, req);
+            if (req != NULL && !req->dispatched) {
+                req->dispatched = true;
+                mdm__server_dispatch(s, req);
+            }
+            /* Shutting down: the request that was in progress is the last
+             * one this connection gets answered. */
+            if (s->stopping && !c->closing) {
+                c->no_more_requests = true;
+                c->close_when_done = true;
+            }
             continue;
         }
         int status = c->error_status ? c->error_status : 400;
@@ -1057,16 +1110,12 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static void on_peer_eof(mdm_conn_t *c)
 {
     c->eof = true;
-    if (c->cur != NULL && c->npipe == 0) {
-        /* The client gave up in the middle of a request. */
+    if (c->npipe == 0 && c->writes_pending == 0) {
+        /* Nothing owed (a request cut off by the end is dropped). */
         mdm__conn_close(c);
         return;
     }
-    if (c->npipe == 0) {
-        mdm__conn_close(c);
-        return;
-    }
-    /* Answer what was asked, then close. */
+    /* Answer what was asked and finish writing, then close. */
     c->close_when_done = true;
     conn_update_reading(c);
 }
@@ -1114,9 +1163,12 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
                 set_deadline(c, DL_IDLE, c->server->cfg->http_idle_timeout_ms);
         }
         if (r == MDM_TLS_CLOSED) {
-            on_peer_eof(c);
-            if (c->closing)
-                return;
+            /* What came before the close_notify is parsed first. */
+            if (c->in.len > c->in_off)
+                conn_parse(c);
+            if (!c->closing)
+                on_peer_eof(c);
+            return;
         }
     }
     if (c->in.len > c->in_off)
@@ -1235,11 +1287,13 @@ void mdm__conn_close_when_done(mdm_conn_t *c)
         return;
     }
     /* A request in progress is completed and answered; nothing after it is
-     * read. */
-    if (c->cur == NULL)
+     * parsed (conn_parse), and its answer is the last. */
+    if (c->cur == NULL) {
         c->close_when_done = true;
-    else
+        c->no_more_requests = true;
+    } else {
         c->blocked = false;
+    }
 }
 
 mdm_conn_t *mdm__conn_next(const mdm_conn_t *c)

@@ -76,6 +76,7 @@ typedef struct mdm_req {
     mdm_buf_t resp_head;
     mdm_buf_t resp_body;
     bool responded;
+    bool dispatched;            /* handed to its route (once) */
     bool held;                  /* answered while a store batch was open */
     bool no_hold;               /* the answer tells of no stored change: it is
                                    sent without waiting for the batch commit */

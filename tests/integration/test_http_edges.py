@@ -1,0 +1,207 @@
+"""HTTP edges found from the outside: an upgrade request with trailing bytes,
+half-close with responses still being written, a TLS request with its
+close_notify, a stale write deadline, Connection: close at shutdown, and
+whitespace in the header limit.
+
+Each failed on f82c119, before the fixes."""
+import json
+import signal
+import socket
+import ssl
+import time
+
+import pytest
+
+from conftest import Server, http_request, read_response
+
+
+@pytest.fixture
+def plain_server(datadir):
+    s = Server(datadir, plain=True)
+    yield s
+    rc = s.stop()
+    assert rc == 0, f"server exited {rc}:\n" + s.log()[-5000:]
+
+
+def plain_connect(srv, timeout=10, rcvbuf=None):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(timeout)
+    s.connect(("127.0.0.1", srv.plain_port))
+    return s
+
+
+def table_count(srv, table):
+    with plain_connect(srv) as s:
+        http_request(s, "GET", "/v1/status", {"Authorization": "Bearer " + srv.datadir.api_key})
+        r = read_response(s)
+        assert r.status == 200, r.body
+        return json.loads(r.body)["store"]["tables"][table]
+
+
+def read_until_eof(sock, limit=10):
+    out = b""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            d = sock.recv(65536)
+        except (ConnectionError, socket.timeout):
+            break
+        if not d:
+            break
+        out += d
+    return out
+
+
+# 1. An Upgrade request followed by any byte is dispatched twice
+#    (core/net/http.c:1000-1010): the handler runs again, a write happens twice.
+def test_upgrade_request_with_trailing_bytes_runs_its_handler_once(plain_server):
+    srv = plain_server
+    assert table_count(srv, "challenges") == 0
+    with plain_connect(srv) as s:
+        s.sendall(b"POST /v1/challenges HTTP/1.1\r\nHost: x\r\n"
+                  b"Authorization: Bearer " + srv.datadir.api_key.encode() + b"\r\n"
+                  b"Connection: Upgrade\r\nUpgrade: foo\r\nContent-Length: 0\r\n\r\nXYZ")
+        r = read_response(s)
+        assert r.status == 201
+        read_until_eof(s)
+    # One request, one challenge.
+    assert table_count(srv, "challenges") == 1
+
+
+# 2. A client that half-closes (FIN) after its requests loses the responses
+#    still being written: on_peer_eof (core/net/http.c:1053) closes the
+#    connection when npipe == 0 even though writes are pending.
+def test_half_close_after_pipelined_requests_gets_every_response(plain_server):
+    srv = plain_server
+    n = 600  # ~8 KB each (/metrics): more than the socket buffers take at once
+    s = plain_connect(srv, timeout=20, rcvbuf=4096)
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * n)
+    s.shutdown(socket.SHUT_WR)
+    time.sleep(1)
+    buf = bytearray()
+    got = 0
+    try:
+        for _ in range(n):
+            assert read_response(s, buf).status == 200
+            got += 1
+    except (ConnectionError, socket.timeout):
+        pass
+    s.close()
+    assert got == n, f"only {got} of {n} responses before the server closed"
+
+
+# 3. TLS: a request and the client's close_notify arriving in one read: the
+#    request is dropped unanswered (read_cb calls on_peer_eof before parsing
+#    what was decrypted, core/net/http.c:1098-1105).
+def test_tls_request_followed_by_close_notify_is_answered(server):
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = server.ssl_context().wrap_bio(inc, out, server_hostname="localhost")
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            raw.sendall(out.read())
+            d = raw.recv(65536)
+            assert d, "closed during the handshake"
+            inc.write(d)
+    raw.sendall(out.read())
+    obj.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        obj.unwrap()  # queues close_notify; the server's own one is not awaited
+    except ssl.SSLWantReadError:
+        pass
+    raw.sendall(out.read())  # the request and close_notify in one segment
+    plain = b""
+    inc.write(read_until_eof(raw, 5))
+    try:
+        while True:
+            x = obj.read(65536)
+            if not x:
+                break
+            plain += x
+    except ssl.SSLError:
+        pass
+    raw.close()
+    assert plain.startswith(b"HTTP/1.1 200"), plain
+
+
+# 4. The write deadline outlives the write: update_idle_deadline
+#    (core/net/http.c:453-459) keeps DL_WRITE when a request is in progress,
+#    so the next request is cut off with http.write_timeout although nothing
+#    is being written and its read timeout has not expired.
+def test_write_deadline_does_not_cut_off_the_next_request(datadir):
+    datadir.write_config('http = { write_timeout = "1s", read_timeout = "20s" },')
+    srv = Server(datadir, plain=True)
+    try:
+        n = 1000
+        s = plain_connect(srv, timeout=20)
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * n +
+                  b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # the last one unfinished
+        time.sleep(0.3)
+        buf = bytearray()
+        for _ in range(n):
+            assert read_response(s, buf).status == 200
+        # Every response is read: nothing is left to write.
+        time.sleep(2.5)
+        s.sendall(b"\r\n")
+        try:
+            r = read_response(s, buf)
+            status = r.status
+        except ConnectionError:
+            status = "closed"
+        s.close()
+        assert status == 200, (status, [l for l in srv.log().splitlines() if "timeout" in l])
+    finally:
+        srv.stop()
+
+
+# 5. During shutdown the server sends "Connection: close" and then goes on
+#    reading, running and answering the next request on that connection
+#    (serialize_response core/net/http.c:422 vs. conn_flush :702 and
+#    mdm__conn_close_when_done :1221-1224). A client retrying the request it
+#    believes unanswered runs a write twice.
+def test_nothing_is_processed_after_a_connection_close_response_at_shutdown(datadir):
+    srv = Server(datadir, plain=True)
+    try:
+        s = plain_connect(srv, timeout=15)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # in progress
+        srv.wait_log(r"event=server.listening .*tls=false")
+        time.sleep(0.3)
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.wait_log(r"event=server.stopping")
+        s.sendall(b"\r\nPOST /v1/challenges HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                  + datadir.api_key.encode() + b"\r\nContent-Length: 0\r\n")
+        buf = bytearray()
+        r = read_response(s, buf)
+        assert r.status == 200 and r.header("connection") == "close"
+        time.sleep(0.3)
+        try:
+            s.sendall(b"\r\n")
+            second = read_response(s, buf).status
+        except (ConnectionError, OSError):
+            second = None
+        s.close()
+        assert srv.proc.wait(20) == 0
+        assert second is None, f"answered {second} after Connection: close"
+    finally:
+        srv.kill()
+
+
+# 6. http.max_header_bytes is not enforced on whitespace before a header value
+#    (on_header_value counts only llhttp's value span, core/net/http.c:829-832):
+#    a 1 MB request head passes a 4 KiB limit.
+def test_max_header_bytes_counts_whitespace(datadir):
+    datadir.write_config('http = { max_header_bytes = "4KiB" },')
+    srv = Server(datadir, plain=True)
+    try:
+        with plain_connect(srv, timeout=20) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b" " * 1_000_000
+                      + b"v\r\n\r\n")
+            r = read_response(s)
+        assert r.status == 431, r.status
+    finally:
+        srv.stop()
