@@ -10,6 +10,7 @@
 #include "cli.h"
 #include "config.h"
 #include "crypto/ca.h"
+#include "crypto/certdb.h"
 #include "crypto/cms.h"
 #include "crypto/keys.h"
 #include "mdm/mdm.h"
@@ -509,6 +510,31 @@ static int ota_check_fn(mdm_txn_t *txn, void *arg)
     return o->rc;
 }
 
+/* The phase-3 signer must be a certificate this server issued (its
+ * CA's chain may hold other CAs' roots) and not revoked; its owner is the
+ * enrolling user, carried over to the final identity. */
+struct ota_signer {
+    unsigned char fp[32];
+    bool known, revoked;
+    char owner[MDM_CHALLENGE_OWNER_MAX + 1];
+};
+
+static int ota_signer_fn(mdm_txn_t *txn, void *arg)
+{
+    struct ota_signer *o = arg;
+    mdm_certrec_t rec;
+    int rc = mdm_certdb_get_by_fingerprint(txn, o->fp, &rec);
+    if (rc == MDM_ENOTFOUND)
+        return 0;
+    if (rc != 0)
+        return rc;
+    o->known = true;
+    o->revoked = rec.revoked;
+    mdm_certrec_free(&rec);
+    rc = mdm_challenge_owner_of_cert(txn, o->fp, o->owner, sizeof(o->owner));
+    return rc == MDM_ENOTFOUND ? 0 : rc;
+}
+
 static void handle_ota(mdm_req_t *req)
 {
     mdm_server_t *s = req->server;
@@ -591,7 +617,20 @@ static void handle_ota(mdm_req_t *req)
     } else {
         /* Phase 3: the device proved the identity our CA issued; its final
          * profile holds the MDM payload, encrypted to that identity. */
-        struct challenge_ctx c = {.owner = NULL, .ttl = s->cfg->scep_challenge_ttl_ms};
+        struct ota_signer os = {.owner = ""};
+        int vrc = mdm_cert_sha256(signer, os.fp) != 0 ? MDM_EPARSE
+                                                      : mdm_store_view(s->store, ota_signer_fn, &os);
+        if (vrc != 0 || !os.known || os.revoked) {
+            const char *why = vrc != 0   ? "the signer could not be looked up"
+                              : !os.known ? "the signer is not a certificate this server issued"
+                                          : "the signer's certificate is revoked";
+            mdm_log(MDM_LOG_WARN, req->id, "enroll.ota_refused", "phase=3 udid=%s reason=\"%s\"",
+                    mdm_logq(uq, sizeof(uq), udid), why);
+            mdm_resp_text(req, vrc != 0 ? 500 : 403, why);
+            goto out;
+        }
+        struct challenge_ctx c = {.owner = os.owner[0] ? os.owner : NULL,
+                                  .ttl = s->cfg->scep_challenge_ttl_ms};
         mdm_enroll_profile_opts_t po = {.include_scep = true, .include_mdm = true};
         int rc = mdm_store_update(s->store, challenge_fn, &c);
         po.challenge = c.ch.text;

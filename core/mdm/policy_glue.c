@@ -121,7 +121,11 @@ static int scep_txn(mdm_txn_t *txn, void *arg)
     for (size_t i = 0; i < x->nsans; i++)
         plist_array_append_item(sans, plist_new_string(x->sans[i]));
     plist_dict_set_item(csr, "sans", sans);
-    mdm_pl_set_bool(ctx, "challenge_ok", true);
+    if (x->challenge != NULL)
+        mdm_pl_set_str(csr, "challenge", x->challenge);
+    mdm_pl_set_bool(ctx, "challenge_ok", x->challenge_ok);
+    if (x->remote_addr != NULL)
+        mdm_pl_set_str(ctx, "remote_addr", x->remote_addr);
     mdm_pl_set_str(ctx, "message_type", mdm_scep_msgtype_name(x->request_type));
     mdm_pl_set_bool(ctx, "poll", x->message_type != x->request_type);
     mdm_pl_set_str(ctx, "transaction_id", x->transaction_id);

@@ -297,6 +297,7 @@ typedef struct scep_job {
     uv_work_t work;
     mdm_scep_service_t *svc;
     char reqid[24];
+    char remote[64];
     mdm_scep_done_fn done;
     void *done_arg;
     unsigned char *msg;
@@ -568,6 +569,10 @@ static int store_issued_fn(mdm_txn_t *txn, void *arg)
             if (rc == MDM_ENOTFOUND)
                 rc = 0;
         }
+        /* The old certificate is superseded: revoked (reason 4), so that
+         * it cannot renew again once its successor is revoked. */
+        if (rc == 0)
+            rc = mdm_scep_revoke(txn, old.serial, old.serial_len, 4, mdm_now_ms());
     }
 out:
     mdm_certrec_free(&old);
@@ -592,6 +597,9 @@ static void decide_and_go(scep_job_t *job)
         .sans = (const char *const *)sans,
         .nsans = nsans,
         .owner = job->owner,
+        .challenge = job->request_type == MDM_SCEP_PKCSREQ ? job->m.challenge : NULL,
+        .challenge_ok = job->request_type == MDM_SCEP_PKCSREQ,
+        .remote_addr = job->remote[0] ? job->remote : NULL,
         .csr = job->csr,
         .renewing = job->renewal && job->m.type == MDM_SCEP_RENEWALREQ ? job->m.signer : NULL,
     };
@@ -953,8 +961,8 @@ static void respond_after(uv_work_t *w, int status)
     job_finish(job, 200, CT_PKI, job->out.data, job->out.len);
 }
 
-int mdm_scep_pkioperation(mdm_scep_service_t *svc, const char *reqid, const void *msg, size_t len,
-                          mdm_scep_done_fn done, void *arg)
+int mdm_scep_pkioperation(mdm_scep_service_t *svc, const char *reqid, const char *remote_addr,
+                          const void *msg, size_t len, mdm_scep_done_fn done, void *arg)
 {
     if (len == 0 || len > MDM_SCEP_MSG_MAX)
         return MDM_EINVAL;
@@ -963,6 +971,7 @@ int mdm_scep_pkioperation(mdm_scep_service_t *svc, const char *reqid, const void
     scep_job_t *job = mdm_calloc(1, sizeof(*job));
     job->svc = svc;
     snprintf(job->reqid, sizeof(job->reqid), "%s", reqid ? reqid : "-");
+    snprintf(job->remote, sizeof(job->remote), "%s", remote_addr ? remote_addr : "");
     job->done = done;
     job->done_arg = arg;
     job->msg = mdm_memdup(msg, len);
@@ -1220,7 +1229,7 @@ static void http_done(void *arg, int status, const char *ctype, const void *body
 static void start_pkioperation(mdm_req_t *req, const void *msg, size_t len)
 {
     mdm_scep_service_t *svc = req->server->scep;
-    int rc = mdm_scep_pkioperation(svc, req->id, msg, len, http_done, req);
+    int rc = mdm_scep_pkioperation(svc, req->id, req->remote_addr, msg, len, http_done, req);
     if (rc == MDM_ELIMIT) {
         mdm_log(MDM_LOG_WARN, req->id, "scep.busy", "inflight=%zu", svc->inflight);
         mdm_resp_header(req, "Retry-After", "5");

@@ -50,6 +50,9 @@ typedef struct mdm_scep_decision_ctx {
     const char *const *sans;    /* the CSR's subjectAltNames: "DNS:..", "email:..", "URI:..", "IP:.." */
     size_t nsans;
     const char *owner;          /* the one-time challenge's owner; "" for the static challenge */
+    const char *challenge;      /* PKCSReq: the challenge password, else NULL */
+    bool challenge_ok;          /* a valid one-time or static challenge came with it */
+    const char *remote_addr;    /* the client's "ip:port", or NULL */
     X509_REQ *csr;
     X509 *renewing;             /* RenewalReq: the certificate being renewed, else NULL */
 } mdm_scep_decision_ctx_t;
@@ -96,9 +99,10 @@ void mdm_scep_service_set_decision(mdm_scep_service_t *svc, mdm_scep_decide_fn f
 
 /* Handles a pkiMessage; done is called later on the loop, exactly once,
  * unless this returns non-zero (MDM_ELIMIT: too many in flight, answer 503;
- * MDM_EINVAL: empty or too large, answer 400). reqid is copied. */
-int mdm_scep_pkioperation(mdm_scep_service_t *svc, const char *reqid, const void *msg, size_t len,
-                          mdm_scep_done_fn done, void *arg);
+ * MDM_EINVAL: empty or too large, answer 400). reqid and remote_addr (the
+ * client's "ip:port" for the decision hook, or NULL) are copied. */
+int mdm_scep_pkioperation(mdm_scep_service_t *svc, const char *reqid, const char *remote_addr,
+                          const void *msg, size_t len, mdm_scep_done_fn done, void *arg);
 
 /* Serves the current CRL (DER): from the cache when no revocation
  * happened since it was built and it is less than a day old (done is then

@@ -1,10 +1,8 @@
 """Enrollment: the page, the signed enrollment profile checked against
 Apple's schemas, SCEP with its challenge (Debian's scepclient), the device
 checking in with the issued identity, and the OTA profile service."""
-import base64
 import os
 import plistlib
-import re
 import subprocess
 
 import pytest
@@ -17,7 +15,8 @@ import pki
 import schema_check
 from conftest import Server, run
 from device import TOPIC, Api, Device
-from test_scep import ra_fingerprint, scep_datadir, scepclient
+from test_scep import enroll as scep_enroll
+from test_scep import new_challenge, ra_fingerprint, scep_datadir, scepclient
 
 
 def cms_verify(der, ca_file, tmpdir):
@@ -129,8 +128,9 @@ def test_enroll_profile_end_to_end_with_scepclient(esrv, tmpdir_path):
 
 def test_ota_phase3_profile_is_encrypted_to_the_device(esrv, tmpdir_path):
     d = esrv.datadir
-    ca_cert, ca_key = pki.load_ca(d)
-    cert, key = pki.issue_client(ca_cert, ca_key, "ota device", key=pki.new_key("rsa"))
+    # An identity this server issued over SCEP (phase 3 takes no other).
+    client, cert = scep_enroll(esrv, d, new_challenge(d))
+    key = client.key
     attrs = plistlib.dumps({"UDID": "OTA-UDID-1", "SERIAL": "C0OTA", "PRODUCT": "iPhone15,2",
                             "VERSION": "21F79"})
     body = (pkcs7.PKCS7SignatureBuilder().set_data(attrs).add_signer(cert, key, hashes.SHA256())

@@ -983,7 +983,7 @@ static void exchange(struct fx *fx, const struct req_opts *o, struct result *r)
     mdm_buf_t msg = MDM_BUF_INIT;
     build_request(o, &msg);
     memset(r, 0, sizeof(*r));
-    assert_rc(mdm_scep_pkioperation(fx->svc, "test", msg.data, msg.len, done_cb, r), 0);
+    assert_rc(mdm_scep_pkioperation(fx->svc, "test", NULL, msg.data, msg.len, done_cb, r), 0);
     uv_run(&fx->loop, UV_RUN_DEFAULT);
     assert_int_equal(r->calls, 1);
     mdm_buf_free(&msg);
@@ -1109,12 +1109,12 @@ static void test_service_enroll_and_reuse(void **state)
 
     /* Unparsable input: HTTP 400 and a reason. */
     memset(&res, 0, sizeof(res));
-    assert_rc(mdm_scep_pkioperation(fx->svc, "t", "\x30\x03\x02\x01", 4, done_cb, &res), 0);
+    assert_rc(mdm_scep_pkioperation(fx->svc, "t", NULL, "\x30\x03\x02\x01", 4, done_cb, &res), 0);
     uv_run(&fx->loop, UV_RUN_DEFAULT);
     assert_int_equal(res.status, 400);
     assert_non_null(strstr(res.body.data, "bad SCEP message"));
     mdm_buf_free(&res.body);
-    assert_rc(mdm_scep_pkioperation(fx->svc, "t", "", 0, done_cb, &res), MDM_EINVAL);
+    assert_rc(mdm_scep_pkioperation(fx->svc, "t", NULL, "", 0, done_cb, &res), MDM_EINVAL);
 
     X509_REQ_free(csr);
     X509_REQ_free(bad);
@@ -1166,8 +1166,8 @@ static void test_service_challenge_race(void **state)
                                      .signer = G.dev2_self, .signer_key = G.dev2_key},
                   &m2);
     struct result r1 = {0}, r2 = {0};
-    assert_rc(mdm_scep_pkioperation(fx->svc, "a", m1.data, m1.len, done_cb, &r1), 0);
-    assert_rc(mdm_scep_pkioperation(fx->svc, "b", m2.data, m2.len, done_cb, &r2), 0);
+    assert_rc(mdm_scep_pkioperation(fx->svc, "a", NULL, m1.data, m1.len, done_cb, &r1), 0);
+    assert_rc(mdm_scep_pkioperation(fx->svc, "b", NULL, m2.data, m2.len, done_cb, &r2), 0);
     uv_run(&fx->loop, UV_RUN_DEFAULT);
     assert_int_equal(r1.calls, 1);
     assert_int_equal(r2.calls, 1);
@@ -1549,12 +1549,12 @@ static void test_service_limits_and_ra_checks(void **state)
     mdm_buf_t msg = MDM_BUF_INIT;
     build_request(&(struct req_opts){.csr = csr, .recipient = G.ra_cert}, &msg);
     struct result r1 = {0}, r2 = {0};
-    assert_rc(mdm_scep_pkioperation(svc, "1", msg.data, msg.len, done_cb, &r1), 0);
-    assert_rc(mdm_scep_pkioperation(svc, "2", msg.data, msg.len, done_cb, &r2), MDM_ELIMIT);
+    assert_rc(mdm_scep_pkioperation(svc, "1", NULL, msg.data, msg.len, done_cb, &r1), 0);
+    assert_rc(mdm_scep_pkioperation(svc, "2", NULL, msg.data, msg.len, done_cb, &r2), MDM_ELIMIT);
     uv_run(&fx->loop, UV_RUN_DEFAULT);
     assert_int_equal(r1.calls, 1);
     assert_int_equal(r2.calls, 0);
-    assert_rc(mdm_scep_pkioperation(svc, "3", msg.data, msg.len, done_cb, &r2), 0);
+    assert_rc(mdm_scep_pkioperation(svc, "3", NULL, msg.data, msg.len, done_cb, &r2), 0);
     uv_run(&fx->loop, UV_RUN_DEFAULT);
     assert_int_equal(r2.calls, 1);
     mdm_buf_free(&r1.body);

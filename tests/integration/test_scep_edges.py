@@ -1,0 +1,251 @@
+"""SCEP and the OTA profile service, edges found in review: phase 3 takes
+only a live certificate this server issued and keeps the enrolling user; a
+renewed certificate is superseded; the scep hook gets what POLICY.md
+promises. Each test failed on b896aa4."""
+import os
+import plistlib
+
+import pytest
+import requests
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs7
+
+import pki
+from conftest import Server
+from device import TOPIC
+from test_enroll import AUTH_POLICY, cms_decrypt, cms_verify
+from test_scep import (Client, Reply, api, enroll, make_csr, new_challenge, pki_op,
+                       recipient_of, scep_datadir, stop_clean)
+
+
+def phase_body(attrs, cert, key):
+    return (pkcs7.PKCS7SignatureBuilder().set_data(plistlib.dumps(attrs))
+            .add_signer(cert, key, hashes.SHA256())
+            .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary]))
+
+
+def final_profile_challenge(srv, d, tmp, body, cert, key, name):
+    """POSTs a phase-3 body; returns the SCEP challenge of the (encrypted)
+    final profile."""
+    r = requests.post(srv.url + "/ota/profile", data=body, verify=d.ca_crt, timeout=30)
+    assert r.status_code == 200, (r.status_code, r.text)
+    final = plistlib.loads(cms_verify(r.content, d.ca_crt, tmp))
+    c, k = pki.write_pair(tmp, name, cert, key)
+    content = plistlib.loads(cms_decrypt(final["EncryptedPayloadContent"], c, k, tmp))
+    scep = [p for p in content if p["PayloadType"] == "com.apple.security.scep"][0]
+    return scep["PayloadContent"]["Challenge"]
+
+
+def cert_record(srv, d, cert):
+    serial = format(cert.serial_number, "X")
+    r = api(srv, "GET", "/v1/certs?limit=1000", d.api_key)
+    assert r.status_code == 200, r.text
+    return [x for x in r.json()["certs"] if x["serial"] == serial][0]
+
+
+@pytest.fixture
+def esrv(tmpdir_path):
+    d = scep_datadir(tmpdir_path)
+    d.write_config('  enroll = { topic = "%s" },' % TOPIC)
+    s = Server(d, plain=True)
+    yield s
+    stop_clean(s)
+
+
+# ---- 1. OTA phase 3 accepts a revoked identity ------------------------------
+
+
+def test_ota_phase3_refuses_a_revoked_identity(esrv, tmpdir_path):
+    d = esrv.datadir
+    client, identity = enroll(esrv, d, new_challenge(d, "--user", "mallory"))
+    serial = format(identity.serial_number, "X")
+    r = api(esrv, "POST", f"/v1/certs/{serial}/revoke", d.api_key, {"reason": 1})
+    assert r.status_code == 200 and r.json()["revoked"] is True
+    # SCEP refuses to renew it (sanity: the revocation is recorded) ...
+    csr = make_csr(client.key, "py-device").public_bytes(serialization.Encoding.DER)
+    rep = Reply(pki_op(esrv, client.message(recipient_of(d), mtype=17, data=csr,
+                                            signer=identity, key=client.key)).content)
+    assert rep.status == 2 and rep.fail_info == 4
+    # ... but the OTA phase 3 takes it as a valid identity and hands out a
+    # fresh one-time SCEP challenge (and the MDM payload).
+    body = phase_body({"UDID": "REVOKED-UDID", "SERIAL": "C0REVOKED"}, identity, client.key)
+    r = requests.post(esrv.url + "/ota/profile", data=body, verify=d.ca_crt, timeout=30)
+    if r.status_code == 200:
+        ch = final_profile_challenge(esrv, d, tmpdir_path, body, identity, client.key, "rev")
+        # which gets the holder of the revoked identity a brand-new one
+        c2, fresh = enroll(esrv, d, ch)
+        pytest.fail("phase 3 accepted a revoked identity (HTTP 200) and its challenge "
+                    f"issued a new certificate {format(fresh.serial_number, 'X')}")
+    assert r.status_code in (400, 403)
+
+
+# ---- 2. OTA phase 3 drops the user ------------------------------------------
+
+
+def test_ota_final_identity_keeps_the_enrolling_user(tmpdir_path):
+    pdir = os.path.join(tmpdir_path, "pol")
+    os.makedirs(pdir)
+    with open(os.path.join(pdir, "init.lua"), "w") as f:
+        f.write(AUTH_POLICY)
+    apple_ca, apple_key = pki.make_ca("Test Apple iPhone Device CA")
+    apple_ca_path = os.path.join(tmpdir_path, "apple-device-ca.pem")
+    with open(apple_ca_path, "wb") as f:
+        f.write(apple_ca.public_bytes(serialization.Encoding.PEM))
+    d = scep_datadir(tmpdir_path)
+    d.write_config('  enroll = { topic = "%s", ota_trust = { "%s" } },\n  policy = { dir = "%s" },'
+                   % (TOPIC, apple_ca_path, pdir))
+    srv = Server(d, plain=True)
+    try:
+        r = requests.get(srv.url + "/enroll?ota=1", auth=("alice", "wonderland"),
+                         verify=d.ca_crt, timeout=30)
+        assert r.status_code == 200, r.text
+        svc = plistlib.loads(cms_verify(r.content, d.ca_crt, tmpdir_path))
+        attrs = {"UDID": "OTA-UDID-OWNER", "SERIAL": "OTA-SERIAL-1", "PRODUCT": "iPhone15,2",
+                 "VERSION": "21F79", "CHALLENGE": svc["PayloadContent"]["Challenge"]}
+        dcert, dkey = pki.issue_client(apple_ca, apple_key, "Apple device",
+                                       key=pki.new_key("rsa"))
+        r = requests.post(srv.url + "/ota/profile", data=phase_body(attrs, dcert, dkey),
+                          verify=d.ca_crt, timeout=30)
+        assert r.status_code == 200, r.text
+        p2 = plistlib.loads(cms_verify(r.content, d.ca_crt, tmpdir_path))
+        ch2 = p2["PayloadContent"][-1]["PayloadContent"]["Challenge"]
+        c2, identity = enroll(srv, d, ch2)
+        # The phase-2 identity belongs to alice.
+        assert cert_record(srv, d, identity)["owner"] == "alice"
+        del attrs["CHALLENGE"]
+        ch3 = final_profile_challenge(srv, d, tmpdir_path, phase_body(attrs, identity, c2.key),
+                                      identity, c2.key, "p3")
+        # The final profile's SCEP identity is the one the MDM payload uses
+        # (IdentityCertificateUUID): it should still be alice's.
+        c3, final_identity = enroll(srv, d, ch3)
+        owner = cert_record(srv, d, final_identity)["owner"]
+        assert owner == "alice", f"the OTA-enrolled MDM identity has owner {owner!r}"
+    finally:
+        stop_clean(srv)
+
+
+# ---- 3. a renewed (superseded) certificate renews again ---------------------
+
+
+def test_superseded_certificate_cannot_renew_after_the_new_one_is_revoked(esrv):
+    d = esrv.datadir
+    c, old = enroll(esrv, d, new_challenge(d, "--user", "renee"))
+    # Renew old -> new (the device binding and owner move to new).
+    k2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    csr = make_csr(k2, "py-device").public_bytes(serialization.Encoding.DER)
+    rep = Reply(pki_op(esrv, c.message(recipient_of(d), mtype=17, data=csr, signer=old,
+                                       key=c.key)).content)
+    assert rep.status == 0, rep.fail_info
+    new, _ = rep.open(c)
+    # The admin revokes the device's current identity.
+    r = api(esrv, "POST", f"/v1/certs/{format(new.serial_number, 'X')}/revoke", d.api_key,
+            {"reason": 1})
+    assert r.status_code == 200
+    # The superseded certificate (still "valid", never revoked) renews again.
+    k3 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    csr = make_csr(k3, "py-device").public_bytes(serialization.Encoding.DER)
+    c.txid = "RENEW-AGAIN-" + os.urandom(4).hex()
+    rep = Reply(pki_op(esrv, c.message(recipient_of(d), mtype=17, data=csr, signer=old,
+                                       key=c.key)).content)
+    if rep.status == 0:
+        third, _ = rep.open(c)
+        rec = cert_record(esrv, d, third)
+        pytest.fail("a certificate that was already renewed renewed again after its "
+                    f"successor was revoked: new serial {rec['serial']}, owner {rec['owner']!r}")
+    assert rep.status == 2
+
+
+# ---- 4. the scep hook does not get what POLICY.md promises -------------------
+
+SCEP_POLICY = '''
+return {
+  scep = function(csr, ctx)
+    if ctx.remote_addr == nil then
+      return { decision = "deny", reason = "ctx.remote_addr missing" }
+    end
+    if csr.challenge == nil then
+      return { decision = "deny", reason = "csr.challenge missing" }
+    end
+    return "issue"
+  end,
+}
+'''
+
+
+def test_scep_hook_gets_remote_addr_and_challenge(tmpdir_path):
+    pdir = os.path.join(tmpdir_path, "pol")
+    os.makedirs(pdir)
+    with open(os.path.join(pdir, "init.lua"), "w") as f:
+        f.write(SCEP_POLICY)
+    d = scep_datadir(tmpdir_path)
+    d.write_config('  policy = { dir = "%s" },' % pdir)
+    s = Server(d, plain=True)
+    try:
+        c = Client()
+        rep = Reply(pki_op(s, c.message(recipient_of(d), challenge=new_challenge(d))).content)
+        if rep.status != 0:
+            m = s.wait_log(r"event=scep.failure .*reason=(.*)")
+            pytest.fail("docs/POLICY.md promises csr.challenge and ctx.remote_addr to the "
+                        "scep hook; the request was denied: " + m.group(1))
+    finally:
+        stop_clean(s)
+
+
+# ---- 5. phase 3 trusts everything under the CA's chain -----------------------
+
+
+def test_ota_phase3_refuses_a_certificate_our_ca_did_not_issue(tmpdir_path):
+    """With ca.chain (moonmdm's CA is an intermediate under an organisation
+    root), a certificate the root issued (not moonmdm's CA) is taken as a
+    phase-3 identity."""
+    import datetime
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+    d = scep_datadir(tmpdir_path)
+    ca_cert, ca_key = pki.load_ca(d)
+    root_key = pki.new_key()
+    rname = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Organisation Root")])
+    root = (x509.CertificateBuilder().subject_name(rname).issuer_name(rname)
+            .public_key(root_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(pki.now() - datetime.timedelta(minutes=5))
+            .not_valid_after(pki.now() + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False,
+                                         False), critical=True)
+            .sign(root_key, hashes.SHA256()))
+    # The same CA (subject, key, key identifier) re-issued under the root.
+    inter = (x509.CertificateBuilder().subject_name(ca_cert.subject).issuer_name(root.subject)
+             .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(pki.now() - datetime.timedelta(minutes=5))
+             .not_valid_after(ca_cert.not_valid_after)
+             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+             .add_extension(ca_cert.extensions.get_extension_for_class(x509.KeyUsage).value,
+                            critical=True)
+             .add_extension(ca_cert.extensions.get_extension_for_class(
+                 x509.SubjectKeyIdentifier).value, critical=False)
+             .sign(root_key, hashes.SHA256()))
+    with open(os.path.join(d.path, "inter.crt"), "wb") as f:
+        f.write(inter.public_bytes(serialization.Encoding.PEM))
+    with open(os.path.join(d.path, "root.crt"), "wb") as f:
+        f.write(root.public_bytes(serialization.Encoding.PEM))
+    d.write_config('  ca = { cert = "inter.crt", key = "ca.key", chain = "root.crt" },\n'
+                   '  enroll = { topic = "%s" },' % TOPIC)
+    s = Server(d, plain=True)
+    try:
+        base = f"http://127.0.0.1:{s.plain_port}"
+        # Sanity: an identity our CA issued (over SCEP) is accepted.
+        client, own = enroll(s, d, new_challenge(d))
+        r = requests.post(base + "/ota/profile", timeout=30,
+                          data=phase_body({"UDID": "OURS"}, own, client.key))
+        assert r.status_code == 200, r.text
+        # A certificate of the organisation root (e.g. its Wi-Fi or VPN CA's
+        # users): not an identity moonmdm's CA issued.
+        other, other_key = pki.issue_client(root, root_key, "someone else",
+                                            key=pki.new_key("rsa"))
+        r = requests.post(base + "/ota/profile", timeout=30,
+                          data=phase_body({"UDID": "FOREIGN"}, other, other_key))
+        assert r.status_code in (400, 403), \
+            f"phase 3 accepted a certificate issued by the root, not our CA: {r.status_code}"
+    finally:
+        stop_clean(s)
