@@ -284,6 +284,7 @@ typedef struct msg_ctx {
     size_t cleared;
     bool revoked_cert;
     bool policy_answers; /* UserAuthenticate, GetToken: the checkin hook answers */
+    bool enrollment_completed; /* this TokenUpdate is the first since Authenticate */
 } msg_ctx_t;
 
 static void refuse(msg_ctx_t *c, int status, const char *fmt, ...)
@@ -469,6 +470,10 @@ static int on_authenticate(msg_ctx_t *c, mdm_txn_t *txn)
         c->cleared += n;
         if (rc == 0)
             rc = for_each_user_channel(txn, c->device_id, reset_user_channel, c);
+        /* The managed profiles went with the old MDM profile: the new
+         * installation gets them again. */
+        if (rc == 0)
+            rc = mdm_reconcile_forget(txn, c->eid);
     }
     if (rc != 0) {
         plist_free(e);
@@ -580,6 +585,7 @@ static int on_token_update(msg_ctx_t *c, mdm_txn_t *txn)
     mdm_pl_set_int(e, "token_updated_at", c->now);
     mdm_pl_set_int(e, "last_seen_at", c->now);
     if (mdm_pl_bool(e, "pending_first_token", false)) {
+        c->enrollment_completed = true;
         mdm_pl_set_bool(e, "pending_first_token", false);
         mdm_pl_set_bool(e, "new_enrollment", true);
         mdm_pl_set_int(e, "enrolled_at", c->now);
@@ -798,9 +804,8 @@ static int policy_checkin(msg_ctx_t *c, mdm_txn_t *txn)
         rc = mdm__enqueue_commands(txn, c->eid, d.commands, c->now, &n);
         c->out->policy_commands += n;
     }
-    /* A new enrollment gets its profiles right away. */
-    if (rc == 0 && strcmp(c->type, "TokenUpdate") == 0 && v.dev.first_checkin &&
-        mdm_pl_uint(v.enrollment, "token_updates", 0) == 1) {
+    /* A new enrollment (or a re-enrollment) gets its profiles right away. */
+    if (rc == 0 && strcmp(c->type, "TokenUpdate") == 0 && c->enrollment_completed) {
         rc = reconcile(c, txn, v.enrollment, false);
         if (rc == 0)
             rc = mdm_enrollment_save(txn, c->eid, v.enrollment);
@@ -831,6 +836,7 @@ static int checkin_core(msg_ctx_t *c, mdm_txn_t *txn)
     c->cleared = 0;
     c->revoked_cert = false;
     c->policy_answers = false;
+    c->enrollment_completed = false;
     const char *t = c->type;
     if (strcmp(t, "Authenticate") == 0)
         return on_authenticate(c, txn);
@@ -1109,7 +1115,7 @@ static bool reconcile_due(msg_ctx_t *c, mdm_txn_t *txn, mdm_rec_t *en)
 {
     mdm_rec_t dev;
     bool have = device_rec(c, txn, en, NULL, &dev);
-    bool due = mdm_reconcile_due(c->pol, en, have ? &dev : NULL);
+    bool due = mdm_reconcile_due(txn, c->pol, en, have ? &dev : NULL);
     mdm_rec_free(&dev);
     return due;
 }
@@ -1304,7 +1310,7 @@ static int idle_probe_fn(mdm_txn_t *txn, void *arg)
     if (ip->stale)
         ip->view.dev.seen_at_ms = c->now;
     ip->have_view = true;
-    bool due = mdm_reconcile_due(c->pol, en, have_dev ? &dev : NULL);
+    bool due = mdm_reconcile_due(txn, c->pol, en, have_dev ? &dev : NULL);
     mdm_rec_free(&dev);
     ip->fast = !due;
     return 0;

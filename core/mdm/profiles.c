@@ -70,6 +70,11 @@ int mdm_profile_validate(const void *data, size_t len, const char *expect_identi
         rc = mdm_err_set(err, MDM_EINVAL, "PayloadUUID: missing");
         goto out;
     }
+    plist_t ver = plist_dict_get_item(p, "PayloadVersion");
+    if (ver == NULL || plist_get_node_type(ver) != PLIST_UINT) {
+        rc = mdm_err_set(err, MDM_EINVAL, "PayloadVersion: missing or not an integer");
+        goto out;
+    }
     if (type == NULL || strcmp(type, "Configuration") != 0) {
         rc = mdm_err_set(err, MDM_EINVAL, "PayloadType: must be \"Configuration\" (got %s%s%s)",
                          type ? "\"" : "", type ? type : "none", type ? "\"" : "");
@@ -86,13 +91,29 @@ int mdm_profile_validate(const void *data, size_t len, const char *expect_identi
     uint32_t n = plist_array_get_size(content_arr);
     for (uint32_t i = 0; i < n; i++) {
         plist_t item = plist_array_get_item(content_arr, i);
+        plist_t iv = plist_get_node_type(item) == PLIST_DICT
+                         ? plist_dict_get_item(item, "PayloadVersion")
+                         : NULL;
+        const char *iu = mdm_pl_str(item, "PayloadUUID");
         if (plist_get_node_type(item) != PLIST_DICT || mdm_pl_str(item, "PayloadType") == NULL ||
-            mdm_pl_str(item, "PayloadIdentifier") == NULL ||
-            mdm_pl_str(item, "PayloadUUID") == NULL) {
+            mdm_pl_str(item, "PayloadIdentifier") == NULL || iu == NULL || iu[0] == '\0' ||
+            iv == NULL || plist_get_node_type(iv) != PLIST_UINT) {
             rc = mdm_err_set(err, MDM_EINVAL,
                              "PayloadContent[%u]: every payload needs PayloadType, "
-                             "PayloadIdentifier and PayloadUUID",
+                             "PayloadIdentifier, PayloadUUID and PayloadVersion (an integer)",
                              i);
+            goto out;
+        }
+        /* PayloadUUIDs are unique within the profile (a device refuses
+         * duplicates). */
+        bool dup = strcmp(iu, uuid) == 0;
+        for (uint32_t j = 0; j < i && !dup; j++) {
+            const char *ou = mdm_pl_str(plist_array_get_item(content_arr, j), "PayloadUUID");
+            dup = ou != NULL && strcmp(ou, iu) == 0;
+        }
+        if (dup) {
+            rc = mdm_err_set(err, MDM_EINVAL, "PayloadContent[%u]: PayloadUUID %.64s is used twice",
+                             i, iu);
             goto out;
         }
     }
@@ -115,8 +136,35 @@ out:
     return rc;
 }
 
+/* Counts changes of the stored profiles (meta "profiles_revision"), so
+ * that every enrollment is reconciled once after one (mdm_reconcile_due). */
+static int bump_revision(mdm_txn_t *txn)
+{
+    uint64_t rev = 0;
+    int rc = mdm_meta_get_u64(txn, "profiles_revision", &rev);
+    if (rc != 0 && rc != MDM_ENOTFOUND)
+        return rc;
+    return mdm_meta_put_u64(txn, "profiles_revision", rev + 1);
+}
+
 int mdm_profile_put(mdm_txn_t *txn, const mdm_profile_meta_t *meta, const void *xml, size_t len)
 {
+    /* A new profile, or new content: devices that have it get the update. */
+    mdm_val_t old;
+    bool changed = true;
+    if (mdm_txn_get(txn, MDM_T_PROFILES, MDM_VAL_STR(meta->identifier), &old) == 0) {
+        plist_t od = NULL;
+        if (mdm_plist_load(old.data, old.len, &od) == 0) {
+            const char *oh = mdm_pl_str(od, "hash");
+            changed = oh == NULL || strcmp(oh, meta->hash) != 0;
+        }
+        plist_free(od);
+    }
+    if (changed) {
+        int rc = bump_revision(txn);
+        if (rc != 0)
+            return rc;
+    }
     plist_t d = plist_new_dict();
     mdm_pl_set_str(d, "identifier", meta->identifier);
     mdm_pl_set_str(d, "uuid", meta->uuid);
@@ -176,7 +224,8 @@ int mdm_profile_get(mdm_txn_t *txn, const char *identifier, mdm_profile_meta_t *
 
 int mdm_profile_delete(mdm_txn_t *txn, const char *identifier)
 {
-    return mdm_txn_del(txn, MDM_T_PROFILES, MDM_VAL_STR(identifier));
+    int rc = mdm_txn_del(txn, MDM_T_PROFILES, MDM_VAL_STR(identifier));
+    return rc == 0 ? bump_revision(txn) : rc;
 }
 
 int mdm_profile_list(mdm_txn_t *txn, mdm_profile_fn fn, void *arg)
@@ -405,7 +454,7 @@ static int load_dir(mdm_server_t *s, const char *dir, mdm_err_t *err)
     int rc = 0, loaded = 0;
     while (rc == 0 && (e = readdir(d)) != NULL) {
         size_t n = strlen(e->d_name);
-        if (n < 13 || strcasecmp(e->d_name + n - 12, ".mobileconfig") != 0)
+        if (n <= 13 || strcasecmp(e->d_name + n - 13, ".mobileconfig") != 0)
             continue;
         char *path = mdm_sprintf("%s/%s", dir, e->d_name);
         FILE *f = fopen(path, "rb");

@@ -240,9 +240,13 @@ int mdm__enqueue_commands(mdm_txn_t *txn, const char *eid, plist_t commands, int
 
 /* ---- reconciliation ------------------------------------------------------ */
 
-bool mdm_reconcile_due(mdm_policy_t *pol, mdm_rec_t *e, mdm_rec_t *device)
+bool mdm_reconcile_due(mdm_txn_t *txn, mdm_policy_t *pol, mdm_rec_t *e, mdm_rec_t *device)
 {
     if (mdm_rec_bool(e, "reconcile_requested", false))
+        return true;
+    uint64_t prof = 0;
+    (void)mdm_meta_get_u64(txn, "profiles_revision", &prof);
+    if (mdm_rec_uint(e, "reconciled_profiles", 0) != prof)
         return true;
     char buf[160];
     const char *rev = mdm_rec_str(e, "reconciled_revision", buf, sizeof(buf));
@@ -278,13 +282,29 @@ static int queue_command(mdm_txn_t *txn, const char *eid, plist_t cmd, int64_t n
     return mdm_enqueue(txn, &r, now, uuid, res);
 }
 
+/* Whether the command an entry waits for (pending, removing) still waits
+ * in the queue: one cancelled, expired, given up after NotNow or cleared
+ * at re-enrollment ends without a report, and its entry must not wait for
+ * ever. */
+static bool command_waits(mdm_txn_t *txn, const char *eid, plist_t rec)
+{
+    const char *u = mdm_pl_str(rec, "command_uuid");
+    if (u == NULL || u[0] == '\0')
+        return false;
+    mdm_result_t r;
+    int rc = mdm_result_get(txn, eid, u, &r, NULL);
+    if (rc == MDM_ENOTFOUND)
+        return false;
+    return rc != 0 || !mdm_status_terminal(r.status);
+}
+
 static int maybe_remove(const char *id, plist_t rec, void *arg)
 {
     struct removal_ctx *r = arg;
     if (strlist_has(r->desired, id))
         return 0;
     const char *state = mdm_pl_str(rec, "state");
-    if (state && strcmp(state, "removing") == 0)
+    if (state && strcmp(state, "removing") == 0 && command_waits(r->txn, r->eid, rec))
         return 0;
     if (state && strcmp(state, "failed") == 0)
         return inst_del(r->txn, r->eid, id);
@@ -410,10 +430,15 @@ int mdm_reconcile(mdm_server_t *s, mdm_policy_t *pol, mdm_txn_t *txn, const char
         }
         const char *h = rec ? mdm_pl_str(rec, "hash") : NULL;
         const char *state = rec ? mdm_pl_str(rec, "state") : NULL;
+        const char *fh = rec ? mdm_pl_str(rec, "failed_hash") : NULL;
         bool same = h != NULL && strcmp(h, meta.hash) == 0;
-        bool skip = same && state != NULL &&
-                    (strcmp(state, "installed") == 0 || strcmp(state, "pending") == 0 ||
-                     (strcmp(state, "failed") == 0 && !force));
+        bool installed = state != NULL && strcmp(state, "installed") == 0;
+        bool skip = (same && state != NULL &&
+                     (installed ||
+                      (strcmp(state, "pending") == 0 && command_waits(txn, eid, rec)) ||
+                      (strcmp(state, "failed") == 0 && !force))) ||
+                    /* an update the device refused is tried again when forced */
+                    (installed && fh != NULL && strcmp(fh, meta.hash) == 0 && !force);
         if (!skip) {
             mdm_buf_t payload = MDM_BUF_INIT;
             mdm_err_t err = {0};
@@ -431,6 +456,10 @@ int mdm_reconcile(mdm_server_t *s, mdm_policy_t *pol, mdm_txn_t *txn, const char
                 if (rc == 0) {
                     if (rec == NULL)
                         rec = plist_new_dict();
+                    /* An update: keep what the device has, in case it
+                     * refuses the new version. */
+                    if (installed && h != NULL && !same)
+                        mdm_pl_set_str(rec, "installed_hash", h);
                     mdm_pl_set_str(rec, "hash", meta.hash);
                     mdm_pl_set_str(rec, "state", "pending");
                     mdm_pl_set_str(rec, "command_uuid", uuid);
@@ -460,6 +489,9 @@ stamp:
         const char *rev = mdm_policy_revision(pol);
         if (rev)
             mdm_pl_set_str(e, "reconciled_revision", rev);
+        uint64_t prof = 0;
+        (void)mdm_meta_get_u64(txn, "profiles_revision", &prof);
+        mdm_pl_set_uint(e, "reconciled_profiles", prof);
         mdm_pl_set_int(e, "reconciled_at", now);
         mdm_pl_set_bool(e, "reconcile_requested", false);
     }
@@ -492,7 +524,19 @@ static int result_for_uuid(const char *id, plist_t rec, void *arg)
     bool ok = strcmp(b->status, "Acknowledged") == 0;
     if (state && strcmp(state, "removing") == 0)
         return inst_del(b->txn, b->eid, id);
-    mdm_pl_set_str(rec, "state", ok ? "installed" : "failed");
+    const char *prev = mdm_pl_str(rec, "installed_hash");
+    if (!ok && prev != NULL) {
+        /* A refused update: the device keeps the version it had, and
+         * the refused one is not offered again unless forced. */
+        mdm_pl_set_str(rec, "failed_hash", mdm_pl_str(rec, "hash"));
+        mdm_pl_set_str(rec, "hash", prev);
+        mdm_pl_set_str(rec, "state", "installed");
+    } else {
+        mdm_pl_set_str(rec, "state", ok ? "installed" : "failed");
+        if (ok)
+            mdm_pl_remove(rec, "failed_hash");
+    }
+    mdm_pl_remove(rec, "installed_hash");
     mdm_pl_set_int(rec, "updated_at", b->now);
     return inst_save(b->txn, b->eid, id, rec);
 }

@@ -60,8 +60,10 @@ int mdm_reconcile(mdm_server_t *s, mdm_policy_t *pol, mdm_txn_t *txn, const char
                   const char *eid, plist_t e, bool force, mdm_reconcile_stats_t *st);
 
 /* True when eid should be reconciled at its next Idle: a new policy
- * revision, new facts, or a request for it. */
-bool mdm_reconcile_due(mdm_policy_t *pol, mdm_rec_t *e, mdm_rec_t *device); /* device: NULL for none */
+ * revision, a change of the stored profiles (meta "profiles_revision"), new
+ * facts, or a request for it. */
+bool mdm_reconcile_due(mdm_txn_t *txn, mdm_policy_t *pol, mdm_rec_t *e,
+                       mdm_rec_t *device); /* device: NULL for none */
 
 /* Keeps the installed table current from a finished command: InstallProfile
  * and RemoveProfile results, and ProfileList answers. */
