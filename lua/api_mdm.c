@@ -58,7 +58,14 @@ int mdm__command_to_plist(lua_State *L, int idx, plist_t *out, char *err, size_t
         snprintf(err, errlen, "command has no RequestType");
         return MDM_EINVAL;
     }
-    return mdm__lua_to_command(L, idx, rt, out, err, errlen);
+    /* A copy: the string lives only as long as the table holds it. */
+    char rtype[128];
+    if (strlen(rt) >= sizeof(rtype)) {
+        snprintf(err, errlen, "RequestType is too long");
+        return MDM_EINVAL;
+    }
+    memcpy(rtype, rt, strlen(rt) + 1);
+    return mdm__lua_to_command(L, idx, rtype, out, err, errlen);
 }
 
 /* mdm.command.<RequestType>{...}: checks the keys now (so that the error

@@ -56,14 +56,23 @@ static void push_real(lua_State *L, int idx)
     }
 }
 
+const char mdm__fill_mark = 0;
+
 void mdm__push_unwrapped(lua_State *L, int idx)
 {
     push_real(L, idx);
     /* A table that makes its fields on first read (the device view) makes
      * them all before it is walked. */
-    if (lua_type(L, -1) == LUA_TTABLE && luaL_getmetafield(L, -1, "__fill") != LUA_TNIL) {
-        lua_pushvalue(L, -2);
-        lua_call(L, 1, 0);
+    if (lua_type(L, -1) == LUA_TTABLE && lua_getmetatable(L, -1)) {
+        bool ours = lua_rawgetp(L, -1, &mdm__fill_mark) == LUA_TBOOLEAN;
+        lua_pop(L, 1);
+        if (ours && lua_getfield(L, -1, "__fill") == LUA_TFUNCTION) {
+            lua_pushvalue(L, -3);
+            lua_call(L, 1, 0);
+            lua_pop(L, 1); /* the metatable */
+        } else {
+            lua_pop(L, ours ? 2 : 1);
+        }
     }
 }
 
@@ -91,11 +100,17 @@ static int ro_len(lua_State *L)
     return 1;
 }
 
+/* next() for a proxy: walks the real table without handing it out (the
+ * state of the loop is the proxy itself). */
 static int ro_next(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 2);
-    if (lua_next(L, 1))
+    mdm__push_unwrapped(L, 1);
+    if (lua_type(L, -1) != LUA_TTABLE)
+        return 0;
+    lua_pushvalue(L, 2);
+    if (lua_next(L, -2))
         return 2;
     lua_pushnil(L);
     return 1;
@@ -104,7 +119,7 @@ static int ro_next(lua_State *L)
 static int ro_pairs(lua_State *L)
 {
     lua_pushcfunction(L, ro_next);
-    mdm__push_unwrapped(L, 1);
+    lua_pushvalue(L, 1);
     lua_pushnil(L);
     return 3;
 }

@@ -673,6 +673,29 @@ static bool group_name_ok(const char *s, size_t len)
 }
 
 /* Checks `profiles` given as a table: group -> list of identifiers. */
+/* Pushes a copy of a checked profiles table: group -> list of strings. */
+static void copy_profiles_table(lua_State *L, int t)
+{
+    luaL_checkstack(L, 6, NULL);
+    lua_newtable(L);
+    int out = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TTABLE) {
+            lua_Integer m = (lua_Integer)lua_rawlen(L, -1);
+            lua_createtable(L, (int)m, 0);
+            for (lua_Integer i = 1; i <= m; i++) {
+                lua_rawgeti(L, -2, i);
+                lua_rawseti(L, -2, i);
+            }
+            lua_pushvalue(L, -3);
+            lua_insert(L, -2);
+            lua_rawset(L, out);
+        }
+        lua_pop(L, 1);
+    }
+}
+
 static void validate_profiles_table(lua_State *L, load_ctx_t *c, int t)
 {
     lua_pushnil(L);
@@ -761,6 +784,10 @@ static int load_protected(lua_State *L)
         }
         if (h == MDM_POLICY_HOOK_PROFILES && type == LUA_TTABLE) {
             validate_profiles_table(L, c, lua_gettop(L));
+            /* A copy the policy cannot reach: what was checked against
+             * the store at load is what every call reads. */
+            copy_profiles_table(L, lua_gettop(L));
+            lua_remove(L, -2);
             p->profiles_ref = luaL_ref(L, LUA_REGISTRYINDEX);
             p->hooks |= 1u << h;
             continue;
@@ -999,6 +1026,8 @@ static void decision_fail_closed(mdm_policy_decision_t *d, int hook, const char 
     mdm__strlist_free(&d->names);
     plist_free(d->commands);
     plist_free(d->facts);
+    plist_free(d->respond);
+    d->respond = NULL;
     d->commands = plist_new_array();
     d->facts = plist_new_dict();
     d->allow = false;
@@ -1306,11 +1335,15 @@ static void push_device(lua_State *L, const mdm_policy_device_t *d, int *ref)
     lua_createtable(L, 0, 4);
     if (lua_rawgetp(L, LUA_REGISTRYINDEX, &dev_mt_key) != LUA_TTABLE) {
         lua_pop(L, 1);
-        lua_createtable(L, 0, 2);
+        lua_createtable(L, 0, 4);
         lua_pushcfunction(L, dev_index);
         lua_setfield(L, -2, "__index");
         lua_pushcfunction(L, dev_fill);
         lua_setfield(L, -2, "__fill");
+        lua_pushliteral(L, "read-only");
+        lua_setfield(L, -2, "__metatable");
+        lua_pushboolean(L, 1);
+        lua_rawsetp(L, -2, &mdm__fill_mark);
         lua_pushvalue(L, -1);
         lua_rawsetp(L, LUA_REGISTRYINDEX, &dev_mt_key);
     }
@@ -1739,9 +1772,20 @@ static void invoke(mdm_policy_t *p, lua_State *L, run_t *r)
     lua_insert(L, base + 2);
     mdm__budget_t saved;
     uint64_t t0 = mdm_mono_ns();
-    mdm__sandbox_begin(&p->sb, L, p->budget_ns[r->hook], p->instructions, &saved);
+    /* self_test runs with what loading has: 100 times the instructions. */
+    uint64_t insns = r->hook == MDM_POLICY_HOOK_SELF_TEST ? p->instructions * LOAD_INSN_FACTOR
+                                                          : p->instructions;
+    mdm__sandbox_begin(&p->sb, L, p->budget_ns[r->hook], insns, &saved);
     int status = lua_pcall(L, r->nlua + 1, 0, 0);
     int kill = mdm__sandbox_end(&p->sb, L, &saved);
+    /* The clock is read every so many instructions, and a library call
+     * (a pattern match, a password hash) is one: a hook that ran past its
+     * budget that way still fails, when it returns. */
+    if (status == LUA_OK && kill == MDM__KILL_NONE && p->budget_ns[r->hook] > 0 &&
+        mdm_mono_ns() - t0 > p->budget_ns[r->hook]) {
+        kill = MDM__KILL_TIME;
+        p->sb.last_limit_ns = p->budget_ns[r->hook];
+    }
     end_device(L, r->dev_ref);
     r->dev_ref = LUA_NOREF;
     r->duration_ns = mdm_mono_ns() - t0;
@@ -1772,18 +1816,13 @@ static void invoke(mdm_policy_t *p, lua_State *L, run_t *r)
 static bool secret_key(const char *k)
 {
     static const char *const parts[] = {"password", "passcode", "challenge", "token", "secret",
-                                        "pushmagic", "unlock", "credential", "privatekey", NULL};
-    char low[64];
-    size_t n = strlen(k);
-    if (n >= sizeof(low))
-        n = sizeof(low) - 1;
-    for (size_t i = 0; i < n; i++)
-        low[i] = (char)tolower((unsigned char)k[i]);
-    low[n] = '\0';
-    if (strcmp(low, "pin") == 0)
+                                        "pushmagic", "unlock", "credential", "privatekey",
+                                        "digest", "bypass", NULL};
+    if (strcasecmp(k, "pin") == 0)
         return true;
+    /* The whole key, however long. */
     for (size_t i = 0; parts[i]; i++)
-        if (strstr(low, parts[i]) != NULL)
+        if (strcasestr(k, parts[i]) != NULL)
             return true;
     return false;
 }

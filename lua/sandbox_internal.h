@@ -121,8 +121,11 @@ bool mdm__is_readonly(lua_State *L, int idx);
 /* Pushes the table behind the proxy at idx, or the value itself, for
  * walking it: a table whose metatable has __fill (the device view, whose
  * fields are made on first read) gets all its fields first, which may
- * raise a Lua error (memory; a view used after its call). */
+ * raise a Lua error (memory; a view used after its call). Only metatables
+ * the server made count (marked with mdm__fill_mark): a policy's own
+ * __fill is never called, so no policy code runs while a value is walked. */
 void mdm__push_unwrapped(lua_State *L, int idx);
+extern const char mdm__fill_mark;
 
 /* ---- api_mdm.c ------------------------------------------------------------ */
 

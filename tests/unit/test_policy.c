@@ -12,6 +12,7 @@
 #include <crypt.h>
 #include <errno.h>
 #include <ftw.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -2040,11 +2041,294 @@ static void test_docs_samples(void **state)
     mdm_free(path);
 }
 
+/* ---- found in review ----------------------------------------------------- */
+
+static void test_readonly_bypass(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_t *p = load_text(fx,
+        "return { checkin = function(d, msg)\n"
+        "  local ok1 = pcall(function() local _, real = pairs(msg); real.MessageType = 'Forged' end)\n"
+        "  local ok2 = pcall(function() local _, rd = pairs(d); rd.serial = 'FORGED' end)\n"
+        "  local ok3 = pcall(function() local _, m = pairs(mdm); m.now = function() return 0 end end)\n"
+        "  return { reason = table.concat({ tostring(ok1), tostring(ok2), tostring(ok3),\n"
+        "                                   msg.MessageType, d.serial, tostring(mdm.now()) }, ' ') }\n"
+        "end }\n");
+    dev_fx_t f;
+    dev_init(&f);
+    plist_t msg = msg_of("TokenUpdate");
+    mdm_policy_decision_t d;
+    mdm_policy_checkin(p, NULL, NULL, &f.dev, msg, &d);
+    assert_status(d, MDM_POLICY_OK);
+    print_message("reason: %s\n", d.reason);
+    /* Every write must have raised "attempt to change read-only table". */
+    assert_int_equal(strncmp(d.reason, "false false false TokenUpdate SERIAL1 ", 38), 0);
+    mdm_policy_decision_free(&d);
+    plist_free(msg);
+    dev_free(&f);
+    mdm_policy_release(p);
+}
+
+/* One call poisons the shared device metatable; a later call (another
+ * device) sees forged fields. */
+static void test_device_metatable_shared(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_t *p = load_text(fx,
+        "local done = false\n"
+        "return { groups = function(d)\n"
+        "  if not done then\n"
+        "    done = true\n"
+        "    pcall(function() local _, rd = pairs(d)\n"
+        "      getmetatable(rd).__index = function() return 'FORGED' end end)\n"
+        "    return { 'first' }\n"
+        "  end\n"
+        "  return { d.serial }\n"
+        "end }\n");
+    dev_fx_t f;
+    dev_init(&f);
+    mdm_policy_decision_t d;
+    mdm_policy_groups(p, NULL, NULL, &f.dev, &d);
+    assert_status(d, MDM_POLICY_OK);
+    mdm_policy_decision_free(&d);
+    mdm_policy_groups(p, NULL, NULL, &f.dev, &d);
+    assert_status(d, MDM_POLICY_OK);
+    print_message("second call sees device.serial = %s\n", d.names.v[0]);
+    assert_string_equal(d.names.v[0], "SERIAL1");
+    mdm_policy_decision_free(&d);
+    dev_free(&f);
+    mdm_policy_release(p);
+}
+
+/* ---- review: time budget ------------------------------------------------------------ */
+
+/* The clock is looked at every 1000 instructions only: a hook made of a
+ * few hundred expensive library calls is never stopped and returns "ok"
+ * long after its budget. */
+static void test_time_budget_overrun(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_settings_t s = settings(fx, false);
+    s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 50;
+    write_file(fx->pol, "init.lua",
+        "local s = string.rep('a', 1 << 20)\n"
+        "return { groups = function()\n"
+        "  for i = 1, 150 do s:find('[b]') end\n"
+        "  return { 'done' }\n"
+        "end }\n");
+    mdm_policy_t *p = load_ok(fx, &s);
+    dev_fx_t f;
+    dev_init(&f);
+    mdm_policy_decision_t d;
+    uint64_t t0 = mdm_mono_ns();
+    mdm_policy_groups(p, NULL, NULL, &f.dev, &d);
+    double ms = (double)(mdm_mono_ns() - t0) / 1e6;
+    print_message("hook with a 50 ms budget ran %.1f ms, status %s\n", ms,
+                  mdm_policy_status_name(d.status));
+    if (ms > 500)
+        assert_status(d, MDM_POLICY_FAILED);
+    mdm_policy_decision_free(&d);
+    dev_free(&f);
+    mdm_policy_release(p);
+}
+
+/* ---- review: policy code inside the "never raises" converters ----------------------- */
+
+/* A table with a metatable field __fill (the device view's private hook)
+ * has it called by every converter: policy code runs inside
+ * mdm__lua_to_plist / l2j, which hold C objects, and an error there
+ * longjmps past them: C heap the Lua memory cap does not see leaks on every
+ * call. */
+static void test_fill_leak(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_t *p = load_text(fx,
+        "local bomb = setmetatable({}, { __fill = function() error('from __fill') end })\n"
+        "local big = {}\n"
+        "for i = 1, 400 do big[i] = string.rep(string.char(65 + i % 26), 1000) end\n"
+        "big[#big + 1] = bomb\n"
+        "return { result = function(d, r)\n"
+        "  return { facts = { list = big } }\n"
+        "end }\n");
+    dev_fx_t f;
+    dev_init(&f);
+    plist_t res = plist_new_dict();
+    mdm_pl_set_str(res, "RequestType", "DeviceInformation");
+    mdm_policy_decision_t d;
+    mdm_policy_result(p, NULL, NULL, &f.dev, res, &d);
+    print_message("status %s error %s\n", mdm_policy_status_name(d.status), d.error);
+    bool ran_policy_code = strstr(d.error, "from __fill") != NULL;
+    mdm_policy_decision_free(&d);
+    struct mallinfo2 m0 = mallinfo2();
+    for (int i = 0; i < 200; i++) {
+        mdm_policy_result(p, NULL, NULL, &f.dev, res, &d);
+        mdm_policy_decision_free(&d);
+    }
+    struct mallinfo2 m1 = mallinfo2();
+    long grown = (long)m1.uordblks - (long)m0.uordblks;
+    print_message("C heap grew by %ld bytes over 200 calls (Lua state holds %zu)\n", grown,
+                  p->sb.mem_used);
+    if (grown > (8l << 20))
+        fail_msg("%ld bytes of C heap leaked by 200 failed calls", grown);
+    /* The converter must not run policy code at all. */
+    assert_false(ran_policy_code);
+    plist_free(res);
+    dev_free(&f);
+    mdm_policy_release(p);
+}
+
+/* The same hole reaches a use after free: mdm__command_to_plist keeps the
+ * RequestType string it found in the command table (a `const char *`) while
+ * the converter calls __fill of a nested value; __fill drops the string and
+ * collects it, and the freed bytes are then passed to
+ * mdm_command_build_json(). Run under valgrind to see the invalid read. */
+static void test_fill_uaf(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_t *p = load_text(fx,
+        "return { checkin = function(d, msg)\n"
+        "  local cmd = mdm.command.DeviceLock{}\n"
+        "  local parts = { 'Restart', 'Device' }\n"
+        "  cmd.RequestType = table.concat(parts)  -- a string nothing else holds\n"
+        "  cmd.NotifyUser = setmetatable({}, { __fill = function()\n"
+        "    cmd.RequestType = nil\n"
+        "    collectgarbage(); collectgarbage()\n"
+        "    local junk = {}\n"
+        "    for i = 1, 64 do junk[i] = string.format('%013d', i) end\n"
+        "  end })\n"
+        "  return { commands = { cmd } }\n"
+        "end }\n");
+    dev_fx_t f;
+    dev_init(&f);
+    plist_t msg = msg_of("TokenUpdate");
+    mdm_policy_decision_t d;
+    mdm_policy_checkin(p, NULL, NULL, &f.dev, msg, &d);
+    print_message("status %s error %s\n", mdm_policy_status_name(d.status), d.error);
+    /* The policy only ever set RestartDevice: an error naming another
+     * RequestType is read from freed memory. */
+    if (strstr(d.error, "unknown RequestType") != NULL)
+        fail_msg("RequestType read from freed memory: %s", d.error);
+    mdm_policy_decision_free(&d);
+    plist_free(msg);
+    dev_free(&f);
+    mdm_policy_release(p);
+}
+
+/* Docs: "Loading (running init.lua and self_test) has policy.load_budget
+ * (2 s) and 100 times the instructions." self_test gets 1x. */
+static void test_self_test_instructions(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_settings_t s = settings(fx, false);
+    s.instructions = 100000;
+    write_file(fx->pol, "init.lua",
+        "local function spin() local x = 0 for i = 1, 200000 do x = x + i end return x end\n"
+        "spin() -- init.lua itself: fine, it has 100x\n"
+        "return { self_test = function() spin() return true end }\n");
+    mdm_policy_t *p = NULL;
+    mdm_policy_error_t e;
+    int rc = mdm_policy_load(&s, &p, &e);
+    if (rc != 0)
+        fail_msg("self_test with ~800k instructions (limit 100k x 100 = 10M) failed: %s:%d: %s",
+                 e.file, e.line, e.message);
+    mdm_policy_release(p);
+}
+
+/* A `profiles` table is checked against the stored profiles at load; the
+ * policy keeps a reference and can change it afterwards. */
+static void test_profiles_table_mutable(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_t *p = load_text(fx,
+        "local P = { ['*'] = {} }\n"
+        "return { profiles = P, groups = function(d)\n"
+        "  P['*'][1] = 'com.never.uploaded'\n"
+        "  return { 'all' }\n"
+        "end }\n");
+    dev_fx_t f;
+    dev_init(&f);
+    mdm_policy_decision_t d;
+    mdm_policy_groups(p, NULL, NULL, &f.dev, &d);
+    mdm_strlist_t g = d.names;
+    d.names = (mdm_strlist_t){0};
+    mdm_policy_decision_free(&d);
+    mdm_policy_profiles(p, NULL, NULL, &f.dev, &g, &d);
+    assert_status(d, MDM_POLICY_OK);
+    print_message("profiles: %zu, first %s\n", d.names.n, d.names.n ? d.names.v[0] : "-");
+    if (d.names.n > 0)
+        fail_msg("profiles table yields \"%s\", never checked against the store", d.names.v[0]);
+    mdm_policy_decision_free(&d);
+    mdm__strlist_free(&g);
+    dev_free(&f);
+    mdm_policy_release(p);
+}
+
+/* With the real table reachable, a metatable loop through the proxy: must
+ * be an error, not a crash. */
+static void test_proxy_loop(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_t *p = load_text(fx,
+        "return { checkin = function(d, msg)\n"
+        "  local _, real = pairs(msg)\n"
+        "  real.MessageType = nil\n"
+        "  setmetatable(real, { __index = msg })\n"
+        "  return { reason = tostring(msg.Anything) }\n"
+        "end }\n");
+    dev_fx_t f;
+    dev_init(&f);
+    plist_t msg = msg_of("TokenUpdate");
+    mdm_policy_decision_t d;
+    mdm_policy_checkin(p, NULL, NULL, &f.dev, msg, &d);
+    print_message("status %s error %s\n", mdm_policy_status_name(d.status), d.error);
+    mdm_policy_decision_free(&d);
+    plist_free(msg);
+    dev_free(&f);
+    mdm_policy_release(p);
+}
+
+/* UserAuthenticate's DigestResponse (derived from the user's password) is
+ * recorded in the decision log as it is. (Not named in the docs' list.) */
+static void test_digest_logged(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_t *p = load_text(fx, "return { checkin = function(d, msg) return nil end }\n");
+    dev_fx_t f;
+    dev_init(&f);
+    plist_t msg = msg_of("UserAuthenticate");
+    mdm_pl_set_str(msg, "UserID", "alice");
+    mdm_pl_set_str(msg, "DigestResponse", "username=\"alice\",response=\"6629fae49393a05397450978507c4ef1\"");
+    mdm_policy_decision_t d;
+    assert_rc(call_in_txn(fx, p, MDM_POLICY_HOOK_CHECKIN, &f.dev, msg, &d), 0);
+    mdm_policy_decision_free(&d);
+    json_t *o = NULL;
+    assert_rc(mdm_policy_decisions_json(fx->store, NULL, NULL, 10, &o), 0);
+    char *text = json_dumps(o, 0);
+    print_message("%s\n", text);
+    bool leaked = strstr(text, "6629fae49393a05397450978507c4ef1") != NULL;
+    free(text);
+    json_decref(o);
+    plist_free(msg);
+    dev_free(&f);
+    mdm_policy_release(p);
+    if (leaked)
+        fail_msg("DigestResponse recorded in the decision log");
+}
+
 int main(void)
 {
     mdm_log_setup(MDM_LOG_ERROR, 2);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_load_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_readonly_bypass, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_device_metatable_shared, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_time_budget_overrun, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fill_leak, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fill_uaf, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_self_test_instructions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_profiles_table_mutable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_proxy_loop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_digest_logged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revision, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hooks_good, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hooks_bad_returns, setup, teardown),
