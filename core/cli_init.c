@@ -168,6 +168,15 @@ int mdm_cmd_init(int argc, char **argv)
         fprintf(stderr, "moonmdm init: --ca-days must be between 1 and 36500\n");
         return 2;
     }
+    char lhost[64];
+    int lport;
+    if (mdm_parse_listen(listen, lhost, sizeof(lhost), &lport) != 0) {
+        fprintf(stderr,
+                "moonmdm init: --listen \"%s\" is not an IP address and port (write "
+                "127.0.0.1:8443, 0.0.0.0:8443 or [::1]:8443)\n",
+                listen);
+        return 2;
+    }
     if (nsans == 0) {
         sans[nsans++] = "DNS:localhost";
         sans[nsans++] = "IP:127.0.0.1";

@@ -11,6 +11,7 @@
  * and finds the line where the key was written. */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <lauxlib.h>
 #include <lua.h>
@@ -1299,6 +1300,13 @@ static void set_value(lua_State *L, load_ctx_t *c, const opt_t *o)
         add_err(c, o->key, NULL, "too large: at most %llu", (unsigned long long)uint_max(o));
         return;
     }
+    /* Durations are added to the time of day: a century is the most any
+     * setting means (a larger one wrapped around, e.g. a result retention
+     * that deleted every result). */
+    if (o->type == OPT_DURATION && v > MDM_DURATION_MAX_MS) {
+        add_err(c, o->key, NULL, "too long: at most 36500d");
+        return;
+    }
     if (v < o->min) {
         if (o->type == OPT_DURATION)
             add_err(c, o->key, NULL, "must be at least %llums", (unsigned long long)o->min);
@@ -1577,9 +1585,52 @@ static void resolve_paths(load_ctx_t *c)
 }
 
 /* Checks that need more than one value. */
+int mdm_parse_listen(const char *spec, char *host, size_t hn, int *port)
+{
+    const char *colon;
+    if (spec[0] == '[') {
+        const char *close = strchr(spec, ']');
+        if (close == NULL || close[1] != ':' || (size_t)(close - spec - 1) >= hn)
+            return MDM_EINVAL;
+        snprintf(host, hn, "%.*s", (int)(close - spec - 1), spec + 1);
+        colon = close + 1;
+    } else {
+        colon = strrchr(spec, ':');
+        if (colon == NULL || (size_t)(colon - spec) >= hn)
+            return MDM_EINVAL;
+        snprintf(host, hn, "%.*s", (int)(colon - spec), spec);
+    }
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || p < 0 || p > 65535 || end == colon + 1)
+        return MDM_EINVAL;
+    unsigned char a[16];
+    if (inet_pton(AF_INET, host, a) != 1 && inet_pton(AF_INET6, host, a) != 1)
+        return MDM_EINVAL;
+    *port = (int)p;
+    return 0;
+}
+
+/* Listen addresses: an IP address and a port, checked here so that
+ * `config check` (and init) refuse what serve could not bind. */
+static void check_listen(load_ctx_t *c, const char *key, const mdm_strlist_t *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        char host[64];
+        int port;
+        if (mdm_parse_listen(l->v[i], host, sizeof(host), &port) != 0)
+            add_err(c, key, NULL,
+                    "\"%.100s\" is not an IP address and port (write \"127.0.0.1:8443\", "
+                    "\"0.0.0.0:8443\" or \"[::1]:8443\")",
+                    l->v[i]);
+    }
+}
+
 static void check_combinations(load_ctx_t *c)
 {
     const mdm_config_t *cfg = c->cfg;
+    check_listen(c, "listen", &cfg->listen);
+    check_listen(c, "listen_plain", &cfg->listen_plain);
     if (cfg->store_map_size > cfg->store_map_max) {
         const char *key = c->set[find_opt("store.map_size") - options] ? "store.map_size"
                                                                       : "store.map_max";

@@ -168,4 +168,11 @@ void mdm_config_write_markdown(struct mdm_buf *out);
 int mdm_parse_size(const char *s, size_t *out);
 int mdm_parse_duration_ms(const char *s, uint64_t *out);
 
+/* Parses a listen address: "1.2.3.4:port" or "[v6]:port" with an IP
+ * address (no host name). 0 or MDM_EINVAL. */
+int mdm_parse_listen(const char *spec, char *host, size_t hn, int *port);
+
+/* The longest duration a setting may have: a century. */
+#define MDM_DURATION_MAX_MS ((uint64_t)36500 * 86400000)
+
 #endif

@@ -548,37 +548,14 @@ static void on_connection(uv_stream_t *server, int status)
 }
 
 /* Splits "host:port" or "[v6]:port". */
-static int parse_addr(const char *spec, char *host, size_t hn, int *port)
-{
-    const char *colon;
-    if (spec[0] == '[') {
-        const char *close = strchr(spec, ']');
-        if (close == NULL || close[1] != ':')
-            return MDM_EINVAL;
-        snprintf(host, hn, "%.*s", (int)(close - spec - 1), spec + 1);
-        colon = close + 1;
-    } else {
-        colon = strrchr(spec, ':');
-        if (colon == NULL)
-            return MDM_EINVAL;
-        snprintf(host, hn, "%.*s", (int)(colon - spec), spec);
-    }
-    char *end;
-    long p = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || p < 0 || p > 65535 || end == colon + 1)
-        return MDM_EINVAL;
-    *port = (int)p;
-    return 0;
-}
-
 static int bind_one(mdm_server_t *s, mdm_listener_t *l, const char *spec, bool tls,
                     mdm_err_t *err)
 {
     char host[64];
     int port;
-    if (parse_addr(spec, host, sizeof(host), &port) != 0)
+    if (mdm_parse_listen(spec, host, sizeof(host), &port) != 0)
         return mdm_err_set(err, MDM_ECONFIG,
-                           "%s: \"%s\" is not an address (want host:port or [v6]:port)",
+                           "%s: \"%s\" is not an IP address and port (want ip:port or [v6]:port)",
                            tls ? "listen" : "listen_plain", spec);
     struct sockaddr_storage ss;
     if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&

@@ -385,9 +385,16 @@ static int reset_user_channel(mdm_txn_t *txn, const char *eid, void *arg)
     size_t n = 0;
     rc = mdm_queue_clear(txn, eid, "Cleared", c->now, &n);
     c->cleared += n;
+    /* The user's profiles went with the device's MDM profile; the user's
+     * next TokenUpdate enrolls the channel again (and reconciles it). */
+    if (rc == 0)
+        rc = mdm_reconcile_forget(txn, eid);
     mdm_pl_set_bool(e, "enabled", false);
+    mdm_pl_set_bool(e, "pending_first_token", true);
     mdm_pl_remove(e, "token");
     mdm_pl_remove(e, "push_magic");
+    if (strcmp(c->type, "CheckOut") == 0)
+        mdm_pl_set_int(e, "checked_out_at", c->now);
     if (rc == 0)
         rc = mdm_enrollment_save(txn, eid, e);
     plist_free(e);
@@ -485,6 +492,9 @@ static int on_authenticate(msg_ctx_t *c, mdm_txn_t *txn)
     mdm_pl_remove(e, "token");
     mdm_pl_remove(e, "push_magic");
     mdm_pl_remove(e, "unlock_token");
+    /* The bootstrap token belongs to the installation that stored it: a
+     * new one (or another identity naming this UDID) must not get it. */
+    mdm_pl_remove(e, "bootstrap_token");
     mdm_pl_remove(e, "checked_out_at");
     mdm_pl_set_bool(e, "token_invalid", false);
     mdm_pl_set_str(e, "topic", mdm_pl_str(c->msg, "Topic"));
@@ -584,6 +594,12 @@ static int on_token_update(msg_ctx_t *c, mdm_txn_t *txn)
     mdm_pl_set_uint(e, "token_updates", mdm_pl_uint(e, "token_updates", 0) + 1);
     mdm_pl_set_int(e, "token_updated_at", c->now);
     mdm_pl_set_int(e, "last_seen_at", c->now);
+    /* A user channel checked out on its own comes back with a TokenUpdate
+     * (there is no Authenticate on a user channel). */
+    if (c->user_channel && mdm_pl_int(e, "checked_out_at", 0) != 0) {
+        mdm_pl_remove(e, "checked_out_at");
+        mdm_pl_set_bool(e, "pending_first_token", true);
+    }
     if (mdm_pl_bool(e, "pending_first_token", false)) {
         c->enrollment_completed = true;
         mdm_pl_set_bool(e, "pending_first_token", false);

@@ -531,6 +531,20 @@ static int lm_open(mdm_store_t **out, const mdm_store_config_t *cfg, mdm_err_t *
                          mdb_strerror(rc));
         goto out;
     }
+    /* A file shorter than its last page (a copy cut short) would fault
+     * (SIGBUS) on the first read past its end. */
+    MDB_stat mst;
+    struct stat fst;
+    if (mdb_env_info(s->env, &info) == 0 && mdb_env_stat(s->env, &mst) == 0 &&
+        stat(data_file, &fst) == 0 &&
+        (uint64_t)fst.st_size < ((uint64_t)info.me_last_pgno + 1) * mst.ms_psize) {
+        rc = mdm_err_set(err, MDM_EIO,
+                         "store: %s is truncated (%lld bytes, its pages need %llu): not a "
+                         "usable store",
+                         data_file, (long long)fst.st_size,
+                         (unsigned long long)((uint64_t)info.me_last_pgno + 1) * mst.ms_psize);
+        goto out;
+    }
     rc = open_tables(s, err);
 out:
     mdm_free(data_file);
