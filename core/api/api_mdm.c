@@ -664,6 +664,11 @@ static void handle_commands_post(mdm_req_t *req)
         if (mdm_req_query(req, "targets", &t, true) == 0)
             e.r.ntargets = split_ids(req, t.data, (const char ***)&e.r.targets);
         mdm_buf_free(&t);
+        if (e.r.ntargets > MAX_TARGETS) {
+            mdm_resp_json_error(req, 400, "bad_request", "targets: at most 100000 a request");
+            goto out;
+        }
+        e.r.nopush = query_bool(req, "nopush") == 1;
         mdm_buf_t q = MDM_BUF_INIT;
         if (mdm_req_query(req, "priority", &q, true) == 0) {
             char *end = NULL;
@@ -1009,9 +1014,10 @@ static void handle_tags_put(mdm_req_t *req)
     int rc = mdm_store_update(req->server->store, tags_fn, &t);
     if (rc != 0) {
         json_decref(root);
-        mdm_resp_json_error(req, rc == MDM_ENOTFOUND ? 404 : rc == MDM_ENOSPACE ? 503 : 500,
-                            rc == MDM_ENOTFOUND ? "not_found" : "store",
-                            rc == MDM_ENOTFOUND ? "no device with this id" : mdm_strerror(rc));
+        if (rc == MDM_ENOTFOUND)
+            mdm_resp_json_error(req, 404, "not_found", "no device with this id");
+        else
+            mdm_api_store_error(req, rc);
         return;
     }
     json_t *o = json_object();
@@ -1030,9 +1036,10 @@ static void handle_reconcile_one(mdm_req_t *req)
 {
     int rc = mdm_store_update(req->server->store, reconcile_one_fn, req->params[0]);
     if (rc != 0) {
-        mdm_resp_json_error(req, rc == MDM_ENOTFOUND ? 404 : 500,
-                            rc == MDM_ENOTFOUND ? "not_found" : "store",
-                            rc == MDM_ENOTFOUND ? "no enrollment with this id" : mdm_strerror(rc));
+        if (rc == MDM_ENOTFOUND)
+            mdm_resp_json_error(req, 404, "not_found", "no enrollment with this id");
+        else
+            mdm_api_store_error(req, rc);
         return;
     }
     const char *ids[1] = {req->params[0]};

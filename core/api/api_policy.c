@@ -83,6 +83,8 @@ static void handle_eval(mdm_req_t *req)
         mdm_resp_json_error(req, 404, "not_found", err.msg);
     else if (rc == MDM_EINVAL)
         mdm_resp_json_error(req, 400, "bad_request", err.msg);
+    else if (rc == MDM_ENOSPACE || rc == MDM_EIO || rc == MDM_EMAPFULL)
+        mdm_api_store_error(req, rc);
     else if (rc != 0)
         mdm_resp_json_error(req, 500, "store", err.msg[0] ? err.msg : mdm_strerror(rc));
     else
@@ -117,7 +119,7 @@ static void handle_decisions(mdm_req_t *req)
     int rc = mdm_policy_decisions_json(req->server->store, have_device ? device.data : NULL,
                                        have_hook ? hook.data : NULL, (size_t)n, &o);
     if (rc != 0)
-        mdm_resp_json_error(req, 500, "store", mdm_strerror(rc));
+        mdm_api_store_error(req, rc);
     else
         mdm_api_send_json(req, 200, o);
 out:

@@ -68,13 +68,14 @@ static void handle_pushcert_put(mdm_req_t *req)
     pc = NULL;
     if (rc != 0) {
         json_decref(o);
-        int status = rc == MDM_EEXPIRED || rc == MDM_EINVAL ? 400
-                     : rc == MDM_ENOSPACE                   ? 503
-                                                            : 500;
+        bool bad = rc == MDM_EEXPIRED || rc == MDM_EINVAL;
         char q[600];
         mdm_log(MDM_LOG_WARN, req->id, "api.pushcert_refused", "topic=%s error=%s", topic,
                 mdm_logq(q, sizeof(q), err.msg));
-        mdm_resp_json_error(req, status, status == 400 ? "invalid_pushcert" : "store", err.msg);
+        if (bad)
+            mdm_resp_json_error(req, 400, "invalid_pushcert", err.msg);
+        else
+            mdm_api_store_error(req, rc);
         goto out;
     }
     json_object_set_new(o, "replaced", json_boolean(replaced));

@@ -372,10 +372,10 @@ static void handle_get(mdm_req_t *req)
     int rc = mdm_store_view(req->server->store, get_fn, &c);
     if (rc != 0) {
         mdm_buf_free(&c.xml);
-        mdm_resp_json_error(req, rc == MDM_ENOTFOUND ? 404 : 500,
-                            rc == MDM_ENOTFOUND ? "not_found" : "store",
-                            rc == MDM_ENOTFOUND ? "no profile with this identifier"
-                                                : mdm_strerror(rc));
+        if (rc == MDM_ENOTFOUND)
+            mdm_resp_json_error(req, 404, "not_found", "no profile with this identifier");
+        else
+            mdm_api_store_error(req, rc);
         return;
     }
     mdm_buf_t raw = MDM_BUF_INIT;

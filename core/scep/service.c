@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "api/api.h"
 #include "config.h"
 #include "crypto/certdb.h"
 #include "crypto/keys.h"
@@ -1378,7 +1379,7 @@ static void handle_challenge_new(mdm_req_t *req)
     if (rc != 0) {
         json_decref(body);
         mdm_log(MDM_LOG_ERROR, req->id, "scep.store_error", "error=\"%s\"", mdm_strerror(rc));
-        mdm_resp_json_error(req, 500, "internal", "cannot store the challenge");
+        mdm_api_store_error(req, rc);
         return;
     }
     char expires[32];
@@ -1468,7 +1469,7 @@ static void handle_cert_list(mdm_req_t *req)
     int rc = mdm_store_view(req->server->store, list_view_fn, &v);
     if (rc != 0) {
         json_decref(v.arr);
-        mdm_resp_json_error(req, 500, "internal", mdm_strerror(rc));
+        mdm_api_store_error(req, rc);
         return;
     }
     json_t *j = json_pack("{s:o, s:I, s:I}", "certs", v.arr, "offset", (json_int_t)v.offset,
@@ -1526,7 +1527,7 @@ static void handle_cert_revoke(mdm_req_t *req)
     }
     if (rc != 0) {
         mdm_certrec_free(&r.rec);
-        mdm_resp_json_error(req, 500, "internal", mdm_strerror(rc));
+        mdm_api_store_error(req, rc);
         return;
     }
     mdm_log(MDM_LOG_INFO, req->id, "scep.cert_revoked", "serial=%s reason=%d via=api",

@@ -169,3 +169,14 @@ def test_message_type_cannot_forge_log_lines(server):
     lines = server.log().splitlines()
     assert not any(l.startswith("ts=x level=ERROR") for l in lines), \
         [l for l in lines if "forged" in l]
+
+
+def test_raw_command_takes_nopush(server, api):
+    d = Device(server)
+    d.enroll()
+    raw = plistlib.dumps({"Command": {"RequestType": "ProfileList"}})
+    st, r = api.call("POST", f"/v1/commands?targets={d.udid}", raw, "application/x-apple-plist")
+    assert st == 201 and "push" in r, r  # pushed (or told why not)
+    st, r = api.call("POST", f"/v1/commands?targets={d.udid}&nopush=1", raw,
+                     "application/x-apple-plist")
+    assert st == 201 and "push" not in r, r
