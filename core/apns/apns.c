@@ -966,9 +966,10 @@ static int write_fn(mdm_txn_t *txn, void *arg)
         if (p->mark_invalid) {
             size_t tlen = 0;
             const unsigned char *token = mdm_pl_data(e, "token", &tlen);
-            /* A TokenUpdate that came in meanwhile brought a new token: the
-             * verdict was about the old one. */
-            if (token == NULL || tlen != p->token_len || memcmp(token, p->token, tlen) != 0) {
+            /* A TokenUpdate that came in meanwhile brought a new token, or
+             * registered this one again: the verdict was about the old. */
+            if (token == NULL || tlen != p->token_len || memcmp(token, p->token, tlen) != 0 ||
+                mdm_pl_int(e, "token_updated_at", 0) >= p->created_ms) {
                 plist_free(e);
                 continue;
             }
@@ -1093,6 +1094,19 @@ void mdm_apns_seen(mdm_server_t *s, const char *eid)
         hash_del(a, p); /* stays on the done list until it expires */
     else
         p->seen = true; /* still answers callers until it is done */
+}
+
+void mdm_apns_token_changed(mdm_server_t *s, const char *eid)
+{
+    apns_t *a = s->apns;
+    if (a == NULL || eid == NULL)
+        return;
+    push_t *p = hash_find(a, eid, hash_str(eid));
+    /* One that has not read the token yet will read the new one; any
+     * other (on its way, done) leaves the table: later requests make a push
+     * of their own, and it still answers the callers it had. */
+    if (p != NULL && !(p->state == P_WAITING && p->token == NULL))
+        hash_del(a, p);
 }
 
 static void take_one(apns_t *a, intake_t *it)

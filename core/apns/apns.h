@@ -78,6 +78,10 @@ int mdm_apns_push_many(mdm_server_t *s, const char *const *eids, size_t n);
  * lookup); does nothing when the service is not running. */
 void mdm_apns_seen(mdm_server_t *s, const char *eid);
 
+/* The enrollment eid has a new (or renewed) push token: a push already on
+ * its way, or accepted, no longer answers for later requests. */
+void mdm_apns_token_changed(mdm_server_t *s, const char *eid);
+
 /* "pushed", "no_token", "token_invalid", "disabled", "unknown_enrollment",
  * "not_configured", "error". */
 const char *mdm_push_status_name(int status);

@@ -6,6 +6,7 @@
 #include <openssl/pem.h>
 #include <openssl/pkcs12.h>
 #include <openssl/provider.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -74,6 +75,28 @@ int mdm_pushcert_build(X509 *cert, EVP_PKEY *key, STACK_OF(X509) *chain, const c
     }
     if (pc->topic[0] == '\0') {
         rc = mdm_err_set(err, MDM_EINVAL, "the certificate's UID attribute (topic) is empty");
+        goto out;
+    }
+    /* MDM push topics are com.apple.mgmt.<...>: another certificate with a
+     * UID (a TLS server certificate, another service's push certificate)
+     * would be taken as the topic devices are enrolled with. */
+    if (strncmp(pc->topic, "com.apple.mgmt.", 15) != 0) {
+        rc = mdm_err_set(err, MDM_EINVAL,
+                         "the certificate's topic \"%.100s\" is not an MDM push topic "
+                         "(com.apple.mgmt.External.<uuid>): is it an MDM push certificate?",
+                         pc->topic);
+        goto out;
+    }
+    /* The TLS library must accept the pair as a client identity (key size,
+     * signature algorithm), or every push would fail at the handshake. */
+    SSL_CTX *probe = SSL_CTX_new(TLS_client_method());
+    bool usable = probe != NULL && SSL_CTX_use_certificate(probe, cert) == 1 &&
+                  SSL_CTX_use_PrivateKey(probe, key) == 1 && SSL_CTX_check_private_key(probe) == 1;
+    SSL_CTX_free(probe);
+    if (!usable) {
+        rc = mdm_err_set_ssl(err, MDM_EINVAL,
+                             "the TLS library refuses this certificate and key as a client "
+                             "identity (key too small, or a weak signature?)");
         goto out;
     }
     rc = mdm_cert_validity_ms(cert, &pc->not_before_ms, &pc->not_after_ms);

@@ -964,6 +964,10 @@ void mdm__process_checkin(mdm_mdm_t *m, const mdm_identity_t *id, const void *bo
     if (c.cleared > 0 || c.revoked_cert)
         snprintf(out->detail, sizeof(out->detail), "cleared_commands=%zu revoked_cert=%s",
                  c.cleared, c.revoked_cert ? "true" : "false");
+    /* A push on its way to the old token must not answer for the new one. */
+    if (out->status == 200 &&
+        (strcmp(c.type, "TokenUpdate") == 0 || strcmp(c.type, "Authenticate") == 0))
+        mdm_apns_token_changed(m->server, c.eid);
 out:
     plist_free(c.msg);
 }

@@ -134,7 +134,7 @@ static void test_pem_in_any_order(void **state)
     (void)state;
     EVP_PKEY *k = new_key();
     X509 *x = make_cert(k, TOPIC, 0, 365);
-    X509 *chain = make_cert(k, "com.example.chain", 0, 365);
+    X509 *chain = make_cert(k, "com.apple.mgmt.External.chain", 0, 365);
     char want_sha[65];
     mdm_cert_sha256_hex(x, want_sha);
     for (int order = 0; order < 2; order++) {
@@ -355,11 +355,11 @@ static void test_store_roundtrip(void **state)
     assert_int_equal(set2.n, 1);
     assert_rc(mdm_pushcerts_load_store(&set2, store, &err), 0);
     assert_string_equal(set2.v[0]->sha256, sha);
-    mdm_pushcerts_set(&set2, pushcert("com.example.other", 10), &replaced);
+    mdm_pushcerts_set(&set2, pushcert("com.apple.mgmt.External.other", 10), &replaced);
     assert_false(replaced);
     assert_int_equal(set2.n, 2);
-    assert_non_null(mdm_pushcerts_find(&set2, "com.example.other"));
-    assert_null(mdm_pushcerts_find(&set2, "com.example.none"));
+    assert_non_null(mdm_pushcerts_find(&set2, "com.apple.mgmt.External.other"));
+    assert_null(mdm_pushcerts_find(&set2, "com.apple.mgmt.External.none"));
 
     /* Another server's secret key cannot open it: skipped, not fatal. */
     mdm_pushcerts_t set3;
@@ -638,7 +638,7 @@ static void test_outcomes_without_apns(void **state)
                                    .invalid = true});
     add_enrollment(v, (struct enr){.eid = "out", .token = true, .enabled = false});
     add_enrollment(v, (struct enr){.eid = "other", .token = true, .enabled = true,
-                                   .topic = "com.example.other"});
+                                   .topic = "com.apple.mgmt.External.other"});
 
     /* No certificate at all: not configured. */
     const char *one[] = {"ok"};
@@ -648,7 +648,7 @@ static void test_outcomes_without_apns(void **state)
 
     mdm_err_t err = {0};
     bool replaced = true;
-    assert_rc(mdm_apns_pushcert_install(&v->s, pushcert(TOPIC, 100), "com.example.wrong",
+    assert_rc(mdm_apns_pushcert_install(&v->s, pushcert(TOPIC, 100), "com.apple.mgmt.External.wrong",
                                         &replaced, &err),
               MDM_EINVAL);
     assert_rc(mdm_apns_pushcert_install(&v->s, pushcert(TOPIC, 100), NULL, &replaced, &err), 0);
@@ -797,7 +797,15 @@ static void test_record_updates(void **state)
     assert_rc(mdm_store_view(v->s.store, rec_fn, &r), 0);
     assert_false(r.invalid);
 
+    /* The token pushed, but registered again after the push was made:
+     * the verdict is about the registration before. */
     p.token = r.token;
+    assert_rc(mdm_store_update(v->s.store, write_fn, &w), 0);
+    assert_rc(mdm_store_view(v->s.store, rec_fn, &r), 0);
+    assert_false(r.invalid);
+
+    /* The token pushed, made after its last TokenUpdate: invalid. */
+    p.created_ms = mdm_now_ms() + 60000;
     assert_rc(mdm_store_update(v->s.store, write_fn, &w), 0);
     assert_rc(mdm_store_view(v->s.store, rec_fn, &r), 0);
     assert_true(r.invalid);
