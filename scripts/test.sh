@@ -3,7 +3,8 @@
 # tests and integration tests against the real binary) with ctest.
 #   scripts/test.sh              the normal build (build-test/)
 #   scripts/test.sh --sanitize   the same under ASan/UBSan (build-asan/)
-# Extra arguments after the flag go to ctest (e.g. -R http).
+# Extra arguments after the flag go to ctest (e.g. -R http). Tests run two
+# at a time (MOONMDM_TEST_JOBS=1 runs them one by one).
 set -eu
 cd "$(dirname "$0")/.."
 dir=build-test
@@ -19,4 +20,4 @@ scripts/deps.sh --test
 # shellcheck disable=SC2086
 cmake -S . -B "$dir" $flags >/dev/null
 cmake --build "$dir" -j"$(nproc)"
-exec ctest --test-dir "$dir" --output-on-failure "$@"
+exec ctest --test-dir "$dir" --output-on-failure -j"${MOONMDM_TEST_JOBS:-2}" "$@"
