@@ -231,8 +231,10 @@ return {
 '''
 
 
-def test_python_device_enrolls_end_to_end_and_over_ota(tmpdir_path):
-    from test_scep import enroll as scep_enroll
+def ota_server(tmpdir_path):
+    """A server for the OTA profile service: AUTH_POLICY decides sign-ins,
+    and a made-up Apple device CA is enroll.ota_trust. Returns the server,
+    its data directory and that CA's certificate and key."""
     pdir = os.path.join(tmpdir_path, "pol")
     os.makedirs(pdir)
     with open(os.path.join(pdir, "init.lua"), "w") as f:
@@ -244,7 +246,12 @@ def test_python_device_enrolls_end_to_end_and_over_ota(tmpdir_path):
     d = scep_datadir(tmpdir_path)
     d.write_config('  enroll = { topic = "%s", ota_trust = { "%s" } },\n  policy = { dir = "%s" },'
                    % (TOPIC, apple_ca_path, pdir))
-    srv = Server(d, plain=True)
+    return Server(d, plain=True), d, apple_ca, apple_key
+
+
+def test_python_device_enrolls_end_to_end_and_over_ota(tmpdir_path):
+    from test_scep import enroll as scep_enroll
+    srv, d, apple_ca, apple_key = ota_server(tmpdir_path)
     try:
         # Scripted enrollment with HTTP Basic; the profile's challenge goes
         # to the Python SCEP client; the identity checks in.

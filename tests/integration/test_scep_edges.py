@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 import pki
 from conftest import Server
 from device import TOPIC
-from test_enroll import AUTH_POLICY, cms_decrypt, cms_verify
+from test_enroll import cms_decrypt, cms_verify, ota_server
 from test_scep import (Client, Reply, api, enroll, make_csr, new_challenge, pki_op,
                        recipient_of, scep_datadir, stop_clean)
 
@@ -84,18 +84,7 @@ def test_ota_phase3_refuses_a_revoked_identity(esrv, tmpdir_path):
 
 
 def test_ota_final_identity_keeps_the_enrolling_user(tmpdir_path):
-    pdir = os.path.join(tmpdir_path, "pol")
-    os.makedirs(pdir)
-    with open(os.path.join(pdir, "init.lua"), "w") as f:
-        f.write(AUTH_POLICY)
-    apple_ca, apple_key = pki.make_ca("Test Apple iPhone Device CA")
-    apple_ca_path = os.path.join(tmpdir_path, "apple-device-ca.pem")
-    with open(apple_ca_path, "wb") as f:
-        f.write(apple_ca.public_bytes(serialization.Encoding.PEM))
-    d = scep_datadir(tmpdir_path)
-    d.write_config('  enroll = { topic = "%s", ota_trust = { "%s" } },\n  policy = { dir = "%s" },'
-                   % (TOPIC, apple_ca_path, pdir))
-    srv = Server(d, plain=True)
+    srv, d, apple_ca, apple_key = ota_server(tmpdir_path)
     try:
         r = requests.get(srv.url + "/enroll?ota=1", auth=("alice", "wonderland"),
                          verify=d.ca_crt, timeout=30)
