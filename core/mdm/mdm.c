@@ -544,11 +544,38 @@ static int seal_into(msg_ctx_t *c, plist_t e, const char *field, const char *pur
     return rc;
 }
 
+/* A user channel lives under its device's enrollment: while that is not
+ * enabled (pending between Authenticate and its first TokenUpdate, checked
+ * out, or never seen) no user channel may be enrolled. 409: the message is
+ * sound and the identity trusted; the state is not ready. It has no meaning
+ * to the device, which sends the user's TokenUpdate again later. */
+static int check_device_enabled(msg_ctx_t *c, mdm_txn_t *txn)
+{
+    plist_t dev = NULL;
+    int rc = mdm_enrollment_load(txn, c->device_id, &dev);
+    if (rc != 0 && rc != MDM_ENOTFOUND)
+        return rc;
+    const char *why = rc == MDM_ENOTFOUND                           ? "it never authenticated"
+                      : mdm_pl_bool(dev, "enabled", false)          ? NULL
+                      : mdm_pl_int(dev, "checked_out_at", 0) != 0   ? "it checked out"
+                      : mdm_pl_bool(dev, "pending_first_token", false)
+                          ? "it is pending its first TokenUpdate"
+                          : "it is disabled";
+    plist_free(dev);
+    if (why == NULL)
+        return 0;
+    refuse(c, 409, "user-channel TokenUpdate refused: the device channel is not enabled (%s)",
+           why);
+    return REFUSED;
+}
+
 static int on_token_update(msg_ctx_t *c, mdm_txn_t *txn)
 {
     int rc = check_revoked(c, txn);
     if (rc == 0)
         rc = check_binding(c, txn);
+    if (rc == 0 && c->user_channel)
+        rc = check_device_enabled(c, txn);
     if (rc != 0)
         return rc;
     size_t tlen = 0;

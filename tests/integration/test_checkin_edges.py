@@ -4,6 +4,7 @@ user channel that checks out and comes back. Each failed on b2150bc."""
 import os
 import plistlib
 
+from conftest import Server
 from device import TOPIC, Api, Device
 from test_profile_edges import profile, put_profile, start, types
 
@@ -79,5 +80,52 @@ def test_user_channel_gets_profiles_again_after_reenrollment(tmpdir_path, datadi
         assert d.token_update() == 200
         again = types(d.run())
         assert again == ["InstallProfile"], again
+    finally:
+        assert srv.stop() == 0
+
+
+def user_channels(api, udid):
+    st, show = api.call("GET", "/v1/devices/" + udid)
+    assert st == 200, show
+    return show["user_channels"]
+
+
+def test_user_token_update_refused_while_the_device_is_pending(server):
+    """Between Authenticate and the device channel's first TokenUpdate the
+    enrollment is pending: a user channel must not be enrolled (and get
+    commands) under it. The refusal keeps no state."""
+    api = Api(server)
+    d = Device(server)
+    assert d.authenticate() == 200
+    d.user = USER
+    assert d.token_update() == 409
+    assert server.wait_log(r"mdm\.checkin .*type=TokenUpdate http_status=409 .*"
+                           r"device channel is not enabled")
+    assert user_channels(api, d.udid) == []
+    d.user = None
+    assert d.token_update() == 200
+    d.user = USER
+    assert d.token_update() == 200
+    [u] = user_channels(api, d.udid)
+    assert u["enabled"] is True and u["enrolled"] is True, u
+
+
+def test_user_token_update_refused_after_the_device_checked_out(tmpdir_path, datadir):
+    """With mdm.bind_on_first_sight the certificate binds again after the
+    device's CheckOut; a user channel must still not come back to life."""
+    datadir.write_config("  mdm = { bind_on_first_sight = true },")
+    srv = Server(datadir)
+    try:
+        api = Api(srv)
+        d = Device(srv)
+        d.enroll()
+        d.user = USER
+        assert d.token_update() == 200
+        d.user = None
+        assert d.checkin("CheckOut", Topic=TOPIC)[0] == 200
+        d.user = USER
+        assert d.token_update() == 409
+        [u] = user_channels(api, d.udid)
+        assert u["enabled"] is False and u["enrolled"] is False, u
     finally:
         assert srv.stop() == 0
