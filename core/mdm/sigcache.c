@@ -2,15 +2,17 @@
  * verified the slow way (OpenSSL CMS_verify and a chain check), its key is
  * kept, and later signatures by the same certificate are checked directly:
  * walk the DER of the detached SignedData, find the certificate (by the
- * SHA-256 of its bytes), compare the messageDigest attribute with a digest
- * of the body, and verify the signature over the signed attributes with the
- * kept key. Anything unusual (no signed attributes, an algorithm not
+ * SHA-256 of its bytes), require the SignerInfo's sid to name it, compare
+ * the messageDigest attribute with a digest of the body, and verify the
+ * signature over the signed attributes with the kept key. Anything unusual (no signed attributes, an algorithm not
  * handled here, several signers) goes back to the slow path. Decoding
  * certificates is most of what CMS_verify costs; this skips it. */
 #include "mdm/sigcache.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <string.h>
 
 #include "util/alloc.h"
@@ -230,6 +232,47 @@ static bool attrs_ok(const der_t *attrs, const unsigned char *digest, size_t dle
     return md_ok && ct_ok;
 }
 
+/* Whether an encoding is the DER that i2d gives for an object of the
+ * certificate (its issuer name or serial number). */
+static bool der_equals(const der_t *d, const void *obj, int (*i2d)(const void *, unsigned char **))
+{
+    unsigned char *enc = NULL;
+    int n = i2d(obj, &enc);
+    bool same = n > 0 && (size_t)n == d->len && memcmp(enc, d->p, d->len) == 0;
+    OPENSSL_free(enc);
+    return same;
+}
+
+static int name_i2d(const void *name, unsigned char **out)
+{
+    return i2d_X509_NAME(name, out);
+}
+
+static int integer_i2d(const void *n, unsigned char **out)
+{
+    return i2d_ASN1_INTEGER(n, out);
+}
+
+/* Whether the SignerInfo's sid names cert in the exact encoding the
+ * certificate has: IssuerAndSerialNumber, or [0] SubjectKeyIdentifier.
+ * Anything else (another certificate, an equivalent but different
+ * encoding) is left to CMS_verify, which matches the sid against the set
+ * itself, so that both paths take the same signer. */
+static bool sid_names(const der_t *sid, X509 *cert)
+{
+    if (sid->tag == 0x80) {
+        const ASN1_OCTET_STRING *skid = X509_get0_subject_key_id(cert);
+        return skid != NULL && (size_t)ASN1_STRING_length(skid) == sid->vlen &&
+               memcmp(ASN1_STRING_get0_data(skid), sid->v, sid->vlen) == 0;
+    }
+    const unsigned char *p, *end;
+    der_t issuer, serial;
+    return sid->tag == 0x30 && der_enter(sid, &p, &end) && der_next(&p, end, &issuer) &&
+           der_next(&p, end, &serial) && p == end &&
+           der_equals(&issuer, X509_get_issuer_name(cert), name_i2d) &&
+           der_equals(&serial, X509_get0_serialNumber(cert), integer_i2d);
+}
+
 int mdm_sigcache_verify(mdm_sigcache_t *c, const void *der, size_t len, const void *body,
                         size_t blen, int64_t now_ms, X509 **signer, unsigned char fp_out[32])
 {
@@ -317,7 +360,7 @@ int mdm_sigcache_verify(mdm_sigcache_t *c, const void *der, size_t len, const vo
         if (found && en->valid_until_ms > now_ms)
             hit = en;
     }
-    if (hit == NULL)
+    if (hit == NULL || !sid_names(&sid, hit->cert))
         return MDM_SIGCACHE_MISS;
 
     unsigned char digest[EVP_MAX_MD_SIZE];

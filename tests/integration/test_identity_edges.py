@@ -183,3 +183,32 @@ def test_revocation_tells_certificates_of_two_cas_apart(tmpdir_path):
         assert twin2.authenticate() == 200  # not taken for the revoked one
     finally:
         stop_clean(srv)
+
+
+def corrupt_signer_serial(sig_b64, cert):
+    """The Mdm-Signature with the last byte of the SignerInfo's serial
+    number (the sid) flipped; the signed attributes and signature stay."""
+    import base64
+    der = bytearray(base64.b64decode(sig_b64))
+    n = cert.serial_number
+    value = n.to_bytes((n.bit_length() + 8) // 8, "big")  # DER INTEGER, with a sign byte
+    value = value[1:] if len(value) > 1 and value[0] == 0 and value[1] < 0x80 else value
+    tlv = bytes([0x02, len(value)]) + value
+    at = der.rfind(tlv)  # the certificate comes first, the SignerInfo last
+    assert at > der.find(tlv) >= 0, "serial not found twice"
+    der[at + len(tlv) - 1] ^= 0x01
+    return base64.b64encode(bytes(der)).decode()
+
+
+def test_signature_whose_signer_id_names_another_certificate(server):
+    """The signature verifies with the certificate in the set, but its
+    SignerInfo names another certificate (issuer and serial number). Both
+    the full verification and the cached fast path must refuse it."""
+    d = Device(server, sign=True)
+    d.enroll()                      # the certificate is in the signature cache now
+    body = plistlib.dumps({"Status": "Idle", "UDID": d.udid})
+    bad = corrupt_signer_serial(d.signature(body), d.cert)
+    for _ in range(2):
+        st, _, _ = d.put("/mdm/connect", body, CONNECT_CT, extra_headers={"Mdm-Signature": bad})
+        assert st == 400, st
+    assert d.idle()[0] == 200       # the genuine signature still works
