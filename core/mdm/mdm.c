@@ -509,10 +509,13 @@ static int on_authenticate(msg_ctx_t *c, mdm_txn_t *txn)
     mdm_buf_free(&der);
 
     /* The person who enrolled, when the certificate came from a challenge
-     * that was issued to someone. */
+     * that was issued to someone; else nobody (not whoever owned the
+     * previous installation's certificate). */
     char owner[MDM_CHALLENGE_OWNER_MAX + 1];
     if (mdm_challenge_owner_of_cert(txn, c->id->fp, owner, sizeof(owner)) == 0 && owner[0])
         mdm_pl_set_str(e, "user", owner);
+    else
+        mdm_pl_remove(e, "user");
     mdm_certrec_t rec;
     memset(&rec, 0, sizeof(rec));
     if (mdm_certdb_get_by_fingerprint(txn, c->id->fp, &rec) == 0) {

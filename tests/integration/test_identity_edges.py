@@ -212,3 +212,27 @@ def test_signature_whose_signer_id_names_another_certificate(server):
         st, _, _ = d.put("/mdm/connect", body, CONNECT_CT, extra_headers={"Mdm-Signature": bad})
         assert st == 400, st
     assert d.idle()[0] == 200       # the genuine signature still works
+
+
+def test_reenrollment_names_the_new_certificates_owner(tmpdir_path):
+    """The enrollment's user is the owner of the challenge its identity
+    came from: a re-enrollment with a certificate nobody owns (a static
+    challenge, a certificate of another CA) names no user, not the
+    previous one (the policy sees it as the device's user)."""
+    d = scep_datadir(tmpdir_path, allow_single_des="true")
+    srv = Server(d, plain=True)
+    try:
+        api = Api(srv)
+        c, cert = enroll(srv, d, new_challenge(d, "--user", "alice"))
+        first = Device(srv, cert=cert, key=c.key)
+        first.enroll()
+        assert api.call("GET", "/v1/devices/" + first.udid)[1]["user"] == "alice"
+        c, cert = enroll(srv, d, new_challenge(d, "--user", "bob"))
+        Device(srv, udid=first.udid, cert=cert, key=c.key).enroll()
+        assert api.call("GET", "/v1/devices/" + first.udid)[1]["user"] == "bob"
+        c, cert = enroll(srv, d, new_challenge(d))
+        Device(srv, udid=first.udid, cert=cert, key=c.key).enroll()
+        st, show = api.call("GET", "/v1/devices/" + first.udid)
+        assert st == 200 and show["user"] is None, show
+    finally:
+        stop_clean(srv)
