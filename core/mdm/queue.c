@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "util/alloc.h"
+#include "util/log.h"
 #include "util/plist.h"
 
 #define EID_MAX 256
@@ -560,6 +561,17 @@ static int queue_entry_del(mdm_txn_t *txn, const char *eid, const mdm_result_rec
     return rc;
 }
 
+/* Indexes a finished result for pruning by its completion time. */
+static int retention_index_put(mdm_txn_t *txn, const char *eid, const char *uuid,
+                               int64_t completed)
+{
+    mdm_buf_t k = MDM_BUF_INIT;
+    rexp_key(&k, completed, eid, uuid);
+    int rc = mdm_txn_put(txn, MDM_T_INDEX, MDM_VAL(k.data, k.len), MDM_VAL("", 0), 0);
+    mdm_buf_free(&k);
+    return rc;
+}
+
 /* Makes a waiting result terminal: status, completion time, retention
  * index, queue entry removed. */
 static int finish(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result_rec_t *res,
@@ -572,13 +584,41 @@ static int finish(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result_
     res->completed_at = now;
     res->updated_at = now;
     rc = result_save(txn, eid, uuid, res);
-    if (rc != 0)
+    return rc != 0 ? rc : retention_index_put(txn, eid, uuid, now);
+}
+
+/* A queue entry that cannot be offered, for the log: its enrollment and
+ * its key (the position after the enrollment id). */
+static void log_bad_entry(const char *event, const char *eid, mdm_val_t key, const char *uuid,
+                          const char *what)
+{
+    char eq[300], uq[100];
+    size_t n = strlen(eid) + 1;
+    const unsigned char *pos = (const unsigned char *)key.data + n;
+    bool has_pos = key.len == n + QPOS;
+    mdm_log(MDM_LOG_ERROR, NULL, event,
+            "eid=%s command=%s priority=%d seq=%llu detail=\"%s\"", mdm_logq(eq, sizeof(eq), eid),
+            mdm_logq(uq, sizeof(uq), uuid), has_pos ? 255 - pos[0] : -1,
+            has_pos ? (unsigned long long)mdm_be64_get(pos + 1) : 0ULL, what);
+}
+
+/* A queue entry whose result is finished: no legal sequence leaves one
+ * (finish() deletes the entry first), and it must not be offered again.
+ * The entry goes; a result that only it (or an earlier layout's waiting
+ * key) held is kept with the finished ones. */
+static int drop_finished_entry(mdm_txn_t *txn, mdm_cursor_t *c, const char *eid,
+                               mdm_val_t key, const char *uuid, mdm_result_rec_t *res,
+                               int64_t now)
+{
+    log_bad_entry("queue.finished_entry_dropped", eid, key, uuid,
+                  "a queue entry whose result is finished; dropped, not offered again");
+    int rc = mdm_cursor_del(c);
+    if (rc != 0 || res->at == AT_DONE)
         return rc;
-    mdm_buf_t k = MDM_BUF_INIT;
-    rexp_key(&k, now, eid, uuid);
-    rc = mdm_txn_put(txn, MDM_T_INDEX, MDM_VAL(k.data, k.len), MDM_VAL("", 0), 0);
-    mdm_buf_free(&k);
-    return rc;
+    rc = result_save(txn, eid, uuid, res);
+    return rc != 0 ? rc
+                   : retention_index_put(txn, eid, uuid,
+                                         res->completed_at != 0 ? res->completed_at : now);
 }
 
 /* ---- queueing ------------------------------------------------------------ */
@@ -705,8 +745,23 @@ int mdm_queue_next(mdm_txn_t *txn, const char *eid, int64_t now_ms, int64_t sess
                 break;
             continue;
         }
+        if (rc == MDM_EPARSE) {
+            /* A damaged record blocks nothing after it; it stays for a
+             * person to look at (a re-enrollment clears it). */
+            log_bad_entry("queue.entry_unreadable", eid, ck, uuid,
+                          "the result record does not decode; skipped");
+            rc = 0;
+            continue;
+        }
         if (rc != 0)
             break;
+        if (res.has_status && mdm_status_terminal(res.status)) {
+            rc = drop_finished_entry(txn, c, eid, ck, uuid, &res, now_ms);
+            mdm_result_rec_free(&res);
+            if (rc != 0)
+                break;
+            continue;
+        }
         if (expires != 0 && expires <= now_ms) {
             rc = finish(txn, eid, uuid, &res, "Expired", now_ms);
             mdm_result_rec_free(&res);
@@ -851,6 +906,11 @@ int mdm_queue_clear(mdm_txn_t *txn, const char *eid, const char *status, int64_t
         }
         mdm_result_rec_t res;
         rc = uuid[0] ? result_load(txn, eid, uuid, &res) : MDM_ENOTFOUND;
+        if (rc == MDM_EPARSE) {
+            log_bad_entry("queue.entry_unreadable", eid, MDM_VAL(key.data, key.len), uuid,
+                          "the result record does not decode; the entry is deleted");
+            rc = MDM_ENOTFOUND;
+        }
         if (rc == 0) {
             if (res.has_status && !mdm_status_terminal(res.status))
                 rc = finish(txn, eid, uuid, &res, status, now_ms);

@@ -1599,6 +1599,79 @@ static void test_upgrade_moves_every_waiting_result(void **state)
     expect_status(fx, E1, UA, "Acknowledged");
 }
 
+/* Replaces the result record kept in the queue entry of (eid, uuid) with
+ * rec (the entry's header and index entry stay). */
+static void rewrite_entry_record(struct fx *fx, const char *eid, const char *uuid,
+                                 const void *rec, size_t len)
+{
+    mdm_buf_t q = MDM_BUF_INIT, pos = MDM_BUF_INIT;
+    struct raw_q get = {.eid = eid, .uuid = uuid, .val = &q, .pos = &pos};
+    assert_rc(mdm_store_view(fx->store, raw_q_fn, &get), 0);
+    assert_true(get.found && q.len > QHDR);
+    q.len = QHDR;
+    mdm_buf_append(&q, rec, len);
+    struct raw_q put = {.eid = eid, .uuid = uuid, .val = &q, .pos = &pos, .put = true};
+    assert_rc(mdm_store_update(fx->store, raw_q_fn, &put), 0);
+    mdm_buf_free(&q);
+    mdm_buf_free(&pos);
+}
+
+/* A queue entry whose result is already finished (which no legal sequence
+ * leaves) is not offered again: next skips and drops the entry, and the
+ * result stays readable. */
+static void test_next_drops_an_entry_whose_result_finished(void **state)
+{
+    struct fx *fx = *state;
+    queue_new(fx, E1, UA, 0, 0);
+    queue_new(fx, E1, UB, 0, 0);
+    mdm_buf_t rec = MDM_BUF_INIT;
+    entry_record(fx, E1, UA, &rec);
+    mdm_result_rec_t r;
+    assert_rc(mdm_result_rec_decode(rec.data, rec.len, &r), 0);
+    snprintf(r.status, sizeof(r.status), "Acknowledged");
+    r.completed_at = 40;
+    mdm_result_rec_encode(&r, &rec);
+    mdm_result_rec_free(&r);
+    rewrite_entry_record(fx, E1, UA, rec.data, rec.len);
+    mdm_buf_free(&rec);
+    expect_next(fx, E1, 50, 1, UB);
+    assert_num(qent_len(fx, E1, UA, NULL), 0);
+    assert_num(length(fx, E1), 1);
+    expect_status(fx, E1, UA, "Acknowledged");
+    expect_report(fx, E1, UB, "Acknowledged", 55, 1, MDM_REPORT_RECORDED);
+    expect_next(fx, E1, 60, 1, NULL);
+}
+
+/* A queue entry whose result does not decode blocks nothing: next offers
+ * the commands after it (the entry stays for a person to look at), and
+ * clearing the queue (a re-enrollment) removes it with the others. */
+static void test_undecodable_entry_is_skipped_and_cleared(void **state)
+{
+    struct fx *fx = *state;
+    queue_new(fx, E1, UA, 0, 0);
+    queue_new(fx, E1, UB, 0, 0);
+    queue_new(fx, E1, UC, 0, 0);
+    queue_new(fx, E1, UD, 0, 0);
+    rewrite_entry_record(fx, E1, UA, "damaged", 7);
+    /* The same kept where schema 3 kept a waiting result. */
+    mdm_buf_t bad = MDM_BUF_INIT;
+    mdm_buf_append(&bad, "damaged", 7);
+    make_legacy(fx, E1, UD, &bad, true);
+    mdm_buf_free(&bad);
+    expect_next(fx, E1, 50, 1, UB);
+    expect_report(fx, E1, UB, "Acknowledged", 55, 1, MDM_REPORT_RECORDED);
+    expect_next(fx, E1, 60, 1, UC);
+    expect_report(fx, E1, UC, "NotNow", 65, 1, MDM_REPORT_NOTNOW);
+    expect_next(fx, E1, 70, 2, UC);
+    assert_num(length(fx, E1), 3);
+    struct call c = {.op = OP_CLEAR, .eid = E1, .status = "Cleared", .now = 100};
+    assert_rc(update(fx, &c), 0);
+    assert_num(c.n, 3);
+    assert_num(length(fx, E1), 0);
+    expect_status(fx, E1, UC, "Cleared");
+    expect_next(fx, E1, 110, 2, NULL);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -1630,6 +1703,8 @@ int main(void)
         T(test_upgrade_moves_every_waiting_result),
         T(test_same_command_twice_is_queued_once),
         T(test_clear_ends_with_an_entry_kept_twice),
+        T(test_next_drops_an_entry_whose_result_finished),
+        T(test_undecodable_entry_is_skipped_and_cleared),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
