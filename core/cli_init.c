@@ -26,8 +26,9 @@ static const char init_usage[] =
     "Creates a data directory: a CA (key and certificate), a TLS server key and\n"
     "certificate signed by it, a SCEP RA key and certificate signed by it, the\n"
     "store, an admin API key (printed once) and a config file\n"
-    "<data-dir>/moonmdm.conf.lua. Refuses to overwrite an existing data\n"
-    "directory unless --force is given.\n"
+    "<data-dir>/moonmdm.conf.lua. Refuses a directory that holds any part of\n"
+    "a data directory (config, keys, certificates, db, secret.key) unless\n"
+    "--force is given.\n"
     "\n"
     "options:\n"
     "  -d, --data-dir DIR     where to create it (default ./data)\n"
@@ -64,7 +65,11 @@ static char *abs_path(const char *p)
 static int write_text_file(const char *path, const char *text, mode_t mode)
 {
     char *tmp = mdm_sprintf("%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode);
+    /* A leftover temporary file would keep its own mode (O_CREAT sets the
+     * mode of a new file only): start from a new one. */
+    int fd = unlink(tmp) != 0 && errno != ENOENT
+                 ? -1
+                 : open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
     int rc = -1;
     if (fd < 0)
         goto out;
@@ -79,6 +84,26 @@ static int write_text_file(const char *path, const char *text, mode_t mode)
 out:
     mdm_free(tmp);
     return rc;
+}
+
+/* What `init` writes into a data directory, and what `serve` adds. */
+static const char *const data_dir_parts[] = {
+    "moonmdm.conf.lua", "ca.key", "ca.crt", "server.key", "server.crt",
+    "ra.key",           "ra.crt", "db",     "secret.key",
+};
+
+/* The first part of a data directory that dir already holds, or NULL. */
+static const char *existing_part(const char *dir)
+{
+    for (size_t i = 0; i < sizeof(data_dir_parts) / sizeof(data_dir_parts[0]); i++) {
+        char *p = mdm_sprintf("%s/%s", dir, data_dir_parts[i]);
+        struct stat st;
+        bool there = lstat(p, &st) == 0;
+        mdm_free(p);
+        if (there)
+            return data_dir_parts[i];
+    }
+    return NULL;
 }
 
 struct init_key_ctx {
@@ -212,13 +237,13 @@ int mdm_cmd_init(int argc, char **argv)
     mdm_err_t err = {0};
     int exit_code = 1;
 
-    struct stat st;
-    if (!force && (stat(conf, &st) == 0 || stat(ca_key_path, &st) == 0)) {
+    const char *part = force ? NULL : existing_part(dir);
+    if (part != NULL) {
         fprintf(stderr,
-                "moonmdm init: %s already holds a moonmdm data directory; nothing was changed "
-                "(use --force to replace its keys and config: every enrolled device would then "
-                "need to enroll again)\n",
-                dir);
+                "moonmdm init: %s already holds %s, part of a moonmdm data directory; nothing "
+                "was changed (use --force to replace its keys and config: every enrolled device "
+                "would then need to enroll again)\n",
+                dir, part);
         goto out;
     }
 

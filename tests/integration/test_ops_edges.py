@@ -99,3 +99,41 @@ def test_listen_address_is_checked_before_serve(tmpdir_path, datadir):
     datadir.write_config('  mdm = { result_retention = "200000000000d" },')
     c = run("config", "check", datadir.config, check=False)
     assert c.returncode != 0 and "at most 36500d" in c.stdout + c.stderr, (c.stdout, c.stderr)
+
+
+def test_init_refuses_any_part_of_a_data_directory(tmpdir_path):
+    """A directory holding only part of a data directory (the store, the
+    server key, the secret that seals tokens) is not silently added to or
+    overwritten: init names what it found and changes nothing."""
+    for name, is_dir in [("db", True), ("server.key", False), ("secret.key", False),
+                         ("ra.crt", False)]:
+        path = os.path.join(tmpdir_path, "part-" + name)
+        os.makedirs(path)
+        target = os.path.join(path, name)
+        if is_dir:
+            os.makedirs(target)
+        else:
+            with open(target, "w") as f:
+                f.write("keep me\n")
+        p = run("init", "--data-dir", path, check=False)
+        assert p.returncode == 1, (name, p.returncode, p.stderr)
+        assert name in p.stderr and "already holds" in p.stderr and "--force" in p.stderr, \
+            p.stderr
+        assert sorted(os.listdir(path)) == [name], os.listdir(path)
+        if not is_dir:
+            assert open(target).read() == "keep me\n"
+
+
+def test_init_config_mode_with_a_leftover_temporary_file(tmpdir_path):
+    """A `moonmdm.conf.lua.tmp` left by an interrupted init (or put there)
+    does not give the config its mode: the config is 0600."""
+    path = os.path.join(tmpdir_path, "leftover")
+    os.makedirs(path)
+    tmp = os.path.join(path, "moonmdm.conf.lua.tmp")
+    with open(tmp, "w") as f:
+        f.write("-- left over\n")
+    os.chmod(tmp, 0o666)
+    run("init", "--data-dir", path, "--ca-key", "ec:P-256", "--no-api-key")
+    mode = os.stat(os.path.join(path, "moonmdm.conf.lua")).st_mode & 0o777
+    assert mode == 0o600, oct(mode)
+    assert not os.path.exists(tmp)
