@@ -334,6 +334,27 @@ static int check_revoked(msg_ctx_t *c, mdm_txn_t *txn)
     return 0;
 }
 
+/* Binding on first sight adopts a device this server has not enrolled
+ * (one migrated from another server). A device that checked out left: its
+ * certificate was unbound, and only a new Authenticate enrolls it again. */
+static int check_first_sight_allowed(msg_ctx_t *c, mdm_txn_t *txn)
+{
+    plist_t e = NULL;
+    int rc = mdm_enrollment_load(txn, c->device_id, &e);
+    if (rc == MDM_ENOTFOUND)
+        return 0;
+    if (rc != 0)
+        return rc;
+    bool left = mdm_pl_int(e, "checked_out_at", 0) != 0;
+    plist_free(e);
+    if (!left)
+        return 0;
+    refuse(c, 403,
+           "the enrollment checked out and its certificate was unbound; binding on first sight "
+           "does not bring it back (it needs a new Authenticate)");
+    return REFUSED;
+}
+
 /* Requires the request's certificate to be bound to this device. */
 static int check_binding(msg_ctx_t *c, mdm_txn_t *txn)
 {
@@ -351,6 +372,9 @@ static int check_binding(msg_ctx_t *c, mdm_txn_t *txn)
         unsigned char cur[32];
         int cr = mdm_certauth_current(txn, c->device_id, cur);
         if (cr == MDM_ENOTFOUND) {
+            rc = check_first_sight_allowed(c, txn);
+            if (rc != 0)
+                return rc;
             mdm_log(MDM_LOG_INFO, NULL, "mdm.bound_on_first_sight", "device=%s", c->device_id);
             return mdm_certauth_bind(txn, c->id->fp, c->device_id);
         }

@@ -111,8 +111,9 @@ def test_user_token_update_refused_while_the_device_is_pending(server):
 
 
 def test_user_token_update_refused_after_the_device_checked_out(tmpdir_path, datadir):
-    """With mdm.bind_on_first_sight the certificate binds again after the
-    device's CheckOut; a user channel must still not come back to life."""
+    """After the device's CheckOut (which unbinds its certificate) a user
+    channel must not come back to life, even with mdm.bind_on_first_sight:
+    the certificate is not bound again to a checked-out enrollment (403)."""
     datadir.write_config("  mdm = { bind_on_first_sight = true },")
     srv = Server(datadir)
     try:
@@ -124,7 +125,7 @@ def test_user_token_update_refused_after_the_device_checked_out(tmpdir_path, dat
         d.user = None
         assert d.checkin("CheckOut", Topic=TOPIC)[0] == 200
         d.user = USER
-        assert d.token_update() == 409
+        assert d.token_update() == 403
         [u] = user_channels(api, d.udid)
         assert u["enabled"] is False and u["enrolled"] is False, u
     finally:

@@ -236,3 +236,36 @@ def test_reenrollment_names_the_new_certificates_owner(tmpdir_path):
         assert st == 200 and show["user"] is None, show
     finally:
         stop_clean(srv)
+
+
+def test_checked_out_enrollment_is_not_revived_by_binding_on_first_sight(datadir, tmpdir_path):
+    """mdm.bind_on_first_sight with a certificate of another CA (a device
+    migrated from another server): CheckOut cannot revoke it, only unbind
+    it. Its next message must not bind it again and bring the checked-out
+    enrollment back; that takes a new Authenticate."""
+    from cryptography.hazmat.primitives import serialization
+    other_cert, other_key = pki.make_ca("Migrated devices CA")
+    other_pem = os.path.join(tmpdir_path, "other-ca.pem")
+    with open(other_pem, "wb") as f:
+        f.write(other_cert.public_bytes(serialization.Encoding.PEM))
+    datadir.write_config('  tls = { client_ca = { "%s", "%s" } },\n'
+                         '  mdm = { bind_on_first_sight = true },' % (datadir.ca_crt, other_pem))
+    srv = Server(datadir)
+    try:
+        api = Api(srv)
+        cert, key = pki.issue_client(other_cert, other_key, "migrated device")
+        d = Device(srv, cert=cert, key=key)
+        assert d.token_update() == 200          # bound on first sight, no Authenticate
+        assert d.idle()[0] == 200
+        assert d.checkin("CheckOut", Topic=TOPIC)[0] == 200
+        assert d.token_update() == 403
+        assert d.idle()[0] == 403
+        srv.wait_log(r"mdm\.checkin .*type=TokenUpdate http_status=403 .*checked out")
+        st, show = api.call("GET", "/v1/devices/" + d.udid)
+        assert st == 200 and show["enabled"] is False and show["checked_out_at"], show
+        d.enroll()                              # a new Authenticate enrolls it again
+        st, show = api.call("GET", "/v1/devices/" + d.udid)
+        assert show["enabled"] is True and show["checked_out_at"] is None, show
+        assert d.idle()[0] == 200
+    finally:
+        stop_clean(srv)
