@@ -1257,6 +1257,38 @@ static bool refuse_if_open(const char *store, const char *when)
     return true;
 }
 
+/* The store's real path: a symbolic link (to a bigger disk, say) is
+ * followed, so that the copy is staged, and the previous store set aside,
+ * beside the real store and the rename replaces it, not the link. A store
+ * that does not exist yet goes into its parent's real directory. NULL
+ * (after a message) for a link whose target is missing. */
+static char *real_store_path(const char *store)
+{
+    char *r = realpath(store, NULL);
+    if (r != NULL) {
+        char *q = mdm_strdup(r);
+        free(r);
+        return q;
+    }
+    struct stat st;
+    if (lstat(store, &st) == 0 && S_ISLNK(st.st_mode)) {
+        fprintf(stderr,
+                "moonmdm db restore: the store path %s is a symbolic link whose target does "
+                "not exist; create the target directory or change store.path\n",
+                store);
+        return NULL;
+    }
+    char *parent = parent_dir(store);
+    char *rp = realpath(parent, NULL);
+    const char *slash = strrchr(store, '/');
+    char *out = rp != NULL ? mdm_sprintf("%s/%s", strcmp(rp, "/") == 0 ? "" : rp,
+                                         slash ? slash + 1 : store)
+                           : mdm_strdup(store);
+    free(rp);
+    mdm_free(parent);
+    return out;
+}
+
 static int cmd_restore(db_target_t *t, const char *from, bool force)
 {
     mdm_err_t err = {0};
@@ -1274,9 +1306,15 @@ static int cmd_restore(db_target_t *t, const char *from, bool force)
                 t->ops->name);
         goto out;
     }
-    store = mdm_strdup(t->path);
-    for (size_t n = strlen(store); n > 1 && store[n - 1] == '/';)
-        store[--n] = '\0';
+    char *given = mdm_strdup(t->path);
+    for (size_t n = strlen(given); n > 1 && given[n - 1] == '/';)
+        given[--n] = '\0';
+    store = real_store_path(given);
+    if (store != NULL && strcmp(store, given) != 0)
+        printf("store: %s (the real path of %s)\n", store, given);
+    mdm_free(given);
+    if (store == NULL)
+        goto out;
     if (stat(from, &sst) != 0) {
         fprintf(stderr, "moonmdm db restore: cannot access %s: %s\n", from, strerror(errno));
         goto out;

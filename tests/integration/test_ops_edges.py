@@ -137,3 +137,39 @@ def test_init_config_mode_with_a_leftover_temporary_file(tmpdir_path):
     mode = os.stat(os.path.join(path, "moonmdm.conf.lua")).st_mode & 0o777
     assert mode == 0o600, oct(mode)
     assert not os.path.exists(tmp)
+
+
+def test_restore_through_a_symlinked_store_path(datadir, tmpdir_path):
+    """store.path may be a symbolic link to another file system (a bigger
+    disk). A restore puts the data at the link's target, keeps the link and
+    sets the previous store aside beside the target."""
+    store = os.path.join(datadir.path, "db")
+    elsewhere = os.path.join(tmpdir_path, "bigdisk")
+    os.makedirs(elsewhere)
+    real = os.path.join(elsewhere, "moonmdm-db")
+    os.rename(store, real)
+    os.symlink(real, store)
+    bk = os.path.join(tmpdir_path, "bk")
+    db(datadir, "backup", bk)
+    run("apikey", "create", "--name", "after-backup", "-c", datadir.config)
+    assert "after-backup" in run("apikey", "list", "-c", datadir.config).stdout
+    db(datadir, "restore", bk, "--force")
+    assert os.path.islink(store) and os.readlink(store) == real
+    assert sorted(os.listdir(datadir.path)).count("db") == 1
+    assert glob.glob(store + ".*") == [], glob.glob(store + ".*")
+    aside = glob.glob(real + ".before-restore-*")
+    assert len(aside) == 1 and os.path.isdir(aside[0]) and not os.path.islink(aside[0]), aside
+    assert "after-backup" not in run("apikey", "list", "-c", datadir.config).stdout
+
+
+def test_restore_refuses_a_store_link_to_nowhere(datadir, tmpdir_path):
+    bk = os.path.join(tmpdir_path, "bk")
+    db(datadir, "backup", bk)
+    store = os.path.join(datadir.path, "db")
+    os.rename(store, os.path.join(tmpdir_path, "moved"))
+    missing = os.path.join(tmpdir_path, "unmounted", "db")
+    os.symlink(missing, store)
+    p = db(datadir, "restore", bk, "--force", check=False)
+    assert p.returncode == 1 and "symbolic link" in p.stderr, (p.returncode, p.stderr)
+    assert os.path.islink(store) and not os.path.exists(missing)
+    assert glob.glob(store + ".*") == [], glob.glob(store + ".*")
