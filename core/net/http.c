@@ -800,6 +800,8 @@ static void queue_error_response(mdm_conn_t *c, int status, const char *detail)
     const char *err = status == 431   ? "header_too_large"
                       : status == 413 ? "body_too_large"
                       : status == 408 ? "request_timeout"
+                      : status == 501 ? "not_implemented"
+                      : status == 505 ? "version_not_supported"
                                       : "bad_request";
     mdm_log(MDM_LOG_INFO, req->id, "http.refused", "remote=%s status=%d reason=\"%s\"", c->remote,
             status, detail);
@@ -906,6 +908,43 @@ static int on_header_value_complete(llhttp_t *p)
     return 0;
 }
 
+/* Checks the Transfer-Encoding fields: chunked is the only coding served,
+ * once and last. Returns 0, or an error status with *detail set. */
+static int check_transfer_codings(const mdm_req_t *req, const char **detail)
+{
+    size_t chunked = 0, other = 0;
+    bool last_chunked = false;
+    for (size_t i = 0; i < req->nheaders; i++) {
+        if (strcasecmp(req->headers[i].name, "Transfer-Encoding") != 0)
+            continue;
+        const char *v = req->headers[i].value;
+        while (*v) {
+            size_t n = strcspn(v, ",");
+            size_t lead = strspn(v, " \t");
+            size_t len = n > lead ? n - lead : 0;
+            while (len > 0 && (v[lead + len - 1] == ' ' || v[lead + len - 1] == '\t'))
+                len--;
+            if (len > 0) {
+                last_chunked = len == 7 && strncasecmp(v + lead, "chunked", 7) == 0;
+                chunked += last_chunked;
+                other += !last_chunked;
+            }
+            v += n + (v[n] == ',');
+        }
+    }
+    if (chunked + other == 0)
+        return 0;
+    if (!last_chunked || chunked > 1) {
+        *detail = "malformed request: chunked must be the final transfer coding, once";
+        return 400;
+    }
+    if (other > 0) {
+        *detail = "only the chunked transfer coding is supported";
+        return 501;
+    }
+    return 0;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     mdm_conn_t *c = CONN(p);
@@ -930,6 +969,16 @@ static int on_headers_complete(llhttp_t *p)
     } else {
         req->path = req->target;
         req->query = "";
+    }
+    if (llhttp_get_http_major(p) != 1) {
+        c->error_status = 505;
+        c->error_detail = "only HTTP/1.0 and HTTP/1.1 are served";
+        return -1;
+    }
+    int te_status = check_transfer_codings(req, &c->error_detail);
+    if (te_status != 0) {
+        c->error_status = te_status;
+        return -1;
     }
     if (p->flags & F_CONTENT_LENGTH && p->content_length > cfg->http_max_body_bytes) {
         c->error_status = 413;
@@ -1074,6 +1123,10 @@ static void conn_parse(mdm_conn_t *c)
                 c->close_when_done = true;
             }
             continue;
+        }
+        if (e == HPE_INVALID_VERSION && !c->error_status) {
+            c->error_status = 505; /* a version llhttp does not know */
+            c->error_detail = "only HTTP/1.0 and HTTP/1.1 are served";
         }
         int status = c->error_status ? c->error_status : 400;
         const char *detail = c->error_detail ? c->error_detail : llhttp_get_error_reason(&c->parser);

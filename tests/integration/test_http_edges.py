@@ -205,3 +205,53 @@ def test_max_header_bytes_counts_whitespace(datadir):
         assert r.status == 431, r.status
     finally:
         srv.stop()
+
+
+def raw_exchange(srv, data, timeout=10):
+    """Sends data on a new plain connection; returns the first response and
+    whether the server closed the connection after it."""
+    with plain_connect(srv, timeout=timeout) as s:
+        s.sendall(data)
+        buf = bytearray()
+        r = read_response(s, buf)
+        rest = read_until_eof(s, 3)
+        return r, rest
+
+
+# A transfer coding other than chunked cannot be decoded: 501, and the
+# connection is closed (the body's framing is unknown).
+def test_unknown_transfer_coding_is_501(plain_server):
+    key = plain_server.datadir.api_key.encode()
+    for te in [b"gzip, chunked", b"deflate,chunked", b"identity, chunked", b"x-custom, chunked"]:
+        r, rest = raw_exchange(plain_server,
+                               b"POST /v1/challenges HTTP/1.1\r\nHost: x\r\n"
+                               b"Authorization: Bearer " + key + b"\r\n"
+                               b"Transfer-Encoding: " + te + b"\r\n\r\n"
+                               b"5\r\nhello\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert r.status == 501, (te, r.status, r.body)
+        assert json.loads(r.body)["error"] == "not_implemented", r.body
+        assert r.header("connection") == "close"
+        assert b"HTTP/1.1" not in rest, rest  # nothing after it is answered
+    # chunked not last: the body's end cannot be found at all (400).
+    r, _ = raw_exchange(plain_server, b"POST /healthz HTTP/1.1\r\nHost: x\r\n"
+                        b"Transfer-Encoding: chunked, gzip\r\n\r\n")
+    assert r.status == 400 and r.header("connection") == "close", r.status
+    # Nothing was created by those requests.
+    assert table_count(plain_server, "challenges") == 0
+    # Plain chunked still works.
+    r, _ = raw_exchange(plain_server, b"POST /healthz HTTP/1.1\r\nHost: x\r\n"
+                        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                        b"5\r\nhello\r\n0\r\n\r\n")
+    assert r.status == 405
+
+
+# Only HTTP/1.x is served: any other version gets 505.
+def test_other_http_versions_are_505(plain_server):
+    for version in [b"HTTP/2.0", b"HTTP/0.9", b"HTTP/3.0", b"HTTP/9.9"]:
+        r, _ = raw_exchange(plain_server, b"GET /healthz " + version + b"\r\nHost: x\r\n\r\n")
+        assert r.status == 505, (version, r.status, r.body)
+        assert r.header("connection") == "close"
+    for version in [b"HTTP/1.0", b"HTTP/1.1"]:
+        r, _ = raw_exchange(plain_server, b"GET /healthz " + version + b"\r\nHost: x\r\n"
+                            b"Connection: close\r\n\r\n")
+        assert r.status == 200, (version, r.status)
