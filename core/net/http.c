@@ -151,9 +151,13 @@ static mdm_req_t *req_new(mdm_conn_t *c)
     return req;
 }
 
+static void account_request(mdm_req_t *req);
+
 static void req_free(mdm_req_t *req)
 {
     mdm_server_t *s = req->server;
+    if (req->responded)
+        account_request(req); /* a held answer whose connection went away */
     if (req->peer_cert != NULL && req->peer_cert_source != NULL &&
         strcmp(req->peer_cert_source, "tls") != 0)
         X509_free(req->peer_cert);
@@ -330,12 +334,18 @@ static mdm_metric_t *request_counter(mdm_req_t *req)
                       "HTTP requests answered, by route and status");
 }
 
-static void record_metrics(mdm_req_t *req)
+/* Counts and logs an answered request, once, with the status the client
+ * gets: a held answer is accounted when the batch commit has decided it. */
+static void account_request(mdm_req_t *req)
 {
+    if (req->accounted)
+        return;
+    req->accounted = true;
     mdm_server_t *s = req->server;
     if (req->start_ns)
         mdm_histogram_observe_ns(s->metrics.latency, mdm_mono_ns() - req->start_ns);
     mdm_metric_add(request_counter(req), 1);
+    log_request(req);
 }
 
 void mdm_resp_send_buf(mdm_req_t *req, int status, const char *ctype)
@@ -346,8 +356,6 @@ void mdm_resp_send_buf(mdm_req_t *req, int status, const char *ctype)
     req->responded = true;
     if (ctype != NULL)
         mdm_buf_printf(&req->resp_head, "Content-Type: %s\r\n", ctype);
-    record_metrics(req);
-    log_request(req);
     mdm_conn_t *c = req->conn;
     if (c == NULL) {
         req_free(req);
@@ -355,6 +363,8 @@ void mdm_resp_send_buf(mdm_req_t *req, int status, const char *ctype)
     }
     if (!req->no_hold && mdm_store_pending(c->server->store))
         req->held = true;
+    else
+        account_request(req);
     if (!c->in_parse)
         conn_flush(c);
 }
@@ -763,8 +773,11 @@ void mdm__conn_release_held(mdm_conn_t *c, bool failed)
             r->status = 503;
         }
     }
-    for (mdm_req_t *r = c->pipe_head; r != NULL; r = r->next)
+    for (mdm_req_t *r = c->pipe_head; r != NULL; r = r->next) {
+        if (r->responded && r->held)
+            account_request(r);
         r->held = false;
+    }
     conn_flush(c);
 }
 

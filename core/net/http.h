@@ -78,6 +78,7 @@ typedef struct mdm_req {
     bool responded;
     bool dispatched;            /* handed to its route (once) */
     bool held;                  /* answered while a store batch was open */
+    bool accounted;             /* counted and logged (once, with its final status) */
     bool no_hold;               /* the answer tells of no stored change: it is
                                    sent without waiting for the batch commit */
     bool close_after;

@@ -255,3 +255,59 @@ def test_other_http_versions_are_505(plain_server):
         r, _ = raw_exchange(plain_server, b"GET /healthz " + version + b"\r\nHost: x\r\n"
                             b"Connection: close\r\n\r\n")
         assert r.status == 200, (version, r.status)
+
+
+# When the batch commit fails, held answers become 503: the access log and
+# the request counter must show the 503 the client got, not the answer that
+# was prepared before the commit.
+def test_commit_failure_is_logged_and_counted_as_503(datadir):
+    import re
+    import shutil
+    import os
+    import requests
+    from device import Api, Device
+    from test_faults import _mount_tmpfs, _umount
+    mnt = os.path.join(datadir.path, "smalldb")
+    os.mkdir(mnt)
+    _mount_tmpfs(mnt, "6m")
+    srv = None
+    try:
+        shutil.copy(os.path.join(datadir.path, "db", "data.mdb"), mnt)
+        datadir.write_config('  store = { path = "smalldb", map_size = "64MiB" },')
+        with open(os.path.join(mnt, "filler"), "wb") as f:
+            f.write(b"\0" * (3 << 20))
+        srv = Server(datadir)
+        api = Api(srv)
+        d = Device(srv)
+        d.enroll()
+        created, refused = 0, None
+        for i in range(200):
+            r = requests.post(srv.url + "/v1/commands",
+                              headers={"Authorization": "Bearer " + api.key},
+                              json={"request_type": "DeviceLock", "targets": [d.udid],
+                                    "nopush": True, "Message": f"{i} " + "x" * 65536},
+                              verify=datadir.ca_crt, timeout=60)
+            if r.status_code == 201:
+                created += 1
+                continue
+            refused = r
+            break
+        assert refused is not None and created > 0, created
+        assert refused.status_code == 503, (refused.status_code, refused.text)
+        rid = refused.headers["X-Request-Id"]
+        srv.wait_log(r"event=store.commit_failed")
+        lines = [l for l in srv.log().splitlines()
+                 if "event=http.request" in l and rid in l]
+        assert len(lines) == 1, lines
+        assert " status=503 " in lines[0], lines[0]
+        text = requests.get(srv.url + "/metrics", verify=datadir.ca_crt, timeout=30).text
+
+        def count(status):
+            m = re.search(r'^moonmdm_http_requests_total\{route="v1_commands",status="%d"\} (\d+)$'
+                          % status, text, re.M)
+            return int(m.group(1)) if m else 0
+        assert count(503) >= 1 and count(201) == created, (count(201), count(503), created)
+    finally:
+        if srv is not None:
+            srv.kill()
+        _umount(mnt)
