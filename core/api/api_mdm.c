@@ -56,34 +56,54 @@ static void set_str(json_t *o, const char *k, const char *v)
     json_object_set_new(o, k, v ? json_string(v) : json_null());
 }
 
-/* Parses a positive integer query parameter. */
-static long query_long(mdm_req_t *req, const char *name, long def, long max)
+/* Answers 400 bad_query for a query parameter of ours with a bad value. */
+static void bad_query(mdm_req_t *req, const char *name, const char *want)
 {
-    mdm_buf_t b = MDM_BUF_INIT;
-    long v = def;
-    if (mdm_req_query(req, name, &b, true) == 0 && b.len > 0) {
-        char *end;
-        long x = strtol(b.data, &end, 10);
-        if (*end == '\0' && x >= 0)
-            v = x > max ? max : x;
-    }
-    mdm_buf_free(&b);
-    return v;
+    char detail[200];
+    snprintf(detail, sizeof(detail), "query parameter \"%s\": %s", name, want);
+    mdm_resp_json_error(req, 400, "bad_query", detail);
 }
 
-/* -1: absent, 0: false, 1: true */
-static int query_bool(mdm_req_t *req, const char *name)
+/* Reads a non-negative integer query parameter into *out (def when absent
+ * or empty; at most max). Answers 400 and returns false on another value. */
+static bool query_long(mdm_req_t *req, const char *name, long def, long max, long *out)
 {
     mdm_buf_t b = MDM_BUF_INIT;
-    int v = -1;
-    if (mdm_req_query(req, name, &b, true) == 0) {
-        if (b.len == 0 || strcmp(b.data, "1") == 0 || strcasecmp(b.data, "true") == 0)
-            v = 1;
-        else if (strcmp(b.data, "0") == 0 || strcasecmp(b.data, "false") == 0)
-            v = 0;
+    int rc = mdm_req_query(req, name, &b, true);
+    bool ok = rc == 0 || rc == MDM_ENOTFOUND;
+    *out = def;
+    if (rc == 0 && b.len > 0) {
+        char *end;
+        long x = strtol(b.data, &end, 10);
+        ok = *end == '\0' && x >= 0;
+        *out = x > max ? max : x;
     }
     mdm_buf_free(&b);
-    return v;
+    if (!ok)
+        bad_query(req, name, "expected a number, 0 or more");
+    return ok;
+}
+
+/* Reads a boolean query parameter into *out (-1 absent, 0 false, 1 true):
+ * true, 1 or empty; false or 0. Answers 400 and returns false on another
+ * value. */
+static bool query_bool(mdm_req_t *req, const char *name, int *out)
+{
+    mdm_buf_t b = MDM_BUF_INIT;
+    int rc = mdm_req_query(req, name, &b, true);
+    *out = -1;
+    if (rc == 0) {
+        if (b.len == 0 || strcmp(b.data, "1") == 0 || strcasecmp(b.data, "true") == 0)
+            *out = 1;
+        else if (strcmp(b.data, "0") == 0 || strcasecmp(b.data, "false") == 0)
+            *out = 0;
+    }
+    mdm_buf_free(&b);
+    if (rc != MDM_ENOTFOUND && *out == -1) {
+        bad_query(req, name, "expected true, 1, false or 0");
+        return false;
+    }
+    return true;
 }
 
 /* ---- devices ------------------------------------------------------------- */
@@ -199,20 +219,26 @@ static int list_fn(mdm_txn_t *txn, void *arg)
 
 static void handle_devices(mdm_req_t *req)
 {
-    struct list_ctx l = {.arr = json_array(),
-                         .enrolled = query_bool(req, "enrolled"),
-                         .enabled = query_bool(req, "enabled"),
-                         .limit = query_long(req, "limit", 100, 1000)};
+    struct list_ctx l = {0};
+    if (!query_bool(req, "enrolled", &l.enrolled) || !query_bool(req, "enabled", &l.enabled) ||
+        !query_long(req, "limit", 100, 1000, &l.limit))
+        return;
     mdm_buf_t cur = MDM_BUF_INIT;
-    if (mdm_req_query(req, "cursor", &cur, true) == 0 && cur.len > 0)
+    int crc = mdm_req_query(req, "cursor", &cur, true);
+    if (crc == 0 && cur.len > 0)
         l.cursor = cur.data;
+    if (crc == MDM_EPARSE) {
+        mdm_buf_free(&cur);
+        bad_query(req, "cursor", "a bad percent-escape");
+        return;
+    }
     if (cur.len > MDM_ENROLLMENT_ID_MAX) {
         mdm_buf_free(&cur);
-        json_decref(l.arr);
         mdm_resp_json_error(req, 400, "bad_request",
                             "cursor: not one this server gave (longer than an enrollment id)");
         return;
     }
+    l.arr = json_array();
     if (l.limit == 0)
         l.limit = 100;
     int rc = mdm_store_view(req->server->store, list_fn, &l);
@@ -668,7 +694,11 @@ static void handle_commands_post(mdm_req_t *req)
             mdm_resp_json_error(req, 400, "bad_request", "targets: at most 100000 a request");
             goto out;
         }
-        e.r.nopush = query_bool(req, "nopush") == 1;
+        int nopush, dedupe;
+        if (!query_bool(req, "nopush", &nopush) || !query_bool(req, "dedupe", &dedupe))
+            goto out;
+        e.r.nopush = nopush == 1;
+        e.r.dedupe = dedupe == 1;
         mdm_buf_t q = MDM_BUF_INIT;
         if (mdm_req_query(req, "priority", &q, true) == 0) {
             char *end = NULL;
@@ -681,7 +711,6 @@ static void handle_commands_post(mdm_req_t *req)
             e.r.priority = (int)pr;
         }
         mdm_buf_free(&q);
-        e.r.dedupe = query_bool(req, "dedupe") == 1;
         mdm_buf_t ttl = MDM_BUF_INIT;
         uint64_t ms = 0;
         if (mdm_req_query(req, "ttl", &ttl, true) == 0 &&
@@ -890,9 +919,14 @@ static void handle_nano_enqueue(mdm_req_t *req)
         mdm_api_send_json(req, 400, o);
         goto out;
     }
+    int nopush;
+    if (!query_bool(req, "nopush", &nopush)) {
+        json_decref(o);
+        goto out;
+    }
     e.r.command = cmd;
     e.r.uuid = uuid[0] ? uuid : NULL;
-    e.r.nopush = query_bool(req, "nopush") == 1;
+    e.r.nopush = nopush == 1;
     if (!run_enqueue(req, &e)) {
         json_decref(o);
         goto out;

@@ -6,6 +6,7 @@
 #include <llhttp.h>
 #include <openssl/evp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -221,6 +222,46 @@ int mdm_req_query(const mdm_req_t *req, const char *name, mdm_buf_t *out, bool p
         q = amp ? amp + 1 : NULL;
     }
     return MDM_ENOTFOUND;
+}
+
+struct query_name {
+    const char *p;
+    size_t len;
+};
+
+static int cmp_query_name(const void *a, const void *b)
+{
+    const struct query_name *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->p, y->p, n);
+    return c != 0 ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+bool mdm_req_query_repeated(mdm_req_t *req, const char **name, size_t *len)
+{
+    size_t n = 0;
+    for (const char *q = req->query; *q; q++)
+        n += *q == '&';
+    struct query_name *names = mdm_arena_alloc(&req->arena, (n + 1) * sizeof(*names));
+    size_t k = 0;
+    for (const char *q = req->query; q != NULL && *q;) {
+        const char *amp = strchr(q, '&');
+        size_t plen = amp ? (size_t)(amp - q) : strlen(q);
+        const char *eq = memchr(q, '=', plen);
+        if (plen > 0)
+            names[k++] = (struct query_name){q, eq ? (size_t)(eq - q) : plen};
+        q = amp ? amp + 1 : NULL;
+    }
+    /* Sorted, so that a long query costs n log n, not n squared. */
+    qsort(names, k, sizeof(*names), cmp_query_name);
+    for (size_t i = 1; i < k; i++) {
+        if (cmp_query_name(&names[i - 1], &names[i]) == 0) {
+            *name = names[i].p;
+            *len = names[i].len;
+            return true;
+        }
+    }
+    return false;
 }
 
 bool mdm_req_conn_open(const mdm_req_t *req)

@@ -93,6 +93,10 @@ const char *mdm_req_header(const mdm_req_t *req, const char *name);
  * MDM_EPARSE. */
 int mdm_req_query(const mdm_req_t *req, const char *name, mdm_buf_t *out, bool plus_is_space);
 
+/* True when a query parameter name appears more than once; *name and *len
+ * then give that name (not decoded, pointing into req->query). */
+bool mdm_req_query_repeated(mdm_req_t *req, const char **name, size_t *len);
+
 /* Adds a response header (before sending). */
 void mdm_resp_header(mdm_req_t *req, const char *name, const char *value);
 

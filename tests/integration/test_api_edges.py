@@ -180,3 +180,51 @@ def test_raw_command_takes_nopush(server, api):
     st, r = api.call("POST", f"/v1/commands?targets={d.udid}&nopush=1", raw,
                      "application/x-apple-plist")
     assert st == 201 and "push" not in r, r
+
+
+def test_query_parameters_repeated_or_malformed_are_400(server, api):
+    d = Device(server)
+    d.enroll()
+    other = Device(server)
+    other.enroll()
+    raw = plistlib.dumps({"Command": {"RequestType": "ProfileList"}})
+    # A repeated parameter is ambiguous: refused, named, nothing queued.
+    for path in [f"/v1/commands?targets={d.udid}&targets={other.udid}&nopush=1",
+                 f"/v1/commands?targets={d.udid}&nopush=1&nopush=0",
+                 f"/v1/enqueue/{d.udid}?nopush=1&nopush=1"]:
+        method = "PUT" if path.startswith("/v1/enqueue") else "POST"
+        st, r = api.call(method, path, raw, "application/x-apple-plist")
+        assert st == 400 and r["error"] == "bad_query", (path, st, r)
+        name = "targets" if "targets=" + other.udid in path else "nopush"
+        assert f'"{name}"' in r["detail"], r
+    for path in ["/v1/devices?limit=1&limit=2", "/v1/devices?enrolled=1&enrolled=0",
+                 "/v1/decisions?limit=1&limit=2", "/v1/certs?limit=1&limit=1"]:
+        st, r = api.call("GET", path)
+        assert st == 400 and r["error"] == "bad_query", (path, st, r)
+        assert '"limit"' in r["detail"] or '"enrolled"' in r["detail"], r
+    # Values that are not booleans (or numbers) are refused, not ignored.
+    for q in ["enrolled=yes", "enabled=maybe", "limit=abc"]:
+        st, r = api.call("GET", "/v1/devices?" + q)
+        assert st == 400 and r["error"] == "bad_query", (q, st, r)
+        assert q.split("=")[0] in r["detail"], r
+    # A bad escape in the cursor (sent as is: an HTTP library would escape
+    # the '%') used to restart the listing at page 1.
+    with server.connect() as sock:
+        buf = bytearray()
+        for q in ["cursor=%zz", "cursor=%4"]:
+            http_request(sock, "GET", "/v1/devices?" + q, {"Authorization": "Bearer " + api.key})
+            resp = read_response(sock, buf)
+            assert resp.status == 400 and b"bad_query" in resp.body and b"cursor" in resp.body, \
+                (q, resp.status, resp.body)
+    for q in ["dedupe=maybe", "nopush=xyz", "priority=abc", "priority=-5", "priority=999"]:
+        st, r = api.call("POST", f"/v1/commands?targets={d.udid}&{q}", raw,
+                         "application/x-apple-plist")
+        assert st == 400 and q.split("=")[0] in r["detail"], (q, st, r)
+    st, r = api.call("PUT", f"/v1/enqueue/{d.udid}?nopush=xyz", raw, "application/x-apple-plist")
+    assert st == 400, (st, r)
+    # Nothing was queued by any of these.
+    for dev in (d, other):
+        assert api.call("GET", "/v1/devices/" + dev.udid)[1]["queue_length"] == 0
+    # The accepted spellings still work.
+    for q in ["enrolled=1", "enrolled=true", "enrolled", "enabled=0", "enabled=false", "limit=5"]:
+        assert api.call("GET", "/v1/devices?" + q)[0] == 200, q
