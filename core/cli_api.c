@@ -24,6 +24,9 @@ typedef struct api_client {
 } api_client_t;
 
 static const char api_options[] =
+    "exit status: 0 done, 1 refused or failed (an answer of 400 or more, or\n"
+    "none), 2 bad usage, 3 done for some targets only (207).\n"
+    "\n"
     "connection options (defaults come from the config file):\n"
     "  -c, --config FILE     config file (finds the server address and CA)\n"
     "  -d, --data-dir DIR    data directory when there is no config file\n"
@@ -80,7 +83,8 @@ static long api_call(const api_client_t *c, const char *method, const char *path
 }
 
 /* Prints the body (JSON pretty-printed when it parses) and maps the status
- * to an exit code. */
+ * to an exit code: 0 done, 1 refused or failed (400 or more, or no answer),
+ * 3 done for some targets only (207). */
 static int print_result(long status, const mdm_buf_t *body)
 {
     json_error_t je;
@@ -98,6 +102,10 @@ static int print_result(long status, const mdm_buf_t *body)
     if (status >= 400) {
         fprintf(stderr, "moonmdm: the server answered %ld\n", status);
         return 1;
+    }
+    if (status == 207) {
+        fprintf(stderr, "moonmdm: the server answered 207: it failed for some targets\n");
+        return 3;
     }
     return 0;
 }

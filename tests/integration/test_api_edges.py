@@ -5,7 +5,7 @@ import plistlib
 
 import pytest
 
-from conftest import http_request, read_response
+from conftest import Server, http_request, read_response, run
 from device import Api, Device
 
 
@@ -228,3 +228,35 @@ def test_query_parameters_repeated_or_malformed_are_400(server, api):
     # The accepted spellings still work.
     for q in ["enrolled=1", "enrolled=true", "enrolled", "enabled=0", "enabled=false", "limit=5"]:
         assert api.call("GET", "/v1/devices?" + q)[0] == 200, q
+
+
+def test_cli_exit_code_tells_of_partial_failure(datadir, tmpdir_path):
+    from test_apns import Env, upload
+    env = Env(tmpdir_path)
+    try:
+        datadir.write_config(env.config())
+        srv = Server(datadir)
+        try:
+            api = Api(srv)
+            upload(api, env.cert, env.key)
+            d = Device(srv)
+            d.enroll()
+            cli = ["--config", datadir.config, "--url", srv.url, "--api-key", api.key]
+            p = run("push", *cli, d.udid, check=False)
+            assert p.returncode == 0 and '"push_result"' in p.stdout, (p.returncode, p.stdout)
+            # One id pushed, one unknown: 207, and the exit code says so.
+            p = run("push", *cli, d.udid, "nobody", check=False)
+            assert '"push_error"' in p.stdout and p.returncode == 3, (p.returncode, p.stdout)
+            assert "207" in p.stderr, p.stderr
+            # The same for a command queued to some of its targets.
+            p = run("cmd", "send", *cli, d.udid + ",nobody", "ProfileList", "nopush=true",
+                    check=False)
+            assert '"unknown_enrollment"' in p.stdout and p.returncode == 3, \
+                (p.returncode, p.stdout, p.stderr)
+            # Every push failed: 500, exit 1.
+            p = run("push", *cli, "nobody", check=False)
+            assert p.returncode == 1, (p.returncode, p.stdout)
+        finally:
+            assert srv.stop() == 0
+    finally:
+        env.standin.stop()
