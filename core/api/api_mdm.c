@@ -577,19 +577,36 @@ static int enq_fn(mdm_txn_t *txn, void *arg)
     return mdm_enqueue(txn, &e->r, mdm_now_ms(), e->uuid, e->results);
 }
 
-/* Runs the enqueue and reports store failures; returns false if answered. */
-static bool run_enqueue(mdm_req_t *req, struct enq_ctx *e)
+/* Answers a command the store refused: in NanoMDM's shape on its route
+ * ({"command_error", "command_uuid"}), else as {"error", "detail"}. */
+static void enqueue_refused(mdm_req_t *req, const struct enq_ctx *e, bool nano, int status,
+                            const char *error, const char *detail)
+{
+    if (!nano) {
+        mdm_resp_json_error(req, status, error, detail);
+        return;
+    }
+    json_t *o = json_object();
+    set_str(o, "command_error", detail);
+    if (e->r.uuid != NULL)
+        set_str(o, "command_uuid", e->r.uuid);
+    mdm_api_send_json(req, status, o);
+}
+
+/* Runs the enqueue and reports store failures; returns false if answered.
+ * nano: refusals take NanoMDM's shape. */
+static bool run_enqueue(mdm_req_t *req, struct enq_ctx *e, bool nano)
 {
     e->results = mdm_arena_alloc(&req->arena, (e->r.ntargets ? e->r.ntargets : 1) *
                                                   sizeof(*e->results));
     int rc = mdm_store_update(req->server->store, enq_fn, e);
     if (rc == MDM_EEXIST) {
-        mdm_resp_json_error(req, 409, "conflict", "a command with this CommandUUID exists");
+        enqueue_refused(req, e, nano, 409, "conflict", "a command with this CommandUUID exists");
         return false;
     }
     if (rc == MDM_EINVAL) {
-        mdm_resp_json_error(req, 400, "bad_request",
-                            "the command cannot be queued (its CommandUUID, RequestType or ttl)");
+        enqueue_refused(req, e, nano, 400, "bad_request",
+                        "the command cannot be queued (its CommandUUID, RequestType or ttl)");
         return false;
     }
     /* Durable before devices are woken to fetch it: pushes go out before
@@ -811,7 +828,7 @@ static void handle_commands_post(mdm_req_t *req)
     }
     e.r.command = cmd;
     e.r.uuid = uuid[0] ? uuid : NULL;
-    if (!run_enqueue(req, &e))
+    if (!run_enqueue(req, &e, false))
         goto out;
     json_t *o = json_object();
     set_str(o, "command_uuid", e.uuid);
@@ -927,7 +944,7 @@ static void handle_nano_enqueue(mdm_req_t *req)
     e.r.command = cmd;
     e.r.uuid = uuid[0] ? uuid : NULL;
     e.r.nopush = nopush == 1;
-    if (!run_enqueue(req, &e)) {
+    if (!run_enqueue(req, &e, true)) {
         json_decref(o);
         goto out;
     }

@@ -260,3 +260,20 @@ def test_cli_exit_code_tells_of_partial_failure(datadir, tmpdir_path):
             assert srv.stop() == 0
     finally:
         env.standin.stop()
+
+
+def test_nano_enqueue_conflict_has_nanomdm_shape(server, api):
+    d = Device(server)
+    d.enroll()
+    raw = plistlib.dumps({"CommandUUID": "dup-1", "Command": {"RequestType": "ProfileList"}})
+    st, r = api.call("PUT", f"/v1/enqueue/{d.udid}?nopush=1", raw, "application/x-apple-plist")
+    assert st == 200, (st, r)
+    st, r = api.call("PUT", f"/v1/enqueue/{d.udid}?nopush=1", raw, "application/x-apple-plist")
+    assert st == 409, (st, r)
+    assert "CommandUUID" in r.get("command_error", ""), r
+    assert "error" not in r and r.get("command_uuid") == "dup-1", r
+    # The admin route keeps its own shape.
+    st, r = api.call("POST", f"/v1/commands?targets={d.udid}&nopush=1", raw,
+                     "application/x-apple-plist")
+    assert st == 409 and r["error"] == "conflict", (st, r)
+    assert api.call("GET", "/v1/devices/" + d.udid)[1]["queue_length"] == 1
