@@ -629,26 +629,33 @@ static bool run_enqueue(mdm_req_t *req, struct enq_ctx *e, bool nano)
     return true;
 }
 
-/* Splits "a,b,c" (already decoded) into the request arena. */
-static size_t split_ids(mdm_req_t *req, const char *s, const char ***out)
+/* Splits a comma-separated list of ids as received (not decoded) at its
+ * commas, then decodes each id into the request arena: a comma escaped as
+ * %2C stays in its id. Empty items are skipped. Returns false on a bad
+ * escape. */
+static bool split_ids(mdm_req_t *req, const char *s, size_t len, bool plus_is_space,
+                      const char ***out, size_t *count)
 {
     size_t n = 1;
-    for (const char *p = s; *p; p++)
-        n += *p == ',';
+    for (size_t i = 0; i < len; i++)
+        n += s[i] == ',';
     const char **ids = mdm_arena_alloc(&req->arena, n * sizeof(char *));
     size_t k = 0;
-    const char *start = s;
-    for (const char *p = s;; p++) {
-        if (*p == ',' || *p == '\0') {
-            if (p > start)
-                ids[k++] = mdm_arena_strndup(&req->arena, start, (size_t)(p - start));
-            if (*p == '\0')
-                break;
-            start = p + 1;
-        }
+    bool ok = true;
+    mdm_buf_t dec = MDM_BUF_INIT;
+    for (size_t start = 0, i = 0; i <= len && ok; i++) {
+        if (i < len && s[i] != ',')
+            continue;
+        mdm_buf_reset(&dec);
+        ok = mdm_url_decode(&dec, s + start, i - start, plus_is_space) == 0;
+        if (ok && dec.len > 0)
+            ids[k++] = mdm_arena_memdup(&req->arena, dec.data, dec.len);
+        start = i + 1;
     }
+    mdm_buf_free(&dec);
     *out = ids;
-    return k;
+    *count = k;
+    return ok;
 }
 
 static bool is_plist_body(mdm_req_t *req)
@@ -703,10 +710,13 @@ static void handle_commands_post(mdm_req_t *req)
             mdm_resp_json_error(req, 400, "invalid_command", err.msg);
             goto out;
         }
-        mdm_buf_t t = MDM_BUF_INIT;
-        if (mdm_req_query(req, "targets", &t, true) == 0)
-            e.r.ntargets = split_ids(req, t.data, (const char ***)&e.r.targets);
-        mdm_buf_free(&t);
+        const char *t;
+        size_t tlen;
+        if (mdm_req_query_raw(req, "targets", &t, &tlen) == 0 &&
+            !split_ids(req, t, tlen, true, (const char ***)&e.r.targets, &e.r.ntargets)) {
+            bad_query(req, "targets", "a bad percent-escape");
+            goto out;
+        }
         if (e.r.ntargets > MAX_TARGETS) {
             mdm_resp_json_error(req, 400, "bad_request", "targets: at most 100000 a request");
             goto out;
@@ -930,7 +940,9 @@ static void handle_nano_enqueue(mdm_req_t *req)
         mdm_api_send_json(req, 400, o);
         goto out;
     }
-    e.r.ntargets = split_ids(req, req->params[0], (const char ***)&e.r.targets);
+    /* The router has checked the escapes of the path. */
+    split_ids(req, req->raw_params[0], strlen(req->raw_params[0]), false,
+              (const char ***)&e.r.targets, &e.r.ntargets);
     if (e.r.ntargets == 0) {
         set_str(o, "command_error", "no enrollment ids in the path");
         mdm_api_send_json(req, 400, o);
@@ -988,7 +1000,8 @@ static void nano_push_answer(mdm_req_t *req, json_t *res, void *arg)
 static void handle_nano_push(mdm_req_t *req)
 {
     struct nano_push_ctx *c = mdm_arena_alloc(&req->arena, sizeof(*c));
-    c->n = split_ids(req, req->params[0], &c->ids);
+    /* The router has checked the escapes of the path. */
+    split_ids(req, req->raw_params[0], strlen(req->raw_params[0]), false, &c->ids, &c->n);
     if (c->n == 0) {
         json_t *o = json_object();
         set_str(o, "push_error", "no enrollment ids in the path");

@@ -205,23 +205,31 @@ const char *mdm_req_header(const mdm_req_t *req, const char *name)
     return NULL;
 }
 
-int mdm_req_query(const mdm_req_t *req, const char *name, mdm_buf_t *out, bool plus_is_space)
+int mdm_req_query_raw(const mdm_req_t *req, const char *name, const char **value, size_t *len)
 {
     size_t nl = strlen(name);
     const char *q = req->query;
     while (q != NULL && *q) {
         const char *amp = strchr(q, '&');
-        size_t len = amp ? (size_t)(amp - q) : strlen(q);
-        const char *eq = memchr(q, '=', len);
-        size_t klen = eq ? (size_t)(eq - q) : len;
+        size_t plen = amp ? (size_t)(amp - q) : strlen(q);
+        const char *eq = memchr(q, '=', plen);
+        size_t klen = eq ? (size_t)(eq - q) : plen;
         if (klen == nl && memcmp(q, name, nl) == 0) {
-            const char *v = eq ? eq + 1 : q + len;
-            size_t vlen = eq ? len - klen - 1 : 0;
-            return mdm_url_decode(out, v, vlen, plus_is_space);
+            *value = eq ? eq + 1 : q + plen;
+            *len = eq ? plen - klen - 1 : 0;
+            return 0;
         }
         q = amp ? amp + 1 : NULL;
     }
     return MDM_ENOTFOUND;
+}
+
+int mdm_req_query(const mdm_req_t *req, const char *name, mdm_buf_t *out, bool plus_is_space)
+{
+    const char *v;
+    size_t vlen;
+    int rc = mdm_req_query_raw(req, name, &v, &vlen);
+    return rc != 0 ? rc : mdm_url_decode(out, v, vlen, plus_is_space);
 }
 
 struct query_name {

@@ -66,6 +66,7 @@ typedef struct mdm_req {
     bool tls;                   /* arrived over TLS */
     const mdm_route_t *route;   /* the matched route */
     char *params[MDM_MAX_PATH_PARAMS]; /* {name} segments of the route, decoded */
+    char *raw_params[MDM_MAX_PATH_PARAMS]; /* the same, as received (not decoded) */
     int nparams;
     mdm_arena_t arena;          /* per-request memory */
     void *auth;                 /* set by the router's authentication (API key) */
@@ -92,6 +93,10 @@ const char *mdm_req_header(const mdm_req_t *req, const char *name);
  * plus_is_space selects form decoding. Returns 0, MDM_ENOTFOUND or
  * MDM_EPARSE. */
 int mdm_req_query(const mdm_req_t *req, const char *name, mdm_buf_t *out, bool plus_is_space);
+
+/* Finds a query parameter and points *value at its bytes as received (not
+ * decoded, *len of them). Returns 0 or MDM_ENOTFOUND. */
+int mdm_req_query_raw(const mdm_req_t *req, const char *name, const char **value, size_t *len);
 
 /* True when a query parameter name appears more than once; *name and *len
  * then give that name (not decoded, pointing into req->query). */

@@ -277,3 +277,32 @@ def test_nano_enqueue_conflict_has_nanomdm_shape(server, api):
                      "application/x-apple-plist")
     assert st == 409 and r["error"] == "conflict", (st, r)
     assert api.call("GET", "/v1/devices/" + d.udid)[1]["queue_length"] == 1
+
+
+def test_nano_routes_reach_an_id_with_a_comma(server, api):
+    from urllib.parse import quote
+    d = Device(server)
+    d.enroll()
+    # A Shared iPad user channel whose short name has a comma.
+    d.user = ("FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF", "smith,john")
+    assert d.token_update() == 200
+    d.user = None
+    uid = d.udid + ":smith,john"
+    esc = quote(uid, safe="")
+    assert "%2C" in esc
+    raw = plistlib.dumps({"Command": {"RequestType": "ProfileList"}})
+    st, r = api.call("PUT", f"/v1/enqueue/{esc},{d.udid}?nopush=1", raw,
+                     "application/x-apple-plist")
+    assert st == 200 and set(r["status"]) == {uid, d.udid}, (st, r)
+    st, show = api.call("GET", "/v1/devices/" + esc)
+    assert st == 200 and show["queue_length"] == 1, (st, show)
+    st, r = api.call("POST", f"/v1/push/{esc}")
+    assert set(r["status"]) == {uid}, (st, r)
+    # The raw form of POST /v1/commands splits its targets the same way.
+    st, r = api.call("POST", f"/v1/commands?targets={esc},{d.udid}&nopush=1", raw,
+                     "application/x-apple-plist")
+    assert st == 201 and set(r["targets"]) == {uid, d.udid}, (st, r)
+    # The CLI escapes each id, so it reaches the same channel.
+    p = run("push", "--config", server.datadir.config, "--url", server.url,
+            "--api-key", api.key, uid, check=False)
+    assert f'"{uid}"' in p.stdout, p.stdout
