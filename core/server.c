@@ -341,11 +341,17 @@ static bool route_and_authorize(mdm_server_t *s, mdm_req_t *req)
     return !admin || query_unambiguous(req);
 }
 
+bool mdm__server_precheck(mdm_server_t *s, mdm_req_t *req)
+{
+    req->prechecked = route_and_authorize(s, req);
+    return req->prechecked;
+}
+
 void mdm__server_dispatch(mdm_server_t *s, mdm_req_t *req)
 {
     if (!req->tls && s->cfg->proxy_cert_header != NULL)
         apply_cert_header(s, req);
-    if (!route_and_authorize(s, req))
+    if (!req->prechecked && !route_and_authorize(s, req))
         return;
     req->route->fn(req);
 }

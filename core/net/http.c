@@ -75,6 +75,7 @@ struct mdm_conn {
     bool closing;
     bool close_when_done;
     bool no_more_requests;         /* shutting down: nothing after the request in progress */
+    bool answered_early;           /* the request was answered at its head: parse no more */
     bool in_parse;
     bool eof;
     bool linger;                   /* drain input before closing (error answers) */
@@ -839,25 +840,40 @@ mdm_conn_t *mdm__conn_commit_next(mdm_conn_t *c)
 
 /* Answers the request being parsed (or a new one) with an error and closes
  * the connection after it. */
-static void queue_error_response(mdm_conn_t *c, int status, const char *detail)
+/* Appends a request to the connection's pipeline (answers go out in this
+ * order). */
+static void pipe_push(mdm_conn_t *c, mdm_req_t *req)
 {
-    mdm_req_t *req = c->cur;
-    if (req == NULL)
-        req = req_new(c);
-    c->cur = NULL;
-    req->close_after = true;
-    req->start_ns = mdm_mono_ns();
-    if (req->path == NULL)
-        req->path = c->url.len ? mdm_arena_strndup(&req->arena, c->url.data, 200) : NULL;
     if (c->pipe_tail)
         c->pipe_tail->next = req;
     else
         c->pipe_head = req;
     c->pipe_tail = req;
     c->npipe++;
+}
+
+/* The request being parsed is answered before its end: it goes into the
+ * pipeline as the last one, and the connection closes after the answers,
+ * draining what the client still sends (its body) for a while. */
+static void end_with_current(mdm_conn_t *c, mdm_req_t *req)
+{
+    c->cur = NULL;
+    req->close_after = true;
+    pipe_push(c, req);
     c->close_when_done = true;
     c->linger = true;
     c->blocked = true; /* parse nothing more */
+}
+
+static void queue_error_response(mdm_conn_t *c, int status, const char *detail)
+{
+    mdm_req_t *req = c->cur;
+    if (req == NULL)
+        req = req_new(c);
+    req->start_ns = mdm_mono_ns();
+    if (req->path == NULL)
+        req->path = c->url.len ? mdm_arena_strndup(&req->arena, c->url.data, 200) : NULL;
+    end_with_current(c, req);
     mdm_metric_add(c->server->metrics.bad_requests, 1);
     const char *err = status == 431   ? "header_too_large"
                       : status == 413 ? "body_too_large"
@@ -1054,6 +1070,18 @@ static int on_headers_complete(llhttp_t *p)
             c->error_detail = "only Expect: 100-continue is supported";
             return -1;
         }
+        bool body_to_come = (p->flags & F_CHUNKED) || p->content_length > 0;
+        if (!body_to_come)
+            return 0;
+        /* Invite the body only when the request can succeed: a route for
+         * it, and the API key it needs. Otherwise the final answer goes
+         * now, and the body is not read. */
+        req->start_ns = mdm_mono_ns();
+        if (!mdm__server_precheck(c->server, req)) {
+            end_with_current(c, req);
+            c->answered_early = true;
+            return -1;
+        }
         /* An interim answer may only go out when no earlier response is
          * still owed on this connection; otherwise the client sends the
          * body after its own short wait. */
@@ -1102,12 +1130,7 @@ static int on_message_complete(llhttp_t *p)
         req->peer_not_before = c->peer_not_before;
         req->peer_not_after = c->peer_not_after;
     }
-    if (c->pipe_tail)
-        c->pipe_tail->next = req;
-    else
-        c->pipe_head = req;
-    c->pipe_tail = req;
-    c->npipe++;
+    pipe_push(c, req);
     /* Stop here: the request is dispatched before the next one is parsed,
      * so that pipelined requests are handled in order. */
     return HPE_PAUSED;
@@ -1185,6 +1208,11 @@ static void conn_parse(mdm_conn_t *c)
                 c->close_when_done = true;
             }
             continue;
+        }
+        if (c->answered_early) {
+            /* Answered at its head (Expect: 100-continue): stop here. */
+            c->in_off = c->in.len;
+            break;
         }
         if (e == HPE_INVALID_VERSION && !c->error_status) {
             c->error_status = 505; /* a version llhttp does not know */

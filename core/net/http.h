@@ -70,6 +70,7 @@ typedef struct mdm_req {
     int nparams;
     mdm_arena_t arena;          /* per-request memory */
     void *auth;                 /* set by the router's authentication (API key) */
+    bool prechecked;            /* routed and authorized before its body was read */
     uint64_t start_ns;          /* monotonic time the request was complete */
 
     /* response state, managed by the http layer */

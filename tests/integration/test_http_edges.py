@@ -311,3 +311,43 @@ def test_commit_failure_is_logged_and_counted_as_503(datadir):
         if srv is not None:
             srv.kill()
         _umount(mnt)
+
+
+# Expect: 100-continue invites the body only when the request can succeed:
+# a request that gets 404/405/401 is answered at once, before its body, and
+# the connection is closed (the body it may still send is not read).
+def test_expect_100_continue_only_for_requests_that_can_succeed(plain_server):
+    srv = plain_server
+    key = srv.datadir.api_key
+    cases = [(b"POST /nope HTTP/1.1", {}, 404),
+             (b"POST /healthz HTTP/1.1", {}, 405),
+             (b"POST /v1/challenges HTTP/1.1", {}, 401),
+             (b"POST /v1/challenges HTTP/1.1", {"Authorization": "Bearer mdm_0_bad"}, 401),
+             (b"POST /v1/challenges?ttl=1&ttl=2 HTTP/1.1",
+              {"Authorization": "Bearer " + key}, 400)]
+    for line, headers, want in cases:
+        with plain_connect(srv) as s:
+            head = line + b"\r\nHost: x\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n"
+            for k, v in headers.items():
+                head += f"{k}: {v}\r\n".encode()
+            s.sendall(head + b"\r\n")
+            r = read_response(s)
+            assert r.status == want, (line, r.status, r.body)
+            assert r.header("connection") == "close", (line, r.headers)
+    # The bad key was counted once, not once at the head and again later.
+    bad = [l for l in srv.log().splitlines() if "event=api.auth_failed" in l]
+    assert len(bad) == 1, bad
+    # A request that can succeed gets 100 Continue, then its answer, and the
+    # connection stays usable.
+    with plain_connect(srv) as s:
+        buf = bytearray()
+        s.sendall(b"POST /v1/challenges HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                  b"Authorization: Bearer " + key.encode() + b"\r\n"
+                  b"Content-Type: application/json\r\nExpect: 100-continue\r\n\r\n")
+        assert read_response(s, buf).status == 100
+        s.sendall(b"{}")
+        r = read_response(s, buf)
+        assert r.status == 201, r.body
+        http_request(s, "GET", "/healthz")
+        assert read_response(s, buf).status == 200
+    assert table_count(srv, "challenges") == 1
