@@ -793,9 +793,12 @@ static void conn_flush(mdm_conn_t *c)
     if (s->stopping && c->cur == NULL)
         c->close_when_done = true;
     if (c->close_when_done && c->npipe == 0) {
-        /* Drop what else the client pipelined; close once written. */
+        /* Drop what else the client pipelined; close once written, and
+         * read nothing meanwhile. */
         if (c->writes_pending == 0)
             conn_finish(c);
+        else
+            conn_update_reading(c);
         return;
     }
     update_idle_deadline(c);
@@ -1434,6 +1437,7 @@ void mdm__conn_close_when_done(mdm_conn_t *c)
     if (c->cur == NULL) {
         c->close_when_done = true;
         c->no_more_requests = true;
+        conn_update_reading(c); /* nothing more is read, let alone buffered */
     } else {
         c->blocked = false;
     }

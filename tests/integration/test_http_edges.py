@@ -351,3 +351,56 @@ def test_expect_100_continue_only_for_requests_that_can_succeed(plain_server):
         http_request(s, "GET", "/healthz")
         assert read_response(s, buf).status == 200
     assert table_count(srv, "challenges") == 1
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+# At shutdown a connection that still has answers to write is closed once
+# they are out; it must stop reading meanwhile. It used to read on (until
+# the grace period ended), buffering whatever the client sent.
+def test_shutdown_stops_reading_a_connection_that_closes_when_done(datadir):
+    import select
+    # The answers must outgrow the kernel's buffers (so that the server
+    # still has some to write) and stay under the 4 MiB after which the
+    # server stops reading on its own: try larger amounts if they fit.
+    for n in (450, 520, 600):
+        srv = Server(datadir, plain=True)
+        try:
+            s = plain_connect(srv, timeout=15, rcvbuf=4096)
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * n)
+            time.sleep(0.5)
+            srv.proc.send_signal(signal.SIGTERM)
+            srv.wait_log(r"event=server.stopping")
+            time.sleep(0.2)
+            before = rss_kb(srv.proc.pid)
+            s.setblocking(False)
+            chunk = b"X" * 65536
+            sent = 0
+            deadline = time.monotonic() + 3
+            try:
+                while sent < (96 << 20) and time.monotonic() < deadline:
+                    select.select([], [s], [], 0.1)
+                    try:
+                        sent += s.send(chunk)
+                    except BlockingIOError:
+                        pass
+            except ConnectionError:
+                s.close()
+                continue  # every answer fit in the kernel's buffers: more
+            grown = rss_kb(srv.proc.pid) - before
+            s.close()
+            assert srv.proc.wait(20) == 0
+            # Kernel buffers take some (tens of MiB at most); the server
+            # itself must not have taken it in.
+            assert grown < 16 << 10, (f"server RSS grew {grown} KiB while the client sent "
+                                      f"{sent >> 20} MiB after shutdown began")
+            return
+        finally:
+            srv.kill()
+    pytest.fail("the server never had answers left to write at shutdown")
