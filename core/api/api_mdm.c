@@ -173,6 +173,24 @@ struct list_ctx {
     const char *cursor;
 };
 
+/* Loads a device channel's enrollment when it passes the list's filters
+ * (user channels are listed with their device). */
+static plist_t list_match(const struct list_ctx *l, mdm_val_t k, mdm_val_t v)
+{
+    plist_t e = NULL;
+    if (memchr(k.data, ':', k.len) != NULL || mdm_plist_load(v.data, v.len, &e) != 0)
+        return NULL;
+    bool enabled = mdm_pl_bool(e, "enabled", false);
+    bool enrolled = mdm_pl_int(e, "enrolled_at", 0) > 0 &&
+                    mdm_pl_int(e, "checked_out_at", 0) == 0;
+    if ((l->enabled >= 0 && enabled != (l->enabled == 1)) ||
+        (l->enrolled >= 0 && enrolled != (l->enrolled == 1))) {
+        plist_free(e);
+        return NULL;
+    }
+    return e;
+}
+
 static int list_fn(mdm_txn_t *txn, void *arg)
 {
     struct list_ctx *l = arg;
@@ -184,25 +202,18 @@ static int list_fn(mdm_txn_t *txn, void *arg)
     mdm_val_t start = l->cursor ? MDM_VAL_STR(l->cursor) : MDM_VAL(NULL, 0);
     long n = 0;
     for (rc = mdm_cursor_seek(c, start, &k, &v); rc == 0; rc = mdm_cursor_next(c, &k, &v)) {
-        if (memchr(k.data, ':', k.len) != NULL)
-            continue; /* user channels are listed with their device */
+        plist_t e = list_match(l, k, v);
+        if (e == NULL)
+            continue;
+        /* The next page starts at the next entry the filters keep, so that
+         * a next_cursor never leads to an empty page. */
         if (n == l->limit) {
             snprintf(l->next, sizeof(l->next), "%.*s", (int)k.len, (const char *)k.data);
+            plist_free(e);
             break;
         }
-        plist_t e = NULL;
-        if (mdm_plist_load(v.data, v.len, &e) != 0)
-            continue;
         char eid[MDM_EID_MAX + 1];
         snprintf(eid, sizeof(eid), "%.*s", (int)k.len, (const char *)k.data);
-        bool enabled = mdm_pl_bool(e, "enabled", false);
-        bool enrolled = mdm_pl_int(e, "enrolled_at", 0) > 0 &&
-                        mdm_pl_int(e, "checked_out_at", 0) == 0;
-        if ((l->enabled >= 0 && enabled != (l->enabled == 1)) ||
-            (l->enrolled >= 0 && enrolled != (l->enrolled == 1))) {
-            plist_free(e);
-            continue;
-        }
         json_t *o = enrollment_json(eid, e);
         plist_free(e);
         plist_t dev = NULL;

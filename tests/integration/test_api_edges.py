@@ -306,3 +306,20 @@ def test_nano_routes_reach_an_id_with_a_comma(server, api):
     p = run("push", "--config", server.datadir.config, "--url", server.url,
             "--api-key", api.key, uid, check=False)
     assert f'"{uid}"' in p.stdout, p.stdout
+
+
+def test_device_list_last_page_is_not_empty(server, api):
+    from device import TOPIC
+    devs = sorted((Device(server) for _ in range(3)), key=lambda d: d.udid)
+    for d in devs:
+        d.enroll()
+    # The last one in id order is checked out: the enrolled filter drops it.
+    assert devs[-1].checkin("CheckOut", Topic=TOPIC)[0] == 200
+    st, r = api.call("GET", "/v1/devices?enrolled=true&limit=2")
+    assert st == 200 and [x["id"] for x in r["devices"]] == [d.udid for d in devs[:2]], r
+    assert r["next_cursor"] is None, r
+    # Without the filter the third is on the next page.
+    st, r = api.call("GET", "/v1/devices?limit=2")
+    assert r["next_cursor"] == devs[-1].udid, r
+    st, r = api.call("GET", "/v1/devices?limit=2&cursor=" + r["next_cursor"])
+    assert [x["id"] for x in r["devices"]] == [devs[-1].udid] and r["next_cursor"] is None, r
