@@ -323,3 +323,23 @@ def test_device_list_last_page_is_not_empty(server, api):
     assert r["next_cursor"] == devs[-1].udid, r
     st, r = api.call("GET", "/v1/devices?limit=2&cursor=" + r["next_cursor"])
     assert [x["id"] for x in r["devices"]] == [devs[-1].udid] and r["next_cursor"] is None, r
+
+
+def test_cli_cmd_send_types_values_by_the_schema(server, api):
+    import json as _json
+    d = Device(server)
+    d.enroll()
+    cli = ["--config", server.datadir.config, "--url", server.url, "--api-key", api.key]
+    # PIN is a string in DeviceLock's schema: digits stay a string.
+    p = run("cmd", "send", *cli, d.udid, "DeviceLock", "PIN=123456", "Message=42",
+            "nopush=true", check=False)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    uuid = _json.loads(p.stdout)["command_uuid"]
+    st, r = api.call("GET", "/v1/commands/" + uuid)
+    assert r["command"]["PIN"] == "123456" and r["command"]["Message"] == "42", r
+    # The explicit JSON form still works; options keep their types.
+    p = run("cmd", "send", *cli, d.udid, "DeviceLock", "PIN:=\"654321\"", "priority=7",
+            "nopush=true", check=False)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    st, r = api.call("GET", "/v1/commands/" + _json.loads(p.stdout)["command_uuid"])
+    assert r["command"]["PIN"] == "654321" and r["priority"] == 7, r
