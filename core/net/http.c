@@ -841,8 +841,6 @@ mdm_conn_t *mdm__conn_commit_next(mdm_conn_t *c)
 
 /* ---- errors from the parser ---------------------------------------------- */
 
-/* Answers the request being parsed (or a new one) with an error and closes
- * the connection after it. */
 /* Appends a request to the connection's pipeline (answers go out in this
  * order). */
 static void pipe_push(mdm_conn_t *c, mdm_req_t *req)
@@ -868,6 +866,8 @@ static void end_with_current(mdm_conn_t *c, mdm_req_t *req)
     c->blocked = true; /* parse nothing more */
 }
 
+/* Answers the request being parsed (or a new one) with an error and closes
+ * the connection after it. */
 static void queue_error_response(mdm_conn_t *c, int status, const char *detail)
 {
     mdm_req_t *req = c->cur;
