@@ -11,6 +11,7 @@
 
 #include "cli.h"
 #include "config.h"
+#include "mdm/cmdschema.h"
 #include "util/alloc.h"
 #include "util/buf.h"
 #include "util/encode.h"
@@ -24,6 +25,9 @@ typedef struct api_client {
 } api_client_t;
 
 static const char api_options[] =
+    "exit status: 0 done, 1 refused or failed (an answer of 400 or more, or\n"
+    "none), 2 bad usage, 3 done for some targets only (207).\n"
+    "\n"
     "connection options (defaults come from the config file):\n"
     "  -c, --config FILE     config file (finds the server address and CA)\n"
     "  -d, --data-dir DIR    data directory when there is no config file\n"
@@ -80,7 +84,8 @@ static long api_call(const api_client_t *c, const char *method, const char *path
 }
 
 /* Prints the body (JSON pretty-printed when it parses) and maps the status
- * to an exit code. */
+ * to an exit code: 0 done, 1 refused or failed (400 or more, or no answer),
+ * 3 done for some targets only (207). */
 static int print_result(long status, const mdm_buf_t *body)
 {
     json_error_t je;
@@ -98,6 +103,10 @@ static int print_result(long status, const mdm_buf_t *body)
     if (status >= 400) {
         fprintf(stderr, "moonmdm: the server answered %ld\n", status);
         return 1;
+    }
+    if (status == 207) {
+        fprintf(stderr, "moonmdm: the server answered 207: it failed for some targets\n");
+        return 3;
     }
     return 0;
 }
@@ -264,9 +273,30 @@ int mdm_cmd_device(int argc, char **argv)
     return exit_code;
 }
 
-/* key=value: true/false -> boolean, an integer -> integer, @file -> the
- * file as base64 data, key:=JSON -> raw JSON, anything else a string. */
-static int parse_kv(const char *arg, json_t *obj)
+/* A plain value (not key:=JSON, not @FILE) as the schema types the key:
+ * a string key keeps digits and true/false as text, a real key takes a
+ * decimal number. Keys the schema does not type (and the options) follow
+ * the value's look: true/false a boolean, digits an integer, else a
+ * string. */
+static json_t *typed_value(const mdm_schema_key_t *k, const char *v)
+{
+    if (k != NULL && k->type == MDM_T_STRING)
+        return json_string(v);
+    char *end;
+    if (k != NULL && k->type == MDM_T_REAL) {
+        double d = strtod(v, &end);
+        if (*v && *end == '\0')
+            return json_real(d);
+    }
+    if (strcmp(v, "true") == 0 || strcmp(v, "false") == 0)
+        return json_boolean(v[0] == 't');
+    long long n = strtoll(v, &end, 10);
+    return (*v && *end == '\0') ? json_integer(n) : json_string(v);
+}
+
+/* key=value: typed by the command's schema (typed_value), @file -> the
+ * file as base64 data, key:=JSON -> raw JSON. schema may be NULL. */
+static int parse_kv(const char *arg, json_t *obj, const mdm_cmd_schema_t *schema)
 {
     const char *eq = strchr(arg, '=');
     if (eq == NULL || eq == arg)
@@ -296,12 +326,10 @@ static int parse_kv(const char *arg, json_t *obj)
             mdm_buf_free(&b);
             mdm_buf_free(&b64);
         }
-    } else if (strcmp(v, "true") == 0 || strcmp(v, "false") == 0) {
-        val = json_boolean(v[0] == 't');
     } else {
-        char *end;
-        long long n = strtoll(v, &end, 10);
-        val = (*v && *end == '\0') ? json_integer(n) : json_string(v);
+        const mdm_schema_key_t *k =
+            schema ? mdm_schema_key_find(schema->keys, schema->nkeys, key) : NULL;
+        val = typed_value(k, v);
     }
     int rc = val ? 0 : -1;
     if (val)
@@ -316,8 +344,11 @@ static const char cmd_usage[] =
     "       moonmdm cmd list ID\n"
     "       moonmdm cmd cancel ID UUID\n"
     "\n"
-    "Values: true/false are booleans, digits integers, @FILE the file's bytes\n"
-    "(data), key:=JSON raw JSON (arrays, dicts); anything else is a string.\n"
+    "Values take the type the command's schema gives the key: PIN=1234 is a\n"
+    "string for DeviceLock. For keys the schema does not type and the options,\n"
+    "true/false are booleans, digits integers, anything else a string. @FILE\n"
+    "is the file's bytes (data), key:=JSON raw JSON (arrays, dicts, or\n"
+    "key:='\"1234\"' to force a type).\n"
     "Example: moonmdm cmd send 0000-1111 DeviceInformation 'Queries:=[\"UDID\",\"OSVersion\"]'\n";
 
 int mdm_cmd_cmd(int argc, char **argv)
@@ -339,8 +370,9 @@ int mdm_cmd_cmd(int argc, char **argv)
         json_object_set_new(req, "targets", targets);
         json_object_set_new(req, "request_type", json_string(argv[optind + 2]));
         bool ok = true;
+        const mdm_cmd_schema_t *schema = mdm_cmdschema_find(argv[optind + 2]);
         for (int i = optind + 3; i < argc && ok; i++) {
-            if (parse_kv(argv[i], req) != 0) {
+            if (parse_kv(argv[i], req, schema) != 0) {
                 fprintf(stderr, "moonmdm cmd send: \"%s\": expected key=value\n", argv[i]);
                 ok = false;
             }

@@ -302,10 +302,25 @@ static bool authorize(mdm_server_t *s, mdm_req_t *req, const mdm_route_t *rt)
     return true;
 }
 
-void mdm__server_dispatch(mdm_server_t *s, mdm_req_t *req)
+/* Admin routes take each query parameter once: a repeated one is refused
+ * rather than read as its first (or last) value. */
+static bool query_unambiguous(mdm_req_t *req)
 {
-    if (!req->tls && s->cfg->proxy_cert_header != NULL)
-        apply_cert_header(s, req);
+    const char *name;
+    size_t len;
+    if (!mdm_req_query_repeated(req, &name, &len))
+        return true;
+    char detail[160];
+    snprintf(detail, sizeof(detail), "query parameter \"%.*s\" is given more than once",
+             (int)(len > 64 ? 64 : len), name);
+    mdm_resp_json_error(req, 400, "bad_query", detail);
+    return false;
+}
+
+/* Finds the route and checks who may call it. Answers and returns false
+ * when the request may not go on. */
+static bool route_and_authorize(mdm_server_t *s, mdm_req_t *req)
+{
     int status = 0;
     const mdm_route_t *rt = mdm_router_match(&s->router, req, &status);
     if (rt == NULL) {
@@ -317,12 +332,28 @@ void mdm__server_dispatch(mdm_server_t *s, mdm_req_t *req)
                                 "a path segment has a bad percent-escape (or %00)");
         else
             mdm_resp_json_error(req, 404, "not_found", "no such path");
-        return;
+        return false;
     }
     req->route = rt;
     if (!authorize(s, req, rt))
+        return false;
+    bool admin = rt->auth == MDM_AUTH_API_READ || rt->auth == MDM_AUTH_API_ADMIN;
+    return !admin || query_unambiguous(req);
+}
+
+bool mdm__server_precheck(mdm_server_t *s, mdm_req_t *req)
+{
+    req->prechecked = route_and_authorize(s, req);
+    return req->prechecked;
+}
+
+void mdm__server_dispatch(mdm_server_t *s, mdm_req_t *req)
+{
+    if (!req->tls && s->cfg->proxy_cert_header != NULL)
+        apply_cert_header(s, req);
+    if (!req->prechecked && !route_and_authorize(s, req))
         return;
-    rt->fn(req);
+    req->route->fn(req);
 }
 
 /* ---- commit batching ----------------------------------------------------- */

@@ -126,6 +126,12 @@ void mdm_server_free(mdm_server_t *s);
  * HTTP layer): cert header, routing, authentication, the handler. */
 void mdm__server_dispatch(mdm_server_t *s, mdm_req_t *req);
 
+/* Routes and authorizes a request whose headers are complete and whose
+ * body is still to come (Expect: 100-continue), so that a request that
+ * cannot succeed is answered before its body is invited. Answers and
+ * returns false when it may not go on; dispatch then skips these checks. */
+bool mdm__server_precheck(mdm_server_t *s, mdm_req_t *req);
+
 /* Called by the HTTP layer when a connection is gone. */
 void mdm__server_conn_closed(mdm_server_t *s, mdm_conn_t *c);
 

@@ -56,34 +56,54 @@ static void set_str(json_t *o, const char *k, const char *v)
     json_object_set_new(o, k, v ? json_string(v) : json_null());
 }
 
-/* Parses a positive integer query parameter. */
-static long query_long(mdm_req_t *req, const char *name, long def, long max)
+/* Answers 400 bad_query for a query parameter of ours with a bad value. */
+static void bad_query(mdm_req_t *req, const char *name, const char *want)
 {
-    mdm_buf_t b = MDM_BUF_INIT;
-    long v = def;
-    if (mdm_req_query(req, name, &b, true) == 0 && b.len > 0) {
-        char *end;
-        long x = strtol(b.data, &end, 10);
-        if (*end == '\0' && x >= 0)
-            v = x > max ? max : x;
-    }
-    mdm_buf_free(&b);
-    return v;
+    char detail[200];
+    snprintf(detail, sizeof(detail), "query parameter \"%s\": %s", name, want);
+    mdm_resp_json_error(req, 400, "bad_query", detail);
 }
 
-/* -1: absent, 0: false, 1: true */
-static int query_bool(mdm_req_t *req, const char *name)
+/* Reads a non-negative integer query parameter into *out (def when absent
+ * or empty; at most max). Answers 400 and returns false on another value. */
+static bool query_long(mdm_req_t *req, const char *name, long def, long max, long *out)
 {
     mdm_buf_t b = MDM_BUF_INIT;
-    int v = -1;
-    if (mdm_req_query(req, name, &b, true) == 0) {
-        if (b.len == 0 || strcmp(b.data, "1") == 0 || strcasecmp(b.data, "true") == 0)
-            v = 1;
-        else if (strcmp(b.data, "0") == 0 || strcasecmp(b.data, "false") == 0)
-            v = 0;
+    int rc = mdm_req_query(req, name, &b, true);
+    bool ok = rc == 0 || rc == MDM_ENOTFOUND;
+    *out = def;
+    if (rc == 0 && b.len > 0) {
+        char *end;
+        long x = strtol(b.data, &end, 10);
+        ok = *end == '\0' && x >= 0;
+        *out = x > max ? max : x;
     }
     mdm_buf_free(&b);
-    return v;
+    if (!ok)
+        bad_query(req, name, "expected a number, 0 or more");
+    return ok;
+}
+
+/* Reads a boolean query parameter into *out (-1 absent, 0 false, 1 true):
+ * true, 1 or empty; false or 0. Answers 400 and returns false on another
+ * value. */
+static bool query_bool(mdm_req_t *req, const char *name, int *out)
+{
+    mdm_buf_t b = MDM_BUF_INIT;
+    int rc = mdm_req_query(req, name, &b, true);
+    *out = -1;
+    if (rc == 0) {
+        if (b.len == 0 || strcmp(b.data, "1") == 0 || strcasecmp(b.data, "true") == 0)
+            *out = 1;
+        else if (strcmp(b.data, "0") == 0 || strcasecmp(b.data, "false") == 0)
+            *out = 0;
+    }
+    mdm_buf_free(&b);
+    if (rc != MDM_ENOTFOUND && *out == -1) {
+        bad_query(req, name, "expected true, 1, false or 0");
+        return false;
+    }
+    return true;
 }
 
 /* ---- devices ------------------------------------------------------------- */
@@ -153,6 +173,24 @@ struct list_ctx {
     const char *cursor;
 };
 
+/* Loads a device channel's enrollment when it passes the list's filters
+ * (user channels are listed with their device). */
+static plist_t list_match(const struct list_ctx *l, mdm_val_t k, mdm_val_t v)
+{
+    plist_t e = NULL;
+    if (memchr(k.data, ':', k.len) != NULL || mdm_plist_load(v.data, v.len, &e) != 0)
+        return NULL;
+    bool enabled = mdm_pl_bool(e, "enabled", false);
+    bool enrolled = mdm_pl_int(e, "enrolled_at", 0) > 0 &&
+                    mdm_pl_int(e, "checked_out_at", 0) == 0;
+    if ((l->enabled >= 0 && enabled != (l->enabled == 1)) ||
+        (l->enrolled >= 0 && enrolled != (l->enrolled == 1))) {
+        plist_free(e);
+        return NULL;
+    }
+    return e;
+}
+
 static int list_fn(mdm_txn_t *txn, void *arg)
 {
     struct list_ctx *l = arg;
@@ -164,25 +202,18 @@ static int list_fn(mdm_txn_t *txn, void *arg)
     mdm_val_t start = l->cursor ? MDM_VAL_STR(l->cursor) : MDM_VAL(NULL, 0);
     long n = 0;
     for (rc = mdm_cursor_seek(c, start, &k, &v); rc == 0; rc = mdm_cursor_next(c, &k, &v)) {
-        if (memchr(k.data, ':', k.len) != NULL)
-            continue; /* user channels are listed with their device */
+        plist_t e = list_match(l, k, v);
+        if (e == NULL)
+            continue;
+        /* The next page starts at the next entry the filters keep, so that
+         * a next_cursor never leads to an empty page. */
         if (n == l->limit) {
             snprintf(l->next, sizeof(l->next), "%.*s", (int)k.len, (const char *)k.data);
+            plist_free(e);
             break;
         }
-        plist_t e = NULL;
-        if (mdm_plist_load(v.data, v.len, &e) != 0)
-            continue;
         char eid[MDM_EID_MAX + 1];
         snprintf(eid, sizeof(eid), "%.*s", (int)k.len, (const char *)k.data);
-        bool enabled = mdm_pl_bool(e, "enabled", false);
-        bool enrolled = mdm_pl_int(e, "enrolled_at", 0) > 0 &&
-                        mdm_pl_int(e, "checked_out_at", 0) == 0;
-        if ((l->enabled >= 0 && enabled != (l->enabled == 1)) ||
-            (l->enrolled >= 0 && enrolled != (l->enrolled == 1))) {
-            plist_free(e);
-            continue;
-        }
         json_t *o = enrollment_json(eid, e);
         plist_free(e);
         plist_t dev = NULL;
@@ -199,20 +230,26 @@ static int list_fn(mdm_txn_t *txn, void *arg)
 
 static void handle_devices(mdm_req_t *req)
 {
-    struct list_ctx l = {.arr = json_array(),
-                         .enrolled = query_bool(req, "enrolled"),
-                         .enabled = query_bool(req, "enabled"),
-                         .limit = query_long(req, "limit", 100, 1000)};
+    struct list_ctx l = {0};
+    if (!query_bool(req, "enrolled", &l.enrolled) || !query_bool(req, "enabled", &l.enabled) ||
+        !query_long(req, "limit", 100, 1000, &l.limit))
+        return;
     mdm_buf_t cur = MDM_BUF_INIT;
-    if (mdm_req_query(req, "cursor", &cur, true) == 0 && cur.len > 0)
+    int crc = mdm_req_query(req, "cursor", &cur, true);
+    if (crc == 0 && cur.len > 0)
         l.cursor = cur.data;
+    if (crc == MDM_EPARSE) {
+        mdm_buf_free(&cur);
+        bad_query(req, "cursor", "a bad percent-escape");
+        return;
+    }
     if (cur.len > MDM_ENROLLMENT_ID_MAX) {
         mdm_buf_free(&cur);
-        json_decref(l.arr);
         mdm_resp_json_error(req, 400, "bad_request",
                             "cursor: not one this server gave (longer than an enrollment id)");
         return;
     }
+    l.arr = json_array();
     if (l.limit == 0)
         l.limit = 100;
     int rc = mdm_store_view(req->server->store, list_fn, &l);
@@ -551,19 +588,36 @@ static int enq_fn(mdm_txn_t *txn, void *arg)
     return mdm_enqueue(txn, &e->r, mdm_now_ms(), e->uuid, e->results);
 }
 
-/* Runs the enqueue and reports store failures; returns false if answered. */
-static bool run_enqueue(mdm_req_t *req, struct enq_ctx *e)
+/* Answers a command the store refused: in NanoMDM's shape on its route
+ * ({"command_error", "command_uuid"}), else as {"error", "detail"}. */
+static void enqueue_refused(mdm_req_t *req, const struct enq_ctx *e, bool nano, int status,
+                            const char *error, const char *detail)
+{
+    if (!nano) {
+        mdm_resp_json_error(req, status, error, detail);
+        return;
+    }
+    json_t *o = json_object();
+    set_str(o, "command_error", detail);
+    if (e->r.uuid != NULL)
+        set_str(o, "command_uuid", e->r.uuid);
+    mdm_api_send_json(req, status, o);
+}
+
+/* Runs the enqueue and reports store failures; returns false if answered.
+ * nano: refusals take NanoMDM's shape. */
+static bool run_enqueue(mdm_req_t *req, struct enq_ctx *e, bool nano)
 {
     e->results = mdm_arena_alloc(&req->arena, (e->r.ntargets ? e->r.ntargets : 1) *
                                                   sizeof(*e->results));
     int rc = mdm_store_update(req->server->store, enq_fn, e);
     if (rc == MDM_EEXIST) {
-        mdm_resp_json_error(req, 409, "conflict", "a command with this CommandUUID exists");
+        enqueue_refused(req, e, nano, 409, "conflict", "a command with this CommandUUID exists");
         return false;
     }
     if (rc == MDM_EINVAL) {
-        mdm_resp_json_error(req, 400, "bad_request",
-                            "the command cannot be queued (its CommandUUID, RequestType or ttl)");
+        enqueue_refused(req, e, nano, 400, "bad_request",
+                        "the command cannot be queued (its CommandUUID, RequestType or ttl)");
         return false;
     }
     /* Durable before devices are woken to fetch it: pushes go out before
@@ -586,26 +640,33 @@ static bool run_enqueue(mdm_req_t *req, struct enq_ctx *e)
     return true;
 }
 
-/* Splits "a,b,c" (already decoded) into the request arena. */
-static size_t split_ids(mdm_req_t *req, const char *s, const char ***out)
+/* Splits a comma-separated list of ids as received (not decoded) at its
+ * commas, then decodes each id into the request arena: a comma escaped as
+ * %2C stays in its id. Empty items are skipped. Returns false on a bad
+ * escape. */
+static bool split_ids(mdm_req_t *req, const char *s, size_t len, bool plus_is_space,
+                      const char ***out, size_t *count)
 {
     size_t n = 1;
-    for (const char *p = s; *p; p++)
-        n += *p == ',';
+    for (size_t i = 0; i < len; i++)
+        n += s[i] == ',';
     const char **ids = mdm_arena_alloc(&req->arena, n * sizeof(char *));
     size_t k = 0;
-    const char *start = s;
-    for (const char *p = s;; p++) {
-        if (*p == ',' || *p == '\0') {
-            if (p > start)
-                ids[k++] = mdm_arena_strndup(&req->arena, start, (size_t)(p - start));
-            if (*p == '\0')
-                break;
-            start = p + 1;
-        }
+    bool ok = true;
+    mdm_buf_t dec = MDM_BUF_INIT;
+    for (size_t start = 0, i = 0; i <= len && ok; i++) {
+        if (i < len && s[i] != ',')
+            continue;
+        mdm_buf_reset(&dec);
+        ok = mdm_url_decode(&dec, s + start, i - start, plus_is_space) == 0;
+        if (ok && dec.len > 0)
+            ids[k++] = mdm_arena_memdup(&req->arena, dec.data, dec.len);
+        start = i + 1;
     }
+    mdm_buf_free(&dec);
     *out = ids;
-    return k;
+    *count = k;
+    return ok;
 }
 
 static bool is_plist_body(mdm_req_t *req)
@@ -660,15 +721,22 @@ static void handle_commands_post(mdm_req_t *req)
             mdm_resp_json_error(req, 400, "invalid_command", err.msg);
             goto out;
         }
-        mdm_buf_t t = MDM_BUF_INIT;
-        if (mdm_req_query(req, "targets", &t, true) == 0)
-            e.r.ntargets = split_ids(req, t.data, (const char ***)&e.r.targets);
-        mdm_buf_free(&t);
+        const char *t;
+        size_t tlen;
+        if (mdm_req_query_raw(req, "targets", &t, &tlen) == 0 &&
+            !split_ids(req, t, tlen, true, (const char ***)&e.r.targets, &e.r.ntargets)) {
+            bad_query(req, "targets", "a bad percent-escape");
+            goto out;
+        }
         if (e.r.ntargets > MAX_TARGETS) {
             mdm_resp_json_error(req, 400, "bad_request", "targets: at most 100000 a request");
             goto out;
         }
-        e.r.nopush = query_bool(req, "nopush") == 1;
+        int nopush, dedupe;
+        if (!query_bool(req, "nopush", &nopush) || !query_bool(req, "dedupe", &dedupe))
+            goto out;
+        e.r.nopush = nopush == 1;
+        e.r.dedupe = dedupe == 1;
         mdm_buf_t q = MDM_BUF_INIT;
         if (mdm_req_query(req, "priority", &q, true) == 0) {
             char *end = NULL;
@@ -681,7 +749,6 @@ static void handle_commands_post(mdm_req_t *req)
             e.r.priority = (int)pr;
         }
         mdm_buf_free(&q);
-        e.r.dedupe = query_bool(req, "dedupe") == 1;
         mdm_buf_t ttl = MDM_BUF_INIT;
         uint64_t ms = 0;
         if (mdm_req_query(req, "ttl", &ttl, true) == 0 &&
@@ -782,7 +849,7 @@ static void handle_commands_post(mdm_req_t *req)
     }
     e.r.command = cmd;
     e.r.uuid = uuid[0] ? uuid : NULL;
-    if (!run_enqueue(req, &e))
+    if (!run_enqueue(req, &e, false))
         goto out;
     json_t *o = json_object();
     set_str(o, "command_uuid", e.uuid);
@@ -884,16 +951,23 @@ static void handle_nano_enqueue(mdm_req_t *req)
         mdm_api_send_json(req, 400, o);
         goto out;
     }
-    e.r.ntargets = split_ids(req, req->params[0], (const char ***)&e.r.targets);
+    /* The router has checked the escapes of the path. */
+    split_ids(req, req->raw_params[0], strlen(req->raw_params[0]), false,
+              (const char ***)&e.r.targets, &e.r.ntargets);
     if (e.r.ntargets == 0) {
         set_str(o, "command_error", "no enrollment ids in the path");
         mdm_api_send_json(req, 400, o);
         goto out;
     }
+    int nopush;
+    if (!query_bool(req, "nopush", &nopush)) {
+        json_decref(o);
+        goto out;
+    }
     e.r.command = cmd;
     e.r.uuid = uuid[0] ? uuid : NULL;
-    e.r.nopush = query_bool(req, "nopush") == 1;
-    if (!run_enqueue(req, &e)) {
+    e.r.nopush = nopush == 1;
+    if (!run_enqueue(req, &e, true)) {
         json_decref(o);
         goto out;
     }
@@ -937,7 +1011,8 @@ static void nano_push_answer(mdm_req_t *req, json_t *res, void *arg)
 static void handle_nano_push(mdm_req_t *req)
 {
     struct nano_push_ctx *c = mdm_arena_alloc(&req->arena, sizeof(*c));
-    c->n = split_ids(req, req->params[0], &c->ids);
+    /* The router has checked the escapes of the path. */
+    split_ids(req, req->raw_params[0], strlen(req->raw_params[0]), false, &c->ids, &c->n);
     if (c->n == 0) {
         json_t *o = json_object();
         set_str(o, "push_error", "no enrollment ids in the path");

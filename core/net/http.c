@@ -6,6 +6,7 @@
 #include <llhttp.h>
 #include <openssl/evp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -74,6 +75,7 @@ struct mdm_conn {
     bool closing;
     bool close_when_done;
     bool no_more_requests;         /* shutting down: nothing after the request in progress */
+    bool answered_early;           /* the request was answered at its head: parse no more */
     bool in_parse;
     bool eof;
     bool linger;                   /* drain input before closing (error answers) */
@@ -151,9 +153,13 @@ static mdm_req_t *req_new(mdm_conn_t *c)
     return req;
 }
 
+static void account_request(mdm_req_t *req);
+
 static void req_free(mdm_req_t *req)
 {
     mdm_server_t *s = req->server;
+    if (req->responded)
+        account_request(req); /* a held answer whose connection went away */
     if (req->peer_cert != NULL && req->peer_cert_source != NULL &&
         strcmp(req->peer_cert_source, "tls") != 0)
         X509_free(req->peer_cert);
@@ -200,23 +206,71 @@ const char *mdm_req_header(const mdm_req_t *req, const char *name)
     return NULL;
 }
 
-int mdm_req_query(const mdm_req_t *req, const char *name, mdm_buf_t *out, bool plus_is_space)
+int mdm_req_query_raw(const mdm_req_t *req, const char *name, const char **value, size_t *len)
 {
     size_t nl = strlen(name);
     const char *q = req->query;
     while (q != NULL && *q) {
         const char *amp = strchr(q, '&');
-        size_t len = amp ? (size_t)(amp - q) : strlen(q);
-        const char *eq = memchr(q, '=', len);
-        size_t klen = eq ? (size_t)(eq - q) : len;
+        size_t plen = amp ? (size_t)(amp - q) : strlen(q);
+        const char *eq = memchr(q, '=', plen);
+        size_t klen = eq ? (size_t)(eq - q) : plen;
         if (klen == nl && memcmp(q, name, nl) == 0) {
-            const char *v = eq ? eq + 1 : q + len;
-            size_t vlen = eq ? len - klen - 1 : 0;
-            return mdm_url_decode(out, v, vlen, plus_is_space);
+            *value = eq ? eq + 1 : q + plen;
+            *len = eq ? plen - klen - 1 : 0;
+            return 0;
         }
         q = amp ? amp + 1 : NULL;
     }
     return MDM_ENOTFOUND;
+}
+
+int mdm_req_query(const mdm_req_t *req, const char *name, mdm_buf_t *out, bool plus_is_space)
+{
+    const char *v;
+    size_t vlen;
+    int rc = mdm_req_query_raw(req, name, &v, &vlen);
+    return rc != 0 ? rc : mdm_url_decode(out, v, vlen, plus_is_space);
+}
+
+struct query_name {
+    const char *p;
+    size_t len;
+};
+
+static int cmp_query_name(const void *a, const void *b)
+{
+    const struct query_name *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->p, y->p, n);
+    return c != 0 ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+bool mdm_req_query_repeated(mdm_req_t *req, const char **name, size_t *len)
+{
+    size_t n = 0;
+    for (const char *q = req->query; *q; q++)
+        n += *q == '&';
+    struct query_name *names = mdm_arena_alloc(&req->arena, (n + 1) * sizeof(*names));
+    size_t k = 0;
+    for (const char *q = req->query; q != NULL && *q;) {
+        const char *amp = strchr(q, '&');
+        size_t plen = amp ? (size_t)(amp - q) : strlen(q);
+        const char *eq = memchr(q, '=', plen);
+        if (plen > 0)
+            names[k++] = (struct query_name){q, eq ? (size_t)(eq - q) : plen};
+        q = amp ? amp + 1 : NULL;
+    }
+    /* Sorted, so that a long query costs n log n, not n squared. */
+    qsort(names, k, sizeof(*names), cmp_query_name);
+    for (size_t i = 1; i < k; i++) {
+        if (cmp_query_name(&names[i - 1], &names[i]) == 0) {
+            *name = names[i].p;
+            *len = names[i].len;
+            return true;
+        }
+    }
+    return false;
 }
 
 bool mdm_req_conn_open(const mdm_req_t *req)
@@ -330,12 +384,18 @@ static mdm_metric_t *request_counter(mdm_req_t *req)
                       "HTTP requests answered, by route and status");
 }
 
-static void record_metrics(mdm_req_t *req)
+/* Counts and logs an answered request, once, with the status the client
+ * gets: a held answer is accounted when the batch commit has decided it. */
+static void account_request(mdm_req_t *req)
 {
+    if (req->accounted)
+        return;
+    req->accounted = true;
     mdm_server_t *s = req->server;
     if (req->start_ns)
         mdm_histogram_observe_ns(s->metrics.latency, mdm_mono_ns() - req->start_ns);
     mdm_metric_add(request_counter(req), 1);
+    log_request(req);
 }
 
 void mdm_resp_send_buf(mdm_req_t *req, int status, const char *ctype)
@@ -346,8 +406,6 @@ void mdm_resp_send_buf(mdm_req_t *req, int status, const char *ctype)
     req->responded = true;
     if (ctype != NULL)
         mdm_buf_printf(&req->resp_head, "Content-Type: %s\r\n", ctype);
-    record_metrics(req);
-    log_request(req);
     mdm_conn_t *c = req->conn;
     if (c == NULL) {
         req_free(req);
@@ -355,6 +413,8 @@ void mdm_resp_send_buf(mdm_req_t *req, int status, const char *ctype)
     }
     if (!req->no_hold && mdm_store_pending(c->server->store))
         req->held = true;
+    else
+        account_request(req);
     if (!c->in_parse)
         conn_flush(c);
 }
@@ -733,9 +793,12 @@ static void conn_flush(mdm_conn_t *c)
     if (s->stopping && c->cur == NULL)
         c->close_when_done = true;
     if (c->close_when_done && c->npipe == 0) {
-        /* Drop what else the client pipelined; close once written. */
+        /* Drop what else the client pipelined; close once written, and
+         * read nothing meanwhile. */
         if (c->writes_pending == 0)
             conn_finish(c);
+        else
+            conn_update_reading(c);
         return;
     }
     update_idle_deadline(c);
@@ -763,8 +826,11 @@ void mdm__conn_release_held(mdm_conn_t *c, bool failed)
             r->status = 503;
         }
     }
-    for (mdm_req_t *r = c->pipe_head; r != NULL; r = r->next)
+    for (mdm_req_t *r = c->pipe_head; r != NULL; r = r->next) {
+        if (r->responded && r->held)
+            account_request(r);
         r->held = false;
+    }
     conn_flush(c);
 }
 
@@ -775,6 +841,31 @@ mdm_conn_t *mdm__conn_commit_next(mdm_conn_t *c)
 
 /* ---- errors from the parser ---------------------------------------------- */
 
+/* Appends a request to the connection's pipeline (answers go out in this
+ * order). */
+static void pipe_push(mdm_conn_t *c, mdm_req_t *req)
+{
+    if (c->pipe_tail)
+        c->pipe_tail->next = req;
+    else
+        c->pipe_head = req;
+    c->pipe_tail = req;
+    c->npipe++;
+}
+
+/* The request being parsed is answered before its end: it goes into the
+ * pipeline as the last one, and the connection closes after the answers,
+ * draining what the client still sends (its body) for a while. */
+static void end_with_current(mdm_conn_t *c, mdm_req_t *req)
+{
+    c->cur = NULL;
+    req->close_after = true;
+    pipe_push(c, req);
+    c->close_when_done = true;
+    c->linger = true;
+    c->blocked = true; /* parse nothing more */
+}
+
 /* Answers the request being parsed (or a new one) with an error and closes
  * the connection after it. */
 static void queue_error_response(mdm_conn_t *c, int status, const char *detail)
@@ -782,24 +873,16 @@ static void queue_error_response(mdm_conn_t *c, int status, const char *detail)
     mdm_req_t *req = c->cur;
     if (req == NULL)
         req = req_new(c);
-    c->cur = NULL;
-    req->close_after = true;
     req->start_ns = mdm_mono_ns();
     if (req->path == NULL)
         req->path = c->url.len ? mdm_arena_strndup(&req->arena, c->url.data, 200) : NULL;
-    if (c->pipe_tail)
-        c->pipe_tail->next = req;
-    else
-        c->pipe_head = req;
-    c->pipe_tail = req;
-    c->npipe++;
-    c->close_when_done = true;
-    c->linger = true;
-    c->blocked = true; /* parse nothing more */
+    end_with_current(c, req);
     mdm_metric_add(c->server->metrics.bad_requests, 1);
     const char *err = status == 431   ? "header_too_large"
                       : status == 413 ? "body_too_large"
                       : status == 408 ? "request_timeout"
+                      : status == 501 ? "not_implemented"
+                      : status == 505 ? "version_not_supported"
                                       : "bad_request";
     mdm_log(MDM_LOG_INFO, req->id, "http.refused", "remote=%s status=%d reason=\"%s\"", c->remote,
             status, detail);
@@ -906,6 +989,43 @@ static int on_header_value_complete(llhttp_t *p)
     return 0;
 }
 
+/* Checks the Transfer-Encoding fields: chunked is the only coding served,
+ * once and last. Returns 0, or an error status with *detail set. */
+static int check_transfer_codings(const mdm_req_t *req, const char **detail)
+{
+    size_t chunked = 0, other = 0;
+    bool last_chunked = false;
+    for (size_t i = 0; i < req->nheaders; i++) {
+        if (strcasecmp(req->headers[i].name, "Transfer-Encoding") != 0)
+            continue;
+        const char *v = req->headers[i].value;
+        while (*v) {
+            size_t n = strcspn(v, ",");
+            size_t lead = strspn(v, " \t");
+            size_t len = n > lead ? n - lead : 0;
+            while (len > 0 && (v[lead + len - 1] == ' ' || v[lead + len - 1] == '\t'))
+                len--;
+            if (len > 0) {
+                last_chunked = len == 7 && strncasecmp(v + lead, "chunked", 7) == 0;
+                chunked += last_chunked;
+                other += !last_chunked;
+            }
+            v += n + (v[n] == ',');
+        }
+    }
+    if (chunked + other == 0)
+        return 0;
+    if (!last_chunked || chunked > 1) {
+        *detail = "malformed request: chunked must be the final transfer coding, once";
+        return 400;
+    }
+    if (other > 0) {
+        *detail = "only the chunked transfer coding is supported";
+        return 501;
+    }
+    return 0;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     mdm_conn_t *c = CONN(p);
@@ -931,6 +1051,16 @@ static int on_headers_complete(llhttp_t *p)
         req->path = req->target;
         req->query = "";
     }
+    if (llhttp_get_http_major(p) != 1) {
+        c->error_status = 505;
+        c->error_detail = "only HTTP/1.0 and HTTP/1.1 are served";
+        return -1;
+    }
+    int te_status = check_transfer_codings(req, &c->error_detail);
+    if (te_status != 0) {
+        c->error_status = te_status;
+        return -1;
+    }
     if (p->flags & F_CONTENT_LENGTH && p->content_length > cfg->http_max_body_bytes) {
         c->error_status = 413;
         c->error_detail = "the body exceeds http.max_body_bytes";
@@ -941,6 +1071,18 @@ static int on_headers_complete(llhttp_t *p)
         if (strcasecmp(expect, "100-continue") != 0) {
             c->error_status = 417;
             c->error_detail = "only Expect: 100-continue is supported";
+            return -1;
+        }
+        bool body_to_come = (p->flags & F_CHUNKED) || p->content_length > 0;
+        if (!body_to_come)
+            return 0;
+        /* Invite the body only when the request can succeed: a route for
+         * it, and the API key it needs. Otherwise the final answer goes
+         * now, and the body is not read. */
+        req->start_ns = mdm_mono_ns();
+        if (!mdm__server_precheck(c->server, req)) {
+            end_with_current(c, req);
+            c->answered_early = true;
             return -1;
         }
         /* An interim answer may only go out when no earlier response is
@@ -991,12 +1133,7 @@ static int on_message_complete(llhttp_t *p)
         req->peer_not_before = c->peer_not_before;
         req->peer_not_after = c->peer_not_after;
     }
-    if (c->pipe_tail)
-        c->pipe_tail->next = req;
-    else
-        c->pipe_head = req;
-    c->pipe_tail = req;
-    c->npipe++;
+    pipe_push(c, req);
     /* Stop here: the request is dispatched before the next one is parsed,
      * so that pipelined requests are handled in order. */
     return HPE_PAUSED;
@@ -1074,6 +1211,15 @@ static void conn_parse(mdm_conn_t *c)
                 c->close_when_done = true;
             }
             continue;
+        }
+        if (c->answered_early) {
+            /* Answered at its head (Expect: 100-continue): stop here. */
+            c->in_off = c->in.len;
+            break;
+        }
+        if (e == HPE_INVALID_VERSION && !c->error_status) {
+            c->error_status = 505; /* a version llhttp does not know */
+            c->error_detail = "only HTTP/1.0 and HTTP/1.1 are served";
         }
         int status = c->error_status ? c->error_status : 400;
         const char *detail = c->error_detail ? c->error_detail : llhttp_get_error_reason(&c->parser);
@@ -1291,6 +1437,7 @@ void mdm__conn_close_when_done(mdm_conn_t *c)
     if (c->cur == NULL) {
         c->close_when_done = true;
         c->no_more_requests = true;
+        conn_update_reading(c); /* nothing more is read, let alone buffered */
     } else {
         c->blocked = false;
     }

@@ -66,9 +66,11 @@ typedef struct mdm_req {
     bool tls;                   /* arrived over TLS */
     const mdm_route_t *route;   /* the matched route */
     char *params[MDM_MAX_PATH_PARAMS]; /* {name} segments of the route, decoded */
+    char *raw_params[MDM_MAX_PATH_PARAMS]; /* the same, as received (not decoded) */
     int nparams;
     mdm_arena_t arena;          /* per-request memory */
     void *auth;                 /* set by the router's authentication (API key) */
+    bool prechecked;            /* routed and authorized before its body was read */
     uint64_t start_ns;          /* monotonic time the request was complete */
 
     /* response state, managed by the http layer */
@@ -78,6 +80,7 @@ typedef struct mdm_req {
     bool responded;
     bool dispatched;            /* handed to its route (once) */
     bool held;                  /* answered while a store batch was open */
+    bool accounted;             /* counted and logged (once, with its final status) */
     bool no_hold;               /* the answer tells of no stored change: it is
                                    sent without waiting for the batch commit */
     bool close_after;
@@ -91,6 +94,14 @@ const char *mdm_req_header(const mdm_req_t *req, const char *name);
  * plus_is_space selects form decoding. Returns 0, MDM_ENOTFOUND or
  * MDM_EPARSE. */
 int mdm_req_query(const mdm_req_t *req, const char *name, mdm_buf_t *out, bool plus_is_space);
+
+/* Finds a query parameter and points *value at its bytes as received (not
+ * decoded, *len of them). Returns 0 or MDM_ENOTFOUND. */
+int mdm_req_query_raw(const mdm_req_t *req, const char *name, const char **value, size_t *len);
+
+/* True when a query parameter name appears more than once; *name and *len
+ * then give that name (not decoded, pointing into req->query). */
+bool mdm_req_query_repeated(mdm_req_t *req, const char **name, size_t *len);
 
 /* Adds a response header (before sending). */
 void mdm_resp_header(mdm_req_t *req, const char *name, const char *value);

@@ -66,6 +66,7 @@ static bool match(const char *pattern, const char *path, mdm_req_t *req)
                     return false;
                 }
                 req->params[np] = mdm_arena_memdup(&req->arena, dec.data, dec.len);
+                req->raw_params[np] = mdm_arena_memdup(&req->arena, s, len);
                 mdm_buf_free(&dec);
             }
             np++;

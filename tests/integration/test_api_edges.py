@@ -5,7 +5,7 @@ import plistlib
 
 import pytest
 
-from conftest import http_request, read_response
+from conftest import Server, http_request, read_response, run
 from device import Api, Device
 
 
@@ -180,3 +180,166 @@ def test_raw_command_takes_nopush(server, api):
     st, r = api.call("POST", f"/v1/commands?targets={d.udid}&nopush=1", raw,
                      "application/x-apple-plist")
     assert st == 201 and "push" not in r, r
+
+
+def test_query_parameters_repeated_or_malformed_are_400(server, api):
+    d = Device(server)
+    d.enroll()
+    other = Device(server)
+    other.enroll()
+    raw = plistlib.dumps({"Command": {"RequestType": "ProfileList"}})
+    # A repeated parameter is ambiguous: refused, named, nothing queued.
+    for path in [f"/v1/commands?targets={d.udid}&targets={other.udid}&nopush=1",
+                 f"/v1/commands?targets={d.udid}&nopush=1&nopush=0",
+                 f"/v1/enqueue/{d.udid}?nopush=1&nopush=1"]:
+        method = "PUT" if path.startswith("/v1/enqueue") else "POST"
+        st, r = api.call(method, path, raw, "application/x-apple-plist")
+        assert st == 400 and r["error"] == "bad_query", (path, st, r)
+        name = "targets" if "targets=" + other.udid in path else "nopush"
+        assert f'"{name}"' in r["detail"], r
+    for path in ["/v1/devices?limit=1&limit=2", "/v1/devices?enrolled=1&enrolled=0",
+                 "/v1/decisions?limit=1&limit=2", "/v1/certs?limit=1&limit=1"]:
+        st, r = api.call("GET", path)
+        assert st == 400 and r["error"] == "bad_query", (path, st, r)
+        assert '"limit"' in r["detail"] or '"enrolled"' in r["detail"], r
+    # Values that are not booleans (or numbers) are refused, not ignored.
+    for q in ["enrolled=yes", "enabled=maybe", "limit=abc"]:
+        st, r = api.call("GET", "/v1/devices?" + q)
+        assert st == 400 and r["error"] == "bad_query", (q, st, r)
+        assert q.split("=")[0] in r["detail"], r
+    # A bad escape in the cursor (sent as is: an HTTP library would escape
+    # the '%') used to restart the listing at page 1.
+    with server.connect() as sock:
+        buf = bytearray()
+        for q in ["cursor=%zz", "cursor=%4"]:
+            http_request(sock, "GET", "/v1/devices?" + q, {"Authorization": "Bearer " + api.key})
+            resp = read_response(sock, buf)
+            assert resp.status == 400 and b"bad_query" in resp.body and b"cursor" in resp.body, \
+                (q, resp.status, resp.body)
+    for q in ["dedupe=maybe", "nopush=xyz", "priority=abc", "priority=-5", "priority=999"]:
+        st, r = api.call("POST", f"/v1/commands?targets={d.udid}&{q}", raw,
+                         "application/x-apple-plist")
+        assert st == 400 and q.split("=")[0] in r["detail"], (q, st, r)
+    st, r = api.call("PUT", f"/v1/enqueue/{d.udid}?nopush=xyz", raw, "application/x-apple-plist")
+    assert st == 400, (st, r)
+    # Nothing was queued by any of these.
+    for dev in (d, other):
+        assert api.call("GET", "/v1/devices/" + dev.udid)[1]["queue_length"] == 0
+    # The accepted spellings still work.
+    for q in ["enrolled=1", "enrolled=true", "enrolled", "enabled=0", "enabled=false", "limit=5"]:
+        assert api.call("GET", "/v1/devices?" + q)[0] == 200, q
+
+
+def test_cli_exit_code_tells_of_partial_failure(datadir, tmpdir_path):
+    from test_apns import Env, upload
+    env = Env(tmpdir_path)
+    try:
+        datadir.write_config(env.config())
+        srv = Server(datadir)
+        try:
+            api = Api(srv)
+            upload(api, env.cert, env.key)
+            d = Device(srv)
+            d.enroll()
+            cli = ["--config", datadir.config, "--url", srv.url, "--api-key", api.key]
+            p = run("push", *cli, d.udid, check=False)
+            assert p.returncode == 0 and '"push_result"' in p.stdout, (p.returncode, p.stdout)
+            # One id pushed, one unknown: 207, and the exit code says so.
+            p = run("push", *cli, d.udid, "nobody", check=False)
+            assert '"push_error"' in p.stdout and p.returncode == 3, (p.returncode, p.stdout)
+            assert "207" in p.stderr, p.stderr
+            # The same for a command queued to some of its targets.
+            p = run("cmd", "send", *cli, d.udid + ",nobody", "ProfileList", "nopush=true",
+                    check=False)
+            assert '"unknown_enrollment"' in p.stdout and p.returncode == 3, \
+                (p.returncode, p.stdout, p.stderr)
+            # Every push failed: 500, exit 1.
+            p = run("push", *cli, "nobody", check=False)
+            assert p.returncode == 1, (p.returncode, p.stdout)
+        finally:
+            assert srv.stop() == 0
+    finally:
+        env.standin.stop()
+
+
+def test_nano_enqueue_conflict_has_nanomdm_shape(server, api):
+    d = Device(server)
+    d.enroll()
+    raw = plistlib.dumps({"CommandUUID": "dup-1", "Command": {"RequestType": "ProfileList"}})
+    st, r = api.call("PUT", f"/v1/enqueue/{d.udid}?nopush=1", raw, "application/x-apple-plist")
+    assert st == 200, (st, r)
+    st, r = api.call("PUT", f"/v1/enqueue/{d.udid}?nopush=1", raw, "application/x-apple-plist")
+    assert st == 409, (st, r)
+    assert "CommandUUID" in r.get("command_error", ""), r
+    assert "error" not in r and r.get("command_uuid") == "dup-1", r
+    # The admin route keeps its own shape.
+    st, r = api.call("POST", f"/v1/commands?targets={d.udid}&nopush=1", raw,
+                     "application/x-apple-plist")
+    assert st == 409 and r["error"] == "conflict", (st, r)
+    assert api.call("GET", "/v1/devices/" + d.udid)[1]["queue_length"] == 1
+
+
+def test_nano_routes_reach_an_id_with_a_comma(server, api):
+    from urllib.parse import quote
+    d = Device(server)
+    d.enroll()
+    # A Shared iPad user channel whose short name has a comma.
+    d.user = ("FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF", "smith,john")
+    assert d.token_update() == 200
+    d.user = None
+    uid = d.udid + ":smith,john"
+    esc = quote(uid, safe="")
+    assert "%2C" in esc
+    raw = plistlib.dumps({"Command": {"RequestType": "ProfileList"}})
+    st, r = api.call("PUT", f"/v1/enqueue/{esc},{d.udid}?nopush=1", raw,
+                     "application/x-apple-plist")
+    assert st == 200 and set(r["status"]) == {uid, d.udid}, (st, r)
+    st, show = api.call("GET", "/v1/devices/" + esc)
+    assert st == 200 and show["queue_length"] == 1, (st, show)
+    st, r = api.call("POST", f"/v1/push/{esc}")
+    assert set(r["status"]) == {uid}, (st, r)
+    # The raw form of POST /v1/commands splits its targets the same way.
+    st, r = api.call("POST", f"/v1/commands?targets={esc},{d.udid}&nopush=1", raw,
+                     "application/x-apple-plist")
+    assert st == 201 and set(r["targets"]) == {uid, d.udid}, (st, r)
+    # The CLI escapes each id, so it reaches the same channel.
+    p = run("push", "--config", server.datadir.config, "--url", server.url,
+            "--api-key", api.key, uid, check=False)
+    assert f'"{uid}"' in p.stdout, p.stdout
+
+
+def test_device_list_last_page_is_not_empty(server, api):
+    from device import TOPIC
+    devs = sorted((Device(server) for _ in range(3)), key=lambda d: d.udid)
+    for d in devs:
+        d.enroll()
+    # The last one in id order is checked out: the enrolled filter drops it.
+    assert devs[-1].checkin("CheckOut", Topic=TOPIC)[0] == 200
+    st, r = api.call("GET", "/v1/devices?enrolled=true&limit=2")
+    assert st == 200 and [x["id"] for x in r["devices"]] == [d.udid for d in devs[:2]], r
+    assert r["next_cursor"] is None, r
+    # Without the filter the third is on the next page.
+    st, r = api.call("GET", "/v1/devices?limit=2")
+    assert r["next_cursor"] == devs[-1].udid, r
+    st, r = api.call("GET", "/v1/devices?limit=2&cursor=" + r["next_cursor"])
+    assert [x["id"] for x in r["devices"]] == [devs[-1].udid] and r["next_cursor"] is None, r
+
+
+def test_cli_cmd_send_types_values_by_the_schema(server, api):
+    import json as _json
+    d = Device(server)
+    d.enroll()
+    cli = ["--config", server.datadir.config, "--url", server.url, "--api-key", api.key]
+    # PIN is a string in DeviceLock's schema: digits stay a string.
+    p = run("cmd", "send", *cli, d.udid, "DeviceLock", "PIN=123456", "Message=42",
+            "nopush=true", check=False)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    uuid = _json.loads(p.stdout)["command_uuid"]
+    st, r = api.call("GET", "/v1/commands/" + uuid)
+    assert r["command"]["PIN"] == "123456" and r["command"]["Message"] == "42", r
+    # The explicit JSON form still works; options keep their types.
+    p = run("cmd", "send", *cli, d.udid, "DeviceLock", "PIN:=\"654321\"", "priority=7",
+            "nopush=true", check=False)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    st, r = api.call("GET", "/v1/commands/" + _json.loads(p.stdout)["command_uuid"])
+    assert r["command"]["PIN"] == "654321" and r["priority"] == 7, r

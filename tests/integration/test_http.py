@@ -87,15 +87,22 @@ def test_trailers_after_a_chunked_body_are_ignored(server):
 
 def test_expect_100_continue(server):
     with server.connect() as s:
-        s.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        s.sendall(b"POST /v1/challenges HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                  b"Authorization: Bearer " + server.datadir.api_key.encode() + b"\r\n"
                   b"Expect: 100-continue\r\n\r\n")
         buf = bytearray()
         r = read_response(s, buf)
         assert r.status == 100
-        s.sendall(b"hello")
-        assert read_response(s, buf).status == 405
+        s.sendall(b"{}")
+        assert read_response(s, buf).status == 201
         http_request(s, "GET", "/healthz")
         assert read_response(s, buf).status == 200
+    # No route for it: the final answer at once, without inviting the body.
+    with server.connect() as s:
+        s.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                  b"Expect: 100-continue\r\n\r\n")
+        r = read_response(s)
+        assert r.status == 405 and r.header("connection") == "close"
 
 
 def test_header_block_too_large_is_431(tight):

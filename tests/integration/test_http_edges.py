@@ -205,3 +205,202 @@ def test_max_header_bytes_counts_whitespace(datadir):
         assert r.status == 431, r.status
     finally:
         srv.stop()
+
+
+def raw_exchange(srv, data, timeout=10):
+    """Sends data on a new plain connection; returns the first response and
+    whether the server closed the connection after it."""
+    with plain_connect(srv, timeout=timeout) as s:
+        s.sendall(data)
+        buf = bytearray()
+        r = read_response(s, buf)
+        rest = read_until_eof(s, 3)
+        return r, rest
+
+
+# A transfer coding other than chunked cannot be decoded: 501, and the
+# connection is closed (the body's framing is unknown).
+def test_unknown_transfer_coding_is_501(plain_server):
+    key = plain_server.datadir.api_key.encode()
+    for te in [b"gzip, chunked", b"deflate,chunked", b"identity, chunked", b"x-custom, chunked"]:
+        r, rest = raw_exchange(plain_server,
+                               b"POST /v1/challenges HTTP/1.1\r\nHost: x\r\n"
+                               b"Authorization: Bearer " + key + b"\r\n"
+                               b"Transfer-Encoding: " + te + b"\r\n\r\n"
+                               b"5\r\nhello\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert r.status == 501, (te, r.status, r.body)
+        assert json.loads(r.body)["error"] == "not_implemented", r.body
+        assert r.header("connection") == "close"
+        assert b"HTTP/1.1" not in rest, rest  # nothing after it is answered
+    # chunked not last: the body's end cannot be found at all (400).
+    r, _ = raw_exchange(plain_server, b"POST /healthz HTTP/1.1\r\nHost: x\r\n"
+                        b"Transfer-Encoding: chunked, gzip\r\n\r\n")
+    assert r.status == 400 and r.header("connection") == "close", r.status
+    # Nothing was created by those requests.
+    assert table_count(plain_server, "challenges") == 0
+    # Plain chunked still works.
+    r, _ = raw_exchange(plain_server, b"POST /healthz HTTP/1.1\r\nHost: x\r\n"
+                        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                        b"5\r\nhello\r\n0\r\n\r\n")
+    assert r.status == 405
+
+
+# Only HTTP/1.x is served: any other version gets 505.
+def test_other_http_versions_are_505(plain_server):
+    for version in [b"HTTP/2.0", b"HTTP/0.9", b"HTTP/3.0", b"HTTP/9.9"]:
+        r, _ = raw_exchange(plain_server, b"GET /healthz " + version + b"\r\nHost: x\r\n\r\n")
+        assert r.status == 505, (version, r.status, r.body)
+        assert r.header("connection") == "close"
+    for version in [b"HTTP/1.0", b"HTTP/1.1"]:
+        r, _ = raw_exchange(plain_server, b"GET /healthz " + version + b"\r\nHost: x\r\n"
+                            b"Connection: close\r\n\r\n")
+        assert r.status == 200, (version, r.status)
+
+
+# When the batch commit fails, held answers become 503: the access log and
+# the request counter must show the 503 the client got, not the answer that
+# was prepared before the commit.
+def test_commit_failure_is_logged_and_counted_as_503(datadir):
+    import re
+    import shutil
+    import os
+    import requests
+    from device import Api, Device
+    from test_faults import _mount_tmpfs, _umount
+    mnt = os.path.join(datadir.path, "smalldb")
+    os.mkdir(mnt)
+    _mount_tmpfs(mnt, "6m")
+    srv = None
+    try:
+        shutil.copy(os.path.join(datadir.path, "db", "data.mdb"), mnt)
+        datadir.write_config('  store = { path = "smalldb", map_size = "64MiB" },')
+        with open(os.path.join(mnt, "filler"), "wb") as f:
+            f.write(b"\0" * (3 << 20))
+        srv = Server(datadir)
+        api = Api(srv)
+        d = Device(srv)
+        d.enroll()
+        created, refused = 0, None
+        for i in range(200):
+            r = requests.post(srv.url + "/v1/commands",
+                              headers={"Authorization": "Bearer " + api.key},
+                              json={"request_type": "DeviceLock", "targets": [d.udid],
+                                    "nopush": True, "Message": f"{i} " + "x" * 65536},
+                              verify=datadir.ca_crt, timeout=60)
+            if r.status_code == 201:
+                created += 1
+                continue
+            refused = r
+            break
+        assert refused is not None and created > 0, created
+        assert refused.status_code == 503, (refused.status_code, refused.text)
+        rid = refused.headers["X-Request-Id"]
+        srv.wait_log(r"event=store.commit_failed")
+        lines = [l for l in srv.log().splitlines()
+                 if "event=http.request" in l and rid in l]
+        assert len(lines) == 1, lines
+        assert " status=503 " in lines[0], lines[0]
+        text = requests.get(srv.url + "/metrics", verify=datadir.ca_crt, timeout=30).text
+
+        def count(status):
+            m = re.search(r'^moonmdm_http_requests_total\{route="v1_commands",status="%d"\} (\d+)$'
+                          % status, text, re.M)
+            return int(m.group(1)) if m else 0
+        assert count(503) >= 1 and count(201) == created, (count(201), count(503), created)
+    finally:
+        if srv is not None:
+            srv.kill()
+        _umount(mnt)
+
+
+# Expect: 100-continue invites the body only when the request can succeed:
+# a request that gets 404/405/401 is answered at once, before its body, and
+# the connection is closed (the body it may still send is not read).
+def test_expect_100_continue_only_for_requests_that_can_succeed(plain_server):
+    srv = plain_server
+    key = srv.datadir.api_key
+    cases = [(b"POST /nope HTTP/1.1", {}, 404),
+             (b"POST /healthz HTTP/1.1", {}, 405),
+             (b"POST /v1/challenges HTTP/1.1", {}, 401),
+             (b"POST /v1/challenges HTTP/1.1", {"Authorization": "Bearer mdm_0_bad"}, 401),
+             (b"POST /v1/challenges?ttl=1&ttl=2 HTTP/1.1",
+              {"Authorization": "Bearer " + key}, 400)]
+    for line, headers, want in cases:
+        with plain_connect(srv) as s:
+            head = line + b"\r\nHost: x\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n"
+            for k, v in headers.items():
+                head += f"{k}: {v}\r\n".encode()
+            s.sendall(head + b"\r\n")
+            r = read_response(s)
+            assert r.status == want, (line, r.status, r.body)
+            assert r.header("connection") == "close", (line, r.headers)
+    # The bad key was counted once, not once at the head and again later.
+    bad = [l for l in srv.log().splitlines() if "event=api.auth_failed" in l]
+    assert len(bad) == 1, bad
+    # A request that can succeed gets 100 Continue, then its answer, and the
+    # connection stays usable.
+    with plain_connect(srv) as s:
+        buf = bytearray()
+        s.sendall(b"POST /v1/challenges HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                  b"Authorization: Bearer " + key.encode() + b"\r\n"
+                  b"Content-Type: application/json\r\nExpect: 100-continue\r\n\r\n")
+        assert read_response(s, buf).status == 100
+        s.sendall(b"{}")
+        r = read_response(s, buf)
+        assert r.status == 201, r.body
+        http_request(s, "GET", "/healthz")
+        assert read_response(s, buf).status == 200
+    assert table_count(srv, "challenges") == 1
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+# At shutdown a connection that still has answers to write is closed once
+# they are out; it must stop reading meanwhile. It used to read on (until
+# the grace period ended), buffering whatever the client sent.
+def test_shutdown_stops_reading_a_connection_that_closes_when_done(datadir):
+    import select
+    # The answers must outgrow the kernel's buffers (so that the server
+    # still has some to write) and stay under the 4 MiB after which the
+    # server stops reading on its own: try larger amounts if they fit.
+    for n in (450, 520, 600):
+        srv = Server(datadir, plain=True)
+        try:
+            s = plain_connect(srv, timeout=15, rcvbuf=4096)
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * n)
+            time.sleep(0.5)
+            srv.proc.send_signal(signal.SIGTERM)
+            srv.wait_log(r"event=server.stopping")
+            time.sleep(0.2)
+            before = rss_kb(srv.proc.pid)
+            s.setblocking(False)
+            chunk = b"X" * 65536
+            sent = 0
+            deadline = time.monotonic() + 3
+            try:
+                while sent < (96 << 20) and time.monotonic() < deadline:
+                    select.select([], [s], [], 0.1)
+                    try:
+                        sent += s.send(chunk)
+                    except BlockingIOError:
+                        pass
+            except ConnectionError:
+                s.close()
+                continue  # every answer fit in the kernel's buffers: more
+            grown = rss_kb(srv.proc.pid) - before
+            s.close()
+            assert srv.proc.wait(20) == 0
+            # Kernel buffers take some (tens of MiB at most); the server
+            # itself must not have taken it in.
+            assert grown < 16 << 10, (f"server RSS grew {grown} KiB while the client sent "
+                                      f"{sent >> 20} MiB after shutdown began")
+            return
+        finally:
+            srv.kill()
+    pytest.fail("the server never had answers left to write at shutdown")
