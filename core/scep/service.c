@@ -37,6 +37,8 @@
 #define CRL_VALIDITY_MS (7 * DAY_MS)
 #define CRL_REFRESH_MS DAY_MS
 #define DEFAULT_MAX_INFLIGHT 512
+/* The longest lifetime /v1/challenges gives a challenge. */
+#define CHALLENGE_TTL_MAX_MS (365 * (uint64_t)DAY_MS)
 #define MAX_SANS 64
 
 #define CT_PKI "application/x-pki-message"
@@ -1365,9 +1367,10 @@ static void handle_challenge_new(mdm_req_t *req)
         bool ok = false;
         if (json_is_string(ttl))
             ok = mdm_parse_duration_ms(json_string_value(ttl), &ms) == 0;
-        else if (json_is_integer(ttl) && json_integer_value(ttl) > 0)
+        else if (json_is_integer(ttl) && json_integer_value(ttl) > 0 &&
+                 (uint64_t)json_integer_value(ttl) <= CHALLENGE_TTL_MAX_MS / 1000)
             ok = (ms = (uint64_t)json_integer_value(ttl) * 1000, true);
-        if (!ok || ms == 0 || ms > 365 * (uint64_t)DAY_MS) {
+        if (!ok || ms == 0 || ms > CHALLENGE_TTL_MAX_MS) {
             json_decref(body);
             mdm_resp_json_error(req, 400, "bad_request",
                                 "ttl must be a duration such as \"1h\" (at most 365d) or seconds");

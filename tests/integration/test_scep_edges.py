@@ -238,3 +238,18 @@ def test_ota_phase3_refuses_a_certificate_our_ca_did_not_issue(tmpdir_path):
             f"phase 3 accepted a certificate issued by the root, not our CA: {r.status_code}"
     finally:
         stop_clean(s)
+
+
+# ---- /v1/challenges: an integer ttl that would overflow -------------------------
+
+
+def test_challenge_api_refuses_a_ttl_whose_milliseconds_overflow(esrv):
+    d = esrv.datadir
+    # 18446744073709552 s * 1000 wraps around 2^64 to 384 ms.
+    for ttl in (18446744073709552, 2 ** 62, 365 * 86400 + 1):
+        r = api(esrv, "POST", "/v1/challenges", d.api_key, {"ttl": ttl})
+        assert r.status_code == 400, (ttl, r.status_code, r.text)
+        assert "ttl" in r.text
+    # The largest allowed number of seconds still works.
+    r = api(esrv, "POST", "/v1/challenges", d.api_key, {"ttl": 365 * 86400})
+    assert r.status_code == 201, r.text
