@@ -138,6 +138,8 @@ static size_t pending_key(unsigned char out[PENDING_PREFIX_LEN + MDM_SCEP_TXID_M
     return PENDING_PREFIX_LEN + n;
 }
 
+/* Stores a pending request; MDM_EEXIST when one with this transactionID is
+ * already pending (it is never replaced). */
 static int pending_put(mdm_txn_t *txn, const char *txid, const pending_rec_t *p)
 {
     unsigned char key[PENDING_PREFIX_LEN + MDM_SCEP_TXID_MAX];
@@ -157,7 +159,8 @@ static int pending_put(mdm_txn_t *txn, const char *txid, const pending_rec_t *p)
     plist_free(d);
     int rc = MDM_EIO;
     if (bin != NULL && blen > 0)
-        rc = mdm_txn_put(txn, MDM_T_INDEX, MDM_VAL(key, klen), MDM_VAL(bin, blen), 0);
+        rc = mdm_txn_put(txn, MDM_T_INDEX, MDM_VAL(key, klen), MDM_VAL(bin, blen),
+                         MDM_PUT_NOOVERWRITE);
     if (bin != NULL)
         plist_to_bin_free(bin);
     return rc;
@@ -510,6 +513,13 @@ static int store_pending_fn(mdm_txn_t *txn, void *arg)
     }
     OPENSSL_free(csr);
     OPENSSL_free(pub);
+    if (rc == MDM_EEXIST) {
+        /* Another request took this transactionID first: its record stays,
+         * and this one's challenge is not consumed (the update rolls back). */
+        job->lost_fail = MDM_SCEP_BADREQUEST;
+        job->lost_reason = "another request with this transactionID is already pending";
+        return MDM_ESTATE;
+    }
     return rc;
 }
 

@@ -1219,15 +1219,21 @@ static int decide(void *udata, const mdm_scep_decision_ctx_t *ctx, char *reason,
     return a;
 }
 
+/* The store key of the pending request txid. */
+static mdm_val_t pending_key_of(const char *txid, unsigned char key[200])
+{
+    size_t pl = strlen("sceppend") + 1;
+    memcpy(key, "sceppend", pl);
+    memcpy(key + pl, txid, strlen(txid));
+    return MDM_VAL(key, pl + strlen(txid));
+}
+
 static int pending_exists_fn(mdm_txn_t *t, void *a)
 {
     const char *txid = a;
     unsigned char key[200];
-    size_t pl = strlen("sceppend") + 1;
-    memcpy(key, "sceppend", pl);
-    memcpy(key + pl, txid, strlen(txid));
     mdm_val_t v;
-    return mdm_txn_get(t, MDM_T_INDEX, MDM_VAL(key, pl + strlen(txid)), &v);
+    return mdm_txn_get(t, MDM_T_INDEX, pending_key_of(txid, key), &v);
 }
 
 static void test_service_decisions(void **state)
@@ -1347,6 +1353,64 @@ static void test_service_decisions(void **state)
     X509_REQ_free(csr);
     X509_REQ_free(csr2);
     X509_REQ_free(csr3);
+}
+
+/* Another request of the same transactionID stores its pending record
+ * while this one is decided (as a second server on the store could): the
+ * first record stays, this one gets FAILURE and keeps its challenge. */
+struct racing_decider {
+    mdm_store_t *store;
+    const char *txid;
+};
+
+static int put_pending_fn(mdm_txn_t *t, void *a)
+{
+    const char *txid = a;
+    unsigned char key[200];
+    return mdm_txn_put(t, MDM_T_INDEX, pending_key_of(txid, key), MDM_VAL_STR("first"),
+                       0);
+}
+
+static int get_pending_fn(mdm_txn_t *t, void *a)
+{
+    char *out = a;
+    const char *txid = "RACE-PEND";
+    unsigned char key[200];
+    mdm_val_t v;
+    int rc = mdm_txn_get(t, MDM_T_INDEX, pending_key_of(txid, key), &v);
+    if (rc == 0)
+        snprintf(out, 64, "%.*s", (int)v.len, (const char *)v.data);
+    return rc;
+}
+
+static int racing_decide(void *udata, const mdm_scep_decision_ctx_t *ctx, char *reason, size_t n)
+{
+    struct racing_decider *d = udata;
+    (void)ctx;
+    (void)reason;
+    (void)n;
+    assert_rc(mdm_store_update(d->store, put_pending_fn, (void *)d->txid), 0);
+    return MDM_SCEP_DECIDE_PENDING;
+}
+
+static void test_service_pending_is_not_replaced(void **state)
+{
+    struct fx *fx = *state;
+    make_service(fx, true, NULL);
+    struct racing_decider d = {.store = fx->store, .txid = "RACE-PEND"};
+    mdm_scep_service_set_decision(fx->svc, racing_decide, &d);
+    char ch[64];
+    new_challenge(fx, "frank", 3600 * 1000, ch);
+    X509_REQ *csr = make_csr(G.dev_key, "device one", ch, NULL);
+    struct result res;
+    struct req_opts o = {.csr = csr, .recipient = G.ra_cert, .txid = "RACE-PEND"};
+    exchange(fx, &o, &res);
+    expect_reply(&res, G.ec_ca_cert, G.dev_self, G.dev_key, 2, MDM_SCEP_BADREQUEST, NULL);
+    char first[64] = "";
+    assert_rc(mdm_store_view(fx->store, get_pending_fn, first), 0);
+    assert_string_equal(first, "first");
+    assert_int_equal(counts(fx).challenges, 1);
+    X509_REQ_free(csr);
 }
 
 struct bind_op {
@@ -1578,6 +1642,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_service_static_challenge, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_challenge_race, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_decisions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_service_pending_is_not_replaced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_renewal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_crl, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_limits_and_ra_checks, setup, teardown),
