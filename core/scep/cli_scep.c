@@ -49,7 +49,7 @@ struct cli_challenge_ctx {
 static int cli_challenge_new_fn(mdm_txn_t *txn, void *arg)
 {
     struct cli_challenge_ctx *c = arg;
-    return mdm_challenge_create(txn, c->owner, c->ttl_ms, &c->c);
+    return mdm_challenge_create(txn, c->owner, MDM_CHALLENGE_SCEP, c->ttl_ms, &c->c);
 }
 
 static int cli_challenge_print(const mdm_challenge_t *c, void *arg)
@@ -59,8 +59,9 @@ static int cli_challenge_print(const mdm_challenge_t *c, void *arg)
     mdm_time_format(created, c->created_ms);
     mdm_time_format(expires, c->expires_ms);
     mdm_hex_encode(fp, c->digest, 8);
-    printf("%s  %-24s  created %s  expires %s%s\n", fp, c->owner[0] ? c->owner : "-", created,
-           expires, c->expires_ms <= now ? "  (expired)" : "");
+    printf("%s  %-4s  %-24s  created %s  expires %s%s\n", fp,
+           mdm_challenge_purpose_name(c->purpose), c->owner[0] ? c->owner : "-", created, expires,
+           c->expires_ms <= now ? "  (expired)" : "");
     return 0;
 }
 

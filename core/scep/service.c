@@ -476,7 +476,7 @@ struct view_challenge {
 static int view_challenge_fn(mdm_txn_t *txn, void *arg)
 {
     struct view_challenge *v = arg;
-    return mdm_challenge_check(txn, v->text, mdm_now_ms(), &v->c);
+    return mdm_challenge_check(txn, v->text, MDM_CHALLENGE_SCEP, mdm_now_ms(), &v->c);
 }
 
 static int store_pending_fn(mdm_txn_t *txn, void *arg)
@@ -484,7 +484,8 @@ static int store_pending_fn(mdm_txn_t *txn, void *arg)
     scep_job_t *job = arg;
     job->lost_fail = MDM_SCEP_NOFAIL;
     if (job->consume_challenge) {
-        int rc = mdm_challenge_consume(txn, job->m.challenge, mdm_now_ms(), NULL);
+        int rc = mdm_challenge_consume(txn, job->m.challenge, MDM_CHALLENGE_SCEP, mdm_now_ms(),
+                                       NULL);
         if (rc == MDM_ENOTFOUND || rc == MDM_EEXPIRED) {
             job->lost_fail = MDM_SCEP_BADREQUEST;
             job->lost_reason = "the challenge was used or expired while the request was checked";
@@ -538,7 +539,7 @@ static int store_issued_fn(mdm_txn_t *txn, void *arg)
     job->lost_fail = MDM_SCEP_NOFAIL;
     int rc = 0;
     if (job->consume_challenge) {
-        rc = mdm_challenge_consume(txn, job->m.challenge, mdm_now_ms(), NULL);
+        rc = mdm_challenge_consume(txn, job->m.challenge, MDM_CHALLENGE_SCEP, mdm_now_ms(), NULL);
         if (rc == MDM_ENOTFOUND || rc == MDM_EEXPIRED) {
             job->lost_fail = MDM_SCEP_BADREQUEST;
             job->lost_reason = "the challenge was used by another request at the same time";
@@ -688,6 +689,11 @@ static bool check_challenge(scep_job_t *job)
     }
     if (rc == MDM_EEXPIRED) {
         job_fail(job, MDM_SCEP_BADREQUEST, "the challenge has expired");
+        return false;
+    }
+    if (rc == MDM_EAUTH) {
+        job_fail(job, MDM_SCEP_BADREQUEST,
+                 "the challenge is for the OTA profile service (phase 1), not for SCEP");
         return false;
     }
     if (rc != 0) {
@@ -1349,7 +1355,7 @@ struct create_challenge_ctx {
 static int create_challenge_fn(mdm_txn_t *txn, void *arg)
 {
     struct create_challenge_ctx *c = arg;
-    return mdm_challenge_create(txn, c->owner, c->ttl_ms, &c->c);
+    return mdm_challenge_create(txn, c->owner, MDM_CHALLENGE_SCEP, c->ttl_ms, &c->c);
 }
 
 static void handle_challenge_new(mdm_req_t *req)

@@ -253,3 +253,52 @@ def test_challenge_api_refuses_a_ttl_whose_milliseconds_overflow(esrv):
     # The largest allowed number of seconds still works.
     r = api(esrv, "POST", "/v1/challenges", d.api_key, {"ttl": 365 * 86400})
     assert r.status_code == 201, r.text
+
+
+# ---- challenges are bound to their purpose ----------------------------------
+
+
+def ota_service_challenge(srv, d, tmp):
+    r = requests.get(srv.url + "/enroll?ota=1", auth=("alice", "wonderland"),
+                     verify=d.ca_crt, timeout=30)
+    assert r.status_code == 200, r.text
+    return plistlib.loads(cms_verify(r.content, d.ca_crt, tmp))["PayloadContent"]["Challenge"]
+
+
+def phase1_body(apple_ca, apple_key, challenge):
+    dcert, dkey = pki.issue_client(apple_ca, apple_key, "Apple device", key=pki.new_key("rsa"))
+    attrs = {"UDID": "PURPOSE-UDID", "SERIAL": "OTA-SERIAL-1", "PRODUCT": "iPhone15,2",
+             "VERSION": "21F79", "CHALLENGE": challenge}
+    return phase_body(attrs, dcert, dkey)
+
+
+def test_profile_service_challenge_is_no_scep_challenge(tmpdir_path):
+    srv, d, apple_ca, apple_key = ota_server(tmpdir_path)
+    try:
+        ch = ota_service_challenge(srv, d, tmpdir_path)
+        # Straight to SCEP, skipping phase 1 (and its authenticate hook).
+        rep = Reply(pki_op(srv, Client().message(recipient_of(d), challenge=ch)).content)
+        assert rep.status == 2 and rep.fail_info == 2
+        srv.wait_log(r"event=scep.failure .*reason=\"the challenge is for the OTA profile "
+                     r"service")
+        # It is still good for what it was made for.
+        r = requests.post(srv.url + "/ota/profile", data=phase1_body(apple_ca, apple_key, ch),
+                          verify=d.ca_crt, timeout=30)
+        assert r.status_code == 200, r.text
+    finally:
+        stop_clean(srv)
+
+
+def test_scep_challenge_does_not_pass_ota_phase1(tmpdir_path):
+    srv, d, apple_ca, apple_key = ota_server(tmpdir_path)
+    try:
+        ch = new_challenge(d, "--user", "alice")
+        r = requests.post(srv.url + "/ota/profile", data=phase1_body(apple_ca, apple_key, ch),
+                          verify=d.ca_crt, timeout=30)
+        assert r.status_code == 403, r.text
+        srv.wait_log(r"event=enroll.ota_refused .*phase=1 .*reason=\"the challenge is not for "
+                     r"the OTA profile service")
+        # It was not consumed: SCEP still takes it.
+        enroll(srv, d, ch)
+    finally:
+        stop_clean(srv)

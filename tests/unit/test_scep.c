@@ -13,6 +13,7 @@
 #include <ftw.h>
 #include <openssl/cms.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/pkcs7.h>
 #include <openssl/provider.h>
 #include <openssl/x509v3.h>
@@ -823,6 +824,7 @@ static int teardown(void **state)
 
 struct ch_op {
     const char *owner;
+    int purpose; /* 0: MDM_CHALLENGE_SCEP */
     uint64_t ttl;
     const char *text;
     int64_t now;
@@ -833,22 +835,24 @@ struct ch_op {
     char buf[300];
 };
 
+#define PURPOSE(o) ((o)->purpose ? (o)->purpose : MDM_CHALLENGE_SCEP)
+
 static int ch_create_fn(mdm_txn_t *t, void *a)
 {
     struct ch_op *o = a;
-    return mdm_challenge_create(t, o->owner, o->ttl, &o->c);
+    return mdm_challenge_create(t, o->owner, PURPOSE(o), o->ttl, &o->c);
 }
 
 static int ch_check_fn(mdm_txn_t *t, void *a)
 {
     struct ch_op *o = a;
-    return mdm_challenge_check(t, o->text, o->now, &o->c);
+    return mdm_challenge_check(t, o->text, PURPOSE(o), o->now, &o->c);
 }
 
 static int ch_consume_fn(mdm_txn_t *t, void *a)
 {
     struct ch_op *o = a;
-    return mdm_challenge_consume(t, o->text, o->now, &o->c);
+    return mdm_challenge_consume(t, o->text, PURPOSE(o), o->now, &o->c);
 }
 
 static int ch_prune_fn(mdm_txn_t *t, void *a)
@@ -879,6 +883,20 @@ static int ch_owner_get_fn(mdm_txn_t *t, void *a)
 {
     struct ch_op *o = a;
     return mdm_challenge_owner_of_cert(t, o->fp, o->buf, sizeof(o->buf));
+}
+
+/* Stores o->text as a challenge of layout version 1 for "vera". */
+static int ch_put_v1_fn(mdm_txn_t *t, void *a)
+{
+    struct ch_op *o = a;
+    unsigned char key[32], value[17 + 4];
+    unsigned int n = 0;
+    assert_int_equal(EVP_Digest(o->text, strlen(o->text), key, &n, EVP_sha256(), NULL), 1);
+    value[0] = 1;
+    mdm_be64_put(value + 1, (uint64_t)(o->now + 3600 * 1000));
+    mdm_be64_put(value + 9, (uint64_t)o->now);
+    memcpy(value + 17, "vera", 4);
+    return mdm_txn_put(t, MDM_T_CHALLENGES, MDM_VAL(key, 32), MDM_VAL(value, sizeof(value)), 0);
 }
 
 static void test_challenges(void **state)
@@ -933,6 +951,31 @@ static void test_challenges(void **state)
     assert_int_equal(cnt.listed, 1);
     struct ch_op s2c = {.text = s2.c.text, .now = mdm_now_ms()};
     assert_rc(mdm_store_view(fx->store, ch_check_fn, &s2c), 0);
+
+    /* A challenge is good for its purpose only, and the wrong one does not
+     * consume it. */
+    struct ch_op ota = {.owner = "olga", .purpose = MDM_CHALLENGE_OTA, .ttl = 3600 * 1000};
+    assert_rc(mdm_store_update(fx->store, ch_create_fn, &ota), 0);
+    struct ch_op as_scep = {.text = ota.c.text, .now = mdm_now_ms()};
+    assert_rc(mdm_store_update(fx->store, ch_consume_fn, &as_scep), MDM_EAUTH);
+    assert_int_equal(as_scep.c.purpose, MDM_CHALLENGE_OTA);
+    struct ch_op as_ota = {.text = ota.c.text, .purpose = MDM_CHALLENGE_OTA, .now = mdm_now_ms()};
+    assert_rc(mdm_store_update(fx->store, ch_consume_fn, &as_ota), 0);
+    assert_string_equal(as_ota.c.owner, "olga");
+    struct ch_op s2o = {.text = s2.c.text, .purpose = MDM_CHALLENGE_OTA, .now = mdm_now_ms()};
+    assert_rc(mdm_store_update(fx->store, ch_consume_fn, &s2o), MDM_EAUTH);
+    struct ch_op bad = {.purpose = 7, .ttl = 1000};
+    assert_rc(mdm_store_update(fx->store, ch_create_fn, &bad), MDM_EINVAL);
+
+    /* A record of version 1 (no purpose) is a SCEP challenge. */
+    struct ch_op v1 = {.text = "00112233445566778899aabbccddeeff", .now = mdm_now_ms()};
+    assert_rc(mdm_store_update(fx->store, ch_put_v1_fn, &v1), 0);
+    v1.purpose = MDM_CHALLENGE_OTA;
+    assert_rc(mdm_store_view(fx->store, ch_check_fn, &v1), MDM_EAUTH);
+    v1.purpose = 0;
+    assert_rc(mdm_store_update(fx->store, ch_consume_fn, &v1), 0);
+    assert_string_equal(v1.c.owner, "vera");
+    assert_int_equal(v1.c.purpose, MDM_CHALLENGE_SCEP);
 
     /* The owner index of certificates. */
     struct ch_op ow = {.owner = "carol"};
