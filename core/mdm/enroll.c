@@ -352,12 +352,15 @@ struct challenge_ctx {
     const char *owner;
     int purpose;
     uint64_t ttl;
+    const unsigned char *slot; /* replaces the previous one of this slot */
     mdm_challenge_t ch;
 };
 
 static int challenge_fn(mdm_txn_t *txn, void *arg)
 {
     struct challenge_ctx *c = arg;
+    if (c->slot != NULL)
+        return mdm_challenge_create_in_slot(txn, c->slot, c->owner, c->purpose, c->ttl, &c->ch);
     return mdm_challenge_create(txn, c->owner, c->purpose, c->ttl, &c->ch);
 }
 
@@ -648,9 +651,13 @@ static void handle_ota(mdm_req_t *req)
             mdm_resp_text(req, vrc != 0 ? 500 : 403, why);
             goto out;
         }
+        /* One live challenge per identity: a new phase 3 replaces the
+         * challenge of the previous one, so that repeating it does not
+         * fill the store. */
         struct challenge_ctx c = {.owner = os.owner[0] ? os.owner : NULL,
                                   .purpose = MDM_CHALLENGE_SCEP,
-                                  .ttl = s->cfg->scep_challenge_ttl_ms};
+                                  .ttl = s->cfg->scep_challenge_ttl_ms,
+                                  .slot = os.fp};
         mdm_enroll_profile_opts_t po = {.include_scep = true, .include_mdm = true};
         int rc = mdm_store_update(s->store, challenge_fn, &c);
         po.challenge = c.ch.text;

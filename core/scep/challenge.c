@@ -15,6 +15,8 @@
 
 static const char OWNER_PREFIX[] = "scepowner"; /* + '\0' + 32 bytes */
 #define OWNER_PREFIX_LEN sizeof(OWNER_PREFIX)
+static const char SLOT_PREFIX[] = "scepslot"; /* + '\0' + 32 bytes */
+#define SLOT_PREFIX_LEN sizeof(SLOT_PREFIX)
 
 static int digest_of(const char *text, unsigned char out[32])
 {
@@ -123,6 +125,27 @@ int mdm_challenge_consume(mdm_txn_t *txn, const char *text, int purpose, int64_t
         rc = mdm_txn_del(txn, MDM_T_CHALLENGES, MDM_VAL(c.digest, 32));
     if (out != NULL)
         *out = c;
+    return rc;
+}
+
+int mdm_challenge_create_in_slot(mdm_txn_t *txn, const unsigned char slot[32], const char *owner,
+                                 int purpose, uint64_t ttl_ms, mdm_challenge_t *out)
+{
+    unsigned char key[SLOT_PREFIX_LEN + 32];
+    memcpy(key, SLOT_PREFIX, SLOT_PREFIX_LEN);
+    memcpy(key + SLOT_PREFIX_LEN, slot, 32);
+    mdm_val_t v;
+    int rc = mdm_txn_get(txn, MDM_T_INDEX, MDM_VAL(key, sizeof(key)), &v);
+    if (rc == 0 && v.len == 32) {
+        unsigned char prev[32];
+        memcpy(prev, v.data, 32);
+        rc = mdm_txn_del(txn, MDM_T_CHALLENGES, MDM_VAL(prev, 32));
+    }
+    if (rc != 0 && rc != MDM_ENOTFOUND)
+        return rc;
+    rc = mdm_challenge_create(txn, owner, purpose, ttl_ms, out);
+    if (rc == 0)
+        rc = mdm_txn_put(txn, MDM_T_INDEX, MDM_VAL(key, sizeof(key)), MDM_VAL(out->digest, 32), 0);
     return rc;
 }
 

@@ -59,6 +59,13 @@ typedef int (*mdm_challenge_fn)(const mdm_challenge_t *c, void *arg);
 int mdm_challenge_create(mdm_txn_t *txn, const char *owner, int purpose, uint64_t ttl_ms,
                          mdm_challenge_t *out);
 
+/* Like mdm_challenge_create, and deletes the challenge last made in the
+ * same slot (32 bytes, e.g. the SHA-256 of the certificate it is made for)
+ * if it is still there: a slot holds at most one live challenge. The slot
+ * is kept in MDM_T_INDEX under "scepslot\0" + slot. */
+int mdm_challenge_create_in_slot(mdm_txn_t *txn, const unsigned char slot[32], const char *owner,
+                                 int purpose, uint64_t ttl_ms, mdm_challenge_t *out);
+
 /* Checks a challenge for purpose without consuming it: 0 and out filled
  * (out may be NULL) when it exists, is for purpose and has not expired at
  * now_ms; MDM_ENOTFOUND for an unknown or already used one; MDM_EAUTH for

@@ -302,3 +302,37 @@ def test_scep_challenge_does_not_pass_ota_phase1(tmpdir_path):
         enroll(srv, d, ch)
     finally:
         stop_clean(srv)
+
+
+# ---- phase 3 does not pile up challenges ------------------------------------
+
+
+def live_challenges(d):
+    from conftest import run
+    out = run("challenge", "list", "--config", d.config).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def test_phase3_keeps_one_live_challenge_per_identity(esrv, tmpdir_path):
+    d = esrv.datadir
+    client, identity = enroll(esrv, d, new_challenge(d, "--user", "pia"))
+    body = phase_body({"UDID": "P3-LOOP"}, identity, client.key)
+    before = len(live_challenges(d))
+    for i in range(200):
+        r = requests.post(esrv.url + "/ota/profile", data=body, verify=d.ca_crt, timeout=30)
+        assert r.status_code == 200, (i, r.status_code, r.text)
+    after = live_challenges(d)
+    assert len(after) - before <= 1, f"{len(after) - before} challenges after 200 phase-3 calls"
+    # The last one handed out works; an earlier one was replaced.
+    first = final_profile_challenge(esrv, d, tmpdir_path, body, identity, client.key, "p3a")
+    last = final_profile_challenge(esrv, d, tmpdir_path, body, identity, client.key, "p3b")
+    rep = Reply(pki_op(esrv, Client().message(recipient_of(d), challenge=first)).content)
+    assert rep.status == 2 and rep.fail_info == 2
+    c3, final_identity = enroll(esrv, d, last)
+    assert cert_record(esrv, d, final_identity)["owner"] == "pia"
+    # Another identity has its own.
+    client2, identity2 = enroll(esrv, d, new_challenge(d))
+    other = final_profile_challenge(esrv, d, tmpdir_path,
+                                    phase_body({"UDID": "P3-OTHER"}, identity2, client2.key),
+                                    identity2, client2.key, "p3c")
+    enroll(esrv, d, other)
