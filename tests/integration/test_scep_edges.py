@@ -336,3 +336,101 @@ def test_phase3_keeps_one_live_challenge_per_identity(esrv, tmpdir_path):
                                     phase_body({"UDID": "P3-OTHER"}, identity2, client2.key),
                                     identity2, client2.key, "p3c")
     enroll(esrv, d, other)
+
+
+# ---- the scep hook sees what will be issued ---------------------------------
+
+SHOW_POLICY = '''
+return {
+  scep = function(csr, ctx)
+    if csr.cn == "show" then
+      return { decision = "deny", reason = "sans=" .. table.concat(csr.sans, "|") }
+    end
+    return "issue"
+  end,
+}
+'''
+
+
+@pytest.fixture
+def show_srv(tmpdir_path):
+    pdir = os.path.join(tmpdir_path, "pol")
+    os.makedirs(pdir)
+    with open(os.path.join(pdir, "init.lua"), "w") as f:
+        f.write(SHOW_POLICY)
+    d = scep_datadir(tmpdir_path)
+    d.write_config('  policy = { dir = "%s" },' % pdir)
+    s = Server(d, plain=True)
+    yield s
+    stop_clean(s)
+
+
+def csr_with(key, names, sans=None, challenge=None):
+    from cryptography import x509
+    from cryptography.x509.oid import AttributeOID
+    b = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(names))
+    if sans:
+        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    b = b.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge.encode())
+    return b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def send_csr(srv, d, names, sans=None):
+    c = Client()
+    der = csr_with(c.key, names, sans, new_challenge(d))
+    return c, Reply(pki_op(srv, c.message(recipient_of(d), data=der)).content)
+
+
+def cn(value):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+    return x509.NameAttribute(NameOID.COMMON_NAME, value)
+
+
+def test_scep_hook_sees_every_san_with_its_type_and_value(show_srv):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID, ObjectIdentifier
+    d = show_srv.datadir
+    upn = "alice@example.com".encode()
+    sans = [x509.DNSName("dev.example.org"),
+            x509.OtherName(ObjectIdentifier("1.3.6.1.4.1.311.20.2.3"),
+                           b"\x0c" + bytes([len(upn)]) + upn),
+            x509.OtherName(ObjectIdentifier("1.2.3.4.5"), b"\x04\x02\xab\xcd"),
+            x509.DirectoryName(x509.Name([
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Inner Org"),
+                x509.NameAttribute(NameOID.COMMON_NAME, "inner")])),
+            x509.RegisteredID(ObjectIdentifier("1.2.3.99")),
+            x509.IPAddress(__import__("ipaddress").ip_address("192.0.2.7"))]
+    _, rep = send_csr(show_srv, d, [cn("show")], sans)
+    assert rep.status == 2
+    m = show_srv.wait_log(r"event=scep.failure .*reason=\"denied by policy: sans=([^\"]*)\"")
+    shown = m.group(1).split("|")
+    assert shown == ["DNS:dev.example.org", "upn:alice@example.com",
+                     "othername:1.2.3.4.5:0402abcd", "dirname:CN=inner,O=Inner Org",
+                     "rid:1.2.3.99", "IP:192.0.2.7"], shown
+
+
+@pytest.mark.parametrize("case", ["nul_cn", "nul_dns", "nul_upn", "two_cns", "long_subject"])
+def test_scep_refuses_a_csr_the_hook_could_not_see_whole(show_srv, case):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID, ObjectIdentifier
+    d = show_srv.datadir
+    names, sans = [cn("device")], None
+    if case == "nul_cn":
+        names = [cn("good\x00evil")]
+    elif case == "nul_dns":
+        sans = [x509.DNSName("ok.example\x00.evil.example")]
+    elif case == "nul_upn":
+        upn = b"alice@example.com\x00bob@example.com"
+        sans = [x509.OtherName(ObjectIdentifier("1.3.6.1.4.1.311.20.2.3"),
+                               b"\x0c" + bytes([len(upn)]) + upn)]
+    elif case == "two_cns":
+        names = [cn("device"), cn("admin")]
+    else:
+        names = [cn("device")] + [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME,
+                                                      "u%02d" % i + "x" * 57)
+                                  for i in range(10)]
+    _, rep = send_csr(show_srv, d, names, sans)
+    assert (rep.status, rep.fail_info) == (2, 2), case
+    show_srv.wait_log(r"event=scep.failure .*fail_info=badRequest reason=\"the CSR")
+    assert "event=scep.issued" not in show_srv.log()
