@@ -55,6 +55,11 @@ static const char CAPS[] = "POSTPKIOperation\n"
 
 static const char PENDING_PREFIX[] = "sceppend"; /* + '\0' + transactionID */
 #define PENDING_PREFIX_LEN sizeof(PENDING_PREFIX)
+/* What a transaction was answered with, so that a request sent again after
+ * SUCCESS (the reply was lost) gets the same certificate. Same length of
+ * prefix as PENDING_PREFIX. */
+static const char DONE_PREFIX[] = "scepdone"; /* + '\0' + transactionID */
+#define RESEND_WINDOW_MS DAY_MS
 
 struct crl_waiter {
     mdm_scep_done_fn done;
@@ -127,22 +132,29 @@ static void pending_free(pending_rec_t *p)
     memset(p, 0, sizeof(*p));
 }
 
-static size_t pending_key(unsigned char out[PENDING_PREFIX_LEN + MDM_SCEP_TXID_MAX],
-                          const char *txid)
+/* The store key of a record of transaction txid: prefix + '\0' + txid. */
+#define TXID_KEY_MAX (PENDING_PREFIX_LEN + MDM_SCEP_TXID_MAX)
+
+static size_t txid_key(unsigned char out[TXID_KEY_MAX], const char *prefix, const char *txid)
 {
     size_t n = strlen(txid);
     if (n > MDM_SCEP_TXID_MAX)
         n = MDM_SCEP_TXID_MAX;
-    memcpy(out, PENDING_PREFIX, PENDING_PREFIX_LEN);
+    memcpy(out, prefix, PENDING_PREFIX_LEN);
     memcpy(out + PENDING_PREFIX_LEN, txid, n);
     return PENDING_PREFIX_LEN + n;
+}
+
+static size_t pending_key(unsigned char out[TXID_KEY_MAX], const char *txid)
+{
+    return txid_key(out, PENDING_PREFIX, txid);
 }
 
 /* Stores a pending request; MDM_EEXIST when one with this transactionID is
  * already pending (it is never replaced). */
 static int pending_put(mdm_txn_t *txn, const char *txid, const pending_rec_t *p)
 {
-    unsigned char key[PENDING_PREFIX_LEN + MDM_SCEP_TXID_MAX];
+    unsigned char key[TXID_KEY_MAX];
     size_t klen = pending_key(key, txid);
     plist_t d = plist_new_dict();
     plist_dict_set_item(d, "type", plist_new_uint((uint64_t)p->type));
@@ -232,7 +244,7 @@ out:
 
 static int pending_get(mdm_txn_t *txn, const char *txid, pending_rec_t *out)
 {
-    unsigned char key[PENDING_PREFIX_LEN + MDM_SCEP_TXID_MAX];
+    unsigned char key[TXID_KEY_MAX];
     size_t klen = pending_key(key, txid);
     mdm_val_t v;
     memset(out, 0, sizeof(*out));
@@ -244,27 +256,27 @@ static int pending_get(mdm_txn_t *txn, const char *txid, pending_rec_t *out)
 
 static int pending_del(mdm_txn_t *txn, const char *txid)
 {
-    unsigned char key[PENDING_PREFIX_LEN + MDM_SCEP_TXID_MAX];
+    unsigned char key[TXID_KEY_MAX];
     size_t klen = pending_key(key, txid);
     return mdm_txn_del(txn, MDM_T_INDEX, MDM_VAL(key, klen));
 }
 
-static int pending_prune(mdm_txn_t *txn, int64_t now_ms, size_t max, size_t *removed)
+/* Deletes the records under prefix that keep() does not keep, at most max. */
+static int index_prune(mdm_txn_t *txn, const char *prefix_text,
+                       bool (*keep)(mdm_val_t v, int64_t now_ms), int64_t now_ms, size_t max,
+                       size_t *removed)
 {
     mdm_cursor_t *c = NULL;
     mdm_val_t k, v;
     size_t n = 0;
-    mdm_val_t prefix = MDM_VAL(PENDING_PREFIX, PENDING_PREFIX_LEN);
+    mdm_val_t prefix = MDM_VAL(prefix_text, PENDING_PREFIX_LEN);
     int rc = mdm_cursor_open(txn, MDM_T_INDEX, &c);
     if (rc != 0)
         return rc;
     for (rc = mdm_cursor_seek(c, prefix, &k, &v); rc == 0; rc = mdm_cursor_next(c, &k, &v)) {
         if (!mdm_val_has_prefix(k, prefix))
             break;
-        pending_rec_t p;
-        bool keep = pending_decode(v, &p) == 0 && now_ms - p.created_ms < PENDING_TTL_MS;
-        pending_free(&p);
-        if (keep)
+        if (keep(v, now_ms))
             continue;
         rc = mdm_cursor_del(c);
         if (rc != 0 || ++n == max)
@@ -275,6 +287,92 @@ static int pending_prune(mdm_txn_t *txn, int64_t now_ms, size_t max, size_t *rem
     mdm_cursor_close(c);
     *removed = n;
     return rc;
+}
+
+static bool pending_keep(mdm_val_t v, int64_t now_ms)
+{
+    pending_rec_t p;
+    bool keep = pending_decode(v, &p) == 0 && now_ms - p.created_ms < PENDING_TTL_MS;
+    pending_free(&p);
+    return keep;
+}
+
+/* ---- transactions answered with SUCCESS ---------------------------------- */
+
+/* Value: created_ms (8, big-endian), the request type (1), the signer's
+ * id (32, see signer_id), SHA-256 of the CSR's public key (32), serial
+ * (1..20). */
+#define DONE_HEAD (8 + 1 + 32 + 32)
+
+typedef struct done_rec {
+    int64_t created_ms;
+    int type;                      /* PKCSReq or RenewalReq */
+    unsigned char signer_id[32];
+    unsigned char csr_key[32];
+    unsigned char serial[MDM_SERIAL_MAX];
+    size_t serial_len;
+} done_rec_t;
+
+static int pubkey_sha256(EVP_PKEY *k, unsigned char out[32])
+{
+    unsigned char *der = NULL;
+    int n = k != NULL ? i2d_PUBKEY(k, &der) : -1;
+    unsigned int dl = 0;
+    int ok = n > 0 && EVP_Digest(der, (size_t)n, out, &dl, EVP_sha256(), NULL) == 1 && dl == 32;
+    OPENSSL_free(der);
+    return ok ? 0 : MDM_ECRYPTO;
+}
+
+/* Who signed a request of type: the SHA-256 of its public key for a
+ * PKCSReq (whose signer is a throw-away certificate of the CSR's key), of
+ * its certificate for a RenewalReq (the certificate being renewed). */
+static int signer_id(int type, X509 *signer, unsigned char out[32])
+{
+    if (type == MDM_SCEP_RENEWALREQ)
+        return mdm_cert_sha256(signer, out) == 0 ? 0 : MDM_ECRYPTO;
+    return pubkey_sha256(X509_get0_pubkey(signer), out);
+}
+
+static int done_decode(mdm_val_t v, done_rec_t *out)
+{
+    const unsigned char *p = v.data;
+    if (v.len <= DONE_HEAD || v.len > DONE_HEAD + MDM_SERIAL_MAX)
+        return MDM_EPARSE;
+    out->created_ms = (int64_t)mdm_be64_get(p);
+    out->type = p[8];
+    memcpy(out->signer_id, p + 9, 32);
+    memcpy(out->csr_key, p + 41, 32);
+    out->serial_len = v.len - DONE_HEAD;
+    memcpy(out->serial, p + DONE_HEAD, out->serial_len);
+    return 0;
+}
+
+static bool done_keep(mdm_val_t v, int64_t now_ms)
+{
+    done_rec_t d;
+    return done_decode(v, &d) == 0 && now_ms - d.created_ms < RESEND_WINDOW_MS;
+}
+
+static int done_put(mdm_txn_t *txn, const char *txid, const done_rec_t *d)
+{
+    unsigned char key[TXID_KEY_MAX], value[DONE_HEAD + MDM_SERIAL_MAX];
+    size_t klen = txid_key(key, DONE_PREFIX, txid);
+    mdm_be64_put(value, (uint64_t)d->created_ms);
+    value[8] = (unsigned char)d->type;
+    memcpy(value + 9, d->signer_id, 32);
+    memcpy(value + 41, d->csr_key, 32);
+    memcpy(value + DONE_HEAD, d->serial, d->serial_len);
+    return mdm_txn_put(txn, MDM_T_INDEX, MDM_VAL(key, klen),
+                       MDM_VAL(value, DONE_HEAD + d->serial_len), 0);
+}
+
+static int done_get(mdm_txn_t *txn, const char *txid, done_rec_t *out)
+{
+    unsigned char key[TXID_KEY_MAX];
+    size_t klen = txid_key(key, DONE_PREFIX, txid);
+    mdm_val_t v;
+    int rc = mdm_txn_get(txn, MDM_T_INDEX, MDM_VAL(key, klen), &v);
+    return rc != 0 ? rc : done_decode(v, out);
 }
 
 /* ---- revocation ---------------------------------------------------------- */
@@ -328,6 +426,8 @@ typedef struct scep_job {
     bool renewal;
     unsigned char old_fp[32];
     char owner[MDM_CHALLENGE_OWNER_MAX + 1];
+
+    bool resent;               /* sent again: issued is the earlier answer's */
 
     /* respond stage (thread pool) */
     X509 *issued;
@@ -656,6 +756,17 @@ static int del_pending_fn(mdm_txn_t *txn, void *arg)
     return rc == MDM_ENOTFOUND ? 0 : rc;
 }
 
+/* Remembers what the transaction was answered with, for a resend. */
+static int record_done(mdm_txn_t *txn, scep_job_t *job)
+{
+    done_rec_t d = {.created_ms = mdm_now_ms(), .type = job->request_type};
+    if (signer_id(d.type, job->m.signer, d.signer_id) != 0 ||
+        pubkey_sha256(X509_REQ_get0_pubkey(job->csr), d.csr_key) != 0 ||
+        mdm_cert_serial(job->issued, d.serial, &d.serial_len) != 0)
+        return MDM_ECRYPTO;
+    return done_put(txn, job->m.txid, &d);
+}
+
 static int store_issued_fn(mdm_txn_t *txn, void *arg)
 {
     scep_job_t *job = arg;
@@ -695,6 +806,8 @@ static int store_issued_fn(mdm_txn_t *txn, void *arg)
             goto out;
     }
     rc = mdm_certdb_put(txn, job->issued, job->m.txid);
+    if (rc == 0)
+        rc = record_done(txn, job);
     if (rc == 0 && job->owner[0] != '\0')
         rc = mdm_challenge_owner_record(txn, job->new_fp, job->owner);
     if (rc == 0 && job->renewal) {
@@ -936,8 +1049,64 @@ static void continue_pending(scep_job_t *job, pending_rec_t *p)
     decide_and_go(job);
 }
 
+struct view_done {
+    const char *txid;
+    done_rec_t d;
+    mdm_certrec_t rec;
+};
+
+static int view_done_fn(mdm_txn_t *txn, void *arg)
+{
+    struct view_done *v = arg;
+    mdm_certrec_free(&v->rec);
+    int rc = done_get(txn, v->txid, &v->d);
+    if (rc == 0)
+        rc = mdm_certdb_get_by_serial(txn, v->d.serial, v->d.serial_len, &v->rec);
+    return rc;
+}
+
+/* The request is the one that got d sent again (or a poll of it): of
+ * the same type, by the same signer, for the same key. */
+static bool same_request(scep_job_t *job, const done_rec_t *d)
+{
+    unsigned char k[32];
+    if ((job->m.type != d->type && job->m.type != MDM_SCEP_CERTPOLL) ||
+        signer_id(d->type, job->m.signer, k) != 0 || CRYPTO_memcmp(k, d->signer_id, 32) != 0)
+        return false;
+    if (job->m.csr == NULL)
+        return true;
+    return pubkey_sha256(X509_REQ_get0_pubkey(job->m.csr), k) == 0 &&
+           CRYPTO_memcmp(k, d->csr_key, 32) == 0;
+}
+
+/* A request sent again after its transaction got SUCCESS, the reply
+ * having been lost (RFC 8894 3.3.1): the same transactionID, signer key
+ * and CSR key within RESEND_WINDOW_MS get the certificate already issued,
+ * unless it was revoked meanwhile. True when the job was answered. */
+static bool answer_resend(scep_job_t *job)
+{
+    struct view_done v = {.txid = job->m.txid};
+    int rc = mdm_store_view(job->svc->store, view_done_fn, &v);
+    mdm_err_t err = {0};
+    bool match = rc == 0 && mdm_now_ms() - v.d.created_ms < RESEND_WINDOW_MS &&
+                 !v.rec.revoked && same_request(job, &v.d) &&
+                 mdm_cert_from_der(v.rec.der, v.rec.der_len, &job->issued, &err) == 0;
+    if (match) {
+        job->resent = true;
+        job->status = MDM_SCEP_SUCCESS;
+        snprintf(job->serial_hex, sizeof(job->serial_hex), "%s", v.rec.serial_hex);
+        snprintf(job->subject, sizeof(job->subject), "%.250s", v.rec.subject);
+        queue_respond(job);
+    } else if (rc != 0 && rc != MDM_ENOTFOUND) {
+        job_store_error(job, rc);
+        match = true;
+    }
+    mdm_certrec_free(&v.rec);
+    return match;
+}
+
 struct prune_ctx {
-    size_t challenges, pending;
+    size_t challenges, pending, done;
 };
 
 static int prune_fn(mdm_txn_t *txn, void *arg)
@@ -946,7 +1115,9 @@ static int prune_fn(mdm_txn_t *txn, void *arg)
     int64_t now = mdm_now_ms();
     int rc = mdm_challenge_prune(txn, now, PRUNE_BATCH, &p->challenges);
     if (rc == 0)
-        rc = pending_prune(txn, now, PRUNE_BATCH, &p->pending);
+        rc = index_prune(txn, PENDING_PREFIX, pending_keep, now, PRUNE_BATCH, &p->pending);
+    if (rc == 0)
+        rc = index_prune(txn, DONE_PREFIX, done_keep, now, PRUNE_BATCH, &p->done);
     return rc;
 }
 
@@ -960,9 +1131,9 @@ static void maybe_prune(mdm_scep_service_t *svc)
     int rc = mdm_store_update(svc->store, prune_fn, &p);
     if (rc != 0)
         mdm_log(MDM_LOG_WARN, NULL, "scep.prune_failed", "error=\"%s\"", mdm_strerror(rc));
-    else if (p.challenges || p.pending)
-        mdm_log(MDM_LOG_INFO, NULL, "scep.pruned", "challenges=%zu pending=%zu", p.challenges,
-                p.pending);
+    else if (p.challenges || p.pending || p.done)
+        mdm_log(MDM_LOG_INFO, NULL, "scep.pruned", "challenges=%zu pending=%zu answered=%zu",
+                p.challenges, p.pending, p.done);
 }
 
 static void parse_after(uv_work_t *w, int status)
@@ -1004,6 +1175,8 @@ static void parse_after(uv_work_t *w, int status)
         job_store_error(job, rc);
         return;
     }
+    if (answer_resend(job))
+        return;
     if (m->type == MDM_SCEP_CERTPOLL) {
         job_fail(job, MDM_SCEP_BADCERTID, "no pending request has this transactionID");
         return;
@@ -1084,7 +1257,11 @@ static void respond_after(uv_work_t *w, int status)
                 mdm_logq(t, sizeof(t), job->m.txid), mdm_scep_msgtype_name(job->m.type),
                 mdm_scep_failinfo_name(job->fail_info), mdm_logq(q, sizeof(q), job->reason));
     }
-    if (job->issued != NULL) {
+    if (job->resent) {
+        mdm_log(MDM_LOG_INFO, job->reqid, "scep.resent", "txid=%s type=%s serial=%s subject=%s",
+                mdm_logq(t, sizeof(t), job->m.txid), mdm_scep_msgtype_name(job->m.type),
+                job->serial_hex, mdm_logq(s, sizeof(s), job->subject));
+    } else if (job->issued != NULL) {
         int rc = mdm_store_update(svc->store, store_issued_fn, job);
         if (rc == MDM_ESTATE) {
             /* A race was lost: nothing was stored, and the signed reply is

@@ -434,3 +434,50 @@ def test_scep_refuses_a_csr_the_hook_could_not_see_whole(show_srv, case):
     assert (rep.status, rep.fail_info) == (2, 2), case
     show_srv.wait_log(r"event=scep.failure .*fail_info=badRequest reason=\"the CSR")
     assert "event=scep.issued" not in show_srv.log()
+
+
+# ---- a request sent again after SUCCESS gets the same certificate -------------
+
+
+def test_resent_pkcsreq_gets_the_certificate_already_issued(esrv):
+    d = esrv.datadir
+    c = Client()
+    der = make_csr(c.key, "py-device", new_challenge(d)).public_bytes(serialization.Encoding.DER)
+    first = Reply(pki_op(esrv, c.message(recipient_of(d), data=der)).content)
+    assert first.status == 0
+    cert, _ = first.open(c)
+    # The reply was lost: the client sends the request again (new nonce).
+    again = Reply(pki_op(esrv, c.message(recipient_of(d), data=der)).content)
+    assert (again.status, again.fail_info) == (0, None)
+    assert again.open(c)[0] == cert
+    esrv.wait_log(r"event=scep.resent .*txid=%s .*serial=%X" % (c.txid, cert.serial_number))
+    assert len([x for x in api(esrv, "GET", "/v1/certs", d.api_key).json()["certs"]]) == 1
+    # Another key under the same transactionID gets nothing.
+    other = Client()
+    other.txid = c.txid
+    der2 = make_csr(other.key, "py-device", new_challenge(d)).public_bytes(
+        serialization.Encoding.DER)
+    rep = Reply(pki_op(esrv, other.message(recipient_of(d), data=der2)).content)
+    assert rep.status != 0 or rep.open(other)[0] != cert
+    # A renewal under the same transactionID and key (as scepclient does) is
+    # no resend: it gets a new certificate.
+    rep = Reply(pki_op(esrv, c.message(recipient_of(d), mtype=17, data=der, signer=cert,
+                                       key=c.key)).content)
+    assert rep.status == 0, rep.fail_info
+    assert rep.open(c)[0].serial_number != cert.serial_number
+
+
+def test_resent_renewalreq_gets_the_certificate_already_issued(esrv):
+    d = esrv.datadir
+    c, old = enroll(esrv, d)
+    k2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    csr = make_csr(k2, "py-device").public_bytes(serialization.Encoding.DER)
+    c.txid = "RENEW-RESEND-" + os.urandom(4).hex()
+    rep = Reply(pki_op(esrv, c.message(recipient_of(d), mtype=17, data=csr, signer=old,
+                                       key=c.key)).content)
+    assert rep.status == 0, rep.fail_info
+    new, _ = rep.open(c)
+    rep = Reply(pki_op(esrv, c.message(recipient_of(d), mtype=17, data=csr, signer=old,
+                                       key=c.key)).content)
+    assert (rep.status, rep.fail_info) == (0, None)
+    assert rep.open(c)[0] == new

@@ -1349,11 +1349,24 @@ static void test_service_decisions(void **state)
     assert_string_equal(r.owner, "dave");
     assert_string_equal(r.rec.transaction_id, "DECIDE-1");
     mdm_certrec_free(&r.rec);
-    reply_free(&got);
     assert_rc(mdm_store_view(fx->store, pending_exists_fn, (void *)"DECIDE-1"), MDM_ENOTFOUND);
-    /* The transaction is over: another poll finds nothing. */
+    /* The transaction is over: a poll sent again (the reply was lost) gets
+     * the same certificate without asking the decision again; signed with
+     * another key, it gets nothing. */
+    struct reply again;
     exchange(fx, &poll, &res);
-    expect_reply(&res, G.ec_ca_cert, G.dev_self, G.dev_key, 2, MDM_SCEP_BADCERTID, NULL);
+    expect_reply(&res, G.ec_ca_cert, G.dev_self, G.dev_key, 0, -1, &again);
+    assert_int_equal(X509_cmp(again.cert, got.cert), 0);
+    assert_int_equal(d.calls, 3);
+    assert_int_equal(counts(fx).certs, 1);
+    reply_free(&again);
+    reply_free(&got);
+    poll.signer = G.dev2_self;
+    poll.signer_key = G.dev2_key;
+    exchange(fx, &poll, &res);
+    expect_reply(&res, G.ec_ca_cert, G.dev2_self, G.dev2_key, 2, MDM_SCEP_BADCERTID, NULL);
+    poll.signer = NULL;
+    poll.signer_key = NULL;
 
     /* A poll signed by another key than the pending request's. */
     new_challenge(fx, "erin", 3600 * 1000, ch);
