@@ -1,6 +1,7 @@
 #include "mdm/enroll.h"
 
 #include <getopt.h>
+#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <stdio.h>
 #include <string.h>
@@ -702,6 +703,10 @@ int mdm_enroll_service_init(mdm_server_t *s, mdm_err_t *err)
         X509_STORE_add_cert(e->device_trust, s->ca->cert);
         for (int i = 0; i < sk_X509_num(s->ca->chain); i++)
             X509_STORE_add_cert(e->device_trust, sk_X509_value(s->ca->chain, i));
+        ERR_clear_error(); /* the chain file may repeat the CA certificate */
+        /* As in mdm_ca_verify_cert: the CA may be an intermediate whose
+         * root is not configured, and it is a trust anchor itself. */
+        X509_STORE_set_flags(e->device_trust, X509_V_FLAG_PARTIAL_CHAIN);
     }
     mdm_guard_opts_t go = {.name = "enroll",
                            .threshold = s->cfg->security_auth_fail_threshold,

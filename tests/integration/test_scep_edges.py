@@ -481,3 +481,40 @@ def test_resent_renewalreq_gets_the_certificate_already_issued(esrv):
                                        key=c.key)).content)
     assert (rep.status, rep.fail_info) == (0, None)
     assert rep.open(c)[0] == new
+
+
+# ---- phase 3 under an intermediate CA whose root is not configured -----------
+
+
+def test_ota_phase3_works_under_an_intermediate_ca_without_its_root(tmpdir_path):
+    import datetime
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+    d = scep_datadir(tmpdir_path)
+    ca_cert, ca_key = pki.load_ca(d)
+    root_key = pki.new_key()
+    rname = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Organisation Root")])
+    # moonmdm's CA (its subject, key and key identifier) issued by a root
+    # that the configuration does not hold (no ca.chain).
+    inter = (x509.CertificateBuilder().subject_name(ca_cert.subject).issuer_name(rname)
+             .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(pki.now() - datetime.timedelta(minutes=5))
+             .not_valid_after(ca_cert.not_valid_after)
+             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+             .add_extension(ca_cert.extensions.get_extension_for_class(x509.KeyUsage).value,
+                            critical=True)
+             .add_extension(ca_cert.extensions.get_extension_for_class(
+                 x509.SubjectKeyIdentifier).value, critical=False)
+             .sign(root_key, hashes.SHA256()))
+    with open(os.path.join(d.path, "inter.crt"), "wb") as f:
+        f.write(inter.public_bytes(serialization.Encoding.PEM))
+    d.write_config('  ca = { cert = "inter.crt", key = "ca.key" },\n'
+                   '  enroll = { topic = "%s" },' % TOPIC)
+    s = Server(d, plain=True)
+    try:
+        client, own = enroll(s, d, new_challenge(d))
+        r = requests.post(f"http://127.0.0.1:{s.plain_port}/ota/profile", timeout=30,
+                          data=phase_body({"UDID": "INTER"}, own, client.key))
+        assert r.status_code == 200, r.text
+    finally:
+        stop_clean(s)
