@@ -971,18 +971,28 @@ static int view_renewal_fn(mdm_txn_t *txn, void *arg)
 
 /* RenewalReq: signed by a certificate of ours that is valid, known and not
  * revoked. */
+/* The failInfo (NOFAIL when fine) and reason for what mdm_ca_verify_cert
+ * said of the certificate being renewed. */
+static int renewal_chain_fail(int chain_rc, const char *chain_err, char *msg, size_t n)
+{
+    if (chain_rc == MDM_EEXPIRED) {
+        snprintf(msg, n, "the certificate being renewed has expired");
+        return MDM_SCEP_BADTIME;
+    }
+    if (chain_rc != 0) {
+        snprintf(msg, n, "the certificate being renewed is not from our CA: %.300s", chain_err);
+        return MDM_SCEP_BADCERTID;
+    }
+    return MDM_SCEP_NOFAIL;
+}
+
 static bool check_renewal(scep_job_t *job)
 {
     mdm_scep_service_t *svc = job->svc;
     char msg[400];
-    if (job->chain_rc == MDM_EEXPIRED) {
-        job_fail(job, MDM_SCEP_BADTIME, "the certificate being renewed has expired");
-        return false;
-    }
-    if (job->chain_rc != 0) {
-        snprintf(msg, sizeof(msg), "the certificate being renewed is not from our CA: %.300s",
-                 job->chain_err);
-        job_fail(job, MDM_SCEP_BADCERTID, msg);
+    int fail = renewal_chain_fail(job->chain_rc, job->chain_err, msg, sizeof(msg));
+    if (fail != MDM_SCEP_NOFAIL) {
+        job_fail(job, fail, msg);
         return false;
     }
     if (mdm_cert_sha256(job->m.signer, job->old_fp) != 0) {
@@ -1020,6 +1030,44 @@ static int view_pending_fn(mdm_txn_t *txn, void *arg)
     return pending_get(txn, v->txid, &v->p);
 }
 
+struct view_old {
+    const unsigned char *fp;
+    mdm_certrec_t rec;
+};
+
+static int view_old_fn(mdm_txn_t *txn, void *arg)
+{
+    struct view_old *v = arg;
+    mdm_certrec_free(&v->rec);
+    return mdm_certdb_get_by_fingerprint(txn, v->fp, &v->rec);
+}
+
+/* The failInfo (NOFAIL when fine) of the certificate a pending renewal
+ * renews, checked again now as a RenewalReq is: still known, not revoked,
+ * valid and from our CA. */
+static int recheck_renewal(scep_job_t *job, const unsigned char old_fp[32], char *msg, size_t n,
+                           int *store_rc)
+{
+    struct view_old v = {.fp = old_fp};
+    *store_rc = mdm_store_view(job->svc->store, view_old_fn, &v);
+    int fail = MDM_SCEP_NOFAIL;
+    if (*store_rc == MDM_ENOTFOUND || (*store_rc == 0 && v.rec.revoked)) {
+        *store_rc = 0;
+        snprintf(msg, n, "the certificate being renewed was revoked meanwhile");
+        fail = MDM_SCEP_BADCERTID;
+    } else if (*store_rc == 0) {
+        X509 *old = NULL;
+        mdm_err_t err = {0};
+        int vrc = mdm_cert_from_der(v.rec.der, v.rec.der_len, &old, &err);
+        if (vrc == 0)
+            vrc = mdm_ca_verify_cert(job->svc->ca, old, NULL, &err);
+        fail = renewal_chain_fail(vrc, err.msg, msg, n);
+        X509_free(old);
+    }
+    mdm_certrec_free(&v.rec);
+    return fail;
+}
+
 /* A CertPoll, or a request sent again, for a pending transaction. */
 static void continue_pending(scep_job_t *job, pending_rec_t *p)
 {
@@ -1039,6 +1087,21 @@ static void continue_pending(scep_job_t *job, pending_rec_t *p)
         ERR_clear_error();
         job_fail(job, MDM_SCEP_BADCERTID, "the pending request is unreadable");
         return;
+    }
+    if (p->renewal) {
+        char msg[400];
+        int store_rc = 0;
+        int fail = recheck_renewal(job, p->old_fp, msg, sizeof(msg), &store_rc);
+        if (store_rc == 0 && fail != MDM_SCEP_NOFAIL)
+            store_rc = mdm_store_update(job->svc->store, del_pending_fn, job);
+        if (store_rc != 0) {
+            job_store_error(job, store_rc);
+            return;
+        }
+        if (fail != MDM_SCEP_NOFAIL) {
+            job_fail(job, fail, msg);
+            return;
+        }
     }
     job->csr = job->owned_csr;
     job->request_type = p->type;

@@ -518,3 +518,53 @@ def test_ota_phase3_works_under_an_intermediate_ca_without_its_root(tmpdir_path)
         assert r.status_code == 200, r.text
     finally:
         stop_clean(s)
+
+
+# ---- a pending renewal is checked again when it completes -------------------
+
+RENEW_LATER_POLICY = '''
+return {
+  scep = function(csr, ctx)
+    if ctx.message_type == "RenewalReq" and not ctx.poll then
+      return "pending"
+    end
+    return "issue"
+  end,
+}
+'''
+
+
+def test_pending_renewal_of_a_certificate_that_expired_meanwhile_fails(tmpdir_path):
+    import time
+    from test_scep import seq
+    pdir = os.path.join(tmpdir_path, "pol")
+    os.makedirs(pdir)
+    with open(os.path.join(pdir, "init.lua"), "w") as f:
+        f.write(RENEW_LATER_POLICY)
+    d = scep_datadir(tmpdir_path)
+    d.write_config('  ca = { validity = "4s" },\n  policy = { dir = "%s" },' % pdir)
+    s = Server(d, plain=True)
+    try:
+        c, old = enroll(s, d)
+        k2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        csr = make_csr(k2, "py-device")
+        c.txid = "RENEW-LATER-" + os.urandom(4).hex()
+        rep = Reply(pki_op(s, c.message(recipient_of(d), mtype=17, signer=old, key=c.key,
+                                        data=csr.public_bytes(serialization.Encoding.DER)))
+                    .content)
+        assert rep.status == 3, (rep.status, rep.fail_info)  # PENDING
+        # The certificate being renewed expires while the request waits.
+        delay = (old.not_valid_after - pki.now().replace(tzinfo=None)).total_seconds() + 1
+        time.sleep(max(delay, 0))
+        ias = seq(pki.load_ca(d)[0].subject.public_bytes(), csr.subject.public_bytes())
+        rep = Reply(pki_op(s, c.message(recipient_of(d), mtype=20, data=ias, signer=old,
+                                        key=c.key)).content)
+        assert (rep.status, rep.fail_info) == (2, 3), (rep.status, rep.fail_info)
+        s.wait_log(r"event=scep.failure .*type=CertPoll fail_info=badTime reason=\"the "
+                   r"certificate being renewed has expired")
+        # The transaction is over.
+        rep = Reply(pki_op(s, c.message(recipient_of(d), mtype=20, data=ias, signer=old,
+                                        key=c.key)).content)
+        assert (rep.status, rep.fail_info) == (2, 4)
+    finally:
+        stop_clean(s)
