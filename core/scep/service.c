@@ -20,6 +20,7 @@
 #include "net/http.h"
 #include "net/router.h"
 #include "scep/challenge.h"
+#include "scep/csrview.h"
 #include "scep/scep.h"
 #include "util/alloc.h"
 #include "util/buf.h"
@@ -39,7 +40,6 @@
 #define DEFAULT_MAX_INFLIGHT 512
 /* The longest lifetime /v1/challenges gives a challenge. */
 #define CHALLENGE_TTL_MAX_MS (365 * (uint64_t)DAY_MS)
-#define MAX_SANS 64
 
 #define CT_PKI "application/x-pki-message"
 #define CT_TEXT "text/plain; charset=utf-8"
@@ -515,181 +515,6 @@ static void parse_work(uv_work_t *w)
     }
 }
 
-/* ---- what the decision hook is shown of a CSR ---------------------------- */
-
-/* The subject and subjectAltNames of a CSR as the hook sees them: every
- * SAN that the certificate will carry (ca.c copies the extension as it
- * is), with its type and its whole value. */
-typedef struct csr_view {
-    char subject[512];
-    char cn[512];              /* the only CN, "" when none */
-    char *sans[MAX_SANS];
-    size_t nsans;
-} csr_view_t;
-
-static void csr_view_free(csr_view_t *v)
-{
-    for (size_t i = 0; i < v->nsans; i++)
-        mdm_free(v->sans[i]);
-    v->nsans = 0;
-}
-
-/* "prefix" + the hex of the bytes. */
-static char *hex_text(const char *prefix, const unsigned char *p, size_t n)
-{
-    size_t pl = strlen(prefix);
-    char *out = mdm_malloc(pl + 2 * n + 1);
-    memcpy(out, prefix, pl);
-    mdm_hex_encode(out + pl, p, n);
-    out[pl + 2 * n] = '\0';
-    return out;
-}
-
-/* "prefix" + the hex of the DER of a GENERAL_NAME or of an otherName's value. */
-static char *der_text(const char *prefix, const GENERAL_NAME *g, const ASN1_TYPE *value)
-{
-    unsigned char *der = NULL;
-    int n = value != NULL ? i2d_ASN1_TYPE(value, &der) : i2d_GENERAL_NAME(g, &der);
-    char *out = hex_text(prefix, der, n > 0 ? (size_t)n : 0);
-    OPENSSL_free(der);
-    return out;
-}
-
-/* "kind:" + a text value; NULL when it holds a NUL byte. */
-static char *string_text(const char *kind, const unsigned char *p, int n)
-{
-    if (n < 0 || memchr(p, '\0', (size_t)n) != NULL)
-        return NULL;
-    return mdm_sprintf("%s:%.*s", kind, n, (const char *)p);
-}
-
-static char *ip_text(const ASN1_OCTET_STRING *a)
-{
-    const unsigned char *ip = ASN1_STRING_get0_data(a);
-    int len = ASN1_STRING_length(a);
-    char text[64];
-    if (len == 4) {
-        snprintf(text, sizeof(text), "%u.%u.%u.%u", ip[0], ip[1], ip[2], ip[3]);
-    } else if (len == 16) {
-        size_t o = 0;
-        for (int j = 0; j < 16; j += 2)
-            o += (size_t)snprintf(text + o, sizeof(text) - o, "%s%x", j ? ":" : "",
-                                  (unsigned)(ip[j] << 8 | ip[j + 1]));
-    } else {
-        return hex_text("IP:#", ip, len > 0 ? (size_t)len : 0);
-    }
-    return mdm_sprintf("IP:%s", text);
-}
-
-static char *othername_text(const GENERAL_NAME *g)
-{
-    const OTHERNAME *o = g->d.otherName;
-    const ASN1_TYPE *v = o->value;
-    if (OBJ_obj2nid(o->type_id) == NID_ms_upn && v != NULL && v->type == V_ASN1_UTF8STRING)
-        return string_text("upn", ASN1_STRING_get0_data(v->value.utf8string),
-                           ASN1_STRING_length(v->value.utf8string));
-    char oid[128], prefix[160];
-    if (OBJ_obj2txt(oid, sizeof(oid), o->type_id, 1) <= 0)
-        snprintf(oid, sizeof(oid), "?");
-    snprintf(prefix, sizeof(prefix), "othername:%s:", oid);
-    return der_text(prefix, NULL, v);
-}
-
-/* One SAN as "type:value"; NULL (and *why) when it cannot be shown whole. */
-static char *san_text(const GENERAL_NAME *g, const char **why)
-{
-    char buf[512];
-    char *t = NULL;
-    *why = "the CSR has a subjectAltName with a NUL byte";
-    switch (g->type) {
-    case GEN_DNS:
-        return string_text("DNS", ASN1_STRING_get0_data(g->d.dNSName),
-                           ASN1_STRING_length(g->d.dNSName));
-    case GEN_EMAIL:
-        return string_text("email", ASN1_STRING_get0_data(g->d.rfc822Name),
-                           ASN1_STRING_length(g->d.rfc822Name));
-    case GEN_URI:
-        return string_text("URI", ASN1_STRING_get0_data(g->d.uniformResourceIdentifier),
-                           ASN1_STRING_length(g->d.uniformResourceIdentifier));
-    case GEN_IPADD: return ip_text(g->d.iPAddress);
-    case GEN_OTHERNAME: return othername_text(g);
-    case GEN_DIRNAME:
-        if (mdm_x509_name_oneline(g->d.directoryName, buf, sizeof(buf)) != 0) {
-            *why = "the CSR has a directoryName subjectAltName too long to show";
-            return NULL;
-        }
-        return mdm_sprintf("dirname:%s", buf);
-    case GEN_RID:
-        if (OBJ_obj2txt(buf, sizeof(buf), g->d.registeredID, 1) > 0)
-            t = mdm_sprintf("rid:%s", buf);
-        *why = "the CSR has a registeredID subjectAltName that cannot be shown";
-        return t;
-    case GEN_X400: return der_text("x400:", g, NULL);
-    case GEN_EDIPARTY: return der_text("ediparty:", g, NULL);
-    default: *why = "the CSR has a subjectAltName of an unknown type"; return NULL;
-    }
-}
-
-/* Fills v->sans; NULL, or why the CSR cannot be shown whole. */
-static const char *csr_view_sans(X509_REQ *csr, csr_view_t *v)
-{
-    const char *why = NULL;
-    STACK_OF(X509_EXTENSION) *exts = X509_REQ_get_extensions(csr);
-    int idx = exts != NULL ? X509v3_get_ext_by_NID(exts, NID_subject_alt_name, -1) : -1;
-    GENERAL_NAMES *gens = idx >= 0 ? X509V3_EXT_d2i(X509v3_get_ext(exts, idx)) : NULL;
-    if (idx >= 0 && gens == NULL)
-        why = "the CSR's subjectAltName is malformed";
-    else if (gens != NULL && sk_GENERAL_NAME_num(gens) > MAX_SANS)
-        why = "the CSR has more than 64 subjectAltNames";
-    for (int i = 0; why == NULL && gens != NULL && i < sk_GENERAL_NAME_num(gens); i++) {
-        char *t = san_text(sk_GENERAL_NAME_value(gens, i), &why);
-        if (t != NULL) {
-            v->sans[v->nsans++] = t;
-            why = NULL;
-        }
-    }
-    GENERAL_NAMES_free(gens);
-    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
-    ERR_clear_error();
-    return why;
-}
-
-/* Fills v->cn from the subject; NULL, or why the subject cannot be shown. */
-static const char *csr_view_names(const X509_NAME *name, csr_view_t *v)
-{
-    int ncn = 0;
-    for (int i = 0; i < X509_NAME_entry_count(name); i++) {
-        const X509_NAME_ENTRY *e = X509_NAME_get_entry(name, i);
-        unsigned char *utf8 = NULL;
-        int n = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(e));
-        bool nul = n > 0 && memchr(utf8, '\0', (size_t)n) != NULL;
-        bool is_cn = OBJ_obj2nid(X509_NAME_ENTRY_get_object(e)) == NID_commonName;
-        if (is_cn && ncn++ == 0 && n > 0 && !nul)
-            snprintf(v->cn, sizeof(v->cn), "%.*s", n, (const char *)utf8);
-        OPENSSL_free(utf8);
-        ERR_clear_error();
-        if (nul)
-            return "the CSR's subject has a value with a NUL byte";
-    }
-    return ncn > 1 ? "the CSR's subject has more than one CN" : NULL;
-}
-
-/* Fills v; NULL, or why the CSR cannot be shown to the hook whole (then
- * it must not be issued). */
-static const char *csr_view_make(X509_REQ *csr, csr_view_t *v)
-{
-    memset(v, 0, sizeof(*v));
-    const X509_NAME *name = X509_REQ_get_subject_name(csr);
-    if (mdm_x509_name_oneline(name, v->subject, sizeof(v->subject)) != 0)
-        return "the CSR's subject is too long (more than 511 bytes as text)";
-    const char *why = csr_view_names(name, v);
-    if (why == NULL)
-        why = csr_view_sans(csr, v);
-    if (why != NULL)
-        csr_view_free(v);
-    return why;
-}
-
 /* The store functions below may run more than once (map growth): they
  * change nothing but the store and fields they set on every run. */
 
@@ -835,8 +660,8 @@ out:
 static void decide_and_go(scep_job_t *job)
 {
     mdm_scep_service_t *svc = job->svc;
-    csr_view_t view;
-    const char *why = csr_view_make(job->csr, &view);
+    mdm_csr_view_t view;
+    const char *why = mdm_csr_view_make(job->csr, &view);
     if (why != NULL) {
         job_fail(job, MDM_SCEP_BADREQUEST, why);
         return;
@@ -863,7 +688,7 @@ static void decide_and_go(scep_job_t *job)
     int d = svc->decide ? svc->decide(svc->decide_udata, &ctx, reason, sizeof(reason))
                         : MDM_SCEP_DECIDE_ISSUE;
     reason[sizeof(reason) - 1] = '\0';
-    csr_view_free(&view);
+    mdm_csr_view_free(&view);
 
     char msg[400], q[300], t[MDM_SCEP_TXID_MAX + 8];
     int rc;
