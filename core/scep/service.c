@@ -656,6 +656,20 @@ out:
     return rc;
 }
 
+/* Answers FAILURE; a pending request that the job continues is dropped
+ * with it (its transaction is over). */
+static void job_fail_final(scep_job_t *job, int fail_info, const char *reason)
+{
+    if (job->from_pending) {
+        int rc = mdm_store_update(job->svc->store, del_pending_fn, job);
+        if (rc != 0) {
+            job_store_error(job, rc);
+            return;
+        }
+    }
+    job_fail(job, fail_info, reason);
+}
+
 /* Asks the decision hook and goes on accordingly. */
 static void decide_and_go(scep_job_t *job)
 {
@@ -663,7 +677,7 @@ static void decide_and_go(scep_job_t *job)
     mdm_csr_view_t view;
     const char *why = mdm_csr_view_make(job->csr, &view);
     if (why != NULL) {
-        job_fail(job, MDM_SCEP_BADREQUEST, why);
+        job_fail_final(job, MDM_SCEP_BADREQUEST, why);
         return;
     }
     const char *subject = view.subject;
@@ -719,15 +733,8 @@ static void decide_and_go(scep_job_t *job)
     default:
         if (d != MDM_SCEP_DECIDE_DENY)
             snprintf(reason, sizeof(reason), "the decision hook returned %d", d);
-        if (job->from_pending) {
-            rc = mdm_store_update(svc->store, del_pending_fn, job);
-            if (rc != 0) {
-                job_store_error(job, rc);
-                return;
-            }
-        }
         snprintf(msg, sizeof(msg), "denied by policy: %s", reason[0] ? reason : "no reason given");
-        job_fail(job, MDM_SCEP_BADREQUEST, msg);
+        job_fail_final(job, MDM_SCEP_BADREQUEST, msg);
         return;
     }
 }
@@ -913,27 +920,25 @@ static void continue_pending(scep_job_t *job, pending_rec_t *p)
         job_fail(job, MDM_SCEP_BADCERTID, "the pending request is unreadable");
         return;
     }
-    if (p->renewal) {
-        char msg[400];
-        int store_rc = 0;
-        int fail = recheck_renewal(job, p->old_fp, msg, sizeof(msg), &store_rc);
-        if (store_rc == 0 && fail != MDM_SCEP_NOFAIL)
-            store_rc = mdm_store_update(job->svc->store, del_pending_fn, job);
-        if (store_rc != 0) {
-            job_store_error(job, store_rc);
-            return;
-        }
-        if (fail != MDM_SCEP_NOFAIL) {
-            job_fail(job, fail, msg);
-            return;
-        }
-    }
     job->csr = job->owned_csr;
     job->request_type = p->type;
     job->from_pending = true;
     job->renewal = p->renewal;
     memcpy(job->old_fp, p->old_fp, 32);
     snprintf(job->owner, sizeof(job->owner), "%s", p->owner);
+    if (job->renewal) {
+        char msg[400];
+        int store_rc = 0;
+        int fail = recheck_renewal(job, job->old_fp, msg, sizeof(msg), &store_rc);
+        if (store_rc != 0) {
+            job_store_error(job, store_rc);
+            return;
+        }
+        if (fail != MDM_SCEP_NOFAIL) {
+            job_fail_final(job, fail, msg);
+            return;
+        }
+    }
     decide_and_go(job);
 }
 
