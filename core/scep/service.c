@@ -801,8 +801,6 @@ static int view_renewal_fn(mdm_txn_t *txn, void *arg)
     return rc;
 }
 
-/* RenewalReq: signed by a certificate of ours that is valid, known and not
- * revoked. */
 /* The failInfo (NOFAIL when fine) and reason for what mdm_ca_verify_cert
  * said of the certificate being renewed. */
 static int renewal_chain_fail(int chain_rc, const char *chain_err, char *msg, size_t n)
@@ -818,6 +816,8 @@ static int renewal_chain_fail(int chain_rc, const char *chain_err, char *msg, si
     return MDM_SCEP_NOFAIL;
 }
 
+/* RenewalReq: signed by a certificate of ours that is valid, known and not
+ * revoked. */
 static bool check_renewal(scep_job_t *job)
 {
     mdm_scep_service_t *svc = job->svc;
@@ -877,10 +877,9 @@ static int view_old_fn(mdm_txn_t *txn, void *arg)
 /* The failInfo (NOFAIL when fine) of the certificate a pending renewal
  * renews, checked again now as a RenewalReq is: still known, not revoked,
  * valid and from our CA. */
-static int recheck_renewal(scep_job_t *job, const unsigned char old_fp[32], char *msg, size_t n,
-                           int *store_rc)
+static int recheck_renewal(scep_job_t *job, char *msg, size_t n, int *store_rc)
 {
-    struct view_old v = {.fp = old_fp};
+    struct view_old v = {.fp = job->old_fp};
     *store_rc = mdm_store_view(job->svc->store, view_old_fn, &v);
     int fail = MDM_SCEP_NOFAIL;
     if (*store_rc == MDM_ENOTFOUND || (*store_rc == 0 && v.rec.revoked)) {
@@ -929,7 +928,7 @@ static void continue_pending(scep_job_t *job, pending_rec_t *p)
     if (job->renewal) {
         char msg[400];
         int store_rc = 0;
-        int fail = recheck_renewal(job, job->old_fp, msg, sizeof(msg), &store_rc);
+        int fail = recheck_renewal(job, msg, sizeof(msg), &store_rc);
         if (store_rc != 0) {
             job_store_error(job, store_rc);
             return;
