@@ -1,6 +1,7 @@
 #include "mdm/enroll.h"
 
 #include <getopt.h>
+#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <stdio.h>
 #include <string.h>
@@ -350,14 +351,18 @@ static void send_page(mdm_req_t *req, int status, const char *message, const cha
 
 struct challenge_ctx {
     const char *owner;
+    int purpose;
     uint64_t ttl;
+    const unsigned char *slot; /* replaces the previous one of this slot */
     mdm_challenge_t ch;
 };
 
 static int challenge_fn(mdm_txn_t *txn, void *arg)
 {
     struct challenge_ctx *c = arg;
-    return mdm_challenge_create(txn, c->owner, c->ttl, &c->ch);
+    if (c->slot != NULL)
+        return mdm_challenge_create_in_slot(txn, c->slot, c->owner, c->purpose, c->ttl, &c->ch);
+    return mdm_challenge_create(txn, c->owner, c->purpose, c->ttl, &c->ch);
 }
 
 /* Creates a one-time challenge for user and answers with the signed
@@ -365,7 +370,9 @@ static int challenge_fn(mdm_txn_t *txn, void *arg)
 static void answer_profile(mdm_req_t *req, const char *user, bool profile_service)
 {
     mdm_server_t *s = req->server;
-    struct challenge_ctx c = {.owner = user, .ttl = s->cfg->scep_challenge_ttl_ms};
+    struct challenge_ctx c = {.owner = user,
+                              .purpose = profile_service ? MDM_CHALLENGE_OTA : MDM_CHALLENGE_SCEP,
+                              .ttl = s->cfg->scep_challenge_ttl_ms};
     int rc = mdm_store_update(s->store, challenge_fn, &c);
     if (rc != 0) {
         mdm_resp_json_error(req, rc == MDM_ENOSPACE ? 503 : 500, "store", mdm_strerror(rc));
@@ -506,8 +513,22 @@ struct ota_ctx {
 static int ota_check_fn(mdm_txn_t *txn, void *arg)
 {
     struct ota_ctx *o = arg;
-    o->rc = mdm_challenge_consume(txn, o->challenge, mdm_now_ms(), &o->ch);
+    o->rc = mdm_challenge_consume(txn, o->challenge, MDM_CHALLENGE_OTA, mdm_now_ms(), &o->ch);
     return o->rc;
+}
+
+/* Why phase 1 refuses a challenge (rc of ota_check_fn). */
+static const char *ota_challenge_problem(const char *challenge, int rc)
+{
+    if (challenge == NULL)
+        return "the signed attributes have no CHALLENGE";
+    switch (rc) {
+    case MDM_ENOTFOUND: return "unknown or already used challenge";
+    case MDM_EEXPIRED: return "the challenge has expired";
+    case MDM_EAUTH:
+        return "the challenge is not for the OTA profile service (it is a SCEP challenge)";
+    default: return "the challenge could not be checked";
+    }
 }
 
 /* The phase-3 signer must be a certificate this server issued (its
@@ -577,10 +598,10 @@ static void handle_ota(mdm_req_t *req)
     if (!phase3) {
         const char *challenge = mdm_pl_str(attrs, "CHALLENGE");
         struct ota_ctx o = {.challenge = challenge};
-        if (challenge == NULL || mdm_store_update(s->store, ota_check_fn, &o) != 0) {
-            mdm_log(MDM_LOG_WARN, req->id, "enroll.ota_refused",
-                    "phase=1 udid=%s reason=\"missing, unknown, used or expired challenge\"",
-                    mdm_logq(uq, sizeof(uq), udid));
+        int crc = challenge == NULL ? MDM_ENOTFOUND : mdm_store_update(s->store, ota_check_fn, &o);
+        if (crc != 0) {
+            mdm_log(MDM_LOG_WARN, req->id, "enroll.ota_refused", "phase=1 udid=%s reason=\"%s\"",
+                    mdm_logq(uq, sizeof(uq), udid), ota_challenge_problem(challenge, crc));
             mdm_resp_text(req, 403, "the challenge is not valid");
             goto out;
         }
@@ -598,7 +619,9 @@ static void handle_ota(mdm_req_t *req)
             goto out;
         }
         /* Phase 2: a profile with a SCEP payload for the device's identity. */
-        struct challenge_ctx c = {.owner = decision.user, .ttl = s->cfg->scep_challenge_ttl_ms};
+        struct challenge_ctx c = {.owner = decision.user,
+                                  .purpose = MDM_CHALLENGE_SCEP,
+                                  .ttl = s->cfg->scep_challenge_ttl_ms};
         mdm_enroll_profile_opts_t po = {.user = decision.user,
                                         .include_scep = true,
                                         .identifier_suffix = "identity"};
@@ -629,8 +652,13 @@ static void handle_ota(mdm_req_t *req)
             mdm_resp_text(req, vrc != 0 ? 500 : 403, why);
             goto out;
         }
+        /* One live challenge per identity: a new phase 3 replaces the
+         * challenge of the previous one, so that repeating it does not
+         * fill the store. */
         struct challenge_ctx c = {.owner = os.owner[0] ? os.owner : NULL,
-                                  .ttl = s->cfg->scep_challenge_ttl_ms};
+                                  .purpose = MDM_CHALLENGE_SCEP,
+                                  .ttl = s->cfg->scep_challenge_ttl_ms,
+                                  .slot = os.fp};
         mdm_enroll_profile_opts_t po = {.include_scep = true, .include_mdm = true};
         int rc = mdm_store_update(s->store, challenge_fn, &c);
         po.challenge = c.ch.text;
@@ -675,6 +703,10 @@ int mdm_enroll_service_init(mdm_server_t *s, mdm_err_t *err)
         X509_STORE_add_cert(e->device_trust, s->ca->cert);
         for (int i = 0; i < sk_X509_num(s->ca->chain); i++)
             X509_STORE_add_cert(e->device_trust, sk_X509_value(s->ca->chain, i));
+        ERR_clear_error(); /* the chain file may repeat the CA certificate */
+        /* As in mdm_ca_verify_cert: the CA may be an intermediate whose
+         * root is not configured, and it is a trust anchor itself. */
+        X509_STORE_set_flags(e->device_trust, X509_V_FLAG_PARTIAL_CHAIN);
     }
     mdm_guard_opts_t go = {.name = "enroll",
                            .threshold = s->cfg->security_auth_fail_threshold,
@@ -763,7 +795,8 @@ int mdm_cmd_enroll_profile(int argc, char **argv)
     e.base_url = derive_base_url(&cfg);
     s.enroll = &e;
     s.profiles = &signer;
-    struct challenge_ctx c = {.owner = user, .ttl = cfg.scep_challenge_ttl_ms};
+    struct challenge_ctx c = {.owner = user, .purpose = MDM_CHALLENGE_SCEP,
+                              .ttl = cfg.scep_challenge_ttl_ms};
     int rc = mdm_store_update(s.store, challenge_fn, &c);
     if (rc != 0) {
         mdm_err_set(&err, rc, "cannot store the challenge: %s", mdm_strerror(rc));

@@ -106,11 +106,9 @@ static int scep_txn(mdm_txn_t *txn, void *arg)
     const mdm_scep_decision_ctx_t *x = c->ctx;
     plist_t csr = plist_new_dict(), ctx = plist_new_dict();
     mdm_pl_set_str(csr, "subject", x->subject);
+    if (x->cn != NULL && x->cn[0] != '\0')
+        mdm_pl_set_str(csr, "cn", x->cn);
     if (x->csr != NULL) {
-        X509_NAME *name = X509_REQ_get_subject_name(x->csr);
-        char cn[256];
-        if (X509_NAME_get_text_by_NID(name, NID_commonName, cn, sizeof(cn)) > 0)
-            mdm_pl_set_str(csr, "cn", cn);
         EVP_PKEY *k = X509_REQ_get0_pubkey(x->csr);
         if (k != NULL) {
             mdm_pl_set_str(csr, "key_type", EVP_PKEY_base_id(k) == EVP_PKEY_RSA ? "RSA" : "EC");

@@ -4,10 +4,16 @@
  * the enrollment flow, which binds it to a user). The store keeps only
  * its SHA-256 as the key, so that a copy of the database gives no usable
  * challenge. Value (fixed layout, big-endian):
- *   byte 0      version (1)
+ *   byte 0      version (2)
  *   bytes 1-8   expires_ms
  *   bytes 9-16  created_ms
- *   bytes 17-   owner (UTF-8, no NUL; may be empty)
+ *   byte 17     purpose (MDM_CHALLENGE_SCEP or MDM_CHALLENGE_OTA)
+ *   bytes 18-   owner (UTF-8, no NUL; may be empty)
+ * Version 1 values (written before purposes existed) have no purpose byte
+ * (the owner starts at byte 17) and read as MDM_CHALLENGE_SCEP.
+ * A challenge is good only for its purpose: a SCEP challenge does not pass
+ * the OTA profile service's phase 1, and the OTA challenge (which phase 1
+ * checks with the authenticate hook) is no SCEP challenge.
  * A challenge is consumed (deleted) by its first successful use, in the
  * same write transaction that records what it was used for; a lost race
  * then reads as MDM_ENOTFOUND.
@@ -29,9 +35,16 @@
 /* Longest owner name. */
 #define MDM_CHALLENGE_OWNER_MAX 255
 
+/* What a challenge is for. */
+enum {
+    MDM_CHALLENGE_SCEP = 1, /* a PKCSReq's challengePassword */
+    MDM_CHALLENGE_OTA = 2,  /* the OTA profile service's phase 1 */
+};
+
 typedef struct mdm_challenge {
     char text[MDM_CHALLENGE_LEN + 1];        /* only filled by create */
     char owner[MDM_CHALLENGE_OWNER_MAX + 1]; /* "" when nobody */
+    int purpose;                             /* MDM_CHALLENGE_SCEP or _OTA */
     int64_t created_ms;
     int64_t expires_ms;
     unsigned char digest[32];                /* SHA-256 of the text: the key */
@@ -40,20 +53,35 @@ typedef struct mdm_challenge {
 /* Called for each challenge of a listing (text is empty). */
 typedef int (*mdm_challenge_fn)(const mdm_challenge_t *c, void *arg);
 
-/* Creates a challenge for owner (NULL or "" for nobody) that expires
- * ttl_ms from now and writes it to out. MDM_EINVAL for a ttl of 0 or an
- * owner longer than MDM_CHALLENGE_OWNER_MAX. */
-int mdm_challenge_create(mdm_txn_t *txn, const char *owner, uint64_t ttl_ms, mdm_challenge_t *out);
+/* Creates a challenge for purpose and owner (NULL or "" for nobody) that
+ * expires ttl_ms from now and writes it to out. MDM_EINVAL for a ttl of 0,
+ * an unknown purpose or an owner longer than MDM_CHALLENGE_OWNER_MAX. */
+int mdm_challenge_create(mdm_txn_t *txn, const char *owner, int purpose, uint64_t ttl_ms,
+                         mdm_challenge_t *out);
 
-/* Checks a challenge without consuming it: 0 and out filled (out may be
- * NULL) when it exists and has not expired at now_ms; MDM_ENOTFOUND for an
- * unknown or already used one; MDM_EEXPIRED for an expired one. */
-int mdm_challenge_check(mdm_txn_t *txn, const char *text, int64_t now_ms, mdm_challenge_t *out);
+/* Like mdm_challenge_create, and deletes the challenge last made in the
+ * same slot (32 bytes, e.g. the SHA-256 of the certificate it is made for)
+ * if it is still there: a slot holds at most one live challenge. The slot
+ * is kept in MDM_T_INDEX under "scepslot\0" + slot. */
+int mdm_challenge_create_in_slot(mdm_txn_t *txn, const unsigned char slot[32], const char *owner,
+                                 int purpose, uint64_t ttl_ms, mdm_challenge_t *out);
+
+/* Checks a challenge for purpose without consuming it: 0 and out filled
+ * (out may be NULL) when it exists, is for purpose and has not expired at
+ * now_ms; MDM_ENOTFOUND for an unknown or already used one; MDM_EAUTH for
+ * one made for another purpose (out->purpose tells which); MDM_EEXPIRED for
+ * an expired one. */
+int mdm_challenge_check(mdm_txn_t *txn, const char *text, int purpose, int64_t now_ms,
+                        mdm_challenge_t *out);
 
 /* Consumes a challenge: like mdm_challenge_check, and on success deletes
- * it in txn. An expired challenge is not deleted here (prune does). */
-int mdm_challenge_consume(mdm_txn_t *txn, const char *text, int64_t now_ms,
+ * it in txn. An expired challenge is not deleted here (prune does), nor is
+ * one for another purpose. */
+int mdm_challenge_consume(mdm_txn_t *txn, const char *text, int purpose, int64_t now_ms,
                           mdm_challenge_t *out);
+
+/* "scep", "ota" or "?" */
+const char *mdm_challenge_purpose_name(int purpose);
 
 /* Deletes challenges that expired before now_ms, at most max of them (0:
  * no limit); *removed (may be NULL) gets the count. */

@@ -30,7 +30,8 @@ static const char challenge_usage[] =
     "this once: the store keeps a hash of it); it is valid for --ttl (default\n"
     "scep.challenge_ttl, 1h) and is consumed by the first enrollment that uses\n"
     "it. --user records who it is for; the issued certificate remembers it.\n"
-    "`list` shows the live challenges (owner and times, never the challenge);\n"
+    "`list` shows the live challenges (purpose: scep or ota, owner and times,\n"
+    "never the challenge);\n"
     "`prune` deletes the expired ones.\n"
     "\n"
     "options:\n"
@@ -49,7 +50,7 @@ struct cli_challenge_ctx {
 static int cli_challenge_new_fn(mdm_txn_t *txn, void *arg)
 {
     struct cli_challenge_ctx *c = arg;
-    return mdm_challenge_create(txn, c->owner, c->ttl_ms, &c->c);
+    return mdm_challenge_create(txn, c->owner, MDM_CHALLENGE_SCEP, c->ttl_ms, &c->c);
 }
 
 static int cli_challenge_print(const mdm_challenge_t *c, void *arg)
@@ -59,8 +60,9 @@ static int cli_challenge_print(const mdm_challenge_t *c, void *arg)
     mdm_time_format(created, c->created_ms);
     mdm_time_format(expires, c->expires_ms);
     mdm_hex_encode(fp, c->digest, 8);
-    printf("%s  %-24s  created %s  expires %s%s\n", fp, c->owner[0] ? c->owner : "-", created,
-           expires, c->expires_ms <= now ? "  (expired)" : "");
+    printf("%s  %-4s  %-24s  created %s  expires %s%s\n", fp,
+           mdm_challenge_purpose_name(c->purpose), c->owner[0] ? c->owner : "-", created, expires,
+           c->expires_ms <= now ? "  (expired)" : "");
     return 0;
 }
 

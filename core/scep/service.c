@@ -20,6 +20,7 @@
 #include "net/http.h"
 #include "net/router.h"
 #include "scep/challenge.h"
+#include "scep/csrview.h"
 #include "scep/scep.h"
 #include "util/alloc.h"
 #include "util/buf.h"
@@ -37,7 +38,8 @@
 #define CRL_VALIDITY_MS (7 * DAY_MS)
 #define CRL_REFRESH_MS DAY_MS
 #define DEFAULT_MAX_INFLIGHT 512
-#define MAX_SANS 64
+/* The longest lifetime /v1/challenges gives a challenge. */
+#define CHALLENGE_TTL_MAX_MS (365 * (uint64_t)DAY_MS)
 
 #define CT_PKI "application/x-pki-message"
 #define CT_TEXT "text/plain; charset=utf-8"
@@ -53,6 +55,11 @@ static const char CAPS[] = "POSTPKIOperation\n"
 
 static const char PENDING_PREFIX[] = "sceppend"; /* + '\0' + transactionID */
 #define PENDING_PREFIX_LEN sizeof(PENDING_PREFIX)
+/* What a transaction was answered with, so that a request sent again after
+ * SUCCESS (the reply was lost) gets the same certificate. Same length of
+ * prefix as PENDING_PREFIX. */
+static const char DONE_PREFIX[] = "scepdone"; /* + '\0' + transactionID */
+#define RESEND_WINDOW_MS DAY_MS
 
 struct crl_waiter {
     mdm_scep_done_fn done;
@@ -125,20 +132,29 @@ static void pending_free(pending_rec_t *p)
     memset(p, 0, sizeof(*p));
 }
 
-static size_t pending_key(unsigned char out[PENDING_PREFIX_LEN + MDM_SCEP_TXID_MAX],
-                          const char *txid)
+/* The store key of a record of transaction txid: prefix + '\0' + txid. */
+#define TXID_KEY_MAX (PENDING_PREFIX_LEN + MDM_SCEP_TXID_MAX)
+
+static size_t txid_key(unsigned char out[TXID_KEY_MAX], const char *prefix, const char *txid)
 {
     size_t n = strlen(txid);
     if (n > MDM_SCEP_TXID_MAX)
         n = MDM_SCEP_TXID_MAX;
-    memcpy(out, PENDING_PREFIX, PENDING_PREFIX_LEN);
+    memcpy(out, prefix, PENDING_PREFIX_LEN);
     memcpy(out + PENDING_PREFIX_LEN, txid, n);
     return PENDING_PREFIX_LEN + n;
 }
 
+static size_t pending_key(unsigned char out[TXID_KEY_MAX], const char *txid)
+{
+    return txid_key(out, PENDING_PREFIX, txid);
+}
+
+/* Stores a pending request; MDM_EEXIST when one with this transactionID is
+ * already pending (it is never replaced). */
 static int pending_put(mdm_txn_t *txn, const char *txid, const pending_rec_t *p)
 {
-    unsigned char key[PENDING_PREFIX_LEN + MDM_SCEP_TXID_MAX];
+    unsigned char key[TXID_KEY_MAX];
     size_t klen = pending_key(key, txid);
     plist_t d = plist_new_dict();
     plist_dict_set_item(d, "type", plist_new_uint((uint64_t)p->type));
@@ -155,7 +171,8 @@ static int pending_put(mdm_txn_t *txn, const char *txid, const pending_rec_t *p)
     plist_free(d);
     int rc = MDM_EIO;
     if (bin != NULL && blen > 0)
-        rc = mdm_txn_put(txn, MDM_T_INDEX, MDM_VAL(key, klen), MDM_VAL(bin, blen), 0);
+        rc = mdm_txn_put(txn, MDM_T_INDEX, MDM_VAL(key, klen), MDM_VAL(bin, blen),
+                         MDM_PUT_NOOVERWRITE);
     if (bin != NULL)
         plist_to_bin_free(bin);
     return rc;
@@ -227,7 +244,7 @@ out:
 
 static int pending_get(mdm_txn_t *txn, const char *txid, pending_rec_t *out)
 {
-    unsigned char key[PENDING_PREFIX_LEN + MDM_SCEP_TXID_MAX];
+    unsigned char key[TXID_KEY_MAX];
     size_t klen = pending_key(key, txid);
     mdm_val_t v;
     memset(out, 0, sizeof(*out));
@@ -239,27 +256,27 @@ static int pending_get(mdm_txn_t *txn, const char *txid, pending_rec_t *out)
 
 static int pending_del(mdm_txn_t *txn, const char *txid)
 {
-    unsigned char key[PENDING_PREFIX_LEN + MDM_SCEP_TXID_MAX];
+    unsigned char key[TXID_KEY_MAX];
     size_t klen = pending_key(key, txid);
     return mdm_txn_del(txn, MDM_T_INDEX, MDM_VAL(key, klen));
 }
 
-static int pending_prune(mdm_txn_t *txn, int64_t now_ms, size_t max, size_t *removed)
+/* Deletes the records under prefix that keep() does not keep, at most max. */
+static int index_prune(mdm_txn_t *txn, const char *prefix_text,
+                       bool (*keep)(mdm_val_t v, int64_t now_ms), int64_t now_ms, size_t max,
+                       size_t *removed)
 {
     mdm_cursor_t *c = NULL;
     mdm_val_t k, v;
     size_t n = 0;
-    mdm_val_t prefix = MDM_VAL(PENDING_PREFIX, PENDING_PREFIX_LEN);
+    mdm_val_t prefix = MDM_VAL(prefix_text, PENDING_PREFIX_LEN);
     int rc = mdm_cursor_open(txn, MDM_T_INDEX, &c);
     if (rc != 0)
         return rc;
     for (rc = mdm_cursor_seek(c, prefix, &k, &v); rc == 0; rc = mdm_cursor_next(c, &k, &v)) {
         if (!mdm_val_has_prefix(k, prefix))
             break;
-        pending_rec_t p;
-        bool keep = pending_decode(v, &p) == 0 && now_ms - p.created_ms < PENDING_TTL_MS;
-        pending_free(&p);
-        if (keep)
+        if (keep(v, now_ms))
             continue;
         rc = mdm_cursor_del(c);
         if (rc != 0 || ++n == max)
@@ -270,6 +287,92 @@ static int pending_prune(mdm_txn_t *txn, int64_t now_ms, size_t max, size_t *rem
     mdm_cursor_close(c);
     *removed = n;
     return rc;
+}
+
+static bool pending_keep(mdm_val_t v, int64_t now_ms)
+{
+    pending_rec_t p;
+    bool keep = pending_decode(v, &p) == 0 && now_ms - p.created_ms < PENDING_TTL_MS;
+    pending_free(&p);
+    return keep;
+}
+
+/* ---- transactions answered with SUCCESS ---------------------------------- */
+
+/* Value: created_ms (8, big-endian), the request type (1), the signer's
+ * id (32, see signer_id), SHA-256 of the CSR's public key (32), serial
+ * (1..20). */
+#define DONE_HEAD (8 + 1 + 32 + 32)
+
+typedef struct done_rec {
+    int64_t created_ms;
+    int type;                      /* PKCSReq or RenewalReq */
+    unsigned char signer_id[32];
+    unsigned char csr_key[32];
+    unsigned char serial[MDM_SERIAL_MAX];
+    size_t serial_len;
+} done_rec_t;
+
+static int pubkey_sha256(EVP_PKEY *k, unsigned char out[32])
+{
+    unsigned char *der = NULL;
+    int n = k != NULL ? i2d_PUBKEY(k, &der) : -1;
+    unsigned int dl = 0;
+    int ok = n > 0 && EVP_Digest(der, (size_t)n, out, &dl, EVP_sha256(), NULL) == 1 && dl == 32;
+    OPENSSL_free(der);
+    return ok ? 0 : MDM_ECRYPTO;
+}
+
+/* Who signed a request of type: the SHA-256 of its public key for a
+ * PKCSReq (whose signer is a throw-away certificate of the CSR's key), of
+ * its certificate for a RenewalReq (the certificate being renewed). */
+static int signer_id(int type, X509 *signer, unsigned char out[32])
+{
+    if (type == MDM_SCEP_RENEWALREQ)
+        return mdm_cert_sha256(signer, out) == 0 ? 0 : MDM_ECRYPTO;
+    return pubkey_sha256(X509_get0_pubkey(signer), out);
+}
+
+static int done_decode(mdm_val_t v, done_rec_t *out)
+{
+    const unsigned char *p = v.data;
+    if (v.len <= DONE_HEAD || v.len > DONE_HEAD + MDM_SERIAL_MAX)
+        return MDM_EPARSE;
+    out->created_ms = (int64_t)mdm_be64_get(p);
+    out->type = p[8];
+    memcpy(out->signer_id, p + 9, 32);
+    memcpy(out->csr_key, p + 41, 32);
+    out->serial_len = v.len - DONE_HEAD;
+    memcpy(out->serial, p + DONE_HEAD, out->serial_len);
+    return 0;
+}
+
+static bool done_keep(mdm_val_t v, int64_t now_ms)
+{
+    done_rec_t d;
+    return done_decode(v, &d) == 0 && now_ms - d.created_ms < RESEND_WINDOW_MS;
+}
+
+static int done_put(mdm_txn_t *txn, const char *txid, const done_rec_t *d)
+{
+    unsigned char key[TXID_KEY_MAX], value[DONE_HEAD + MDM_SERIAL_MAX];
+    size_t klen = txid_key(key, DONE_PREFIX, txid);
+    mdm_be64_put(value, (uint64_t)d->created_ms);
+    value[8] = (unsigned char)d->type;
+    memcpy(value + 9, d->signer_id, 32);
+    memcpy(value + 41, d->csr_key, 32);
+    memcpy(value + DONE_HEAD, d->serial, d->serial_len);
+    return mdm_txn_put(txn, MDM_T_INDEX, MDM_VAL(key, klen),
+                       MDM_VAL(value, DONE_HEAD + d->serial_len), 0);
+}
+
+static int done_get(mdm_txn_t *txn, const char *txid, done_rec_t *out)
+{
+    unsigned char key[TXID_KEY_MAX];
+    size_t klen = txid_key(key, DONE_PREFIX, txid);
+    mdm_val_t v;
+    int rc = mdm_txn_get(txn, MDM_T_INDEX, MDM_VAL(key, klen), &v);
+    return rc != 0 ? rc : done_decode(v, out);
 }
 
 /* ---- revocation ---------------------------------------------------------- */
@@ -323,6 +426,8 @@ typedef struct scep_job {
     bool renewal;
     unsigned char old_fp[32];
     char owner[MDM_CHALLENGE_OWNER_MAX + 1];
+
+    bool resent;               /* sent again: issued is the earlier answer's */
 
     /* respond stage (thread pool) */
     X509 *issued;
@@ -410,56 +515,6 @@ static void parse_work(uv_work_t *w)
     }
 }
 
-/* The subjectAltNames a CSR asks for, as "TYPE:value" strings. */
-static size_t csr_sans(X509_REQ *csr, char **out, size_t max)
-{
-    size_t n = 0;
-    STACK_OF(X509_EXTENSION) *exts = X509_REQ_get_extensions(csr);
-    GENERAL_NAMES *gens = NULL;
-    if (exts == NULL)
-        goto out;
-    int idx = X509v3_get_ext_by_NID(exts, NID_subject_alt_name, -1);
-    if (idx < 0)
-        goto out;
-    gens = X509V3_EXT_d2i(X509v3_get_ext(exts, idx));
-    for (int i = 0; gens != NULL && i < sk_GENERAL_NAME_num(gens) && n < max; i++) {
-        GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
-        const char *kind = NULL;
-        ASN1_STRING *s = NULL;
-        switch (g->type) {
-        case GEN_DNS: kind = "DNS"; s = g->d.dNSName; break;
-        case GEN_EMAIL: kind = "email"; s = g->d.rfc822Name; break;
-        case GEN_URI: kind = "URI"; s = g->d.uniformResourceIdentifier; break;
-        case GEN_IPADD: kind = "IP"; break;
-        default: kind = "other"; break;
-        }
-        if (s != NULL) {
-            out[n++] = mdm_sprintf("%s:%.*s", kind, ASN1_STRING_length(s),
-                                   (const char *)ASN1_STRING_get0_data(s));
-        } else if (g->type == GEN_IPADD) {
-            const unsigned char *ip = ASN1_STRING_get0_data(g->d.iPAddress);
-            int len = ASN1_STRING_length(g->d.iPAddress);
-            char text[64] = "?";
-            if (len == 4) {
-                snprintf(text, sizeof(text), "%u.%u.%u.%u", ip[0], ip[1], ip[2], ip[3]);
-            } else if (len == 16) {
-                size_t o = 0;
-                for (int j = 0; j < 16; j += 2)
-                    o += (size_t)snprintf(text + o, sizeof(text) - o, "%s%x", j ? ":" : "",
-                                          (unsigned)(ip[j] << 8 | ip[j + 1]));
-            }
-            out[n++] = mdm_sprintf("IP:%s", text);
-        } else {
-            out[n++] = mdm_strdup("other:");
-        }
-    }
-out:
-    GENERAL_NAMES_free(gens);
-    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
-    ERR_clear_error();
-    return n;
-}
-
 /* The store functions below may run more than once (map growth): they
  * change nothing but the store and fields they set on every run. */
 
@@ -471,7 +526,7 @@ struct view_challenge {
 static int view_challenge_fn(mdm_txn_t *txn, void *arg)
 {
     struct view_challenge *v = arg;
-    return mdm_challenge_check(txn, v->text, mdm_now_ms(), &v->c);
+    return mdm_challenge_check(txn, v->text, MDM_CHALLENGE_SCEP, mdm_now_ms(), &v->c);
 }
 
 static int store_pending_fn(mdm_txn_t *txn, void *arg)
@@ -479,7 +534,8 @@ static int store_pending_fn(mdm_txn_t *txn, void *arg)
     scep_job_t *job = arg;
     job->lost_fail = MDM_SCEP_NOFAIL;
     if (job->consume_challenge) {
-        int rc = mdm_challenge_consume(txn, job->m.challenge, mdm_now_ms(), NULL);
+        int rc = mdm_challenge_consume(txn, job->m.challenge, MDM_CHALLENGE_SCEP, mdm_now_ms(),
+                                       NULL);
         if (rc == MDM_ENOTFOUND || rc == MDM_EEXPIRED) {
             job->lost_fail = MDM_SCEP_BADREQUEST;
             job->lost_reason = "the challenge was used or expired while the request was checked";
@@ -508,6 +564,13 @@ static int store_pending_fn(mdm_txn_t *txn, void *arg)
     }
     OPENSSL_free(csr);
     OPENSSL_free(pub);
+    if (rc == MDM_EEXIST) {
+        /* Another request took this transactionID first: its record stays,
+         * and this one's challenge is not consumed (the update rolls back). */
+        job->lost_fail = MDM_SCEP_BADREQUEST;
+        job->lost_reason = "another request with this transactionID is already pending";
+        return MDM_ESTATE;
+    }
     return rc;
 }
 
@@ -518,6 +581,17 @@ static int del_pending_fn(mdm_txn_t *txn, void *arg)
     return rc == MDM_ENOTFOUND ? 0 : rc;
 }
 
+/* Remembers what the transaction was answered with, for a resend. */
+static int record_done(mdm_txn_t *txn, scep_job_t *job)
+{
+    done_rec_t d = {.created_ms = mdm_now_ms(), .type = job->request_type};
+    if (signer_id(d.type, job->m.signer, d.signer_id) != 0 ||
+        pubkey_sha256(X509_REQ_get0_pubkey(job->csr), d.csr_key) != 0 ||
+        mdm_cert_serial(job->issued, d.serial, &d.serial_len) != 0)
+        return MDM_ECRYPTO;
+    return done_put(txn, job->m.txid, &d);
+}
+
 static int store_issued_fn(mdm_txn_t *txn, void *arg)
 {
     scep_job_t *job = arg;
@@ -526,7 +600,7 @@ static int store_issued_fn(mdm_txn_t *txn, void *arg)
     job->lost_fail = MDM_SCEP_NOFAIL;
     int rc = 0;
     if (job->consume_challenge) {
-        rc = mdm_challenge_consume(txn, job->m.challenge, mdm_now_ms(), NULL);
+        rc = mdm_challenge_consume(txn, job->m.challenge, MDM_CHALLENGE_SCEP, mdm_now_ms(), NULL);
         if (rc == MDM_ENOTFOUND || rc == MDM_EEXPIRED) {
             job->lost_fail = MDM_SCEP_BADREQUEST;
             job->lost_reason = "the challenge was used by another request at the same time";
@@ -557,6 +631,8 @@ static int store_issued_fn(mdm_txn_t *txn, void *arg)
             goto out;
     }
     rc = mdm_certdb_put(txn, job->issued, job->m.txid);
+    if (rc == 0)
+        rc = record_done(txn, job);
     if (rc == 0 && job->owner[0] != '\0')
         rc = mdm_challenge_owner_record(txn, job->new_fp, job->owner);
     if (rc == 0 && job->renewal) {
@@ -580,14 +656,31 @@ out:
     return rc;
 }
 
+/* Answers FAILURE; a pending request that the job continues is dropped
+ * with it (its transaction is over). */
+static void job_fail_final(scep_job_t *job, int fail_info, const char *reason)
+{
+    if (job->from_pending) {
+        int rc = mdm_store_update(job->svc->store, del_pending_fn, job);
+        if (rc != 0) {
+            job_store_error(job, rc);
+            return;
+        }
+    }
+    job_fail(job, fail_info, reason);
+}
+
 /* Asks the decision hook and goes on accordingly. */
 static void decide_and_go(scep_job_t *job)
 {
     mdm_scep_service_t *svc = job->svc;
-    char subject[512] = "";
-    char *sans[MAX_SANS];
-    size_t nsans = csr_sans(job->csr, sans, MAX_SANS);
-    (void)mdm_x509_name_oneline(X509_REQ_get_subject_name(job->csr), subject, sizeof(subject));
+    mdm_csr_view_t view;
+    const char *why = mdm_csr_view_make(job->csr, &view);
+    if (why != NULL) {
+        job_fail_final(job, MDM_SCEP_BADREQUEST, why);
+        return;
+    }
+    const char *subject = view.subject;
     snprintf(job->subject, sizeof(job->subject), "%.250s", subject);
     mdm_scep_decision_ctx_t ctx = {
         .reqid = job->reqid,
@@ -595,8 +688,9 @@ static void decide_and_go(scep_job_t *job)
         .request_type = job->request_type,
         .transaction_id = job->m.txid,
         .subject = subject,
-        .sans = (const char *const *)sans,
-        .nsans = nsans,
+        .cn = view.cn,
+        .sans = (const char *const *)view.sans,
+        .nsans = view.nsans,
         .owner = job->owner,
         .challenge = job->request_type == MDM_SCEP_PKCSREQ ? job->m.challenge : NULL,
         .challenge_ok = job->request_type == MDM_SCEP_PKCSREQ,
@@ -608,8 +702,7 @@ static void decide_and_go(scep_job_t *job)
     int d = svc->decide ? svc->decide(svc->decide_udata, &ctx, reason, sizeof(reason))
                         : MDM_SCEP_DECIDE_ISSUE;
     reason[sizeof(reason) - 1] = '\0';
-    for (size_t i = 0; i < nsans; i++)
-        mdm_free(sans[i]);
+    mdm_csr_view_free(&view);
 
     char msg[400], q[300], t[MDM_SCEP_TXID_MAX + 8];
     int rc;
@@ -640,15 +733,8 @@ static void decide_and_go(scep_job_t *job)
     default:
         if (d != MDM_SCEP_DECIDE_DENY)
             snprintf(reason, sizeof(reason), "the decision hook returned %d", d);
-        if (job->from_pending) {
-            rc = mdm_store_update(svc->store, del_pending_fn, job);
-            if (rc != 0) {
-                job_store_error(job, rc);
-                return;
-            }
-        }
         snprintf(msg, sizeof(msg), "denied by policy: %s", reason[0] ? reason : "no reason given");
-        job_fail(job, MDM_SCEP_BADREQUEST, msg);
+        job_fail_final(job, MDM_SCEP_BADREQUEST, msg);
         return;
     }
 }
@@ -676,6 +762,11 @@ static bool check_challenge(scep_job_t *job)
     }
     if (rc == MDM_EEXPIRED) {
         job_fail(job, MDM_SCEP_BADREQUEST, "the challenge has expired");
+        return false;
+    }
+    if (rc == MDM_EAUTH) {
+        job_fail(job, MDM_SCEP_BADREQUEST,
+                 "the challenge is for the OTA profile service (phase 1), not for SCEP");
         return false;
     }
     if (rc != 0) {
@@ -710,20 +801,30 @@ static int view_renewal_fn(mdm_txn_t *txn, void *arg)
     return rc;
 }
 
+/* The failInfo (NOFAIL when fine) and reason for what mdm_ca_verify_cert
+ * said of the certificate being renewed. */
+static int renewal_chain_fail(int chain_rc, const char *chain_err, char *msg, size_t n)
+{
+    if (chain_rc == MDM_EEXPIRED) {
+        snprintf(msg, n, "the certificate being renewed has expired");
+        return MDM_SCEP_BADTIME;
+    }
+    if (chain_rc != 0) {
+        snprintf(msg, n, "the certificate being renewed is not from our CA: %.300s", chain_err);
+        return MDM_SCEP_BADCERTID;
+    }
+    return MDM_SCEP_NOFAIL;
+}
+
 /* RenewalReq: signed by a certificate of ours that is valid, known and not
  * revoked. */
 static bool check_renewal(scep_job_t *job)
 {
     mdm_scep_service_t *svc = job->svc;
     char msg[400];
-    if (job->chain_rc == MDM_EEXPIRED) {
-        job_fail(job, MDM_SCEP_BADTIME, "the certificate being renewed has expired");
-        return false;
-    }
-    if (job->chain_rc != 0) {
-        snprintf(msg, sizeof(msg), "the certificate being renewed is not from our CA: %.300s",
-                 job->chain_err);
-        job_fail(job, MDM_SCEP_BADCERTID, msg);
+    int fail = renewal_chain_fail(job->chain_rc, job->chain_err, msg, sizeof(msg));
+    if (fail != MDM_SCEP_NOFAIL) {
+        job_fail(job, fail, msg);
         return false;
     }
     if (mdm_cert_sha256(job->m.signer, job->old_fp) != 0) {
@@ -761,6 +862,43 @@ static int view_pending_fn(mdm_txn_t *txn, void *arg)
     return pending_get(txn, v->txid, &v->p);
 }
 
+struct view_old {
+    const unsigned char *fp;
+    mdm_certrec_t rec;
+};
+
+static int view_old_fn(mdm_txn_t *txn, void *arg)
+{
+    struct view_old *v = arg;
+    mdm_certrec_free(&v->rec);
+    return mdm_certdb_get_by_fingerprint(txn, v->fp, &v->rec);
+}
+
+/* The failInfo (NOFAIL when fine) of the certificate a pending renewal
+ * renews, checked again now as a RenewalReq is: still known, not revoked,
+ * valid and from our CA. */
+static int recheck_renewal(scep_job_t *job, char *msg, size_t n, int *store_rc)
+{
+    struct view_old v = {.fp = job->old_fp};
+    *store_rc = mdm_store_view(job->svc->store, view_old_fn, &v);
+    int fail = MDM_SCEP_NOFAIL;
+    if (*store_rc == MDM_ENOTFOUND || (*store_rc == 0 && v.rec.revoked)) {
+        *store_rc = 0;
+        snprintf(msg, n, "the certificate being renewed was revoked meanwhile");
+        fail = MDM_SCEP_BADCERTID;
+    } else if (*store_rc == 0) {
+        X509 *old = NULL;
+        mdm_err_t err = {0};
+        int vrc = mdm_cert_from_der(v.rec.der, v.rec.der_len, &old, &err);
+        if (vrc == 0)
+            vrc = mdm_ca_verify_cert(job->svc->ca, old, NULL, &err);
+        fail = renewal_chain_fail(vrc, err.msg, msg, n);
+        X509_free(old);
+    }
+    mdm_certrec_free(&v.rec);
+    return fail;
+}
+
 /* A CertPoll, or a request sent again, for a pending transaction. */
 static void continue_pending(scep_job_t *job, pending_rec_t *p)
 {
@@ -787,11 +925,80 @@ static void continue_pending(scep_job_t *job, pending_rec_t *p)
     job->renewal = p->renewal;
     memcpy(job->old_fp, p->old_fp, 32);
     snprintf(job->owner, sizeof(job->owner), "%s", p->owner);
+    if (job->renewal) {
+        char msg[400];
+        int store_rc = 0;
+        int fail = recheck_renewal(job, msg, sizeof(msg), &store_rc);
+        if (store_rc != 0) {
+            job_store_error(job, store_rc);
+            return;
+        }
+        if (fail != MDM_SCEP_NOFAIL) {
+            job_fail_final(job, fail, msg);
+            return;
+        }
+    }
     decide_and_go(job);
 }
 
+struct view_done {
+    const char *txid;
+    done_rec_t d;
+    mdm_certrec_t rec;
+};
+
+static int view_done_fn(mdm_txn_t *txn, void *arg)
+{
+    struct view_done *v = arg;
+    mdm_certrec_free(&v->rec);
+    int rc = done_get(txn, v->txid, &v->d);
+    if (rc == 0)
+        rc = mdm_certdb_get_by_serial(txn, v->d.serial, v->d.serial_len, &v->rec);
+    return rc;
+}
+
+/* The request is the one that got d sent again (or a poll of it): of
+ * the same type, by the same signer, for the same key. */
+static bool same_request(scep_job_t *job, const done_rec_t *d)
+{
+    unsigned char k[32];
+    if ((job->m.type != d->type && job->m.type != MDM_SCEP_CERTPOLL) ||
+        signer_id(d->type, job->m.signer, k) != 0 || CRYPTO_memcmp(k, d->signer_id, 32) != 0)
+        return false;
+    if (job->m.csr == NULL)
+        return true;
+    return pubkey_sha256(X509_REQ_get0_pubkey(job->m.csr), k) == 0 &&
+           CRYPTO_memcmp(k, d->csr_key, 32) == 0;
+}
+
+/* A request sent again after its transaction got SUCCESS, the reply
+ * having been lost (RFC 8894 3.3.1): the same transactionID, signer key
+ * and CSR key within RESEND_WINDOW_MS get the certificate already issued,
+ * unless it was revoked meanwhile. True when the job was answered. */
+static bool answer_resend(scep_job_t *job)
+{
+    struct view_done v = {.txid = job->m.txid};
+    int rc = mdm_store_view(job->svc->store, view_done_fn, &v);
+    mdm_err_t err = {0};
+    bool match = rc == 0 && mdm_now_ms() - v.d.created_ms < RESEND_WINDOW_MS &&
+                 !v.rec.revoked && same_request(job, &v.d) &&
+                 mdm_cert_from_der(v.rec.der, v.rec.der_len, &job->issued, &err) == 0;
+    if (match) {
+        job->resent = true;
+        job->status = MDM_SCEP_SUCCESS;
+        snprintf(job->serial_hex, sizeof(job->serial_hex), "%s", v.rec.serial_hex);
+        snprintf(job->subject, sizeof(job->subject), "%.250s", v.rec.subject);
+        queue_respond(job);
+    } else if (rc != 0 && rc != MDM_ENOTFOUND) {
+        job_store_error(job, rc);
+        match = true;
+    }
+    mdm_certrec_free(&v.rec);
+    return match;
+}
+
 struct prune_ctx {
-    size_t challenges, pending;
+    size_t challenges, pending, done;
 };
 
 static int prune_fn(mdm_txn_t *txn, void *arg)
@@ -800,7 +1007,9 @@ static int prune_fn(mdm_txn_t *txn, void *arg)
     int64_t now = mdm_now_ms();
     int rc = mdm_challenge_prune(txn, now, PRUNE_BATCH, &p->challenges);
     if (rc == 0)
-        rc = pending_prune(txn, now, PRUNE_BATCH, &p->pending);
+        rc = index_prune(txn, PENDING_PREFIX, pending_keep, now, PRUNE_BATCH, &p->pending);
+    if (rc == 0)
+        rc = index_prune(txn, DONE_PREFIX, done_keep, now, PRUNE_BATCH, &p->done);
     return rc;
 }
 
@@ -814,9 +1023,9 @@ static void maybe_prune(mdm_scep_service_t *svc)
     int rc = mdm_store_update(svc->store, prune_fn, &p);
     if (rc != 0)
         mdm_log(MDM_LOG_WARN, NULL, "scep.prune_failed", "error=\"%s\"", mdm_strerror(rc));
-    else if (p.challenges || p.pending)
-        mdm_log(MDM_LOG_INFO, NULL, "scep.pruned", "challenges=%zu pending=%zu", p.challenges,
-                p.pending);
+    else if (p.challenges || p.pending || p.done)
+        mdm_log(MDM_LOG_INFO, NULL, "scep.pruned", "challenges=%zu pending=%zu answered=%zu",
+                p.challenges, p.pending, p.done);
 }
 
 static void parse_after(uv_work_t *w, int status)
@@ -858,6 +1067,8 @@ static void parse_after(uv_work_t *w, int status)
         job_store_error(job, rc);
         return;
     }
+    if (answer_resend(job))
+        return;
     if (m->type == MDM_SCEP_CERTPOLL) {
         job_fail(job, MDM_SCEP_BADCERTID, "no pending request has this transactionID");
         return;
@@ -938,7 +1149,11 @@ static void respond_after(uv_work_t *w, int status)
                 mdm_logq(t, sizeof(t), job->m.txid), mdm_scep_msgtype_name(job->m.type),
                 mdm_scep_failinfo_name(job->fail_info), mdm_logq(q, sizeof(q), job->reason));
     }
-    if (job->issued != NULL) {
+    if (job->resent) {
+        mdm_log(MDM_LOG_INFO, job->reqid, "scep.resent", "txid=%s type=%s serial=%s subject=%s",
+                mdm_logq(t, sizeof(t), job->m.txid), mdm_scep_msgtype_name(job->m.type),
+                job->serial_hex, mdm_logq(s, sizeof(s), job->subject));
+    } else if (job->issued != NULL) {
         int rc = mdm_store_update(svc->store, store_issued_fn, job);
         if (rc == MDM_ESTATE) {
             /* A race was lost: nothing was stored, and the signed reply is
@@ -1337,7 +1552,7 @@ struct create_challenge_ctx {
 static int create_challenge_fn(mdm_txn_t *txn, void *arg)
 {
     struct create_challenge_ctx *c = arg;
-    return mdm_challenge_create(txn, c->owner, c->ttl_ms, &c->c);
+    return mdm_challenge_create(txn, c->owner, MDM_CHALLENGE_SCEP, c->ttl_ms, &c->c);
 }
 
 static void handle_challenge_new(mdm_req_t *req)
@@ -1365,9 +1580,10 @@ static void handle_challenge_new(mdm_req_t *req)
         bool ok = false;
         if (json_is_string(ttl))
             ok = mdm_parse_duration_ms(json_string_value(ttl), &ms) == 0;
-        else if (json_is_integer(ttl) && json_integer_value(ttl) > 0)
+        else if (json_is_integer(ttl) && json_integer_value(ttl) > 0 &&
+                 (uint64_t)json_integer_value(ttl) <= CHALLENGE_TTL_MAX_MS / 1000)
             ok = (ms = (uint64_t)json_integer_value(ttl) * 1000, true);
-        if (!ok || ms == 0 || ms > 365 * (uint64_t)DAY_MS) {
+        if (!ok || ms == 0 || ms > CHALLENGE_TTL_MAX_MS) {
             json_decref(body);
             mdm_resp_json_error(req, 400, "bad_request",
                                 "ttl must be a duration such as \"1h\" (at most 365d) or seconds");

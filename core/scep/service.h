@@ -47,7 +47,14 @@ typedef struct mdm_scep_decision_ctx {
     int request_type;           /* the request being decided: PKCSReq or RenewalReq */
     const char *transaction_id;
     const char *subject;        /* the CSR's subject, RFC 2253 */
-    const char *const *sans;    /* the CSR's subjectAltNames: "DNS:..", "email:..", "URI:..", "IP:.." */
+    const char *cn;             /* the subject's only CN (UTF-8), "" when none */
+    /* Every subjectAltName of the CSR (the certificate gets them all):
+     * "DNS:..", "email:..", "URI:..", "IP:..", "upn:.." (a Microsoft UPN),
+     * "othername:OID:HEX" (the value's DER), "dirname:DN", "rid:OID",
+     * "x400:HEX", "ediparty:HEX". A CSR with a NUL byte in a CN or SAN,
+     * two CNs, or a subject longer than 511 bytes as text is refused
+     * before the hook is asked. */
+    const char *const *sans;
     size_t nsans;
     const char *owner;          /* the one-time challenge's owner; "" for the static challenge */
     const char *challenge;      /* PKCSReq: the challenge password, else NULL */

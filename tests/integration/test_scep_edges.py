@@ -238,3 +238,333 @@ def test_ota_phase3_refuses_a_certificate_our_ca_did_not_issue(tmpdir_path):
             f"phase 3 accepted a certificate issued by the root, not our CA: {r.status_code}"
     finally:
         stop_clean(s)
+
+
+# ---- /v1/challenges: an integer ttl that would overflow -------------------------
+
+
+def test_challenge_api_refuses_a_ttl_whose_milliseconds_overflow(esrv):
+    d = esrv.datadir
+    # 18446744073709552 s * 1000 wraps around 2^64 to 384 ms.
+    for ttl in (18446744073709552, 2 ** 62, 365 * 86400 + 1):
+        r = api(esrv, "POST", "/v1/challenges", d.api_key, {"ttl": ttl})
+        assert r.status_code == 400, (ttl, r.status_code, r.text)
+        assert "ttl" in r.text
+    # The largest allowed number of seconds still works.
+    r = api(esrv, "POST", "/v1/challenges", d.api_key, {"ttl": 365 * 86400})
+    assert r.status_code == 201, r.text
+
+
+# ---- challenges are bound to their purpose ----------------------------------
+
+
+def ota_service_challenge(srv, d, tmp):
+    r = requests.get(srv.url + "/enroll?ota=1", auth=("alice", "wonderland"),
+                     verify=d.ca_crt, timeout=30)
+    assert r.status_code == 200, r.text
+    return plistlib.loads(cms_verify(r.content, d.ca_crt, tmp))["PayloadContent"]["Challenge"]
+
+
+def phase1_body(apple_ca, apple_key, challenge):
+    dcert, dkey = pki.issue_client(apple_ca, apple_key, "Apple device", key=pki.new_key("rsa"))
+    attrs = {"UDID": "PURPOSE-UDID", "SERIAL": "OTA-SERIAL-1", "PRODUCT": "iPhone15,2",
+             "VERSION": "21F79", "CHALLENGE": challenge}
+    return phase_body(attrs, dcert, dkey)
+
+
+def test_profile_service_challenge_is_no_scep_challenge(tmpdir_path):
+    srv, d, apple_ca, apple_key = ota_server(tmpdir_path)
+    try:
+        ch = ota_service_challenge(srv, d, tmpdir_path)
+        # Straight to SCEP, skipping phase 1 (and its authenticate hook).
+        rep = Reply(pki_op(srv, Client().message(recipient_of(d), challenge=ch)).content)
+        assert rep.status == 2 and rep.fail_info == 2
+        srv.wait_log(r"event=scep.failure .*reason=\"the challenge is for the OTA profile "
+                     r"service")
+        # It is still good for what it was made for.
+        r = requests.post(srv.url + "/ota/profile", data=phase1_body(apple_ca, apple_key, ch),
+                          verify=d.ca_crt, timeout=30)
+        assert r.status_code == 200, r.text
+    finally:
+        stop_clean(srv)
+
+
+def test_scep_challenge_does_not_pass_ota_phase1(tmpdir_path):
+    srv, d, apple_ca, apple_key = ota_server(tmpdir_path)
+    try:
+        ch = new_challenge(d, "--user", "alice")
+        r = requests.post(srv.url + "/ota/profile", data=phase1_body(apple_ca, apple_key, ch),
+                          verify=d.ca_crt, timeout=30)
+        assert r.status_code == 403, r.text
+        srv.wait_log(r"event=enroll.ota_refused .*phase=1 .*reason=\"the challenge is not for "
+                     r"the OTA profile service")
+        # It was not consumed: SCEP still takes it.
+        enroll(srv, d, ch)
+    finally:
+        stop_clean(srv)
+
+
+# ---- phase 3 does not pile up challenges ------------------------------------
+
+
+def live_challenges(d):
+    from conftest import run
+    out = run("challenge", "list", "--config", d.config).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def test_phase3_keeps_one_live_challenge_per_identity(esrv, tmpdir_path):
+    d = esrv.datadir
+    client, identity = enroll(esrv, d, new_challenge(d, "--user", "pia"))
+    body = phase_body({"UDID": "P3-LOOP"}, identity, client.key)
+    before = len(live_challenges(d))
+    for i in range(200):
+        r = requests.post(esrv.url + "/ota/profile", data=body, verify=d.ca_crt, timeout=30)
+        assert r.status_code == 200, (i, r.status_code, r.text)
+    after = live_challenges(d)
+    assert len(after) - before <= 1, f"{len(after) - before} challenges after 200 phase-3 calls"
+    # The last one handed out works; an earlier one was replaced.
+    first = final_profile_challenge(esrv, d, tmpdir_path, body, identity, client.key, "p3a")
+    last = final_profile_challenge(esrv, d, tmpdir_path, body, identity, client.key, "p3b")
+    rep = Reply(pki_op(esrv, Client().message(recipient_of(d), challenge=first)).content)
+    assert rep.status == 2 and rep.fail_info == 2
+    c3, final_identity = enroll(esrv, d, last)
+    assert cert_record(esrv, d, final_identity)["owner"] == "pia"
+    # Another identity has its own.
+    client2, identity2 = enroll(esrv, d, new_challenge(d))
+    other = final_profile_challenge(esrv, d, tmpdir_path,
+                                    phase_body({"UDID": "P3-OTHER"}, identity2, client2.key),
+                                    identity2, client2.key, "p3c")
+    enroll(esrv, d, other)
+
+
+# ---- the scep hook sees what will be issued ---------------------------------
+
+SHOW_POLICY = '''
+return {
+  scep = function(csr, ctx)
+    if csr.cn == "show" then
+      return { decision = "deny", reason = "sans=" .. table.concat(csr.sans, "|") }
+    end
+    return "issue"
+  end,
+}
+'''
+
+
+@pytest.fixture
+def show_srv(tmpdir_path):
+    pdir = os.path.join(tmpdir_path, "pol")
+    os.makedirs(pdir)
+    with open(os.path.join(pdir, "init.lua"), "w") as f:
+        f.write(SHOW_POLICY)
+    d = scep_datadir(tmpdir_path)
+    d.write_config('  policy = { dir = "%s" },' % pdir)
+    s = Server(d, plain=True)
+    yield s
+    stop_clean(s)
+
+
+def csr_with(key, names, sans=None, challenge=None):
+    from cryptography import x509
+    from cryptography.x509.oid import AttributeOID
+    b = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(names))
+    if sans:
+        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    b = b.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge.encode())
+    return b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def send_csr(srv, d, names, sans=None):
+    c = Client()
+    der = csr_with(c.key, names, sans, new_challenge(d))
+    return c, Reply(pki_op(srv, c.message(recipient_of(d), data=der)).content)
+
+
+def cn(value):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+    return x509.NameAttribute(NameOID.COMMON_NAME, value)
+
+
+def test_scep_hook_sees_every_san_with_its_type_and_value(show_srv):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID, ObjectIdentifier
+    d = show_srv.datadir
+    upn = "alice@example.com".encode()
+    sans = [x509.DNSName("dev.example.org"),
+            x509.OtherName(ObjectIdentifier("1.3.6.1.4.1.311.20.2.3"),
+                           b"\x0c" + bytes([len(upn)]) + upn),
+            x509.OtherName(ObjectIdentifier("1.2.3.4.5"), b"\x04\x02\xab\xcd"),
+            x509.DirectoryName(x509.Name([
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Inner Org"),
+                x509.NameAttribute(NameOID.COMMON_NAME, "inner")])),
+            x509.RegisteredID(ObjectIdentifier("1.2.3.99")),
+            x509.IPAddress(__import__("ipaddress").ip_address("192.0.2.7"))]
+    _, rep = send_csr(show_srv, d, [cn("show")], sans)
+    assert rep.status == 2
+    m = show_srv.wait_log(r"event=scep.failure .*reason=\"denied by policy: sans=([^\"]*)\"")
+    shown = m.group(1).split("|")
+    assert shown == ["DNS:dev.example.org", "upn:alice@example.com",
+                     "othername:1.2.3.4.5:0402abcd", "dirname:CN=inner,O=Inner Org",
+                     "rid:1.2.3.99", "IP:192.0.2.7"], shown
+
+
+@pytest.mark.parametrize("case", ["nul_cn", "nul_dns", "nul_upn", "two_cns", "long_subject"])
+def test_scep_refuses_a_csr_the_hook_could_not_see_whole(show_srv, case):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID, ObjectIdentifier
+    d = show_srv.datadir
+    names, sans = [cn("device")], None
+    if case == "nul_cn":
+        names = [cn("good\x00evil")]
+    elif case == "nul_dns":
+        sans = [x509.DNSName("ok.example\x00.evil.example")]
+    elif case == "nul_upn":
+        upn = b"alice@example.com\x00bob@example.com"
+        sans = [x509.OtherName(ObjectIdentifier("1.3.6.1.4.1.311.20.2.3"),
+                               b"\x0c" + bytes([len(upn)]) + upn)]
+    elif case == "two_cns":
+        names = [cn("device"), cn("admin")]
+    else:
+        names = [cn("device")] + [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME,
+                                                      "u%02d" % i + "x" * 57)
+                                  for i in range(10)]
+    _, rep = send_csr(show_srv, d, names, sans)
+    assert (rep.status, rep.fail_info) == (2, 2), case
+    show_srv.wait_log(r"event=scep.failure .*fail_info=badRequest reason=\"the CSR")
+    assert "event=scep.issued" not in show_srv.log()
+
+
+# ---- a request sent again after SUCCESS gets the same certificate -------------
+
+
+def test_resent_pkcsreq_gets_the_certificate_already_issued(esrv):
+    d = esrv.datadir
+    c = Client()
+    der = make_csr(c.key, "py-device", new_challenge(d)).public_bytes(serialization.Encoding.DER)
+    first = Reply(pki_op(esrv, c.message(recipient_of(d), data=der)).content)
+    assert first.status == 0
+    cert, _ = first.open(c)
+    # The reply was lost: the client sends the request again (new nonce).
+    again = Reply(pki_op(esrv, c.message(recipient_of(d), data=der)).content)
+    assert (again.status, again.fail_info) == (0, None)
+    assert again.open(c)[0] == cert
+    esrv.wait_log(r"event=scep.resent .*txid=%s .*serial=%X" % (c.txid, cert.serial_number))
+    assert len([x for x in api(esrv, "GET", "/v1/certs", d.api_key).json()["certs"]]) == 1
+    # Another key under the same transactionID gets nothing.
+    other = Client()
+    other.txid = c.txid
+    der2 = make_csr(other.key, "py-device", new_challenge(d)).public_bytes(
+        serialization.Encoding.DER)
+    rep = Reply(pki_op(esrv, other.message(recipient_of(d), data=der2)).content)
+    assert rep.status != 0 or rep.open(other)[0] != cert
+    # A renewal under the same transactionID and key (as scepclient does) is
+    # no resend: it gets a new certificate.
+    rep = Reply(pki_op(esrv, c.message(recipient_of(d), mtype=17, data=der, signer=cert,
+                                       key=c.key)).content)
+    assert rep.status == 0, rep.fail_info
+    assert rep.open(c)[0].serial_number != cert.serial_number
+
+
+def test_resent_renewalreq_gets_the_certificate_already_issued(esrv):
+    d = esrv.datadir
+    c, old = enroll(esrv, d)
+    k2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    csr = make_csr(k2, "py-device").public_bytes(serialization.Encoding.DER)
+    c.txid = "RENEW-RESEND-" + os.urandom(4).hex()
+    rep = Reply(pki_op(esrv, c.message(recipient_of(d), mtype=17, data=csr, signer=old,
+                                       key=c.key)).content)
+    assert rep.status == 0, rep.fail_info
+    new, _ = rep.open(c)
+    rep = Reply(pki_op(esrv, c.message(recipient_of(d), mtype=17, data=csr, signer=old,
+                                       key=c.key)).content)
+    assert (rep.status, rep.fail_info) == (0, None)
+    assert rep.open(c)[0] == new
+
+
+# ---- phase 3 under an intermediate CA whose root is not configured -----------
+
+
+def test_ota_phase3_works_under_an_intermediate_ca_without_its_root(tmpdir_path):
+    import datetime
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+    d = scep_datadir(tmpdir_path)
+    ca_cert, ca_key = pki.load_ca(d)
+    root_key = pki.new_key()
+    rname = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Organisation Root")])
+    # moonmdm's CA (its subject, key and key identifier) issued by a root
+    # that the configuration does not hold (no ca.chain).
+    inter = (x509.CertificateBuilder().subject_name(ca_cert.subject).issuer_name(rname)
+             .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(pki.now() - datetime.timedelta(minutes=5))
+             .not_valid_after(ca_cert.not_valid_after)
+             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+             .add_extension(ca_cert.extensions.get_extension_for_class(x509.KeyUsage).value,
+                            critical=True)
+             .add_extension(ca_cert.extensions.get_extension_for_class(
+                 x509.SubjectKeyIdentifier).value, critical=False)
+             .sign(root_key, hashes.SHA256()))
+    with open(os.path.join(d.path, "inter.crt"), "wb") as f:
+        f.write(inter.public_bytes(serialization.Encoding.PEM))
+    d.write_config('  ca = { cert = "inter.crt", key = "ca.key" },\n'
+                   '  enroll = { topic = "%s" },' % TOPIC)
+    s = Server(d, plain=True)
+    try:
+        client, own = enroll(s, d, new_challenge(d))
+        r = requests.post(f"http://127.0.0.1:{s.plain_port}/ota/profile", timeout=30,
+                          data=phase_body({"UDID": "INTER"}, own, client.key))
+        assert r.status_code == 200, r.text
+    finally:
+        stop_clean(s)
+
+
+# ---- a pending renewal is checked again when it completes -------------------
+
+RENEW_LATER_POLICY = '''
+return {
+  scep = function(csr, ctx)
+    if ctx.message_type == "RenewalReq" and not ctx.poll then
+      return "pending"
+    end
+    return "issue"
+  end,
+}
+'''
+
+
+def test_pending_renewal_of_a_certificate_that_expired_meanwhile_fails(tmpdir_path):
+    import time
+    from test_scep import seq
+    pdir = os.path.join(tmpdir_path, "pol")
+    os.makedirs(pdir)
+    with open(os.path.join(pdir, "init.lua"), "w") as f:
+        f.write(RENEW_LATER_POLICY)
+    d = scep_datadir(tmpdir_path)
+    d.write_config('  ca = { validity = "4s" },\n  policy = { dir = "%s" },' % pdir)
+    s = Server(d, plain=True)
+    try:
+        c, old = enroll(s, d)
+        k2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        csr = make_csr(k2, "py-device")
+        c.txid = "RENEW-LATER-" + os.urandom(4).hex()
+        rep = Reply(pki_op(s, c.message(recipient_of(d), mtype=17, signer=old, key=c.key,
+                                        data=csr.public_bytes(serialization.Encoding.DER)))
+                    .content)
+        assert rep.status == 3, (rep.status, rep.fail_info)  # PENDING
+        # The certificate being renewed expires while the request waits.
+        delay = (old.not_valid_after - pki.now().replace(tzinfo=None)).total_seconds() + 1
+        time.sleep(max(delay, 0))
+        ias = seq(pki.load_ca(d)[0].subject.public_bytes(), csr.subject.public_bytes())
+        rep = Reply(pki_op(s, c.message(recipient_of(d), mtype=20, data=ias, signer=old,
+                                        key=c.key)).content)
+        assert (rep.status, rep.fail_info) == (2, 3), (rep.status, rep.fail_info)
+        s.wait_log(r"event=scep.failure .*type=CertPoll fail_info=badTime reason=\"the "
+                   r"certificate being renewed has expired")
+        # The transaction is over.
+        rep = Reply(pki_op(s, c.message(recipient_of(d), mtype=20, data=ias, signer=old,
+                                        key=c.key)).content)
+        assert (rep.status, rep.fail_info) == (2, 4)
+    finally:
+        stop_clean(s)

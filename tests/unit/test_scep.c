@@ -13,6 +13,7 @@
 #include <ftw.h>
 #include <openssl/cms.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/pkcs7.h>
 #include <openssl/provider.h>
 #include <openssl/x509v3.h>
@@ -823,6 +824,7 @@ static int teardown(void **state)
 
 struct ch_op {
     const char *owner;
+    int purpose; /* 0: MDM_CHALLENGE_SCEP */
     uint64_t ttl;
     const char *text;
     int64_t now;
@@ -833,22 +835,24 @@ struct ch_op {
     char buf[300];
 };
 
+#define PURPOSE(o) ((o)->purpose ? (o)->purpose : MDM_CHALLENGE_SCEP)
+
 static int ch_create_fn(mdm_txn_t *t, void *a)
 {
     struct ch_op *o = a;
-    return mdm_challenge_create(t, o->owner, o->ttl, &o->c);
+    return mdm_challenge_create(t, o->owner, PURPOSE(o), o->ttl, &o->c);
 }
 
 static int ch_check_fn(mdm_txn_t *t, void *a)
 {
     struct ch_op *o = a;
-    return mdm_challenge_check(t, o->text, o->now, &o->c);
+    return mdm_challenge_check(t, o->text, PURPOSE(o), o->now, &o->c);
 }
 
 static int ch_consume_fn(mdm_txn_t *t, void *a)
 {
     struct ch_op *o = a;
-    return mdm_challenge_consume(t, o->text, o->now, &o->c);
+    return mdm_challenge_consume(t, o->text, PURPOSE(o), o->now, &o->c);
 }
 
 static int ch_prune_fn(mdm_txn_t *t, void *a)
@@ -879,6 +883,20 @@ static int ch_owner_get_fn(mdm_txn_t *t, void *a)
 {
     struct ch_op *o = a;
     return mdm_challenge_owner_of_cert(t, o->fp, o->buf, sizeof(o->buf));
+}
+
+/* Stores o->text as a challenge of layout version 1 for "vera". */
+static int ch_put_v1_fn(mdm_txn_t *t, void *a)
+{
+    struct ch_op *o = a;
+    unsigned char key[32], value[17 + 4];
+    unsigned int n = 0;
+    assert_int_equal(EVP_Digest(o->text, strlen(o->text), key, &n, EVP_sha256(), NULL), 1);
+    value[0] = 1;
+    mdm_be64_put(value + 1, (uint64_t)(o->now + 3600 * 1000));
+    mdm_be64_put(value + 9, (uint64_t)o->now);
+    memcpy(value + 17, "vera", 4);
+    return mdm_txn_put(t, MDM_T_CHALLENGES, MDM_VAL(key, 32), MDM_VAL(value, sizeof(value)), 0);
 }
 
 static void test_challenges(void **state)
@@ -933,6 +951,31 @@ static void test_challenges(void **state)
     assert_int_equal(cnt.listed, 1);
     struct ch_op s2c = {.text = s2.c.text, .now = mdm_now_ms()};
     assert_rc(mdm_store_view(fx->store, ch_check_fn, &s2c), 0);
+
+    /* A challenge is good for its purpose only, and the wrong one does not
+     * consume it. */
+    struct ch_op ota = {.owner = "olga", .purpose = MDM_CHALLENGE_OTA, .ttl = 3600 * 1000};
+    assert_rc(mdm_store_update(fx->store, ch_create_fn, &ota), 0);
+    struct ch_op as_scep = {.text = ota.c.text, .now = mdm_now_ms()};
+    assert_rc(mdm_store_update(fx->store, ch_consume_fn, &as_scep), MDM_EAUTH);
+    assert_int_equal(as_scep.c.purpose, MDM_CHALLENGE_OTA);
+    struct ch_op as_ota = {.text = ota.c.text, .purpose = MDM_CHALLENGE_OTA, .now = mdm_now_ms()};
+    assert_rc(mdm_store_update(fx->store, ch_consume_fn, &as_ota), 0);
+    assert_string_equal(as_ota.c.owner, "olga");
+    struct ch_op s2o = {.text = s2.c.text, .purpose = MDM_CHALLENGE_OTA, .now = mdm_now_ms()};
+    assert_rc(mdm_store_update(fx->store, ch_consume_fn, &s2o), MDM_EAUTH);
+    struct ch_op bad = {.purpose = 7, .ttl = 1000};
+    assert_rc(mdm_store_update(fx->store, ch_create_fn, &bad), MDM_EINVAL);
+
+    /* A record of version 1 (no purpose) is a SCEP challenge. */
+    struct ch_op v1 = {.text = "00112233445566778899aabbccddeeff", .now = mdm_now_ms()};
+    assert_rc(mdm_store_update(fx->store, ch_put_v1_fn, &v1), 0);
+    v1.purpose = MDM_CHALLENGE_OTA;
+    assert_rc(mdm_store_view(fx->store, ch_check_fn, &v1), MDM_EAUTH);
+    v1.purpose = 0;
+    assert_rc(mdm_store_update(fx->store, ch_consume_fn, &v1), 0);
+    assert_string_equal(v1.c.owner, "vera");
+    assert_int_equal(v1.c.purpose, MDM_CHALLENGE_SCEP);
 
     /* The owner index of certificates. */
     struct ch_op ow = {.owner = "carol"};
@@ -1219,15 +1262,21 @@ static int decide(void *udata, const mdm_scep_decision_ctx_t *ctx, char *reason,
     return a;
 }
 
+/* The store key of the pending request txid. */
+static mdm_val_t pending_key_of(const char *txid, unsigned char key[200])
+{
+    size_t pl = strlen("sceppend") + 1;
+    memcpy(key, "sceppend", pl);
+    memcpy(key + pl, txid, strlen(txid));
+    return MDM_VAL(key, pl + strlen(txid));
+}
+
 static int pending_exists_fn(mdm_txn_t *t, void *a)
 {
     const char *txid = a;
     unsigned char key[200];
-    size_t pl = strlen("sceppend") + 1;
-    memcpy(key, "sceppend", pl);
-    memcpy(key + pl, txid, strlen(txid));
     mdm_val_t v;
-    return mdm_txn_get(t, MDM_T_INDEX, MDM_VAL(key, pl + strlen(txid)), &v);
+    return mdm_txn_get(t, MDM_T_INDEX, pending_key_of(txid, key), &v);
 }
 
 static void test_service_decisions(void **state)
@@ -1300,11 +1349,24 @@ static void test_service_decisions(void **state)
     assert_string_equal(r.owner, "dave");
     assert_string_equal(r.rec.transaction_id, "DECIDE-1");
     mdm_certrec_free(&r.rec);
-    reply_free(&got);
     assert_rc(mdm_store_view(fx->store, pending_exists_fn, (void *)"DECIDE-1"), MDM_ENOTFOUND);
-    /* The transaction is over: another poll finds nothing. */
+    /* The transaction is over: a poll sent again (the reply was lost) gets
+     * the same certificate without asking the decision again; signed with
+     * another key, it gets nothing. */
+    struct reply again;
     exchange(fx, &poll, &res);
-    expect_reply(&res, G.ec_ca_cert, G.dev_self, G.dev_key, 2, MDM_SCEP_BADCERTID, NULL);
+    expect_reply(&res, G.ec_ca_cert, G.dev_self, G.dev_key, 0, -1, &again);
+    assert_int_equal(X509_cmp(again.cert, got.cert), 0);
+    assert_int_equal(d.calls, 3);
+    assert_int_equal(counts(fx).certs, 1);
+    reply_free(&again);
+    reply_free(&got);
+    poll.signer = G.dev2_self;
+    poll.signer_key = G.dev2_key;
+    exchange(fx, &poll, &res);
+    expect_reply(&res, G.ec_ca_cert, G.dev2_self, G.dev2_key, 2, MDM_SCEP_BADCERTID, NULL);
+    poll.signer = NULL;
+    poll.signer_key = NULL;
 
     /* A poll signed by another key than the pending request's. */
     new_challenge(fx, "erin", 3600 * 1000, ch);
@@ -1347,6 +1409,64 @@ static void test_service_decisions(void **state)
     X509_REQ_free(csr);
     X509_REQ_free(csr2);
     X509_REQ_free(csr3);
+}
+
+/* Another request of the same transactionID stores its pending record
+ * while this one is decided (as a second server on the store could): the
+ * first record stays, this one gets FAILURE and keeps its challenge. */
+struct racing_decider {
+    mdm_store_t *store;
+    const char *txid;
+};
+
+static int put_pending_fn(mdm_txn_t *t, void *a)
+{
+    const char *txid = a;
+    unsigned char key[200];
+    return mdm_txn_put(t, MDM_T_INDEX, pending_key_of(txid, key), MDM_VAL_STR("first"),
+                       0);
+}
+
+static int get_pending_fn(mdm_txn_t *t, void *a)
+{
+    char *out = a;
+    const char *txid = "RACE-PEND";
+    unsigned char key[200];
+    mdm_val_t v;
+    int rc = mdm_txn_get(t, MDM_T_INDEX, pending_key_of(txid, key), &v);
+    if (rc == 0)
+        snprintf(out, 64, "%.*s", (int)v.len, (const char *)v.data);
+    return rc;
+}
+
+static int racing_decide(void *udata, const mdm_scep_decision_ctx_t *ctx, char *reason, size_t n)
+{
+    struct racing_decider *d = udata;
+    (void)ctx;
+    (void)reason;
+    (void)n;
+    assert_rc(mdm_store_update(d->store, put_pending_fn, (void *)d->txid), 0);
+    return MDM_SCEP_DECIDE_PENDING;
+}
+
+static void test_service_pending_is_not_replaced(void **state)
+{
+    struct fx *fx = *state;
+    make_service(fx, true, NULL);
+    struct racing_decider d = {.store = fx->store, .txid = "RACE-PEND"};
+    mdm_scep_service_set_decision(fx->svc, racing_decide, &d);
+    char ch[64];
+    new_challenge(fx, "frank", 3600 * 1000, ch);
+    X509_REQ *csr = make_csr(G.dev_key, "device one", ch, NULL);
+    struct result res;
+    struct req_opts o = {.csr = csr, .recipient = G.ra_cert, .txid = "RACE-PEND"};
+    exchange(fx, &o, &res);
+    expect_reply(&res, G.ec_ca_cert, G.dev_self, G.dev_key, 2, MDM_SCEP_BADREQUEST, NULL);
+    char first[64] = "";
+    assert_rc(mdm_store_view(fx->store, get_pending_fn, first), 0);
+    assert_string_equal(first, "first");
+    assert_int_equal(counts(fx).challenges, 1);
+    X509_REQ_free(csr);
 }
 
 struct bind_op {
@@ -1578,6 +1698,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_service_static_challenge, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_challenge_race, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_decisions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_service_pending_is_not_replaced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_renewal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_crl, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_limits_and_ra_checks, setup, teardown),
