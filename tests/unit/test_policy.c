@@ -2315,6 +2315,51 @@ static void test_digest_logged(void **state)
         fail_msg("DigestResponse recorded in the decision log");
 }
 
+/* Secret keys are matched over their whole length (a device- or form-made
+ * key may be long), and the code an ActivationLockBypassCode result carries
+ * is a secret too. */
+static void test_secret_keys_masked(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_t *p = load_text(fx,
+        "return { checkin = function(d, msg) return { reason = 'seen' } end,\n"
+        "         result = function(d, r) return { facts = { seen = true } } end }\n");
+    dev_fx_t f;
+    dev_init(&f);
+    plist_t msg = msg_of("UserAuthenticate");
+    char key[80];
+    memset(key, 'x', 60);
+    strcpy(key + 60, "Password");
+    mdm_pl_set_str(msg, key, "long-key-secret-31");
+    mdm_policy_decision_t d;
+    assert_rc(call_in_txn(fx, p, MDM_POLICY_HOOK_CHECKIN, &f.dev, msg, &d), 0);
+    mdm_policy_decision_free(&d);
+    plist_t res = plist_new_dict();
+    mdm_pl_set_str(res, "RequestType", "ActivationLockBypassCode");
+    mdm_pl_set_str(res, "ActivationLockBypassCode", "bypass-code-77");
+    assert_rc(call_in_txn(fx, p, MDM_POLICY_HOOK_RESULT, &f.dev, res, &d), 0);
+    mdm_policy_decision_free(&d);
+    json_t *o = NULL;
+    assert_rc(mdm_policy_decisions_json(fx->store, NULL, NULL, 10, &o), 0);
+    char *text = json_dumps(o, 0);
+    print_message("%s\n", text);
+    assert_int_equal(json_array_size(json_object_get(o, "decisions")), 2);
+    bool long_key = strstr(text, "long-key-secret-31") != NULL;
+    bool bypass = strstr(text, "bypass-code-77") != NULL;
+    bool masked = strstr(text, "(masked)") != NULL;
+    free(text);
+    json_decref(o);
+    plist_free(res);
+    plist_free(msg);
+    dev_free(&f);
+    mdm_policy_release(p);
+    if (long_key)
+        fail_msg("the value of a long key ending in Password is in the decision log");
+    if (bypass)
+        fail_msg("the ActivationLockBypassCode is in the decision log");
+    assert_true(masked);
+}
+
 int main(void)
 {
     mdm_log_setup(MDM_LOG_ERROR, 2);
@@ -2329,6 +2374,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_profiles_table_mutable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_proxy_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_digest_logged, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_secret_keys_masked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revision, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hooks_good, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hooks_bad_returns, setup, teardown),
