@@ -1434,13 +1434,17 @@ static void check_fields(lua_State *L, run_t *r, int t, const char *const *allow
     lua_pop(L, 1);
 }
 
-/* Reads an optional string field into *out (a copy). */
+/* Reads an optional string field into *out (a copy). A NUL byte would
+ * cut the copy short ("alice\0admin" read as "alice"): such a string is
+ * refused. */
 static void opt_string(lua_State *L, run_t *r, int t, const char *key, size_t max, char **out)
 {
     int type = lua_getfield(L, t, key);
     if (type == LUA_TSTRING) {
         size_t len = 0;
         const char *s = lua_tolstring(L, -1, &len);
+        if (memchr(s, '\0', len) != NULL)
+            bad(L, r, "%s must not contain a NUL byte", key);
         if (len > max)
             len = max;
         mdm_free(*out);

@@ -594,6 +594,14 @@ static void test_hooks_bad_returns(void **state)
     expect_bad(fx, "function() return { alow = true } end", A, NULL,
                "unknown field \"alow\" (did you mean \"allow\"?)");
     expect_bad(fx, "function() return { allow = true, user = 7 } end", A, NULL, "user must be a string");
+    /* A NUL byte would cut the string where C reads it: "alice" would be
+     * allowed for "alice\0admin". */
+    expect_bad(fx, "function() return { allow = true, user = 'alice\\0admin' } end", A, NULL,
+               "user must not contain a NUL byte");
+    expect_bad(fx, "function() return { reject = true, reason = 'no\\0t this' } end", C, NULL,
+               "reason must not contain a NUL byte");
+    expect_bad(fx, "function() return { decision = 'deny', reason = '\\0' } end", S, NULL,
+               "reason must not contain a NUL byte");
     expect_bad(fx, "function() return 'maybe' end", S, NULL, "\"issue\", \"deny\" or \"pending\"");
     expect_bad(fx, "function() return { decision = 42 } end", S, NULL, "decision must be");
     expect_bad(fx, "function() return { commands = { { RequestType = 'DeviceLock' } } } end", C,
