@@ -164,6 +164,7 @@ extern const char mdm__reg_keys[8];
 #define MDM__REG_KVMEM ((const void *)&mdm__reg_keys[4])     /* MDM__KV_MEMORY: key -> bytes */
 #define MDM__REG_KVPENDING ((const void *)&mdm__reg_keys[5]) /* writes of the running hook */
 #define MDM__REG_PROFILES ((const void *)&mdm__reg_keys[6])  /* tests: identifier -> metadata */
+#define MDM__REG_LIBSRC ((const void *)&mdm__reg_keys[7])    /* "(lib)/file" -> source, until required */
 
 /* Modes of a policy state. */
 enum {

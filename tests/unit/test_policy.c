@@ -1098,6 +1098,69 @@ static void test_require(void **state)
     mdm_policy_release(p);
 }
 
+/* Calls groups and returns the first name (a copy), or the error. */
+static char *groups_first(mdm_policy_t *p)
+{
+    dev_fx_t f;
+    dev_init(&f);
+    mdm_policy_decision_t d;
+    mdm_policy_groups(p, NULL, NULL, &f.dev, &d);
+    char *out = d.status == MDM_POLICY_OK && d.names.n > 0 ? mdm_strdup(d.names.v[0])
+                                                           : mdm_sprintf("error: %s", d.error);
+    mdm_policy_decision_free(&d);
+    dev_free(&f);
+    return out;
+}
+
+/* The shipped library is read when the set loads: a hook's first require
+ * of a library module, long after the load, gets what was loaded, and the
+ * revision covers the library. */
+static void test_require_lib_at_load(void **state)
+{
+    struct fx *fx = *state;
+    char *lib = mdm_sprintf("%s/lib", fx->dir);
+    write_file(lib, "mylib.lua", "return 'old'\n");
+    write_file(lib, "sub/deep.lua", "return '-deep'\n");
+    write_file(fx->pol, "init.lua",
+               "return { groups = function(d) return { require('mylib') .. require('sub.deep') } "
+               "end }\n");
+    mdm_policy_settings_t s = settings(fx, false);
+    s.lib_dir = lib;
+    mdm_policy_t *a = load_ok(fx, &s);
+    write_file(lib, "mylib.lua", "return 'new'\n");
+    char *got = groups_first(a);
+    assert_string_equal(got, "old-deep");
+    mdm_free(got);
+
+    mdm_policy_t *b = load_ok(fx, &s);
+    assert_string_not_equal(mdm_policy_revision(a), mdm_policy_revision(b));
+    got = groups_first(b);
+    assert_string_equal(got, "new-deep");
+    mdm_free(got);
+    /* The library is not one of the set's files. */
+    assert_int_equal(b->files.n, 1);
+
+    /* A library file the set cannot read fails the load, naming it. */
+    write_file(lib, "bad name.lua", "return 1\n");
+    mdm_policy_t *bad = NULL;
+    mdm_policy_error_t e;
+    assert_rc(mdm_policy_load(&s, &bad, &e), MDM_EPOLICY);
+    assert_string_equal(e.file, "(lib)/bad name.lua");
+    assert_contains(e.message, "file name");
+    remove_file(lib, "bad name.lua");
+
+    /* Without a library directory, library modules are not found. */
+    s.lib_dir = "/nonexistent/lib";
+    mdm_policy_t *c = load_ok(fx, &s);
+    got = groups_first(c);
+    assert_contains(got, "module \"mylib\" not found");
+    mdm_free(got);
+    mdm_policy_release(a);
+    mdm_policy_release(b);
+    mdm_policy_release(c);
+    mdm_free(lib);
+}
+
 /* ---- the mdm module ------------------------------------------------------------------ */
 
 static void test_commands(void **state)
@@ -2393,6 +2456,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_budget_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sandbox, setup, teardown),
         cmocka_unit_test_setup_teardown(test_require, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_require_lib_at_load, setup, teardown),
         cmocka_unit_test_setup_teardown(test_commands, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kv_store, setup, teardown),
         cmocka_unit_test_setup_teardown(test_password, setup, teardown),
