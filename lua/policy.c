@@ -1851,7 +1851,9 @@ static void invoke(mdm_policy_t *p, lua_State *L, run_t *r)
     if (status != LUA_OK || kill != MDM__KILL_NONE) {
         mdm__sandbox_error(&p->sb, L, status, kill, r->out->error, sizeof(r->out->error));
         r->out->status = MDM_POLICY_FAILED;
-        r->outcome = kill == MDM__KILL_TIME || kill == MDM__KILL_INSNS ? OUT_TIMEOUT
+        bool overran = kill == MDM__KILL_TIME || kill == MDM__KILL_INSNS ||
+                       kill == MDM__KILL_PATTERN;
+        r->outcome = overran                                             ? OUT_TIMEOUT
                      : kill == MDM__KILL_MEMORY || status == LUA_ERRMEM ? OUT_MEMORY
                      : r->parsing                                        ? OUT_BAD_RETURN
                                                                          : OUT_ERROR;

@@ -14,7 +14,9 @@
  * runs with hooks off when the error comes from the hook, so xpcall is
  * replaced by a version that calls the handler after unwinding; Lua runs
  * finalizers with hooks off, so setmetatable refuses __gc; collectgarbage
- * cannot stop the collector. */
+ * cannot stop the collector. Pattern matching, which the standard library
+ * does in one instruction however long it takes, is done by lpattern.c,
+ * which charges its steps to the budgets. */
 #include <stdio.h>
 #include <string.h>
 
@@ -26,7 +28,22 @@
 
 #define HOOK_STEP 1000
 
+/* Steps of library work (pattern matching) between two looks at the clock. */
+#define CLOCK_EVERY (1u << 16)
+
 static void hook(lua_State *L, lua_Debug *ar);
+
+/* Marks the running call as stopped (the first reason counts) and makes
+ * the hook fire at the next instruction of thread L and of the main one. */
+static void stop_call(mdm__sandbox_t *sb, lua_State *L, int kill)
+{
+    if (sb->b.kill == MDM__KILL_NONE)
+        sb->b.kill = kill;
+    if (L != NULL)
+        lua_sethook(L, hook, LUA_MASKCOUNT, 1);
+    if (sb->L != NULL && sb->L != L)
+        lua_sethook(sb->L, hook, LUA_MASKCOUNT, 1);
+}
 
 /* The allocator: plain allocation with a cap. */
 static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -40,11 +57,8 @@ static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     }
     if (nsize > old && nsize - old > sb->mem_max - sb->mem_used) {
         /* Stop the running call for good (see the comment at the top). */
-        if (sb->b.active && sb->b.kill == MDM__KILL_NONE) {
-            sb->b.kill = MDM__KILL_MEMORY;
-            if (sb->L != NULL)
-                lua_sethook(sb->L, hook, LUA_MASKCOUNT, 1);
-        }
+        if (sb->b.active && sb->b.kill == MDM__KILL_NONE)
+            stop_call(sb, NULL, MDM__KILL_MEMORY);
         return NULL;
     }
     void *p = mdm_realloc(ptr, nsize);
@@ -67,6 +81,7 @@ static const char *kill_text(int kill)
     case MDM__KILL_TIME: return "time budget exceeded";
     case MDM__KILL_INSNS: return "instruction budget exceeded";
     case MDM__KILL_MEMORY: return "memory limit exceeded";
+    case MDM__KILL_PATTERN: return MDM__LPATTERN_BUDGET_TEXT;
     }
     return "stopped";
 }
@@ -97,6 +112,33 @@ static void hook(lua_State *L, lua_Debug *ar)
     lua_pushfstring(L, "%s%s", where, kill_text(b->kill));
     lua_error(L);
 }
+
+/* The meter of pattern matching (lpattern.c): its steps count as
+ * instructions of the running call, and the clock is looked at every
+ * CLOCK_EVERY steps, so that one match cannot run past either budget. */
+static uint64_t pattern_charge(lua_State *L, uint64_t used)
+{
+    mdm__sandbox_t *sb = sandbox_of(L);
+    mdm__budget_t *b = &sb->b;
+    if (!b->active)
+        return CLOCK_EVERY;
+    b->insns += used;
+    if (b->kill == MDM__KILL_NONE && b->insn_limit != 0 && b->insns >= b->insn_limit)
+        stop_call(sb, L, MDM__KILL_PATTERN);
+    if (b->kill == MDM__KILL_NONE && b->insns >= b->clock_at) {
+        if (b->deadline_ns != 0 && mdm_mono_ns() >= b->deadline_ns)
+            stop_call(sb, L, MDM__KILL_TIME);
+        b->clock_at = b->insns + CLOCK_EVERY;
+    }
+    if (b->kill != MDM__KILL_NONE)
+        luaL_error(L, "%s", kill_text(b->kill));
+    uint64_t allow = b->clock_at - b->insns;
+    if (b->insn_limit != 0 && b->insn_limit - b->insns < allow)
+        allow = b->insn_limit - b->insns;
+    return allow;
+}
+
+static const mdm__lpattern_meter_t pattern_meter = {.charge = pattern_charge};
 
 /* setmetatable without finalizers: Lua runs __gc with hooks off, so a
  * looping finalizer could not be stopped. Lua 5.4 only marks objects for
@@ -195,10 +237,14 @@ static int sandbox_setup(lua_State *L)
     lua_call(L, 0, 1);
     lua_setglobal(L, "xpcall");
 
-    /* string.dump makes bytecode, which nothing may load. */
+    /* string.dump makes bytecode, which nothing may load. Pattern matching
+     * counts its steps (the library's is one instruction however long it
+     * runs). The string metatable's __index is this table, so s:find is
+     * the same function. */
     lua_getglobal(L, LUA_STRLIBNAME);
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");
+    mdm__lpattern_install(L, -1, &pattern_meter);
     lua_pop(L, 1);
 
     /* os: time and dates only. */

@@ -959,6 +959,73 @@ static void test_budget_time(void **state)
         fail_msg("100000 instructions took %.1f ms", ms);
 }
 
+/* A pattern match is one VM instruction, however long it runs: costly
+ * patterns held the loop for minutes. The sandbox's own matcher counts its
+ * steps against the instruction budget (and looks at the clock), through
+ * string.find and s:find alike, and pcall cannot swallow the stop. */
+static void test_budget_patterns(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_settings_t s = settings(fx, false);
+    static const char *const slow[] = {
+        "('a'):rep(30):find(('a?'):rep(30) .. ('a'):rep(30))",
+        "S:find('.-b')",
+        "string.find(S, '.-b')",
+        "S:match('^(.-)%w-b')",
+        "S:gsub('a-b', 'x')",
+        "(function() for x in S:gmatch('.-b') do end end)()",
+        "select(2, pcall(string.find, S, '.-b'))",
+    };
+    /* A generous clock: the instruction budget (20 million) stops them. */
+    s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 20000;
+    for (size_t i = 0; i < sizeof(slow) / sizeof(slow[0]); i++) {
+        char *src = mdm_sprintf("local S = string.rep('a', 1 << 20)\n"
+                                "return { groups = function()\n"
+                                "  local r = %s\n"
+                                "  return { 'done' }\n"
+                                "end }\n",
+                                slow[i]);
+        double ms = expect_killed(fx, &s, src,
+                                  "init.lua:3: pattern matching exceeded its step budget");
+        print_message("%s: stopped after %.1f ms\n", slow[i], ms);
+        if (ms > 1000)
+            fail_msg("%s: stopped only after %.1f ms", slow[i], ms);
+        mdm_free(src);
+    }
+
+    /* With the default budgets either budget may end it, quickly; the
+     * next call is served as usual. */
+    s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 0;
+    mdm_policy_t *p = load_text(fx,
+        "local calls = 0\n"
+        "return { groups = function(d)\n"
+        "  calls = calls + 1\n"
+        "  if calls == 1 then ('a'):rep(30):find(('a?'):rep(30) .. ('a'):rep(30)) end\n"
+        "  local digits = d.serial:match('^%a+(%d+)$')\n"
+        "  return { (d.serial:gsub('%u', string.lower)), digits }\n"
+        "end }\n");
+    dev_fx_t f;
+    dev_init(&f);
+    mdm_policy_decision_t d;
+    uint64_t t0 = mdm_mono_ns();
+    mdm_policy_groups(p, NULL, NULL, &f.dev, &d);
+    double ms = (double)(mdm_mono_ns() - t0) / 1e6;
+    assert_status(d, MDM_POLICY_FAILED);
+    assert_contains(d.error, "budget exceeded");
+    print_message("default budgets: %s after %.1f ms\n", d.error, ms);
+    if (ms > 1000)
+        fail_msg("stopped only after %.1f ms", ms);
+    mdm_policy_decision_free(&d);
+    mdm_policy_groups(p, NULL, NULL, &f.dev, &d);
+    assert_status(d, MDM_POLICY_OK);
+    assert_int_equal(d.names.n, 2);
+    assert_string_equal(d.names.v[0], "serial1");
+    assert_string_equal(d.names.v[1], "1");
+    mdm_policy_decision_free(&d);
+    dev_free(&f);
+    mdm_policy_release(p);
+}
+
 static void test_budget_memory(void **state)
 {
     struct fx *fx = *state;
@@ -2453,6 +2520,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_device_view, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_view_lazy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_time, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget_patterns, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sandbox, setup, teardown),
         cmocka_unit_test_setup_teardown(test_require, setup, teardown),
