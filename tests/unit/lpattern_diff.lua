@@ -165,4 +165,16 @@ for _ = 1, ROUNDS or 3000 do
   if math.random(3) == 1 then init = math.random(-15, 15) end
   run(random_subject(), random_pattern(), init)
 end
+-- Raw bytes: any special, NUL and high bytes anywhere, for the edges of
+-- the pattern's end.
+local raw = { "%", "[", "]", "^", "$", "(", ")", ".", "*", "+", "-", "?", "a", "b", "f",
+  "1", "\0", "\255", "z" }
+local function random_raw(max)
+  local parts = {}
+  for _ = 1, math.random(0, max) do parts[#parts + 1] = raw[math.random(#raw)] end
+  return concat(parts)
+end
+for _ = 1, (ROUNDS or 3000) // 4 do
+  run(random_raw(8), random_raw(8), math.random(-10, 10))
+end
 return cases, diffs

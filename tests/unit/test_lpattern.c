@@ -53,7 +53,7 @@ static void run_diff(lua_State *L, int rounds)
         lua_pop(L, 1);
     }
     print_message("%lld cases, %lld differences\n", (long long)cases, (long long)ndiff);
-    assert_true(cases > 50000);
+    assert_true(cases > 60000);
     assert_int_equal(ndiff, 0);
 }
 
@@ -79,7 +79,9 @@ static void expect_stopped(lua_State *L, const char *chunk, const char *want)
     if (status == LUA_OK)
         fail_msg("%s: ran to the end", chunk);
     assert_non_null(strstr(msg, want));
-    if (s > 1.0)
+    /* A slow machine (valgrind) may take longer; the point is that it stops. */
+    double limit = getenv("MOONMDM_SLOW_TESTS") ? 20.0 : 1.0;
+    if (s > limit)
         fail_msg("%s: stopped only after %.3f s", chunk, s);
     lua_pop(L, 1);
 }
