@@ -998,6 +998,7 @@ static void test_budget_patterns(void **state)
     /* What a match makes is held in the state, under its memory cap. */
     mdm_policy_settings_t small = settings(fx, false);
     small.memory_max = 16u << 20;
+    small.budget_ms[MDM_POLICY_HOOK_GROUPS] = 20000;
     expect_killed(fx, &small,
                   "local S, R = string.rep('a', 1 << 16), string.rep('x', 4096)\n"
                   "return { groups = function()\n"
@@ -1038,12 +1039,91 @@ static void test_budget_patterns(void **state)
     mdm_policy_release(p);
 }
 
+/* Library calls that loop in C without allocating were one instruction
+ * however many times they looped: string.rep of an empty string, and
+ * table.move, insert, remove and sort over a length that __len makes up.
+ * Their cost is charged before they run. */
+static void test_budget_library_calls(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_settings_t s = settings(fx, false);
+    s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 20000;
+    double limit = getenv("MOONMDM_SLOW_TESTS") ? 20000 : 1000;
+    static const char *const slow[] = {
+        "string.rep('', 1e11)",
+        "('x'):rep(1e11, '')",
+        "table.move({}, 1, 1e12, 1)",
+        "table.insert(L, 1, 'x')",
+        "table.remove(L, 1)",
+        "table.sort(L)",
+        "select(2, pcall(table.move, {}, 1, 1e12, 1))",
+    };
+    for (size_t i = 0; i < sizeof(slow) / sizeof(slow[0]); i++) {
+        char *src = mdm_sprintf("local L = setmetatable({}, { __len = function() return 1 << 30 end })\n"
+                                "return { groups = function()\n"
+                                "  local r = %s\n"
+                                "  return { 'done' }\n"
+                                "end }\n",
+                                slow[i]);
+        double ms = expect_killed(fx, &s, src, "init.lua:3: instruction budget exceeded");
+        print_message("%s: stopped after %.1f ms\n", slow[i], ms);
+        if (ms > limit)
+            fail_msg("%s: stopped only after %.1f ms", slow[i], ms);
+        mdm_free(src);
+    }
+
+    /* Calls that each take milliseconds, in a loop: the clock is looked at
+     * when their cost is charged (a loop of string.rep of 10 MB ran 4 s on
+     * a 50 ms budget, one of sorts of 300,000 numbers 21 s). */
+    s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 50;
+    static const char *const loops[] = {
+        "for i = 1, 1e6 do local x = string.rep('a', 10000000) end",
+        "local t = {} for i = 1, 300000 do t[i] = -i end\n  for i = 1, 1e6 do table.sort(t) end",
+    };
+    for (size_t i = 0; i < sizeof(loops) / sizeof(loops[0]); i++) {
+        char *src = mdm_sprintf("return { groups = function()\n  %s\nend }\n", loops[i]);
+        double ms = expect_killed(fx, &s, src, "budget exceeded");
+        print_message("%s: stopped after %.1f ms\n", loops[i], ms);
+        if (ms > limit)
+            fail_msg("%s: stopped only after %.1f ms", loops[i], ms);
+        mdm_free(src);
+    }
+
+    /* Ordinary use is not affected: appends, pops, sorts, a megabyte. */
+    mdm_policy_t *p = load_text(fx,
+        "return { groups = function()\n"
+        "  local t = {}\n"
+        "  for i = 1, 10000 do table.insert(t, (i * 7919) % 10007) end\n"
+        "  table.sort(t)\n"
+        "  table.insert(t, 1, -1)\n"
+        "  for i = 1, 1000 do table.remove(t) end\n"
+        "  table.remove(t, 1)\n"
+        "  local u = table.move(t, 1, 10, 1, {})\n"
+        "  local big = string.rep('ab', 1 << 19, ',')\n"
+        "  return { tostring(#t), tostring(u[1] <= u[2]), tostring(#big) }\n"
+        "end }\n");
+    dev_fx_t f;
+    dev_init(&f);
+    mdm_policy_decision_t d;
+    mdm_policy_groups(p, NULL, NULL, &f.dev, &d);
+    assert_status(d, MDM_POLICY_OK);
+    assert_string_equal(d.names.v[0], "9000");
+    assert_string_equal(d.names.v[1], "true");
+    assert_string_equal(d.names.v[2], "1572863");
+    mdm_policy_decision_free(&d);
+    dev_free(&f);
+    mdm_policy_release(p);
+}
+
 static void test_budget_memory(void **state)
 {
     struct fx *fx = *state;
     mdm_policy_settings_t s = settings(fx, false);
     s.memory_max = 16u << 20;
     s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 20000;
+    /* A string.rep of a gigabyte is refused by the instruction budget before
+     * it allocates: this is about memory. */
+    s.instructions = 100000000000ull;
     expect_killed(fx, &s,
                   "return { groups = function()\n"
                   "  local t = {}\n"
@@ -2533,6 +2613,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_device_view_lazy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_time, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_patterns, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget_library_calls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sandbox, setup, teardown),
         cmocka_unit_test_setup_teardown(test_require, setup, teardown),
