@@ -57,8 +57,7 @@ typedef struct item {
 /* A translated pattern (the contents of a userdata). */
 typedef struct compiled {
     bool anchored;          /* '^' first (find, match, gsub) */
-    size_t nitems;
-    item_t *items;          /* nitems + 1, the last OP_DONE */
+    item_t *items;          /* the items, then one OP_DONE */
     uint8_t (*maps)[32];    /* the maps of [sets] */
 } compiled_t;
 
@@ -188,98 +187,105 @@ static void set_fill(uint8_t *map, const char *p, size_t from, size_t to, bool n
             map[b] = (uint8_t)~map[b];
 }
 
-/* Reads one item at p[*i] into it (when it is not NULL) and moves *i past
- * it; uses one map of maps for a [set] (counted in *nmaps). Returns false
- * after an error item: nothing after it can be reached. */
-static bool read_item(const char *p, size_t len, size_t *i, item_t *it, uint8_t (*maps)[32],
-                      size_t *nmaps)
+/* Where a pattern is read: its text, and the maps of its [sets] (NULL
+ * while only counting them). */
+typedef struct reader {
+    const char *p;
+    size_t len;
+    uint8_t (*maps)[32];
+    size_t nmaps;
+} reader_t;
+
+static size_t error_item(item_t *x, const char *msg, size_t at)
 {
-    item_t x = {.op = OP_CHAR, .c1 = (unsigned char)p[*i]};
-    size_t at = *i, next = at + 1;
-    bool single = false;
-    switch (p[at]) {
-    case '(':
-        x.op = next < len && p[next] == ')' ? OP_OPEN_POS : OP_OPEN;
-        next += x.op == OP_OPEN_POS;
-        break;
-    case ')': x.op = OP_CLOSE; break;
-    case '.': x.op = OP_ANY; single = true; break;
-    case '$':
-        x.op = next == len ? OP_AT_END : OP_CHAR;
-        single = x.op == OP_CHAR;
-        break;
-    case '[':
-    case '%': {
-        bool frontier = p[at] == '%' && next < len && p[next] == 'f';
-        size_t open = frontier ? at + 2 : at;
-        if (p[at] == '%' && next >= len) {
-            x.op = OP_ERROR;
-            x.msg = "malformed pattern (ends with '%')";
-            break;
-        }
-        if (p[at] == '%' && p[next] == 'b') {
-            if (at + 3 >= len) {
-                x.op = OP_ERROR;
-                x.msg = "malformed pattern (missing arguments to '%b')";
-                break;
-            }
-            x = (item_t){.op = OP_BALANCE, .c1 = (unsigned char)p[at + 2],
-                         .c2 = (unsigned char)p[at + 3]};
-            next = at + 4;
-            break;
-        }
-        if (p[at] == '%' && isdigit((unsigned char)p[next])) {
-            x = (item_t){.op = OP_BACKREF, .c1 = (unsigned char)p[next]};
-            next = at + 2;
-            break;
-        }
-        if (p[at] == '%' && !frontier) {
-            const uint8_t *cm = class_map((unsigned char)p[next]);
-            x = (item_t){.op = cm ? OP_SET : OP_CHAR, .c1 = (unsigned char)p[next], .map = cm};
-            next = at + 2;
-            single = true;
-            break;
-        }
-        if (frontier && (open >= len || p[open] != '[')) {
-            x.op = OP_ERROR;
-            x.msg = "missing '[' after '%f' in pattern";
-            break;
-        }
-        size_t close = set_end(p, len, open);
-        if (close == 0) {
-            x.op = OP_ERROR;
-            x.msg = "malformed pattern (missing ']')";
-            break;
-        }
-        x.op = frontier ? OP_FRONTIER : OP_SET;
-        if (maps != NULL) {
-            bool neg = p[open + 1] == '^';
-            set_fill(maps[*nmaps], p, open + 1 + neg, close, neg);
-            x.map = maps[*nmaps];
-        }
-        (*nmaps)++;
-        next = close + 1;
-        single = !frontier;
-        break;
-    }
-    default: single = true; break;
-    }
-    if (single && next < len && strchr("*+-?", p[next]) != NULL && p[next] != '\0')
-        x.rep = (uint8_t)p[next++];
-    if (it != NULL)
-        *it = x;
-    *i = next;
-    return x.op != OP_ERROR;
+    *x = (item_t){.op = OP_ERROR, .msg = msg};
+    return at;
 }
 
-/* Walks the pattern: counts the items and maps, or (items set) fills them. */
-static size_t read_items(const char *p, size_t len, item_t *items, uint8_t (*maps)[32],
-                         size_t *nmaps)
+/* The [set] at p[open] as an item of kind op; returns where it ends. */
+static size_t read_set(reader_t *r, size_t open, int op, item_t *x)
+{
+    size_t close = set_end(r->p, r->len, open);
+    if (close == 0)
+        return error_item(x, "malformed pattern (missing ']')", open);
+    *x = (item_t){.op = (uint8_t)op};
+    if (r->maps != NULL) {
+        bool neg = r->p[open + 1] == '^';
+        set_fill(r->maps[r->nmaps], r->p, open + 1 + neg, close, neg);
+        x->map = r->maps[r->nmaps];
+    }
+    r->nmaps++;
+    return close + 1;
+}
+
+/* The item that starts with '%' at p[at]: %b, %f, a back-reference, a
+ * class or an escaped character; returns where it ends. */
+static size_t read_percent(reader_t *r, size_t at, item_t *x)
+{
+    const char *p = r->p;
+    if (at + 1 >= r->len)
+        return error_item(x, "malformed pattern (ends with '%')", at);
+    unsigned char c = (unsigned char)p[at + 1];
+    if (c == 'b') {
+        if (at + 3 >= r->len)
+            return error_item(x, "malformed pattern (missing arguments to '%b')", at);
+        *x = (item_t){.op = OP_BALANCE, .c1 = (unsigned char)p[at + 2],
+                      .c2 = (unsigned char)p[at + 3]};
+        return at + 4;
+    }
+    if (c == 'f') {
+        if (at + 2 >= r->len || p[at + 2] != '[')
+            return error_item(x, "missing '[' after '%f' in pattern", at);
+        return read_set(r, at + 2, OP_FRONTIER, x);
+    }
+    if (isdigit(c)) {
+        *x = (item_t){.op = OP_BACKREF, .c1 = c};
+        return at + 2;
+    }
+    const uint8_t *map = class_map(c);
+    *x = (item_t){.op = map ? OP_SET : OP_CHAR, .c1 = c, .map = map};
+    return at + 2;
+}
+
+/* Reads one item at p[*i] into *x and moves *i past it. Returns false for
+ * an error item: nothing after it can be reached. */
+static bool read_item(reader_t *r, size_t *i, item_t *x)
+{
+    const char *p = r->p;
+    size_t at = *i, next = at + 1;
+    *x = (item_t){.op = OP_CHAR, .c1 = (unsigned char)p[at]};
+    switch (p[at]) {
+    case '(':
+        x->op = next < r->len && p[next] == ')' ? OP_OPEN_POS : OP_OPEN;
+        next += x->op == OP_OPEN_POS;
+        break;
+    case ')': x->op = OP_CLOSE; break;
+    case '.': x->op = OP_ANY; break;
+    case '$':
+        if (next == r->len)
+            x->op = OP_AT_END;
+        break;
+    case '[': next = read_set(r, at, OP_SET, x); break;
+    case '%': next = read_percent(r, at, x); break;
+    default: break;
+    }
+    bool single = x->op == OP_CHAR || x->op == OP_ANY || x->op == OP_SET;
+    if (single && next < r->len && p[next] != '\0' && strchr("*+-?", p[next]) != NULL)
+        x->rep = (uint8_t)p[next++];
+    *i = next;
+    return x->op != OP_ERROR;
+}
+
+/* Walks the pattern: counts the items and maps (items NULL), or fills them. */
+static size_t read_items(reader_t *r, item_t *items)
 {
     size_t n = 0, i = 0;
-    *nmaps = 0;
-    while (i < len) {
-        bool more = read_item(p, len, &i, items ? &items[n] : NULL, maps, nmaps);
+    r->nmaps = 0;
+    while (i < r->len) {
+        item_t x;
+        bool more = read_item(r, &i, &x);
+        if (items != NULL)
+            items[n] = x;
         n++;
         if (!more)
             break;
@@ -297,15 +303,15 @@ static compiled_t *compile(lua_State *L, const char *p, size_t len, bool anchors
     bool anchored = anchors && len > 0 && p[0] == '^';
     p += anchored;
     len -= anchored;
-    size_t nmaps = 0;
-    size_t n = read_items(p, len, NULL, NULL, &nmaps);
-    size_t size = sizeof(compiled_t) + (n + 1) * sizeof(item_t) + nmaps * 32;
+    reader_t r = {.p = p, .len = len};
+    size_t n = read_items(&r, NULL);
+    size_t size = sizeof(compiled_t) + (n + 1) * sizeof(item_t) + r.nmaps * 32;
     compiled_t *c = lua_newuserdatauv(L, size, 0);
     c->anchored = anchored;
-    c->nitems = n;
     c->items = (item_t *)(c + 1);
     c->maps = (uint8_t(*)[32])(c->items + n + 1);
-    read_items(p, len, c->items, c->maps, &nmaps);
+    r.maps = c->maps;
+    read_items(&r, c->items);
     return c;
 }
 
@@ -620,8 +626,8 @@ static int find_or_match(lua_State *L, bool find)
             luaL_pushfail(L);
         return found ? 2 : 1;
     }
-    compiled_t *c = compile(L, p, plen, true);
     steps(&ms, plen);
+    compiled_t *c = compile(L, p, plen, true);
     for (const char *at = s + init;; at++) {
         const char *e = match_at(&ms, at, c);
         if (e != NULL) {
@@ -650,8 +656,8 @@ static int lp_match(lua_State *L)
     return find_or_match(L, false);
 }
 
-/* gmatch's iterator. Upvalues: the meter, the subject, the pattern, the
- * translated pattern, the state (a userdata of two offsets). */
+/* gmatch's iterator. Upvalues: the meter, the subject, the translated
+ * pattern, the position (a userdata). */
 typedef struct gm_pos {
     size_t next;            /* where to try next */
     size_t last;            /* end of the last match, or SIZE_MAX */
@@ -661,8 +667,8 @@ static int gmatch_next(lua_State *L)
 {
     size_t len = 0;
     const char *s = lua_tolstring(L, lua_upvalueindex(2), &len);
-    const compiled_t *c = lua_touserdata(L, lua_upvalueindex(4));
-    gm_pos_t *pos = lua_touserdata(L, lua_upvalueindex(5));
+    const compiled_t *c = lua_touserdata(L, lua_upvalueindex(3));
+    gm_pos_t *pos = lua_touserdata(L, lua_upvalueindex(4));
     mstate_t ms;
     mstate_init(&ms, L, s, len);
     for (size_t at = pos->next; at <= len; at++) {
@@ -686,17 +692,16 @@ static int lp_gmatch(lua_State *L)
     size_t init = start_offset(luaL_optinteger(L, 3, 1), len);
     if (init > len)
         init = len + 1;
-    lua_settop(L, 2);
     mstate_t ms;
     mstate_init(&ms, L, "", 0);
     steps(&ms, plen);
     charge(&ms);
     lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
+    lua_pushvalue(L, 1);
     compile(L, p, plen, false);
     gm_pos_t *pos = lua_newuserdatauv(L, sizeof(*pos), 0);
     *pos = (gm_pos_t){.next = init, .last = SIZE_MAX};
-    lua_pushcclosure(L, gmatch_next, 5);
+    lua_pushcclosure(L, gmatch_next, 4);
     return 1;
 }
 
@@ -778,8 +783,8 @@ static int lp_gsub(lua_State *L)
     lua_settop(L, 3);
     mstate_t ms;
     mstate_init(&ms, L, s, len);
-    compiled_t *c = compile(L, p, plen, true);
     steps(&ms, plen);
+    compiled_t *c = compile(L, p, plen, true);
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     const char *at = s, *last = NULL;
