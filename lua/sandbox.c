@@ -241,15 +241,16 @@ static const struct {
     {LUA_TABLIBNAME, "sort", sort_cost},
 };
 
-/* Upvalues: the library function, its index in costly[]. */
+/* The library functions behind the wrappers (the same in every state). */
+static lua_CFunction costly_fn[sizeof(costly) / sizeof(costly[0])];
+
+/* Upvalue: the index in costly[]. The library function runs in this
+ * frame, so that its errors name the function and the caller's line. */
 static int sb_costly(lua_State *L)
 {
-    lua_Integer i = lua_tointeger(L, lua_upvalueindex(2));
+    lua_Integer i = lua_tointeger(L, lua_upvalueindex(1));
     charge_work(L, costly[i].cost(L), MDM__KILL_INSNS);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
+    return costly_fn[i](L);
 }
 
 static void wrap_costly(lua_State *L)
@@ -257,8 +258,10 @@ static void wrap_costly(lua_State *L)
     for (size_t i = 0; i < sizeof(costly) / sizeof(costly[0]); i++) {
         lua_getglobal(L, costly[i].lib);
         lua_getfield(L, -1, costly[i].name);
+        costly_fn[i] = lua_tocfunction(L, -1);
+        lua_pop(L, 1);
         lua_pushinteger(L, (lua_Integer)i);
-        lua_pushcclosure(L, sb_costly, 2);
+        lua_pushcclosure(L, sb_costly, 1);
         lua_setfield(L, -2, costly[i].name);
         lua_pop(L, 1);
     }

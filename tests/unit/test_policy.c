@@ -1039,6 +1039,8 @@ static void test_budget_patterns(void **state)
     mdm_policy_release(p);
 }
 
+static void run_chunk_ok(mdm_policy_t *p, const char *src);
+
 /* Library calls that loop in C without allocating were one instruction
  * however many times they looped: string.rep of an empty string, and
  * table.move, insert, remove and sort over a length that __len makes up.
@@ -1090,7 +1092,8 @@ static void test_budget_library_calls(void **state)
     }
 
     /* Ordinary use is not affected: appends, pops, sorts, a megabyte. */
-    mdm_policy_t *p = load_text(fx,
+    s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 20000;
+    write_file(fx->pol, "init.lua",
         "return { groups = function()\n"
         "  local t = {}\n"
         "  for i = 1, 10000 do table.insert(t, (i * 7919) % 10007) end\n"
@@ -1102,6 +1105,7 @@ static void test_budget_library_calls(void **state)
         "  local big = string.rep('ab', 1 << 19, ',')\n"
         "  return { tostring(#t), tostring(u[1] <= u[2]), tostring(#big) }\n"
         "end }\n");
+    mdm_policy_t *p = load_ok(fx, &s);
     dev_fx_t f;
     dev_init(&f);
     mdm_policy_decision_t d;
@@ -1111,6 +1115,12 @@ static void test_budget_library_calls(void **state)
     assert_string_equal(d.names.v[1], "true");
     assert_string_equal(d.names.v[2], "1572863");
     mdm_policy_decision_free(&d);
+    /* Their errors still name the function and the line. */
+    run_chunk_ok(p,
+                 "local ok, e = pcall(function() table.insert({}, 10, 'x') end)\n"
+                 "assert(e == \"chunk:1: bad argument #2 to 'insert' (position out of bounds)\", e)\n"
+                 "ok, e = pcall(function() return ('x'):rep('many') end)\n"
+                 "assert(e:find(\"^chunk:3: bad argument #1 to 'rep'\"), e)\n");
     dev_free(&f);
     mdm_policy_release(p);
 }
