@@ -205,18 +205,39 @@ static int now_fn(lua_State *L)
     return 1;
 }
 
+static lua_Integer policy_now_seconds(lua_State *L)
+{
+    return (lua_Integer)floor(mdm__policy_now(policy(L)));
+}
+
+/* Calls the wrapped library function (upvalue 1) with the arguments. */
+static int call_wrapped(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
 /* os.time() follows mdm.now() (so that tests can freeze it); os.time(t)
  * converts as usual. */
 static int os_time_fn(lua_State *L)
 {
     if (lua_isnoneornil(L, 1)) {
-        lua_pushinteger(L, (lua_Integer)floor(mdm__policy_now(policy(L))));
+        lua_pushinteger(L, policy_now_seconds(L));
         return 1;
     }
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, 1);
-    return 1;
+    return call_wrapped(L);
+}
+
+/* os.date(format) formats mdm.now() too; os.date(format, t) as usual. */
+static int os_date_fn(lua_State *L)
+{
+    if (lua_isnoneornil(L, 2)) {
+        lua_settop(L, 1);
+        lua_pushinteger(L, policy_now_seconds(L));
+    }
+    return call_wrapped(L);
 }
 
 static int uuid_fn(lua_State *L)
@@ -898,6 +919,9 @@ int mdm__open_mdm(lua_State *L)
     lua_getfield(L, -1, "time");
     lua_pushcclosure(L, os_time_fn, 1);
     lua_setfield(L, -2, "time");
+    lua_getfield(L, -1, "date");
+    lua_pushcclosure(L, os_date_fn, 1);
+    lua_setfield(L, -2, "date");
     lua_pop(L, 1);
     return 0;
 }

@@ -354,6 +354,43 @@ int mdm__policy_dirs(const char *dir, mdm_strlist_t *out)
     return rc;
 }
 
+/* The files of the set itself, not the tests' helpers or the library
+ * (their names start with "(", which no file name of the set can). */
+static bool set_file(const pfile_t *f)
+{
+    return f->name[0] != '(';
+}
+
+#define LIB_PREFIX "(lib)/"
+
+/* Adds the .lua files of the shipped library to s as "(lib)/name": they are
+ * read with the set, so that a module first required by a hook long after
+ * the load is the one the revision was made of. No library directory is
+ * an empty library. */
+static int read_lib(const char *dir, snapshot_t *s, mdm_policy_error_t *e)
+{
+    snapshot_t lib = {0};
+    int rc = read_tree(dir, "", 0, true, &lib, e);
+    if (rc == MDM_ENOTFOUND && lib.dirs.n == 0) {
+        rc = 0;
+        if (e != NULL)
+            memset(e, 0, sizeof(*e));
+    }
+    if (rc != 0 && e != NULL) {
+        char *file = mdm_sprintf("%s%s", LIB_PREFIX, e->file);
+        snprintf(e->file, sizeof(e->file), "%.*s", (int)sizeof(e->file) - 1, file);
+        mdm_free(file);
+    }
+    for (size_t i = 0; rc == 0 && i < lib.n; i++) {
+        s->v = mdm_realloc(s->v, (s->n + 1) * sizeof(*s->v));
+        s->v[s->n++] = (pfile_t){.name = mdm_sprintf("%s%s", LIB_PREFIX, lib.v[i].name),
+                                 .data = lib.v[i].data, .len = lib.v[i].len};
+        lib.v[i].data = NULL;
+    }
+    snapshot_free(&lib);
+    return rc;
+}
+
 static void snapshot_revision(const snapshot_t *s, char out[65])
 {
     EVP_MD_CTX *md = EVP_MD_CTX_new();
@@ -534,40 +571,40 @@ static bool module_name_ok(const char *name)
     return !start;
 }
 
-/* Pushes the compiled chunk for a file name, reading a shipped library
- * file on first use; returns false when there is none. */
-static bool find_chunk(lua_State *L, mdm_policy_t *p, const char *file, bool lib)
+/* Pushes the compiled chunk for a file name, compiling a shipped library
+ * file (read at load) on first use; returns false when there is none. */
+static bool find_chunk(lua_State *L, const char *file, bool lib)
 {
     lua_rawgetp(L, LUA_REGISTRYINDEX, MDM__REG_CHUNKS);
     char key[NAME_MAX_LEN + 16];
-    snprintf(key, sizeof(key), "%s%s", lib ? "(lib)/" : "", file);
+    snprintf(key, sizeof(key), "%s%s", lib ? LIB_PREFIX : "", file);
     if (lua_getfield(L, -1, key) == LUA_TFUNCTION) {
         lua_remove(L, -2);
         return true;
     }
+    if (!lib) {
+        lua_pop(L, 2);
+        return false;
+    }
     lua_pop(L, 1);
-    if (!lib || p->lib_dir == NULL) {
-        lua_pop(L, 1);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, MDM__REG_LIBSRC);
+    if (lua_getfield(L, -1, key) != LUA_TSTRING) {
+        lua_pop(L, 3);
         return false;
     }
-    char *path = mdm_sprintf("%s/%s", p->lib_dir, file);
-    char *data = NULL;
     size_t len = 0;
-    int rc = read_file(path, FILE_MAX, &data, &len);
-    mdm_free(path);
-    if (rc != 0) {
-        lua_pop(L, 1);
-        return false;
-    }
+    const char *src = lua_tolstring(L, -1, &len);
     char chunkname[NAME_MAX_LEN + 24];
     snprintf(chunkname, sizeof(chunkname), "@%s", key);
-    int status = luaL_loadbufferx(L, data, len, chunkname, "t");
-    mdm_free(data);
-    if (status != LUA_OK)
+    if (luaL_loadbufferx(L, src, len, chunkname, "t") != LUA_OK)
         lua_error(L);
+    /* chunks, sources, source, chunk: the source is not needed again. */
     lua_pushvalue(L, -1);
-    lua_setfield(L, -3, key);
-    lua_remove(L, -2);
+    lua_setfield(L, -5, key);
+    lua_pushnil(L);
+    lua_setfield(L, -4, key);
+    lua_replace(L, -4);
+    lua_pop(L, 2);
     return true;
 }
 
@@ -601,9 +638,9 @@ static int require_fn(lua_State *L)
     snprintf(file, sizeof(file), "%s.lua", base);
     snprintf(file2, sizeof(file2), "%s/init.lua", base);
     snprintf(tfile, sizeof(tfile), "(tests)/%s.lua", base);
-    bool found = find_chunk(L, p, file, false) || find_chunk(L, p, file2, false) ||
-                 find_chunk(L, p, file, true) ||
-                 (p->mode == MDM__MODE_TEST && find_chunk(L, p, tfile, false));
+    bool found = find_chunk(L, file, false) || find_chunk(L, file2, false) ||
+                 find_chunk(L, file, true) ||
+                 (p->mode == MDM__MODE_TEST && find_chunk(L, tfile, false));
     if (!found)
         return luaL_error(L,
                           "require: module \"%s\" not found (no %s in the policy directory or "
@@ -738,10 +775,24 @@ static int load_protected(lua_State *L)
     lua_pushcfunction(L, require_fn);
     lua_setglobal(L, "require");
 
+    /* The library's sources wait for their first require: a module no
+     * policy uses is not compiled (nor can its errors fail the load). */
+    lua_newtable(L);
+    for (size_t i = 0; i < c->snap->n; i++) {
+        const pfile_t *f = &c->snap->v[i];
+        if (strncmp(f->name, LIB_PREFIX, strlen(LIB_PREFIX)) == 0) {
+            lua_pushlstring(L, f->data, f->len);
+            lua_setfield(L, -2, f->name);
+        }
+    }
+    lua_rawsetp(L, LUA_REGISTRYINDEX, MDM__REG_LIBSRC);
+
     /* Compile every file, so that a syntax error anywhere is found now. */
     lua_rawgetp(L, LUA_REGISTRYINDEX, MDM__REG_CHUNKS);
     for (size_t i = 0; i < c->snap->n; i++) {
         const pfile_t *f = &c->snap->v[i];
+        if (strncmp(f->name, LIB_PREFIX, strlen(LIB_PREFIX)) == 0)
+            continue;
         char *chunkname = mdm_sprintf("@%s", f->name);
         int status = luaL_loadbufferx(L, f->data, f->len, chunkname, "t");
         mdm_free(chunkname);
@@ -875,6 +926,9 @@ int mdm__policy_load(const mdm_policy_settings_t *s, int mode, const char *test_
     p->dir = mdm_strdup(s->dir);
     p->lib_dir = mdm_strdup(s->lib_dir ? s->lib_dir : default_lib_dir());
     p->test_dir = test_dir ? mdm_strdup(test_dir) : NULL;
+    rc = read_lib(p->lib_dir, &snap, e);
+    if (rc != 0)
+        goto out;
     p->store = mode == MDM__MODE_SERVER ? s->store : NULL;
     p->decision_log = p->store != NULL && s->decision_log;
     p->log_sink = p->decision_log ? s->log_sink : NULL;
@@ -972,7 +1026,7 @@ int mdm__policy_load(const mdm_policy_settings_t *s, int mode, const char *test_
     }
     snapshot_revision(&snap, p->revision);
     for (size_t i = 0; i < snap.n; i++)
-        if (strncmp(snap.v[i].name, "(tests)/", 8) != 0)
+        if (set_file(&snap.v[i]))
             mdm__strlist_push(&p->files, snap.v[i].name);
     p->loaded_at_ms = mdm_now_ms();
     lua_gc(p->sb.L, LUA_GCCOLLECT, 0);
@@ -1434,13 +1488,17 @@ static void check_fields(lua_State *L, run_t *r, int t, const char *const *allow
     lua_pop(L, 1);
 }
 
-/* Reads an optional string field into *out (a copy). */
+/* Reads an optional string field into *out (a copy). A NUL byte would
+ * cut the copy short ("alice\0admin" read as "alice"): such a string is
+ * refused. */
 static void opt_string(lua_State *L, run_t *r, int t, const char *key, size_t max, char **out)
 {
     int type = lua_getfield(L, t, key);
     if (type == LUA_TSTRING) {
         size_t len = 0;
         const char *s = lua_tolstring(L, -1, &len);
+        if (memchr(s, '\0', len) != NULL)
+            bad(L, r, "%s must not contain a NUL byte", key);
         if (len > max)
             len = max;
         mdm_free(*out);
@@ -1793,7 +1851,9 @@ static void invoke(mdm_policy_t *p, lua_State *L, run_t *r)
     if (status != LUA_OK || kill != MDM__KILL_NONE) {
         mdm__sandbox_error(&p->sb, L, status, kill, r->out->error, sizeof(r->out->error));
         r->out->status = MDM_POLICY_FAILED;
-        r->outcome = kill == MDM__KILL_TIME || kill == MDM__KILL_INSNS ? OUT_TIMEOUT
+        bool overran = kill == MDM__KILL_TIME || kill == MDM__KILL_INSNS ||
+                       kill == MDM__KILL_PATTERN;
+        r->outcome = overran                                             ? OUT_TIMEOUT
                      : kill == MDM__KILL_MEMORY || status == LUA_ERRMEM ? OUT_MEMORY
                      : r->parsing                                        ? OUT_BAD_RETURN
                                                                          : OUT_ERROR;

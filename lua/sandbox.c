@@ -14,7 +14,9 @@
  * runs with hooks off when the error comes from the hook, so xpcall is
  * replaced by a version that calls the handler after unwinding; Lua runs
  * finalizers with hooks off, so setmetatable refuses __gc; collectgarbage
- * cannot stop the collector. */
+ * cannot stop the collector. Pattern matching, which the standard library
+ * does in one instruction however long it takes, is done by lpattern.c,
+ * which charges its steps to the budgets. */
 #include <stdio.h>
 #include <string.h>
 
@@ -26,7 +28,22 @@
 
 #define HOOK_STEP 1000
 
+/* Steps of library work (pattern matching) between two looks at the clock. */
+#define CLOCK_EVERY (1u << 16)
+
 static void hook(lua_State *L, lua_Debug *ar);
+
+/* Marks the running call as stopped (the first reason counts) and makes
+ * the hook fire at the next instruction of thread L and of the main one. */
+static void stop_call(mdm__sandbox_t *sb, lua_State *L, int kill)
+{
+    if (sb->b.kill == MDM__KILL_NONE)
+        sb->b.kill = kill;
+    if (L != NULL)
+        lua_sethook(L, hook, LUA_MASKCOUNT, 1);
+    if (sb->L != NULL && sb->L != L)
+        lua_sethook(sb->L, hook, LUA_MASKCOUNT, 1);
+}
 
 /* The allocator: plain allocation with a cap. */
 static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -40,11 +57,8 @@ static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     }
     if (nsize > old && nsize - old > sb->mem_max - sb->mem_used) {
         /* Stop the running call for good (see the comment at the top). */
-        if (sb->b.active && sb->b.kill == MDM__KILL_NONE) {
-            sb->b.kill = MDM__KILL_MEMORY;
-            if (sb->L != NULL)
-                lua_sethook(sb->L, hook, LUA_MASKCOUNT, 1);
-        }
+        if (sb->b.active && sb->b.kill == MDM__KILL_NONE)
+            stop_call(sb, NULL, MDM__KILL_MEMORY);
         return NULL;
     }
     void *p = mdm_realloc(ptr, nsize);
@@ -67,6 +81,7 @@ static const char *kill_text(int kill)
     case MDM__KILL_TIME: return "time budget exceeded";
     case MDM__KILL_INSNS: return "instruction budget exceeded";
     case MDM__KILL_MEMORY: return "memory limit exceeded";
+    case MDM__KILL_PATTERN: return MDM__LPATTERN_BUDGET_TEXT;
     }
     return "stopped";
 }
@@ -96,6 +111,160 @@ static void hook(lua_State *L, lua_Debug *ar)
         snprintf(where, sizeof(where), "%s:%d: ", d.short_src, d.currentline);
     lua_pushfstring(L, "%s%s", where, kill_text(b->kill));
     lua_error(L);
+}
+
+/* Work done outside the VM (the steps of a pattern match, the cost of a
+ * library call charged before it runs) counts as instructions of the
+ * running call, and the clock is looked at every CLOCK_EVERY of them.
+ * Raises the error of the budget that is spent, for good (kill names the
+ * reason when it is the instruction budget). */
+static void charge_work(lua_State *L, uint64_t used, int kill)
+{
+    mdm__sandbox_t *sb = sandbox_of(L);
+    mdm__budget_t *b = &sb->b;
+    if (!b->active)
+        return;
+    b->insns = used > UINT64_MAX - b->insns ? UINT64_MAX : b->insns + used;
+    if (b->kill == MDM__KILL_NONE && b->insn_limit != 0 && b->insns >= b->insn_limit)
+        stop_call(sb, L, kill);
+    if (b->kill == MDM__KILL_NONE && b->insns >= b->clock_at) {
+        if (b->deadline_ns != 0 && mdm_mono_ns() >= b->deadline_ns)
+            stop_call(sb, L, MDM__KILL_TIME);
+        b->clock_at = b->insns > UINT64_MAX - CLOCK_EVERY ? UINT64_MAX : b->insns + CLOCK_EVERY;
+    }
+    if (b->kill != MDM__KILL_NONE)
+        luaL_error(L, "%s", kill_text(b->kill));
+}
+
+/* The meter of pattern matching (lpattern.c), so that one match cannot
+ * run past either budget. */
+static uint64_t pattern_charge(lua_State *L, uint64_t used)
+{
+    charge_work(L, used, MDM__KILL_PATTERN);
+    const mdm__budget_t *b = &sandbox_of(L)->b;
+    uint64_t allow = b->active ? b->clock_at - b->insns : CLOCK_EVERY;
+    if (b->active && b->insn_limit != 0 && b->insn_limit - b->insns < allow)
+        allow = b->insn_limit - b->insns;
+    return allow > 0 ? allow : 1;
+}
+
+static const mdm__lpattern_meter_t pattern_meter = {.charge = pattern_charge};
+
+/* Library calls that loop in C: their cost, in instructions, is charged
+ * before they run. string.rep of an empty string loops n times without
+ * allocating, and the table functions loop over a length that __len may
+ * make up. */
+
+static lua_Unsigned add_sat(lua_Unsigned a, lua_Unsigned b)
+{
+    return a > (lua_Unsigned)-1 - b ? (lua_Unsigned)-1 : a + b;
+}
+
+static lua_Integer int_arg(lua_State *L, int i, bool *ok)
+{
+    int isnum = 0;
+    lua_Integer v = lua_tointegerx(L, i, &isnum);
+    *ok = isnum != 0;
+    return v;
+}
+
+/* string.rep(s, n, sep): n rounds, and copying 4 bytes is a step. */
+static lua_Unsigned rep_cost(lua_State *L)
+{
+    bool ok = false;
+    lua_Integer n = int_arg(L, 2, &ok);
+    if (!ok || n <= 0)
+        return 0;
+    lua_Unsigned piece = (lua_type(L, 1) == LUA_TSTRING ? lua_rawlen(L, 1) : 0) +
+                         (lua_type(L, 3) == LUA_TSTRING ? lua_rawlen(L, 3) : 0);
+    lua_Unsigned rounds = (lua_Unsigned)n;
+    lua_Unsigned bytes = piece != 0 && rounds > (lua_Unsigned)-1 / piece ? (lua_Unsigned)-1
+                                                                         : rounds * piece;
+    return add_sat(rounds, bytes / 4);
+}
+
+/* table.move(a1, f, e, t): e - f + 1 elements. */
+static lua_Unsigned move_cost(lua_State *L)
+{
+    bool okf = false, oke = false;
+    lua_Integer f = int_arg(L, 2, &okf), e = int_arg(L, 3, &oke);
+    return okf && oke && e >= f ? add_sat((lua_Unsigned)e - (lua_Unsigned)f, 1) : 0;
+}
+
+/* The length table functions use (__len included), or 0 for a value they
+ * will refuse. */
+static lua_Integer table_len(lua_State *L)
+{
+    return lua_istable(L, 1) ? luaL_len(L, 1) : 0;
+}
+
+/* table.insert(t, pos, v) and table.remove(t, pos) shift the elements
+ * after pos; appending and removing the last are one step. */
+static lua_Unsigned shift_cost(lua_State *L, bool insert)
+{
+    bool ok = false;
+    lua_Integer pos = int_arg(L, 2, &ok);
+    if (!ok || lua_gettop(L) != (insert ? 3 : 2))
+        return 1;
+    lua_Integer n = table_len(L) + insert;
+    return n > pos ? (lua_Unsigned)n - (lua_Unsigned)pos : 1;
+}
+
+static lua_Unsigned insert_cost(lua_State *L)
+{
+    return shift_cost(L, true);
+}
+
+static lua_Unsigned remove_cost(lua_State *L)
+{
+    return shift_cost(L, false);
+}
+
+/* table.sort(t): n log n comparisons. */
+static lua_Unsigned sort_cost(lua_State *L)
+{
+    lua_Integer n = table_len(L);
+    if (n < 2)
+        return 0;
+    lua_Unsigned bits = 0;
+    for (lua_Unsigned x = (lua_Unsigned)n; x != 0; x >>= 1)
+        bits++;
+    return (lua_Unsigned)n * bits;
+}
+
+static const struct {
+    const char *lib, *name;
+    lua_Unsigned (*cost)(lua_State *L);
+} costly[] = {
+    {LUA_STRLIBNAME, "rep", rep_cost},     {LUA_TABLIBNAME, "move", move_cost},
+    {LUA_TABLIBNAME, "insert", insert_cost}, {LUA_TABLIBNAME, "remove", remove_cost},
+    {LUA_TABLIBNAME, "sort", sort_cost},
+};
+
+/* The library functions behind the wrappers (the same in every state). */
+static lua_CFunction costly_fn[sizeof(costly) / sizeof(costly[0])];
+
+/* Upvalue: the index in costly[]. The library function runs in this
+ * frame, so that its errors name the function and the caller's line. */
+static int sb_costly(lua_State *L)
+{
+    lua_Integer i = lua_tointeger(L, lua_upvalueindex(1));
+    charge_work(L, costly[i].cost(L), MDM__KILL_INSNS);
+    return costly_fn[i](L);
+}
+
+static void wrap_costly(lua_State *L)
+{
+    for (size_t i = 0; i < sizeof(costly) / sizeof(costly[0]); i++) {
+        lua_getglobal(L, costly[i].lib);
+        lua_getfield(L, -1, costly[i].name);
+        costly_fn[i] = lua_tocfunction(L, -1);
+        lua_pop(L, 1);
+        lua_pushinteger(L, (lua_Integer)i);
+        lua_pushcclosure(L, sb_costly, 1);
+        lua_setfield(L, -2, costly[i].name);
+        lua_pop(L, 1);
+    }
 }
 
 /* setmetatable without finalizers: Lua runs __gc with hooks off, so a
@@ -195,11 +364,16 @@ static int sandbox_setup(lua_State *L)
     lua_call(L, 0, 1);
     lua_setglobal(L, "xpcall");
 
-    /* string.dump makes bytecode, which nothing may load. */
+    /* string.dump makes bytecode, which nothing may load. Pattern matching
+     * counts its steps (the library's is one instruction however long it
+     * runs). The string metatable's __index is this table, so s:find is
+     * the same function. */
     lua_getglobal(L, LUA_STRLIBNAME);
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");
+    mdm__lpattern_install(L, -1, &pattern_meter);
     lua_pop(L, 1);
+    wrap_costly(L);
 
     /* os: time and dates only. */
     lua_getglobal(L, LUA_OSLIBNAME);

@@ -28,6 +28,7 @@ enum {
     MDM__KILL_TIME,
     MDM__KILL_INSNS,
     MDM__KILL_MEMORY,
+    MDM__KILL_PATTERN,        /* a pattern match spent the instruction budget */
 };
 
 /* The budget of the code running now (a hook call, loading, a test). */
@@ -39,6 +40,7 @@ typedef struct mdm__budget {
     uint64_t limit_ns;        /* for messages */
     uint64_t insns;           /* instructions counted so far */
     uint64_t insn_limit;      /* 0: none */
+    uint64_t clock_at;        /* library work: look at the clock when insns reaches this */
 } mdm__budget_t;
 
 /* A sandboxed Lua state. Its address is the allocator's user data, so it
@@ -74,6 +76,27 @@ int mdm__sandbox_end(mdm__sandbox_t *sb, lua_State *L, const mdm__budget_t *save
  * LUA_OK and the kill reason. */
 void mdm__sandbox_error(mdm__sandbox_t *sb, lua_State *L, int status, int kill, char *buf,
                         size_t len);
+
+/* ---- lpattern.c ---------------------------------------------------------- */
+
+/* Where pattern matching reports the steps it takes (an attempt to match
+ * one character, a backtrack). charge() is given the steps taken since its
+ * last call and returns how many more may be taken before the next call
+ * (at least 1); it raises a Lua error to stop the matching. */
+typedef struct mdm__lpattern_meter {
+    uint64_t (*charge)(lua_State *L, uint64_t used);
+} mdm__lpattern_meter_t;
+
+/* Without a meter, the steps one call of the functions may take. */
+#define MDM__LPATTERN_STEPS_MAX 20000000ull
+
+/* The error when the steps run out. */
+#define MDM__LPATTERN_BUDGET_TEXT "pattern matching exceeded its step budget"
+
+/* Sets find, match, gmatch and gsub of the table at index table (the
+ * string library) to this file's implementation of Lua 5.4 patterns, which
+ * counts its steps with meter (NULL: MDM__LPATTERN_STEPS_MAX per call). */
+void mdm__lpattern_install(lua_State *L, int table, const mdm__lpattern_meter_t *meter);
 
 /* ---- convert.c ----------------------------------------------------------- */
 
@@ -164,6 +187,7 @@ extern const char mdm__reg_keys[8];
 #define MDM__REG_KVMEM ((const void *)&mdm__reg_keys[4])     /* MDM__KV_MEMORY: key -> bytes */
 #define MDM__REG_KVPENDING ((const void *)&mdm__reg_keys[5]) /* writes of the running hook */
 #define MDM__REG_PROFILES ((const void *)&mdm__reg_keys[6])  /* tests: identifier -> metadata */
+#define MDM__REG_LIBSRC ((const void *)&mdm__reg_keys[7])    /* "(lib)/file" -> source, until required */
 
 /* Modes of a policy state. */
 enum {

@@ -594,6 +594,14 @@ static void test_hooks_bad_returns(void **state)
     expect_bad(fx, "function() return { alow = true } end", A, NULL,
                "unknown field \"alow\" (did you mean \"allow\"?)");
     expect_bad(fx, "function() return { allow = true, user = 7 } end", A, NULL, "user must be a string");
+    /* A NUL byte would cut the string where C reads it: "alice" would be
+     * allowed for "alice\0admin". */
+    expect_bad(fx, "function() return { allow = true, user = 'alice\\0admin' } end", A, NULL,
+               "user must not contain a NUL byte");
+    expect_bad(fx, "function() return { reject = true, reason = 'no\\0t this' } end", C, NULL,
+               "reason must not contain a NUL byte");
+    expect_bad(fx, "function() return { decision = 'deny', reason = '\\0' } end", S, NULL,
+               "reason must not contain a NUL byte");
     expect_bad(fx, "function() return 'maybe' end", S, NULL, "\"issue\", \"deny\" or \"pending\"");
     expect_bad(fx, "function() return { decision = 42 } end", S, NULL, "decision must be");
     expect_bad(fx, "function() return { commands = { { RequestType = 'DeviceLock' } } } end", C,
@@ -951,12 +959,181 @@ static void test_budget_time(void **state)
         fail_msg("100000 instructions took %.1f ms", ms);
 }
 
+/* A pattern match is one VM instruction, however long it runs: costly
+ * patterns held the loop for minutes. The sandbox's own matcher counts its
+ * steps against the instruction budget (and looks at the clock), through
+ * string.find and s:find alike, and pcall cannot swallow the stop. */
+static void test_budget_patterns(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_settings_t s = settings(fx, false);
+    static const char *const slow[] = {
+        "('a'):rep(30):find(('a?'):rep(30) .. ('a'):rep(30))",
+        "S:find('.-b')",
+        "string.find(S, '.-b')",
+        "S:match('^(.-)%w-b')",
+        "S:gsub('a-b', 'x')",
+        "(function() for x in S:gmatch('.-b') do end end)()",
+        "select(2, pcall(string.find, S, '.-b'))",
+    };
+    /* A generous clock: the instruction budget (20 million) stops them. A
+     * slow machine (valgrind) may take longer; the point is that they stop. */
+    s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 20000;
+    double limit = getenv("MOONMDM_SLOW_TESTS") ? 20000 : 1000;
+    for (size_t i = 0; i < sizeof(slow) / sizeof(slow[0]); i++) {
+        char *src = mdm_sprintf("local S = string.rep('a', 1 << 20)\n"
+                                "return { groups = function()\n"
+                                "  local r = %s\n"
+                                "  return { 'done' }\n"
+                                "end }\n",
+                                slow[i]);
+        double ms = expect_killed(fx, &s, src,
+                                  "init.lua:3: pattern matching exceeded its step budget");
+        print_message("%s: stopped after %.1f ms\n", slow[i], ms);
+        if (ms > limit)
+            fail_msg("%s: stopped only after %.1f ms", slow[i], ms);
+        mdm_free(src);
+    }
+
+    /* What a match makes is held in the state, under its memory cap. */
+    mdm_policy_settings_t small = settings(fx, false);
+    small.memory_max = 16u << 20;
+    small.budget_ms[MDM_POLICY_HOOK_GROUPS] = 20000;
+    expect_killed(fx, &small,
+                  "local S, R = string.rep('a', 1 << 16), string.rep('x', 4096)\n"
+                  "return { groups = function()\n"
+                  "  return { (S:gsub('a', R)) }\n"
+                  "end }\n",
+                  "memory limit exceeded (16 MiB)");
+
+    /* With the default budgets either budget may end it, quickly; the
+     * next call is served as usual. */
+    s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 0;
+    mdm_policy_t *p = load_text(fx,
+        "local calls = 0\n"
+        "return { groups = function(d)\n"
+        "  calls = calls + 1\n"
+        "  if calls == 1 then ('a'):rep(30):find(('a?'):rep(30) .. ('a'):rep(30)) end\n"
+        "  local digits = d.serial:match('^%a+(%d+)$')\n"
+        "  return { (d.serial:gsub('%u', string.lower)), digits }\n"
+        "end }\n");
+    dev_fx_t f;
+    dev_init(&f);
+    mdm_policy_decision_t d;
+    uint64_t t0 = mdm_mono_ns();
+    mdm_policy_groups(p, NULL, NULL, &f.dev, &d);
+    double ms = (double)(mdm_mono_ns() - t0) / 1e6;
+    assert_status(d, MDM_POLICY_FAILED);
+    assert_contains(d.error, "budget exceeded");
+    print_message("default budgets: %s after %.1f ms\n", d.error, ms);
+    if (ms > limit)
+        fail_msg("stopped only after %.1f ms", ms);
+    mdm_policy_decision_free(&d);
+    mdm_policy_groups(p, NULL, NULL, &f.dev, &d);
+    assert_status(d, MDM_POLICY_OK);
+    assert_int_equal(d.names.n, 2);
+    assert_string_equal(d.names.v[0], "serial1");
+    assert_string_equal(d.names.v[1], "1");
+    mdm_policy_decision_free(&d);
+    dev_free(&f);
+    mdm_policy_release(p);
+}
+
+static void run_chunk_ok(mdm_policy_t *p, const char *src);
+
+/* Library calls that loop in C without allocating were one instruction
+ * however many times they looped: string.rep of an empty string, and
+ * table.move, insert, remove and sort over a length that __len makes up.
+ * Their cost is charged before they run. */
+static void test_budget_library_calls(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_settings_t s = settings(fx, false);
+    s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 20000;
+    double limit = getenv("MOONMDM_SLOW_TESTS") ? 20000 : 1000;
+    static const char *const slow[] = {
+        "string.rep('', 1e11)",
+        "('x'):rep(1e11, '')",
+        "table.move({}, 1, 1e12, 1)",
+        "table.insert(L, 1, 'x')",
+        "table.remove(L, 1)",
+        "table.sort(L)",
+        "select(2, pcall(table.move, {}, 1, 1e12, 1))",
+    };
+    for (size_t i = 0; i < sizeof(slow) / sizeof(slow[0]); i++) {
+        char *src = mdm_sprintf("local L = setmetatable({}, { __len = function() return 1 << 30 end })\n"
+                                "return { groups = function()\n"
+                                "  local r = %s\n"
+                                "  return { 'done' }\n"
+                                "end }\n",
+                                slow[i]);
+        double ms = expect_killed(fx, &s, src, "init.lua:3: instruction budget exceeded");
+        print_message("%s: stopped after %.1f ms\n", slow[i], ms);
+        if (ms > limit)
+            fail_msg("%s: stopped only after %.1f ms", slow[i], ms);
+        mdm_free(src);
+    }
+
+    /* Calls that each take milliseconds, in a loop: the clock is looked at
+     * when their cost is charged (a loop of string.rep of 10 MB ran 4 s on
+     * a 50 ms budget, one of sorts of 300,000 numbers 21 s). */
+    s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 50;
+    static const char *const loops[] = {
+        "for i = 1, 1e6 do local x = string.rep('a', 10000000) end",
+        "local t = {} for i = 1, 300000 do t[i] = -i end\n  for i = 1, 1e6 do table.sort(t) end",
+    };
+    for (size_t i = 0; i < sizeof(loops) / sizeof(loops[0]); i++) {
+        char *src = mdm_sprintf("return { groups = function()\n  %s\nend }\n", loops[i]);
+        double ms = expect_killed(fx, &s, src, "budget exceeded");
+        print_message("%s: stopped after %.1f ms\n", loops[i], ms);
+        if (ms > limit)
+            fail_msg("%s: stopped only after %.1f ms", loops[i], ms);
+        mdm_free(src);
+    }
+
+    /* Ordinary use is not affected: appends, pops, sorts, a megabyte. */
+    s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 20000;
+    write_file(fx->pol, "init.lua",
+        "return { groups = function()\n"
+        "  local t = {}\n"
+        "  for i = 1, 10000 do table.insert(t, (i * 7919) % 10007) end\n"
+        "  table.sort(t)\n"
+        "  table.insert(t, 1, -1)\n"
+        "  for i = 1, 1000 do table.remove(t) end\n"
+        "  table.remove(t, 1)\n"
+        "  local u = table.move(t, 1, 10, 1, {})\n"
+        "  local big = string.rep('ab', 1 << 19, ',')\n"
+        "  return { tostring(#t), tostring(u[1] <= u[2]), tostring(#big) }\n"
+        "end }\n");
+    mdm_policy_t *p = load_ok(fx, &s);
+    dev_fx_t f;
+    dev_init(&f);
+    mdm_policy_decision_t d;
+    mdm_policy_groups(p, NULL, NULL, &f.dev, &d);
+    assert_status(d, MDM_POLICY_OK);
+    assert_string_equal(d.names.v[0], "9000");
+    assert_string_equal(d.names.v[1], "true");
+    assert_string_equal(d.names.v[2], "1572863");
+    mdm_policy_decision_free(&d);
+    /* Their errors still name the function and the line. */
+    run_chunk_ok(p,
+                 "local ok, e = pcall(function() table.insert({}, 10, 'x') end)\n"
+                 "assert(e == \"chunk:1: bad argument #2 to 'insert' (position out of bounds)\", e)\n"
+                 "ok, e = pcall(function() return ('x'):rep('many') end)\n"
+                 "assert(e:find(\"^chunk:3: bad argument #1 to 'rep'\"), e)\n");
+    dev_free(&f);
+    mdm_policy_release(p);
+}
+
 static void test_budget_memory(void **state)
 {
     struct fx *fx = *state;
     mdm_policy_settings_t s = settings(fx, false);
     s.memory_max = 16u << 20;
     s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 20000;
+    /* A string.rep of a gigabyte is refused by the instruction budget before
+     * it allocates: this is about memory. */
+    s.instructions = 100000000000ull;
     expect_killed(fx, &s,
                   "return { groups = function()\n"
                   "  local t = {}\n"
@@ -1088,6 +1265,69 @@ static void test_require(void **state)
                  "fails('lib.missing', 'not found')\n"
                  "fails('a', 'requires itself')\n");
     mdm_policy_release(p);
+}
+
+/* Calls groups and returns the first name (a copy), or the error. */
+static char *groups_first(mdm_policy_t *p)
+{
+    dev_fx_t f;
+    dev_init(&f);
+    mdm_policy_decision_t d;
+    mdm_policy_groups(p, NULL, NULL, &f.dev, &d);
+    char *out = d.status == MDM_POLICY_OK && d.names.n > 0 ? mdm_strdup(d.names.v[0])
+                                                           : mdm_sprintf("error: %s", d.error);
+    mdm_policy_decision_free(&d);
+    dev_free(&f);
+    return out;
+}
+
+/* The shipped library is read when the set loads: a hook's first require
+ * of a library module, long after the load, gets what was loaded, and the
+ * revision covers the library. */
+static void test_require_lib_at_load(void **state)
+{
+    struct fx *fx = *state;
+    char *lib = mdm_sprintf("%s/lib", fx->dir);
+    write_file(lib, "mylib.lua", "return 'old'\n");
+    write_file(lib, "sub/deep.lua", "return '-deep'\n");
+    write_file(fx->pol, "init.lua",
+               "return { groups = function(d) return { require('mylib') .. require('sub.deep') } "
+               "end }\n");
+    mdm_policy_settings_t s = settings(fx, false);
+    s.lib_dir = lib;
+    mdm_policy_t *a = load_ok(fx, &s);
+    write_file(lib, "mylib.lua", "return 'new'\n");
+    char *got = groups_first(a);
+    assert_string_equal(got, "old-deep");
+    mdm_free(got);
+
+    mdm_policy_t *b = load_ok(fx, &s);
+    assert_string_not_equal(mdm_policy_revision(a), mdm_policy_revision(b));
+    got = groups_first(b);
+    assert_string_equal(got, "new-deep");
+    mdm_free(got);
+    /* The library is not one of the set's files. */
+    assert_int_equal(b->files.n, 1);
+
+    /* A library file the set cannot read fails the load, naming it. */
+    write_file(lib, "bad name.lua", "return 1\n");
+    mdm_policy_t *bad = NULL;
+    mdm_policy_error_t e;
+    assert_rc(mdm_policy_load(&s, &bad, &e), MDM_EPOLICY);
+    assert_string_equal(e.file, "(lib)/bad name.lua");
+    assert_contains(e.message, "file name");
+    remove_file(lib, "bad name.lua");
+
+    /* Without a library directory, library modules are not found. */
+    s.lib_dir = "/nonexistent/lib";
+    mdm_policy_t *c = load_ok(fx, &s);
+    got = groups_first(c);
+    assert_contains(got, "module \"mylib\" not found");
+    mdm_free(got);
+    mdm_policy_release(a);
+    mdm_policy_release(b);
+    mdm_policy_release(c);
+    mdm_free(lib);
 }
 
 /* ---- the mdm module ------------------------------------------------------------------ */
@@ -2315,6 +2555,51 @@ static void test_digest_logged(void **state)
         fail_msg("DigestResponse recorded in the decision log");
 }
 
+/* Secret keys are matched over their whole length (a device- or form-made
+ * key may be long), and the code an ActivationLockBypassCode result carries
+ * is a secret too. */
+static void test_secret_keys_masked(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_t *p = load_text(fx,
+        "return { checkin = function(d, msg) return { reason = 'seen' } end,\n"
+        "         result = function(d, r) return { facts = { seen = true } } end }\n");
+    dev_fx_t f;
+    dev_init(&f);
+    plist_t msg = msg_of("UserAuthenticate");
+    char key[80];
+    memset(key, 'x', 60);
+    strcpy(key + 60, "Password");
+    mdm_pl_set_str(msg, key, "long-key-secret-31");
+    mdm_policy_decision_t d;
+    assert_rc(call_in_txn(fx, p, MDM_POLICY_HOOK_CHECKIN, &f.dev, msg, &d), 0);
+    mdm_policy_decision_free(&d);
+    plist_t res = plist_new_dict();
+    mdm_pl_set_str(res, "RequestType", "ActivationLockBypassCode");
+    mdm_pl_set_str(res, "ActivationLockBypassCode", "bypass-code-77");
+    assert_rc(call_in_txn(fx, p, MDM_POLICY_HOOK_RESULT, &f.dev, res, &d), 0);
+    mdm_policy_decision_free(&d);
+    json_t *o = NULL;
+    assert_rc(mdm_policy_decisions_json(fx->store, NULL, NULL, 10, &o), 0);
+    char *text = json_dumps(o, 0);
+    print_message("%s\n", text);
+    assert_int_equal(json_array_size(json_object_get(o, "decisions")), 2);
+    bool long_key = strstr(text, "long-key-secret-31") != NULL;
+    bool bypass = strstr(text, "bypass-code-77") != NULL;
+    bool masked = strstr(text, "(masked)") != NULL;
+    free(text);
+    json_decref(o);
+    plist_free(res);
+    plist_free(msg);
+    dev_free(&f);
+    mdm_policy_release(p);
+    if (long_key)
+        fail_msg("the value of a long key ending in Password is in the decision log");
+    if (bypass)
+        fail_msg("the ActivationLockBypassCode is in the decision log");
+    assert_true(masked);
+}
+
 int main(void)
 {
     mdm_log_setup(MDM_LOG_ERROR, 2);
@@ -2329,6 +2614,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_profiles_table_mutable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_proxy_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_digest_logged, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_secret_keys_masked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revision, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hooks_good, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hooks_bad_returns, setup, teardown),
@@ -2336,9 +2622,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_device_view, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_view_lazy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_time, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget_patterns, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget_library_calls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sandbox, setup, teardown),
         cmocka_unit_test_setup_teardown(test_require, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_require_lib_at_load, setup, teardown),
         cmocka_unit_test_setup_teardown(test_commands, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kv_store, setup, teardown),
         cmocka_unit_test_setup_teardown(test_password, setup, teardown),

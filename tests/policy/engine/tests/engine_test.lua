@@ -65,4 +65,9 @@ function test_clock_is_frozen()
   t.eq(os.time(), 1704067200)
   t.advance(60)
   t.eq(mdm.now(), 1704067260)
+  -- os.date without a time reads the same clock.
+  t.eq(os.date("!%Y-%m-%d %H:%M:%S"), "2024-01-01 00:01:00")
+  t.eq(os.date("!*t").min, 1)
+  t.eq(os.date(), os.date("%c", os.time()))
+  t.eq(os.date("!%Y", 0), "1970")
 end
