@@ -810,6 +810,13 @@ static void retry_or_fail(apns_t *a, push_t *p, const char *what)
     heap_push(a, p);
 }
 
+/* The labels of a topic's metrics: topic="<topic>", escaped. */
+#define TOPIC_LABELS_MAX (2 * MDM_TOPIC_MAX + 16)
+static const char *topic_labels(char *buf, const char *topic)
+{
+    return mdm_metric_label(buf, TOPIC_LABELS_MAX, "topic", topic);
+}
+
 static void block_topic(apns_t *a, push_t *p)
 {
     mdm_pushcert_t *pc = mdm_pushcerts_find(&a->certs, p->topic);
@@ -820,8 +827,8 @@ static void block_topic(apns_t *a, push_t *p)
         pc->blocked_ms = mdm_now_ms();
         snprintf(pc->blocked_reason, sizeof(pc->blocked_reason), "%s",
                  p->reason[0] ? p->reason : "403");
-        char labels[MDM_TOPIC_MAX + 32];
-        snprintf(labels, sizeof(labels), "topic=\"%s\"", pc->topic);
+        char labels[TOPIC_LABELS_MAX], tq[MDM_TOPIC_LOGQ_MAX];
+        topic_labels(labels, pc->topic);
         mdm_metric_add(mdm_metric(MDM_METRIC_COUNTER, "moonmdm_apns_certificate_rejected_total",
                                   labels, "403 answers from APNs that stopped pushes for a topic"),
                        1);
@@ -831,7 +838,7 @@ static void block_topic(apns_t *a, push_t *p)
         mdm_log(MDM_LOG_ERROR, NULL, "apns.certificate_rejected",
                 "topic=%s reason=%s sha256=%s action=\"pushes for this topic stop until a new "
                 "push certificate is installed (PUT /v1/pushcert)\"",
-                pc->topic, pc->blocked_reason, pc->sha256);
+                mdm_logq(tq, sizeof(tq), pc->topic), pc->blocked_reason, pc->sha256);
     }
 }
 
@@ -990,13 +997,14 @@ static int write_fn(mdm_txn_t *txn, void *arg)
 
 static void log_result(apns_t *a, push_t *p, size_t nwaiters)
 {
-    char eq[300], errq[600];
+    char eq[300], errq[600], idq[128], tq[MDM_TOPIC_LOGQ_MAX];
     uint64_t ms = p->sent_ns ? (mdm_mono_ns() - p->sent_ns) / 1000000 : 0;
     switch (p->status) {
     case MDM_PUSH_PUSHED:
         mdm_log(MDM_LOG_INFO, NULL, "apns.pushed",
                 "eid=%s apns_id=%s topic=%s attempts=%d ms=%llu waiters=%zu",
-                mdm_logq(eq, sizeof(eq), p->eid), p->apns_id, p->topic, p->attempts,
+                mdm_logq(eq, sizeof(eq), p->eid), mdm_logq(idq, sizeof(idq), p->apns_id),
+                mdm_logq(tq, sizeof(tq), p->topic), p->attempts,
                 (unsigned long long)ms, nwaiters);
         break;
     case MDM_PUSH_TOKEN_INVALID:
@@ -1371,8 +1379,8 @@ static void sweep_cb(uv_timer_t *t)
 
 static void cert_gauges(apns_t *a, mdm_pushcert_t *pc, int64_t now)
 {
-    char labels[MDM_TOPIC_MAX + 32];
-    snprintf(labels, sizeof(labels), "topic=\"%s\"", pc->topic);
+    char labels[TOPIC_LABELS_MAX], tq[MDM_TOPIC_LOGQ_MAX];
+    topic_labels(labels, pc->topic);
     int64_t left = pc->not_after_ms - now;
     mdm_metric_set(mdm_metric(MDM_METRIC_GAUGE, "moonmdm_apns_certificate_expiry_seconds", labels,
                               "Seconds until the push certificate of a topic expires"),
@@ -1392,13 +1400,13 @@ static void cert_gauges(apns_t *a, mdm_pushcert_t *pc, int64_t now)
         mdm_log(MDM_LOG_ERROR, NULL, "apns.pushcert_expired",
                 "topic=%s not_after=%s action=\"renew it in the Apple Push Certificates Portal "
                 "and install it with PUT /v1/pushcert\"",
-                pc->topic, t);
+                mdm_logq(tq, sizeof(tq), pc->topic), t);
     else
         mdm_log(MDM_LOG_WARN, NULL, "apns.pushcert_expiring",
                 "topic=%s not_after=%s days_left=%lld action=\"renew it in the Apple Push "
                 "Certificates Portal (keep the same topic) and install it with PUT "
                 "/v1/pushcert\"",
-                pc->topic, t, (long long)(left / 86400000));
+                mdm_logq(tq, sizeof(tq), pc->topic), t, (long long)(left / 86400000));
 }
 
 static void certs_changed(apns_t *a)
@@ -1476,10 +1484,11 @@ int mdm_apns_pushcert_install(mdm_server_t *s, mdm_pushcert_t *pc, const char *r
     char old_sha[65] = "-";
     if (old != NULL)
         snprintf(old_sha, sizeof(old_sha), "%s", old->sha256);
-    char t[32];
+    char t[32], tq[MDM_TOPIC_LOGQ_MAX];
     mdm_time_format(t, pc->not_after_ms);
     mdm_log(MDM_LOG_INFO, NULL, "apns.pushcert_installed",
-            "topic=%s sha256=%s not_after=%s replaced=%s", pc->topic, pc->sha256, t, old_sha);
+            "topic=%s sha256=%s not_after=%s replaced=%s", mdm_logq(tq, sizeof(tq), pc->topic), pc->sha256,
+            t, old_sha);
     mdm_pushcerts_set(&a->certs, pc, replaced);
     pc = NULL;
     certs_changed(a);
@@ -1520,10 +1529,10 @@ static int load_certs(apns_t *a, mdm_err_t *err)
     if (rc != 0)
         return rc;
     for (size_t i = 0; i < a->certs.n; i++) {
-        char t[32];
+        char t[32], tq[MDM_TOPIC_LOGQ_MAX];
         mdm_time_format(t, a->certs.v[i]->not_after_ms);
         mdm_log(MDM_LOG_INFO, NULL, "apns.pushcert_loaded", "topic=%s source=%s not_after=%s",
-                a->certs.v[i]->topic, a->certs.v[i]->source, t);
+                mdm_logq(tq, sizeof(tq), a->certs.v[i]->topic), a->certs.v[i]->source, t);
     }
     return 0;
 }

@@ -77,6 +77,14 @@ int mdm_pushcert_build(X509 *cert, EVP_PKEY *key, STACK_OF(X509) *chain, const c
         rc = mdm_err_set(err, MDM_EINVAL, "the certificate's UID attribute (topic) is empty");
         goto out;
     }
+    /* The topic is sent as the apns-topic header. */
+    for (const char *c = pc->topic; *c; c++) {
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) {
+            rc = mdm_err_set(err, MDM_EINVAL,
+                             "the certificate's UID attribute (topic) holds a control character");
+            goto out;
+        }
+    }
     /* MDM push topics are com.apple.mgmt.<...>: another certificate with a
      * UID (a TLS server certificate, another service's push certificate)
      * would be taken as the topic devices are enrolled with. */
@@ -497,8 +505,10 @@ static int load_fn(mdm_txn_t *txn, void *arg)
             continue;
         mdm_pushcert_t *have = mdm_pushcerts_find(l->set, pc->topic);
         if (have != NULL && have->not_after_ms > pc->not_after_ms) {
+            char tq[MDM_TOPIC_LOGQ_MAX];
             mdm_log(MDM_LOG_INFO, NULL, "apns.pushcert_stored_older",
-                    "topic=%s kept=%s stored=%s", pc->topic, have->source, "api");
+                    "topic=%s kept=%s stored=%s", mdm_logq(tq, sizeof(tq), pc->topic),
+                    have->source, "api");
             mdm_pushcert_free(pc);
             continue;
         }

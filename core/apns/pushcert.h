@@ -23,6 +23,9 @@
 /* Longest topic accepted (Apple's are about 60 characters). */
 #define MDM_TOPIC_MAX 255
 
+/* The size of a buffer for a topic quoted for the log (mdm_logq). */
+#define MDM_TOPIC_LOGQ_MAX (4 * MDM_TOPIC_MAX + 3)
+
 /* The meta-table key prefix of stored push certificates. */
 #define MDM_PUSHCERT_KEY_PREFIX "pushcert:"
 

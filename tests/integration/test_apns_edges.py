@@ -217,3 +217,41 @@ def test_410_disables_a_token_reregistered_while_the_push_was_in_flight(server, 
     assert first["status"] == "token_invalid", first
     show = api.call("GET", "/v1/devices/" + d.udid)[1]
     assert show["token_invalid"] is False, (show, sent_at)
+
+
+# ---- what APNs and certificates put into logs and metrics ---------------------------
+
+def test_apns_id_from_apns_is_quoted_in_the_log(server, api, env):
+    """The apns-id header comes from the peer: spaces and '=' in it must not
+    make new fields in the log line."""
+    upload(api, env.cert, env.key)
+    d = enrolled(server)
+    env.standin.respond(tok(d), 200, apns_id="x evil=1", times=1)
+    p = push(api, d)
+    assert p["status"] == "pushed", p
+    lines = [l for l in server.log().splitlines() if "apns.pushed" in l]
+    assert lines, server.log()[-2000:]
+    assert 'apns_id="x evil=1"' in lines[-1], lines[-1]
+
+
+def test_topic_is_escaped_in_metric_labels_and_logs(server, api, env):
+    """A topic with a double quote and a backslash (any UID is taken as
+    the topic): the /metrics text stays well formed."""
+    import requests
+    topic = TOPIC + '"x\\y'
+    cert, key = env.push_cert(topic=topic)
+    st, r = upload(api, cert, key)
+    assert st == 200, r
+    text = requests.get(server.url + "/metrics", verify=server.datadir.ca_crt, timeout=10).text
+    want = 'moonmdm_apns_certificate_expiry_seconds{topic="%s\\"x\\\\y"}' % TOPIC
+    assert want in text, [l for l in text.splitlines() if "expiry_seconds" in l]
+    lines = [l for l in server.log().splitlines() if "apns.pushcert_installed" in l]
+    assert 'topic="%s\\"x\\\\y"' % TOPIC in lines[-1], lines[-1]
+
+
+def test_topic_with_a_control_character_is_refused(server, api, env):
+    """The topic goes into the apns-topic request header: a newline in it
+    would end the header."""
+    cert, key = env.push_cert(topic=TOPIC + "\nx-evil: 1")
+    st, r = upload(api, cert, key)
+    assert st == 400 and "control character" in str(r), (st, r)
