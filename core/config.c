@@ -69,6 +69,7 @@ typedef struct opt {
     const char *const *allowed;  /* OPT_ENUM: the accepted values, NULL-terminated */
     unsigned flags;
     uint64_t min;                /* integer types: the smallest accepted value */
+    uint64_t max;                /* integer types: the largest accepted value (0: the type's) */
     const char *doc;
 } opt_t;
 
@@ -274,7 +275,8 @@ static const opt_t options[] = {
     {.key = "apns.timeout", .type = OPT_DURATION, FIELD(apns_timeout_ms), .def = "30s",
      .min = 100, .doc = "Time allowed for one request to APNs, connecting included."},
     {.key = "apns.max_in_flight", .type = OPT_INT, FIELD(apns_max_in_flight), .def = "256",
-     .min = 1, .doc = "Pushes sent and not yet answered, at most; more wait in a queue."},
+     .min = 1, .max = 65536,
+     .doc = "Pushes sent and not yet answered, at most (1 to 65536); more wait in a queue."},
     {.key = "apns.connections", .type = OPT_INT, FIELD(apns_connections), .def = "8", .min = 1,
      .doc = "HTTP/2 connections to APNs per push certificate; each carries up to "
             "apns.max_in_flight / apns.connections requests at once (keep that near 32: "
@@ -323,7 +325,8 @@ static void *field_ptr(mdm_config_t *cfg, const opt_t *o)
 
 static uint64_t uint_max(const opt_t *o)
 {
-    return o->size >= sizeof(uint64_t) ? UINT64_MAX : ((uint64_t)1 << (8 * o->size)) - 1;
+    uint64_t m = o->size >= sizeof(uint64_t) ? UINT64_MAX : ((uint64_t)1 << (8 * o->size)) - 1;
+    return o->max != 0 && o->max < m ? o->max : m;
 }
 
 static void set_uint(mdm_config_t *cfg, const opt_t *o, uint64_t v)

@@ -255,3 +255,14 @@ def test_topic_with_a_control_character_is_refused(server, api, env):
     cert, key = env.push_cert(topic=TOPIC + "\nx-evil: 1")
     st, r = upload(api, cert, key)
     assert st == 400 and "control character" in str(r), (st, r)
+
+
+def test_max_in_flight_has_an_upper_bound(datadir, env):
+    """apns.max_in_flight sizes a table allocated at start: an absurd value
+    is a config error, not an allocation of terabytes."""
+    from conftest import run
+    datadir.write_config(env.config(max_in_flight="1000000000000"))
+    p = run("config", "check", datadir.config, check=False)
+    assert p.returncode != 0, (p.stdout, p.stderr)
+    assert "apns.max_in_flight" in p.stderr + p.stdout and "at most" in p.stderr + p.stdout, \
+        (p.stdout, p.stderr)
