@@ -260,8 +260,11 @@ int mdm_profile_encrypt_dict(plist_t profile, X509 *cert, mdm_err_t *err)
     mdm_plist_to_xml_buf(content, &xml);
     int rc = mdm_cms_encrypt(cert, EVP_aes_256_cbc(), xml.data, xml.len, &enc, err);
     if (rc == 0) {
+        /* TopLevel: PayloadContent may be left out only when IsEncrypted
+         * is true. */
         plist_dict_remove_item(profile, "PayloadContent");
         mdm_pl_set_data(profile, "EncryptedPayloadContent", enc.data, enc.len);
+        mdm_pl_set_bool(profile, "IsEncrypted", true);
     }
     mdm_buf_free(&xml);
     mdm_buf_free(&enc);

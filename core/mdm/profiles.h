@@ -65,7 +65,7 @@ int mdm_profile_render(const mdm_profiles_t *p, const void *xml, size_t len, X50
                        mdm_buf_t *out, mdm_err_t *err);
 
 /* Encrypts the PayloadContent of a profile dict to cert, in place
- * (EncryptedPayloadContent replaces PayloadContent). */
+ * (EncryptedPayloadContent replaces PayloadContent, IsEncrypted = true). */
 int mdm_profile_encrypt_dict(plist_t profile, X509 *cert, mdm_err_t *err);
 
 /* Loads the signing identity (tls.cert, tls.chain, tls.key) and the
