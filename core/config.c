@@ -253,7 +253,9 @@ static const opt_t options[] = {
     {.key = "profiles.sign", .type = OPT_BOOL, FIELD(profiles_sign), .def = "true",
      .doc = "Sign profiles sent to devices with the server certificate."},
     {.key = "profiles.encrypt", .type = OPT_BOOL, FIELD(profiles_encrypt), .def = "true",
-     .doc = "Encrypt profiles to the device's identity certificate."},
+     .doc = "Encrypt profiles to the device's identity certificate (RSA key transport, or "
+            "ECDH for an EC key); a profile that cannot be encrypted to the device is not sent "
+            "(error reconcile.render_failed), never sent in the clear."},
 
     {.key = "apns.url", .type = OPT_STRING, FIELD(apns_url), .def = "production",
      .doc = "APNs: \"production\" (https://api.push.apple.com), \"sandbox\" "

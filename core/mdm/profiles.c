@@ -271,18 +271,18 @@ int mdm_profile_encrypt_dict(plist_t profile, X509 *cert, mdm_err_t *err)
     return rc;
 }
 
-static bool cert_has_rsa_key(X509 *cert)
-{
-    EVP_PKEY *k = X509_get0_pubkey(cert);
-    return k != NULL && EVP_PKEY_base_id(k) == EVP_PKEY_RSA;
-}
-
 int mdm_profile_render(const mdm_profiles_t *p, const void *xml, size_t len, X509 *device_cert,
                        mdm_buf_t *out, mdm_err_t *err)
 {
     int rc = 0;
     mdm_buf_t plain = MDM_BUF_INIT;
-    if (p->encrypt && device_cert != NULL && cert_has_rsa_key(device_cert)) {
+    /* Never sent in the clear when encryption is on: no certificate, or a
+     * key CMS cannot encrypt to, is an error. */
+    if (p->encrypt && device_cert == NULL)
+        return mdm_err_set(err, MDM_EINVAL,
+                           "profiles.encrypt is on and the enrollment has no identity "
+                           "certificate to encrypt to");
+    if (p->encrypt) {
         plist_t d = NULL;
         if (mdm_plist_load(xml, len, &d) != 0)
             return mdm_err_set(err, MDM_EPARSE, "stored profile does not parse");

@@ -468,8 +468,10 @@ int mdm_reconcile(mdm_server_t *s, mdm_policy_t *pol, mdm_txn_t *txn, const char
                     st->installs++;
                 }
             } else {
+                char eq[300], iq[300], errq[600];
                 mdm_log(MDM_LOG_ERROR, reqid, "reconcile.render_failed",
-                        "eid=%s error=\"%s\"", eid, err.msg);
+                        "eid=%s identifier=%s error=%s", mdm_logq(eq, sizeof(eq), eid),
+                        mdm_logq(iq, sizeof(iq), id), mdm_logq(errq, sizeof(errq), err.msg));
                 rc = 0;
             }
             mdm_buf_free(&payload);

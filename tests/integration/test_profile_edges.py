@@ -275,3 +275,69 @@ def test_malformed_uploads_are_refused_cleanly(server):
     st, r = put_profile(api, "com.example.bad",
                         plistlib.dumps(profile_dict("com.example.bad"), fmt=plistlib.FMT_BINARY))
     assert st == 200, r
+
+
+# ---- encrypted profiles ------------------------------------------------------
+
+def _installed_profile(srv, api, dev, tmpdir_path):
+    """Enrolls dev, takes the InstallProfile it gets and returns the
+    profile dictionary inside the server's signature."""
+    from test_enroll import cms_verify
+    assert put_profile(api, "com.example.wifi", profile("com.example.wifi"))[0] == 201
+    dev.enroll()
+    got = dev.run()
+    assert types(got) == ["InstallProfile"], types(got)
+    payload = got[0]["Command"]["Payload"]
+    return plistlib.loads(cms_verify(payload, srv.datadir.ca_crt, tmpdir_path))
+
+
+def _decrypt_with(dev, der, tmpdir_path):
+    from test_enroll import cms_decrypt
+    cert_path, key_path = pki.write_pair(tmpdir_path, "recip-" + dev.udid, dev.cert, dev.key)
+    return plistlib.loads(cms_decrypt(der, cert_path, key_path, tmpdir_path))
+
+
+def test_encrypted_profile_says_is_encrypted(tmpdir_path, datadir):
+    """TopLevel: PayloadContent is required unless IsEncrypted is true."""
+    srv, api, _ = start(tmpdir_path, datadir, ["com.example.wifi"])
+    try:
+        dev = Device(srv, key=pki.new_key("rsa"))
+        inner = _installed_profile(srv, api, dev, tmpdir_path)
+        assert "PayloadContent" not in inner, inner
+        assert inner.get("IsEncrypted") is True, inner
+        content = _decrypt_with(dev, inner["EncryptedPayloadContent"], tmpdir_path)
+        assert content[0]["SSID_STR"] == "Office", content
+    finally:
+        assert srv.stop() == 0
+
+
+def test_profile_is_encrypted_to_an_ec_device_identity(tmpdir_path, datadir):
+    """With profiles.encrypt on, a device whose identity key is EC gets its
+    profile encrypted too (ECDH key agreement), not in the clear."""
+    srv, api, _ = start(tmpdir_path, datadir, ["com.example.wifi"])
+    try:
+        dev = Device(srv, key=pki.new_key("ec"))
+        inner = _installed_profile(srv, api, dev, tmpdir_path)
+        assert "PayloadContent" not in inner, inner
+        assert inner.get("IsEncrypted") is True, inner
+        content = _decrypt_with(dev, inner["EncryptedPayloadContent"], tmpdir_path)
+        assert content[0]["Password"] == "wifi-secret", content
+    finally:
+        assert srv.stop() == 0
+
+
+def test_profile_for_a_key_cms_cannot_encrypt_to_is_not_sent_in_the_clear(tmpdir_path, datadir):
+    """An Ed25519 identity: CMS has no encryption to it. The profile is not
+    sent (an error naming the enrollment is logged) rather than sent in
+    the clear."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    srv, api, _ = start(tmpdir_path, datadir, ["com.example.wifi"])
+    try:
+        assert put_profile(api, "com.example.wifi", profile("com.example.wifi"))[0] == 201
+        dev = Device(srv, key=ed25519.Ed25519PrivateKey.generate())
+        dev.enroll()
+        got = dev.run()
+        assert "InstallProfile" not in types(got), types(got)
+        srv.wait_log(r"event=reconcile.render_failed .*identifier=com.example.wifi")
+    finally:
+        assert srv.stop() == 0
