@@ -185,6 +185,17 @@ static int no_passphrase(char *buf, int size, int rwflag, void *u)
     return -1;
 }
 
+/* Takes the leaf out of certs: the first certificate the key belongs to,
+ * or the first one (which the key check then refuses). */
+static X509 *take_leaf(STACK_OF(X509) *certs, EVP_PKEY *key)
+{
+    int n = sk_X509_num(certs);
+    for (int i = 0; key != NULL && i < n; i++)
+        if (mdm_key_matches_cert(key, sk_X509_value(certs, i)))
+            return sk_X509_delete(certs, i);
+    return n > 0 ? sk_X509_shift(certs) : NULL;
+}
+
 int mdm_pushcert_from_pem(const void *pem, size_t len, const char *source,
                           mdm_pushcert_t **out, mdm_err_t *err)
 {
@@ -206,10 +217,7 @@ int mdm_pushcert_from_pem(const void *pem, size_t len, const char *source,
                 rc = mdm_err_set_ssl(err, MDM_EPARSE, "a CERTIFICATE block does not parse");
                 goto out;
             }
-            if (leaf == NULL)
-                leaf = x;
-            else
-                sk_X509_push(chain, x);
+            sk_X509_push(chain, x);
         } else if (strcmp(label, "ENCRYPTED PRIVATE KEY") == 0) {
             BIO_free(bio);
             rc = mdm_err_set(err, MDM_EINVAL,
@@ -230,6 +238,7 @@ int mdm_pushcert_from_pem(const void *pem, size_t len, const char *source,
         BIO_free(bio);
         p = be;
     }
+    leaf = take_leaf(chain, key);
     ERR_clear_error();
     if (leaf == NULL) {
         rc = mdm_err_set(err, MDM_EINVAL,
