@@ -817,16 +817,18 @@ static const char *topic_labels(char *buf, const char *topic)
     return mdm_metric_label(buf, TOPIC_LABELS_MAX, "topic", topic);
 }
 
-static void block_topic(apns_t *a, push_t *p)
+/* Stops pushes for p's topic: APNs refused the certificate p went out
+ * with, for reason. false when that certificate has been replaced
+ * meanwhile: the new one is not judged by this answer. */
+static bool block_topic(apns_t *a, push_t *p, const char *reason)
 {
     mdm_pushcert_t *pc = mdm_pushcerts_find(&a->certs, p->topic);
     if (pc == NULL || strcmp(pc->sha256, p->cert_sha) != 0)
-        return; /* replaced meanwhile: the new one is not judged by this answer */
+        return false;
     if (!pc->blocked) {
         pc->blocked = true;
         pc->blocked_ms = mdm_now_ms();
-        snprintf(pc->blocked_reason, sizeof(pc->blocked_reason), "%s",
-                 p->reason[0] ? p->reason : "403");
+        snprintf(pc->blocked_reason, sizeof(pc->blocked_reason), "%s", reason);
         char labels[TOPIC_LABELS_MAX], tq[MDM_TOPIC_LOGQ_MAX];
         topic_labels(labels, pc->topic);
         mdm_metric_add(mdm_metric(MDM_METRIC_COUNTER, "moonmdm_apns_certificate_rejected_total",
@@ -840,6 +842,28 @@ static void block_topic(apns_t *a, push_t *p)
                 "push certificate is installed (PUT /v1/pushcert)\"",
                 mdm_logq(tq, sizeof(tq), pc->topic), pc->blocked_reason, pc->sha256);
     }
+    return true;
+}
+
+/* APNs refused the push certificate p went out with (what: the answer, for
+ * people): the topic is blocked, or, when that certificate has been
+ * replaced since, p is tried again with the new one. */
+static void certificate_refused(apns_t *a, push_t *p, const char *reason, const char *what)
+{
+    if (!block_topic(a, p, reason)) {
+        char why[300];
+        snprintf(why, sizeof(why),
+                 "APNs refused the push certificate the request went out with (%s), which has "
+                 "been replaced since",
+                 what);
+        retry_or_fail(a, p, why);
+        return;
+    }
+    set_error(p, MDM_PUSH_ERROR,
+              "APNs refused the push certificate of topic %s (%s); pushes stay off until a new "
+              "certificate is installed (PUT /v1/pushcert)",
+              p->topic, what);
+    finish(a, p);
 }
 
 /* Handles one finished transfer. */
@@ -892,12 +916,9 @@ static void on_done(apns_t *a, CURL *e, CURLcode res)
         p->mark_invalid = true;
         finish(a, p);
     } else if (code == 403) {
-        block_topic(a, p);
-        set_error(p, MDM_PUSH_ERROR,
-                  "APNs refused the push certificate of topic %s (403 %s); pushes stay off "
-                  "until a new certificate is installed (PUT /v1/pushcert)",
-                  p->topic, p->reason[0] ? p->reason : "-");
-        finish(a, p);
+        char what[80];
+        snprintf(what, sizeof(what), "403 %s", p->reason[0] ? p->reason : "-");
+        certificate_refused(a, p, p->reason[0] ? p->reason : "403", what);
     } else if (code == 429 || code >= 500) {
         char what[120];
         snprintf(what, sizeof(what), "APNs answered %ld %s", code,

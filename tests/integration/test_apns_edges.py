@@ -266,3 +266,29 @@ def test_max_in_flight_has_an_upper_bound(datadir, env):
     assert p.returncode != 0, (p.stdout, p.stderr)
     assert "apns.max_in_flight" in p.stderr + p.stdout and "at most" in p.stderr + p.stdout, \
         (p.stdout, p.stderr)
+
+
+def test_403_for_a_certificate_replaced_meanwhile(server, api, env):
+    """APNs answers 403 to a request sent with a certificate that a new one
+    replaced while the request was out: the topic is not blocked, and the
+    push is tried again with the new certificate instead of telling the
+    caller that pushes stay off."""
+    upload(api, env.cert, env.key)
+    d = enrolled(server)
+    env.standin.respond(status=403, reason="BadCertificate", fingerprint=fingerprint(env.cert),
+                        delay=1.5)
+    first = {}
+    t = threading.Thread(target=lambda: first.update(push(api, d)))
+    t.start()
+    deadline = time.monotonic() + 10
+    while not env.standin.requests(tok(d)):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    cert2, key2 = env.push_cert()
+    st, r = upload(api, cert2, key2)
+    assert st == 200 and r["replaced"] is True, r
+    t.join(30)
+    assert "stay off" not in first.get("error", ""), first
+    assert first["status"] == "pushed", first
+    assert env.standin.requests()[-1]["cert_sha256"] == fingerprint(cert2)
+    assert metric(server, "moonmdm_apns_topic_blocked", 'topic="%s"' % TOPIC) == 0
