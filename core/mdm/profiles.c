@@ -10,6 +10,7 @@
 
 #include "api/api.h"
 #include "api/apikeys.h"
+#include "config.h"
 #include "crypto/cms.h"
 #include "crypto/keys.h"
 #include "util/alloc.h"
@@ -448,51 +449,132 @@ static int dir_put_fn(mdm_txn_t *txn, void *arg)
     return mdm_profile_put(txn, &c->meta, c->xml.data, c->xml.len);
 }
 
+/* Reads a profiles.dir file whole: one over the limit is refused rather
+ * than read cut short. */
+static int read_profile_file(const char *path, mdm_buf_t *raw, mdm_err_t *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return mdm_err_set(err, MDM_ECONFIG, "profiles.dir: %s: cannot read", path);
+    char chunk[8192];
+    size_t got;
+    while (raw->len <= MAX_PROFILE_BYTES && (got = fread(chunk, 1, sizeof(chunk), f)) > 0)
+        mdm_buf_append(raw, chunk, got);
+    bool failed = ferror(f) != 0;
+    fclose(f);
+    if (failed)
+        return mdm_err_set(err, MDM_ECONFIG, "profiles.dir: %s: cannot read", path);
+    if (raw->len > MAX_PROFILE_BYTES)
+        return mdm_err_set(err, MDM_ECONFIG,
+                           "profiles.dir: %s: too large (a profile is at most 8 MiB)", path);
+    return 0;
+}
+
+/* Validates and stores one profiles.dir file. */
+static int load_file(mdm_server_t *s, const char *path, mdm_profile_meta_t *meta,
+                     mdm_err_t *err)
+{
+    mdm_buf_t raw = MDM_BUF_INIT;
+    struct dir_ctx c;
+    memset(&c, 0, sizeof(c));
+    mdm_err_t verr = {0};
+    int rc = read_profile_file(path, &raw, err);
+    if (rc == 0 && mdm_profile_validate(raw.data, raw.len, NULL, &c.xml, &c.meta, &verr) != 0)
+        rc = mdm_err_set(err, MDM_ECONFIG, "profiles.dir: %s: %s", path, verr.msg);
+    if (rc == 0) {
+        c.meta.uploaded_ms = mdm_now_ms();
+        snprintf(c.meta.source, sizeof(c.meta.source), "dir");
+        rc = mdm_store_update(s->store, dir_put_fn, &c);
+        if (rc != 0)
+            mdm_err_set(err, rc, "profiles.dir: %s: store: %s", path, mdm_strerror(rc));
+    }
+    *meta = c.meta;
+    mdm_buf_free(&c.xml);
+    mdm_buf_free(&raw);
+    return rc;
+}
+
+struct prune_ctx {
+    const mdm_strlist_t *loaded; /* identifiers of the files in profiles.dir */
+    mdm_strlist_t gone;          /* stored from profiles.dir, no file now */
+};
+
+static int prune_cb(const mdm_profile_meta_t *m, void *arg)
+{
+    struct prune_ctx *c = arg;
+    if (strcmp(m->source, "dir") != 0)
+        return 0;
+    for (size_t i = 0; i < c->loaded->n; i++)
+        if (strcmp(c->loaded->v[i], m->identifier) == 0)
+            return 0;
+    c->gone.v = mdm_realloc(c->gone.v, (c->gone.n + 1) * sizeof(*c->gone.v));
+    c->gone.v[c->gone.n++] = mdm_strdup(m->identifier);
+    return 0;
+}
+
+static int prune_fn(mdm_txn_t *txn, void *arg)
+{
+    struct prune_ctx *c = arg;
+    int rc = mdm_profile_list(txn, prune_cb, c);
+    for (size_t i = 0; rc == 0 && i < c->gone.n; i++)
+        rc = mdm_profile_delete(txn, c->gone.v[i]);
+    return rc;
+}
+
+/* Deletes the profiles loaded from profiles.dir earlier whose file is no
+ * longer there (profiles uploaded through the API stay). */
+static int prune_dir_profiles(mdm_server_t *s, const char *dir, const mdm_strlist_t *loaded,
+                              mdm_err_t *err)
+{
+    struct prune_ctx c = {.loaded = loaded};
+    int rc = mdm_store_update(s->store, prune_fn, &c);
+    for (size_t i = 0; i < c.gone.n; i++) {
+        char q[300], dq[600];
+        if (rc == 0)
+            mdm_log(MDM_LOG_INFO, NULL, "profiles.removed",
+                    "identifier=%s dir=%s reason=\"no file in profiles.dir holds it any more\"",
+                    mdm_logq(q, sizeof(q), c.gone.v[i]), mdm_logq(dq, sizeof(dq), dir));
+        mdm_free(c.gone.v[i]);
+    }
+    mdm_free(c.gone.v);
+    if (rc != 0)
+        return mdm_err_set(err, rc, "profiles.dir: store: %s", mdm_strerror(rc));
+    return 0;
+}
+
 static int load_dir(mdm_server_t *s, const char *dir, mdm_err_t *err)
 {
     DIR *d = opendir(dir);
     if (d == NULL)
         return mdm_err_set(err, MDM_ECONFIG, "profiles.dir %s: cannot open the directory", dir);
     struct dirent *e;
-    int rc = 0, loaded = 0;
+    int rc = 0;
+    mdm_strlist_t loaded = {0};
     while (rc == 0 && (e = readdir(d)) != NULL) {
         size_t n = strlen(e->d_name);
         if (n <= 13 || strcasecmp(e->d_name + n - 13, ".mobileconfig") != 0)
             continue;
         char *path = mdm_sprintf("%s/%s", dir, e->d_name);
-        FILE *f = fopen(path, "rb");
-        mdm_buf_t raw = MDM_BUF_INIT;
-        if (f != NULL) {
-            char chunk[8192];
-            size_t got;
-            while ((got = fread(chunk, 1, sizeof(chunk), f)) > 0 && raw.len < MAX_PROFILE_BYTES)
-                mdm_buf_append(&raw, chunk, got);
-            fclose(f);
+        mdm_profile_meta_t meta;
+        rc = load_file(s, path, &meta, err);
+        if (rc == 0) {
+            loaded.v = mdm_realloc(loaded.v, (loaded.n + 1) * sizeof(*loaded.v));
+            loaded.v[loaded.n++] = mdm_strdup(meta.identifier);
         }
-        struct dir_ctx c;
-        memset(&c, 0, sizeof(c));
-        mdm_err_t verr = {0};
-        if (f == NULL || mdm_profile_validate(raw.data, raw.len, NULL, &c.xml, &c.meta, &verr) != 0) {
-            rc = mdm_err_set(err, MDM_ECONFIG, "profiles.dir: %s: %s", path,
-                             f == NULL ? "cannot read" : verr.msg);
-        } else {
-            c.meta.uploaded_ms = mdm_now_ms();
-            snprintf(c.meta.source, sizeof(c.meta.source), "dir");
-            rc = mdm_store_update(s->store, dir_put_fn, &c);
-            if (rc == 0)
-                rc = mdm_store_flush(s->store);
-            if (rc != 0)
-                mdm_err_set(err, rc, "profiles.dir: %s: store: %s", path, mdm_strerror(rc));
-            else
-                loaded++;
-        }
-        mdm_buf_free(&c.xml);
-        mdm_buf_free(&raw);
         mdm_free(path);
     }
     closedir(d);
     if (rc == 0)
-        mdm_log(MDM_LOG_INFO, NULL, "profiles.loaded", "dir=%s count=%d", dir, loaded);
+        rc = prune_dir_profiles(s, dir, &loaded, err);
+    if (rc == 0 && (rc = mdm_store_flush(s->store)) != 0)
+        mdm_err_set(err, rc, "profiles.dir: store: %s", mdm_strerror(rc));
+    char dq[600];
+    if (rc == 0)
+        mdm_log(MDM_LOG_INFO, NULL, "profiles.loaded", "dir=%s count=%zu",
+                mdm_logq(dq, sizeof(dq), dir), loaded.n);
+    for (size_t i = 0; i < loaded.n; i++)
+        mdm_free(loaded.v[i]);
+    mdm_free(loaded.v);
     return rc;
 }
 

@@ -81,6 +81,52 @@ def test_profiles_dir_loads_mobileconfig_files(tmpdir_path, datadir):
         assert srv.stop() == 0
 
 
+def test_profile_removed_from_profiles_dir_leaves_the_store(tmpdir_path, datadir):
+    """A file taken out of profiles.dir: at the next start its profile is
+    deleted (it was loaded from there), and a profile uploaded through the
+    API stays."""
+    pdir = os.path.join(tmpdir_path, "profiles")
+    os.makedirs(pdir)
+    for name in ("keep", "gone"):
+        with open(os.path.join(pdir, name + ".mobileconfig"), "wb") as f:
+            f.write(profile("com.example." + name))
+    datadir.write_config('  profiles = { dir = "%s" },' % pdir)
+    srv = Server(datadir)
+    try:
+        assert put_profile(Api(srv), "com.example.api", profile("com.example.api"))[0] == 201
+    finally:
+        assert srv.stop() == 0
+    os.unlink(os.path.join(pdir, "gone.mobileconfig"))
+    srv = Server(datadir)
+    try:
+        st, r = Api(srv).call("GET", "/v1/profiles")
+        assert st == 200
+        ids = sorted(p["identifier"] for p in r["profiles"])
+        assert ids == ["com.example.api", "com.example.keep"], ids
+        srv.wait_log(r"event=profiles.removed .*identifier=com.example.gone")
+    finally:
+        assert srv.stop() == 0
+
+
+def test_too_large_file_in_profiles_dir_says_too_large(tmpdir_path, datadir):
+    pdir = os.path.join(tmpdir_path, "profiles")
+    os.makedirs(pdir)
+    d = profile_dict("com.example.big")
+    d["PayloadDescription"] = "x" * (9 << 20)
+    with open(os.path.join(pdir, "big.mobileconfig"), "wb") as f:
+        f.write(plistlib.dumps(d))
+    datadir.write_config('  profiles = { dir = "%s" },' % pdir)
+    try:
+        srv = Server(datadir)
+    except AssertionError as e:
+        log = str(e)
+    else:
+        rc = srv.proc.wait(30)
+        log = srv.log()
+        assert rc != 0 and "event=server.start_failed" in log, (rc, log[-2000:])
+    assert "big.mobileconfig" in log and "too large" in log and "8 MiB" in log, log[-2000:]
+
+
 # ---- upload validation (Apple's TopLevel / CommonPayloadKeys) -------------
 
 def _upload_status(srv, d):
