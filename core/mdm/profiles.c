@@ -29,6 +29,142 @@ static void sha256_hex(const void *p, size_t n, char out[65])
     mdm_hex_encode(out, md, 32);
 }
 
+/* A key whose type Apple's schema gives (mdm/profiles/TopLevel.yaml and
+ * CommonPayloadKeys.yaml). */
+typedef struct key_rule {
+    const char *key;
+    plist_type type;
+    bool required; /* present, and for a string not empty */
+} key_rule_t;
+
+static const key_rule_t top_rules[] = {
+    {"PayloadIdentifier", PLIST_STRING, true},
+    {"PayloadUUID", PLIST_STRING, true},
+    {"PayloadType", PLIST_STRING, true},
+    {"PayloadVersion", PLIST_UINT, true},
+    {"IsEncrypted", PLIST_BOOLEAN, false},
+    {"PayloadDescription", PLIST_STRING, false},
+    {"PayloadDisplayName", PLIST_STRING, false},
+    {"HasRemovalPasscode", PLIST_BOOLEAN, false},
+    {"PayloadOrganization", PLIST_STRING, false},
+    {"PayloadRemovalDisallowed", PLIST_BOOLEAN, false},
+    {"PayloadScope", PLIST_STRING, false},
+    {"RemovalDate", PLIST_DATE, false},
+    {"DurationUntilRemoval", PLIST_REAL, false},
+    {"PayloadExpirationDate", PLIST_DATE, false},
+    {"TargetDeviceType", PLIST_UINT, false},
+    {"ConsentText", PLIST_DICT, false},
+};
+
+static const key_rule_t payload_rules[] = {
+    {"PayloadIdentifier", PLIST_STRING, true},
+    {"PayloadUUID", PLIST_STRING, true},
+    {"PayloadType", PLIST_STRING, true},
+    {"PayloadVersion", PLIST_UINT, true},
+    {"PayloadDescription", PLIST_STRING, false},
+    {"PayloadDisplayName", PLIST_STRING, false},
+    {"PayloadOrganization", PLIST_STRING, false},
+};
+
+static const char *type_name(plist_type t)
+{
+    static const char *const names[] = {
+        [PLIST_BOOLEAN] = "a boolean", [PLIST_UINT] = "an integer", [PLIST_REAL] = "a number",
+        [PLIST_STRING] = "a string",   [PLIST_ARRAY] = "an array",  [PLIST_DICT] = "a dictionary",
+        [PLIST_DATE] = "a date",       [PLIST_DATA] = "data",
+    };
+    if ((size_t)t < sizeof(names) / sizeof(names[0]) && names[t] != NULL)
+        return names[t];
+    return "another type";
+}
+
+/* Checks the keys of dict that rules name; where prefixes the key in
+ * the message (e.g. "PayloadContent[2]."). */
+static int check_keys(plist_t dict, const key_rule_t *rules, size_t n, const char *where,
+                      mdm_err_t *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        const key_rule_t *r = &rules[i];
+        plist_t v = plist_dict_get_item(dict, r->key);
+        if (v == NULL) {
+            if (r->required)
+                return mdm_err_set(err, MDM_EINVAL, "%s%s: missing", where, r->key);
+            continue;
+        }
+        plist_type t = plist_get_node_type(v);
+        /* A whole number is a fine <real>. */
+        bool ok = t == r->type || (r->type == PLIST_REAL && t == PLIST_UINT);
+        if (!ok)
+            return mdm_err_set(err, MDM_EINVAL, "%s%s: must be %s (got %s)", where, r->key,
+                               type_name(r->type), type_name(t));
+        if (r->required && t == PLIST_STRING && plist_get_string_ptr(v, NULL)[0] == '\0')
+            return mdm_err_set(err, MDM_EINVAL, "%s%s: must not be empty", where, r->key);
+    }
+    return 0;
+}
+
+#define NRULES(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Checks each payload of PayloadContent: its common keys, and that no
+ * PayloadUUID is used twice (a device refuses duplicates). */
+static int check_payloads(plist_t content, const char *top_uuid, mdm_err_t *err)
+{
+    uint32_t n = plist_array_get_size(content);
+    for (uint32_t i = 0; i < n; i++) {
+        plist_t item = plist_array_get_item(content, i);
+        char where[32];
+        snprintf(where, sizeof(where), "PayloadContent[%u].", i);
+        if (plist_get_node_type(item) != PLIST_DICT)
+            return mdm_err_set(err, MDM_EINVAL, "PayloadContent[%u]: must be a dictionary (got "
+                               "%s)", i, type_name(plist_get_node_type(item)));
+        int rc = check_keys(item, payload_rules, NRULES(payload_rules), where, err);
+        if (rc != 0)
+            return rc;
+        const char *iu = mdm_pl_str(item, "PayloadUUID");
+        bool dup = strcmp(iu, top_uuid) == 0;
+        for (uint32_t j = 0; j < i && !dup; j++) {
+            const char *ou = mdm_pl_str(plist_array_get_item(content, j), "PayloadUUID");
+            dup = ou != NULL && strcmp(ou, iu) == 0;
+        }
+        if (dup)
+            return mdm_err_set(err, MDM_EINVAL,
+                               "PayloadContent[%u]: PayloadUUID %.64s is used twice", i, iu);
+    }
+    return 0;
+}
+
+/* Checks the top level of a profile (a dictionary). */
+static int check_profile(plist_t p, const char *expect_identifier, mdm_err_t *err)
+{
+    int rc = check_keys(p, top_rules, NRULES(top_rules), "", err);
+    if (rc != 0)
+        return rc;
+    const char *id = mdm_pl_str(p, "PayloadIdentifier");
+    const char *type = mdm_pl_str(p, "PayloadType");
+    if (strlen(id) > MDM_PROFILE_ID_MAX)
+        return mdm_err_set(err, MDM_EINVAL, "PayloadIdentifier: longer than %d bytes",
+                           MDM_PROFILE_ID_MAX);
+    if (strcmp(type, "Configuration") != 0)
+        return mdm_err_set(err, MDM_EINVAL, "PayloadType: must be \"Configuration\" (got \"%.64s\")",
+                           type);
+    plist_t content = plist_dict_get_item(p, "PayloadContent");
+    if (plist_dict_get_item(p, "EncryptedPayloadContent") != NULL ||
+        mdm_pl_bool(p, "IsEncrypted", false))
+        return mdm_err_set(err, MDM_EINVAL, "PayloadContent: upload the profile unencrypted; the "
+                           "server encrypts it per device");
+    if (content == NULL || plist_get_node_type(content) != PLIST_ARRAY)
+        return mdm_err_set(err, MDM_EINVAL, "PayloadContent: missing or not an array");
+    rc = check_payloads(content, mdm_pl_str(p, "PayloadUUID"), err);
+    if (rc != 0)
+        return rc;
+    if (expect_identifier != NULL && strcmp(expect_identifier, id) != 0)
+        return mdm_err_set(err, MDM_EINVAL,
+                           "PayloadIdentifier \"%s\" does not match the identifier in the URL "
+                           "\"%s\"",
+                           id, expect_identifier);
+    return 0;
+}
+
 int mdm_profile_validate(const void *data, size_t len, const char *expect_identifier,
                          mdm_buf_t *xml_out, mdm_profile_meta_t *meta, mdm_err_t *err)
 {
@@ -59,73 +195,11 @@ int mdm_profile_validate(const void *data, size_t len, const char *expect_identi
         rc = mdm_err_set(err, MDM_EINVAL, "the top level of a profile must be a dictionary");
         goto out;
     }
-    const char *id = mdm_pl_str(p, "PayloadIdentifier");
-    const char *uuid = mdm_pl_str(p, "PayloadUUID");
-    const char *type = mdm_pl_str(p, "PayloadType");
-    plist_t content_arr = plist_dict_get_item(p, "PayloadContent");
-    if (id == NULL || id[0] == '\0' || strlen(id) > MDM_PROFILE_ID_MAX) {
-        rc = mdm_err_set(err, MDM_EINVAL, "PayloadIdentifier: missing, empty or too long");
+    rc = check_profile(p, expect_identifier, err);
+    if (rc != 0)
         goto out;
-    }
-    if (uuid == NULL || uuid[0] == '\0') {
-        rc = mdm_err_set(err, MDM_EINVAL, "PayloadUUID: missing");
-        goto out;
-    }
-    plist_t ver = plist_dict_get_item(p, "PayloadVersion");
-    if (ver == NULL || plist_get_node_type(ver) != PLIST_UINT) {
-        rc = mdm_err_set(err, MDM_EINVAL, "PayloadVersion: missing or not an integer");
-        goto out;
-    }
-    if (type == NULL || strcmp(type, "Configuration") != 0) {
-        rc = mdm_err_set(err, MDM_EINVAL, "PayloadType: must be \"Configuration\" (got %s%s%s)",
-                         type ? "\"" : "", type ? type : "none", type ? "\"" : "");
-        goto out;
-    }
-    if (content_arr == NULL || plist_get_node_type(content_arr) != PLIST_ARRAY) {
-        rc = mdm_err_set(err, MDM_EINVAL,
-                         plist_dict_get_item(p, "EncryptedPayloadContent")
-                             ? "PayloadContent: upload the profile unencrypted; the server "
-                               "encrypts it per device"
-                             : "PayloadContent: missing or not an array");
-        goto out;
-    }
-    uint32_t n = plist_array_get_size(content_arr);
-    for (uint32_t i = 0; i < n; i++) {
-        plist_t item = plist_array_get_item(content_arr, i);
-        plist_t iv = plist_get_node_type(item) == PLIST_DICT
-                         ? plist_dict_get_item(item, "PayloadVersion")
-                         : NULL;
-        const char *iu = mdm_pl_str(item, "PayloadUUID");
-        if (plist_get_node_type(item) != PLIST_DICT || mdm_pl_str(item, "PayloadType") == NULL ||
-            mdm_pl_str(item, "PayloadIdentifier") == NULL || iu == NULL || iu[0] == '\0' ||
-            iv == NULL || plist_get_node_type(iv) != PLIST_UINT) {
-            rc = mdm_err_set(err, MDM_EINVAL,
-                             "PayloadContent[%u]: every payload needs PayloadType, "
-                             "PayloadIdentifier, PayloadUUID and PayloadVersion (an integer)",
-                             i);
-            goto out;
-        }
-        /* PayloadUUIDs are unique within the profile (a device refuses
-         * duplicates). */
-        bool dup = strcmp(iu, uuid) == 0;
-        for (uint32_t j = 0; j < i && !dup; j++) {
-            const char *ou = mdm_pl_str(plist_array_get_item(content_arr, j), "PayloadUUID");
-            dup = ou != NULL && strcmp(ou, iu) == 0;
-        }
-        if (dup) {
-            rc = mdm_err_set(err, MDM_EINVAL, "PayloadContent[%u]: PayloadUUID %.64s is used twice",
-                             i, iu);
-            goto out;
-        }
-    }
-    if (expect_identifier != NULL && strcmp(expect_identifier, id) != 0) {
-        rc = mdm_err_set(err, MDM_EINVAL,
-                         "PayloadIdentifier \"%s\" does not match the identifier in the URL \"%s\"",
-                         id, expect_identifier);
-        goto out;
-    }
-    snprintf(meta->identifier, sizeof(meta->identifier), "%s", id);
-    snprintf(meta->uuid, sizeof(meta->uuid), "%s", uuid);
+    snprintf(meta->identifier, sizeof(meta->identifier), "%s", mdm_pl_str(p, "PayloadIdentifier"));
+    snprintf(meta->uuid, sizeof(meta->uuid), "%s", mdm_pl_str(p, "PayloadUUID"));
     const char *dn = mdm_pl_str(p, "PayloadDisplayName");
     snprintf(meta->display_name, sizeof(meta->display_name), "%s", dn ? dn : "");
     mdm_plist_to_xml_buf(p, xml_out);

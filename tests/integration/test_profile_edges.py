@@ -164,6 +164,51 @@ def test_upload_with_duplicate_payload_uuid_is_refused(server):
     assert st == 400, (st, r)
 
 
+def _set(d, path, value):
+    """Sets d[path] where path is "Key" or "0.Key" (a payload in PayloadContent)."""
+    if "." in path:
+        i, key = path.split(".", 1)
+        d["PayloadContent"][int(i)][key] = value
+    else:
+        d[path] = value
+
+
+def test_upload_with_wrong_key_types_is_refused_naming_the_key(server):
+    """TopLevel.yaml / CommonPayloadKeys.yaml: the types of the top-level
+    and common payload keys, and non-empty PayloadType/PayloadIdentifier."""
+    bad = {
+        "PayloadDisplayName": 5,
+        "PayloadDescription": ["x"],
+        "PayloadOrganization": True,
+        "PayloadRemovalDisallowed": "yes",
+        "PayloadScope": 1,
+        "ConsentText": "read me",
+        "0.PayloadType": "",
+        "0.PayloadIdentifier": "",
+        "0.PayloadDisplayName": 1.5,
+        "0.PayloadDescription": {"a": 1},
+        "0.PayloadOrganization": 7,
+    }
+    for path, value in bad.items():
+        d = profile_dict("com.example.types")
+        _set(d, path, value)
+        st, r = _upload_status(server, d)
+        key = path.split(".")[-1]
+        assert st == 400, (path, st, r)
+        msg = r["error"]["message"] if isinstance(r.get("error"), dict) else str(r)
+        assert key in msg, (path, msg)
+        if path.startswith("0."):
+            assert "PayloadContent[0]" in msg, (path, msg)
+    # The same keys with the right types are accepted.
+    d = profile_dict("com.example.types")
+    for path, value in {"PayloadDescription": "d", "PayloadOrganization": "o",
+                        "PayloadRemovalDisallowed": False, "PayloadScope": "System",
+                        "0.PayloadDisplayName": "w", "0.PayloadOrganization": "o"}.items():
+        _set(d, path, value)
+    st, r = _upload_status(server, d)
+    assert st == 201, r
+
+
 # ---- reconciliation ---------------------------------------------------------
 
 def test_reenrolled_device_gets_its_profiles_again(tmpdir_path, datadir):
