@@ -24,6 +24,7 @@
 #include <openssl/ssl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -463,13 +464,73 @@ static int timer_cb(CURLM *m, long timeout_ms, void *userp)
     return 0;
 }
 
+/* The TLS alerts by which a peer refuses the client certificate. */
+static const struct {
+    int alert;
+    const char *name;
+} cert_alerts[] = {
+    {SSL_AD_BAD_CERTIFICATE, "bad_certificate"},
+    {SSL_AD_UNSUPPORTED_CERTIFICATE, "unsupported_certificate"},
+    {SSL_AD_CERTIFICATE_REVOKED, "certificate_revoked"},
+    {SSL_AD_CERTIFICATE_EXPIRED, "certificate_expired"},
+    {SSL_AD_CERTIFICATE_UNKNOWN, "certificate_unknown"},
+    {SSL_AD_UNKNOWN_CA, "unknown_ca"},
+    {SSL_AD_ACCESS_DENIED, "access_denied"},
+    {SSL_AD_CERTIFICATE_REQUIRED, "certificate_required"},
+};
+
+static const char *cert_alert_name(int alert);
+
+/* What the alert callback of a TLS context needs: curl makes one context
+ * per connection, and a connection uses one push certificate. Freed with
+ * the context. */
+typedef struct tls_note {
+    apns_t *a;
+    char cert_sha[65];
+} tls_note_t;
+
+static int tls_note_index = -1;
+
+static void tls_note_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                          void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    mdm_free(ptr);
+}
+
+/* Notes a fatal alert from APNs that refuses the client certificate on
+ * the certificate: with TLS 1.3 it comes after the handshake, and curl
+ * reports it only as a failed read or write. */
+static void tls_info_cb(const SSL *ssl, int where, int ret)
+{
+    if (!(where & SSL_CB_READ_ALERT) || (ret >> 8) != SSL3_AL_FATAL ||
+        cert_alert_name(ret & 0xff) == NULL)
+        return;
+    tls_note_t *n = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), tls_note_index);
+    for (size_t i = 0; n != NULL && i < n->a->certs.n; i++)
+        if (strcmp(n->a->certs.v[i]->sha256, n->cert_sha) == 0)
+            n->a->certs.v[i]->tls_alert = ret & 0xff;
+}
+
 static CURLcode ssl_ctx_cb(CURL *curl, void *sslctx, void *parm)
 {
-    (void)curl;
     apns_t *a = parm;
-    X509_STORE *st = SSL_CTX_get_cert_store((SSL_CTX *)sslctx);
+    SSL_CTX *ctx = sslctx;
+    X509_STORE *st = SSL_CTX_get_cert_store(ctx);
     for (int i = 0; a->extra_ca != NULL && i < sk_X509_num(a->extra_ca); i++)
         X509_STORE_add_cert(st, sk_X509_value(a->extra_ca, i));
+    char *priv = NULL;
+    curl_easy_getinfo(curl, CURLINFO_PRIVATE, &priv);
+    const push_t *p = (const push_t *)priv;
+    if (p != NULL && tls_note_index >= 0) {
+        tls_note_t *n = mdm_calloc(1, sizeof(*n));
+        n->a = a;
+        snprintf(n->cert_sha, sizeof(n->cert_sha), "%s", p->cert_sha);
+        if (SSL_CTX_set_ex_data(ctx, tls_note_index, n) == 1)
+            SSL_CTX_set_info_callback(ctx, tls_info_cb);
+        else
+            mdm_free(n);
+    }
     ERR_clear_error();
     return CURLE_OK;
 }
@@ -511,10 +572,8 @@ static easy_t *easy_get(apns_t *a)
     curl_easy_setopt(e, CURLOPT_SSLCERTTYPE, "PEM");
     curl_easy_setopt(e, CURLOPT_SSLKEYTYPE, "PEM");
     curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-    if (a->extra_ca != NULL) {
-        curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, ssl_ctx_cb);
-        curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, a);
-    }
+    curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, ssl_ctx_cb);
+    curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, a);
     long timeout = (long)a->cfg->apns_timeout_ms;
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
@@ -832,10 +891,10 @@ static bool block_topic(apns_t *a, push_t *p, const char *reason)
         char labels[TOPIC_LABELS_MAX], tq[MDM_TOPIC_LOGQ_MAX];
         topic_labels(labels, pc->topic);
         mdm_metric_add(mdm_metric(MDM_METRIC_COUNTER, "moonmdm_apns_certificate_rejected_total",
-                                  labels, "403 answers from APNs that stopped pushes for a topic"),
+                                  labels, "Refusals of a push certificate by APNs (403, TLS alert) that stopped pushes for a topic"),
                        1);
         mdm_metric_set(mdm_metric(MDM_METRIC_GAUGE, "moonmdm_apns_topic_blocked", labels,
-                                  "1 while pushes for the topic are stopped by a 403 from APNs"),
+                                  "1 while pushes for the topic are stopped: APNs refused its certificate"),
                        1);
         mdm_log(MDM_LOG_ERROR, NULL, "apns.certificate_rejected",
                 "topic=%s reason=%s sha256=%s action=\"pushes for this topic stop until a new "
@@ -866,6 +925,51 @@ static void certificate_refused(apns_t *a, push_t *p, const char *reason, const 
     finish(a, p);
 }
 
+static const char *cert_alert_name(int alert)
+{
+    for (size_t i = 0; i < sizeof(cert_alerts) / sizeof(cert_alerts[0]); i++)
+        if (cert_alerts[i].alert == alert)
+            return cert_alerts[i].name;
+    return NULL;
+}
+
+/* Whether a failed transfer means the push certificate cannot work: curl
+ * could not use it, or APNs refused it with a TLS alert (tls_info_cb noted
+ * it on the certificate p went out with). Sets reason ("tls:<alert>") and
+ * what (for people). */
+static bool tls_cert_refusal(apns_t *a, const push_t *p, CURLcode res, char *reason, size_t rn,
+                             char *what, size_t wn)
+{
+    if (res == CURLE_SSL_CERTPROBLEM) {
+        snprintf(reason, rn, "tls:local_certificate_problem");
+        snprintf(what, wn, "the TLS library cannot use the certificate or key: %s",
+                 curl_easy_strerror(res));
+        return true;
+    }
+    const mdm_pushcert_t *pc = mdm_pushcerts_find(&a->certs, p->topic);
+    if (pc == NULL || strcmp(pc->sha256, p->cert_sha) != 0 || pc->tls_alert == 0)
+        return false;
+    const char *name = cert_alert_name(pc->tls_alert);
+    snprintf(reason, rn, "tls:%s", name);
+    snprintf(what, wn, "TLS alert %s from APNs", name);
+    return true;
+}
+
+/* A transfer that got no answer: a refusal of the push certificate blocks
+ * the topic like a 403; anything else is retried. */
+static void transfer_failed(apns_t *a, push_t *p, CURLcode res)
+{
+    char reason[64], what[300];
+    p->http_status = 0;
+    mdm_buf_free(&p->resp);
+    if (tls_cert_refusal(a, p, res, reason, sizeof(reason), what, sizeof(what))) {
+        certificate_refused(a, p, reason, what);
+        return;
+    }
+    snprintf(what, sizeof(what), "cannot reach APNs: %s", curl_easy_strerror(res));
+    retry_or_fail(a, p, what);
+}
+
 /* Handles one finished transfer. */
 static void on_done(apns_t *a, CURL *e, CURLcode res)
 {
@@ -886,11 +990,7 @@ static void on_done(apns_t *a, CURL *e, CURLcode res)
     mdm_free(p->body);
     p->body = NULL;
     if (res != CURLE_OK) {
-        char what[300];
-        snprintf(what, sizeof(what), "cannot reach APNs: %s", curl_easy_strerror(res));
-        p->http_status = 0;
-        mdm_buf_free(&p->resp);
-        retry_or_fail(a, p, what);
+        transfer_failed(a, p, res);
         return;
     }
     p->http_status = (int)code;
@@ -1410,7 +1510,7 @@ static void cert_gauges(apns_t *a, mdm_pushcert_t *pc, int64_t now)
                               "1 when the push certificate of a topic expires within 30 days"),
                    left < EXPIRY_WARN_MS);
     mdm_metric_set(mdm_metric(MDM_METRIC_GAUGE, "moonmdm_apns_topic_blocked", labels,
-                              "1 while pushes for the topic are stopped by a 403 from APNs"),
+                              "1 while pushes for the topic are stopped: APNs refused its certificate"),
                    pc->blocked);
     if (left >= EXPIRY_WARN_MS || now - pc->expiry_warned_ms < EXPIRY_REPEAT_MS)
         return;
@@ -1614,6 +1714,8 @@ int mdm_apns_service_init(mdm_server_t *s, mdm_err_t *err)
 {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         return mdm_err_set(err, MDM_EIO, "curl_global_init failed");
+    if (tls_note_index < 0)
+        tls_note_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, tls_note_free);
     apns_t *a = mdm_calloc(1, sizeof(*a));
     a->s = s;
     a->cfg = s->cfg;

@@ -46,6 +46,7 @@ typedef struct mdm_pushcert {
     bool blocked;             /* APNs refused it (403): no pushes until replaced */
     char blocked_reason[64];
     int64_t blocked_ms;
+    int tls_alert;            /* a fatal TLS alert refusing it (SSL_AD_*), or 0 */
     int64_t expiry_warned_ms; /* last "expires soon" warning */
 } mdm_pushcert_t;
 

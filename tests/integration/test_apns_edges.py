@@ -292,3 +292,46 @@ def test_403_for_a_certificate_replaced_meanwhile(server, api, env):
     assert first["status"] == "pushed", first
     assert env.standin.requests()[-1]["cert_sha256"] == fingerprint(cert2)
     assert metric(server, "moonmdm_apns_topic_blocked", 'topic="%s"' % TOPIC) == 0
+
+
+# ---- TLS-level refusals of the push certificate ------------------------------------
+
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_tls_refusal_of_the_client_certificate_blocks_the_topic(datadir, env, tls):
+    """APNs refuses the client certificate in the TLS handshake (a fatal
+    alert such as unknown_ca): that is a push-certificate problem like a
+    403, not "cannot reach APNs". The topic is blocked at once, without
+    retries, and the log names the TLS alert."""
+    from apns_standin import TlsRefuser
+    import ssl
+    version = ssl.TLSVersion.TLSv1_2 if tls == "1.2" else ssl.TLSVersion.TLSv1_3
+    refuser = TlsRefuser(env.standin_cert, env.standin_key, client_ca=env.push_ca_path,
+                         tls_version=version).start()
+    try:
+        s = start(datadir, env, retry_max="3", url='"%s"' % refuser.url)
+        try:
+            api = Api(s)
+            other_ca, other_key = pki.make_ca("Not Apple")
+            import test_apns
+            cert, key = test_apns.make_push_cert(other_ca, other_key)
+            st, r = upload(api, cert, key)
+            assert st == 200, r
+            d = enrolled(s)
+            p = push(api, d)
+            assert p["status"] == "error", p
+            assert "cannot reach" not in p["error"] and "PUT /v1/pushcert" in p["error"], p
+            assert "unknown_ca" in p["error"], p
+            s.wait_log(r"level=error event=apns.certificate_rejected topic=\S+ "
+                       r"reason=tls:unknown_ca")
+            labels = 'topic="%s"' % TOPIC
+            assert metric(s, "moonmdm_apns_topic_blocked", labels) == 1
+            assert metric(s, "moonmdm_apns_retries_total") == 0
+            assert refuser.connections == 1, refuser.alerts
+            # Blocked: the next push sends nothing.
+            p = push(api, d)
+            assert p["status"] == "error" and "PUT /v1/pushcert" in p["error"], p
+            assert refuser.connections == 1
+        finally:
+            stop(s)
+    finally:
+        refuser.stop()

@@ -205,6 +205,36 @@ static void test_pem_leaf_is_the_certificate_of_the_key(void **state)
     EVP_PKEY_free(k);
 }
 
+/* Which failed transfers mean the push certificate cannot work: curl
+ * cannot use it, or APNs sent a TLS alert refusing it (noted on the
+ * certificate the request went out with); other failures are retried. */
+static void test_tls_refusals(void **state)
+{
+    (void)state;
+    mdm_pushcert_t pc = {.topic = TOPIC, .sha256 = "aa"};
+    mdm_pushcert_t *v[1] = {&pc};
+    apns_t a = {.certs = {.v = v, .n = 1}};
+    push_t p = {.topic = TOPIC, .cert_sha = "aa"};
+    char reason[64], what[300];
+    assert_true(tls_cert_refusal(&a, &p, CURLE_SSL_CERTPROBLEM, reason, sizeof(reason), what,
+                                 sizeof(what)));
+    assert_string_equal(reason, "tls:local_certificate_problem");
+    assert_false(tls_cert_refusal(&a, &p, CURLE_RECV_ERROR, reason, sizeof(reason), what,
+                                  sizeof(what)));
+    pc.tls_alert = SSL_AD_CERTIFICATE_REVOKED;
+    assert_true(tls_cert_refusal(&a, &p, CURLE_RECV_ERROR, reason, sizeof(reason), what,
+                                 sizeof(what)));
+    assert_string_equal(reason, "tls:certificate_revoked");
+    assert_non_null(strstr(what, "certificate_revoked"));
+    /* A request sent with a certificate replaced since is not judged. */
+    snprintf(p.cert_sha, sizeof(p.cert_sha), "bb");
+    assert_false(tls_cert_refusal(&a, &p, CURLE_RECV_ERROR, reason, sizeof(reason), what,
+                                  sizeof(what)));
+    /* Alerts that say nothing about the certificate are not noted. */
+    assert_null(cert_alert_name(SSL_AD_HANDSHAKE_FAILURE));
+    assert_string_equal(cert_alert_name(SSL_AD_UNKNOWN_CA), "unknown_ca");
+}
+
 static void expect_refused(const mdm_buf_t *b, int want, const char *words)
 {
     mdm_pushcert_t *pc = NULL;
@@ -870,6 +900,7 @@ int main(void)
         cmocka_unit_test(test_pem_in_any_order),
         cmocka_unit_test(test_pem_refusals),
         cmocka_unit_test(test_pem_leaf_is_the_certificate_of_the_key),
+        cmocka_unit_test(test_tls_refusals),
         cmocka_unit_test(test_validity),
         cmocka_unit_test(test_p12),
         cmocka_unit_test(test_store_roundtrip),
