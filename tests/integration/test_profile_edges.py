@@ -326,6 +326,45 @@ def test_failed_update_still_removes_the_installed_version(tmpdir_path, datadir)
         assert srv.stop() == 0
 
 
+def test_failed_removal_is_retried_at_later_reconciliations(tmpdir_path, datadir):
+    """RemoveProfile answered with Error: the profile is still on the
+    device. The entry stays and RemoveProfile is queued again at later
+    reconciliations, at most 3 times in all unless forced; a success or a
+    ProfileList without it ends it."""
+    srv, api, pdir = start(tmpdir_path, datadir, ["com.example.wifi"])
+    error = lambda c: ("Error", {"ErrorChain": [  # noqa: E731
+        {"ErrorCode": 4002, "ErrorDomain": "MCProfileErrorDomain",
+         "LocalizedDescription": "busy", "USEnglishDescription": "busy"}]})
+
+    def new_revision(n):
+        with open(os.path.join(pdir, "wanted.lua"), "w") as f:
+            f.write("-- revision %d\nreturn { profiles = { } }\n" % n)
+        st, r = api.call("POST", "/v1/policy/reload")
+        assert st == 200, r
+
+    try:
+        assert put_profile(api, "com.example.wifi", profile("com.example.wifi"))[0] == 201
+        dev = Device(srv)
+        dev.enroll()
+        assert types(dev.run()) == ["InstallProfile"]
+        for n in range(3):
+            new_revision(n)
+            got = dev.run(error)
+            assert types(got) == ["RemoveProfile"], (n, types(got))
+        st, show = api.call("GET", "/v1/devices/" + dev.udid)
+        srv.wait_log(r"event=reconcile.remove_failed .*identifier=com.example.wifi failures=3")
+        new_revision(3)
+        assert dev.run() == []               # given up until forced
+        st, r = api.call("POST", "/v1/devices/%s/reconcile" % dev.udid)
+        assert st == 202, r
+        got = dev.run()
+        assert types(got) == ["RemoveProfile"], types(got)
+        new_revision(4)
+        assert dev.run() == []               # removed: nothing left to do
+    finally:
+        assert srv.stop() == 0
+
+
 # ---- malformed uploads (run with MOONMDM_VALGRIND=1 for leaks) -------------
 
 def test_malformed_uploads_are_refused_cleanly(server):
