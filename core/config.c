@@ -282,9 +282,9 @@ static const opt_t options[] = {
      .min = 1, .max = 65536,
      .doc = "Pushes sent and not yet answered, at most (1 to 65536); more wait in a queue."},
     {.key = "apns.connections", .type = OPT_INT, FIELD(apns_connections), .def = "8", .min = 1,
-     .doc = "HTTP/2 connections to APNs per push certificate; each carries up to "
-            "apns.max_in_flight / apns.connections requests at once (keep that near 32: "
-            "docs/APNS.md)."},
+     .doc = "HTTP/2 connections to APNs per push certificate, as a total shared by all "
+            "topics (docs/APNS.md); each carries up to apns.max_in_flight / apns.connections "
+            "requests at once (keep that near 32)."},
     {.key = "apns.coalesce_window", .type = OPT_DURATION, FIELD(apns_coalesce_window_ms),
      .def = "1s",
      .doc = "A push to an enrollment that APNs accepted this recently, and that the device has "

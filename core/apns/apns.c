@@ -1537,8 +1537,11 @@ static void certs_changed(apns_t *a)
     size_t n = a->certs.n ? a->certs.n : 1;
     long per = (long)a->cfg->apns_connections;
     /* curl counts connections per host, whatever the client certificate:
-     * apns.connections for each topic. When a certificate is replaced, new
-     * requests wait for its old connection to drain, then replace it. */
+     * apns.connections for each topic, as one total that all topics share.
+     * max_in_flight keeps one topic to about apns.connections of them while
+     * APNs allows the streams per connection we ask for. When a certificate
+     * is replaced, new requests wait for its old connection to drain, then
+     * replace it. */
     curl_multi_setopt(a->multi, CURLMOPT_MAX_HOST_CONNECTIONS, per * (long)n);
     curl_multi_setopt(a->multi, CURLMOPT_MAXCONNECTS, per * (long)n + 1);
     int64_t now = mdm_now_ms();
