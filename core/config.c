@@ -69,6 +69,7 @@ typedef struct opt {
     const char *const *allowed;  /* OPT_ENUM: the accepted values, NULL-terminated */
     unsigned flags;
     uint64_t min;                /* integer types: the smallest accepted value */
+    uint64_t max;                /* integer types: the largest accepted value (0: the type's) */
     const char *doc;
 } opt_t;
 
@@ -248,11 +249,15 @@ static const opt_t options[] = {
      .doc = "Put the CA certificate in the enrollment profile (a CA devices do not trust yet)."},
 
     {.key = "profiles.dir", .type = OPT_STRING, FIELD(profiles_dir), .flags = F_PATH,
-     .doc = "Directory of .mobileconfig files loaded into the store at start."},
+     .doc = "Directory of .mobileconfig files loaded into the store at start (at most 8 MiB "
+            "each; a bad file stops the start). A profile loaded from it earlier whose file is "
+            "gone is deleted from the store (log profiles.removed)."},
     {.key = "profiles.sign", .type = OPT_BOOL, FIELD(profiles_sign), .def = "true",
      .doc = "Sign profiles sent to devices with the server certificate."},
     {.key = "profiles.encrypt", .type = OPT_BOOL, FIELD(profiles_encrypt), .def = "true",
-     .doc = "Encrypt profiles to the device's identity certificate."},
+     .doc = "Encrypt profiles to the device's identity certificate (RSA key transport, or "
+            "ECDH for an EC key); a profile that cannot be encrypted to the device is not sent "
+            "(error reconcile.render_failed), never sent in the clear."},
 
     {.key = "apns.url", .type = OPT_STRING, FIELD(apns_url), .def = "production",
      .doc = "APNs: \"production\" (https://api.push.apple.com), \"sandbox\" "
@@ -274,11 +279,12 @@ static const opt_t options[] = {
     {.key = "apns.timeout", .type = OPT_DURATION, FIELD(apns_timeout_ms), .def = "30s",
      .min = 100, .doc = "Time allowed for one request to APNs, connecting included."},
     {.key = "apns.max_in_flight", .type = OPT_INT, FIELD(apns_max_in_flight), .def = "256",
-     .min = 1, .doc = "Pushes sent and not yet answered, at most; more wait in a queue."},
+     .min = 1, .max = 65536,
+     .doc = "Pushes sent and not yet answered, at most (1 to 65536); more wait in a queue."},
     {.key = "apns.connections", .type = OPT_INT, FIELD(apns_connections), .def = "8", .min = 1,
-     .doc = "HTTP/2 connections to APNs per push certificate; each carries up to "
-            "apns.max_in_flight / apns.connections requests at once (keep that near 32: "
-            "docs/APNS.md)."},
+     .doc = "HTTP/2 connections to APNs per push certificate, as a total shared by all "
+            "topics (docs/APNS.md); each carries up to apns.max_in_flight / apns.connections "
+            "requests at once (keep that near 32)."},
     {.key = "apns.coalesce_window", .type = OPT_DURATION, FIELD(apns_coalesce_window_ms),
      .def = "1s",
      .doc = "A push to an enrollment that APNs accepted this recently, and that the device has "
@@ -323,7 +329,8 @@ static void *field_ptr(mdm_config_t *cfg, const opt_t *o)
 
 static uint64_t uint_max(const opt_t *o)
 {
-    return o->size >= sizeof(uint64_t) ? UINT64_MAX : ((uint64_t)1 << (8 * o->size)) - 1;
+    uint64_t m = o->size >= sizeof(uint64_t) ? UINT64_MAX : ((uint64_t)1 << (8 * o->size)) - 1;
+    return o->max != 0 && o->max < m ? o->max : m;
 }
 
 static void set_uint(mdm_config_t *cfg, const opt_t *o, uint64_t v)

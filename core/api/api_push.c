@@ -69,9 +69,9 @@ static void handle_pushcert_put(mdm_req_t *req)
     if (rc != 0) {
         json_decref(o);
         bool bad = rc == MDM_EEXPIRED || rc == MDM_EINVAL;
-        char q[600];
-        mdm_log(MDM_LOG_WARN, req->id, "api.pushcert_refused", "topic=%s error=%s", topic,
-                mdm_logq(q, sizeof(q), err.msg));
+        char q[600], tq[MDM_TOPIC_LOGQ_MAX];
+        mdm_log(MDM_LOG_WARN, req->id, "api.pushcert_refused", "topic=%s error=%s",
+                mdm_logq(tq, sizeof(tq), topic), mdm_logq(q, sizeof(q), err.msg));
         if (bad)
             mdm_resp_json_error(req, 400, "invalid_pushcert", err.msg);
         else

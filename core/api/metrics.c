@@ -101,6 +101,24 @@ void mdm_histogram_observe_ns(mdm_histogram_t *h, uint64_t ns)
     __atomic_add_fetch(&h->sum_ns, ns, __ATOMIC_RELAXED);
 }
 
+const char *mdm_metric_label(char *buf, size_t n, const char *name, const char *value)
+{
+    mdm_buf_t b = MDM_BUF_INIT;
+    mdm_buf_printf(&b, "%s=\"", name);
+    for (const char *c = value; *c; c++) {
+        if (*c == '\\' || *c == '"')
+            mdm_buf_printf(&b, "\\%c", *c);
+        else if (*c == '\n')
+            mdm_buf_puts(&b, "\\n");
+        else
+            mdm_buf_putc(&b, *c);
+    }
+    mdm_buf_putc(&b, '"');
+    snprintf(buf, n, "%.*s", (int)b.len, b.data);
+    mdm_buf_free(&b);
+    return buf;
+}
+
 static void render_labels(mdm_buf_t *out, const char *labels, const char *extra)
 {
     if (!labels[0] && !extra)

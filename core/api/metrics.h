@@ -18,6 +18,12 @@ enum mdm_metric_kind { MDM_METRIC_COUNTER, MDM_METRIC_GAUGE };
  * name. The pointer stays valid until mdm_metrics_reset(). */
 mdm_metric_t *mdm_metric(int kind, const char *name, const char *labels, const char *help);
 
+/* Writes `name="value"` into buf (n bytes) with value escaped as the text
+ * format wants (backslash, double quote, newline), for values that come
+ * from outside such as a push topic; cut short if buf is too small.
+ * Returns buf. */
+const char *mdm_metric_label(char *buf, size_t n, const char *name, const char *value);
+
 void mdm_metric_add(mdm_metric_t *m, int64_t v);
 void mdm_metric_set(mdm_metric_t *m, int64_t v);
 int64_t mdm_metric_value(const mdm_metric_t *m);

@@ -24,6 +24,7 @@
 #include <openssl/ssl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -463,13 +464,73 @@ static int timer_cb(CURLM *m, long timeout_ms, void *userp)
     return 0;
 }
 
+/* The TLS alerts by which a peer refuses the client certificate. */
+static const struct {
+    int alert;
+    const char *name;
+} cert_alerts[] = {
+    {SSL_AD_BAD_CERTIFICATE, "bad_certificate"},
+    {SSL_AD_UNSUPPORTED_CERTIFICATE, "unsupported_certificate"},
+    {SSL_AD_CERTIFICATE_REVOKED, "certificate_revoked"},
+    {SSL_AD_CERTIFICATE_EXPIRED, "certificate_expired"},
+    {SSL_AD_CERTIFICATE_UNKNOWN, "certificate_unknown"},
+    {SSL_AD_UNKNOWN_CA, "unknown_ca"},
+    {SSL_AD_ACCESS_DENIED, "access_denied"},
+    {SSL_AD_CERTIFICATE_REQUIRED, "certificate_required"},
+};
+
+static const char *cert_alert_name(int alert);
+
+/* What the alert callback of a TLS context needs: curl makes one context
+ * per connection, and a connection uses one push certificate. Freed with
+ * the context. */
+typedef struct tls_note {
+    apns_t *a;
+    char cert_sha[65];
+} tls_note_t;
+
+static int tls_note_index = -1;
+
+static void tls_note_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                          void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    mdm_free(ptr);
+}
+
+/* Notes a fatal alert from APNs that refuses the client certificate on
+ * the certificate: with TLS 1.3 it comes after the handshake, and curl
+ * reports it only as a failed read or write. */
+static void tls_info_cb(const SSL *ssl, int where, int ret)
+{
+    if (!(where & SSL_CB_READ_ALERT) || (ret >> 8) != SSL3_AL_FATAL ||
+        cert_alert_name(ret & 0xff) == NULL)
+        return;
+    tls_note_t *n = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), tls_note_index);
+    for (size_t i = 0; n != NULL && i < n->a->certs.n; i++)
+        if (strcmp(n->a->certs.v[i]->sha256, n->cert_sha) == 0)
+            n->a->certs.v[i]->tls_alert = ret & 0xff;
+}
+
 static CURLcode ssl_ctx_cb(CURL *curl, void *sslctx, void *parm)
 {
-    (void)curl;
     apns_t *a = parm;
-    X509_STORE *st = SSL_CTX_get_cert_store((SSL_CTX *)sslctx);
+    SSL_CTX *ctx = sslctx;
+    X509_STORE *st = SSL_CTX_get_cert_store(ctx);
     for (int i = 0; a->extra_ca != NULL && i < sk_X509_num(a->extra_ca); i++)
         X509_STORE_add_cert(st, sk_X509_value(a->extra_ca, i));
+    char *priv = NULL;
+    curl_easy_getinfo(curl, CURLINFO_PRIVATE, &priv);
+    const push_t *p = (const push_t *)priv;
+    if (p != NULL && tls_note_index >= 0) {
+        tls_note_t *n = mdm_calloc(1, sizeof(*n));
+        n->a = a;
+        snprintf(n->cert_sha, sizeof(n->cert_sha), "%s", p->cert_sha);
+        if (SSL_CTX_set_ex_data(ctx, tls_note_index, n) == 1)
+            SSL_CTX_set_info_callback(ctx, tls_info_cb);
+        else
+            mdm_free(n);
+    }
     ERR_clear_error();
     return CURLE_OK;
 }
@@ -511,10 +572,8 @@ static easy_t *easy_get(apns_t *a)
     curl_easy_setopt(e, CURLOPT_SSLCERTTYPE, "PEM");
     curl_easy_setopt(e, CURLOPT_SSLKEYTYPE, "PEM");
     curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-    if (a->extra_ca != NULL) {
-        curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, ssl_ctx_cb);
-        curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, a);
-    }
+    curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, ssl_ctx_cb);
+    curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, a);
     long timeout = (long)a->cfg->apns_timeout_ms;
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
@@ -810,29 +869,105 @@ static void retry_or_fail(apns_t *a, push_t *p, const char *what)
     heap_push(a, p);
 }
 
-static void block_topic(apns_t *a, push_t *p)
+/* The labels of a topic's metrics: topic="<topic>", escaped. */
+#define TOPIC_LABELS_MAX (2 * MDM_TOPIC_MAX + 16)
+static const char *topic_labels(char *buf, const char *topic)
+{
+    return mdm_metric_label(buf, TOPIC_LABELS_MAX, "topic", topic);
+}
+
+/* Stops pushes for p's topic: APNs refused the certificate p went out
+ * with, for reason. false when that certificate has been replaced
+ * meanwhile: the new one is not judged by this answer. */
+static bool block_topic(apns_t *a, push_t *p, const char *reason)
 {
     mdm_pushcert_t *pc = mdm_pushcerts_find(&a->certs, p->topic);
     if (pc == NULL || strcmp(pc->sha256, p->cert_sha) != 0)
-        return; /* replaced meanwhile: the new one is not judged by this answer */
+        return false;
     if (!pc->blocked) {
         pc->blocked = true;
         pc->blocked_ms = mdm_now_ms();
-        snprintf(pc->blocked_reason, sizeof(pc->blocked_reason), "%s",
-                 p->reason[0] ? p->reason : "403");
-        char labels[MDM_TOPIC_MAX + 32];
-        snprintf(labels, sizeof(labels), "topic=\"%s\"", pc->topic);
+        snprintf(pc->blocked_reason, sizeof(pc->blocked_reason), "%s", reason);
+        char labels[TOPIC_LABELS_MAX], tq[MDM_TOPIC_LOGQ_MAX];
+        topic_labels(labels, pc->topic);
         mdm_metric_add(mdm_metric(MDM_METRIC_COUNTER, "moonmdm_apns_certificate_rejected_total",
-                                  labels, "403 answers from APNs that stopped pushes for a topic"),
+                                  labels, "Refusals of a push certificate by APNs (403, TLS alert) that stopped pushes for a topic"),
                        1);
         mdm_metric_set(mdm_metric(MDM_METRIC_GAUGE, "moonmdm_apns_topic_blocked", labels,
-                                  "1 while pushes for the topic are stopped by a 403 from APNs"),
+                                  "1 while pushes for the topic are stopped: APNs refused its certificate"),
                        1);
         mdm_log(MDM_LOG_ERROR, NULL, "apns.certificate_rejected",
                 "topic=%s reason=%s sha256=%s action=\"pushes for this topic stop until a new "
                 "push certificate is installed (PUT /v1/pushcert)\"",
-                pc->topic, pc->blocked_reason, pc->sha256);
+                mdm_logq(tq, sizeof(tq), pc->topic), pc->blocked_reason, pc->sha256);
     }
+    return true;
+}
+
+/* APNs refused the push certificate p went out with (what: the answer, for
+ * people): the topic is blocked, or, when that certificate has been
+ * replaced since, p is tried again with the new one. */
+static void certificate_refused(apns_t *a, push_t *p, const char *reason, const char *what)
+{
+    if (!block_topic(a, p, reason)) {
+        char why[300];
+        snprintf(why, sizeof(why),
+                 "APNs refused the push certificate the request went out with (%s), which has "
+                 "been replaced since",
+                 what);
+        retry_or_fail(a, p, why);
+        return;
+    }
+    set_error(p, MDM_PUSH_ERROR,
+              "APNs refused the push certificate of topic %s (%s); pushes stay off until a new "
+              "certificate is installed (PUT /v1/pushcert)",
+              p->topic, what);
+    finish(a, p);
+}
+
+static const char *cert_alert_name(int alert)
+{
+    for (size_t i = 0; i < sizeof(cert_alerts) / sizeof(cert_alerts[0]); i++)
+        if (cert_alerts[i].alert == alert)
+            return cert_alerts[i].name;
+    return NULL;
+}
+
+/* Whether a failed transfer means the push certificate cannot work: curl
+ * could not use it, or APNs refused it with a TLS alert (tls_info_cb noted
+ * it on the certificate p went out with). Sets reason ("tls:<alert>") and
+ * what (for people). */
+static bool tls_cert_refusal(apns_t *a, const push_t *p, CURLcode res, char *reason, size_t rn,
+                             char *what, size_t wn)
+{
+    if (res == CURLE_SSL_CERTPROBLEM) {
+        snprintf(reason, rn, "tls:local_certificate_problem");
+        snprintf(what, wn, "the TLS library cannot use the certificate or key: %s",
+                 curl_easy_strerror(res));
+        return true;
+    }
+    const mdm_pushcert_t *pc = mdm_pushcerts_find(&a->certs, p->topic);
+    if (pc == NULL || strcmp(pc->sha256, p->cert_sha) != 0 || pc->tls_alert == 0)
+        return false;
+    const char *name = cert_alert_name(pc->tls_alert);
+    snprintf(reason, rn, "tls:%s", name);
+    snprintf(what, wn, "TLS alert %s from APNs", name);
+    return true;
+}
+
+/* A transfer that got no answer: a refusal of the push certificate blocks
+ * the topic like a 403; anything else is retried. */
+static void transfer_failed(apns_t *a, push_t *p, CURLcode res)
+{
+    char reason[64], what[300];
+    p->http_status = 0;
+    mdm_buf_free(&p->resp);
+    if (tls_cert_refusal(a, p, res, reason, sizeof(reason), what, sizeof(what))) {
+        certificate_refused(a, p, reason, what);
+        return;
+    }
+    snprintf(what, sizeof(what), "cannot reach APNs: %s", curl_easy_strerror(res));
+    retry_or_fail(a, p, what);
 }
 
 /* Handles one finished transfer. */
@@ -855,11 +990,7 @@ static void on_done(apns_t *a, CURL *e, CURLcode res)
     mdm_free(p->body);
     p->body = NULL;
     if (res != CURLE_OK) {
-        char what[300];
-        snprintf(what, sizeof(what), "cannot reach APNs: %s", curl_easy_strerror(res));
-        p->http_status = 0;
-        mdm_buf_free(&p->resp);
-        retry_or_fail(a, p, what);
+        transfer_failed(a, p, res);
         return;
     }
     p->http_status = (int)code;
@@ -885,12 +1016,9 @@ static void on_done(apns_t *a, CURL *e, CURLcode res)
         p->mark_invalid = true;
         finish(a, p);
     } else if (code == 403) {
-        block_topic(a, p);
-        set_error(p, MDM_PUSH_ERROR,
-                  "APNs refused the push certificate of topic %s (403 %s); pushes stay off "
-                  "until a new certificate is installed (PUT /v1/pushcert)",
-                  p->topic, p->reason[0] ? p->reason : "-");
-        finish(a, p);
+        char what[80];
+        snprintf(what, sizeof(what), "403 %s", p->reason[0] ? p->reason : "-");
+        certificate_refused(a, p, p->reason[0] ? p->reason : "403", what);
     } else if (code == 429 || code >= 500) {
         char what[120];
         snprintf(what, sizeof(what), "APNs answered %ld %s", code,
@@ -990,13 +1118,14 @@ static int write_fn(mdm_txn_t *txn, void *arg)
 
 static void log_result(apns_t *a, push_t *p, size_t nwaiters)
 {
-    char eq[300], errq[600];
+    char eq[300], errq[600], idq[128], tq[MDM_TOPIC_LOGQ_MAX];
     uint64_t ms = p->sent_ns ? (mdm_mono_ns() - p->sent_ns) / 1000000 : 0;
     switch (p->status) {
     case MDM_PUSH_PUSHED:
         mdm_log(MDM_LOG_INFO, NULL, "apns.pushed",
                 "eid=%s apns_id=%s topic=%s attempts=%d ms=%llu waiters=%zu",
-                mdm_logq(eq, sizeof(eq), p->eid), p->apns_id, p->topic, p->attempts,
+                mdm_logq(eq, sizeof(eq), p->eid), mdm_logq(idq, sizeof(idq), p->apns_id),
+                mdm_logq(tq, sizeof(tq), p->topic), p->attempts,
                 (unsigned long long)ms, nwaiters);
         break;
     case MDM_PUSH_TOKEN_INVALID:
@@ -1371,8 +1500,8 @@ static void sweep_cb(uv_timer_t *t)
 
 static void cert_gauges(apns_t *a, mdm_pushcert_t *pc, int64_t now)
 {
-    char labels[MDM_TOPIC_MAX + 32];
-    snprintf(labels, sizeof(labels), "topic=\"%s\"", pc->topic);
+    char labels[TOPIC_LABELS_MAX], tq[MDM_TOPIC_LOGQ_MAX];
+    topic_labels(labels, pc->topic);
     int64_t left = pc->not_after_ms - now;
     mdm_metric_set(mdm_metric(MDM_METRIC_GAUGE, "moonmdm_apns_certificate_expiry_seconds", labels,
                               "Seconds until the push certificate of a topic expires"),
@@ -1381,7 +1510,7 @@ static void cert_gauges(apns_t *a, mdm_pushcert_t *pc, int64_t now)
                               "1 when the push certificate of a topic expires within 30 days"),
                    left < EXPIRY_WARN_MS);
     mdm_metric_set(mdm_metric(MDM_METRIC_GAUGE, "moonmdm_apns_topic_blocked", labels,
-                              "1 while pushes for the topic are stopped by a 403 from APNs"),
+                              "1 while pushes for the topic are stopped: APNs refused its certificate"),
                    pc->blocked);
     if (left >= EXPIRY_WARN_MS || now - pc->expiry_warned_ms < EXPIRY_REPEAT_MS)
         return;
@@ -1392,13 +1521,13 @@ static void cert_gauges(apns_t *a, mdm_pushcert_t *pc, int64_t now)
         mdm_log(MDM_LOG_ERROR, NULL, "apns.pushcert_expired",
                 "topic=%s not_after=%s action=\"renew it in the Apple Push Certificates Portal "
                 "and install it with PUT /v1/pushcert\"",
-                pc->topic, t);
+                mdm_logq(tq, sizeof(tq), pc->topic), t);
     else
         mdm_log(MDM_LOG_WARN, NULL, "apns.pushcert_expiring",
                 "topic=%s not_after=%s days_left=%lld action=\"renew it in the Apple Push "
                 "Certificates Portal (keep the same topic) and install it with PUT "
                 "/v1/pushcert\"",
-                pc->topic, t, (long long)(left / 86400000));
+                mdm_logq(tq, sizeof(tq), pc->topic), t, (long long)(left / 86400000));
 }
 
 static void certs_changed(apns_t *a)
@@ -1408,8 +1537,11 @@ static void certs_changed(apns_t *a)
     size_t n = a->certs.n ? a->certs.n : 1;
     long per = (long)a->cfg->apns_connections;
     /* curl counts connections per host, whatever the client certificate:
-     * apns.connections for each topic. When a certificate is replaced, new
-     * requests wait for its old connection to drain, then replace it. */
+     * apns.connections for each topic, as one total that all topics share.
+     * max_in_flight keeps one topic to about apns.connections of them while
+     * APNs allows the streams per connection we ask for. When a certificate
+     * is replaced, new requests wait for its old connection to drain, then
+     * replace it. */
     curl_multi_setopt(a->multi, CURLMOPT_MAX_HOST_CONNECTIONS, per * (long)n);
     curl_multi_setopt(a->multi, CURLMOPT_MAXCONNECTS, per * (long)n + 1);
     int64_t now = mdm_now_ms();
@@ -1476,10 +1608,11 @@ int mdm_apns_pushcert_install(mdm_server_t *s, mdm_pushcert_t *pc, const char *r
     char old_sha[65] = "-";
     if (old != NULL)
         snprintf(old_sha, sizeof(old_sha), "%s", old->sha256);
-    char t[32];
+    char t[32], tq[MDM_TOPIC_LOGQ_MAX];
     mdm_time_format(t, pc->not_after_ms);
     mdm_log(MDM_LOG_INFO, NULL, "apns.pushcert_installed",
-            "topic=%s sha256=%s not_after=%s replaced=%s", pc->topic, pc->sha256, t, old_sha);
+            "topic=%s sha256=%s not_after=%s replaced=%s", mdm_logq(tq, sizeof(tq), pc->topic), pc->sha256,
+            t, old_sha);
     mdm_pushcerts_set(&a->certs, pc, replaced);
     pc = NULL;
     certs_changed(a);
@@ -1520,10 +1653,10 @@ static int load_certs(apns_t *a, mdm_err_t *err)
     if (rc != 0)
         return rc;
     for (size_t i = 0; i < a->certs.n; i++) {
-        char t[32];
+        char t[32], tq[MDM_TOPIC_LOGQ_MAX];
         mdm_time_format(t, a->certs.v[i]->not_after_ms);
         mdm_log(MDM_LOG_INFO, NULL, "apns.pushcert_loaded", "topic=%s source=%s not_after=%s",
-                a->certs.v[i]->topic, a->certs.v[i]->source, t);
+                mdm_logq(tq, sizeof(tq), a->certs.v[i]->topic), a->certs.v[i]->source, t);
     }
     return 0;
 }
@@ -1584,6 +1717,8 @@ int mdm_apns_service_init(mdm_server_t *s, mdm_err_t *err)
 {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         return mdm_err_set(err, MDM_EIO, "curl_global_init failed");
+    if (tls_note_index < 0)
+        tls_note_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, tls_note_free);
     apns_t *a = mdm_calloc(1, sizeof(*a));
     a->s = s;
     a->cfg = s->cfg;

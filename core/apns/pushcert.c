@@ -77,6 +77,14 @@ int mdm_pushcert_build(X509 *cert, EVP_PKEY *key, STACK_OF(X509) *chain, const c
         rc = mdm_err_set(err, MDM_EINVAL, "the certificate's UID attribute (topic) is empty");
         goto out;
     }
+    /* The topic is sent as the apns-topic header. */
+    for (const char *c = pc->topic; *c; c++) {
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) {
+            rc = mdm_err_set(err, MDM_EINVAL,
+                             "the certificate's UID attribute (topic) holds a control character");
+            goto out;
+        }
+    }
     /* MDM push topics are com.apple.mgmt.<...>: another certificate with a
      * UID (a TLS server certificate, another service's push certificate)
      * would be taken as the topic devices are enrolled with. */
@@ -177,6 +185,17 @@ static int no_passphrase(char *buf, int size, int rwflag, void *u)
     return -1;
 }
 
+/* Takes the leaf out of certs: the first certificate the key belongs to,
+ * or the first one (which the key check then refuses). */
+static X509 *take_leaf(STACK_OF(X509) *certs, EVP_PKEY *key)
+{
+    int n = sk_X509_num(certs);
+    for (int i = 0; key != NULL && i < n; i++)
+        if (mdm_key_matches_cert(key, sk_X509_value(certs, i)))
+            return sk_X509_delete(certs, i);
+    return n > 0 ? sk_X509_shift(certs) : NULL;
+}
+
 int mdm_pushcert_from_pem(const void *pem, size_t len, const char *source,
                           mdm_pushcert_t **out, mdm_err_t *err)
 {
@@ -198,10 +217,7 @@ int mdm_pushcert_from_pem(const void *pem, size_t len, const char *source,
                 rc = mdm_err_set_ssl(err, MDM_EPARSE, "a CERTIFICATE block does not parse");
                 goto out;
             }
-            if (leaf == NULL)
-                leaf = x;
-            else
-                sk_X509_push(chain, x);
+            sk_X509_push(chain, x);
         } else if (strcmp(label, "ENCRYPTED PRIVATE KEY") == 0) {
             BIO_free(bio);
             rc = mdm_err_set(err, MDM_EINVAL,
@@ -222,6 +238,7 @@ int mdm_pushcert_from_pem(const void *pem, size_t len, const char *source,
         BIO_free(bio);
         p = be;
     }
+    leaf = take_leaf(chain, key);
     ERR_clear_error();
     if (leaf == NULL) {
         rc = mdm_err_set(err, MDM_EINVAL,
@@ -497,8 +514,10 @@ static int load_fn(mdm_txn_t *txn, void *arg)
             continue;
         mdm_pushcert_t *have = mdm_pushcerts_find(l->set, pc->topic);
         if (have != NULL && have->not_after_ms > pc->not_after_ms) {
+            char tq[MDM_TOPIC_LOGQ_MAX];
             mdm_log(MDM_LOG_INFO, NULL, "apns.pushcert_stored_older",
-                    "topic=%s kept=%s stored=%s", pc->topic, have->source, "api");
+                    "topic=%s kept=%s stored=%s", mdm_logq(tq, sizeof(tq), pc->topic),
+                    have->source, "api");
             mdm_pushcert_free(pc);
             continue;
         }

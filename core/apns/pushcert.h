@@ -23,6 +23,9 @@
 /* Longest topic accepted (Apple's are about 60 characters). */
 #define MDM_TOPIC_MAX 255
 
+/* The size of a buffer for a topic quoted for the log (mdm_logq). */
+#define MDM_TOPIC_LOGQ_MAX (4 * MDM_TOPIC_MAX + 3)
+
 /* The meta-table key prefix of stored push certificates. */
 #define MDM_PUSHCERT_KEY_PREFIX "pushcert:"
 
@@ -43,6 +46,7 @@ typedef struct mdm_pushcert {
     bool blocked;             /* APNs refused it (403): no pushes until replaced */
     char blocked_reason[64];
     int64_t blocked_ms;
+    int tls_alert;            /* a fatal TLS alert refusing it (SSL_AD_*), or 0 */
     int64_t expiry_warned_ms; /* last "expires soon" warning */
 } mdm_pushcert_t;
 

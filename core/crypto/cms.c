@@ -46,7 +46,7 @@ int mdm_cms_encrypt(X509 *recipient, const EVP_CIPHER *cipher, const void *data,
         CMS_encrypt(recips, in, cipher ? cipher : EVP_aes_256_cbc(), CMS_BINARY);
     if (cms == NULL) {
         rc = mdm_err_set_ssl(err, MDM_ECRYPTO,
-                             "CMS encryption failed (the recipient needs an RSA key)");
+                             "CMS encryption failed (the recipient needs an RSA or EC key)");
         goto out;
     }
     rc = to_der(cms, out, err);

@@ -24,7 +24,7 @@ static const char profile_usage[] =
     "         profiles it sends.\n"
     "encrypt: moves the PayloadContent into EncryptedPayloadContent, encrypted to the\n"
     "         device certificate (AES-256-CBC, CMS), then signs the result (unless\n"
-    "         --no-sign). The device certificate must have an RSA key.\n"
+    "         --no-sign). The device certificate must have an RSA or EC key.\n"
     "\n"
     "The result goes to --out, or to standard output.\n";
 
@@ -97,13 +97,6 @@ int mdm_cmd_profile(int argc, char **argv)
     if (encrypt) {
         if (mdm_cert_read_pem(cert_path, &device, &err) != 0) {
             fprintf(stderr, "moonmdm profile: %s\n", err.msg);
-            goto out;
-        }
-        EVP_PKEY *pub = X509_get0_pubkey(device);
-        if (pub == NULL || EVP_PKEY_base_id(pub) != EVP_PKEY_RSA) {
-            fprintf(stderr, "moonmdm profile: %s: the device certificate must have an RSA key "
-                            "(device identities from SCEP are RSA)\n",
-                    cert_path);
             goto out;
         }
         if (mdm_plist_load(xml.data, xml.len, &dict) != 0 ||

@@ -10,6 +10,7 @@
 
 #include "api/api.h"
 #include "api/apikeys.h"
+#include "config.h"
 #include "crypto/cms.h"
 #include "crypto/keys.h"
 #include "util/alloc.h"
@@ -26,6 +27,142 @@ static void sha256_hex(const void *p, size_t n, char out[65])
     unsigned int len = 32;
     EVP_Digest(p, n, md, &len, EVP_sha256(), NULL);
     mdm_hex_encode(out, md, 32);
+}
+
+/* A key whose type Apple's schema gives (mdm/profiles/TopLevel.yaml and
+ * CommonPayloadKeys.yaml). */
+typedef struct key_rule {
+    const char *key;
+    plist_type type;
+    bool required; /* present, and for a string not empty */
+} key_rule_t;
+
+static const key_rule_t top_rules[] = {
+    {"PayloadIdentifier", PLIST_STRING, true},
+    {"PayloadUUID", PLIST_STRING, true},
+    {"PayloadType", PLIST_STRING, true},
+    {"PayloadVersion", PLIST_UINT, true},
+    {"IsEncrypted", PLIST_BOOLEAN, false},
+    {"PayloadDescription", PLIST_STRING, false},
+    {"PayloadDisplayName", PLIST_STRING, false},
+    {"HasRemovalPasscode", PLIST_BOOLEAN, false},
+    {"PayloadOrganization", PLIST_STRING, false},
+    {"PayloadRemovalDisallowed", PLIST_BOOLEAN, false},
+    {"PayloadScope", PLIST_STRING, false},
+    {"RemovalDate", PLIST_DATE, false},
+    {"DurationUntilRemoval", PLIST_REAL, false},
+    {"PayloadExpirationDate", PLIST_DATE, false},
+    {"TargetDeviceType", PLIST_UINT, false},
+    {"ConsentText", PLIST_DICT, false},
+};
+
+static const key_rule_t payload_rules[] = {
+    {"PayloadIdentifier", PLIST_STRING, true},
+    {"PayloadUUID", PLIST_STRING, true},
+    {"PayloadType", PLIST_STRING, true},
+    {"PayloadVersion", PLIST_UINT, true},
+    {"PayloadDescription", PLIST_STRING, false},
+    {"PayloadDisplayName", PLIST_STRING, false},
+    {"PayloadOrganization", PLIST_STRING, false},
+};
+
+static const char *type_name(plist_type t)
+{
+    static const char *const names[] = {
+        [PLIST_BOOLEAN] = "a boolean", [PLIST_UINT] = "an integer", [PLIST_REAL] = "a number",
+        [PLIST_STRING] = "a string",   [PLIST_ARRAY] = "an array",  [PLIST_DICT] = "a dictionary",
+        [PLIST_DATE] = "a date",       [PLIST_DATA] = "data",
+    };
+    if ((size_t)t < sizeof(names) / sizeof(names[0]) && names[t] != NULL)
+        return names[t];
+    return "another type";
+}
+
+/* Checks the keys of dict that rules name; where prefixes the key in
+ * the message (e.g. "PayloadContent[2]."). */
+static int check_keys(plist_t dict, const key_rule_t *rules, size_t n, const char *where,
+                      mdm_err_t *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        const key_rule_t *r = &rules[i];
+        plist_t v = plist_dict_get_item(dict, r->key);
+        if (v == NULL) {
+            if (r->required)
+                return mdm_err_set(err, MDM_EINVAL, "%s%s: missing", where, r->key);
+            continue;
+        }
+        plist_type t = plist_get_node_type(v);
+        /* A whole number is a fine <real>. */
+        bool ok = t == r->type || (r->type == PLIST_REAL && t == PLIST_UINT);
+        if (!ok)
+            return mdm_err_set(err, MDM_EINVAL, "%s%s: must be %s (got %s)", where, r->key,
+                               type_name(r->type), type_name(t));
+        if (r->required && t == PLIST_STRING && plist_get_string_ptr(v, NULL)[0] == '\0')
+            return mdm_err_set(err, MDM_EINVAL, "%s%s: must not be empty", where, r->key);
+    }
+    return 0;
+}
+
+#define NRULES(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Checks each payload of PayloadContent: its common keys, and that no
+ * PayloadUUID is used twice (a device refuses duplicates). */
+static int check_payloads(plist_t content, const char *top_uuid, mdm_err_t *err)
+{
+    uint32_t n = plist_array_get_size(content);
+    for (uint32_t i = 0; i < n; i++) {
+        plist_t item = plist_array_get_item(content, i);
+        char where[32];
+        snprintf(where, sizeof(where), "PayloadContent[%u].", i);
+        if (plist_get_node_type(item) != PLIST_DICT)
+            return mdm_err_set(err, MDM_EINVAL, "PayloadContent[%u]: must be a dictionary (got "
+                               "%s)", i, type_name(plist_get_node_type(item)));
+        int rc = check_keys(item, payload_rules, NRULES(payload_rules), where, err);
+        if (rc != 0)
+            return rc;
+        const char *iu = mdm_pl_str(item, "PayloadUUID");
+        bool dup = strcmp(iu, top_uuid) == 0;
+        for (uint32_t j = 0; j < i && !dup; j++) {
+            const char *ou = mdm_pl_str(plist_array_get_item(content, j), "PayloadUUID");
+            dup = ou != NULL && strcmp(ou, iu) == 0;
+        }
+        if (dup)
+            return mdm_err_set(err, MDM_EINVAL,
+                               "PayloadContent[%u]: PayloadUUID %.64s is used twice", i, iu);
+    }
+    return 0;
+}
+
+/* Checks the top level of a profile (a dictionary). */
+static int check_profile(plist_t p, const char *expect_identifier, mdm_err_t *err)
+{
+    int rc = check_keys(p, top_rules, NRULES(top_rules), "", err);
+    if (rc != 0)
+        return rc;
+    const char *id = mdm_pl_str(p, "PayloadIdentifier");
+    const char *type = mdm_pl_str(p, "PayloadType");
+    if (strlen(id) > MDM_PROFILE_ID_MAX)
+        return mdm_err_set(err, MDM_EINVAL, "PayloadIdentifier: longer than %d bytes",
+                           MDM_PROFILE_ID_MAX);
+    if (strcmp(type, "Configuration") != 0)
+        return mdm_err_set(err, MDM_EINVAL, "PayloadType: must be \"Configuration\" (got \"%.64s\")",
+                           type);
+    plist_t content = plist_dict_get_item(p, "PayloadContent");
+    if (plist_dict_get_item(p, "EncryptedPayloadContent") != NULL ||
+        mdm_pl_bool(p, "IsEncrypted", false))
+        return mdm_err_set(err, MDM_EINVAL, "PayloadContent: upload the profile unencrypted; the "
+                           "server encrypts it per device");
+    if (content == NULL || plist_get_node_type(content) != PLIST_ARRAY)
+        return mdm_err_set(err, MDM_EINVAL, "PayloadContent: missing or not an array");
+    rc = check_payloads(content, mdm_pl_str(p, "PayloadUUID"), err);
+    if (rc != 0)
+        return rc;
+    if (expect_identifier != NULL && strcmp(expect_identifier, id) != 0)
+        return mdm_err_set(err, MDM_EINVAL,
+                           "PayloadIdentifier \"%s\" does not match the identifier in the URL "
+                           "\"%s\"",
+                           id, expect_identifier);
+    return 0;
 }
 
 int mdm_profile_validate(const void *data, size_t len, const char *expect_identifier,
@@ -58,73 +195,11 @@ int mdm_profile_validate(const void *data, size_t len, const char *expect_identi
         rc = mdm_err_set(err, MDM_EINVAL, "the top level of a profile must be a dictionary");
         goto out;
     }
-    const char *id = mdm_pl_str(p, "PayloadIdentifier");
-    const char *uuid = mdm_pl_str(p, "PayloadUUID");
-    const char *type = mdm_pl_str(p, "PayloadType");
-    plist_t content_arr = plist_dict_get_item(p, "PayloadContent");
-    if (id == NULL || id[0] == '\0' || strlen(id) > MDM_PROFILE_ID_MAX) {
-        rc = mdm_err_set(err, MDM_EINVAL, "PayloadIdentifier: missing, empty or too long");
+    rc = check_profile(p, expect_identifier, err);
+    if (rc != 0)
         goto out;
-    }
-    if (uuid == NULL || uuid[0] == '\0') {
-        rc = mdm_err_set(err, MDM_EINVAL, "PayloadUUID: missing");
-        goto out;
-    }
-    plist_t ver = plist_dict_get_item(p, "PayloadVersion");
-    if (ver == NULL || plist_get_node_type(ver) != PLIST_UINT) {
-        rc = mdm_err_set(err, MDM_EINVAL, "PayloadVersion: missing or not an integer");
-        goto out;
-    }
-    if (type == NULL || strcmp(type, "Configuration") != 0) {
-        rc = mdm_err_set(err, MDM_EINVAL, "PayloadType: must be \"Configuration\" (got %s%s%s)",
-                         type ? "\"" : "", type ? type : "none", type ? "\"" : "");
-        goto out;
-    }
-    if (content_arr == NULL || plist_get_node_type(content_arr) != PLIST_ARRAY) {
-        rc = mdm_err_set(err, MDM_EINVAL,
-                         plist_dict_get_item(p, "EncryptedPayloadContent")
-                             ? "PayloadContent: upload the profile unencrypted; the server "
-                               "encrypts it per device"
-                             : "PayloadContent: missing or not an array");
-        goto out;
-    }
-    uint32_t n = plist_array_get_size(content_arr);
-    for (uint32_t i = 0; i < n; i++) {
-        plist_t item = plist_array_get_item(content_arr, i);
-        plist_t iv = plist_get_node_type(item) == PLIST_DICT
-                         ? plist_dict_get_item(item, "PayloadVersion")
-                         : NULL;
-        const char *iu = mdm_pl_str(item, "PayloadUUID");
-        if (plist_get_node_type(item) != PLIST_DICT || mdm_pl_str(item, "PayloadType") == NULL ||
-            mdm_pl_str(item, "PayloadIdentifier") == NULL || iu == NULL || iu[0] == '\0' ||
-            iv == NULL || plist_get_node_type(iv) != PLIST_UINT) {
-            rc = mdm_err_set(err, MDM_EINVAL,
-                             "PayloadContent[%u]: every payload needs PayloadType, "
-                             "PayloadIdentifier, PayloadUUID and PayloadVersion (an integer)",
-                             i);
-            goto out;
-        }
-        /* PayloadUUIDs are unique within the profile (a device refuses
-         * duplicates). */
-        bool dup = strcmp(iu, uuid) == 0;
-        for (uint32_t j = 0; j < i && !dup; j++) {
-            const char *ou = mdm_pl_str(plist_array_get_item(content_arr, j), "PayloadUUID");
-            dup = ou != NULL && strcmp(ou, iu) == 0;
-        }
-        if (dup) {
-            rc = mdm_err_set(err, MDM_EINVAL, "PayloadContent[%u]: PayloadUUID %.64s is used twice",
-                             i, iu);
-            goto out;
-        }
-    }
-    if (expect_identifier != NULL && strcmp(expect_identifier, id) != 0) {
-        rc = mdm_err_set(err, MDM_EINVAL,
-                         "PayloadIdentifier \"%s\" does not match the identifier in the URL \"%s\"",
-                         id, expect_identifier);
-        goto out;
-    }
-    snprintf(meta->identifier, sizeof(meta->identifier), "%s", id);
-    snprintf(meta->uuid, sizeof(meta->uuid), "%s", uuid);
+    snprintf(meta->identifier, sizeof(meta->identifier), "%s", mdm_pl_str(p, "PayloadIdentifier"));
+    snprintf(meta->uuid, sizeof(meta->uuid), "%s", mdm_pl_str(p, "PayloadUUID"));
     const char *dn = mdm_pl_str(p, "PayloadDisplayName");
     snprintf(meta->display_name, sizeof(meta->display_name), "%s", dn ? dn : "");
     mdm_plist_to_xml_buf(p, xml_out);
@@ -260,18 +335,15 @@ int mdm_profile_encrypt_dict(plist_t profile, X509 *cert, mdm_err_t *err)
     mdm_plist_to_xml_buf(content, &xml);
     int rc = mdm_cms_encrypt(cert, EVP_aes_256_cbc(), xml.data, xml.len, &enc, err);
     if (rc == 0) {
+        /* TopLevel: PayloadContent may be left out only when IsEncrypted
+         * is true. */
         plist_dict_remove_item(profile, "PayloadContent");
         mdm_pl_set_data(profile, "EncryptedPayloadContent", enc.data, enc.len);
+        mdm_pl_set_bool(profile, "IsEncrypted", true);
     }
     mdm_buf_free(&xml);
     mdm_buf_free(&enc);
     return rc;
-}
-
-static bool cert_has_rsa_key(X509 *cert)
-{
-    EVP_PKEY *k = X509_get0_pubkey(cert);
-    return k != NULL && EVP_PKEY_base_id(k) == EVP_PKEY_RSA;
 }
 
 int mdm_profile_render(const mdm_profiles_t *p, const void *xml, size_t len, X509 *device_cert,
@@ -279,7 +351,13 @@ int mdm_profile_render(const mdm_profiles_t *p, const void *xml, size_t len, X50
 {
     int rc = 0;
     mdm_buf_t plain = MDM_BUF_INIT;
-    if (p->encrypt && device_cert != NULL && cert_has_rsa_key(device_cert)) {
+    /* Never sent in the clear when encryption is on: no certificate, or a
+     * key CMS cannot encrypt to, is an error. */
+    if (p->encrypt && device_cert == NULL)
+        return mdm_err_set(err, MDM_EINVAL,
+                           "profiles.encrypt is on and the enrollment has no identity "
+                           "certificate to encrypt to");
+    if (p->encrypt) {
         plist_t d = NULL;
         if (mdm_plist_load(xml, len, &d) != 0)
             return mdm_err_set(err, MDM_EPARSE, "stored profile does not parse");
@@ -445,51 +523,132 @@ static int dir_put_fn(mdm_txn_t *txn, void *arg)
     return mdm_profile_put(txn, &c->meta, c->xml.data, c->xml.len);
 }
 
+/* Reads a profiles.dir file whole: one over the limit is refused rather
+ * than read cut short. */
+static int read_profile_file(const char *path, mdm_buf_t *raw, mdm_err_t *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return mdm_err_set(err, MDM_ECONFIG, "profiles.dir: %s: cannot read", path);
+    char chunk[8192];
+    size_t got;
+    while (raw->len <= MAX_PROFILE_BYTES && (got = fread(chunk, 1, sizeof(chunk), f)) > 0)
+        mdm_buf_append(raw, chunk, got);
+    bool failed = ferror(f) != 0;
+    fclose(f);
+    if (failed)
+        return mdm_err_set(err, MDM_ECONFIG, "profiles.dir: %s: cannot read", path);
+    if (raw->len > MAX_PROFILE_BYTES)
+        return mdm_err_set(err, MDM_ECONFIG,
+                           "profiles.dir: %s: too large (a profile is at most 8 MiB)", path);
+    return 0;
+}
+
+/* Validates and stores one profiles.dir file. */
+static int load_file(mdm_server_t *s, const char *path, mdm_profile_meta_t *meta,
+                     mdm_err_t *err)
+{
+    mdm_buf_t raw = MDM_BUF_INIT;
+    struct dir_ctx c;
+    memset(&c, 0, sizeof(c));
+    mdm_err_t verr = {0};
+    int rc = read_profile_file(path, &raw, err);
+    if (rc == 0 && mdm_profile_validate(raw.data, raw.len, NULL, &c.xml, &c.meta, &verr) != 0)
+        rc = mdm_err_set(err, MDM_ECONFIG, "profiles.dir: %s: %s", path, verr.msg);
+    if (rc == 0) {
+        c.meta.uploaded_ms = mdm_now_ms();
+        snprintf(c.meta.source, sizeof(c.meta.source), "dir");
+        rc = mdm_store_update(s->store, dir_put_fn, &c);
+        if (rc != 0)
+            mdm_err_set(err, rc, "profiles.dir: %s: store: %s", path, mdm_strerror(rc));
+    }
+    *meta = c.meta;
+    mdm_buf_free(&c.xml);
+    mdm_buf_free(&raw);
+    return rc;
+}
+
+struct prune_ctx {
+    const mdm_strlist_t *loaded; /* identifiers of the files in profiles.dir */
+    mdm_strlist_t gone;          /* stored from profiles.dir, no file now */
+};
+
+static int prune_cb(const mdm_profile_meta_t *m, void *arg)
+{
+    struct prune_ctx *c = arg;
+    if (strcmp(m->source, "dir") != 0)
+        return 0;
+    for (size_t i = 0; i < c->loaded->n; i++)
+        if (strcmp(c->loaded->v[i], m->identifier) == 0)
+            return 0;
+    c->gone.v = mdm_realloc(c->gone.v, (c->gone.n + 1) * sizeof(*c->gone.v));
+    c->gone.v[c->gone.n++] = mdm_strdup(m->identifier);
+    return 0;
+}
+
+static int prune_fn(mdm_txn_t *txn, void *arg)
+{
+    struct prune_ctx *c = arg;
+    int rc = mdm_profile_list(txn, prune_cb, c);
+    for (size_t i = 0; rc == 0 && i < c->gone.n; i++)
+        rc = mdm_profile_delete(txn, c->gone.v[i]);
+    return rc;
+}
+
+/* Deletes the profiles loaded from profiles.dir earlier whose file is no
+ * longer there (profiles uploaded through the API stay). */
+static int prune_dir_profiles(mdm_server_t *s, const char *dir, const mdm_strlist_t *loaded,
+                              mdm_err_t *err)
+{
+    struct prune_ctx c = {.loaded = loaded};
+    int rc = mdm_store_update(s->store, prune_fn, &c);
+    for (size_t i = 0; i < c.gone.n; i++) {
+        char q[300], dq[600];
+        if (rc == 0)
+            mdm_log(MDM_LOG_INFO, NULL, "profiles.removed",
+                    "identifier=%s dir=%s reason=\"no file in profiles.dir holds it any more\"",
+                    mdm_logq(q, sizeof(q), c.gone.v[i]), mdm_logq(dq, sizeof(dq), dir));
+        mdm_free(c.gone.v[i]);
+    }
+    mdm_free(c.gone.v);
+    if (rc != 0)
+        return mdm_err_set(err, rc, "profiles.dir: store: %s", mdm_strerror(rc));
+    return 0;
+}
+
 static int load_dir(mdm_server_t *s, const char *dir, mdm_err_t *err)
 {
     DIR *d = opendir(dir);
     if (d == NULL)
         return mdm_err_set(err, MDM_ECONFIG, "profiles.dir %s: cannot open the directory", dir);
     struct dirent *e;
-    int rc = 0, loaded = 0;
+    int rc = 0;
+    mdm_strlist_t loaded = {0};
     while (rc == 0 && (e = readdir(d)) != NULL) {
         size_t n = strlen(e->d_name);
         if (n <= 13 || strcasecmp(e->d_name + n - 13, ".mobileconfig") != 0)
             continue;
         char *path = mdm_sprintf("%s/%s", dir, e->d_name);
-        FILE *f = fopen(path, "rb");
-        mdm_buf_t raw = MDM_BUF_INIT;
-        if (f != NULL) {
-            char chunk[8192];
-            size_t got;
-            while ((got = fread(chunk, 1, sizeof(chunk), f)) > 0 && raw.len < MAX_PROFILE_BYTES)
-                mdm_buf_append(&raw, chunk, got);
-            fclose(f);
+        mdm_profile_meta_t meta;
+        rc = load_file(s, path, &meta, err);
+        if (rc == 0) {
+            loaded.v = mdm_realloc(loaded.v, (loaded.n + 1) * sizeof(*loaded.v));
+            loaded.v[loaded.n++] = mdm_strdup(meta.identifier);
         }
-        struct dir_ctx c;
-        memset(&c, 0, sizeof(c));
-        mdm_err_t verr = {0};
-        if (f == NULL || mdm_profile_validate(raw.data, raw.len, NULL, &c.xml, &c.meta, &verr) != 0) {
-            rc = mdm_err_set(err, MDM_ECONFIG, "profiles.dir: %s: %s", path,
-                             f == NULL ? "cannot read" : verr.msg);
-        } else {
-            c.meta.uploaded_ms = mdm_now_ms();
-            snprintf(c.meta.source, sizeof(c.meta.source), "dir");
-            rc = mdm_store_update(s->store, dir_put_fn, &c);
-            if (rc == 0)
-                rc = mdm_store_flush(s->store);
-            if (rc != 0)
-                mdm_err_set(err, rc, "profiles.dir: %s: store: %s", path, mdm_strerror(rc));
-            else
-                loaded++;
-        }
-        mdm_buf_free(&c.xml);
-        mdm_buf_free(&raw);
         mdm_free(path);
     }
     closedir(d);
     if (rc == 0)
-        mdm_log(MDM_LOG_INFO, NULL, "profiles.loaded", "dir=%s count=%d", dir, loaded);
+        rc = prune_dir_profiles(s, dir, &loaded, err);
+    if (rc == 0 && (rc = mdm_store_flush(s->store)) != 0)
+        mdm_err_set(err, rc, "profiles.dir: store: %s", mdm_strerror(rc));
+    char dq[600];
+    if (rc == 0)
+        mdm_log(MDM_LOG_INFO, NULL, "profiles.loaded", "dir=%s count=%zu",
+                mdm_logq(dq, sizeof(dq), dir), loaded.n);
+    for (size_t i = 0; i < loaded.n; i++)
+        mdm_free(loaded.v[i]);
+    mdm_free(loaded.v);
     return rc;
 }
 

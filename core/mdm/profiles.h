@@ -58,14 +58,16 @@ int mdm_profile_delete(mdm_txn_t *txn, const char *identifier);
 typedef int (*mdm_profile_fn)(const mdm_profile_meta_t *meta, void *arg);
 int mdm_profile_list(mdm_txn_t *txn, mdm_profile_fn fn, void *arg);
 
-/* Renders the profile for a device: encrypted to device_cert (when it is
- * given, encryption is on and the certificate has an RSA key), then signed
+/* Renders the profile for a device: encrypted to device_cert when
+ * encryption is on (RSA: key transport, EC: ECDH key agreement; no
+ * certificate or another key type is an error, never a fallback to the
+ * clear), then signed
  * (when signing is on). out gets the bytes for InstallProfile's Payload. */
 int mdm_profile_render(const mdm_profiles_t *p, const void *xml, size_t len, X509 *device_cert,
                        mdm_buf_t *out, mdm_err_t *err);
 
 /* Encrypts the PayloadContent of a profile dict to cert, in place
- * (EncryptedPayloadContent replaces PayloadContent). */
+ * (EncryptedPayloadContent replaces PayloadContent, IsEncrypted = true). */
 int mdm_profile_encrypt_dict(plist_t profile, X509 *cert, mdm_err_t *err);
 
 /* Loads the signing identity (tls.cert, tls.chain, tls.key) and the

@@ -100,7 +100,8 @@ static int add_to_dict(const char *id, plist_t rec, void *arg)
 {
     const char *hash = mdm_pl_str(rec, "hash");
     const char *state = mdm_pl_str(rec, "state");
-    if (state && strcmp(state, "installed") == 0)
+    /* A profile whose removal failed is still on the device. */
+    if (state && (strcmp(state, "installed") == 0 || strcmp(state, "remove_failed") == 0))
         mdm_pl_set_str(arg, id, hash ? hash : "");
     return 0;
 }
@@ -265,11 +266,16 @@ static bool strlist_has(const mdm_strlist_t *l, const char *s)
     return false;
 }
 
+/* RemoveProfile commands the device answered with Error, at most, before
+ * only a forced reconciliation tries again. */
+#define REMOVE_TRIES 3
+
 struct removal_ctx {
     mdm_txn_t *txn;
     const char *eid;
     const mdm_strlist_t *desired;
     int64_t now;
+    bool force;
     mdm_reconcile_stats_t *st;
 };
 
@@ -308,6 +314,9 @@ static int maybe_remove(const char *id, plist_t rec, void *arg)
         return 0;
     if (state && strcmp(state, "failed") == 0)
         return inst_del(r->txn, r->eid, id);
+    if (state && strcmp(state, "remove_failed") == 0 && !r->force &&
+        mdm_pl_uint(rec, "remove_failures", 0) >= REMOVE_TRIES)
+        return 0;
     plist_t cmd = plist_new_dict();
     mdm_pl_set_str(cmd, "RequestType", "RemoveProfile");
     mdm_pl_set_str(cmd, "Identifier", id);
@@ -468,8 +477,10 @@ int mdm_reconcile(mdm_server_t *s, mdm_policy_t *pol, mdm_txn_t *txn, const char
                     st->installs++;
                 }
             } else {
+                char eq[300], iq[300], errq[600];
                 mdm_log(MDM_LOG_ERROR, reqid, "reconcile.render_failed",
-                        "eid=%s error=\"%s\"", eid, err.msg);
+                        "eid=%s identifier=%s error=%s", mdm_logq(eq, sizeof(eq), eid),
+                        mdm_logq(iq, sizeof(iq), id), mdm_logq(errq, sizeof(errq), err.msg));
                 rc = 0;
             }
             mdm_buf_free(&payload);
@@ -481,7 +492,7 @@ int mdm_reconcile(mdm_server_t *s, mdm_policy_t *pol, mdm_txn_t *txn, const char
     }
     X509_free(cert);
     if (rc == 0) {
-        struct removal_ctx r = {txn, eid, &p.names, now, st};
+        struct removal_ctx r = {txn, eid, &p.names, now, force, st};
         rc = inst_each(txn, eid, maybe_remove, &r);
     }
 stamp:
@@ -513,6 +524,23 @@ struct by_uuid_ctx {
     bool found;
 };
 
+/* The device answered RemoveProfile with Error: the profile is still on
+ * it. The entry stays, and later reconciliations ask again (REMOVE_TRIES
+ * in all, then only when forced); a ProfileList without it ends it. */
+static int removal_failed(struct by_uuid_ctx *b, const char *id, plist_t rec)
+{
+    uint64_t failures = mdm_pl_uint(rec, "remove_failures", 0) + 1;
+    mdm_pl_set_str(rec, "state", "remove_failed");
+    mdm_pl_set_uint(rec, "remove_failures", failures);
+    mdm_pl_set_int(rec, "updated_at", b->now);
+    char eq[300], iq[300];
+    mdm_log(MDM_LOG_WARN, NULL, "reconcile.remove_failed",
+            "eid=%s identifier=%s failures=%llu retry=%s", mdm_logq(eq, sizeof(eq), b->eid),
+            mdm_logq(iq, sizeof(iq), id), (unsigned long long)failures,
+            failures < REMOVE_TRIES ? "next_reconciliation" : "when_forced");
+    return inst_save(b->txn, b->eid, id, rec);
+}
+
 static int result_for_uuid(const char *id, plist_t rec, void *arg)
 {
     struct by_uuid_ctx *b = arg;
@@ -523,7 +551,7 @@ static int result_for_uuid(const char *id, plist_t rec, void *arg)
     const char *state = mdm_pl_str(rec, "state");
     bool ok = strcmp(b->status, "Acknowledged") == 0;
     if (state && strcmp(state, "removing") == 0)
-        return inst_del(b->txn, b->eid, id);
+        return ok ? inst_del(b->txn, b->eid, id) : removal_failed(b, id, rec);
     const char *prev = mdm_pl_str(rec, "installed_hash");
     if (!ok && prev != NULL) {
         /* A refused update: the device keeps the version it had, and
@@ -551,7 +579,7 @@ static int drop_missing(const char *id, plist_t rec, void *arg)
 {
     struct listed_ctx *l = arg;
     const char *state = mdm_pl_str(rec, "state");
-    if (state == NULL || strcmp(state, "installed") != 0)
+    if (state == NULL || (strcmp(state, "installed") != 0 && strcmp(state, "remove_failed") != 0))
         return 0;
     if (plist_dict_get_item(l->present, id) != NULL)
         return 0;

@@ -285,6 +285,87 @@ class ApnsStandin:
             answer(False)
 
 
+class TlsRefuser:
+    """A TLS server that refuses client certificates its CA did not issue
+    the way a TLS server does it: the handshake fails with a fatal alert
+    (unknown_ca, bad_certificate, ...) that reaches the client, then the
+    connection closes gracefully. (asyncio drops the alert: it aborts the
+    connection when a handshake fails.) Requests that pass get no answer.
+
+        r = TlsRefuser(cert, key, client_ca=ca_path).start()
+        ... r.url, r.connections, r.alerts ...
+        r.stop()
+    """
+
+    def __init__(self, certfile, keyfile, client_ca, host="127.0.0.1", tls_version=None):
+        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        if tls_version is not None:
+            self._ctx.minimum_version = self._ctx.maximum_version = tls_version
+        self._ctx.load_cert_chain(certfile, keyfile)
+        self._ctx.set_alpn_protocols(["h2"])
+        self._ctx.load_verify_locations(client_ca)
+        self._ctx.verify_mode = ssl.CERT_REQUIRED
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind((host, 0))
+        self._sock.listen(16)
+        self.port = self._sock.getsockname()[1]
+        self.connections = 0
+        self.alerts = []          # the handshake errors, one per refused connection
+        self._stop = False
+        self._thread = None
+
+    @property
+    def url(self):
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop = True
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            pass
+        if self._thread is not None:
+            self._thread.join(10)
+        self._sock.close()
+
+    def _run(self):
+        while not self._stop:
+            conn, _ = self._sock.accept()
+            if self._stop:
+                conn.close()
+                break
+            self.connections += 1
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn):
+        conn.settimeout(5)
+        raw = conn.dup()      # wrap_socket takes conn over
+        tls = self._ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        try:
+            tls.do_handshake()
+            # TLS 1.3: the client certificate is checked when it is read.
+            tls.recv(65536)
+        except ssl.SSLError as e:
+            self.alerts.append(str(e))
+        except OSError:
+            pass
+        # Close gracefully (no reset that could drop the alert): stop
+        # writing, read what the client still sends, then close.
+        try:
+            raw.shutdown(socket.SHUT_WR)
+            while raw.recv(65536):
+                pass
+        except OSError:
+            pass
+        tls.close()
+        raw.close()
+
+
 def _serve_forever(args, sock):
     s = ApnsStandin(args.cert, args.key, client_ca=args.client_ca,
                     require_client_cert=not args.optional_client_cert,

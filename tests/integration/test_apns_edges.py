@@ -217,3 +217,121 @@ def test_410_disables_a_token_reregistered_while_the_push_was_in_flight(server, 
     assert first["status"] == "token_invalid", first
     show = api.call("GET", "/v1/devices/" + d.udid)[1]
     assert show["token_invalid"] is False, (show, sent_at)
+
+
+# ---- what APNs and certificates put into logs and metrics ---------------------------
+
+def test_apns_id_from_apns_is_quoted_in_the_log(server, api, env):
+    """The apns-id header comes from the peer: spaces and '=' in it must not
+    make new fields in the log line."""
+    upload(api, env.cert, env.key)
+    d = enrolled(server)
+    env.standin.respond(tok(d), 200, apns_id="x evil=1", times=1)
+    p = push(api, d)
+    assert p["status"] == "pushed", p
+    lines = [l for l in server.log().splitlines() if "apns.pushed" in l]
+    assert lines, server.log()[-2000:]
+    assert 'apns_id="x evil=1"' in lines[-1], lines[-1]
+
+
+def test_topic_is_escaped_in_metric_labels_and_logs(server, api, env):
+    """A topic with a double quote and a backslash (any UID is taken as
+    the topic): the /metrics text stays well formed."""
+    import requests
+    topic = TOPIC + '"x\\y'
+    cert, key = env.push_cert(topic=topic)
+    st, r = upload(api, cert, key)
+    assert st == 200, r
+    text = requests.get(server.url + "/metrics", verify=server.datadir.ca_crt, timeout=10).text
+    want = 'moonmdm_apns_certificate_expiry_seconds{topic="%s\\"x\\\\y"}' % TOPIC
+    assert want in text, [l for l in text.splitlines() if "expiry_seconds" in l]
+    lines = [l for l in server.log().splitlines() if "apns.pushcert_installed" in l]
+    assert 'topic="%s\\"x\\\\y"' % TOPIC in lines[-1], lines[-1]
+
+
+def test_topic_with_a_control_character_is_refused(server, api, env):
+    """The topic goes into the apns-topic request header: a newline in it
+    would end the header."""
+    cert, key = env.push_cert(topic=TOPIC + "\nx-evil: 1")
+    st, r = upload(api, cert, key)
+    assert st == 400 and "control character" in str(r), (st, r)
+
+
+def test_max_in_flight_has_an_upper_bound(datadir, env):
+    """apns.max_in_flight sizes a table allocated at start: an absurd value
+    is a config error, not an allocation of terabytes."""
+    from conftest import run
+    datadir.write_config(env.config(max_in_flight="1000000000000"))
+    p = run("config", "check", datadir.config, check=False)
+    assert p.returncode != 0, (p.stdout, p.stderr)
+    assert "apns.max_in_flight" in p.stderr + p.stdout and "at most" in p.stderr + p.stdout, \
+        (p.stdout, p.stderr)
+
+
+def test_403_for_a_certificate_replaced_meanwhile(server, api, env):
+    """APNs answers 403 to a request sent with a certificate that a new one
+    replaced while the request was out: the topic is not blocked, and the
+    push is tried again with the new certificate instead of telling the
+    caller that pushes stay off."""
+    upload(api, env.cert, env.key)
+    d = enrolled(server)
+    env.standin.respond(status=403, reason="BadCertificate", fingerprint=fingerprint(env.cert),
+                        delay=1.5)
+    first = {}
+    t = threading.Thread(target=lambda: first.update(push(api, d)))
+    t.start()
+    deadline = time.monotonic() + 10
+    while not env.standin.requests(tok(d)):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    cert2, key2 = env.push_cert()
+    st, r = upload(api, cert2, key2)
+    assert st == 200 and r["replaced"] is True, r
+    t.join(30)
+    assert "stay off" not in first.get("error", ""), first
+    assert first["status"] == "pushed", first
+    assert env.standin.requests()[-1]["cert_sha256"] == fingerprint(cert2)
+    assert metric(server, "moonmdm_apns_topic_blocked", 'topic="%s"' % TOPIC) == 0
+
+
+# ---- TLS-level refusals of the push certificate ------------------------------------
+
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_tls_refusal_of_the_client_certificate_blocks_the_topic(datadir, env, tls):
+    """APNs refuses the client certificate in the TLS handshake (a fatal
+    alert such as unknown_ca): that is a push-certificate problem like a
+    403, not "cannot reach APNs". The topic is blocked at once, without
+    retries, and the log names the TLS alert."""
+    from apns_standin import TlsRefuser
+    import ssl
+    version = ssl.TLSVersion.TLSv1_2 if tls == "1.2" else ssl.TLSVersion.TLSv1_3
+    refuser = TlsRefuser(env.standin_cert, env.standin_key, client_ca=env.push_ca_path,
+                         tls_version=version).start()
+    try:
+        s = start(datadir, env, retry_max="3", url='"%s"' % refuser.url)
+        try:
+            api = Api(s)
+            other_ca, other_key = pki.make_ca("Not Apple")
+            import test_apns
+            cert, key = test_apns.make_push_cert(other_ca, other_key)
+            st, r = upload(api, cert, key)
+            assert st == 200, r
+            d = enrolled(s)
+            p = push(api, d)
+            assert p["status"] == "error", p
+            assert "cannot reach" not in p["error"] and "PUT /v1/pushcert" in p["error"], p
+            assert "unknown_ca" in p["error"], p
+            s.wait_log(r"level=error event=apns.certificate_rejected topic=\S+ "
+                       r"reason=tls:unknown_ca")
+            labels = 'topic="%s"' % TOPIC
+            assert metric(s, "moonmdm_apns_topic_blocked", labels) == 1
+            assert metric(s, "moonmdm_apns_retries_total") == 0
+            assert refuser.connections == 1, refuser.alerts
+            # Blocked: the next push sends nothing.
+            p = push(api, d)
+            assert p["status"] == "error" and "PUT /v1/pushcert" in p["error"], p
+            assert refuser.connections == 1
+        finally:
+            stop(s)
+    finally:
+        refuser.stop()

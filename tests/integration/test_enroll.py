@@ -202,16 +202,25 @@ def test_profile_cli_signs_and_encrypts(esrv, tmpdir_path):
     # Unsigned output is plain XML.
     p = run("profile", "encrypt", src, "--cert", c, "--no-sign", "--config", d.config)
     assert p.stdout.startswith("<?xml")
-    # Bad input: not a profile, an EC certificate, a missing --cert.
+    # An EC device certificate: ECDH key agreement.
+    ec, eck = pki.issue_client(ca_cert, ca_key, "ec")
+    ecp, eckp = pki.write_pair(tmpdir_path, "ec", ec, eck)
+    run("profile", "encrypt", src, "--cert", ecp, "--out", enc_path, "--config", d.config)
+    enc = plistlib.loads(cms_verify(open(enc_path, "rb").read(), d.ca_crt, tmpdir_path))
+    assert enc["IsEncrypted"] is True
+    content = plistlib.loads(cms_decrypt(enc["EncryptedPayloadContent"], ecp, eckp, tmpdir_path))
+    assert content == plistlib.loads(open(src, "rb").read())["PayloadContent"]
+    # Bad input: not a profile, a key CMS cannot encrypt to, a missing --cert.
     with open(os.path.join(tmpdir_path, "junk"), "wb") as f:
         f.write(b"junk")
     bad = run("profile", "sign", os.path.join(tmpdir_path, "junk"), "--config", d.config,
               check=False)
     assert bad.returncode == 1 and "not a property list" in bad.stderr
-    ec, eck = pki.issue_client(ca_cert, ca_key, "ec")
-    ecp, _ = pki.write_pair(tmpdir_path, "ec", ec, eck)
-    bad = run("profile", "encrypt", src, "--cert", ecp, "--config", d.config, check=False)
-    assert bad.returncode == 1 and "RSA" in bad.stderr
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    ed, edk = pki.issue_client(ca_cert, ca_key, "ed", key=ed25519.Ed25519PrivateKey.generate())
+    edp, _ = pki.write_pair(tmpdir_path, "ed", ed, edk)
+    bad = run("profile", "encrypt", src, "--cert", edp, "--config", d.config, check=False)
+    assert bad.returncode == 1 and "RSA or EC" in bad.stderr, bad.stderr
     assert run("profile", "encrypt", src, check=False).returncode == 2
 
 

@@ -81,6 +81,52 @@ def test_profiles_dir_loads_mobileconfig_files(tmpdir_path, datadir):
         assert srv.stop() == 0
 
 
+def test_profile_removed_from_profiles_dir_leaves_the_store(tmpdir_path, datadir):
+    """A file taken out of profiles.dir: at the next start its profile is
+    deleted (it was loaded from there), and a profile uploaded through the
+    API stays."""
+    pdir = os.path.join(tmpdir_path, "profiles")
+    os.makedirs(pdir)
+    for name in ("keep", "gone"):
+        with open(os.path.join(pdir, name + ".mobileconfig"), "wb") as f:
+            f.write(profile("com.example." + name))
+    datadir.write_config('  profiles = { dir = "%s" },' % pdir)
+    srv = Server(datadir)
+    try:
+        assert put_profile(Api(srv), "com.example.api", profile("com.example.api"))[0] == 201
+    finally:
+        assert srv.stop() == 0
+    os.unlink(os.path.join(pdir, "gone.mobileconfig"))
+    srv = Server(datadir)
+    try:
+        st, r = Api(srv).call("GET", "/v1/profiles")
+        assert st == 200
+        ids = sorted(p["identifier"] for p in r["profiles"])
+        assert ids == ["com.example.api", "com.example.keep"], ids
+        srv.wait_log(r"event=profiles.removed .*identifier=com.example.gone")
+    finally:
+        assert srv.stop() == 0
+
+
+def test_too_large_file_in_profiles_dir_says_too_large(tmpdir_path, datadir):
+    pdir = os.path.join(tmpdir_path, "profiles")
+    os.makedirs(pdir)
+    d = profile_dict("com.example.big")
+    d["PayloadDescription"] = "x" * (9 << 20)
+    with open(os.path.join(pdir, "big.mobileconfig"), "wb") as f:
+        f.write(plistlib.dumps(d))
+    datadir.write_config('  profiles = { dir = "%s" },' % pdir)
+    try:
+        srv = Server(datadir)
+    except AssertionError as e:
+        log = str(e)
+    else:
+        rc = srv.proc.wait(30)
+        log = srv.log()
+        assert rc != 0 and "event=server.start_failed" in log, (rc, log[-2000:])
+    assert "big.mobileconfig" in log and "too large" in log and "8 MiB" in log, log[-2000:]
+
+
 # ---- upload validation (Apple's TopLevel / CommonPayloadKeys) -------------
 
 def _upload_status(srv, d):
@@ -116,6 +162,51 @@ def test_upload_with_duplicate_payload_uuid_is_refused(server):
     d["PayloadContent"].append(second)        # same PayloadUUID as the first payload
     st, r = _upload_status(server, d)
     assert st == 400, (st, r)
+
+
+def _set(d, path, value):
+    """Sets d[path] where path is "Key" or "0.Key" (a payload in PayloadContent)."""
+    if "." in path:
+        i, key = path.split(".", 1)
+        d["PayloadContent"][int(i)][key] = value
+    else:
+        d[path] = value
+
+
+def test_upload_with_wrong_key_types_is_refused_naming_the_key(server):
+    """TopLevel.yaml / CommonPayloadKeys.yaml: the types of the top-level
+    and common payload keys, and non-empty PayloadType/PayloadIdentifier."""
+    bad = {
+        "PayloadDisplayName": 5,
+        "PayloadDescription": ["x"],
+        "PayloadOrganization": True,
+        "PayloadRemovalDisallowed": "yes",
+        "PayloadScope": 1,
+        "ConsentText": "read me",
+        "0.PayloadType": "",
+        "0.PayloadIdentifier": "",
+        "0.PayloadDisplayName": 1.5,
+        "0.PayloadDescription": {"a": 1},
+        "0.PayloadOrganization": 7,
+    }
+    for path, value in bad.items():
+        d = profile_dict("com.example.types")
+        _set(d, path, value)
+        st, r = _upload_status(server, d)
+        key = path.split(".")[-1]
+        assert st == 400, (path, st, r)
+        msg = r["error"]["message"] if isinstance(r.get("error"), dict) else str(r)
+        assert key in msg, (path, msg)
+        if path.startswith("0."):
+            assert "PayloadContent[0]" in msg, (path, msg)
+    # The same keys with the right types are accepted.
+    d = profile_dict("com.example.types")
+    for path, value in {"PayloadDescription": "d", "PayloadOrganization": "o",
+                        "PayloadRemovalDisallowed": False, "PayloadScope": "System",
+                        "0.PayloadDisplayName": "w", "0.PayloadOrganization": "o"}.items():
+        _set(d, path, value)
+    st, r = _upload_status(server, d)
+    assert st == 201, r
 
 
 # ---- reconciliation ---------------------------------------------------------
@@ -235,6 +326,45 @@ def test_failed_update_still_removes_the_installed_version(tmpdir_path, datadir)
         assert srv.stop() == 0
 
 
+def test_failed_removal_is_retried_at_later_reconciliations(tmpdir_path, datadir):
+    """RemoveProfile answered with Error: the profile is still on the
+    device. The entry stays and RemoveProfile is queued again at later
+    reconciliations, at most 3 times in all unless forced; a success or a
+    ProfileList without it ends it."""
+    srv, api, pdir = start(tmpdir_path, datadir, ["com.example.wifi"])
+    error = lambda c: ("Error", {"ErrorChain": [  # noqa: E731
+        {"ErrorCode": 4002, "ErrorDomain": "MCProfileErrorDomain",
+         "LocalizedDescription": "busy", "USEnglishDescription": "busy"}]})
+
+    def new_revision(n):
+        with open(os.path.join(pdir, "wanted.lua"), "w") as f:
+            f.write("-- revision %d\nreturn { profiles = { } }\n" % n)
+        st, r = api.call("POST", "/v1/policy/reload")
+        assert st == 200, r
+
+    try:
+        assert put_profile(api, "com.example.wifi", profile("com.example.wifi"))[0] == 201
+        dev = Device(srv)
+        dev.enroll()
+        assert types(dev.run()) == ["InstallProfile"]
+        for n in range(3):
+            new_revision(n)
+            got = dev.run(error)
+            assert types(got) == ["RemoveProfile"], (n, types(got))
+        st, show = api.call("GET", "/v1/devices/" + dev.udid)
+        srv.wait_log(r"event=reconcile.remove_failed .*identifier=com.example.wifi failures=3")
+        new_revision(3)
+        assert dev.run() == []               # given up until forced
+        st, r = api.call("POST", "/v1/devices/%s/reconcile" % dev.udid)
+        assert st == 202, r
+        got = dev.run()
+        assert types(got) == ["RemoveProfile"], types(got)
+        new_revision(4)
+        assert dev.run() == []               # removed: nothing left to do
+    finally:
+        assert srv.stop() == 0
+
+
 # ---- malformed uploads (run with MOONMDM_VALGRIND=1 for leaks) -------------
 
 def test_malformed_uploads_are_refused_cleanly(server):
@@ -275,3 +405,69 @@ def test_malformed_uploads_are_refused_cleanly(server):
     st, r = put_profile(api, "com.example.bad",
                         plistlib.dumps(profile_dict("com.example.bad"), fmt=plistlib.FMT_BINARY))
     assert st == 200, r
+
+
+# ---- encrypted profiles ------------------------------------------------------
+
+def _installed_profile(srv, api, dev, tmpdir_path):
+    """Enrolls dev, takes the InstallProfile it gets and returns the
+    profile dictionary inside the server's signature."""
+    from test_enroll import cms_verify
+    assert put_profile(api, "com.example.wifi", profile("com.example.wifi"))[0] == 201
+    dev.enroll()
+    got = dev.run()
+    assert types(got) == ["InstallProfile"], types(got)
+    payload = got[0]["Command"]["Payload"]
+    return plistlib.loads(cms_verify(payload, srv.datadir.ca_crt, tmpdir_path))
+
+
+def _decrypt_with(dev, der, tmpdir_path):
+    from test_enroll import cms_decrypt
+    cert_path, key_path = pki.write_pair(tmpdir_path, "recip-" + dev.udid, dev.cert, dev.key)
+    return plistlib.loads(cms_decrypt(der, cert_path, key_path, tmpdir_path))
+
+
+def test_encrypted_profile_says_is_encrypted(tmpdir_path, datadir):
+    """TopLevel: PayloadContent is required unless IsEncrypted is true."""
+    srv, api, _ = start(tmpdir_path, datadir, ["com.example.wifi"])
+    try:
+        dev = Device(srv, key=pki.new_key("rsa"))
+        inner = _installed_profile(srv, api, dev, tmpdir_path)
+        assert "PayloadContent" not in inner, inner
+        assert inner.get("IsEncrypted") is True, inner
+        content = _decrypt_with(dev, inner["EncryptedPayloadContent"], tmpdir_path)
+        assert content[0]["SSID_STR"] == "Office", content
+    finally:
+        assert srv.stop() == 0
+
+
+def test_profile_is_encrypted_to_an_ec_device_identity(tmpdir_path, datadir):
+    """With profiles.encrypt on, a device whose identity key is EC gets its
+    profile encrypted too (ECDH key agreement), not in the clear."""
+    srv, api, _ = start(tmpdir_path, datadir, ["com.example.wifi"])
+    try:
+        dev = Device(srv, key=pki.new_key("ec"))
+        inner = _installed_profile(srv, api, dev, tmpdir_path)
+        assert "PayloadContent" not in inner, inner
+        assert inner.get("IsEncrypted") is True, inner
+        content = _decrypt_with(dev, inner["EncryptedPayloadContent"], tmpdir_path)
+        assert content[0]["Password"] == "wifi-secret", content
+    finally:
+        assert srv.stop() == 0
+
+
+def test_profile_for_a_key_cms_cannot_encrypt_to_is_not_sent_in_the_clear(tmpdir_path, datadir):
+    """An Ed25519 identity: CMS has no encryption to it. The profile is not
+    sent (an error naming the enrollment is logged) rather than sent in
+    the clear."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    srv, api, _ = start(tmpdir_path, datadir, ["com.example.wifi"])
+    try:
+        assert put_profile(api, "com.example.wifi", profile("com.example.wifi"))[0] == 201
+        dev = Device(srv, key=ed25519.Ed25519PrivateKey.generate())
+        dev.enroll()
+        got = dev.run()
+        assert "InstallProfile" not in types(got), types(got)
+        srv.wait_log(r"event=reconcile.render_failed .*identifier=com.example.wifi")
+    finally:
+        assert srv.stop() == 0

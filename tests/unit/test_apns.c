@@ -170,6 +170,71 @@ static void test_pem_in_any_order(void **state)
     EVP_PKEY_free(k);
 }
 
+/* "chain, leaf, key": the leaf is the certificate the key belongs to, not
+ * the first one. */
+static void test_pem_leaf_is_the_certificate_of_the_key(void **state)
+{
+    (void)state;
+    EVP_PKEY *k = new_key(), *ca_key = new_key();
+    X509 *x = make_cert(k, TOPIC, 0, 365);
+    X509 *ca = make_cert(ca_key, "com.apple.mgmt.External.ca", 0, 365);
+    char want_sha[65];
+    mdm_cert_sha256_hex(x, want_sha);
+    mdm_buf_t b = MDM_BUF_INIT;
+    append_cert(&b, ca);
+    append_cert(&b, x);
+    append_key(&b, k, NULL);
+    mdm_pushcert_t *pc = NULL;
+    mdm_err_t err = {0};
+    int rc = mdm_pushcert_from_pem(b.data, b.len, "api", &pc, &err);
+    if (rc != 0)
+        fail_msg("chain, leaf, key: %s", err.msg);
+    assert_string_equal(pc->topic, TOPIC);
+    assert_string_equal(pc->sha256, want_sha);
+    /* The leaf is written first, then the other certificate. */
+    mdm_buf_t leaf_pem = MDM_BUF_INIT;
+    append_cert(&leaf_pem, x);
+    assert_true(strncmp(pc->cert_pem, leaf_pem.data, leaf_pem.len) == 0);
+    assert_non_null(strstr(pc->cert_pem + leaf_pem.len, "-----BEGIN CERTIFICATE-----"));
+    mdm_pushcert_free(pc);
+    mdm_buf_free(&leaf_pem);
+    mdm_buf_free(&b);
+    X509_free(ca);
+    X509_free(x);
+    EVP_PKEY_free(ca_key);
+    EVP_PKEY_free(k);
+}
+
+/* Which failed transfers mean the push certificate cannot work: curl
+ * cannot use it, or APNs sent a TLS alert refusing it (noted on the
+ * certificate the request went out with); other failures are retried. */
+static void test_tls_refusals(void **state)
+{
+    (void)state;
+    mdm_pushcert_t pc = {.topic = TOPIC, .sha256 = "aa"};
+    mdm_pushcert_t *v[1] = {&pc};
+    apns_t a = {.certs = {.v = v, .n = 1}};
+    push_t p = {.topic = TOPIC, .cert_sha = "aa"};
+    char reason[64], what[300];
+    assert_true(tls_cert_refusal(&a, &p, CURLE_SSL_CERTPROBLEM, reason, sizeof(reason), what,
+                                 sizeof(what)));
+    assert_string_equal(reason, "tls:local_certificate_problem");
+    assert_false(tls_cert_refusal(&a, &p, CURLE_RECV_ERROR, reason, sizeof(reason), what,
+                                  sizeof(what)));
+    pc.tls_alert = SSL_AD_CERTIFICATE_REVOKED;
+    assert_true(tls_cert_refusal(&a, &p, CURLE_RECV_ERROR, reason, sizeof(reason), what,
+                                 sizeof(what)));
+    assert_string_equal(reason, "tls:certificate_revoked");
+    assert_non_null(strstr(what, "certificate_revoked"));
+    /* A request sent with a certificate replaced since is not judged. */
+    snprintf(p.cert_sha, sizeof(p.cert_sha), "bb");
+    assert_false(tls_cert_refusal(&a, &p, CURLE_RECV_ERROR, reason, sizeof(reason), what,
+                                  sizeof(what)));
+    /* Alerts that say nothing about the certificate are not noted. */
+    assert_null(cert_alert_name(SSL_AD_HANDSHAKE_FAILURE));
+    assert_string_equal(cert_alert_name(SSL_AD_UNKNOWN_CA), "unknown_ca");
+}
+
 static void expect_refused(const mdm_buf_t *b, int want, const char *words)
 {
     mdm_pushcert_t *pc = NULL;
@@ -834,6 +899,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pem_in_any_order),
         cmocka_unit_test(test_pem_refusals),
+        cmocka_unit_test(test_pem_leaf_is_the_certificate_of_the_key),
+        cmocka_unit_test(test_tls_refusals),
         cmocka_unit_test(test_validity),
         cmocka_unit_test(test_p12),
         cmocka_unit_test(test_store_roundtrip),
