@@ -362,6 +362,25 @@ static void strlist_free(mdm_strlist_t *l)
     memset(l, 0, sizeof(*l));
 }
 
+/* The certificate profiles are encrypted to: the enrollment's identity,
+ * or for a user channel (which has none of its own) its device's, since
+ * the device decrypts the profiles of every channel. NULL if none. */
+static X509 *identity_cert(mdm_txn_t *txn, const char *eid, plist_t e)
+{
+    X509 *cert = NULL;
+    size_t dl = 0;
+    const unsigned char *der = mdm_pl_data(e, "cert_der", &dl);
+    plist_t dev = NULL;
+    const char *did = mdm_pl_str(e, "device_id");
+    if (der == NULL && did != NULL && strcmp(did, eid) != 0 &&
+        mdm_enrollment_load(txn, did, &dev) == 0)
+        der = mdm_pl_data(dev, "cert_der", &dl);
+    if (der != NULL)
+        mdm_cert_from_der(der, dl, &cert, NULL);
+    plist_free(dev);
+    return cert;
+}
+
 int mdm_reconcile(mdm_server_t *s, mdm_policy_t *pol, mdm_txn_t *txn, const char *reqid,
                   const char *eid, plist_t e, bool force, mdm_reconcile_stats_t *st)
 {
@@ -407,11 +426,7 @@ int mdm_reconcile(mdm_server_t *s, mdm_policy_t *pol, mdm_txn_t *txn, const char
         goto stamp;
     }
     const mdm_profiles_t *pr = mdm_profiles_of(s);
-    X509 *cert = NULL;
-    size_t dl = 0;
-    const unsigned char *der = mdm_pl_data(e, "cert_der", &dl);
-    if (der != NULL)
-        mdm_cert_from_der(der, dl, &cert, NULL);
+    X509 *cert = identity_cert(txn, eid, e);
     for (size_t i = 0; i < p.names.n; i++) {
         const char *id = p.names.v[i];
         mdm_profile_meta_t meta;

@@ -456,6 +456,30 @@ def test_profile_is_encrypted_to_an_ec_device_identity(tmpdir_path, datadir):
         assert srv.stop() == 0
 
 
+def test_user_channel_profile_is_encrypted_to_the_device_identity(tmpdir_path, datadir):
+    """A user channel has no identity certificate of its own: its profiles
+    are encrypted to the device's, which decrypts them."""
+    from test_enroll import cms_verify
+    from test_checkin_edges import USER
+    srv, api, _ = start(tmpdir_path, datadir, ["com.example.wifi"])
+    try:
+        assert put_profile(api, "com.example.wifi", profile("com.example.wifi"))[0] == 201
+        dev = Device(srv, key=pki.new_key("rsa"))
+        dev.enroll()
+        assert types(dev.run()) == ["InstallProfile"]
+        dev.user = USER
+        assert dev.token_update() == 200
+        got = dev.run()
+        assert types(got) == ["InstallProfile"], (types(got), srv.log()[-2000:])
+        inner = plistlib.loads(cms_verify(got[0]["Command"]["Payload"], srv.datadir.ca_crt,
+                                          tmpdir_path))
+        assert inner.get("IsEncrypted") is True and "PayloadContent" not in inner, inner
+        content = _decrypt_with(dev, inner["EncryptedPayloadContent"], tmpdir_path)
+        assert content[0]["Password"] == "wifi-secret", content
+    finally:
+        assert srv.stop() == 0
+
+
 def test_profile_for_a_key_cms_cannot_encrypt_to_is_not_sent_in_the_clear(tmpdir_path, datadir):
     """An Ed25519 identity: CMS has no encryption to it. The profile is not
     sent (an error naming the enrollment is logged) rather than sent in
