@@ -53,6 +53,18 @@ def esrv(tmpdir_path):
     stop_clean(s)
 
 
+def scep_server_with_policy(tmpdir_path, policy, extra=""):
+    """A plain-HTTP SCEP server whose policy set is the one file policy;
+    extra is more of the config. Returns the server and its data dir."""
+    pdir = os.path.join(tmpdir_path, "pol")
+    os.makedirs(pdir)
+    with open(os.path.join(pdir, "init.lua"), "w") as f:
+        f.write(policy)
+    d = scep_datadir(tmpdir_path)
+    d.write_config('%s\n  policy = { dir = "%s" },' % (extra, pdir))
+    return Server(d, plain=True), d
+
+
 # ---- 1. OTA phase 3 accepts a revoked identity ------------------------------
 
 
@@ -163,13 +175,7 @@ return {
 
 
 def test_scep_hook_gets_remote_addr_and_challenge(tmpdir_path):
-    pdir = os.path.join(tmpdir_path, "pol")
-    os.makedirs(pdir)
-    with open(os.path.join(pdir, "init.lua"), "w") as f:
-        f.write(SCEP_POLICY)
-    d = scep_datadir(tmpdir_path)
-    d.write_config('  policy = { dir = "%s" },' % pdir)
-    s = Server(d, plain=True)
+    s, d = scep_server_with_policy(tmpdir_path, SCEP_POLICY)
     try:
         c = Client()
         rep = Reply(pki_op(s, c.message(recipient_of(d), challenge=new_challenge(d))).content)
@@ -354,13 +360,7 @@ return {
 
 @pytest.fixture
 def show_srv(tmpdir_path):
-    pdir = os.path.join(tmpdir_path, "pol")
-    os.makedirs(pdir)
-    with open(os.path.join(pdir, "init.lua"), "w") as f:
-        f.write(SHOW_POLICY)
-    d = scep_datadir(tmpdir_path)
-    d.write_config('  policy = { dir = "%s" },' % pdir)
-    s = Server(d, plain=True)
+    s, d = scep_server_with_policy(tmpdir_path, SHOW_POLICY)
     yield s
     stop_clean(s)
 
@@ -537,13 +537,8 @@ return {
 def test_pending_renewal_of_a_certificate_that_expired_meanwhile_fails(tmpdir_path):
     import time
     from test_scep import seq
-    pdir = os.path.join(tmpdir_path, "pol")
-    os.makedirs(pdir)
-    with open(os.path.join(pdir, "init.lua"), "w") as f:
-        f.write(RENEW_LATER_POLICY)
-    d = scep_datadir(tmpdir_path)
-    d.write_config('  ca = { validity = "4s" },\n  policy = { dir = "%s" },' % pdir)
-    s = Server(d, plain=True)
+    s, d = scep_server_with_policy(tmpdir_path, RENEW_LATER_POLICY,
+                                   '  ca = { validity = "4s" },')
     try:
         c, old = enroll(s, d)
         k2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
