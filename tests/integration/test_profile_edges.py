@@ -1,9 +1,11 @@
-"""Managed profiles, edges found in review: profiles.dir, Apple's required
+"""Managed profiles at their edges: profiles.dir, Apple's required
 keys, re-enrollment, commands that end without a report, refused updates,
 and updated profiles reaching devices. Each failed on 6fe05d5."""
 import os
 import plistlib
 import uuid as uuidlib
+
+import pytest
 
 import pki
 from conftest import Server
@@ -427,30 +429,19 @@ def _decrypt_with(dev, der, tmpdir_path):
     return plistlib.loads(cms_decrypt(der, cert_path, key_path, tmpdir_path))
 
 
-def test_encrypted_profile_says_is_encrypted(tmpdir_path, datadir):
-    """TopLevel: PayloadContent is required unless IsEncrypted is true."""
+@pytest.mark.parametrize("key_type", ["rsa", "ec"])
+def test_encrypted_profile_says_is_encrypted(tmpdir_path, datadir, key_type):
+    """TopLevel: PayloadContent is required unless IsEncrypted is true. A
+    device whose identity key is EC gets its profile encrypted too (ECDH
+    key agreement), not in the clear."""
     srv, api, _ = start(tmpdir_path, datadir, ["com.example.wifi"])
     try:
-        dev = Device(srv, key=pki.new_key("rsa"))
+        dev = Device(srv, key=pki.new_key(key_type))
         inner = _installed_profile(srv, api, dev, tmpdir_path)
         assert "PayloadContent" not in inner, inner
         assert inner.get("IsEncrypted") is True, inner
         content = _decrypt_with(dev, inner["EncryptedPayloadContent"], tmpdir_path)
         assert content[0]["SSID_STR"] == "Office", content
-    finally:
-        assert srv.stop() == 0
-
-
-def test_profile_is_encrypted_to_an_ec_device_identity(tmpdir_path, datadir):
-    """With profiles.encrypt on, a device whose identity key is EC gets its
-    profile encrypted too (ECDH key agreement), not in the clear."""
-    srv, api, _ = start(tmpdir_path, datadir, ["com.example.wifi"])
-    try:
-        dev = Device(srv, key=pki.new_key("ec"))
-        inner = _installed_profile(srv, api, dev, tmpdir_path)
-        assert "PayloadContent" not in inner, inner
-        assert inner.get("IsEncrypted") is True, inner
-        content = _decrypt_with(dev, inner["EncryptedPayloadContent"], tmpdir_path)
         assert content[0]["Password"] == "wifi-secret", content
     finally:
         assert srv.stop() == 0
