@@ -1,4 +1,4 @@
-"""APNs edges found in review: a token that changed while a push was on its
+"""Edges of APNs pushes: a token that changed while a push was on its
 way, a 410 for a token registered again, push certificates that cannot work
 (a key TLS refuses, not an MDM topic), and an APNs side that misbehaves
 (GOAWAY, resets, garbage, silence) or a shutdown with pushes pending."""

@@ -1,4 +1,4 @@
-"""Check-in state edges found in review: the bootstrap token after a new
+"""Edges of the check-in state: the bootstrap token after a new
 Authenticate, user channels after the device re-enrolls or checks out, and a
 user channel that checks out and comes back. Each failed on b2150bc."""
 import os

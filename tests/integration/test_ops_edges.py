@@ -1,4 +1,4 @@
-"""Operations edges found in review: a truncated backup, a retention that
+"""Operations at their edges: a truncated backup, a retention that
 wrapped around, listen addresses checked before serve, and db check after
 ordinary check-in flows. The first three failed on b2150bc."""
 import glob

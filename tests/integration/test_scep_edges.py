@@ -1,4 +1,4 @@
-"""SCEP and the OTA profile service, edges found in review: phase 3 takes
+"""SCEP and the OTA profile service at their edges: phase 3 takes
 only a live certificate this server issued and keeps the enrolling user; a
 renewed certificate is superseded; the scep hook gets what POLICY.md
 promises. Each test failed on b896aa4."""

@@ -2281,7 +2281,7 @@ static void test_docs_samples(void **state)
     mdm_free(path);
 }
 
-/* ---- found in review ----------------------------------------------------- */
+/* ---- edges -------------------------------------------------------------------- */
 
 static void test_readonly_bypass(void **state)
 {
@@ -2340,7 +2340,7 @@ static void test_device_metatable_shared(void **state)
     mdm_policy_release(p);
 }
 
-/* ---- review: time budget ------------------------------------------------------------ */
+/* ---- time budget ------------------------------------------------------------ */
 
 /* The clock is looked at every 1000 instructions only: a hook made of a
  * few hundred expensive library calls is never stopped and returns "ok"
@@ -2372,7 +2372,7 @@ static void test_time_budget_overrun(void **state)
     mdm_policy_release(p);
 }
 
-/* ---- review: policy code inside the "never raises" converters ----------------------- */
+/* ---- policy code inside the "never raises" converters ----------------------- */
 
 /* A table with a metatable field __fill (the device view's private hook)
  * has it called by every converter: policy code runs inside
