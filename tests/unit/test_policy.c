@@ -893,6 +893,18 @@ static double expect_killed(struct fx *fx, mdm_policy_settings_t *s, const char 
     return ms;
 }
 
+/* The hook src is killed with want, within limit_ms (what is run is
+ * named by label in the messages); the source string is freed. */
+static void expect_killed_soon(struct fx *fx, mdm_policy_settings_t *s, char *src,
+                               const char *want, const char *label, double limit_ms)
+{
+    double ms = expect_killed(fx, s, src, want);
+    print_message("%s: stopped after %.1f ms\n", label, ms);
+    if (ms > limit_ms)
+        fail_msg("%s: stopped only after %.1f ms", label, ms);
+    mdm_free(src);
+}
+
 static void test_budget_time(void **state)
 {
     struct fx *fx = *state;
@@ -987,12 +999,7 @@ static void test_budget_patterns(void **state)
                                 "  return { 'done' }\n"
                                 "end }\n",
                                 slow[i]);
-        double ms = expect_killed(fx, &s, src,
-                                  "init.lua:3: pattern matching exceeded its step budget");
-        print_message("%s: stopped after %.1f ms\n", slow[i], ms);
-        if (ms > limit)
-            fail_msg("%s: stopped only after %.1f ms", slow[i], ms);
-        mdm_free(src);
+        expect_killed_soon(fx, &s, src, "init.lua:3: pattern matching exceeded its step budget", slow[i], limit);
     }
 
     /* What a match makes is held in the state, under its memory cap. */
@@ -1067,11 +1074,7 @@ static void test_budget_library_calls(void **state)
                                 "  return { 'done' }\n"
                                 "end }\n",
                                 slow[i]);
-        double ms = expect_killed(fx, &s, src, "init.lua:3: instruction budget exceeded");
-        print_message("%s: stopped after %.1f ms\n", slow[i], ms);
-        if (ms > limit)
-            fail_msg("%s: stopped only after %.1f ms", slow[i], ms);
-        mdm_free(src);
+        expect_killed_soon(fx, &s, src, "init.lua:3: instruction budget exceeded", slow[i], limit);
     }
 
     /* Calls that each take milliseconds, in a loop: the clock is looked at
@@ -1084,11 +1087,7 @@ static void test_budget_library_calls(void **state)
     };
     for (size_t i = 0; i < sizeof(loops) / sizeof(loops[0]); i++) {
         char *src = mdm_sprintf("return { groups = function()\n  %s\nend }\n", loops[i]);
-        double ms = expect_killed(fx, &s, src, "budget exceeded");
-        print_message("%s: stopped after %.1f ms\n", loops[i], ms);
-        if (ms > limit)
-            fail_msg("%s: stopped only after %.1f ms", loops[i], ms);
-        mdm_free(src);
+        expect_killed_soon(fx, &s, src, "budget exceeded", loops[i], limit);
     }
 
     /* Ordinary use is not affected: appends, pops, sorts, a megabyte. */
