@@ -8,6 +8,8 @@
  *   0x01  a pkcsPKIEnvelope, opened with the RA key
  *   0x02  a PKCS #10 request as message data of a PKCSReq
  *   0x03  an IssuerAndSubject as message data of a CertPoll
+ * A CSR that parses is also shown as the policy hook sees it
+ * (scep/csrview.c): its subject, CN and every subjectAltName.
  *
  * The RA and CA are the fixed test keys of fuzz_keys.h (they protect
  * nothing), so that the committed corpus, messages captured from
@@ -21,6 +23,7 @@
 #include <stdlib.h>
 
 #include "fuzz_keys.h"
+#include "scep/csrview.h"
 
 static mdm_scep_keys_t fuzz_keys;
 static X509 *fuzz_signer;
@@ -83,6 +86,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         break;
     default: break;
     }
+    mdm_csr_view_t view;
+    if (m.csr != NULL && mdm_csr_view_make(m.csr, &view) == NULL)
+        mdm_csr_view_free(&view);
     mdm_buf_free(&plain);
     mdm_scep_msg_free(&m);
     return 0;

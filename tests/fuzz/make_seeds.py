@@ -22,6 +22,7 @@ re-run would otherwise rewrite committed files for nothing.
 import argparse
 import base64
 import datetime
+import ipaddress
 import os
 import plistlib
 import re
@@ -438,6 +439,22 @@ def scep_seeds(w):
     w("scep", "stage-csr-san.bin", b"\x02" + san.public_bytes(serialization.Encoding.DER), False)
     w("scep", "python-pkcsreq-san.der",
       client.message(RA_CERT, data=san.public_bytes(serialization.Encoding.DER)), False)
+    # Every kind of subjectAltName the policy hook is shown (scep/csrview.c).
+    upn = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
+    utf8 = b"\x0c\x11alice@example.org"
+    kinds = (x509.CertificateSigningRequestBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "all sans")]))
+             .add_extension(x509.SubjectAlternativeName([
+                 x509.OtherName(upn, utf8),
+                 x509.OtherName(x509.ObjectIdentifier("1.2.3.4"), b"\x04\x02\x00\x01"),
+                 x509.DirectoryName(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME,
+                                                                  "Dir")])),
+                 x509.RegisteredID(x509.ObjectIdentifier("1.2.3.5")),
+                 x509.UniformResourceIdentifier("https://example.org/d"),
+                 x509.IPAddress(ipaddress.ip_address("192.0.2.7"))]), critical=False)
+             .sign(client.key, hashes.SHA256()))
+    w("scep", "stage-csr-all-sans.bin", b"\x02" + kinds.public_bytes(serialization.Encoding.DER),
+      False)
     w("scep", "stage-issuer-and-serial.bin", b"\x03" + ias)
     w("scep", "stage-envelope-getcrl.bin", b"\x01" + test_scep.envelope(ias, RA_CERT), False)
 
