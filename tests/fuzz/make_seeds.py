@@ -617,6 +617,30 @@ def http_seeds(w, expired):
         w("http", name, data, deterministic=not signed and name not in random_parts)
 
 
+# ---- policy pattern matching (lua/lpattern.c) -----------------------------------
+
+def lpattern_seeds(w):
+    """Byte 0: the function (0 find, 1 plain find, 2 match, 3 gmatch, 4 gsub;
+    for gsub, byte 0 // 5 picks the replacement), byte 1: init, then the
+    pattern, a NUL byte and the subject."""
+    cases = {
+        "os-version": (2, 0, b"^(%d+)", b"17.4.1"),
+        "email": (2, 0, b"^([^@]+)@(.+)$", b"alice@example.org"),
+        "gsub-space": (4, 0, b"%s+", b"a  b\tc\n d"),
+        "gmatch-words": (3, 0, b"(%w+)=(%w+)", b"a=1, b=2, c=3"),
+        "balanced": (0, 0, b"%b()", b"f(a(b)c) d"),
+        "frontier": (3, 0, b"%f[%a]%a+", b"THE (quick) fox"),
+        "backref": (2, 0, b"([\"'])(.-)%1", b"say \"hi\" now"),
+        "position": (2, 3, b"()a+()", b"xxaaay"),
+        "negative-init": (0, 0xfe, b"a.", b"banana"),
+        "plain": (1, 0, b"a.[", b"xa.[y"),
+        "costly": (0, 0, b"a?a?a?a?a?a?a?a?a?a?a?a?aaaaaaaaaaaa", b"aaaaaaaaaaaa"),
+        "set-ranges": (4 + 5 * 2, 0, b"([a-c%d])([^%s]?)", b"a1 b2 zz c"),
+        "malformed": (0, 0, b"%f", b"x"),
+    }
+    for name, (fn, init, pattern, subject) in cases.items():
+        w("lpattern", name + ".bin", bytes([fn, init]) + pattern + b"\0" + subject)
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--force", action="store_true", help="rewrite files that exist")
@@ -637,6 +661,7 @@ def main():
     cms_seeds(w, expired, foreign)
     scep_seeds(w)
     http_seeds(w, expired)
+    lpattern_seeds(w)
     print(f"make_seeds: {w.written} written, {w.kept} kept")
 
 
