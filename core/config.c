@@ -118,9 +118,10 @@ static const opt_t options[] = {
      .def = "false", .doc = "Start even when a private key file is readable by group or others."},
 
     {.key = "http.max_header_bytes", .type = OPT_SIZE, FIELD(http_max_header_bytes),
-     .def = "32KiB", .min = 1, .doc = "Largest request head (request line and headers)."},
+     .def = "32KiB", .min = 1024, .max = 1 << 20,
+     .doc = "Largest request head (request line and headers)."},
     {.key = "http.max_body_bytes", .type = OPT_SIZE, FIELD(http_max_body_bytes), .def = "8MiB",
-     .doc = "Largest request body."},
+     .min = 1024, .max = 1 << 30, .doc = "Largest request body."},
     {.key = "http.read_timeout", .type = OPT_DURATION, FIELD(http_read_timeout_ms), .def = "30s",
      .min = 1, .doc = "Time allowed to receive a whole request."},
     {.key = "http.idle_timeout", .type = OPT_DURATION, FIELD(http_idle_timeout_ms), .def = "75s",
@@ -130,7 +131,7 @@ static const opt_t options[] = {
     {.key = "http.max_connections", .type = OPT_INT, FIELD(http_max_connections),
      .def = "10000", .min = 1, .doc = "Open connections at most; further ones are refused."},
     {.key = "http.max_pipeline", .type = OPT_INT, FIELD(http_max_pipeline), .def = "16",
-     .min = 1, .doc = "Requests buffered per connection (HTTP pipelining)."},
+     .min = 1, .max = 1024, .doc = "Requests buffered per connection (HTTP pipelining)."},
     {.key = "http.shutdown_grace", .type = OPT_DURATION, FIELD(http_shutdown_grace_ms),
      .def = "10s", .doc = "Time requests in flight get to finish when the server stops."},
 
@@ -216,12 +217,13 @@ static const opt_t options[] = {
      .doc = "URL path that takes both check-ins and command reports (told apart by Content-Type)."},
     {.key = "mdm.bind_on_first_sight", .type = OPT_BOOL, FIELD(mdm_bind_on_first_sight),
      .def = "false",
-     .doc = "Bind a new certificate from our CA to an enrollment the first time it is seen "
-            "(renewals outside an enrollment profile)."},
+     .doc = "Bind a certificate that chains to a CA of tls.client_ca and is bound to nothing "
+            "to the enrollment it first speaks for (devices migrated from another server, "
+            "renewals outside an enrollment profile); never to one that checked out."},
     {.key = "mdm.result_retention", .type = OPT_DURATION, FIELD(mdm_result_retention_ms),
-     .def = "30d", .doc = "How long command results are kept."},
+     .def = "30d", .min = 1000, .doc = "How long command results are kept."},
     {.key = "mdm.notnow_max", .type = OPT_INT, FIELD(mdm_notnow_max), .def = "50",
-     .doc = "NotNow replies after which a command is given up."},
+     .doc = "NotNow replies after which a command is given up (0: never)."},
 
     {.key = "enroll.base_url", .type = OPT_STRING, FIELD(enroll_base_url),
      .def_doc = "https://<first listen address>",
@@ -280,8 +282,8 @@ static const opt_t options[] = {
      .min = 100, .doc = "Time allowed for one request to APNs, connecting included."},
     {.key = "apns.max_in_flight", .type = OPT_INT, FIELD(apns_max_in_flight), .def = "256",
      .min = 1, .max = 65536,
-     .doc = "Pushes sent and not yet answered, at most (1 to 65536); more wait in a queue."},
-    {.key = "apns.connections", .type = OPT_INT, FIELD(apns_connections), .def = "8", .min = 1,
+     .doc = "Pushes sent and not yet answered, at most; more wait in a queue."},
+    {.key = "apns.connections", .type = OPT_INT, FIELD(apns_connections), .def = "8", .min = 1, .max = 1024,
      .doc = "HTTP/2 connections to APNs per push certificate, as a total shared by all "
             "topics (docs/APNS.md); each carries up to apns.max_in_flight / apns.connections "
             "requests at once (keep that near 32)."},
@@ -289,7 +291,7 @@ static const opt_t options[] = {
      .def = "1s",
      .doc = "A push to an enrollment that APNs accepted this recently, and that the device has "
             "not answered yet, answers further pushes to it."},
-    {.key = "apns.retry_max", .type = OPT_INT, FIELD(apns_retry_max), .def = "3",
+    {.key = "apns.retry_max", .type = OPT_INT, FIELD(apns_retry_max), .def = "3", .max = 20,
      .doc = "Retries of a push after 429, 5xx or a connection failure."},
     {.key = "apns.retry_delay", .type = OPT_DURATION, FIELD(apns_retry_delay_ms), .def = "1s",
      .min = 1, .doc = "First retry delay; it doubles at each retry (with jitter, at most 5m)."},
@@ -1895,6 +1897,21 @@ static void put_md_cell(mdm_buf_t *out, const char *s)
     }
 }
 
+/* Appends the accepted range of a number, when it is narrower than "not
+ * negative" (a minimum above 1, or a maximum). */
+static void put_md_range(mdm_buf_t *out, const opt_t *o)
+{
+    if ((o->type != OPT_INT && o->type != OPT_SIZE && o->type != OPT_DURATION) ||
+        (o->min <= 1 && o->max == 0))
+        return;
+    const char *unit = o->type == OPT_SIZE ? " bytes" : o->type == OPT_DURATION ? " ms" : "";
+    if (o->max != 0)
+        mdm_buf_printf(out, " Accepted: %llu to %llu%s.", (unsigned long long)o->min,
+                       (unsigned long long)o->max, unit);
+    else
+        mdm_buf_printf(out, " Accepted: at least %llu%s.", (unsigned long long)o->min, unit);
+}
+
 void mdm_config_write_markdown(mdm_buf_t *out)
 {
     mdm_buf_puts(
@@ -1955,6 +1972,7 @@ void mdm_config_write_markdown(mdm_buf_t *out)
         }
         mdm_buf_puts(out, " | ");
         put_md_cell(out, o->doc);
+        put_md_range(out, o);
         mdm_buf_puts(out, " |\n");
     }
 }
