@@ -361,7 +361,8 @@ static int challenge_fn(mdm_txn_t *txn, void *arg)
 {
     struct challenge_ctx *c = arg;
     if (c->slot != NULL)
-        return mdm_challenge_create_in_slot(txn, c->slot, c->owner, c->purpose, c->ttl, &c->ch);
+        return mdm_challenge_create_in_slot(txn, c->slot, c->owner, NULL, c->purpose, c->ttl,
+                                            &c->ch);
     return mdm_challenge_create(txn, c->owner, c->purpose, c->ttl, &c->ch);
 }
 
