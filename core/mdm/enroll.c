@@ -351,6 +351,7 @@ static void send_page(mdm_req_t *req, int status, const char *message, const cha
 
 struct challenge_ctx {
     const char *owner;
+    const char *udid;          /* the device it is for, or NULL */
     int purpose;
     uint64_t ttl;
     const unsigned char *slot; /* replaces the previous one of this slot */
@@ -361,8 +362,9 @@ static int challenge_fn(mdm_txn_t *txn, void *arg)
 {
     struct challenge_ctx *c = arg;
     if (c->slot != NULL)
-        return mdm_challenge_create_in_slot(txn, c->slot, c->owner, c->purpose, c->ttl, &c->ch);
-    return mdm_challenge_create(txn, c->owner, c->purpose, c->ttl, &c->ch);
+        return mdm_challenge_create_in_slot(txn, c->slot, c->owner, c->udid, c->purpose, c->ttl,
+                                            &c->ch);
+    return mdm_challenge_create_for(txn, c->owner, c->udid, c->purpose, c->ttl, &c->ch);
 }
 
 /* Creates a one-time challenge for user and answers with the signed
@@ -532,12 +534,16 @@ static const char *ota_challenge_problem(const char *challenge, int rc)
 }
 
 /* The phase-3 signer must be a certificate this server issued (its
- * CA's chain may hold other CAs' roots) and not revoked; its owner is the
- * enrolling user, carried over to the final identity. */
+ * CA's chain may hold other CAs' roots), not revoked, and, when it was
+ * issued for a device (phase 1 named it), issued for the device that
+ * phase 3 names; its owner is the enrolling user, carried over to the
+ * final identity. */
 struct ota_signer {
     unsigned char fp[32];
     bool known, revoked;
     char owner[MDM_CHALLENGE_OWNER_MAX + 1];
+    char udid[MDM_CHALLENGE_UDID_MAX + 1];
+    char why[MDM_CHALLENGE_UDID_MAX + 64];
 };
 
 static int ota_signer_fn(mdm_txn_t *txn, void *arg)
@@ -553,7 +559,31 @@ static int ota_signer_fn(mdm_txn_t *txn, void *arg)
     o->revoked = rec.revoked;
     mdm_certrec_free(&rec);
     rc = mdm_challenge_owner_of_cert(txn, o->fp, o->owner, sizeof(o->owner));
+    if (rc == 0 || rc == MDM_ENOTFOUND)
+        rc = mdm_challenge_udid_of_cert(txn, o->fp, o->udid, sizeof(o->udid));
     return rc == MDM_ENOTFOUND ? 0 : rc;
+}
+
+/* Looks the phase-3 signer up: NULL when it may have a final profile for
+ * udid, else why not (*status: the HTTP status). */
+static const char *ota_signer_problem(mdm_server_t *s, X509 *signer, const char *udid,
+                                      struct ota_signer *os, int *status)
+{
+    int vrc = mdm_cert_sha256(signer, os->fp) != 0 ? MDM_EPARSE
+                                                   : mdm_store_view(s->store, ota_signer_fn, os);
+    *status = vrc != 0 ? 500 : 403;
+    if (vrc != 0)
+        return "the signer could not be looked up";
+    if (!os->known)
+        return "the signer is not a certificate this server issued";
+    if (os->revoked)
+        return "the signer's certificate is revoked";
+    if (os->udid[0] != '\0' && strcmp(os->udid, udid) != 0) {
+        snprintf(os->why, sizeof(os->why), "the signer's certificate was issued for device %s",
+                 os->udid);
+        return os->why;
+    }
+    return NULL;
 }
 
 static void handle_ota(mdm_req_t *req)
@@ -595,6 +625,13 @@ static void handle_ota(mdm_req_t *req)
     }
     const char *udid = mdm_pl_str(attrs, "UDID");
     char uq[200];
+    if (!mdm_device_id_ok(udid)) {
+        mdm_log(MDM_LOG_WARN, req->id, "enroll.ota_refused", "phase=%d udid=%s reason=\"%s\"",
+                phase3 ? 3 : 1, mdm_logq(uq, sizeof(uq), udid),
+                "the signed attributes have no usable UDID");
+        mdm_resp_text(req, 400, "the signed attributes have no usable UDID");
+        goto out;
+    }
     if (!phase3) {
         const char *challenge = mdm_pl_str(attrs, "CHALLENGE");
         struct ota_ctx o = {.challenge = challenge};
@@ -620,6 +657,7 @@ static void handle_ota(mdm_req_t *req)
         }
         /* Phase 2: a profile with a SCEP payload for the device's identity. */
         struct challenge_ctx c = {.owner = decision.user,
+                                  .udid = udid,
                                   .purpose = MDM_CHALLENGE_SCEP,
                                   .ttl = s->cfg->scep_challenge_ttl_ms};
         mdm_enroll_profile_opts_t po = {.user = decision.user,
@@ -641,21 +679,19 @@ static void handle_ota(mdm_req_t *req)
         /* Phase 3: the device proved the identity our CA issued; its final
          * profile holds the MDM payload, encrypted to that identity. */
         struct ota_signer os = {.owner = ""};
-        int vrc = mdm_cert_sha256(signer, os.fp) != 0 ? MDM_EPARSE
-                                                      : mdm_store_view(s->store, ota_signer_fn, &os);
-        if (vrc != 0 || !os.known || os.revoked) {
-            const char *why = vrc != 0   ? "the signer could not be looked up"
-                              : !os.known ? "the signer is not a certificate this server issued"
-                                          : "the signer's certificate is revoked";
+        int status = 0;
+        const char *why = ota_signer_problem(s, signer, udid, &os, &status);
+        if (why != NULL) {
             mdm_log(MDM_LOG_WARN, req->id, "enroll.ota_refused", "phase=3 udid=%s reason=\"%s\"",
                     mdm_logq(uq, sizeof(uq), udid), why);
-            mdm_resp_text(req, vrc != 0 ? 500 : 403, why);
+            mdm_resp_text(req, status, why);
             goto out;
         }
         /* One live challenge per identity: a new phase 3 replaces the
          * challenge of the previous one, so that repeating it does not
          * fill the store. */
         struct challenge_ctx c = {.owner = os.owner[0] ? os.owner : NULL,
+                                  .udid = udid,
                                   .purpose = MDM_CHALLENGE_SCEP,
                                   .ttl = s->cfg->scep_challenge_ttl_ms,
                                   .slot = os.fp};

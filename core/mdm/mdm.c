@@ -135,6 +135,18 @@ int mdm_device_forget(mdm_txn_t *txn, const char *device_id)
 
 /* ---- identity ------------------------------------------------------------ */
 
+bool mdm_device_id_ok(const char *id)
+{
+    if (id == NULL || id[0] == '\0' || strlen(id) > MDM_DEVICE_ID_MAX)
+        return false;
+    /* Ids become store keys and log values: keep them to printable text
+     * without the separator of user channels. */
+    for (const char *p = id; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == ':' || (unsigned char)*p >= 0x7f)
+            return false;
+    return true;
+}
+
 int mdm__resolve_ids(plist_t msg, char eid[MDM_EID_MAX + 1], char device_id[MDM_EID_MAX + 1],
                      bool *user_channel)
 {
@@ -143,13 +155,8 @@ int mdm__resolve_ids(plist_t msg, char eid[MDM_EID_MAX + 1], char device_id[MDM_
     const char *user_id = mdm_pl_str(msg, "UserID");
     const char *dev = udid ? udid : enr;
     *user_channel = false;
-    if (dev == NULL || dev[0] == '\0' || strlen(dev) > 128)
+    if (!mdm_device_id_ok(dev))
         return MDM_EPARSE;
-    /* Ids become store keys and log values: keep them to printable text
-     * without the separator of user channels. */
-    for (const char *p = dev; *p; p++)
-        if ((unsigned char)*p <= ' ' || *p == ':' || (unsigned char)*p >= 0x7f)
-            return MDM_EPARSE;
     snprintf(device_id, MDM_EID_MAX + 1, "%s", dev);
     const char *user = NULL;
     if (udid != NULL && user_id != NULL) {
@@ -439,6 +446,23 @@ static bool topic_served(mdm_server_t *s, const char *topic)
            (cfg != NULL && strcmp(cfg, topic) == 0);
 }
 
+/* A certificate issued for one device (the OTA profile service recorded
+ * its UDID) authenticates as that device only. */
+static int check_issued_for(msg_ctx_t *c, mdm_txn_t *txn)
+{
+    char udid[MDM_CHALLENGE_UDID_MAX + 1];
+    int rc = mdm_challenge_udid_of_cert(txn, c->id->fp, udid, sizeof(udid));
+    if (rc == MDM_ENOTFOUND)
+        return 0;
+    if (rc != 0)
+        return rc;
+    if (strcmp(udid, c->device_id) != 0) {
+        refuse(c, 403, "the certificate was issued for device %s", udid);
+        return REFUSED;
+    }
+    return 0;
+}
+
 static int on_authenticate(msg_ctx_t *c, mdm_txn_t *txn)
 {
     if (c->user_channel) {
@@ -459,6 +483,8 @@ static int on_authenticate(msg_ctx_t *c, mdm_txn_t *txn)
         return REFUSED;
     }
     int rc = check_revoked(c, txn);
+    if (rc == 0)
+        rc = check_issued_for(c, txn);
     if (rc != 0)
         return rc;
     char bound[MDM_EID_MAX + 1];

@@ -28,6 +28,8 @@
 #include "server.h"
 
 #define MDM_EID_MAX MDM_ENROLLMENT_ID_MAX
+/* Longest UDID or EnrollmentID a message may name. */
+#define MDM_DEVICE_ID_MAX 128
 
 /* Who sent a request, as proven by a certificate. */
 typedef struct mdm_identity {
@@ -92,6 +94,10 @@ int mdm_enrollment_load(mdm_txn_t *txn, const char *eid, plist_t *out);
 int mdm_enrollment_save(mdm_txn_t *txn, const char *eid, plist_t rec);
 int mdm_device_load(mdm_txn_t *txn, const char *device_id, plist_t *out);
 int mdm_device_save(mdm_txn_t *txn, const char *device_id, plist_t rec);
+
+/* Whether id can name a device (a UDID or EnrollmentID): 1 to
+ * MDM_DEVICE_ID_MAX printable ASCII characters, no space and no ':'. */
+bool mdm_device_id_ok(const char *id);
 
 /* Removes everything known about a device: its enrollments (device and
  * user channels), queues, results, binding. The certificate records stay. */

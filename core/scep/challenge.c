@@ -9,12 +9,14 @@
 #include "util/encode.h"
 #include "util/misc.h"
 
-#define VALUE_VERSION 2
-#define VALUE_HEAD 18
+#define VALUE_VERSION 3
+#define V3_HEAD 19 /* + the UDID, then the owner */
+#define V2_HEAD 18
 #define V1_HEAD 17
 
 static const char OWNER_PREFIX[] = "scepowner"; /* + '\0' + 32 bytes */
 #define OWNER_PREFIX_LEN sizeof(OWNER_PREFIX)
+static const char UDID_PREFIX[] = "scepudid"; /* + '\0' + 32 bytes */
 static const char SLOT_PREFIX[] = "scepslot"; /* + '\0' + 32 bytes */
 #define SLOT_PREFIX_LEN sizeof(SLOT_PREFIX)
 
@@ -36,30 +38,68 @@ const char *mdm_challenge_purpose_name(int purpose)
     return purpose == MDM_CHALLENGE_SCEP ? "scep" : purpose == MDM_CHALLENGE_OTA ? "ota" : "?";
 }
 
+/* The offset of the owner in a value, and the UDID's (len 0 when none). */
+static int value_layout(mdm_val_t v, size_t *udid_at, size_t *udid_len, size_t *owner_at)
+{
+    const unsigned char *p = v.data;
+    *udid_at = *udid_len = 0;
+    if (v.len == 0)
+        return MDM_EPARSE;
+    switch (p[0]) {
+    case 1: *owner_at = V1_HEAD; break;
+    case 2: *owner_at = V2_HEAD; break;
+    case VALUE_VERSION:
+        if (v.len < V3_HEAD)
+            return MDM_EPARSE;
+        *udid_at = V3_HEAD;
+        *udid_len = p[V3_HEAD - 1];
+        *owner_at = V3_HEAD + *udid_len;
+        break;
+    default: return MDM_EPARSE;
+    }
+    if (v.len < *owner_at || v.len - *owner_at > MDM_CHALLENGE_OWNER_MAX)
+        return MDM_EPARSE;
+    return 0;
+}
+
 static int decode_value(mdm_val_t v, mdm_challenge_t *out)
 {
     const unsigned char *p = v.data;
-    size_t head = v.len > 0 && p[0] == 1 ? V1_HEAD : VALUE_HEAD;
-    if (v.len < head || (p[0] != 1 && p[0] != VALUE_VERSION) ||
-        v.len - head > MDM_CHALLENGE_OWNER_MAX)
-        return MDM_EPARSE;
+    size_t udid_at, udid_len, head;
+    int rc = value_layout(v, &udid_at, &udid_len, &head);
+    if (rc != 0)
+        return rc;
     out->expires_ms = (int64_t)mdm_be64_get(p + 1);
     out->created_ms = (int64_t)mdm_be64_get(p + 9);
     out->purpose = head == V1_HEAD ? MDM_CHALLENGE_SCEP : p[V1_HEAD];
+    memcpy(out->udid, p + udid_at, udid_len);
+    out->udid[udid_len] = '\0';
     memcpy(out->owner, p + head, v.len - head);
     out->owner[v.len - head] = '\0';
     return 0;
 }
 
+/* A name of at most max bytes without NUL; NULL reads as "". */
+static bool name_ok(const char *name, size_t max)
+{
+    return name == NULL || strlen(name) <= max;
+}
+
 int mdm_challenge_create(mdm_txn_t *txn, const char *owner, int purpose, uint64_t ttl_ms,
                          mdm_challenge_t *out)
 {
-    if (owner == NULL)
-        owner = "";
-    size_t olen = strlen(owner);
-    if (ttl_ms == 0 || !purpose_ok(purpose) || ttl_ms > (uint64_t)INT64_MAX / 2 || olen > MDM_CHALLENGE_OWNER_MAX ||
-        memchr(owner, '\0', olen) != NULL)
+    return mdm_challenge_create_for(txn, owner, NULL, purpose, ttl_ms, out);
+}
+
+int mdm_challenge_create_for(mdm_txn_t *txn, const char *owner, const char *udid, int purpose,
+                             uint64_t ttl_ms, mdm_challenge_t *out)
+{
+    if (ttl_ms == 0 || !purpose_ok(purpose) || ttl_ms > (uint64_t)INT64_MAX / 2 ||
+        !name_ok(owner, MDM_CHALLENGE_OWNER_MAX) || !name_ok(udid, MDM_CHALLENGE_UDID_MAX))
         return MDM_EINVAL;
+    owner = owner == NULL ? "" : owner;
+    udid = udid == NULL ? "" : udid;
+    size_t olen = strlen(owner), ulen = strlen(udid);
     memset(out, 0, sizeof(*out));
     unsigned char rnd[MDM_CHALLENGE_LEN / 2];
     mdm_random(rnd, sizeof(rnd));
@@ -71,17 +111,20 @@ int mdm_challenge_create(mdm_txn_t *txn, const char *owner, int purpose, uint64_
     out->created_ms = mdm_now_ms();
     out->expires_ms = out->created_ms + (int64_t)ttl_ms;
     memcpy(out->owner, owner, olen + 1);
+    memcpy(out->udid, udid, ulen + 1);
     out->purpose = purpose;
 
-    unsigned char value[VALUE_HEAD + MDM_CHALLENGE_OWNER_MAX];
+    unsigned char value[V3_HEAD + MDM_CHALLENGE_UDID_MAX + MDM_CHALLENGE_OWNER_MAX];
     value[0] = VALUE_VERSION;
     mdm_be64_put(value + 1, (uint64_t)out->expires_ms);
     mdm_be64_put(value + 9, (uint64_t)out->created_ms);
     value[V1_HEAD] = (unsigned char)purpose;
-    memcpy(value + VALUE_HEAD, owner, olen);
+    value[V3_HEAD - 1] = (unsigned char)ulen;
+    memcpy(value + V3_HEAD, udid, ulen);
+    memcpy(value + V3_HEAD + ulen, owner, olen);
     /* 128 random bits do not collide; NOOVERWRITE makes sure of it. */
     return mdm_txn_put(txn, MDM_T_CHALLENGES, MDM_VAL(out->digest, 32),
-                       MDM_VAL(value, VALUE_HEAD + olen), MDM_PUT_NOOVERWRITE);
+                       MDM_VAL(value, V3_HEAD + ulen + olen), MDM_PUT_NOOVERWRITE);
 }
 
 /* Looks a challenge up by text; fills c (digest included). */
@@ -129,7 +172,8 @@ int mdm_challenge_consume(mdm_txn_t *txn, const char *text, int purpose, int64_t
 }
 
 int mdm_challenge_create_in_slot(mdm_txn_t *txn, const unsigned char slot[32], const char *owner,
-                                 int purpose, uint64_t ttl_ms, mdm_challenge_t *out)
+                                 const char *udid, int purpose, uint64_t ttl_ms,
+                                 mdm_challenge_t *out)
 {
     unsigned char key[SLOT_PREFIX_LEN + 32];
     memcpy(key, SLOT_PREFIX, SLOT_PREFIX_LEN);
@@ -143,7 +187,7 @@ int mdm_challenge_create_in_slot(mdm_txn_t *txn, const unsigned char slot[32], c
     }
     if (rc != 0 && rc != MDM_ENOTFOUND)
         return rc;
-    rc = mdm_challenge_create(txn, owner, purpose, ttl_ms, out);
+    rc = mdm_challenge_create_for(txn, owner, udid, purpose, ttl_ms, out);
     if (rc == 0)
         rc = mdm_txn_put(txn, MDM_T_INDEX, MDM_VAL(key, sizeof(key)), MDM_VAL(out->digest, 32), 0);
     return rc;
@@ -201,33 +245,40 @@ int mdm_challenge_list(mdm_txn_t *txn, mdm_challenge_fn fn, void *arg)
     return rc;
 }
 
-static void owner_key(unsigned char out[OWNER_PREFIX_LEN + 32], const unsigned char fp[32])
+/* The MDM_T_INDEX key of a certificate's entry under prefix (of the
+ * length of OWNER_PREFIX or shorter); returns its length. */
+static size_t cert_key(unsigned char out[OWNER_PREFIX_LEN + 32], const char *prefix,
+                       const unsigned char fp[32])
 {
-    memcpy(out, OWNER_PREFIX, OWNER_PREFIX_LEN);
-    memcpy(out + OWNER_PREFIX_LEN, fp, 32);
+    size_t n = strlen(prefix) + 1;
+    memcpy(out, prefix, n);
+    memcpy(out + n, fp, 32);
+    return n + 32;
 }
 
-int mdm_challenge_owner_record(mdm_txn_t *txn, const unsigned char cert_sha256[32],
-                               const char *owner)
+/* Records value (max bytes at most) for a certificate; "" or NULL removes
+ * the entry. */
+static int cert_name_put(mdm_txn_t *txn, const char *prefix, const unsigned char fp[32],
+                         const char *value, size_t max)
 {
     unsigned char key[OWNER_PREFIX_LEN + 32];
-    owner_key(key, cert_sha256);
-    if (owner == NULL || owner[0] == '\0') {
-        int rc = mdm_txn_del(txn, MDM_T_INDEX, MDM_VAL(key, sizeof(key)));
+    size_t klen = cert_key(key, prefix, fp);
+    if (value == NULL || value[0] == '\0') {
+        int rc = mdm_txn_del(txn, MDM_T_INDEX, MDM_VAL(key, klen));
         return rc == MDM_ENOTFOUND ? 0 : rc;
     }
-    if (strlen(owner) > MDM_CHALLENGE_OWNER_MAX)
+    if (strlen(value) > max)
         return MDM_EINVAL;
-    return mdm_txn_put(txn, MDM_T_INDEX, MDM_VAL(key, sizeof(key)), MDM_VAL_STR(owner), 0);
+    return mdm_txn_put(txn, MDM_T_INDEX, MDM_VAL(key, klen), MDM_VAL_STR(value), 0);
 }
 
-int mdm_challenge_owner_of_cert(mdm_txn_t *txn, const unsigned char cert_sha256[32], char *out,
-                                size_t n)
+static int cert_name_get(mdm_txn_t *txn, const char *prefix, const unsigned char fp[32],
+                         char *out, size_t n)
 {
     unsigned char key[OWNER_PREFIX_LEN + 32];
     mdm_val_t v;
-    owner_key(key, cert_sha256);
-    int rc = mdm_txn_get(txn, MDM_T_INDEX, MDM_VAL(key, sizeof(key)), &v);
+    size_t klen = cert_key(key, prefix, fp);
+    int rc = mdm_txn_get(txn, MDM_T_INDEX, MDM_VAL(key, klen), &v);
     if (rc != 0)
         return rc;
     if (n == 0)
@@ -236,4 +287,28 @@ int mdm_challenge_owner_of_cert(mdm_txn_t *txn, const unsigned char cert_sha256[
     memcpy(out, v.data, len);
     out[len] = '\0';
     return 0;
+}
+
+int mdm_challenge_owner_record(mdm_txn_t *txn, const unsigned char cert_sha256[32],
+                               const char *owner)
+{
+    return cert_name_put(txn, OWNER_PREFIX, cert_sha256, owner, MDM_CHALLENGE_OWNER_MAX);
+}
+
+int mdm_challenge_owner_of_cert(mdm_txn_t *txn, const unsigned char cert_sha256[32], char *out,
+                                size_t n)
+{
+    return cert_name_get(txn, OWNER_PREFIX, cert_sha256, out, n);
+}
+
+int mdm_challenge_udid_record(mdm_txn_t *txn, const unsigned char cert_sha256[32],
+                              const char *udid)
+{
+    return cert_name_put(txn, UDID_PREFIX, cert_sha256, udid, MDM_CHALLENGE_UDID_MAX);
+}
+
+int mdm_challenge_udid_of_cert(mdm_txn_t *txn, const unsigned char cert_sha256[32], char *out,
+                               size_t n)
+{
+    return cert_name_get(txn, UDID_PREFIX, cert_sha256, out, n);
 }

@@ -4,12 +4,14 @@
  * the enrollment flow, which binds it to a user). The store keeps only
  * its SHA-256 as the key, so that a copy of the database gives no usable
  * challenge. Value (fixed layout, big-endian):
- *   byte 0      version (2)
+ *   byte 0      version (3)
  *   bytes 1-8   expires_ms
  *   bytes 9-16  created_ms
  *   byte 17     purpose (MDM_CHALLENGE_SCEP or MDM_CHALLENGE_OTA)
- *   bytes 18-   owner (UTF-8, no NUL; may be empty)
- * Version 1 values (written before purposes existed) have no purpose byte
+ *   byte 18     length of the UDID (0: not made for one device)
+ *   bytes 19-   the UDID, then the owner (UTF-8, no NUL; may be empty)
+ * Version 2 values have no UDID (the owner starts at byte 18); version 1
+ * values (written before purposes existed) have no purpose byte either
  * (the owner starts at byte 17) and read as MDM_CHALLENGE_SCEP.
  * A challenge is good only for its purpose: a SCEP challenge does not pass
  * the OTA profile service's phase 1, and the OTA challenge (which phase 1
@@ -21,7 +23,10 @@
  * The owner of a challenge that enrolled a certificate is kept in
  * MDM_T_INDEX under "scepowner\0" + SHA-256 of the certificate's DER, so
  * that the MDM layer can attach the user to the enrollment when the device
- * first authenticates with that certificate. */
+ * first authenticates with that certificate. Likewise the UDID of a
+ * challenge made for one device (the OTA profile service knows it) is kept
+ * under "scepudid\0" + SHA-256 of the certificate: the MDM layer lets that
+ * certificate authenticate as that device only. */
 #ifndef MDM_SCEP_CHALLENGE_H
 #define MDM_SCEP_CHALLENGE_H
 
@@ -34,6 +39,8 @@
 #define MDM_CHALLENGE_LEN 32
 /* Longest owner name. */
 #define MDM_CHALLENGE_OWNER_MAX 255
+/* Longest UDID a challenge can be made for (its length is one byte). */
+#define MDM_CHALLENGE_UDID_MAX 255
 
 /* What a challenge is for. */
 enum {
@@ -44,6 +51,7 @@ enum {
 typedef struct mdm_challenge {
     char text[MDM_CHALLENGE_LEN + 1];        /* only filled by create */
     char owner[MDM_CHALLENGE_OWNER_MAX + 1]; /* "" when nobody */
+    char udid[MDM_CHALLENGE_UDID_MAX + 1];   /* "" when not for one device */
     int purpose;                             /* MDM_CHALLENGE_SCEP or _OTA */
     int64_t created_ms;
     int64_t expires_ms;
@@ -59,12 +67,19 @@ typedef int (*mdm_challenge_fn)(const mdm_challenge_t *c, void *arg);
 int mdm_challenge_create(mdm_txn_t *txn, const char *owner, int purpose, uint64_t ttl_ms,
                          mdm_challenge_t *out);
 
-/* Like mdm_challenge_create, and deletes the challenge last made in the
+/* Like mdm_challenge_create, for the device udid (NULL or "" for none):
+ * a certificate it enrolls is recorded as that device's. MDM_EINVAL also
+ * for a udid longer than MDM_CHALLENGE_UDID_MAX. */
+int mdm_challenge_create_for(mdm_txn_t *txn, const char *owner, const char *udid, int purpose,
+                             uint64_t ttl_ms, mdm_challenge_t *out);
+
+/* Like mdm_challenge_create_for, and deletes the challenge last made in the
  * same slot (32 bytes, e.g. the SHA-256 of the certificate it is made for)
  * if it is still there: a slot holds at most one live challenge. The slot
  * is kept in MDM_T_INDEX under "scepslot\0" + slot. */
 int mdm_challenge_create_in_slot(mdm_txn_t *txn, const unsigned char slot[32], const char *owner,
-                                 int purpose, uint64_t ttl_ms, mdm_challenge_t *out);
+                                 const char *udid, int purpose, uint64_t ttl_ms,
+                                 mdm_challenge_t *out);
 
 /* Checks a challenge for purpose without consuming it: 0 and out filled
  * (out may be NULL) when it exists, is for purpose and has not expired at
@@ -99,5 +114,16 @@ int mdm_challenge_owner_record(mdm_txn_t *txn, const unsigned char cert_sha256[3
  * at most n - 1 bytes and a NUL. */
 int mdm_challenge_owner_of_cert(mdm_txn_t *txn, const unsigned char cert_sha256[32], char *out,
                                 size_t n);
+
+/* Records the UDID of the challenge a certificate was enrolled with (or
+ * of the certificate it renews). An empty udid removes the record. */
+int mdm_challenge_udid_record(mdm_txn_t *txn, const unsigned char cert_sha256[32],
+                              const char *udid);
+
+/* The UDID recorded for a certificate; MDM_ENOTFOUND when none (it may
+ * then authenticate as any device). out gets at most n - 1 bytes and a
+ * NUL. */
+int mdm_challenge_udid_of_cert(mdm_txn_t *txn, const unsigned char cert_sha256[32], char *out,
+                               size_t n);
 
 #endif

@@ -121,6 +121,7 @@ typedef struct pending_rec {
     unsigned char *signer_pub; /* DER SubjectPublicKeyInfo of the request's signer */
     size_t signer_pub_len;
     char owner[MDM_CHALLENGE_OWNER_MAX + 1];
+    char udid[MDM_CHALLENGE_UDID_MAX + 1]; /* "" when not issued for one device */
     bool renewal;
     unsigned char old_fp[32];
 } pending_rec_t;
@@ -163,6 +164,8 @@ static int pending_put(mdm_txn_t *txn, const char *txid, const pending_rec_t *p)
     plist_dict_set_item(d, "signer_pub",
                         plist_new_data((const char *)p->signer_pub, p->signer_pub_len));
     plist_dict_set_item(d, "owner", plist_new_string(p->owner));
+    if (p->udid[0] != '\0')
+        plist_dict_set_item(d, "udid", plist_new_string(p->udid));
     if (p->renewal)
         plist_dict_set_item(d, "old_fp", plist_new_data((const char *)p->old_fp, 32));
     char *bin = NULL;
@@ -202,6 +205,19 @@ static uint64_t plist_uint(plist_t d, const char *name)
     return v;
 }
 
+/* Copies the string name of d to out ("" when there is none). */
+static void plist_string_copy(plist_t d, const char *name, char *out, size_t n)
+{
+    plist_t it = plist_dict_get_item(d, name);
+    out[0] = '\0';
+    if (it == NULL || plist_get_node_type(it) != PLIST_STRING)
+        return;
+    char *s = NULL;
+    plist_get_string_val(it, &s);
+    snprintf(out, n, "%s", s ? s : "");
+    free(s);
+}
+
 static int pending_decode(mdm_val_t v, pending_rec_t *out)
 {
     memset(out, 0, sizeof(*out));
@@ -218,13 +234,8 @@ static int pending_decode(mdm_val_t v, pending_rec_t *out)
     out->created_ms = (int64_t)plist_uint(d, "created");
     out->csr = plist_data_copy(d, "csr", &out->csr_len);
     out->signer_pub = plist_data_copy(d, "signer_pub", &out->signer_pub_len);
-    plist_t o = plist_dict_get_item(d, "owner");
-    if (o != NULL && plist_get_node_type(o) == PLIST_STRING) {
-        char *s = NULL;
-        plist_get_string_val(o, &s);
-        snprintf(out->owner, sizeof(out->owner), "%s", s ? s : "");
-        free(s);
-    }
+    plist_string_copy(d, "owner", out->owner, sizeof(out->owner));
+    plist_string_copy(d, "udid", out->udid, sizeof(out->udid));
     size_t fplen = 0;
     unsigned char *fp = plist_data_copy(d, "old_fp", &fplen);
     if (fp != NULL && fplen == 32) {
@@ -426,6 +437,7 @@ typedef struct scep_job {
     bool renewal;
     unsigned char old_fp[32];
     char owner[MDM_CHALLENGE_OWNER_MAX + 1];
+    char udid[MDM_CHALLENGE_UDID_MAX + 1]; /* the device the certificate is for, or "" */
 
     bool resent;               /* sent again: issued is the earlier answer's */
 
@@ -558,6 +570,7 @@ static int store_pending_fn(mdm_txn_t *txn, void *arg)
         p.signer_pub = pub;
         p.signer_pub_len = (size_t)plen;
         snprintf(p.owner, sizeof(p.owner), "%s", job->owner);
+        snprintf(p.udid, sizeof(p.udid), "%s", job->udid);
         p.renewal = job->renewal;
         memcpy(p.old_fp, job->old_fp, 32);
         rc = pending_put(txn, job->m.txid, &p);
@@ -635,6 +648,8 @@ static int store_issued_fn(mdm_txn_t *txn, void *arg)
         rc = record_done(txn, job);
     if (rc == 0 && job->owner[0] != '\0')
         rc = mdm_challenge_owner_record(txn, job->new_fp, job->owner);
+    if (rc == 0 && job->udid[0] != '\0')
+        rc = mdm_challenge_udid_record(txn, job->new_fp, job->udid);
     if (rc == 0 && job->renewal) {
         unsigned char serial[MDM_SERIAL_MAX];
         size_t slen = 0;
@@ -750,7 +765,7 @@ static bool check_challenge(scep_job_t *job)
     }
     if (svc->static_challenge != NULL &&
         mdm_consttime_eq(ch, strlen(ch), svc->static_challenge, strlen(svc->static_challenge))) {
-        job->owner[0] = '\0';
+        job->owner[0] = job->udid[0] = '\0';
         job->consume_challenge = false;
         return true;
     }
@@ -774,6 +789,7 @@ static bool check_challenge(scep_job_t *job)
         return false;
     }
     snprintf(job->owner, sizeof(job->owner), "%s", v.c.owner);
+    snprintf(job->udid, sizeof(job->udid), "%s", v.c.udid);
     job->consume_challenge = true;
     return true;
 }
@@ -782,6 +798,7 @@ struct view_renewal {
     const unsigned char *fp;
     bool revoked;
     char owner[MDM_CHALLENGE_OWNER_MAX + 1];
+    char udid[MDM_CHALLENGE_UDID_MAX + 1];
 };
 
 static int view_renewal_fn(mdm_txn_t *txn, void *arg)
@@ -796,6 +813,12 @@ static int view_renewal_fn(mdm_txn_t *txn, void *arg)
     rc = mdm_challenge_owner_of_cert(txn, v->fp, v->owner, sizeof(v->owner));
     if (rc == MDM_ENOTFOUND) {
         v->owner[0] = '\0';
+        rc = 0;
+    }
+    if (rc == 0)
+        rc = mdm_challenge_udid_of_cert(txn, v->fp, v->udid, sizeof(v->udid));
+    if (rc == MDM_ENOTFOUND) {
+        v->udid[0] = '\0';
         rc = 0;
     }
     return rc;
@@ -846,6 +869,7 @@ static bool check_renewal(scep_job_t *job)
         return false;
     }
     snprintf(job->owner, sizeof(job->owner), "%s", v.owner);
+    snprintf(job->udid, sizeof(job->udid), "%s", v.udid);
     job->renewal = true;
     return true;
 }
@@ -925,6 +949,7 @@ static void continue_pending(scep_job_t *job, pending_rec_t *p)
     job->renewal = p->renewal;
     memcpy(job->old_fp, p->old_fp, 32);
     snprintf(job->owner, sizeof(job->owner), "%s", p->owner);
+    snprintf(job->udid, sizeof(job->udid), "%s", p->udid);
     if (job->renewal) {
         char msg[400];
         int store_rc = 0;
@@ -1609,7 +1634,7 @@ static void handle_challenge_new(mdm_req_t *req)
     json_send(req, 201, j);
 }
 
-static json_t *cert_json(const mdm_certrec_t *r, const char *owner)
+static json_t *cert_json(const mdm_certrec_t *r, const char *owner, const char *udid)
 {
     char nb[32], na[32], ra[32], fp[65];
     mdm_time_format(nb, r->not_before_ms);
@@ -1619,6 +1644,7 @@ static json_t *cert_json(const mdm_certrec_t *r, const char *owner)
                           "subject", r->subject, "sha256", fp, "not_before", nb, "not_after", na,
                           "revoked", r->revoked, "transaction_id", r->transaction_id,
                           "enrollment_id", r->enrollment_id, "owner", owner);
+    json_object_set_new(j, "udid", json_string(udid));
     if (r->revoked) {
         mdm_time_format(ra, r->revoked_at_ms);
         json_object_set_new(j, "revoked_at", json_string(ra));
@@ -1636,9 +1662,12 @@ static int list_cb(const mdm_certrec_t *r, void *arg)
 {
     struct list_ctx *l = arg;
     char owner[MDM_CHALLENGE_OWNER_MAX + 1] = "";
+    char udid[MDM_CHALLENGE_UDID_MAX + 1] = "";
     if (mdm_challenge_owner_of_cert(l->txn, r->sha256, owner, sizeof(owner)) != 0)
         owner[0] = '\0';
-    json_array_append_new(l->arr, cert_json(r, owner));
+    if (mdm_challenge_udid_of_cert(l->txn, r->sha256, udid, sizeof(udid)) != 0)
+        udid[0] = '\0';
+    json_array_append_new(l->arr, cert_json(r, owner, udid));
     return 0;
 }
 
@@ -1748,8 +1777,9 @@ static void handle_cert_revoke(mdm_req_t *req)
     }
     mdm_log(MDM_LOG_INFO, req->id, "scep.cert_revoked", "serial=%s reason=%d via=api",
             r.rec.serial_hex, r.rec.reason);
-    json_t *j = cert_json(&r.rec, "");
+    json_t *j = cert_json(&r.rec, "", "");
     json_object_del(j, "owner");
+    json_object_del(j, "udid");
     mdm_certrec_free(&r.rec);
     json_send(req, 200, j);
 }

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 import pki
 from conftest import Server
-from device import TOPIC
+from device import TOPIC, Api, Device
 from test_enroll import cms_decrypt, cms_verify, ota_server
 from test_scep import (Client, Reply, api, enroll, make_csr, new_challenge, pki_op,
                        recipient_of, scep_datadir, stop_clean)
@@ -563,3 +563,128 @@ def test_pending_renewal_of_a_certificate_that_expired_meanwhile_fails(tmpdir_pa
         assert (rep.status, rep.fail_info) == (2, 4)
     finally:
         stop_clean(s)
+
+
+# ---- an OTA identity authenticates only as its own device (failed on 9eff923)
+
+
+def ota_identities(srv, d, tmp, apple_ca, apple_key, udid):
+    """Runs the three OTA phases for udid; returns (client, phase-2 identity,
+    client, final MDM identity)."""
+    ch = ota_service_challenge(srv, d, tmp)
+    attrs = {"UDID": udid, "SERIAL": "OTA-SERIAL-1", "PRODUCT": "iPhone15,2",
+             "VERSION": "21F79", "CHALLENGE": ch}
+    dcert, dkey = pki.issue_client(apple_ca, apple_key, "Apple device", key=pki.new_key("rsa"))
+    r = requests.post(srv.url + "/ota/profile", data=phase_body(attrs, dcert, dkey),
+                      verify=d.ca_crt, timeout=30)
+    assert r.status_code == 200, r.text
+    p2 = plistlib.loads(cms_verify(r.content, d.ca_crt, tmp))
+    c2, identity = enroll(srv, d, p2["PayloadContent"][-1]["PayloadContent"]["Challenge"])
+    del attrs["CHALLENGE"]
+    ch3 = final_profile_challenge(srv, d, tmp, phase_body(attrs, identity, c2.key), identity,
+                                  c2.key, "p3-" + udid)
+    c3, final_identity = enroll(srv, d, ch3)
+    return c2, identity, c3, final_identity
+
+
+def enrolled_with_a_queued_command(srv):
+    """Device B, enrolled with a certificate of its own, with one command
+    queued for it."""
+    b = Device(srv, udid="VICTIM-" + os.urandom(4).hex().upper())
+    b.enroll()
+    st, r = Api(srv).send("ProfileList", [b.udid], nopush=True)
+    assert st in (200, 201), r
+    return b
+
+
+def assert_untouched(srv, b):
+    st, info = Api(srv).call("GET", "/v1/devices/" + b.udid)
+    assert st == 200, info
+    assert info["enabled"] is True, info
+    assert info["queue_length"] == 1, info
+
+
+def test_ota_identity_cannot_authenticate_as_another_device(tmpdir_path):
+    srv, d, apple_ca, apple_key = ota_server(tmpdir_path)
+    try:
+        b = enrolled_with_a_queued_command(srv)
+        c2, identity, c3, final_identity = ota_identities(srv, d, tmpdir_path, apple_ca,
+                                                          apple_key, "OTA-UDID-A")
+        assert cert_record(srv, d, final_identity)["udid"] == "OTA-UDID-A"
+        assert cert_record(srv, d, identity)["udid"] == "OTA-UDID-A"
+        # The final identity names device B: refused, B as it was.
+        thief = Device(srv, udid=b.udid, cert=final_identity, key=c3.key)
+        assert thief.authenticate() == 403
+        srv.wait_log(r"event=mdm\.checkin .*http_status=403 .*the certificate was issued for "
+                     r"device OTA-UDID-A")
+        assert_untouched(srv, b)
+        # So does the phase-2 identity.
+        thief2 = Device(srv, udid=b.udid, cert=identity, key=c2.key)
+        assert thief2.authenticate() == 403
+        assert_untouched(srv, b)
+        # The final identity enrolls as its own device.
+        own = Device(srv, udid="OTA-UDID-A", cert=final_identity, key=c3.key)
+        own.enroll()
+        st, info = Api(srv).call("GET", "/v1/devices/OTA-UDID-A")
+        assert st == 200 and info["enabled"] is True, info
+    finally:
+        stop_clean(srv)
+
+
+def test_ota_phase3_refuses_another_udid_than_phase1s(tmpdir_path):
+    srv, d, apple_ca, apple_key = ota_server(tmpdir_path)
+    try:
+        ch = ota_service_challenge(srv, d, tmpdir_path)
+        dcert, dkey = pki.issue_client(apple_ca, apple_key, "Apple device",
+                                       key=pki.new_key("rsa"))
+        attrs = {"UDID": "P1-UDID", "SERIAL": "OTA-SERIAL-1", "CHALLENGE": ch}
+        r = requests.post(srv.url + "/ota/profile", data=phase_body(attrs, dcert, dkey),
+                          verify=d.ca_crt, timeout=30)
+        assert r.status_code == 200, r.text
+        p2 = plistlib.loads(cms_verify(r.content, d.ca_crt, tmpdir_path))
+        c2, identity = enroll(srv, d, p2["PayloadContent"][-1]["PayloadContent"]["Challenge"])
+        # The phase-2 identity asks for a final profile for another device.
+        before = len(live_challenges(d))
+        r = requests.post(srv.url + "/ota/profile",
+                          data=phase_body({"UDID": "OTHER-UDID"}, identity, c2.key),
+                          verify=d.ca_crt, timeout=30)
+        assert r.status_code == 403, (r.status_code, r.text)
+        srv.wait_log(r"event=enroll\.ota_refused .*phase=3 .*issued for device P1-UDID")
+        assert len(live_challenges(d)) == before
+        # A phase 3 without a UDID gets nothing either.
+        r = requests.post(srv.url + "/ota/profile", data=phase_body({}, identity, c2.key),
+                          verify=d.ca_crt, timeout=30)
+        assert r.status_code == 400, (r.status_code, r.text)
+    finally:
+        stop_clean(srv)
+
+
+def test_certificate_from_a_cli_challenge_still_reenrolls_any_udid(esrv):
+    d = esrv.datadir
+    b = enrolled_with_a_queued_command(esrv)
+    client, cert = enroll(esrv, d, new_challenge(d))
+    assert cert_record(esrv, d, cert)["udid"] == ""
+    # Not tied to a device: it takes B over (a re-enrollment), as before.
+    assert Device(esrv, udid=b.udid, cert=cert, key=client.key).authenticate() == 200
+    st, info = Api(esrv).call("GET", "/v1/devices/" + b.udid)
+    assert info["enabled"] is False and info["queue_length"] == 0, info
+
+
+def test_renewed_ota_identity_stays_tied_to_its_device(tmpdir_path):
+    srv, d, apple_ca, apple_key = ota_server(tmpdir_path)
+    try:
+        b = enrolled_with_a_queued_command(srv)
+        _, _, c3, final_identity = ota_identities(srv, d, tmpdir_path, apple_ca, apple_key,
+                                                  "OTA-UDID-R")
+        k2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        csr = make_csr(k2, "py-device").public_bytes(serialization.Encoding.DER)
+        rep = Reply(pki_op(srv, c3.message(recipient_of(d), mtype=17, data=csr,
+                                           signer=final_identity, key=c3.key)).content)
+        assert rep.status == 0, rep.fail_info
+        renewed, _ = rep.open(c3)
+        assert cert_record(srv, d, renewed)["udid"] == "OTA-UDID-R"
+        assert Device(srv, udid=b.udid, cert=renewed, key=k2).authenticate() == 403
+        assert_untouched(srv, b)
+        assert Device(srv, udid="OTA-UDID-R", cert=renewed, key=k2).authenticate() == 200
+    finally:
+        stop_clean(srv)

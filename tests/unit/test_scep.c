@@ -824,6 +824,8 @@ static int teardown(void **state)
 
 struct ch_op {
     const char *owner;
+    const char *udid;
+    int version; /* of the value ch_put_old_fn writes: 1 or 2 */
     int purpose; /* 0: MDM_CHALLENGE_SCEP */
     uint64_t ttl;
     const char *text;
@@ -840,6 +842,8 @@ struct ch_op {
 static int ch_create_fn(mdm_txn_t *t, void *a)
 {
     struct ch_op *o = a;
+    if (o->udid != NULL)
+        return mdm_challenge_create_for(t, o->owner, o->udid, PURPOSE(o), o->ttl, &o->c);
     return mdm_challenge_create(t, o->owner, PURPOSE(o), o->ttl, &o->c);
 }
 
@@ -885,18 +889,33 @@ static int ch_owner_get_fn(mdm_txn_t *t, void *a)
     return mdm_challenge_owner_of_cert(t, o->fp, o->buf, sizeof(o->buf));
 }
 
-/* Stores o->text as a challenge of layout version 1 for "vera". */
-static int ch_put_v1_fn(mdm_txn_t *t, void *a)
+static int ch_udid_put_fn(mdm_txn_t *t, void *a)
 {
     struct ch_op *o = a;
-    unsigned char key[32], value[17 + 4];
+    return mdm_challenge_udid_record(t, o->fp, o->udid);
+}
+
+static int ch_udid_get_fn(mdm_txn_t *t, void *a)
+{
+    struct ch_op *o = a;
+    return mdm_challenge_udid_of_cert(t, o->fp, o->buf, sizeof(o->buf));
+}
+
+/* Stores o->text as a challenge of layout version o->version (1: no
+ * purpose byte; 2: a purpose byte, no UDID) for "vera". */
+static int ch_put_old_fn(mdm_txn_t *t, void *a)
+{
+    struct ch_op *o = a;
+    unsigned char key[32], value[18 + 4];
     unsigned int n = 0;
     assert_int_equal(EVP_Digest(o->text, strlen(o->text), key, &n, EVP_sha256(), NULL), 1);
-    value[0] = 1;
+    size_t head = o->version == 1 ? 17 : 18;
+    value[0] = (unsigned char)o->version;
     mdm_be64_put(value + 1, (uint64_t)(o->now + 3600 * 1000));
     mdm_be64_put(value + 9, (uint64_t)o->now);
-    memcpy(value + 17, "vera", 4);
-    return mdm_txn_put(t, MDM_T_CHALLENGES, MDM_VAL(key, 32), MDM_VAL(value, sizeof(value)), 0);
+    value[17] = MDM_CHALLENGE_OTA; /* the owner's first byte in version 1 */
+    memcpy(value + head, "vera", 4);
+    return mdm_txn_put(t, MDM_T_CHALLENGES, MDM_VAL(key, 32), MDM_VAL(value, head + 4), 0);
 }
 
 static void test_challenges(void **state)
@@ -968,14 +987,44 @@ static void test_challenges(void **state)
     assert_rc(mdm_store_update(fx->store, ch_create_fn, &bad), MDM_EINVAL);
 
     /* A record of version 1 (no purpose) is a SCEP challenge. */
-    struct ch_op v1 = {.text = "00112233445566778899aabbccddeeff", .now = mdm_now_ms()};
-    assert_rc(mdm_store_update(fx->store, ch_put_v1_fn, &v1), 0);
+    struct ch_op v1 = {.text = "00112233445566778899aabbccddeeff", .now = mdm_now_ms(),
+                       .version = 1};
+    assert_rc(mdm_store_update(fx->store, ch_put_old_fn, &v1), 0);
     v1.purpose = MDM_CHALLENGE_OTA;
     assert_rc(mdm_store_view(fx->store, ch_check_fn, &v1), MDM_EAUTH);
     v1.purpose = 0;
     assert_rc(mdm_store_update(fx->store, ch_consume_fn, &v1), 0);
     assert_string_equal(v1.c.owner, "vera");
     assert_int_equal(v1.c.purpose, MDM_CHALLENGE_SCEP);
+    assert_string_equal(v1.c.udid, "");
+
+    /* Version 2 (a purpose, no UDID) still reads. */
+    struct ch_op v2 = {.text = "ffeeddccbbaa99887766554433221100", .now = mdm_now_ms(),
+                       .version = 2, .purpose = MDM_CHALLENGE_OTA};
+    assert_rc(mdm_store_update(fx->store, ch_put_old_fn, &v2), 0);
+    assert_rc(mdm_store_update(fx->store, ch_consume_fn, &v2), 0);
+    assert_string_equal(v2.c.owner, "vera");
+    assert_int_equal(v2.c.purpose, MDM_CHALLENGE_OTA);
+    assert_string_equal(v2.c.udid, "");
+
+    /* Version 3: a challenge made for one device keeps its UDID and owner. */
+    struct ch_op u = {.owner = "ursula", .udid = "00008030-0011223344556677", .ttl = 60000};
+    assert_rc(mdm_store_update(fx->store, ch_create_fn, &u), 0);
+    assert_string_equal(u.c.udid, "00008030-0011223344556677");
+    struct ch_op uc = {.text = u.c.text, .now = mdm_now_ms()};
+    assert_rc(mdm_store_update(fx->store, ch_consume_fn, &uc), 0);
+    assert_string_equal(uc.c.udid, "00008030-0011223344556677");
+    assert_string_equal(uc.c.owner, "ursula");
+    assert_int_equal(uc.c.purpose, MDM_CHALLENGE_SCEP);
+    /* ... or its UDID alone; and no longer a UDID than a byte counts. */
+    struct ch_op un = {.udid = "UDID-ONLY", .ttl = 60000};
+    assert_rc(mdm_store_update(fx->store, ch_create_fn, &un), 0);
+    struct ch_op unc = {.text = un.c.text, .now = mdm_now_ms()};
+    assert_rc(mdm_store_view(fx->store, ch_check_fn, &unc), 0);
+    assert_string_equal(unc.c.udid, "UDID-ONLY");
+    assert_string_equal(unc.c.owner, "");
+    struct ch_op ul = {.udid = longname, .ttl = 60000};
+    assert_rc(mdm_store_update(fx->store, ch_create_fn, &ul), MDM_EINVAL);
 
     /* The owner index of certificates. */
     struct ch_op ow = {.owner = "carol"};
@@ -984,6 +1033,19 @@ static void test_challenges(void **state)
     assert_rc(mdm_store_update(fx->store, ch_owner_put_fn, &ow), 0);
     assert_rc(mdm_store_view(fx->store, ch_owner_get_fn, &ow), 0);
     assert_string_equal(ow.buf, "carol");
+
+    /* The UDID index of certificates, apart from the owner's. */
+    struct ch_op ud = {.udid = "UDID-OF-CERT"};
+    memcpy(ud.fp, ow.fp, 32);
+    assert_rc(mdm_store_view(fx->store, ch_udid_get_fn, &ud), MDM_ENOTFOUND);
+    assert_rc(mdm_store_update(fx->store, ch_udid_put_fn, &ud), 0);
+    assert_rc(mdm_store_view(fx->store, ch_udid_get_fn, &ud), 0);
+    assert_string_equal(ud.buf, "UDID-OF-CERT");
+    assert_rc(mdm_store_view(fx->store, ch_owner_get_fn, &ow), 0);
+    assert_string_equal(ow.buf, "carol");
+    ud.udid = "";
+    assert_rc(mdm_store_update(fx->store, ch_udid_put_fn, &ud), 0);
+    assert_rc(mdm_store_view(fx->store, ch_udid_get_fn, &ud), MDM_ENOTFOUND);
 }
 
 /* ---- the service flow ---------------------------------------------------- */
