@@ -44,8 +44,14 @@
  *      index entry (cmdt) holds the queue entry's position (queue.c);
  *      results and entries of versions 2 and 3 are read as they are and
  *      move when they next change, so the migration only records the new
- *      version (a version 3 build would skip the longer queue entries). */
-#define MDM_STORE_SCHEMA_VERSION 4
+ *      version (a version 3 build would skip the longer queue entries).
+ *   5: one-time challenges may be in value layouts 2 (a purpose) and 3 (a
+ *      purpose and the UDID of the device the challenge is for), and
+ *      certificates may have a UDID index entry (scep/challenge.h);
+ *      layout 1 values read as they are, so the migration only records the
+ *      new version (a version 4 build would take the new challenges for
+ *      damaged ones and prune them). */
+#define MDM_STORE_SCHEMA_VERSION 5
 
 #define MDM_STORE_MAX_KEY 480
 

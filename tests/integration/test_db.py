@@ -9,9 +9,13 @@ import subprocess
 import time
 import uuid as uuidlib
 
-from conftest import Server, run
+from conftest import SOURCE_DIR, Server, run
 from device import Api, Device
 from test_faults import Load, assert_nothing_lost, device_commands, enrolled_devices, repoint
+
+# The store schema version this build writes.
+with open(os.path.join(SOURCE_DIR, "core", "store", "store.h")) as _f:
+    SCHEMA = int(re.search(r"#define MDM_STORE_SCHEMA_VERSION (\d+)", _f.read()).group(1))
 
 
 def db(datadir, *args, check=True):
@@ -90,7 +94,7 @@ def test_backup_while_serving_under_load(datadir, tmpdir_path, capsys):
         assert re.search(r"^backup: .*/data\.mdb, [\d.]+ \w+ \(\d+ bytes\), compacted from .* "
                          rf"in [\d.]+ s while process {srv.proc.pid} had the store open$", out,
                          re.M), out
-        assert re.search(r"^verify: the backup opens; schema version 4, \d+ entries, "
+        assert re.search(rf"^verify: the backup opens; schema version {SCHEMA}, \d+ entries, "
                          r"consistency ok$", out, re.M), out
         assert os.listdir(bk) == ["data.mdb"], os.listdir(bk)
         chk = run("db", "check", bk)
@@ -145,7 +149,7 @@ def test_restore_brings_back_the_state(datadir, tmpdir_path):
     assert glob.glob(store + ".*") == []
 
     p = db(datadir, "restore", bk, "--force")
-    assert re.search(r"^check: schema version 4 .*consistency ok$", p.stdout, re.M), p.stdout
+    assert re.search(rf"^check: schema version {SCHEMA} .*consistency ok$", p.stdout, re.M), p.stdout
     aside = re.search(r"^previous store: (.*)$", p.stdout, re.M).group(1)
     assert re.fullmatch(re.escape(store) + r"\.before-restore-\d{8}T\d{6}Z", aside), aside
     assert open(os.path.join(aside, "data.mdb"), "rb").read() == before
@@ -356,7 +360,7 @@ def test_start_moves_waiting_results_of_earlier_layouts(datadir):
 
     srv = Server(datadir)
     try:
-        srv.wait_log(r"event=store.schema_upgraded from=3 to=4")
+        srv.wait_log(rf"event=store.schema_upgraded from=3 to={SCHEMA}")
         srv.wait_log(r"event=mdm.queue_upgraded queue_entries=3 moved=3 ")
         queue = mdb_items(store, "queue")
         assert len(queue) == 3 and all(len(v) > 44 for _, v in queue), queue
