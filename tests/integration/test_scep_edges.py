@@ -187,6 +187,24 @@ def test_scep_hook_gets_remote_addr_and_challenge(tmpdir_path):
         stop_clean(s)
 
 
+def ca_under(d, issuer_name, issuer_key):
+    """moonmdm's CA (its subject, key and key identifier) re-issued by
+    another CA."""
+    import datetime
+    from cryptography import x509
+    ca_cert, ca_key = pki.load_ca(d)
+    return (x509.CertificateBuilder().subject_name(ca_cert.subject).issuer_name(issuer_name)
+            .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(pki.now() - datetime.timedelta(minutes=5))
+            .not_valid_after(ca_cert.not_valid_after)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(ca_cert.extensions.get_extension_for_class(x509.KeyUsage).value,
+                           critical=True)
+            .add_extension(ca_cert.extensions.get_extension_for_class(
+                x509.SubjectKeyIdentifier).value, critical=False)
+            .sign(issuer_key, hashes.SHA256()))
+
+
 # ---- 5. phase 3 trusts everything under the CA's chain -----------------------
 
 
@@ -210,16 +228,7 @@ def test_ota_phase3_refuses_a_certificate_our_ca_did_not_issue(tmpdir_path):
                                          False), critical=True)
             .sign(root_key, hashes.SHA256()))
     # The same CA (subject, key, key identifier) re-issued under the root.
-    inter = (x509.CertificateBuilder().subject_name(ca_cert.subject).issuer_name(root.subject)
-             .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(pki.now() - datetime.timedelta(minutes=5))
-             .not_valid_after(ca_cert.not_valid_after)
-             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-             .add_extension(ca_cert.extensions.get_extension_for_class(x509.KeyUsage).value,
-                            critical=True)
-             .add_extension(ca_cert.extensions.get_extension_for_class(
-                 x509.SubjectKeyIdentifier).value, critical=False)
-             .sign(root_key, hashes.SHA256()))
+    inter = ca_under(d, root.subject, root_key)
     with open(os.path.join(d.path, "inter.crt"), "wb") as f:
         f.write(inter.public_bytes(serialization.Encoding.PEM))
     with open(os.path.join(d.path, "root.crt"), "wb") as f:
@@ -487,25 +496,14 @@ def test_resent_renewalreq_gets_the_certificate_already_issued(esrv):
 
 
 def test_ota_phase3_works_under_an_intermediate_ca_without_its_root(tmpdir_path):
-    import datetime
     from cryptography import x509
     from cryptography.x509.oid import NameOID
     d = scep_datadir(tmpdir_path)
-    ca_cert, ca_key = pki.load_ca(d)
     root_key = pki.new_key()
     rname = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Organisation Root")])
     # moonmdm's CA (its subject, key and key identifier) issued by a root
     # that the configuration does not hold (no ca.chain).
-    inter = (x509.CertificateBuilder().subject_name(ca_cert.subject).issuer_name(rname)
-             .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(pki.now() - datetime.timedelta(minutes=5))
-             .not_valid_after(ca_cert.not_valid_after)
-             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-             .add_extension(ca_cert.extensions.get_extension_for_class(x509.KeyUsage).value,
-                            critical=True)
-             .add_extension(ca_cert.extensions.get_extension_for_class(
-                 x509.SubjectKeyIdentifier).value, critical=False)
-             .sign(root_key, hashes.SHA256()))
+    inter = ca_under(d, rname, root_key)
     with open(os.path.join(d.path, "inter.crt"), "wb") as f:
         f.write(inter.public_bytes(serialization.Encoding.PEM))
     d.write_config('  ca = { cert = "inter.crt", key = "ca.key" },\n'
