@@ -340,6 +340,7 @@ static int parse_kv(const char *arg, json_t *obj, const mdm_cmd_schema_t *schema
 
 static const char cmd_usage[] =
     "usage: moonmdm cmd send ID[,ID...] RequestType [key=value ...] [priority=N ttl=1h ...]\n"
+    "(an id that holds a comma is written with %2C, one with a percent sign with %25)\n"
     "       moonmdm cmd show UUID\n"
     "       moonmdm cmd list ID\n"
     "       moonmdm cmd cancel ID UUID\n"
@@ -350,6 +351,27 @@ static const char cmd_usage[] =
     "is the file's bytes (data), key:=JSON raw JSON (arrays, dicts, or\n"
     "key:='\"1234\"' to force a type).\n"
     "Example: moonmdm cmd send 0000-1111 DeviceInformation 'Queries:=[\"UDID\",\"OSVersion\"]'\n";
+
+/* Appends the ids of a comma-separated list to targets, each %-decoded
+ * after the split (an id that holds a comma is written with %2C, a percent
+ * sign with %25). False, after a message, for a bad escape or %00. */
+static bool add_targets(json_t *targets, const char *list)
+{
+    char *ids = mdm_strdup(list);
+    bool ok = true;
+    for (char *save = NULL, *t = strtok_r(ids, ",", &save); t && ok;
+         t = strtok_r(NULL, ",", &save)) {
+        mdm_buf_t id = MDM_BUF_INIT;
+        ok = mdm_url_decode(&id, t, strlen(t), 0) == 0;
+        if (ok)
+            json_array_append_new(targets, json_stringn(id.data, id.len));
+        else
+            fprintf(stderr, "moonmdm cmd send: \"%s\": a bad %%-escape in the id\n", t);
+        mdm_buf_free(&id);
+    }
+    mdm_free(ids);
+    return ok;
+}
 
 int mdm_cmd_cmd(int argc, char **argv)
 {
@@ -363,13 +385,9 @@ int mdm_cmd_cmd(int argc, char **argv)
     if (strcmp(verb, "send") == 0 && optind + 2 < argc) {
         json_t *req = json_object();
         json_t *targets = json_array();
-        char *ids = mdm_strdup(argv[optind + 1]);
-        for (char *save = NULL, *t = strtok_r(ids, ",", &save); t; t = strtok_r(NULL, ",", &save))
-            json_array_append_new(targets, json_string(t));
-        mdm_free(ids);
+        bool ok = add_targets(targets, argv[optind + 1]);
         json_object_set_new(req, "targets", targets);
         json_object_set_new(req, "request_type", json_string(argv[optind + 2]));
-        bool ok = true;
         const mdm_cmd_schema_t *schema = mdm_cmdschema_find(argv[optind + 2]);
         for (int i = optind + 3; i < argc && ok; i++) {
             if (parse_kv(argv[i], req, schema) != 0) {

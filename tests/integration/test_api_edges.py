@@ -1,6 +1,7 @@
 """Edges of the admin API and the check-in logs: repeated targets, CommandUUID
 and ttl limits, ids the store cannot hold, NUL in paths, NanoMDM's answer
 shapes, and values from devices and admins in the log."""
+import json
 import plistlib
 
 import pytest
@@ -306,6 +307,17 @@ def test_nano_routes_reach_an_id_with_a_comma(server, api):
     p = run("push", "--config", server.datadir.config, "--url", server.url,
             "--api-key", api.key, uid, check=False)
     assert f'"{uid}"' in p.stdout, p.stdout
+    # `cmd send` takes a list: the comma inside an id is written %2C.
+    p = run("cmd", "send", "--config", server.datadir.config, "--url", server.url,
+            "--api-key", api.key, f"{d.udid}:smith%2Cjohn,{d.udid}", "ProfileList", "nopush=true",
+            check=False)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert set(json.loads(p.stdout)["targets"]) == {uid, d.udid}, p.stdout
+    st, show = api.call("GET", "/v1/devices/" + esc)
+    assert st == 200 and show["queue_length"] == 3, (st, show)
+    p = run("cmd", "send", "--config", server.datadir.config, "--url", server.url,
+            "--api-key", api.key, f"{d.udid}%zz", "ProfileList", check=False)
+    assert p.returncode == 2 and "bad %-escape" in p.stderr, (p.returncode, p.stderr)
 
 
 def test_device_list_last_page_is_not_empty(server, api):
