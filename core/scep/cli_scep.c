@@ -169,10 +169,11 @@ static const char cert_usage[] =
     "\n"
     "The certificates the CA issued (SCEP enrollments and renewals). `list`\n"
     "prints one line per certificate: serial, status, not-after, subject.\n"
-    "`show` prints a certificate's record and PEM. `revoke` marks it revoked;\n"
-    "the CRL served at ca.crl_url (default /ca.crl) lists it from then on (a\n"
-    "running server notices within a request). SERIAL is hexadecimal, with or\n"
-    "without colons.\n"
+    "`show` prints a certificate's record (with the user who enrolled with\n"
+    "it and the device the OTA profile service issued it for) and PEM.\n"
+    "`revoke` marks it revoked; the CRL served at ca.crl_url (default\n"
+    "/ca.crl) lists it from then on (a running server notices within a\n"
+    "request). SERIAL is hexadecimal, with or without colons.\n"
     "\n"
     "options:\n"
     "  -r, --reason N         RFC 5280 CRLReason: 0 unspecified (default),\n"
@@ -213,13 +214,23 @@ struct cli_cert_one {
     size_t len;
     int reason;
     mdm_certrec_t rec;
+    /* Who enrolled with it, and the device it was issued for ("" if none). */
+    char owner[MDM_CHALLENGE_OWNER_MAX + 1];
+    char udid[MDM_CHALLENGE_UDID_MAX + 1];
 };
 
 static int cli_cert_show_fn(mdm_txn_t *txn, void *arg)
 {
     struct cli_cert_one *o = arg;
     mdm_certrec_free(&o->rec);
-    return mdm_certdb_get_by_serial(txn, o->serial, o->len, &o->rec);
+    int rc = mdm_certdb_get_by_serial(txn, o->serial, o->len, &o->rec);
+    if (rc != 0)
+        return rc;
+    if (mdm_challenge_owner_of_cert(txn, o->rec.sha256, o->owner, sizeof(o->owner)) != 0)
+        o->owner[0] = '\0';
+    if (mdm_challenge_udid_of_cert(txn, o->rec.sha256, o->udid, sizeof(o->udid)) != 0)
+        o->udid[0] = '\0';
+    return 0;
 }
 
 static int cli_cert_revoke_fn(mdm_txn_t *txn, void *arg)
@@ -232,8 +243,9 @@ static int cli_cert_revoke_fn(mdm_txn_t *txn, void *arg)
     return rc;
 }
 
-static void print_record(const mdm_certrec_t *r)
+static void print_record(const struct cli_cert_one *o)
 {
+    const mdm_certrec_t *r = &o->rec;
     char nb[32], na[32], ra[32], fp[65];
     mdm_time_format(nb, r->not_before_ms);
     mdm_time_format(na, r->not_after_ms);
@@ -244,6 +256,8 @@ static void print_record(const mdm_certrec_t *r)
     printf("valid:           %s .. %s\n", nb, na);
     printf("transaction id:  %s\n", r->transaction_id[0] ? r->transaction_id : "-");
     printf("enrollment:      %s\n", r->enrollment_id[0] ? r->enrollment_id : "-");
+    printf("owner:           %s\n", o->owner[0] ? o->owner : "-");
+    printf("issued for:      %s\n", o->udid[0] ? o->udid : "-");
     if (r->revoked) {
         mdm_time_format(ra, r->revoked_at_ms);
         printf("revoked:         %s (reason %d)\n", ra, r->reason);
@@ -334,7 +348,7 @@ int mdm_cmd_cert(int argc, char **argv)
     if (is_revoke) {
         printf("revoked %s (reason %d)\n", one.rec.serial_hex, one.rec.reason);
     } else {
-        print_record(&one.rec);
+        print_record(&one);
         const unsigned char *p = one.rec.der;
         X509 *x = d2i_X509(NULL, &p, (long)one.rec.der_len);
         if (x != NULL)

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 import pki
-from conftest import Server
+from conftest import Server, run
 from device import TOPIC, Api, Device
 from test_enroll import cms_decrypt, cms_verify, ota_server
 from test_scep import (Client, Reply, api, enroll, make_csr, new_challenge, pki_op,
@@ -323,7 +323,6 @@ def test_scep_challenge_does_not_pass_ota_phase1(tmpdir_path):
 
 
 def live_challenges(d):
-    from conftest import run
     out = run("challenge", "list", "--config", d.config).stdout
     return [line for line in out.splitlines() if line.strip()]
 
@@ -610,6 +609,9 @@ def test_ota_identity_cannot_authenticate_as_another_device(tmpdir_path):
                                                           apple_key, "OTA-UDID-A")
         assert cert_record(srv, d, final_identity)["udid"] == "OTA-UDID-A"
         assert cert_record(srv, d, identity)["udid"] == "OTA-UDID-A"
+        show = run("cert", "show", format(final_identity.serial_number, "X"),
+                   "--config", d.config).stdout
+        assert "issued for:      OTA-UDID-A" in show, show
         # The final identity names device B: refused, B as it was.
         thief = Device(srv, udid=b.udid, cert=final_identity, key=c3.key)
         assert thief.authenticate() == 403
