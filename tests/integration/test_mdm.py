@@ -437,49 +437,6 @@ def test_cli_over_the_api(server):
     assert p.returncode == 1 and "PIN" in p.stdout
 
 
-def test_thousand_devices_ten_commands_each(server, api):
-    devices = [Device(server) for _ in range(1000)]
-    errors = []
-
-    def work(chunk, fn):
-        try:
-            for d in chunk:
-                fn(d)
-        except Exception as e:  # reported below
-            errors.append(repr(e))
-
-    def parallel(fn, n=8):
-        threads = [threading.Thread(target=work, args=(devices[i::n], fn)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors[:3]
-
-    parallel(lambda d: d.enroll())
-    ids = [d.udid for d in devices]
-    sent = []
-    for i in range(10):
-        st, r = api.send("DeviceInformation", ids, Queries=["UDID"], priority=i % 3)
-        assert st == 201
-        sent.append(r["command_uuid"])
-    received = {}
-
-    def drain(d):
-        received[d.udid] = [c["CommandUUID"] for c in d.run()]
-        d.close()
-
-    parallel(drain)
-    # Each device got all ten, by priority (2, 1, 0), then in order.
-    want = sorted(sent, key=lambda u: (-(sent.index(u) % 3), sent.index(u)))
-    for d in devices:
-        assert received[d.udid] == want, (d.udid, received[d.udid])
-    for u in sent[:2]:
-        st, c = api.call("GET", "/v1/commands/" + u)
-        assert len(c["targets"]) == 1000
-        assert {t["status"] for t in c["targets"].values()} == {"Acknowledged"}
-
-
 def test_kill9_under_load_loses_nothing_acknowledged(datadir):
     srv = Server(datadir)
     api = Api(srv)
