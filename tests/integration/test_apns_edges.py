@@ -18,6 +18,19 @@ from test_apns import (env, server, api, upload, enrolled, tok, push, fingerprin
                        start, stop, metric)
 
 
+def push_in_flight(api, d, env, token):
+    """Pushes d in a thread and returns once the stand-in has the request
+    for token: the thread, and the dict its push result goes into."""
+    first = {}
+    t = threading.Thread(target=lambda: first.update(push(api, d)))
+    t.start()
+    deadline = time.monotonic() + 10
+    while not env.standin.requests(token):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return t, first
+
+
 def test_push_after_token_change_joins_in_flight_push_to_old_token(server, api, env):
     """A TokenUpdate with a new token arrives while a push to the old token
     is in flight; a command queued after it must be pushed to the NEW
@@ -26,13 +39,7 @@ def test_push_after_token_change_joins_in_flight_push_to_old_token(server, api, 
     d = enrolled(server)
     old = tok(d)
     env.standin.respond(old, 410, "Unregistered", delay=1.5, times=1)
-    first = {}
-    t = threading.Thread(target=lambda: first.update(push(api, d)))
-    t.start()
-    deadline = time.monotonic() + 10
-    while not env.standin.requests(old):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    t, first = push_in_flight(api, d, env, old)
     # The device re-registers with a new token while the old push is in flight.
     d.token = os.urandom(32)
     assert d.token_update() == 200
@@ -204,13 +211,7 @@ def test_410_disables_a_token_reregistered_while_the_push_was_in_flight(server, 
     upload(api, env.cert, env.key)
     d = enrolled(server)
     env.standin.respond(tok(d), 410, "Unregistered", delay=1.5, times=1)
-    first = {}
-    t = threading.Thread(target=lambda: first.update(push(api, d)))
-    t.start()
-    deadline = time.monotonic() + 10
-    while not env.standin.requests(tok(d)):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    t, first = push_in_flight(api, d, env, tok(d))
     sent_at = time.time()
     assert d.token_update() == 200       # re-registers after the push was sent
     t.join(30)
@@ -277,13 +278,7 @@ def test_403_for_a_certificate_replaced_meanwhile(server, api, env):
     d = enrolled(server)
     env.standin.respond(status=403, reason="BadCertificate", fingerprint=fingerprint(env.cert),
                         delay=1.5)
-    first = {}
-    t = threading.Thread(target=lambda: first.update(push(api, d)))
-    t.start()
-    deadline = time.monotonic() + 10
-    while not env.standin.requests(tok(d)):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    t, first = push_in_flight(api, d, env, tok(d))
     cert2, key2 = env.push_cert()
     st, r = upload(api, cert2, key2)
     assert st == 200 and r["replaced"] is True, r

@@ -868,6 +868,15 @@ static void test_device_view_lazy(void **state)
 
 /* ---- budgets ---------------------------------------------------------------------- */
 
+/* Calls the groups hook of p on f's device into d; the milliseconds it
+ * took. */
+static double groups_timed(mdm_policy_t *p, dev_fx_t *f, mdm_policy_decision_t *d)
+{
+    uint64_t t0 = mdm_mono_ns();
+    mdm_policy_groups(p, NULL, NULL, &f->dev, d);
+    return (double)(mdm_mono_ns() - t0) / 1e6;
+}
+
 /* Runs the groups hook of src and expects a failure naming want; returns
  * the milliseconds the call took. */
 static double expect_killed(struct fx *fx, mdm_policy_settings_t *s, const char *src,
@@ -878,9 +887,7 @@ static double expect_killed(struct fx *fx, mdm_policy_settings_t *s, const char 
     dev_fx_t f;
     dev_init(&f);
     mdm_policy_decision_t d;
-    uint64_t t0 = mdm_mono_ns();
-    mdm_policy_groups(p, NULL, NULL, &f.dev, &d);
-    double ms = (double)(mdm_mono_ns() - t0) / 1e6;
+    double ms = groups_timed(p, &f, &d);
     assert_status(d, MDM_POLICY_FAILED);
     assert_contains(d.error, want);
     mdm_policy_decision_free(&d);
@@ -1027,9 +1034,7 @@ static void test_budget_patterns(void **state)
     dev_fx_t f;
     dev_init(&f);
     mdm_policy_decision_t d;
-    uint64_t t0 = mdm_mono_ns();
-    mdm_policy_groups(p, NULL, NULL, &f.dev, &d);
-    double ms = (double)(mdm_mono_ns() - t0) / 1e6;
+    double ms = groups_timed(p, &f, &d);
     assert_status(d, MDM_POLICY_FAILED);
     assert_contains(d.error, "budget exceeded");
     print_message("default budgets: %s after %.1f ms\n", d.error, ms);
@@ -2359,9 +2364,7 @@ static void test_time_budget_overrun(void **state)
     dev_fx_t f;
     dev_init(&f);
     mdm_policy_decision_t d;
-    uint64_t t0 = mdm_mono_ns();
-    mdm_policy_groups(p, NULL, NULL, &f.dev, &d);
-    double ms = (double)(mdm_mono_ns() - t0) / 1e6;
+    double ms = groups_timed(p, &f, &d);
     print_message("hook with a 50 ms budget ran %.1f ms, status %s\n", ms,
                   mdm_policy_status_name(d.status));
     if (ms > 500)
