@@ -168,7 +168,9 @@ static const char cert_usage[] =
     "       moonmdm cert revoke SERIAL [--reason N] [-c FILE] [-d DIR]\n"
     "\n"
     "The certificates the CA issued (SCEP enrollments and renewals). `list`\n"
-    "prints one line per certificate: serial, status, not-after, subject.\n"
+    "prints one line per certificate: serial, status, not-after, owner= (the\n"
+    "user who enrolled with it), udid= (the device it was issued for), subject;\n"
+    "\"-\" stands for none.\n"
     "`show` prints a certificate's record (with the user who enrolled with\n"
     "it and the device the OTA profile service issued it for) and PEM.\n"
     "`revoke` marks it revoked; the CRL served at ca.crl_url (default\n"
@@ -186,26 +188,43 @@ static const char cert_usage[] =
     "  -h, --help             this help\n";
 
 struct cli_cert_list_ctx {
+    mdm_txn_t *txn;
     bool only_revoked;
     size_t n;
 };
+
+/* Who enrolled with a certificate and the device it was issued for ("" for
+ * none of either). */
+static void cert_names(mdm_txn_t *txn, const unsigned char fp[32],
+                       char owner[MDM_CHALLENGE_OWNER_MAX + 1],
+                       char udid[MDM_CHALLENGE_UDID_MAX + 1])
+{
+    if (mdm_challenge_owner_of_cert(txn, fp, owner, MDM_CHALLENGE_OWNER_MAX + 1) != 0)
+        owner[0] = '\0';
+    if (mdm_challenge_udid_of_cert(txn, fp, udid, MDM_CHALLENGE_UDID_MAX + 1) != 0)
+        udid[0] = '\0';
+}
 
 static int cli_cert_print(const mdm_certrec_t *r, void *arg)
 {
     struct cli_cert_list_ctx *l = arg;
     if (l->only_revoked && !r->revoked)
         return 0;
-    char na[32];
+    char na[32], owner[MDM_CHALLENGE_OWNER_MAX + 1], udid[MDM_CHALLENGE_UDID_MAX + 1];
     mdm_time_format(na, r->not_after_ms);
+    cert_names(l->txn, r->sha256, owner, udid);
     const char *status = r->revoked ? "revoked" : r->not_after_ms < mdm_now_ms() ? "expired"
                                                                                  : "valid";
-    printf("%-40s  %-7s  %s  %s\n", r->serial_hex, status, na, r->subject);
+    printf("%-40s  %-7s  %s  owner=%s  udid=%s  %s\n", r->serial_hex, status, na,
+           owner[0] ? owner : "-", udid[0] ? udid : "-", r->subject);
     l->n++;
     return 0;
 }
 
 static int cli_cert_list_fn(mdm_txn_t *txn, void *arg)
 {
+    struct cli_cert_list_ctx *l = arg;
+    l->txn = txn;
     return mdm_certdb_list(txn, 0, 0, cli_cert_print, arg);
 }
 
@@ -226,10 +245,7 @@ static int cli_cert_show_fn(mdm_txn_t *txn, void *arg)
     int rc = mdm_certdb_get_by_serial(txn, o->serial, o->len, &o->rec);
     if (rc != 0)
         return rc;
-    if (mdm_challenge_owner_of_cert(txn, o->rec.sha256, o->owner, sizeof(o->owner)) != 0)
-        o->owner[0] = '\0';
-    if (mdm_challenge_udid_of_cert(txn, o->rec.sha256, o->udid, sizeof(o->udid)) != 0)
-        o->udid[0] = '\0';
+    cert_names(txn, o->rec.sha256, o->owner, o->udid);
     return 0;
 }
 
