@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "config.h"
 #include "crypto/certdb.h"
+#include "mdm/mdm.h"
 #include "scep/challenge.h"
 #include "scep/service.h"
 #include "util/alloc.h"
@@ -22,7 +23,8 @@
 /* ---- challenge ----------------------------------------------------------- */
 
 static const char challenge_usage[] =
-    "usage: moonmdm challenge new [--user NAME] [--ttl DURATION] [-c FILE] [-d DIR]\n"
+    "usage: moonmdm challenge new [--user NAME] [--udid UDID] [--ttl DURATION]\n"
+    "                             [-c FILE] [-d DIR]\n"
     "       moonmdm challenge list [-c FILE] [-d DIR]\n"
     "       moonmdm challenge prune [-c FILE] [-d DIR]\n"
     "\n"
@@ -30,12 +32,16 @@ static const char challenge_usage[] =
     "this once: the store keeps a hash of it); it is valid for --ttl (default\n"
     "scep.challenge_ttl, 1h) and is consumed by the first enrollment that uses\n"
     "it. --user records who it is for; the issued certificate remembers it.\n"
-    "`list` shows the live challenges (purpose: scep or ota, owner and times,\n"
-    "never the challenge);\n"
+    "--udid ties the issued certificate (and its renewals) to that device: it\n"
+    "can Authenticate as that UDID only.\n"
+    "`list` shows the live challenges (purpose: scep or ota, owner, the device\n"
+    "it is for and times, never the challenge);\n"
     "`prune` deletes the expired ones.\n"
     "\n"
     "options:\n"
     "  -u, --user NAME        owner of the challenge\n"
+    "  -U, --udid UDID        the device the certificate is for (1-128 printable\n"
+    "                         ASCII characters, no space or ':')\n"
     "  -t, --ttl DURATION     lifetime, e.g. 30m, 1h, 7d\n"
     "  -c, --config FILE      config file\n"
     "  -d, --data-dir DIR     data directory when no config file is found\n"
@@ -43,6 +49,7 @@ static const char challenge_usage[] =
 
 struct cli_challenge_ctx {
     const char *owner;
+    const char *udid; /* NULL: not for one device */
     uint64_t ttl_ms;
     mdm_challenge_t c;
 };
@@ -50,7 +57,8 @@ struct cli_challenge_ctx {
 static int cli_challenge_new_fn(mdm_txn_t *txn, void *arg)
 {
     struct cli_challenge_ctx *c = arg;
-    return mdm_challenge_create(txn, c->owner, MDM_CHALLENGE_SCEP, c->ttl_ms, &c->c);
+    return mdm_challenge_create_for(txn, c->owner, c->udid, MDM_CHALLENGE_SCEP, c->ttl_ms,
+                                    &c->c);
 }
 
 static int cli_challenge_print(const mdm_challenge_t *c, void *arg)
@@ -60,9 +68,9 @@ static int cli_challenge_print(const mdm_challenge_t *c, void *arg)
     mdm_time_format(created, c->created_ms);
     mdm_time_format(expires, c->expires_ms);
     mdm_hex_encode(fp, c->digest, 8);
-    printf("%s  %-4s  %-24s  created %s  expires %s%s\n", fp,
+    printf("%s  %-4s  %-24s  created %s  expires %s%s%s%s\n", fp,
            mdm_challenge_purpose_name(c->purpose), c->owner[0] ? c->owner : "-", created, expires,
-           c->expires_ms <= now ? "  (expired)" : "");
+           c->udid[0] ? "  udid=" : "", c->udid, c->expires_ms <= now ? "  (expired)" : "");
     return 0;
 }
 
@@ -81,16 +89,18 @@ int mdm_cmd_challenge(int argc, char **argv)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'}, {"data-dir", required_argument, NULL, 'd'},
         {"user", required_argument, NULL, 'u'},   {"ttl", required_argument, NULL, 't'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+        {"udid", required_argument, NULL, 'U'},   {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
-    const char *config_path = NULL, *data_dir = NULL, *user = "", *ttl = NULL;
+    const char *config_path = NULL, *data_dir = NULL, *user = "", *ttl = NULL, *udid = NULL;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "c:d:u:t:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:d:u:U:t:h", opts, NULL)) != -1) {
         switch (c) {
         case 'c': config_path = optarg; break;
         case 'd': data_dir = optarg; break;
         case 'u': user = optarg; break;
+        case 'U': udid = optarg; break;
         case 't': ttl = optarg; break;
         case 'h': fputs(challenge_usage, stdout); return 0;
         default: fputs(challenge_usage, stderr); return 2;
@@ -111,6 +121,11 @@ int mdm_cmd_challenge(int argc, char **argv)
                 MDM_CHALLENGE_OWNER_MAX);
         return 2;
     }
+    if (udid != NULL && (strcmp(verb, "new") != 0 || !mdm_device_id_ok(udid))) {
+        fprintf(stderr, "moonmdm challenge: --udid needs `new` and 1 to %d printable ASCII "
+                        "characters without space or ':'\n", MDM_DEVICE_ID_MAX);
+        return 2;
+    }
     uint64_t ttl_ms = 0;
     if (ttl != NULL && (mdm_parse_duration_ms(ttl, &ttl_ms) != 0 || ttl_ms == 0)) {
         fprintf(stderr, "moonmdm challenge: --ttl \"%s\" is not a duration (e.g. 30m, 1h, 7d)\n",
@@ -126,6 +141,7 @@ int mdm_cmd_challenge(int argc, char **argv)
         goto out;
     if (strcmp(verb, "new") == 0) {
         struct cli_challenge_ctx a = {.owner = user,
+                                      .udid = udid,
                                       .ttl_ms = ttl ? ttl_ms : cfg.scep_challenge_ttl_ms};
         int rc = mdm_store_update(store, cli_challenge_new_fn, &a);
         if (rc != 0) {
@@ -135,8 +151,10 @@ int mdm_cmd_challenge(int argc, char **argv)
         char expires[32];
         mdm_time_format(expires, a.c.expires_ms);
         printf("%s\n", a.c.text);
-        fprintf(stderr, "one-time challenge%s%s, valid until %s; it is shown only this once\n",
-                user[0] ? " for " : "", user, expires);
+        fprintf(stderr,
+                "one-time challenge%s%s%s%s, valid until %s; it is shown only this once\n",
+                user[0] ? " for " : "", user, udid ? ", certificate tied to device " : "",
+                udid ? udid : "", expires);
         exit_code = 0;
     } else if (strcmp(verb, "list") == 0) {
         int64_t now = mdm_now_ms();

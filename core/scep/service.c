@@ -17,6 +17,7 @@
 #include "crypto/certdb.h"
 #include "crypto/keys.h"
 #include "mdm/certauth.h"
+#include "mdm/mdm.h"
 #include "net/http.h"
 #include "net/router.h"
 #include "scep/challenge.h"
@@ -1570,6 +1571,7 @@ static json_t *json_body(mdm_req_t *req)
 
 struct create_challenge_ctx {
     const char *owner;
+    const char *udid; /* NULL: not for one device */
     uint64_t ttl_ms;
     mdm_challenge_t c;
 };
@@ -1577,7 +1579,22 @@ struct create_challenge_ctx {
 static int create_challenge_fn(mdm_txn_t *txn, void *arg)
 {
     struct create_challenge_ctx *c = arg;
-    return mdm_challenge_create(txn, c->owner, MDM_CHALLENGE_SCEP, c->ttl_ms, &c->c);
+    return mdm_challenge_create_for(txn, c->owner, c->udid, MDM_CHALLENGE_SCEP, c->ttl_ms,
+                                    &c->c);
+}
+
+/* The optional "udid" of a challenge request: the device its certificate
+ * will be tied to. False when it is there and not a device id. */
+static bool challenge_udid(json_t *body, const char **out)
+{
+    json_t *udid = json_object_get(body, "udid");
+    *out = NULL;
+    if (udid == NULL || json_is_null(udid))
+        return true;
+    if (!json_is_string(udid) || !mdm_device_id_ok(json_string_value(udid)))
+        return false;
+    *out = json_string_value(udid);
+    return true;
 }
 
 static void handle_challenge_new(mdm_req_t *req)
@@ -1599,6 +1616,13 @@ static void handle_challenge_new(mdm_req_t *req)
             return;
         }
         c.owner = json_string_value(user);
+    }
+    if (!challenge_udid(body, &c.udid)) {
+        json_decref(body);
+        mdm_resp_json_error(req, 400, "bad_request",
+                            "udid must be a string of 1 to 128 printable ASCII characters "
+                            "without space or ':'");
+        return;
     }
     if (ttl != NULL && !json_is_null(ttl)) {
         uint64_t ms = 0;
@@ -1625,10 +1649,12 @@ static void handle_challenge_new(mdm_req_t *req)
     }
     char expires[32];
     mdm_time_format(expires, c.c.expires_ms);
-    mdm_log(MDM_LOG_INFO, req->id, "scep.challenge_created", "owner=%s expires=%s via=api",
-            mdm_logq(q, sizeof(q), c.c.owner[0] ? c.c.owner : "-"), expires);
-    json_t *j = json_pack("{s:s, s:s, s:s}", "challenge", c.c.text, "expires_at", expires, "user",
-                          c.c.owner);
+    mdm_log(MDM_LOG_INFO, req->id, "scep.challenge_created",
+            "owner=%s udid=%s expires=%s via=api",
+            mdm_logq(q, sizeof(q), c.c.owner[0] ? c.c.owner : "-"),
+            c.c.udid[0] ? c.c.udid : "-", expires);
+    json_t *j = json_pack("{s:s, s:s, s:s, s:s}", "challenge", c.c.text, "expires_at", expires,
+                          "user", c.c.owner, "udid", c.c.udid);
     json_decref(body);
     OPENSSL_cleanse(c.c.text, sizeof(c.c.text));
     json_send(req, 201, j);

@@ -41,6 +41,64 @@ def cert_line(d, cert):
     return next(line for line in out.splitlines() if line.startswith(serial + " "))
 
 
+def assert_tied(srv, tmp, name, challenge, udid, owner):
+    """A certificate from challenge authenticates as udid only."""
+    d = srv.datadir
+    b = enrolled_with_a_queued_command(srv)
+    cert, key = scepclient_identity(srv, tmp, name, challenge)
+    rec = cert_record(srv, d, cert)
+    assert rec["udid"] == udid and rec["owner"] == owner, rec
+    assert f"udid={udid} " in cert_line(d, cert)
+    assert Device(srv, udid=b.udid, cert=cert, key=key).authenticate() == 403
+    srv.wait_log(rf"detail=\"the certificate was issued for device {udid}\"")
+    assert_untouched(srv, b)
+    dev = Device(srv, udid=udid, cert=cert, key=key)
+    assert dev.authenticate() == 200
+    assert dev.token_update() == 200
+
+
+def test_cli_challenge_with_udid_ties_the_certificate(srv, tmpdir_path):
+    ch = new_challenge(srv.datadir, "--udid", "TIED-CLI-1", "--user", "tina")
+    assert_tied(srv, tmpdir_path, "cli", ch, "TIED-CLI-1", "tina")
+
+
+def test_api_challenge_with_udid_ties_the_certificate(srv, tmpdir_path):
+    d = srv.datadir
+    r = api(srv, "POST", "/v1/challenges", d.api_key, {"udid": "TIED-API-1"})
+    assert r.status_code == 201, r.text
+    assert r.json()["udid"] == "TIED-API-1" and r.json()["user"] == ""
+    srv.wait_log(r"event=scep.challenge_created .*udid=TIED-API-1 ")
+    assert_tied(srv, tmpdir_path, "api", r.json()["challenge"], "TIED-API-1", "")
+
+
+def live_challenges(d):
+    return run("challenge", "list", "--config", d.config).stdout.splitlines()
+
+
+BAD_UDIDS = ["", "has space", "a:b", "x" * 129, "tab\there", "caf\u00e9"]
+
+
+def test_challenge_udid_is_validated(srv):
+    d = srv.datadir
+    before = live_challenges(d)
+    for bad in BAD_UDIDS:
+        p = run("challenge", "new", "--config", d.config, "--udid", bad, check=False)
+        assert p.returncode == 2 and "--udid" in p.stderr, (bad, p.stderr)
+        assert p.stdout == ""
+        r = api(srv, "POST", "/v1/challenges", d.api_key, {"udid": bad})
+        assert r.status_code == 400 and "udid" in r.text, (bad, r.status_code, r.text)
+    for bad in (5, True, ["U"], {"u": 1}):
+        r = api(srv, "POST", "/v1/challenges", d.api_key, {"udid": bad})
+        assert r.status_code == 400 and "udid" in r.text, (bad, r.status_code, r.text)
+    assert live_challenges(d) == before
+    # The longest UDID that is allowed, and null for none.
+    assert run("challenge", "new", "--config", d.config, "--udid", "U" * 128).stdout.strip()
+    r = api(srv, "POST", "/v1/challenges", d.api_key, {"udid": None})
+    assert r.status_code == 201 and r.json()["udid"] == "", r.text
+    assert len(live_challenges(d)) == len(before) + 2
+    assert any("udid=" + "U" * 128 in line for line in live_challenges(d))
+
+
 def test_untied_certificate_shows_owner_and_no_udid_in_cert_list(srv, tmpdir_path):
     cert, _ = scepclient_identity(srv, tmpdir_path, "plain",
                                   new_challenge(srv.datadir, "--user", "olga"))
