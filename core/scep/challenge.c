@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "util/alloc.h"
 #include "util/encode.h"
 #include "util/misc.h"
 
@@ -171,13 +172,19 @@ int mdm_challenge_consume(mdm_txn_t *txn, const char *text, int purpose, int64_t
     return rc;
 }
 
+/* The MDM_T_INDEX key of a slot. */
+static void slot_key(unsigned char key[SLOT_PREFIX_LEN + 32], const unsigned char slot[32])
+{
+    memcpy(key, SLOT_PREFIX, SLOT_PREFIX_LEN);
+    memcpy(key + SLOT_PREFIX_LEN, slot, 32);
+}
+
 int mdm_challenge_create_in_slot(mdm_txn_t *txn, const unsigned char slot[32], const char *owner,
                                  const char *udid, int purpose, uint64_t ttl_ms,
                                  mdm_challenge_t *out)
 {
     unsigned char key[SLOT_PREFIX_LEN + 32];
-    memcpy(key, SLOT_PREFIX, SLOT_PREFIX_LEN);
-    memcpy(key + SLOT_PREFIX_LEN, slot, 32);
+    slot_key(key, slot);
     mdm_val_t v;
     int rc = mdm_txn_get(txn, MDM_T_INDEX, MDM_VAL(key, sizeof(key)), &v);
     if (rc == 0 && v.len == 32) {
@@ -190,6 +197,86 @@ int mdm_challenge_create_in_slot(mdm_txn_t *txn, const unsigned char slot[32], c
     rc = mdm_challenge_create_for(txn, owner, udid, purpose, ttl_ms, out);
     if (rc == 0)
         rc = mdm_txn_put(txn, MDM_T_INDEX, MDM_VAL(key, sizeof(key)), MDM_VAL(out->digest, 32), 0);
+    return rc;
+}
+
+/* One slot entry read by slot_batch. */
+struct slot_ent {
+    unsigned char slot[32];
+    unsigned char digest[32];
+    bool named; /* the value names a challenge (32 bytes) */
+};
+
+/* Reads up to max slot entries from the first at or after from into ents
+ * (*n of them); from becomes the slot of the entry after them, or all
+ * zero when there is none. */
+static int slot_batch(mdm_txn_t *txn, unsigned char from[32], size_t max, struct slot_ent *ents,
+                      size_t *n)
+{
+    unsigned char key[SLOT_PREFIX_LEN + 32];
+    slot_key(key, from);
+    memset(from, 0, 32);
+    *n = 0;
+    mdm_cursor_t *cur = NULL;
+    mdm_val_t k, v, prefix = MDM_VAL(SLOT_PREFIX, SLOT_PREFIX_LEN);
+    int rc = mdm_cursor_open(txn, MDM_T_INDEX, &cur);
+    if (rc != 0)
+        return rc;
+    for (rc = mdm_cursor_seek(cur, MDM_VAL(key, sizeof(key)), &k, &v);
+         rc == 0 && mdm_val_has_prefix(k, prefix); rc = mdm_cursor_next(cur, &k, &v)) {
+        if (k.len != sizeof(key))
+            continue; /* no slot of ours */
+        if (*n == max) {
+            memcpy(from, (const unsigned char *)k.data + SLOT_PREFIX_LEN, 32);
+            break;
+        }
+        struct slot_ent *e = &ents[(*n)++];
+        memcpy(e->slot, (const unsigned char *)k.data + SLOT_PREFIX_LEN, 32);
+        e->named = v.len == 32;
+        if (e->named)
+            memcpy(e->digest, v.data, 32);
+    }
+    mdm_cursor_close(cur);
+    return rc == 0 || rc == MDM_ENOTFOUND ? 0 : rc;
+}
+
+/* Whether a slot entry is still of use: its challenge is there and the
+ * slot's owner can still ask for another. */
+static int slot_in_use(mdm_txn_t *txn, const struct slot_ent *e, mdm_challenge_slot_fn live,
+                       void *arg, bool *keep)
+{
+    mdm_val_t v;
+    *keep = false;
+    if (!e->named)
+        return 0;
+    int rc = mdm_txn_get(txn, MDM_T_CHALLENGES, MDM_VAL(e->digest, 32), &v);
+    if (rc == MDM_ENOTFOUND)
+        return 0;
+    if (rc != 0)
+        return rc;
+    *keep = live(txn, e->slot, arg);
+    return 0;
+}
+
+int mdm_challenge_slot_prune(mdm_txn_t *txn, unsigned char from[32], size_t max,
+                             mdm_challenge_slot_fn live, void *arg, size_t *removed)
+{
+    struct slot_ent *ents = mdm_calloc(max > 0 ? max : 1, sizeof(*ents));
+    size_t n = 0;
+    *removed = 0;
+    int rc = slot_batch(txn, from, max, ents, &n);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        bool keep = false;
+        rc = slot_in_use(txn, &ents[i], live, arg, &keep);
+        if (rc != 0 || keep)
+            continue;
+        unsigned char key[SLOT_PREFIX_LEN + 32];
+        slot_key(key, ents[i].slot);
+        rc = mdm_txn_del(txn, MDM_T_INDEX, MDM_VAL(key, sizeof(key)));
+        if (rc == 0)
+            ++*removed;
+    }
+    mdm_free(ents);
     return rc;
 }
 

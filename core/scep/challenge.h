@@ -30,6 +30,7 @@
 #ifndef MDM_SCEP_CHALLENGE_H
 #define MDM_SCEP_CHALLENGE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -80,6 +81,21 @@ int mdm_challenge_create_for(mdm_txn_t *txn, const char *owner, const char *udid
 int mdm_challenge_create_in_slot(mdm_txn_t *txn, const unsigned char slot[32], const char *owner,
                                  const char *udid, int purpose, uint64_t ttl_ms,
                                  mdm_challenge_t *out);
+
+/* Whether the owner of a slot (see mdm_challenge_create_in_slot) may
+ * still ask for a challenge, e.g. the certificate is known, valid and not
+ * revoked. */
+typedef bool (*mdm_challenge_slot_fn)(mdm_txn_t *txn, const unsigned char slot[32], void *arg);
+
+/* Deletes slot entries that are of no more use: the challenge they name is
+ * gone (used or pruned), or live(txn, slot, arg) says the slot's owner can
+ * ask for no other. It reads at most max entries (max > 0), from the first
+ * whose slot is at or after from; from then holds the slot to go on from
+ * at the next call (all zero, the first one, after the last). The
+ * challenges themselves stay (mdm_challenge_prune removes expired ones).
+ * *removed gets the number of deleted entries. */
+int mdm_challenge_slot_prune(mdm_txn_t *txn, unsigned char from[32], size_t max,
+                             mdm_challenge_slot_fn live, void *arg, size_t *removed);
 
 /* Checks a challenge for purpose without consuming it: 0 and out filled
  * (out may be NULL) when it exists, is for purpose and has not expired at

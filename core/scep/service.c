@@ -35,6 +35,8 @@
 /* Expired challenges and stale pending requests are swept this often. */
 #define PRUNE_EVERY_MS (10LL * 60 * 1000)
 #define PRUNE_BATCH 1000
+/* Phase-3 slot entries looked at per pruning (each costs a read or two). */
+#define SLOT_PRUNE_BATCH 500
 /* CRLs are valid for a week and rebuilt at least daily. */
 #define CRL_VALIDITY_MS (7 * DAY_MS)
 #define CRL_REFRESH_MS DAY_MS
@@ -95,6 +97,7 @@ struct mdm_scep_service {
     mdm_scep_decide_fn decide;
     void *decide_udata;
     int64_t last_prune_ms;
+    unsigned char slot_from[32]; /* where the next pruning of phase-3 slots goes on */
 
     mdm_buf_t cacert;        /* GetCACert body */
     const char *cacert_ctype;
@@ -1024,18 +1027,37 @@ static bool answer_resend(scep_job_t *job)
 }
 
 struct prune_ctx {
-    size_t challenges, pending, done;
+    mdm_scep_service_t *svc;
+    int64_t now;
+    size_t challenges, pending, done, slots;
 };
+
+/* The certificate a phase-3 slot is named after (see enroll.c) can still
+ * sign a phase 3: it is known, not revoked and not expired. A store error
+ * keeps the slot. */
+static bool slot_cert_live(mdm_txn_t *txn, const unsigned char fp[32], void *arg)
+{
+    const struct prune_ctx *p = arg;
+    mdm_certrec_t rec;
+    int rc = mdm_certdb_get_by_fingerprint(txn, fp, &rec);
+    bool live = rc == 0 ? !rec.revoked && rec.not_after_ms > p->now
+                        : rc != MDM_ENOTFOUND && rc != MDM_EPARSE;
+    mdm_certrec_free(&rec);
+    return live;
+}
 
 static int prune_fn(mdm_txn_t *txn, void *arg)
 {
     struct prune_ctx *p = arg;
-    int64_t now = mdm_now_ms();
+    int64_t now = p->now;
     int rc = mdm_challenge_prune(txn, now, PRUNE_BATCH, &p->challenges);
     if (rc == 0)
         rc = index_prune(txn, PENDING_PREFIX, pending_keep, now, PRUNE_BATCH, &p->pending);
     if (rc == 0)
         rc = index_prune(txn, DONE_PREFIX, done_keep, now, PRUNE_BATCH, &p->done);
+    if (rc == 0)
+        rc = mdm_challenge_slot_prune(txn, p->svc->slot_from, SLOT_PRUNE_BATCH, slot_cert_live,
+                                      p, &p->slots);
     return rc;
 }
 
@@ -1045,13 +1067,14 @@ static void maybe_prune(mdm_scep_service_t *svc)
     if (now - svc->last_prune_ms < PRUNE_EVERY_MS)
         return;
     svc->last_prune_ms = now;
-    struct prune_ctx p = {0};
+    struct prune_ctx p = {.svc = svc, .now = now};
     int rc = mdm_store_update(svc->store, prune_fn, &p);
     if (rc != 0)
         mdm_log(MDM_LOG_WARN, NULL, "scep.prune_failed", "error=\"%s\"", mdm_strerror(rc));
-    else if (p.challenges || p.pending || p.done)
-        mdm_log(MDM_LOG_INFO, NULL, "scep.pruned", "challenges=%zu pending=%zu answered=%zu",
-                p.challenges, p.pending, p.done);
+    else if (p.challenges || p.pending || p.done || p.slots)
+        mdm_log(MDM_LOG_INFO, NULL, "scep.pruned",
+                "challenges=%zu pending=%zu answered=%zu slots=%zu", p.challenges, p.pending,
+                p.done, p.slots);
 }
 
 static void parse_after(uv_work_t *w, int status)

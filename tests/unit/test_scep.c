@@ -1652,6 +1652,145 @@ static void test_service_renewal(void **state)
     X509_REQ_free(csr);
 }
 
+/* ---- phase-3 slots ------------------------------------------------------ */
+
+static const char SLOT_KEY_PREFIX[] = "scepslot";
+
+struct slot_op {
+    X509 *cert;              /* the slot is its SHA-256 */
+    mdm_challenge_t c;
+    bool present;
+    size_t n;
+    unsigned char from[32];
+    size_t max, removed;
+};
+
+static int slot_make_fn(mdm_txn_t *t, void *a)
+{
+    struct slot_op *o = a;
+    unsigned char fp[32];
+    mdm_cert_sha256(o->cert, fp);
+    return mdm_challenge_create_in_slot(t, fp, "", NULL, MDM_CHALLENGE_SCEP, 3600 * 1000, &o->c);
+}
+
+static int slot_count_fn(mdm_txn_t *t, void *a)
+{
+    struct slot_op *o = a;
+    mdm_cursor_t *c = NULL;
+    mdm_val_t k, v, prefix = MDM_VAL(SLOT_KEY_PREFIX, sizeof(SLOT_KEY_PREFIX));
+    o->n = 0;
+    int rc = mdm_cursor_open(t, MDM_T_INDEX, &c);
+    if (rc != 0)
+        return rc;
+    for (rc = mdm_cursor_seek(c, prefix, &k, &v); rc == 0 && mdm_val_has_prefix(k, prefix);
+         rc = mdm_cursor_next(c, &k, &v))
+        o->n++;
+    mdm_cursor_close(c);
+    if (o->cert == NULL)
+        return 0;
+    unsigned char key[sizeof(SLOT_KEY_PREFIX) + 32];
+    memcpy(key, SLOT_KEY_PREFIX, sizeof(SLOT_KEY_PREFIX));
+    mdm_cert_sha256(o->cert, key + sizeof(SLOT_KEY_PREFIX));
+    rc = mdm_txn_get(t, MDM_T_INDEX, MDM_VAL(key, sizeof(key)), &v);
+    o->present = rc == 0;
+    return rc == 0 || rc == MDM_ENOTFOUND ? 0 : rc;
+}
+
+static size_t slot_count(struct fx *fx, X509 *cert, bool *present)
+{
+    struct slot_op o = {.cert = cert};
+    assert_rc(mdm_store_view(fx->store, slot_count_fn, &o), 0);
+    if (present != NULL)
+        *present = o.present;
+    return o.n;
+}
+
+static bool slot_never_live(mdm_txn_t *t, const unsigned char slot[32], void *arg)
+{
+    (void)t;
+    (void)slot;
+    (void)arg;
+    return false;
+}
+
+static int slot_prune_fn(mdm_txn_t *t, void *a)
+{
+    struct slot_op *o = a;
+    return mdm_challenge_slot_prune(t, o->from, o->max, slot_never_live, NULL, &o->removed);
+}
+
+/* A phase-3 slot entry goes with the pruning of challenges once it is of
+ * no use: its certificate revoked, expired or unknown, or its challenge
+ * used; a live one stays. */
+static void test_service_prunes_phase3_slots(void **state)
+{
+    struct fx *fx = *state;
+    make_service(fx, true, NULL);
+    int64_t day = DAY_MS;
+    X509 *live = issue_for(G.ec_ca, G.dev_key, "slot live", 0, 30 * day);
+    X509 *revoked = issue_for(G.ec_ca, G.dev_key, "slot revoked", 0, 30 * day);
+    X509 *expired = issue_for(G.ec_ca, G.dev_key, "slot expired", mdm_now_ms() - 2 * day, day);
+    X509 *unknown = issue_for(G.ec_ca, G.dev_key, "slot unknown", 0, 30 * day);
+    X509 *used = issue_for(G.ec_ca, G.dev_key, "slot used", 0, 30 * day);
+    X509 *stored[] = {live, revoked, expired, used};
+    for (size_t i = 0; i < 4; i++) {
+        struct bind_op b = {.cert = stored[i], .revoke = stored[i] == revoked};
+        assert_rc(mdm_store_update(fx->store, bind_fn, &b), 0);
+    }
+    X509 *all[] = {live, revoked, expired, unknown, used};
+    struct slot_op made[5];
+    for (size_t i = 0; i < 5; i++) {
+        memset(&made[i], 0, sizeof(made[i]));
+        made[i].cert = all[i];
+        assert_rc(mdm_store_update(fx->store, slot_make_fn, &made[i]), 0);
+    }
+    struct ch_op use = {.text = made[4].c.text, .now = mdm_now_ms()};
+    assert_rc(mdm_store_update(fx->store, ch_consume_fn, &use), 0);
+    assert_int_equal(slot_count(fx, NULL, NULL), 5);
+
+    /* Any SCEP request runs the pruning (the first one at once). */
+    X509_REQ *csr = make_csr(G.dev_key, "device one", "not-a-challenge", NULL);
+    struct req_opts o = {.csr = csr, .recipient = G.ra_cert, .txid = "TX-SLOTS"};
+    struct result res;
+    exchange(fx, &o, &res);
+    expect_reply(&res, G.ec_ca_cert, G.dev_self, G.dev_key, 2, MDM_SCEP_BADREQUEST, NULL);
+    bool present = false;
+    assert_int_equal(slot_count(fx, live, &present), 1);
+    assert_true(present);
+    /* The live slot still does its work: a new challenge replaces its old
+     * one. The challenges of the dropped slots stay until they expire. */
+    struct slot_op again = {.cert = live};
+    assert_rc(mdm_store_update(fx->store, slot_make_fn, &again), 0);
+    struct ch_op old = {.text = made[0].c.text, .now = mdm_now_ms()};
+    assert_rc(mdm_store_view(fx->store, ch_check_fn, &old), MDM_ENOTFOUND);
+    struct ch_op kept = {.text = made[1].c.text, .now = mdm_now_ms()};
+    assert_rc(mdm_store_view(fx->store, ch_check_fn, &kept), 0);
+
+    /* In batches: each call reads at most max entries and says where the
+     * next goes on; the last one wraps around to the first. */
+    for (size_t i = 0; i < 4; i++) {
+        struct slot_op m = {.cert = all[i + 1]};
+        assert_rc(mdm_store_update(fx->store, slot_make_fn, &m), 0);
+    }
+    assert_int_equal(slot_count(fx, NULL, NULL), 5);
+    static const unsigned char zero[32];
+    struct slot_op b = {.max = 2};
+    size_t calls = 0, total = 0;
+    do {
+        assert_rc(mdm_store_update(fx->store, slot_prune_fn, &b), 0);
+        assert_true(b.removed <= 2);
+        total += b.removed;
+        calls++;
+    } while (memcmp(b.from, zero, 32) != 0 && calls < 10);
+    assert_int_equal(calls, 3);
+    assert_int_equal(total, 5);
+    assert_int_equal(slot_count(fx, NULL, NULL), 0);
+
+    X509_REQ_free(csr);
+    for (size_t i = 0; i < 5; i++)
+        X509_free(all[i]);
+}
+
 static void crl_get(struct fx *fx, struct result *res)
 {
     memset(res, 0, sizeof(*res));
@@ -1762,6 +1901,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_service_decisions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_pending_is_not_replaced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_renewal, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_service_prunes_phase3_slots, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_crl, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_limits_and_ra_checks, setup, teardown),
     };
