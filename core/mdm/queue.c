@@ -572,19 +572,25 @@ static int retention_index_put(mdm_txn_t *txn, const char *eid, const char *uuid
     return rc;
 }
 
+/* Saves res as finished with status at now, with its retention index
+ * entry. */
+static int finish_record(mdm_txn_t *txn, const char *eid, const char *uuid,
+                         mdm_result_rec_t *res, const char *status, int64_t now)
+{
+    rrec_set_status(res, status);
+    res->completed_at = now;
+    res->updated_at = now;
+    int rc = result_save(txn, eid, uuid, res);
+    return rc != 0 ? rc : retention_index_put(txn, eid, uuid, now);
+}
+
 /* Makes a waiting result terminal: status, completion time, retention
  * index, queue entry removed. */
 static int finish(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result_rec_t *res,
                   const char *status, int64_t now)
 {
     int rc = queue_entry_del(txn, eid, res);
-    if (rc != 0)
-        return rc;
-    rrec_set_status(res, status);
-    res->completed_at = now;
-    res->updated_at = now;
-    rc = result_save(txn, eid, uuid, res);
-    return rc != 0 ? rc : retention_index_put(txn, eid, uuid, now);
+    return rc != 0 ? rc : finish_record(txn, eid, uuid, res, status, now);
 }
 
 /* A queue entry that cannot be offered, for the log: its enrollment and
@@ -801,6 +807,78 @@ int mdm_queue_next(mdm_txn_t *txn, const char *eid, int64_t now_ms, int64_t sess
     return rc == 0 ? MDM_ENOTFOUND : rc;
 }
 
+/* Deletes the queue entries of eid that hold the command uuid, found by a
+ * scan of eid's queue (for a result that does not decode, whose position
+ * is not known); key gets the last one's key. */
+static int queue_entries_del_of(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_buf_t *key)
+{
+    mdm_cursor_t *c = NULL;
+    mdm_val_t k, v;
+    int rc = eid_prefix(key, eid);
+    if (rc == 0)
+        rc = mdm_cursor_open(txn, MDM_T_QUEUE, &c);
+    if (rc != 0)
+        return rc;
+    mdm_buf_t prefix = MDM_BUF_INIT;
+    mdm_buf_append(&prefix, key->data, key->len);
+    mdm_val_t p = MDM_VAL(prefix.data, prefix.len);
+    for (rc = mdm_cursor_seek(c, p, &k, &v); rc == 0 && mdm_val_has_prefix(k, p);
+         rc = mdm_cursor_next(c, &k, &v)) {
+        if (!qent_is(v, uuid))
+            continue;
+        mdm_buf_reset(key);
+        mdm_buf_append(key, k.data, k.len);
+        rc = mdm_cursor_del(c);
+        if (rc != 0)
+            break;
+    }
+    mdm_cursor_close(c);
+    mdm_buf_free(&prefix);
+    return rc == 0 || rc == MDM_ENOTFOUND ? 0 : rc;
+}
+
+/* A report for a command whose stored result does not decode. A final
+ * report is recorded over it as a new result (of the command's request
+ * type), so that the device is not refused for ever; the queue entry goes.
+ * A NotNow changes nothing: the entry stays as it is (mdm_queue_next does
+ * not offer it, mdm_queue_clear drops it) and the report is ignored. */
+static int report_over_unreadable(mdm_txn_t *txn, const char *eid, const char *uuid,
+                                  const char *status, const void *raw, size_t raw_len,
+                                  int64_t now_ms, int at, int *outcome,
+                                  char rtype[MDM_RTYPE_MAX])
+{
+    mdm_buf_t key = MDM_BUF_INIT;
+    int rc = eid_prefix(&key, eid);
+    bool notnow = strcmp(status, "NotNow") == 0;
+    if (rc == 0 && !notnow)
+        rc = queue_entries_del_of(txn, eid, uuid, &key);
+    if (rc == 0)
+        log_bad_entry("queue.entry_unreadable", eid, MDM_VAL(key.data, key.len), uuid,
+                      notnow ? "the result record does not decode; a NotNow for it is ignored"
+                             : "the result record does not decode; the report is recorded "
+                               "over it");
+    mdm_buf_free(&key);
+    if (rc != 0 || notnow) {
+        *outcome = MDM_REPORT_UNKNOWN;
+        return rc;
+    }
+    mdm_result_rec_t res;
+    rrec_init(&res);
+    mdm_command_info_t info;
+    if (mdm_command_get(txn, uuid, &info, NULL) == 0)
+        snprintf(res.request_type, sizeof(res.request_type), "%s", info.request_type);
+    if (rtype != NULL)
+        snprintf(rtype, MDM_RTYPE_MAX, "%s", res.request_type);
+    res.at = at == AT_QUEUE ? AT_NONE : at;
+    res.has_raw = true;
+    if (raw_len > 0)
+        mdm_buf_append(&res.raw, raw, raw_len);
+    *outcome = at == AT_DONE ? MDM_REPORT_DUPLICATE : MDM_REPORT_RECORDED;
+    rc = finish_record(txn, eid, uuid, &res, status, now_ms);
+    mdm_result_rec_free(&res);
+    return rc;
+}
+
 int mdm_queue_report(mdm_txn_t *txn, const char *eid, const char *uuid, const char *status,
                      const void *raw, size_t raw_len, int64_t now_ms, int64_t session,
                      uint64_t notnow_max, int *outcome, char rtype[MDM_RTYPE_MAX])
@@ -816,6 +894,12 @@ int mdm_queue_report(mdm_txn_t *txn, const char *eid, const char *uuid, const ch
     if (rc == MDM_ENOTFOUND || rc == MDM_EINVAL) {
         *outcome = MDM_REPORT_UNKNOWN;
         return 0;
+    }
+    if (rc == MDM_EPARSE) {
+        int at = res.at;
+        mdm_result_rec_free(&res);
+        return report_over_unreadable(txn, eid, uuid, status, raw, raw_len, now_ms, at, outcome,
+                                      rtype);
     }
     if (rc != 0)
         return rc;

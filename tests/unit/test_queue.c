@@ -1672,6 +1672,51 @@ static void test_undecodable_entry_is_skipped_and_cleared(void **state)
     expect_next(fx, E1, 110, 2, NULL);
 }
 
+/* The device's final report for a command whose stored result does not
+ * decode is recorded over it, as for a readable one, and the queue entry
+ * goes; a NotNow for it is ignored. Either way the report succeeds, so
+ * the device is not refused over and over. */
+static void test_report_over_an_undecodable_result(void **state)
+{
+    struct fx *fx = *state;
+    queue_new(fx, E1, UA, 0, 0);
+    queue_new(fx, E1, UB, 0, 0);
+    queue_new(fx, E1, UC, 0, 0);
+    rewrite_entry_record(fx, E1, UA, "damaged", 7);
+    /* The same kept where schema 3 kept a waiting result. */
+    mdm_buf_t bad = MDM_BUF_INIT;
+    mdm_buf_append(&bad, "damaged", 7);
+    make_legacy(fx, E1, UC, &bad, true);
+    mdm_buf_free(&bad);
+    assert_num(length(fx, E1), 3);
+
+    expect_report(fx, E1, UA, "NotNow", 40, 1, MDM_REPORT_UNKNOWN);
+    assert_num(length(fx, E1), 3);
+    expect_report(fx, E1, UA, "Acknowledged", 50, 1, MDM_REPORT_RECORDED);
+    assert_str(last_rtype, "ProfileList");
+    mdm_buf_t raw = MDM_BUF_INIT;
+    mdm_result_t r;
+    assert_rc(result(fx, E1, UA, &r, &raw), 0);
+    assert_str(r.status, "Acknowledged");
+    assert_str(r.request_type, "ProfileList");
+    assert_num(r.completed_ms, 50);
+    mdm_buf_putc(&raw, '\0');
+    assert_str(raw.data, "report " UA " Acknowledged");
+    mdm_buf_free(&raw);
+    assert_num(length(fx, E1), 2);
+    /* Sent again, it is a duplicate, as for any finished command. */
+    expect_report(fx, E1, UA, "Acknowledged", 55, 1, MDM_REPORT_DUPLICATE);
+
+    expect_report(fx, E1, UC, "Error", 60, 1, MDM_REPORT_RECORDED);
+    expect_status(fx, E1, UC, "Error");
+    assert_num(length(fx, E1), 1);
+    expect_next(fx, E1, 70, 2, UB);
+    expect_report(fx, E1, UB, "Acknowledged", 75, 2, MDM_REPORT_RECORDED);
+    expect_next(fx, E1, 80, 2, NULL);
+    /* Both are pruned with the other finished results. */
+    assert_num(prune(fx, 1000, 10), 3);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -1705,6 +1750,7 @@ int main(void)
         T(test_clear_ends_with_an_entry_kept_twice),
         T(test_next_drops_an_entry_whose_result_finished),
         T(test_undecodable_entry_is_skipped_and_cleared),
+        T(test_report_over_an_undecodable_result),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
