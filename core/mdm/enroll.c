@@ -519,7 +519,8 @@ static int ota_check_fn(mdm_txn_t *txn, void *arg)
     return o->rc;
 }
 
-/* Why phase 1 refuses a challenge (rc of ota_check_fn). */
+/* Why phase 1 refuses a challenge (rc of ota_check_fn); NULL when rc
+ * says nothing of the challenge (the store failed). */
 static const char *ota_challenge_problem(const char *challenge, int rc)
 {
     if (challenge == NULL)
@@ -529,8 +530,26 @@ static const char *ota_challenge_problem(const char *challenge, int rc)
     case MDM_EEXPIRED: return "the challenge has expired";
     case MDM_EAUTH:
         return "the challenge is not for the OTA profile service (it is a SCEP challenge)";
-    default: return "the challenge could not be checked";
+    default: return NULL;
     }
+}
+
+/* Phase 1's answer when its challenge is refused or cannot be checked. */
+static void ota_challenge_refuse(mdm_req_t *req, const char *challenge, const char *udid, int rc)
+{
+    char uq[200];
+    const char *why = ota_challenge_problem(challenge, rc);
+    mdm_logq(uq, sizeof(uq), udid);
+    if (why != NULL) {
+        mdm_log(MDM_LOG_WARN, req->id, "enroll.ota_refused", "phase=1 udid=%s reason=\"%s\"", uq,
+                why);
+        mdm_resp_text(req, 403, "the challenge is not valid");
+        return;
+    }
+    mdm_log(MDM_LOG_ERROR, req->id, "enroll.ota_failed",
+            "phase=1 udid=%s error=\"the challenge could not be checked: %s\"", uq,
+            mdm_strerror(rc));
+    mdm_resp_text(req, rc == MDM_ENOSPACE ? 503 : 500, "the challenge could not be checked");
 }
 
 /* The phase-3 signer must be a certificate this server issued (its
@@ -637,9 +656,7 @@ static void handle_ota(mdm_req_t *req)
         struct ota_ctx o = {.challenge = challenge};
         int crc = challenge == NULL ? MDM_ENOTFOUND : mdm_store_update(s->store, ota_check_fn, &o);
         if (crc != 0) {
-            mdm_log(MDM_LOG_WARN, req->id, "enroll.ota_refused", "phase=1 udid=%s reason=\"%s\"",
-                    mdm_logq(uq, sizeof(uq), udid), ota_challenge_problem(challenge, crc));
-            mdm_resp_text(req, 403, "the challenge is not valid");
+            ota_challenge_refuse(req, challenge, udid, crc);
             goto out;
         }
         mdm_enroll_auth_req_t ar = {.method = req->method_name,

@@ -1,16 +1,21 @@
 """Certificates tied to one device by the challenge they were enrolled with
 (`challenge new --udid`, `POST /v1/challenges` with "udid"), what
 `cert list` says of a certificate, and OTA phase 1 when the store fails."""
+import hashlib
 import os
+import subprocess
 
 import pytest
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from conftest import Server, run
 from device import TOPIC, Device
 from test_scep import api, new_challenge, ra_fingerprint, scep_datadir, scepclient, stop_clean
-from test_scep_edges import assert_untouched, cert_record, enrolled_with_a_queued_command
+from test_enroll import ota_server
+from test_scep_edges import (assert_untouched, cert_record, enrolled_with_a_queued_command,
+                             phase1_body)
 
 
 @pytest.fixture
@@ -104,3 +109,42 @@ def test_untied_certificate_shows_owner_and_no_udid_in_cert_list(srv, tmpdir_pat
                                   new_challenge(srv.datadir, "--user", "olga"))
     line = cert_line(srv.datadir, cert)
     assert "  owner=olga  udid=-  CN=scepclient-device" in line, line
+
+
+# ---- OTA phase 1 when the challenge cannot be read ---------------------------
+
+
+def put_raw_challenge(d, text, value):
+    """Stores value under the challenge text's key with LMDB's own tool
+    (the server is stopped)."""
+    key = hashlib.sha256(text.encode()).digest()
+    esc = lambda b: "".join(f"\\{x:02x}" for x in b)  # noqa: E731
+    p = subprocess.run(["mdb_load", "-T", "-s", "challenges", os.path.join(d.path, "db")],
+                       input=f"{esc(key)}\n{esc(value)}\n".encode(), capture_output=True)
+    assert p.returncode == 0, p.stderr
+
+
+def test_ota_phase1_store_failure_is_500_not_a_bad_challenge(tmpdir_path):
+    srv, d, apple_ca, apple_key = ota_server(tmpdir_path)
+    stop_clean(srv)
+    # A challenge record this server cannot read (a later layout version):
+    # the challenge cannot be checked, which is the server's fault.
+    unreadable = "0123456789abcdef0123456789abcdef"
+    put_raw_challenge(d, unreadable, bytes([9]) + bytes(30))
+    srv = Server(d, plain=True)
+    try:
+        r = requests.post(srv.url + "/ota/profile",
+                          data=phase1_body(apple_ca, apple_key, unreadable),
+                          verify=d.ca_crt, timeout=30)
+        assert r.status_code == 500, (r.status_code, r.text)
+        srv.wait_log(r"level=error event=enroll.ota_failed .*phase=1 udid=PURPOSE-UDID "
+                     r"error=\"the challenge could not be checked: ")
+        assert "enroll.ota_refused" not in srv.log()
+        # A bad challenge is still a 403.
+        r = requests.post(srv.url + "/ota/profile",
+                          data=phase1_body(apple_ca, apple_key, "f" * 32),
+                          verify=d.ca_crt, timeout=30)
+        assert r.status_code == 403, (r.status_code, r.text)
+        srv.wait_log(r"event=enroll.ota_refused .*phase=1 .*reason=\"unknown or already used")
+    finally:
+        stop_clean(srv)
