@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 import pki
 from conftest import Server
 from device import TOPIC, Api, Device
+from test_scep import (Reply, enroll, make_csr, new_challenge, pki_op, recipient_of,
+                       scep_datadir, stop_clean)
 
 
 def write_policy(tmpdir_path, datadir, text):
@@ -76,3 +78,112 @@ def test_device_command_history_is_newest_first_within_one_millisecond(datadir, 
         assert [c["command_uuid"] for c in r["commands"]] == history, r
     finally:
         assert srv.stop() == 0
+
+
+class UserEnrolledDevice(Device):
+    """A device in User Enrollment: no UDID, a per-enrollment EnrollmentID,
+    and on the user channel (macOS) an EnrollmentUserID."""
+
+    def __init__(self, server):
+        super().__init__(server, udid="UE-" + os.urandom(8).hex().upper())
+        self.enrollment_user = None
+
+    def ids(self):
+        d = {"EnrollmentID": self.udid}
+        if self.enrollment_user:
+            d["EnrollmentUserID"] = self.enrollment_user
+        return d
+
+
+def test_user_enrollment_ids_have_their_own_queues(server):
+    api = Api(server)
+    d = UserEnrolledDevice(server)
+    d.enroll()
+    st, show = api.call("GET", "/v1/devices/" + d.udid)
+    assert st == 200 and show["enabled"] is True and show["serial"] == d.serial, show
+    d.enrollment_user = "UE-USER-1"
+    assert d.token_update() == 200
+    user_eid = d.udid + ":UE-USER-1"
+    st, show = api.call("GET", "/v1/devices/" + d.udid)
+    assert [u["id"] for u in show["user_channels"]] == [user_eid], show
+    ucmd = api.send("ProfileList", [user_eid])[1]["command_uuid"]
+    dcmd = api.send("SecurityInfo", [d.udid])[1]["command_uuid"]
+    assert [c["CommandUUID"] for c in d.run()] == [ucmd]
+    d.enrollment_user = None
+    assert [c["CommandUUID"] for c in d.run()] == [dcmd]
+    # Another certificate cannot speak for the enrollment.
+    other = UserEnrolledDevice(server)
+    other.udid = d.udid
+    assert other.idle()[0] == 403
+    # A re-enrollment (a new Authenticate) clears both queues.
+    api.send("ProfileList", [d.udid])
+    api.send("ProfileList", [user_eid])
+    assert d.authenticate() == 200
+    for eid in (d.udid, user_eid):
+        st, show = api.call("GET", "/v1/devices/" + eid)
+        assert st == 200 and show["queue_length"] == 0 and show["enabled"] is False, show
+
+
+def test_scep_renewal_moves_the_binding(tmpdir_path):
+    d = scep_datadir(tmpdir_path)
+    d.write_config('  enroll = { topic = "%s" },' % TOPIC)
+    srv = Server(d, plain=True)
+    try:
+        api = Api(srv)
+        c, old = enroll(srv, d, new_challenge(d))
+        dev = Device(srv, cert=old, key=c.key)
+        dev.enroll()
+        cmd = api.send("ProfileList", [dev.udid])[1]["command_uuid"]
+        k2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        csr = make_csr(k2, "py-device").public_bytes(serialization.Encoding.DER)
+        rep = Reply(pki_op(srv, c.message(recipient_of(d), mtype=17, data=csr, signer=old,
+                                          key=c.key)).content)
+        assert rep.status == 0, rep.fail_info
+        new, _ = rep.open(c)
+        # The renewed identity speaks for the device at once, without a new
+        # Authenticate, and gets what was queued.
+        renewed = Device(srv, udid=dev.udid, cert=new, key=k2)
+        assert [x["CommandUUID"] for x in renewed.run()] == [cmd]
+        st, show = api.call("GET", "/v1/devices/" + dev.udid)
+        assert show["identity_certificate"]["serial"] == format(new.serial_number, "X"), show
+        assert show["enabled"] is True, show
+        # The superseded certificate no longer does.
+        dev.close()
+        assert dev.idle()[0] == 403
+        assert renewed.idle()[0] == 200
+    finally:
+        stop_clean(srv)
+
+
+def test_signed_messages_refuse_an_expired_signer(server):
+    ca_cert, ca_key = pki.load_ca(server.datadir)
+    # Expired already: refused before anything else.
+    past = pki.now() - datetime.timedelta(hours=1)
+    cert, key = pki.issue_client(ca_cert, ca_key, "expired", not_before=past
+                                 - datetime.timedelta(days=1), not_after=past)
+    d = Device(server, cert=cert, key=key, sign=True)
+    assert d.authenticate() == 400
+    server.wait_log(r"event=mdm\.checkin .*http_status=400 detail=\"certificate has expired")
+    # Expires while its verified chain is kept: refused once it expired.
+    na = pki.now().replace(microsecond=0) + datetime.timedelta(seconds=4)
+    cert, key = pki.issue_client(ca_cert, ca_key, "short-lived", not_after=na)
+    d = Device(server, cert=cert, key=key, sign=True)
+    d.enroll()
+    assert d.idle()[0] == 200
+    while pki.now() < na + datetime.timedelta(seconds=2):
+        time.sleep(0.5)
+    st, _ = d.idle()
+    assert st in (400, 403), f"expired signer accepted from the cache: {st}"
+
+
+def test_api_keys_are_stored_hashed(server):
+    key = server.datadir.api_key
+    secret = key.rsplit("_", 1)[1]
+    assert len(secret) == 64
+    assert Api(server).call("GET", "/v1/devices")[0] == 200
+    import subprocess
+    subprocess.run(["sync"], check=True)
+    db = open(os.path.join(server.datadir.path, "db", "data.mdb"), "rb").read()
+    assert secret.encode() not in db and key.encode() not in db
+    assert bytes.fromhex(secret) not in db
+    assert key not in server.log()
