@@ -187,3 +187,29 @@ def test_api_keys_are_stored_hashed(server):
     assert secret.encode() not in db and key.encode() not in db
     assert bytes.fromhex(secret) not in db
     assert key not in server.log()
+
+
+# Authenticate refuses a topic this server does not push to (the device
+# could never be woken); a TokenUpdate naming such a topic must not slip it
+# into the enrollment either.
+def test_token_update_checks_the_topic(datadir):
+    datadir.write_config('  enroll = { topic = "%s" },' % TOPIC)
+    srv = Server(datadir)
+    try:
+        api = Api(srv)
+        d = Device(srv)
+        d.enroll()
+        assert d.token_update(Topic="com.apple.mgmt.External.other") == 403
+        srv.wait_log(r"type=TokenUpdate http_status=403 .*com.apple.mgmt.External.other")
+        st, show = api.call("GET", "/v1/devices/" + d.udid)
+        assert show["topic"] == TOPIC and show["token_updates"] == 1, show
+        # Nor on a user channel.
+        d.user = ("U-1", "alice")
+        assert d.token_update(Topic="com.apple.mgmt.External.other") == 403
+        assert api.call("GET", "/v1/devices/" + d.udid + ":U-1")[0] == 404
+        assert d.token_update() == 200
+        d.user = None
+        assert d.token_update() == 200
+        assert d.run() == []
+    finally:
+        assert srv.stop() == 0
