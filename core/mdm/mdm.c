@@ -765,6 +765,13 @@ static int on_set_bootstrap(msg_ctx_t *c, mdm_txn_t *txn)
         return rc;
     size_t n = 0;
     const unsigned char *tok = mdm_pl_data(c->msg, "BootstrapToken", &n);
+    /* Absent (or empty) deletes the token; another type is no token. */
+    plist_t item = plist_dict_get_item(c->msg, "BootstrapToken");
+    if (item != NULL && plist_get_node_type(item) != PLIST_DATA) {
+        plist_free(e);
+        refuse(c, 400, "BootstrapToken is not <data>");
+        return REFUSED;
+    }
     char saved_eid[MDM_EID_MAX + 1];
     memcpy(saved_eid, c->eid, sizeof(saved_eid));
     snprintf(c->eid, sizeof(c->eid), "%s", c->device_id);

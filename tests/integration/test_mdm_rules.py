@@ -213,3 +213,44 @@ def test_token_update_checks_the_topic(datadir):
         assert d.run() == []
     finally:
         assert srv.stop() == 0
+
+
+def test_set_bootstrap_token_deletes_only_when_absent_or_empty(server):
+    d = Device(server)
+    d.enroll()
+
+    def stored():
+        st, body = d.checkin("GetBootstrapToken")
+        assert st == 200
+        return plistlib.loads(body).get("BootstrapToken")
+
+    assert d.checkin("SetBootstrapToken", BootstrapToken=b"token-1")[0] == 200
+    assert stored() == b"token-1"
+    # A BootstrapToken that is not <data> is bad input: refused, and the
+    # stored token stays.
+    for bad in ["token-2", 5, [b"x"]]:
+        assert d.checkin("SetBootstrapToken", BootstrapToken=bad)[0] == 400, bad
+        assert stored() == b"token-1"
+    server.wait_log(r"type=SetBootstrapToken http_status=400 .*BootstrapToken")
+    # Absent or empty: the device deletes it.
+    assert d.checkin("SetBootstrapToken", BootstrapToken=b"")[0] == 200
+    assert stored() is None
+    assert d.checkin("SetBootstrapToken", BootstrapToken=b"token-3")[0] == 200
+    assert d.checkin("SetBootstrapToken", AwaitingConfiguration=False)[0] == 200
+    assert stored() is None
+
+
+def test_refused_binding_is_a_plain_403(server):
+    a, b = Device(server), Device(server)
+    a.enroll()
+    b.enroll()
+    spoof = Device(server, udid=b.udid, cert=a.cert, key=a.key)
+    for path, body, ct in [
+            ("/mdm/connect", {"Status": "Idle", "UDID": b.udid}, "application/x-apple-aspen-mdm"),
+            ("/mdm/checkin", {"MessageType": "TokenUpdate", "UDID": b.udid, "Topic": TOPIC,
+                              "Token": b"t" * 32, "PushMagic": "m"},
+             "application/x-apple-aspen-mdm-checkin")]:
+        st, headers, data = spoof.put(path, plistlib.dumps(body), ct)
+        # No error document: com.apple.unrecognized.device would make the
+        # real device B unenroll.
+        assert st == 403 and data == b"" and "content-type" not in headers, (st, headers, data)
