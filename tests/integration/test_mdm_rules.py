@@ -254,3 +254,49 @@ def test_refused_binding_is_a_plain_403(server):
         # No error document: com.apple.unrecognized.device would make the
         # real device B unenroll.
         assert st == 403 and data == b"" and "content-type" not in headers, (st, headers, data)
+
+
+def test_configured_paths(datadir):
+    datadir.write_config('  mdm = { checkin_path = "/dev/in", connect_path = "/dev/out", '
+                         'path = "/dev/both" },')
+    srv = Server(datadir)
+    try:
+        api = Api(srv)
+        d = Device(srv)
+        st, _ = d.checkin("Authenticate", path="/dev/in", Topic=TOPIC, SerialNumber=d.serial)
+        assert st == 200
+        st, _ = d.checkin("TokenUpdate", path="/dev/both", Topic=TOPIC, Token=d.token,
+                          PushMagic=d.push_magic)
+        assert st == 200
+        cmd = api.send("ProfileList", [d.udid])[1]["command_uuid"]
+        assert [c["CommandUUID"] for c in d.run(path="/dev/out")] == [cmd]
+        # The default paths are not served any more.
+        assert d.checkin("TokenUpdate", Topic=TOPIC, Token=d.token,
+                         PushMagic=d.push_magic)[0] == 404
+        assert d.idle()[0] == 404
+    finally:
+        assert srv.stop() == 0
+
+
+# One path for both kinds (a profile whose CheckInURL is its ServerURL, or
+# the combined path configured as one of the others): the messages are told
+# apart by their Content-Type, as on mdm.path.
+def test_one_path_configured_for_check_ins_and_reports(datadir):
+    for extra, paths in [('checkin_path = "/one", connect_path = "/one"', ["/one"]),
+                         ('checkin_path = "/mdm", connect_path = "/mdm/out"', ["/mdm"]),
+                         ('connect_path = "/mdm"', ["/mdm"])]:
+        datadir.write_config('  mdm = { %s },' % extra)
+        srv = Server(datadir)
+        try:
+            api = Api(srv)
+            for path in paths:
+                d = Device(srv)
+                st, _ = d.checkin("Authenticate", path=path, Topic=TOPIC, SerialNumber=d.serial)
+                assert st == 200, (extra, path)
+                st, _ = d.checkin("TokenUpdate", path=path, Topic=TOPIC, Token=d.token,
+                                  PushMagic=d.push_magic)
+                assert st == 200, (extra, path)
+                cmd = api.send("ProfileList", [d.udid])[1]["command_uuid"]
+                assert [c["CommandUUID"] for c in d.run(path=path)] == [cmd], (extra, path)
+        finally:
+            assert srv.stop() == 0
