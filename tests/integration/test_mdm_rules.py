@@ -300,3 +300,24 @@ def test_one_path_configured_for_check_ins_and_reports(datadir):
                 assert [c["CommandUUID"] for c in d.run(path=path)] == [cmd], (extra, path)
         finally:
             assert srv.stop() == 0
+
+
+# Finished results older than mdm.result_retention are pruned in the
+# background (every 10 s, in small batches); a command still waiting is not.
+def test_results_are_pruned_after_the_retention(datadir):
+    datadir.write_config('  mdm = { result_retention = "1s" },')
+    srv = Server(datadir)
+    try:
+        api = Api(srv)
+        d = Device(srv)
+        d.enroll()
+        done = api.send("ProfileList", [d.udid])[1]["command_uuid"]
+        assert [c["CommandUUID"] for c in d.run()] == [done]
+        waiting = api.send("SecurityInfo", [d.udid])[1]["command_uuid"]
+        srv.wait_log(r"event=mdm\.pruned results=1 ", timeout=25)
+        assert api.call("GET", "/v1/commands/" + done)[0] == 404
+        st, r = api.call("GET", f"/v1/devices/{d.udid}/commands")
+        assert [c["command_uuid"] for c in r["commands"]] == [waiting], r
+        assert [c["CommandUUID"] for c in d.run()] == [waiting]
+    finally:
+        assert srv.stop() == 0
