@@ -322,3 +322,24 @@ def test_results_are_pruned_after_the_retention(datadir):
         assert [c["CommandUUID"] for c in d.run()] == [waiting]
     finally:
         assert srv.stop() == 0
+
+
+def test_proxy_header_identity_speaks_the_protocol(datadir):
+    datadir.write_config('  proxy = { cert_header = "X-Client-Cert" },')
+    srv = Server(datadir, plain=True)
+    try:
+        api = Api(srv)
+        d = Device(srv, plain=True, proxy_header="X-Client-Cert")
+        d.enroll()
+        cmd = api.send("ProfileList", [d.udid])[1]["command_uuid"]
+        assert [c["CommandUUID"] for c in d.run()] == [cmd]
+        # A certificate of another CA in the header is no identity.
+        other_ca, other_key = pki.make_ca()
+        cert, key = pki.issue_client(other_ca, other_key, "forged")
+        forged = Device(srv, udid=d.udid, cert=cert, key=key, plain=True,
+                        proxy_header="X-Client-Cert")
+        assert forged.idle()[0] == 403
+        # Without the header the plain listener knows no one.
+        assert Device(srv, udid=d.udid, plain=True).idle()[0] == 403
+    finally:
+        assert srv.stop() == 0
