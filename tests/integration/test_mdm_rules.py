@@ -343,3 +343,30 @@ def test_proxy_header_identity_speaks_the_protocol(datadir):
         assert Device(srv, udid=d.udid, plain=True).idle()[0] == 403
     finally:
         assert srv.stop() == 0
+
+
+# Binding on first sight adopts devices that have no binding here; it never
+# lets a new certificate take over an enrollment bound to another one.
+def test_binding_on_first_sight_takes_over_no_bound_enrollment(datadir):
+    datadir.write_config('  mdm = { bind_on_first_sight = true },')
+    srv = Server(datadir)
+    try:
+        api = Api(srv)
+        b = Device(srv)
+        b.enroll()
+        cmd = api.send("DeviceLock", [b.udid], Message="for b only")[1]["command_uuid"]
+        stranger = Device(srv, udid=b.udid)  # our CA, never bound
+        assert stranger.idle()[0] == 403
+        assert stranger.token_update() == 403
+        assert stranger.checkin("CheckOut", Topic=TOPIC)[0] == 403
+        srv.wait_log(r"http_status=403 .*not bound to any enrollment")
+        st, show = api.call("GET", "/v1/devices/" + b.udid)
+        assert show["enabled"] is True and show["queue_length"] == 1, show
+        assert [c["CommandUUID"] for c in b.run()] == [cmd]
+        # The stranger's certificate stayed unbound: it may still adopt a
+        # device this server has never seen.
+        stranger.udid = "MIGRATED-" + os.urandom(4).hex().upper()
+        assert stranger.token_update() == 200
+        assert stranger.idle()[0] == 200
+    finally:
+        assert srv.stop() == 0
