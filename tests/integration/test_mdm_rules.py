@@ -1,7 +1,10 @@
 """Rules of the MDM protocols and the admin API that no other file proves:
 the enabled filter of the device list, the order of a device's command
 history, User Enrollment ids, the binding moved by a SCEP renewal, an
-expired signer certificate, and API keys kept only as hashes."""
+expired signer certificate, API keys kept only as hashes, the topic of a
+TokenUpdate, the bootstrap token's deletion, the plain 403 of a refused
+binding, the configured paths, the pruning of results, the proxy header
+identity, and binding on first sight."""
 import datetime
 import os
 import plistlib
