@@ -414,6 +414,7 @@ static json_t *result_json(const mdm_result_t *r, bool with_eid, bool with_raw)
     json_object_set_new(o, "completed_at", json_time(r->completed_ms));
     json_object_set_new(o, "notnow_count", json_integer((json_int_t)r->notnow_count));
     json_object_set_new(o, "_queued_ms", json_integer(r->queued_ms));
+    json_object_set_new(o, "_seq", json_integer((json_int_t)r->seq));
     if (with_raw) {
         plist_t p = NULL;
         if (r->raw != NULL && mdm_plist_load(r->raw, r->raw_len, &p) == 0) {
@@ -432,13 +433,18 @@ static int collect_fn(const mdm_result_t *r, void *arg)
     return 0;
 }
 
+/* Newest first: by enqueue time, then by enqueue order (commands queued in
+ * one millisecond, as a policy's are), then by UUID. */
 static int cmp_newest_first(const void *a, const void *b)
 {
     json_t *x = *(json_t *const *)a, *y = *(json_t *const *)b;
-    json_int_t tx = json_integer_value(json_object_get(x, "_queued_ms"));
-    json_int_t ty = json_integer_value(json_object_get(y, "_queued_ms"));
-    if (tx != ty)
-        return tx > ty ? -1 : 1;
+    static const char *const keys[] = {"_queued_ms", "_seq"};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        json_int_t tx = json_integer_value(json_object_get(x, keys[i]));
+        json_int_t ty = json_integer_value(json_object_get(y, keys[i]));
+        if (tx != ty)
+            return tx > ty ? -1 : 1;
+    }
     return strcmp(json_string_value(json_object_get(y, "command_uuid")),
                   json_string_value(json_object_get(x, "command_uuid")));
 }
@@ -478,6 +484,7 @@ static void handle_device_commands(mdm_req_t *req)
     json_t *sorted = json_array();
     for (size_t i = 0; i < n; i++) {
         json_object_del(items[i], "_queued_ms");
+        json_object_del(items[i], "_seq");
         json_array_append_new(sorted, items[i]);
     }
     mdm_free(items);
@@ -499,6 +506,7 @@ static int cmd_target_fn(const mdm_result_t *r, void *arg)
 {
     json_t *o = result_json(r, false, true);
     json_object_del(o, "_queued_ms");
+    json_object_del(o, "_seq");
     json_object_del(o, "command_uuid");
     json_object_del(o, "request_type");
     json_object_set_new((json_t *)arg, r->eid, o);

@@ -446,6 +446,16 @@ static bool topic_served(mdm_server_t *s, const char *topic)
            (cfg != NULL && strcmp(cfg, topic) == 0);
 }
 
+/* A device that subscribes to another topic could never be woken. */
+static int check_topic(msg_ctx_t *c, const char *topic)
+{
+    if (topic == NULL || topic_served(c->m->server, topic))
+        return 0;
+    refuse(c, 403, "%s for topic %.200s, which no push certificate or enroll.topic of this "
+           "server has", c->type, topic);
+    return REFUSED;
+}
+
 /* A certificate issued for one device (the OTA profile service recorded
  * its UDID) authenticates as that device only. */
 static int check_issued_for(msg_ctx_t *c, mdm_txn_t *txn)
@@ -474,15 +484,9 @@ static int on_authenticate(msg_ctx_t *c, mdm_txn_t *txn)
         refuse(c, 400, "Authenticate without Topic");
         return REFUSED;
     }
-    /* A device that subscribes to another topic could never be woken. */
-    if (!topic_served(c->m->server, topic)) {
-        refuse(c, 403,
-               "Authenticate for topic %.200s, which no push certificate or enroll.topic of "
-               "this server has",
-               topic);
-        return REFUSED;
-    }
-    int rc = check_revoked(c, txn);
+    int rc = check_topic(c, topic);
+    if (rc == 0)
+        rc = check_revoked(c, txn);
     if (rc == 0)
         rc = check_issued_for(c, txn);
     if (rc != 0)
@@ -624,7 +628,9 @@ static int check_device_enabled(msg_ctx_t *c, mdm_txn_t *txn)
 
 static int on_token_update(msg_ctx_t *c, mdm_txn_t *txn)
 {
-    int rc = check_revoked(c, txn);
+    int rc = check_topic(c, mdm_pl_str(c->msg, "Topic"));
+    if (rc == 0)
+        rc = check_revoked(c, txn);
     if (rc == 0)
         rc = check_binding(c, txn);
     if (rc == 0 && c->user_channel)
@@ -759,6 +765,13 @@ static int on_set_bootstrap(msg_ctx_t *c, mdm_txn_t *txn)
         return rc;
     size_t n = 0;
     const unsigned char *tok = mdm_pl_data(c->msg, "BootstrapToken", &n);
+    /* Absent (or empty) deletes the token; another type is no token. */
+    plist_t item = plist_dict_get_item(c->msg, "BootstrapToken");
+    if (item != NULL && plist_get_node_type(item) != PLIST_DATA) {
+        plist_free(e);
+        refuse(c, 400, "BootstrapToken is not <data>");
+        return REFUSED;
+    }
     char saved_eid[MDM_EID_MAX + 1];
     memcpy(saved_eid, c->eid, sizeof(saved_eid));
     snprintf(c->eid, sizeof(c->eid), "%s", c->device_id);

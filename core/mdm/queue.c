@@ -348,6 +348,7 @@ static void result_view(const mdm_result_rec_t *rec, mdm_result_t *r)
     r->completed_ms = rec->completed_at;
     r->notnow_ms = rec->notnow_at;
     r->notnow_count = rec->notnow_count;
+    r->seq = rec->seq;
     r->raw = rec->has_raw ? rec->raw.data : NULL;
     r->raw_len = rec->has_raw ? rec->raw.len : 0;
 }

@@ -132,6 +132,7 @@ typedef struct mdm_result {
     char request_type[MDM_RTYPE_MAX];
     int64_t queued_ms, sent_ms, updated_ms, completed_ms, notnow_ms;
     uint64_t notnow_count;
+    uint64_t seq;             /* the enqueue order (0 in records older than it) */
     const void *raw;          /* the device's report plist (valid during the callback) */
     size_t raw_len;
 } mdm_result_t;

@@ -146,6 +146,24 @@ static void handle_combined(mdm_req_t *req)
     handle(req, !checkin);
 }
 
+/* The three paths. A path configured for both kinds (mdm.checkin_path the
+ * same as mdm.connect_path, or either the same as mdm.path) takes both,
+ * told apart by Content-Type: the combined route comes first and the
+ * router takes the first match. */
+static void add_routes(mdm_server_t *s)
+{
+    const mdm_config_t *cfg = s->cfg;
+    mdm_router_add(&s->router, MDM_PUT, cfg->mdm_combined_path, handle_combined, MDM_AUTH_DEVICE,
+                   "mdm");
+    if (strcmp(cfg->mdm_checkin_path, cfg->mdm_connect_path) == 0)
+        mdm_router_add(&s->router, MDM_PUT, cfg->mdm_checkin_path, handle_combined,
+                       MDM_AUTH_DEVICE, "mdm");
+    mdm_router_add(&s->router, MDM_PUT, cfg->mdm_checkin_path, handle_checkin, MDM_AUTH_DEVICE,
+                   "mdm_checkin");
+    mdm_router_add(&s->router, MDM_PUT, cfg->mdm_connect_path, handle_connect, MDM_AUTH_DEVICE,
+                   "mdm_connect");
+}
+
 /* ---- pruning ------------------------------------------------------------- */
 
 struct prune_ctx {
@@ -243,13 +261,7 @@ int mdm_mdm_service_init(mdm_server_t *s, mdm_err_t *err)
                                      "moonmdm_mdm_signature_cache_hits_total", NULL,
                                      "Mdm-Signature signers found in the verified cache");
     s->mdm = m;
-    const mdm_config_t *cfg = s->cfg;
-    mdm_router_add(&s->router, MDM_PUT, cfg->mdm_checkin_path, handle_checkin, MDM_AUTH_DEVICE,
-                   "mdm_checkin");
-    mdm_router_add(&s->router, MDM_PUT, cfg->mdm_connect_path, handle_connect, MDM_AUTH_DEVICE,
-                   "mdm_connect");
-    mdm_router_add(&s->router, MDM_PUT, cfg->mdm_combined_path, handle_combined, MDM_AUTH_DEVICE,
-                   "mdm");
+    add_routes(s);
     uv_timer_init(s->loop, &m->prune_timer);
     m->prune_timer.data = m;
     uv_timer_start(&m->prune_timer, prune_cb, PRUNE_INTERVAL_MS, PRUNE_INTERVAL_MS);
