@@ -148,3 +148,86 @@ def test_two_files_with_one_identifier_are_an_error(tmpdir_path, datadir):
         assert stored(api) == before
     finally:
         assert srv.stop() == 0
+
+
+# ---- failed installs ---------------------------------------------------------
+
+def _error(code):
+    return lambda c: ("Error", {"ErrorChain": [  # noqa: E731
+        {"ErrorCode": code, "ErrorDomain": "MCInstallationErrorDomain",
+         "LocalizedDescription": "refused", "USEnglishDescription": "refused"}]})
+
+
+def _profiles_of(api, udid):
+    st, r = api.call("GET", "/v1/devices/" + udid)
+    assert st == 200, r
+    return {p["identifier"]: p for p in r["profiles"]}
+
+
+def test_failed_install_is_retried_at_later_reconciliations(tmpdir_path, datadir):
+    """InstallProfile answered with Error: queued again at later
+    reconciliations, 3 times in all unless forced, like a failed removal;
+    GET /v1/devices/{id} shows the state and the count."""
+    wifi = "com.example.wifi"
+    srv, api, poldir = start(tmpdir_path, datadir, [wifi])
+
+    def new_revision(n):
+        with open(os.path.join(poldir, "wanted.lua"), "w") as f:
+            f.write('-- revision %d\nreturn { profiles = { "%s" } }\n' % (n, wifi))
+        st, r = api.call("POST", "/v1/policy/reload")
+        assert st == 200, r
+
+    try:
+        st, r = api.call("PUT", "/v1/profiles/" + wifi, profile(wifi),
+                         "application/x-apple-aspen-config")
+        assert st == 201, r
+        dev = Device(srv)
+        dev.enroll()
+        assert types(dev.run(_error(4001))) == ["InstallProfile"]
+        p = _profiles_of(api, dev.udid)[wifi]
+        assert p["state"] == "failed" and p["install_failures"] == 1, p
+        for n in range(2):
+            new_revision(n)
+            assert types(dev.run(_error(4001))) == ["InstallProfile"], n
+        srv.wait_log(r"event=reconcile.install_failed .*identifier=com.example.wifi failures=3 "
+                     r"retry=when_forced")
+        new_revision(2)
+        assert dev.run() == []                      # given up until forced
+        p = _profiles_of(api, dev.udid)[wifi]
+        assert p["state"] == "failed" and p["install_failures"] == 3, p
+        st, r = api.call("POST", "/v1/devices/%s/reconcile" % dev.udid)
+        assert st == 202, r
+        assert types(dev.run()) == ["InstallProfile"]
+        p = _profiles_of(api, dev.udid)[wifi]
+        assert p["state"] == "installed" and "install_failures" not in p, p
+        new_revision(3)
+        assert dev.run() == []
+    finally:
+        assert srv.stop() == 0
+
+
+def test_new_content_resets_the_install_tries(tmpdir_path, datadir):
+    """Three failed installs of one version; a new version is sent at
+    once (its own tries)."""
+    wifi = "com.example.wifi"
+    srv, api, poldir = start(tmpdir_path, datadir, [wifi])
+    try:
+        put = lambda ssid: api.call("PUT", "/v1/profiles/" + wifi,  # noqa: E731
+                                    profile(wifi, ssid), "application/x-apple-aspen-config")
+        assert put("One")[0] == 201
+        dev = Device(srv)
+        dev.enroll()
+        assert types(dev.run(_error(4001))) == ["InstallProfile"]
+        for n in range(2):
+            write_policy(poldir, [wifi, "com.example.other%d" % n])
+            assert api.call("POST", "/v1/policy/reload")[0] == 200
+            assert types(dev.run(_error(4001))) == ["InstallProfile"]
+        assert put("Two")[0] == 200
+        assert types(dev.run(_error(4001))) == ["InstallProfile"]
+        assert _profiles_of(api, dev.udid)[wifi]["install_failures"] == 1
+        write_policy(poldir, [wifi])
+        assert api.call("POST", "/v1/policy/reload")[0] == 200
+        assert types(dev.run()) == ["InstallProfile"]
+        assert _profiles_of(api, dev.udid)[wifi]["state"] == "installed"
+    finally:
+        assert srv.stop() == 0
