@@ -271,6 +271,7 @@ static int cmd_reload(opts_t *o, mdm_config_t *cfg)
         const char *detail = json_string_value(json_object_get(j, "detail"));
         fprintf(stderr, "policy reload failed, the running policy stays: %s\n",
                 detail ? detail : "?");
+        print_profiles(json_object_get(j, "profiles"));
     } else if (status >= 0) {
         fprintf(stderr, "moonmdm policy reload: the server answered %ld: %.*s\n", status,
                 (int)(body.len > 500 ? 500 : body.len), body.data ? body.data : "");

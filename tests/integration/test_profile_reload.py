@@ -3,6 +3,7 @@
 reconciliations."""
 import os
 import signal
+import threading
 import time
 
 from conftest import run
@@ -229,5 +230,34 @@ def test_new_content_resets_the_install_tries(tmpdir_path, datadir):
         assert api.call("POST", "/v1/policy/reload")[0] == 200
         assert types(dev.run()) == ["InstallProfile"]
         assert _profiles_of(api, dev.udid)[wifi]["state"] == "installed"
+    finally:
+        assert srv.stop() == 0
+
+
+def test_reloads_asked_together_all_answer(tmpdir_path, datadir):
+    """Reloads asked while one runs wait for it and run again: each
+    request is answered, and the last state of the directory is stored."""
+    pdir = os.path.join(tmpdir_path, "profiles")
+    os.makedirs(pdir)
+    for i in range(40):
+        write_profile(pdir, "p%02d" % i, "com.example.p%02d" % i)
+    pdir, (srv, api, _) = start_with_dir(tmpdir_path, datadir, [])
+    try:
+        for i in range(40):
+            write_profile(pdir, "p%02d" % i, "com.example.p%02d" % i, "New")
+        answers = []
+
+        def reload():
+            answers.append(api.call("POST", "/v1/policy/reload"))
+
+        threads = [threading.Thread(target=reload) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert [st for st, _ in answers] == [200] * 6, answers
+        updated = sum(len(r["profiles"]["updated"]) for _, r in answers)
+        assert updated == 40, [r["profiles"] for _, r in answers]
+        assert len(stored(api)) == 40
     finally:
         assert srv.stop() == 0
