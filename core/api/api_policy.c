@@ -42,7 +42,7 @@ static int profiles_outcome(json_t *o, json_t *profiles)
         return 200;
     json_t *first = json_array_get(errors, 0);
     const char *file = json_string_value(json_object_get(first, "file"));
-    char *detail = mdm_sprintf("profiles.dir: %zu file%s not loaded (their profiles stay as "
+    char *detail = mdm_sprintf("profiles.dir: %zu error%s (the profiles involved stay as "
                                "stored); %s%s%s", n, n == 1 ? "" : "s", file ? file : "",
                                file ? ": " : "",
                                json_string_value(json_object_get(first, "error")));

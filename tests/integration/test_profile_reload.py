@@ -261,3 +261,23 @@ def test_reloads_asked_together_all_answer(tmpdir_path, datadir):
         assert len(stored(api)) == 40
     finally:
         assert srv.stop() == 0
+
+
+def test_directory_gone_on_reload_removes_nothing(tmpdir_path, datadir):
+    """A profiles.dir that cannot be read (moved away, a mount gone) is an
+    error, not a directory without files: no profile is removed."""
+    a = "com.example.a"
+    pdir = os.path.join(tmpdir_path, "profiles")
+    os.makedirs(pdir)
+    write_profile(pdir, "a", a)
+    pdir, (srv, api, _) = start_with_dir(tmpdir_path, datadir, [a])
+    try:
+        before = stored(api)
+        os.rename(pdir, pdir + ".moved")
+        st, r = api.call("POST", "/v1/policy/reload")
+        assert st == 422, r
+        assert r["profiles"]["removed"] == [] and r["profiles"]["errors"][0]["file"] is None, r
+        assert "cannot open the directory" in r["detail"], r
+        assert stored(api) == before
+    finally:
+        assert srv.stop() == 0
