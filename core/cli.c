@@ -81,7 +81,7 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
 static const char serve_usage[] =
     "usage: moonmdm serve [options]\n"
     "\n"
-    "Runs the server until SIGINT or SIGTERM. SIGHUP reloads the policy.\n"
+    "Runs the server until SIGINT or SIGTERM. SIGHUP reloads profiles.dir and the policy.\n"
     "\n"
     "options:\n"
     "  -c, --config FILE      config file (default: $MOONMDM_CONFIG, then\n"

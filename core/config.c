@@ -251,9 +251,11 @@ static const opt_t options[] = {
      .doc = "Put the CA certificate in the enrollment profile (a CA devices do not trust yet)."},
 
     {.key = "profiles.dir", .type = OPT_STRING, FIELD(profiles_dir), .flags = F_PATH,
-     .doc = "Directory of .mobileconfig files loaded into the store at start (at most 8 MiB "
-            "each; a bad file stops the start). A profile loaded from it earlier whose file is "
-            "gone is deleted from the store (log profiles.removed)."},
+     .doc = "Directory of .mobileconfig files kept in the store (at most 8 MiB each). Loaded "
+            "at start, where a bad file stops the start, and again on SIGHUP and POST "
+            "/v1/policy/reload: new and changed files are stored, and a profile loaded from it "
+            "whose file is gone is deleted (log profiles.removed). On a reload a bad file is "
+            "logged (profiles.file_failed) and the profile it held stays as stored."},
     {.key = "profiles.sign", .type = OPT_BOOL, FIELD(profiles_sign), .def = "true",
      .doc = "Sign profiles sent to devices with the server certificate."},
     {.key = "profiles.encrypt", .type = OPT_BOOL, FIELD(profiles_encrypt), .def = "true",

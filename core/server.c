@@ -9,6 +9,7 @@
 
 #include "api/apikeys.h"
 #include "api/guard.h"
+#include "mdm/profiles_dir.h"
 #include "modules.h"
 #include "net/http_internal.h"
 #include "net/tls.h"
@@ -397,17 +398,26 @@ static void commit_check_cb(uv_check_t *h)
 
 /* ---- signals and shutdown ------------------------------------------------ */
 
+/* The second half of SIGHUP: the policy, once profiles.dir is stored (a
+ * new policy may name a new profile). */
+static void sighup_profiles_done(mdm_server_t *s, json_t *report, void *arg)
+{
+    (void)report;
+    (void)arg;
+    if (s->on_reload != NULL)
+        s->on_reload(s);
+    else
+        mdm_log(MDM_LOG_INFO, NULL, "server.sighup_policy",
+                "action=none reason=\"policy reload is not available in this build\"");
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     mdm_server_t *s = h->data;
     if (signum == SIGHUP) {
-        if (s->on_reload != NULL) {
-            mdm_log(MDM_LOG_INFO, NULL, "server.sighup", "action=policy_reload");
-            s->on_reload(s);
-        } else {
-            mdm_log(MDM_LOG_INFO, NULL, "server.sighup",
-                    "action=none reason=\"policy reload is not available in this build\"");
-        }
+        mdm_log(MDM_LOG_INFO, NULL, "server.sighup", "action=reload profiles_dir=%s",
+                s->cfg->profiles_dir != NULL ? "true" : "false");
+        mdm_profiles_reload(s, sighup_profiles_done, NULL);
         return;
     }
     mdm_log(MDM_LOG_INFO, NULL, "server.stopping", "signal=%s in_flight_connections=%zu",

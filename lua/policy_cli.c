@@ -27,7 +27,8 @@ static const char usage[] =
     "test    run the *_test.lua files of TESTDIR (default DIR/tests)\n"
     "eval    run one hook against a stored device, read-only, and print the decision\n"
     "        (--input gives the hook's other argument as JSON, e.g. '{\"msg\": {...}}')\n"
-    "reload  make the running server reload its policy (POST /v1/policy/reload)\n";
+    "reload  make the running server reload its policy and profiles.dir\n"
+    "        (POST /v1/policy/reload)\n";
 
 typedef struct opts {
     const char *config, *data_dir, *dir, *device, *hook, *input, *url, *api_key, *cacert;
@@ -192,6 +193,27 @@ static size_t write_cb(char *ptr, size_t size, size_t n, void *arg)
     return size * n;
 }
 
+/* What a reload did to profiles.dir, and the files it could not load. */
+static void print_profiles(json_t *p)
+{
+    if (p == NULL)
+        return;
+    printf("profiles.dir reloaded: %zu stored, %zu updated, %zu removed, %lld unchanged\n",
+           json_array_size(json_object_get(p, "stored")),
+           json_array_size(json_object_get(p, "updated")),
+           json_array_size(json_object_get(p, "removed")),
+           (long long)json_integer_value(json_object_get(p, "unchanged")));
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(p, "errors"), i, e)
+    {
+        const char *file = json_string_value(json_object_get(e, "file"));
+        fprintf(stderr, "profiles.dir: %s%s%s (its profile stays as stored)\n",
+                file ? file : "", file ? ": " : "",
+                json_string_value(json_object_get(e, "error")));
+    }
+}
+
 static int cmd_reload(opts_t *o, mdm_config_t *cfg)
 {
     const char *key = o->api_key ? o->api_key : getenv("MOONMDM_API_KEY");
@@ -237,15 +259,19 @@ static int cmd_reload(opts_t *o, mdm_config_t *cfg)
     int code = 1;
     json_error_t je;
     json_t *j = body.len ? json_loadb(body.data, body.len, 0, &je) : NULL;
-    if (status == 200 && j != NULL) {
+    const char *what = json_string_value(json_object_get(j, "error"));
+    bool profiles_failed = status == 422 && what != NULL && strcmp(what, "profiles") == 0;
+    if ((status == 200 || profiles_failed) && j != NULL) {
         const char *rev = json_string_value(json_object_get(j, "revision"));
         printf("policy reloaded: revision %.12s (%s)\n", rev ? rev : "-",
                json_is_true(json_object_get(j, "changed")) ? "changed" : "unchanged");
-        code = 0;
+        print_profiles(json_object_get(j, "profiles"));
+        code = profiles_failed ? 1 : 0;
     } else if (status == 422 && j != NULL) {
         const char *detail = json_string_value(json_object_get(j, "detail"));
         fprintf(stderr, "policy reload failed, the running policy stays: %s\n",
                 detail ? detail : "?");
+        print_profiles(json_object_get(j, "profiles"));
     } else if (status >= 0) {
         fprintf(stderr, "moonmdm policy reload: the server answered %ld: %.*s\n", status,
                 (int)(body.len > 500 ? 500 : body.len), body.data ? body.data : "");

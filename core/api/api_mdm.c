@@ -17,6 +17,7 @@
 #include "mdm/enqueue.h"
 #include "mdm/mdm.h"
 #include "mdm/queue.h"
+#include "mdm/reconcile.h"
 #include "server.h"
 #include "util/alloc.h"
 #include "util/encode.h"
@@ -297,6 +298,28 @@ static int user_channel_json(mdm_txn_t *txn, const char *device_id, json_t *arr)
     return rc == MDM_ENOTFOUND ? 0 : rc;
 }
 
+/* One entry of GET /v1/devices/{id} "profiles": where reconciliation
+ * stands with the profile on this enrollment. */
+static int profile_entry_json(const char *id, plist_t rec, void *arg)
+{
+    json_t *o = json_object();
+    set_str(o, "identifier", id);
+    set_str(o, "state", mdm_pl_str(rec, "state"));
+    set_str(o, "hash", mdm_pl_str(rec, "hash"));
+    if (mdm_pl_str(rec, "failed_hash") != NULL)
+        set_str(o, "refused_hash", mdm_pl_str(rec, "failed_hash"));
+    set_str(o, "command_uuid", mdm_pl_str(rec, "command_uuid"));
+    json_object_set_new(o, "updated_at", json_time(mdm_pl_int(rec, "updated_at", 0)));
+    static const char *const counts[] = {"install_failures", "remove_failures"};
+    for (size_t i = 0; i < 2; i++) {
+        uint64_t n = mdm_pl_uint(rec, counts[i], 0);
+        if (n > 0)
+            json_object_set_new(o, counts[i], json_integer((json_int_t)n));
+    }
+    json_array_append_new(arg, o);
+    return 0;
+}
+
 static int show_fn(mdm_txn_t *txn, void *arg)
 {
     struct show_ctx *s = arg;
@@ -316,6 +339,9 @@ static int show_fn(mdm_txn_t *txn, void *arg)
     size_t qn = 0;
     mdm_queue_length(txn, s->id, &qn);
     json_object_set_new(o, "queue_length", json_integer((json_int_t)qn));
+    json_t *profiles = json_array();
+    mdm_reconcile_each(txn, s->id, profile_entry_json, profiles);
+    json_object_set_new(o, "profiles", profiles);
     unsigned char fp[32];
     if (mdm_certauth_current(txn, s->id, fp) == 0) {
         json_t *cert = json_object();

@@ -1,10 +1,11 @@
-/* The admin API of the policy engine: status, reload, dry runs and the
- * decision log (lua/policy.h does the work). */
+/* The admin API of the policy engine: status, reload (profiles.dir too),
+ * dry runs and the decision log (lua/policy.h does the work). */
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api/api.h"
+#include "mdm/profiles_dir.h"
 #include "policy.h"
 #include "server.h"
 #include "util/alloc.h"
@@ -31,20 +32,51 @@ static json_t *error_json(const mdm_policy_error_t *pe, const char *dir)
     return o;
 }
 
-static void handle_reload(mdm_req_t *req)
+/* A profiles.dir file that did not load makes the answer 422 too, with
+ * error "profiles": the policy and the other files are in place. */
+static int profiles_outcome(json_t *o, json_t *profiles)
 {
+    json_t *errors = json_object_get(profiles, "errors");
+    size_t n = json_array_size(errors);
+    if (n == 0)
+        return 200;
+    json_t *first = json_array_get(errors, 0);
+    const char *file = json_string_value(json_object_get(first, "file"));
+    char *detail = mdm_sprintf("profiles.dir: %zu error%s (the profiles involved stay as "
+                               "stored); %s%s%s", n, n == 1 ? "" : "s", file ? file : "",
+                               file ? ": " : "",
+                               json_string_value(json_object_get(first, "error")));
+    json_object_set_new(o, "error", json_string("profiles"));
+    json_object_set_new(o, "detail", json_string(detail));
+    mdm_free(detail);
+    return 422;
+}
+
+/* After profiles.dir (as SIGHUP): the policy, then the answer. */
+static void reload_policy(mdm_server_t *s, json_t *profiles, void *arg)
+{
+    mdm_req_t *req = arg;
     bool changed = false;
     mdm_policy_error_t pe;
-    int rc = mdm_policy_reload(req->server, &changed, &pe);
-    if (rc != 0) {
-        json_t *o = error_json(&pe, NULL);
-        json_object_set_new(o, "kept", mdm_policy_status_json(req->server));
-        mdm_api_send_json(req, 422, o);
-        return;
+    int status = 200;
+    json_t *o;
+    if (mdm_policy_reload(s, &changed, &pe) != 0) {
+        o = error_json(&pe, NULL);
+        json_object_set_new(o, "kept", mdm_policy_status_json(s));
+        status = 422;
+    } else {
+        o = mdm_policy_status_json(s);
+        json_object_set_new(o, "changed", json_boolean(changed));
+        status = profiles_outcome(o, profiles);
     }
-    json_t *o = mdm_policy_status_json(req->server);
-    json_object_set_new(o, "changed", json_boolean(changed));
-    mdm_api_send_json(req, 200, o);
+    if (profiles != NULL)
+        json_object_set(o, "profiles", profiles);
+    mdm_api_send_json(req, status, o);
+}
+
+static void handle_reload(mdm_req_t *req)
+{
+    mdm_profiles_reload(req->server, reload_policy, req);
 }
 
 /* POST /v1/policy/eval {"device": ID, "hook": NAME, "dir": optional, "input": optional} */

@@ -1,12 +1,12 @@
 #include "mdm/profiles.h"
 
-#include <dirent.h>
+#include "mdm/profiles_dir.h"
+
 #include <jansson.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "api/api.h"
 #include "api/apikeys.h"
@@ -222,19 +222,14 @@ static int bump_revision(mdm_txn_t *txn)
     return mdm_meta_put_u64(txn, "profiles_revision", rev + 1);
 }
 
+static void meta_from(mdm_rec_t *r, mdm_profile_meta_t *meta);
+
 int mdm_profile_put(mdm_txn_t *txn, const mdm_profile_meta_t *meta, const void *xml, size_t len)
 {
     /* A new profile, or new content: devices that have it get the update. */
-    mdm_val_t old;
-    bool changed = true;
-    if (mdm_txn_get(txn, MDM_T_PROFILES, MDM_VAL_STR(meta->identifier), &old) == 0) {
-        plist_t od = NULL;
-        if (mdm_plist_load(old.data, old.len, &od) == 0) {
-            const char *oh = mdm_pl_str(od, "hash");
-            changed = oh == NULL || strcmp(oh, meta->hash) != 0;
-        }
-        plist_free(od);
-    }
+    mdm_profile_meta_t old;
+    bool changed = mdm_profile_get(txn, meta->identifier, &old, NULL) != 0 ||
+                   strcmp(old.hash, meta->hash) != 0;
     if (changed) {
         int rc = bump_revision(txn);
         if (rc != 0)
@@ -247,6 +242,8 @@ int mdm_profile_put(mdm_txn_t *txn, const mdm_profile_meta_t *meta, const void *
     mdm_pl_set_str(d, "hash", meta->hash);
     mdm_pl_set_int(d, "uploaded_at", meta->uploaded_ms);
     mdm_pl_set_str(d, "source", meta->source);
+    if (meta->file[0] != '\0')
+        mdm_pl_set_str(d, "file", meta->file);
     mdm_pl_set_data(d, "bytes", xml, len);
     mdm_buf_t b = MDM_BUF_INIT;
     mdm_plist_to_bin_buf(d, &b);
@@ -257,21 +254,26 @@ int mdm_profile_put(mdm_txn_t *txn, const mdm_profile_meta_t *meta, const void *
     return rc;
 }
 
-static void meta_from(plist_t d, mdm_profile_meta_t *meta)
+/* Copies a string of the record into dst ("" when absent). */
+static void rec_copy(mdm_rec_t *r, const char *key, char *dst, size_t cap)
+{
+    const char *v = mdm_rec_str(r, key, dst, cap);
+    if (v != dst)
+        snprintf(dst, cap, "%s", v != NULL ? v : "");
+}
+
+/* Reads the metadata in place: the profile's bytes are not parsed (unless
+ * a value is not plain ASCII). */
+static void meta_from(mdm_rec_t *r, mdm_profile_meta_t *meta)
 {
     memset(meta, 0, sizeof(*meta));
-    const char *v;
-    if ((v = mdm_pl_str(d, "identifier")))
-        snprintf(meta->identifier, sizeof(meta->identifier), "%s", v);
-    if ((v = mdm_pl_str(d, "uuid")))
-        snprintf(meta->uuid, sizeof(meta->uuid), "%s", v);
-    if ((v = mdm_pl_str(d, "display_name")))
-        snprintf(meta->display_name, sizeof(meta->display_name), "%s", v);
-    if ((v = mdm_pl_str(d, "hash")))
-        snprintf(meta->hash, sizeof(meta->hash), "%s", v);
-    if ((v = mdm_pl_str(d, "source")))
-        snprintf(meta->source, sizeof(meta->source), "%s", v);
-    meta->uploaded_ms = mdm_pl_int(d, "uploaded_at", 0);
+    rec_copy(r, "identifier", meta->identifier, sizeof(meta->identifier));
+    rec_copy(r, "uuid", meta->uuid, sizeof(meta->uuid));
+    rec_copy(r, "display_name", meta->display_name, sizeof(meta->display_name));
+    rec_copy(r, "hash", meta->hash, sizeof(meta->hash));
+    rec_copy(r, "source", meta->source, sizeof(meta->source));
+    rec_copy(r, "file", meta->file, sizeof(meta->file));
+    meta->uploaded_ms = mdm_rec_int(r, "uploaded_at", 0);
 }
 
 int mdm_profile_get(mdm_txn_t *txn, const char *identifier, mdm_profile_meta_t *meta,
@@ -281,20 +283,20 @@ int mdm_profile_get(mdm_txn_t *txn, const char *identifier, mdm_profile_meta_t *
     int rc = mdm_txn_get(txn, MDM_T_PROFILES, MDM_VAL_STR(identifier), &v);
     if (rc != 0)
         return rc;
-    plist_t d = NULL;
-    if (mdm_plist_load(v.data, v.len, &d) != 0)
-        return MDM_EPARSE;
+    mdm_rec_t r;
+    mdm_rec_init_bin(&r, v.data, v.len);
     if (meta)
-        meta_from(d, meta);
+        meta_from(&r, meta);
     if (xml) {
         size_t n = 0;
-        const unsigned char *b = mdm_pl_data(d, "bytes", &n);
+        const unsigned char *b = mdm_rec_data(&r, "bytes", &n);
         mdm_buf_reset(xml);
         if (b)
             mdm_buf_append(xml, b, n);
     }
-    plist_free(d);
-    return 0;
+    rc = r.failed ? MDM_EPARSE : 0;
+    mdm_rec_free(&r);
+    return rc;
 }
 
 int mdm_profile_delete(mdm_txn_t *txn, const char *identifier)
@@ -312,12 +314,14 @@ int mdm_profile_list(mdm_txn_t *txn, mdm_profile_fn fn, void *arg)
     mdm_val_t k, v;
     for (rc = mdm_cursor_seek(c, MDM_VAL(NULL, 0), &k, &v); rc == 0;
          rc = mdm_cursor_next(c, &k, &v)) {
-        plist_t d = NULL;
-        if (mdm_plist_load(v.data, v.len, &d) != 0)
-            continue;
+        mdm_rec_t r;
         mdm_profile_meta_t meta;
-        meta_from(d, &meta);
-        plist_free(d);
+        mdm_rec_init_bin(&r, v.data, v.len);
+        meta_from(&r, &meta);
+        bool failed = r.failed;
+        mdm_rec_free(&r);
+        if (failed)
+            continue;
         rc = fn(&meta, arg);
         if (rc != 0)
             break;
@@ -388,9 +392,10 @@ static json_t *meta_json(const mdm_profile_meta_t *m)
 {
     char t[32];
     mdm_time_format(t, m->uploaded_ms);
-    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "identifier", m->identifier, "uuid",
-                     m->uuid, "display_name", m->display_name, "hash", m->hash, "uploaded_at",
-                     t, "source", m->source);
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s*}", "identifier", m->identifier,
+                     "uuid", m->uuid, "display_name", m->display_name, "hash", m->hash,
+                     "uploaded_at", t, "source", m->source, "file",
+                     m->file[0] != '\0' ? m->file : NULL);
 }
 
 struct put_ctx {
@@ -512,146 +517,6 @@ static void handle_delete(mdm_req_t *req)
 
 /* ---- set-up -------------------------------------------------------------- */
 
-struct dir_ctx {
-    mdm_profile_meta_t meta;
-    mdm_buf_t xml;
-};
-
-static int dir_put_fn(mdm_txn_t *txn, void *arg)
-{
-    struct dir_ctx *c = arg;
-    return mdm_profile_put(txn, &c->meta, c->xml.data, c->xml.len);
-}
-
-/* Reads a profiles.dir file whole: one over the limit is refused rather
- * than read cut short. */
-static int read_profile_file(const char *path, mdm_buf_t *raw, mdm_err_t *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return mdm_err_set(err, MDM_ECONFIG, "profiles.dir: %s: cannot read", path);
-    char chunk[8192];
-    size_t got;
-    while (raw->len <= MAX_PROFILE_BYTES && (got = fread(chunk, 1, sizeof(chunk), f)) > 0)
-        mdm_buf_append(raw, chunk, got);
-    bool failed = ferror(f) != 0;
-    fclose(f);
-    if (failed)
-        return mdm_err_set(err, MDM_ECONFIG, "profiles.dir: %s: cannot read", path);
-    if (raw->len > MAX_PROFILE_BYTES)
-        return mdm_err_set(err, MDM_ECONFIG,
-                           "profiles.dir: %s: too large (a profile is at most 8 MiB)", path);
-    return 0;
-}
-
-/* Validates and stores one profiles.dir file. */
-static int load_file(mdm_server_t *s, const char *path, mdm_profile_meta_t *meta,
-                     mdm_err_t *err)
-{
-    mdm_buf_t raw = MDM_BUF_INIT;
-    struct dir_ctx c;
-    memset(&c, 0, sizeof(c));
-    mdm_err_t verr = {0};
-    int rc = read_profile_file(path, &raw, err);
-    if (rc == 0 && mdm_profile_validate(raw.data, raw.len, NULL, &c.xml, &c.meta, &verr) != 0)
-        rc = mdm_err_set(err, MDM_ECONFIG, "profiles.dir: %s: %s", path, verr.msg);
-    if (rc == 0) {
-        c.meta.uploaded_ms = mdm_now_ms();
-        snprintf(c.meta.source, sizeof(c.meta.source), "dir");
-        rc = mdm_store_update(s->store, dir_put_fn, &c);
-        if (rc != 0)
-            mdm_err_set(err, rc, "profiles.dir: %s: store: %s", path, mdm_strerror(rc));
-    }
-    *meta = c.meta;
-    mdm_buf_free(&c.xml);
-    mdm_buf_free(&raw);
-    return rc;
-}
-
-struct prune_ctx {
-    const mdm_strlist_t *loaded; /* identifiers of the files in profiles.dir */
-    mdm_strlist_t gone;          /* stored from profiles.dir, no file now */
-};
-
-static int prune_cb(const mdm_profile_meta_t *m, void *arg)
-{
-    struct prune_ctx *c = arg;
-    if (strcmp(m->source, "dir") != 0)
-        return 0;
-    for (size_t i = 0; i < c->loaded->n; i++)
-        if (strcmp(c->loaded->v[i], m->identifier) == 0)
-            return 0;
-    c->gone.v = mdm_realloc(c->gone.v, (c->gone.n + 1) * sizeof(*c->gone.v));
-    c->gone.v[c->gone.n++] = mdm_strdup(m->identifier);
-    return 0;
-}
-
-static int prune_fn(mdm_txn_t *txn, void *arg)
-{
-    struct prune_ctx *c = arg;
-    int rc = mdm_profile_list(txn, prune_cb, c);
-    for (size_t i = 0; rc == 0 && i < c->gone.n; i++)
-        rc = mdm_profile_delete(txn, c->gone.v[i]);
-    return rc;
-}
-
-/* Deletes the profiles loaded from profiles.dir earlier whose file is no
- * longer there (profiles uploaded through the API stay). */
-static int prune_dir_profiles(mdm_server_t *s, const char *dir, const mdm_strlist_t *loaded,
-                              mdm_err_t *err)
-{
-    struct prune_ctx c = {.loaded = loaded};
-    int rc = mdm_store_update(s->store, prune_fn, &c);
-    for (size_t i = 0; i < c.gone.n; i++) {
-        char q[300], dq[600];
-        if (rc == 0)
-            mdm_log(MDM_LOG_INFO, NULL, "profiles.removed",
-                    "identifier=%s dir=%s reason=\"no file in profiles.dir holds it any more\"",
-                    mdm_logq(q, sizeof(q), c.gone.v[i]), mdm_logq(dq, sizeof(dq), dir));
-        mdm_free(c.gone.v[i]);
-    }
-    mdm_free(c.gone.v);
-    if (rc != 0)
-        return mdm_err_set(err, rc, "profiles.dir: store: %s", mdm_strerror(rc));
-    return 0;
-}
-
-static int load_dir(mdm_server_t *s, const char *dir, mdm_err_t *err)
-{
-    DIR *d = opendir(dir);
-    if (d == NULL)
-        return mdm_err_set(err, MDM_ECONFIG, "profiles.dir %s: cannot open the directory", dir);
-    struct dirent *e;
-    int rc = 0;
-    mdm_strlist_t loaded = {0};
-    while (rc == 0 && (e = readdir(d)) != NULL) {
-        size_t n = strlen(e->d_name);
-        if (n <= 13 || strcasecmp(e->d_name + n - 13, ".mobileconfig") != 0)
-            continue;
-        char *path = mdm_sprintf("%s/%s", dir, e->d_name);
-        mdm_profile_meta_t meta;
-        rc = load_file(s, path, &meta, err);
-        if (rc == 0) {
-            loaded.v = mdm_realloc(loaded.v, (loaded.n + 1) * sizeof(*loaded.v));
-            loaded.v[loaded.n++] = mdm_strdup(meta.identifier);
-        }
-        mdm_free(path);
-    }
-    closedir(d);
-    if (rc == 0)
-        rc = prune_dir_profiles(s, dir, &loaded, err);
-    if (rc == 0 && (rc = mdm_store_flush(s->store)) != 0)
-        mdm_err_set(err, rc, "profiles.dir: store: %s", mdm_strerror(rc));
-    char dq[600];
-    if (rc == 0)
-        mdm_log(MDM_LOG_INFO, NULL, "profiles.loaded", "dir=%s count=%zu",
-                mdm_logq(dq, sizeof(dq), dir), loaded.n);
-    for (size_t i = 0; i < loaded.n; i++)
-        mdm_free(loaded.v[i]);
-    mdm_free(loaded.v);
-    return rc;
-}
-
 int mdm_profiles_service_init(mdm_server_t *s, mdm_err_t *err)
 {
     const mdm_config_t *cfg = s->cfg;
@@ -663,7 +528,7 @@ int mdm_profiles_service_init(mdm_server_t *s, mdm_err_t *err)
     }
     s->profiles = p;
     if (cfg->profiles_dir != NULL) {
-        rc = load_dir(s, cfg->profiles_dir, err);
+        rc = mdm__profiles_dir_load(s, cfg->profiles_dir, &p->dir, err);
         if (rc != 0)
             return rc;
     }
@@ -683,6 +548,7 @@ void mdm_profiles_service_free(mdm_server_t *s)
     mdm_profiles_t *p = s->profiles;
     if (p == NULL)
         return;
+    mdm__profiles_dir_free(p->dir);
     mdm_profiles_signer_free(p);
     mdm_free(p);
     s->profiles = NULL;

@@ -6,7 +6,8 @@
  *
  * Record (binary plist): identifier, uuid, display_name, hash (hex SHA-256
  * of the stored bytes), bytes (the XML profile as uploaded or extracted
- * from a signed upload), payload_types (array), uploaded_at, source. */
+ * from a signed upload), payload_types (array), uploaded_at, source, and
+ * for source "dir" file (its name in profiles.dir). */
 #ifndef MDM_PROFILES_H
 #define MDM_PROFILES_H
 
@@ -28,6 +29,7 @@ typedef struct mdm_profile_meta {
     char hash[65];
     int64_t uploaded_ms;
     char source[16];
+    char file[256];          /* source "dir": the name of its file */
 } mdm_profile_meta_t;
 
 /* The signing identity and options for rendering. */
@@ -37,6 +39,7 @@ typedef struct mdm_profiles {
     STACK_OF(X509) *sign_chain;
     bool sign;
     bool encrypt;
+    struct mdm_profiles_dir *dir; /* profiles.dir reloads (server only) */
 } mdm_profiles_t;
 
 /* Validates a .mobileconfig (XML, binary, or a CMS-signed one whose

@@ -113,6 +113,12 @@ plist_t mdm__installed_dict(mdm_txn_t *txn, const char *eid)
     return d;
 }
 
+int mdm_reconcile_each(mdm_txn_t *txn, const char *eid,
+                       int (*fn)(const char *id, plist_t rec, void *arg), void *arg)
+{
+    return inst_each(txn, eid, fn, arg);
+}
+
 struct forget_ctx {
     mdm_txn_t *txn;
     const char *eid;
@@ -266,9 +272,10 @@ static bool strlist_has(const mdm_strlist_t *l, const char *s)
     return false;
 }
 
-/* RemoveProfile commands the device answered with Error, at most, before
- * only a forced reconciliation tries again. */
-#define REMOVE_TRIES 3
+/* InstallProfile (of one version) or RemoveProfile commands the device
+ * answered with Error, at most, before only a forced reconciliation tries
+ * again (or, for an install, a new version of the profile). */
+#define TRIES 3
 
 struct removal_ctx {
     mdm_txn_t *txn;
@@ -304,6 +311,40 @@ static bool command_waits(mdm_txn_t *txn, const char *eid, plist_t rec)
     return rc != 0 || !mdm_status_terminal(r.status);
 }
 
+static bool str_is(const char *a, const char *b)
+{
+    return a != NULL && b != NULL && strcmp(a, b) == 0;
+}
+
+/* Whether the version hash of a profile needs no InstallProfile now: it is
+ * installed or on its way, or the device refused it TRIES times (a new
+ * install answered with Error, or an update it refused while keeping the
+ * version it had) and the reconciliation is not forced. A refused version
+ * is offered again at later reconciliations (a new policy revision or
+ * profile, new device facts) until then. */
+static bool install_not_needed(mdm_txn_t *txn, const char *eid, plist_t rec, const char *hash,
+                               bool force)
+{
+    if (rec == NULL)
+        return false;
+    const char *state = mdm_pl_str(rec, "state");
+    bool same = str_is(mdm_pl_str(rec, "hash"), hash);
+    if (same && (str_is(state, "installed") ||
+                 (str_is(state, "pending") && command_waits(txn, eid, rec))))
+        return true;
+    bool refused = (same && str_is(state, "failed")) ||
+                   (str_is(state, "installed") && str_is(mdm_pl_str(rec, "failed_hash"), hash));
+    return refused && !force && mdm_pl_uint(rec, "install_failures", 0) >= TRIES;
+}
+
+/* The count of refused installs belongs to the version refused: a new
+ * version has tries of its own. */
+static void forget_tries_of_other_versions(plist_t rec, const char *hash)
+{
+    if (!str_is(mdm_pl_str(rec, "hash"), hash) && !str_is(mdm_pl_str(rec, "failed_hash"), hash))
+        mdm_pl_remove(rec, "install_failures");
+}
+
 static int maybe_remove(const char *id, plist_t rec, void *arg)
 {
     struct removal_ctx *r = arg;
@@ -315,7 +356,7 @@ static int maybe_remove(const char *id, plist_t rec, void *arg)
     if (state && strcmp(state, "failed") == 0)
         return inst_del(r->txn, r->eid, id);
     if (state && strcmp(state, "remove_failed") == 0 && !r->force &&
-        mdm_pl_uint(rec, "remove_failures", 0) >= REMOVE_TRIES)
+        mdm_pl_uint(rec, "remove_failures", 0) >= TRIES)
         return 0;
     plist_t cmd = plist_new_dict();
     mdm_pl_set_str(cmd, "RequestType", "RemoveProfile");
@@ -452,17 +493,10 @@ int mdm_reconcile(mdm_server_t *s, mdm_policy_t *pol, mdm_txn_t *txn, const char
             mdm_buf_free(&xml);
             break;
         }
+        bool installed = rec != NULL && mdm_pl_str(rec, "state") != NULL &&
+                         strcmp(mdm_pl_str(rec, "state"), "installed") == 0;
         const char *h = rec ? mdm_pl_str(rec, "hash") : NULL;
-        const char *state = rec ? mdm_pl_str(rec, "state") : NULL;
-        const char *fh = rec ? mdm_pl_str(rec, "failed_hash") : NULL;
-        bool same = h != NULL && strcmp(h, meta.hash) == 0;
-        bool installed = state != NULL && strcmp(state, "installed") == 0;
-        bool skip = (same && state != NULL &&
-                     (installed ||
-                      (strcmp(state, "pending") == 0 && command_waits(txn, eid, rec)) ||
-                      (strcmp(state, "failed") == 0 && !force))) ||
-                    /* an update the device refused is tried again when forced */
-                    (installed && fh != NULL && strcmp(fh, meta.hash) == 0 && !force);
+        bool skip = install_not_needed(txn, eid, rec, meta.hash, force);
         if (!skip) {
             mdm_buf_t payload = MDM_BUF_INIT;
             mdm_err_t err = {0};
@@ -482,8 +516,9 @@ int mdm_reconcile(mdm_server_t *s, mdm_policy_t *pol, mdm_txn_t *txn, const char
                         rec = plist_new_dict();
                     /* An update: keep what the device has, in case it
                      * refuses the new version. */
-                    if (installed && h != NULL && !same)
+                    if (installed && h != NULL && strcmp(h, meta.hash) != 0)
                         mdm_pl_set_str(rec, "installed_hash", h);
+                    forget_tries_of_other_versions(rec, meta.hash);
                     mdm_pl_set_str(rec, "hash", meta.hash);
                     mdm_pl_set_str(rec, "state", "pending");
                     mdm_pl_set_str(rec, "command_uuid", uuid);
@@ -540,7 +575,7 @@ struct by_uuid_ctx {
 };
 
 /* The device answered RemoveProfile with Error: the profile is still on
- * it. The entry stays, and later reconciliations ask again (REMOVE_TRIES
+ * it. The entry stays, and later reconciliations ask again (TRIES
  * in all, then only when forced); a ProfileList without it ends it. */
 static int removal_failed(struct by_uuid_ctx *b, const char *id, plist_t rec)
 {
@@ -552,8 +587,21 @@ static int removal_failed(struct by_uuid_ctx *b, const char *id, plist_t rec)
     mdm_log(MDM_LOG_WARN, NULL, "reconcile.remove_failed",
             "eid=%s identifier=%s failures=%llu retry=%s", mdm_logq(eq, sizeof(eq), b->eid),
             mdm_logq(iq, sizeof(iq), id), (unsigned long long)failures,
-            failures < REMOVE_TRIES ? "next_reconciliation" : "when_forced");
+            failures < TRIES ? "next_reconciliation" : "when_forced");
     return inst_save(b->txn, b->eid, id, rec);
+}
+
+/* The device answered InstallProfile with Error: counted, and offered
+ * again at later reconciliations, TRIES times in all (install_not_needed). */
+static void install_failed(struct by_uuid_ctx *b, const char *id, plist_t rec)
+{
+    uint64_t failures = mdm_pl_uint(rec, "install_failures", 0) + 1;
+    mdm_pl_set_uint(rec, "install_failures", failures);
+    char eq[300], iq[300];
+    mdm_log(MDM_LOG_WARN, NULL, "reconcile.install_failed",
+            "eid=%s identifier=%s failures=%llu retry=%s", mdm_logq(eq, sizeof(eq), b->eid),
+            mdm_logq(iq, sizeof(iq), id), (unsigned long long)failures,
+            failures < TRIES ? "next_reconciliation" : "when_forced");
 }
 
 static int result_for_uuid(const char *id, plist_t rec, void *arg)
@@ -569,18 +617,21 @@ static int result_for_uuid(const char *id, plist_t rec, void *arg)
         return ok ? inst_del(b->txn, b->eid, id) : removal_failed(b, id, rec);
     const char *prev = mdm_pl_str(rec, "installed_hash");
     if (!ok && prev != NULL) {
-        /* A refused update: the device keeps the version it had, and
-         * the refused one is not offered again unless forced. */
+        /* A refused update: the device keeps the version it had. */
         mdm_pl_set_str(rec, "failed_hash", mdm_pl_str(rec, "hash"));
         mdm_pl_set_str(rec, "hash", prev);
         mdm_pl_set_str(rec, "state", "installed");
     } else {
         mdm_pl_set_str(rec, "state", ok ? "installed" : "failed");
-        if (ok)
-            mdm_pl_remove(rec, "failed_hash");
+    }
+    if (ok) {
+        mdm_pl_remove(rec, "failed_hash");
+        mdm_pl_remove(rec, "install_failures");
     }
     mdm_pl_remove(rec, "installed_hash");
     mdm_pl_set_int(rec, "updated_at", b->now);
+    if (!ok)
+        install_failed(b, id, rec);
     return inst_save(b->txn, b->eid, id, rec);
 }
 

@@ -77,6 +77,13 @@ int mdm__enqueue_commands(mdm_txn_t *txn, const char *eid, plist_t commands, int
 /* The installed table of eid as a dict identifier -> hash. */
 plist_t mdm__installed_dict(mdm_txn_t *txn, const char *eid);
 
+/* Calls fn for each profile entry of eid: its identifier and record
+ * (hash, state: pending, installed, failed, removing or remove_failed;
+ * command_uuid, updated_at, install_failures, remove_failures, failed_hash
+ * of an update the device refused). fn may write. */
+int mdm_reconcile_each(mdm_txn_t *txn, const char *eid,
+                       int (*fn)(const char *id, plist_t rec, void *arg), void *arg);
+
 /* Forgets eid's installed entries (device deleted). */
 int mdm_reconcile_forget(mdm_txn_t *txn, const char *eid);
 
