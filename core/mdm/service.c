@@ -7,6 +7,7 @@
 #include "mdm/mdm.h"
 #include "mdm/queue.h"
 #include "mdm/sigcache.h"
+#include "scep/service.h"
 #include "util/alloc.h"
 #include "util/log.h"
 #include "util/misc.h"
@@ -182,6 +183,7 @@ static void prune_cb(uv_timer_t *t)
     mdm_mdm_t *m = t->data;
     uint64_t keep = m->server->cfg->mdm_result_retention_ms;
     struct prune_ctx p = {.cutoff = mdm_now_ms() - (int64_t)keep};
+    mdm_scep_prune_due(m->server);
     /* One small batch per tick; come back soon when there was more. */
     int rc = mdm_store_update(m->server->store, prune_txn, &p);
     if (rc != 0) {

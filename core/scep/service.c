@@ -1917,6 +1917,12 @@ void mdm_scep_service_free(mdm_server_t *s)
     s->scep = NULL;
 }
 
+void mdm_scep_prune_due(mdm_server_t *s)
+{
+    if (s->scep != NULL)
+        maybe_prune(s->scep);
+}
+
 void mdm_scep_set_decision(mdm_server_t *s, mdm_scep_decide_fn fn, void *udata)
 {
     if (s->scep != NULL)

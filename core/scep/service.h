@@ -134,6 +134,12 @@ int mdm_scep_service_init(mdm_server_t *s, mdm_err_t *err);
 /* Frees what mdm_scep_service_init made. */
 void mdm_scep_service_free(mdm_server_t *s);
 
+/* Sweeps expired challenges, stale pending requests and dead phase-3 slots
+ * when the last sweep is ten minutes old. SCEP requests call it, and so
+ * does the MDM service's pruning timer, so that a server without SCEP
+ * traffic sweeps too. Nothing when the service is not set up. */
+void mdm_scep_prune_due(mdm_server_t *s);
+
 /* Sets the decision hook of a running server's SCEP service (the policy
  * engine calls this when it loads). */
 void mdm_scep_set_decision(mdm_server_t *s, mdm_scep_decide_fn fn, void *udata);

@@ -148,3 +148,24 @@ def test_ota_phase1_store_failure_is_500_not_a_bad_challenge(tmpdir_path):
         srv.wait_log(r"event=enroll.ota_refused .*phase=1 .*reason=\"unknown or already used")
     finally:
         stop_clean(srv)
+
+
+def test_expired_challenges_are_swept_without_scep_traffic(tmpdir_path):
+    """The sweep of expired challenges comes from the server's pruning
+    timer too: a server that gets no SCEP request still drops them."""
+    from test_mdm import CLOCK_SHIFT_C, preload_env
+    d = scep_datadir(tmpdir_path)
+    new_challenge(d, "--ttl", "1m")
+    new_challenge(d, "--ttl", "1h")
+    env = preload_env(tmpdir_path, "clock_shift", CLOCK_SHIFT_C)
+    shift_file = os.path.join(tmpdir_path, "clock_shift")
+    with open(shift_file, "w") as f:
+        f.write("120\n")  # the 1-minute challenge has expired, the other has not
+    env["MOONMDM_TEST_CLOCK_SHIFT"] = shift_file
+    s = Server(d, plain=True, env=env)
+    try:
+        # The pruning timer ticks every 10 s; its first tick sweeps.
+        s.wait_log(r"event=scep\.pruned challenges=1 ", timeout=30)
+    finally:
+        stop_clean(s)
+    assert len([line for line in live_challenges(d) if "scep" in line]) == 1
