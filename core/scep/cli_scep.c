@@ -18,6 +18,7 @@
 #include "scep/service.h"
 #include "util/alloc.h"
 #include "util/encode.h"
+#include "util/log.h"
 #include "util/misc.h"
 
 /* ---- challenge ----------------------------------------------------------- */
@@ -233,8 +234,11 @@ static int cli_cert_print(const mdm_certrec_t *r, void *arg)
     cert_names(l->txn, r->sha256, owner, udid);
     const char *status = r->revoked ? "revoked" : r->not_after_ms < mdm_now_ms() ? "expired"
                                                                                  : "valid";
+    /* Owners come from logins and admins: quoted, control bytes escaped. */
+    char oq[4 * MDM_CHALLENGE_OWNER_MAX + 8], uq[4 * MDM_CHALLENGE_UDID_MAX + 8];
     printf("%-40s  %-7s  %s  owner=%s  udid=%s  %s\n", r->serial_hex, status, na,
-           owner[0] ? owner : "-", udid[0] ? udid : "-", r->subject);
+           mdm_logq(oq, sizeof(oq), owner[0] ? owner : "-"),
+           mdm_logq(uq, sizeof(uq), udid[0] ? udid : "-"), r->subject);
     l->n++;
     return 0;
 }

@@ -169,3 +169,13 @@ def test_expired_challenges_are_swept_without_scep_traffic(tmpdir_path):
     finally:
         stop_clean(s)
     assert len([line for line in live_challenges(d) if "scep" in line]) == 1
+
+
+def test_cert_list_escapes_the_owner(srv, tmpdir_path):
+    """An owner name is shown as one quoted value with its control bytes
+    escaped: it cannot split the line nor send escapes to a terminal."""
+    ch = new_challenge(srv.datadir, "--user", "ann lee\x1b[2J\nx")
+    cert, _ = scepclient_identity(srv, tmpdir_path, "esc", ch)
+    line = cert_line(srv.datadir, cert)
+    assert 'owner="ann lee\\x1b[2J\\x0ax"  udid=-  ' in line, line
+    assert "\x1b" not in line
