@@ -267,6 +267,14 @@ static void wrap_costly(lua_State *L)
     }
 }
 
+/* The wrappers below run the library function (upvalue 1) in their own
+ * frame, so that its argument errors name the function and the caller's
+ * line, as they do without the wrapper. */
+static int call_library(lua_State *L)
+{
+    return lua_tocfunction(L, lua_upvalueindex(1))(L);
+}
+
 /* setmetatable without finalizers: Lua runs __gc with hooks off, so a
  * looping finalizer could not be stopped. Lua 5.4 only marks objects for
  * finalization when the metatable already has __gc, so checking here is
@@ -278,10 +286,7 @@ static int sb_setmetatable(lua_State *L)
             return luaL_error(L, "setmetatable: __gc is not allowed in policies");
         lua_pop(L, 1);
     }
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, 1);
-    return 1;
+    return call_library(L);
 }
 
 /* collectgarbage with the options that cannot turn the collector off. */
@@ -290,12 +295,8 @@ static int sb_collectgarbage(lua_State *L)
     static const char *const allowed[] = {"collect", "count", "step", "isrunning", NULL};
     const char *opt = luaL_optstring(L, 1, "collect");
     for (size_t i = 0; allowed[i]; i++) {
-        if (strcmp(opt, allowed[i]) == 0) {
-            lua_pushvalue(L, lua_upvalueindex(1));
-            lua_insert(L, 1);
-            lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-            return lua_gettop(L);
-        }
+        if (strcmp(opt, allowed[i]) == 0)
+            return call_library(L);
     }
     return luaL_error(L, "collectgarbage: option '%s' is not allowed in policies", opt);
 }
@@ -306,15 +307,11 @@ static int sb_load(lua_State *L)
     const char *mode = luaL_optstring(L, 3, "t");
     if (strchr(mode, 'b') != NULL)
         return luaL_error(L, "load: binary chunks are not allowed in policies");
-    int n = lua_gettop(L);
-    if (n < 3)
+    if (lua_gettop(L) < 3)
         lua_settop(L, 3);
     lua_pushliteral(L, "t");
     lua_replace(L, 3);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, n < 3 ? 3 : n, LUA_MULTRET);
-    return lua_gettop(L);
+    return call_library(L);
 }
 
 /* xpcall that runs the message handler after the stack has unwound, with

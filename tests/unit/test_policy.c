@@ -1237,6 +1237,26 @@ static void test_sandbox(void **state)
                  "assert(select(2, xpcall(function() error('x', 0) end, function(m) return m .. '!' end)) == 'x!')\n"
                  "assert(select('#', xpcall(function() return 1, 2 end, print)) == 3)\n"
                  "assert(require('mdm') == mdm)\n");
+    /* The wrapped functions' argument errors name the function and the
+     * caller's line, as the standard ones do. */
+    run_chunk_ok(p,
+                 "local function err(f) local ok, e = pcall(f) assert(not ok) return e end\n"
+                 "local e = err(function() setmetatable(1) end)\n"
+                 "assert(e == \"chunk:2: bad argument #1 to 'setmetatable' (table expected, got number)\", e)\n"
+                 "e = err(function() setmetatable({}, 1) end)\n"
+                 "assert(e == \"chunk:4: bad argument #2 to 'setmetatable' (nil or table expected, got number)\", e)\n"
+                 "e = err(function() collectgarbage('step', 'x') end)\n"
+                 "assert(e == \"chunk:6: bad argument #2 to 'collectgarbage' (number expected, got string)\", e)\n"
+                 "e = err(function() collectgarbage({}) end)\n"
+                 "assert(e == \"chunk:8: bad argument #1 to 'collectgarbage' (string expected, got table)\", e)\n"
+                 "e = err(function() load({}) end)\n"
+                 "assert(e == \"chunk:10: bad argument #1 to 'load' (function expected, got table)\", e)\n"
+                 "e = err(function() load('return 1', {}) end)\n"
+                 "assert(e == \"chunk:12: bad argument #2 to 'load' (string expected, got table)\", e)\n"
+                 "e = err(function() collectgarbage('stop') end)\n"
+                 "assert(e == \"chunk:14: collectgarbage: option 'stop' is not allowed in policies\", e)\n"
+                 "e = err(function() setmetatable({}, { __gc = true }) end)\n"
+                 "assert(e == 'chunk:16: setmetatable: __gc is not allowed in policies', e)\n");
     mdm_policy_release(p);
 }
 
