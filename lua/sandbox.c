@@ -152,12 +152,19 @@ static const mdm__lpattern_meter_t pattern_meter = {.charge = pattern_charge};
 
 /* Library calls that loop in C: their cost, in instructions, is charged
  * before they run. string.rep of an empty string loops n times without
- * allocating, and the table functions loop over a length that __len may
- * make up. */
+ * allocating, the table functions loop over a length that __len may make
+ * up, and the others loop over the bytes of a string, their arguments or
+ * the values they return. One instruction is about a nanosecond of work
+ * (what a VM instruction takes); the rates below are measured. */
 
 static lua_Unsigned add_sat(lua_Unsigned a, lua_Unsigned b)
 {
     return a > (lua_Unsigned)-1 - b ? (lua_Unsigned)-1 : a + b;
+}
+
+static lua_Unsigned mul_sat(lua_Unsigned a, lua_Unsigned b)
+{
+    return b != 0 && a > (lua_Unsigned)-1 / b ? (lua_Unsigned)-1 : a * b;
 }
 
 static lua_Integer int_arg(lua_State *L, int i, bool *ok)
@@ -168,6 +175,12 @@ static lua_Integer int_arg(lua_State *L, int i, bool *ok)
     return v;
 }
 
+/* The length of argument i when it is a string (numbers are short). */
+static lua_Unsigned str_len(lua_State *L, int i)
+{
+    return lua_type(L, i) == LUA_TSTRING ? lua_rawlen(L, i) : 0;
+}
+
 /* string.rep(s, n, sep): n rounds, and copying 4 bytes is a step. */
 static lua_Unsigned rep_cost(lua_State *L)
 {
@@ -175,12 +188,8 @@ static lua_Unsigned rep_cost(lua_State *L)
     lua_Integer n = int_arg(L, 2, &ok);
     if (!ok || n <= 0)
         return 0;
-    lua_Unsigned piece = (lua_type(L, 1) == LUA_TSTRING ? lua_rawlen(L, 1) : 0) +
-                         (lua_type(L, 3) == LUA_TSTRING ? lua_rawlen(L, 3) : 0);
-    lua_Unsigned rounds = (lua_Unsigned)n;
-    lua_Unsigned bytes = piece != 0 && rounds > (lua_Unsigned)-1 / piece ? (lua_Unsigned)-1
-                                                                         : rounds * piece;
-    return add_sat(rounds, bytes / 4);
+    lua_Unsigned piece = str_len(L, 1) + str_len(L, 3);
+    return add_sat((lua_Unsigned)n, mul_sat((lua_Unsigned)n, piece) / 4);
 }
 
 /* table.move(a1, f, e, t): e - f + 1 elements. */
@@ -232,13 +241,123 @@ static lua_Unsigned sort_cost(lua_State *L)
     return (lua_Unsigned)n * bits;
 }
 
+/* The number of arguments (string.char, utf8.char, math.max, ...). */
+static lua_Unsigned args_units(lua_State *L)
+{
+    return (lua_Unsigned)lua_gettop(L);
+}
+
+/* The length of the first argument (a string worked on byte by byte, a
+ * format). */
+static lua_Unsigned len_units(lua_State *L)
+{
+    return str_len(L, 1);
+}
+
+/* The bytes of all the string arguments (string.pack). */
+static lua_Unsigned strings_units(lua_State *L)
+{
+    lua_Unsigned n = 0;
+    for (int i = 1; i <= lua_gettop(L); i++)
+        n = add_sat(n, str_len(L, i));
+    return n;
+}
+
+/* A position in a string of len bytes as the library resolves it
+ * (negative counts from the end), not yet clamped. */
+static lua_Integer str_pos(lua_Integer pos, lua_Integer len)
+{
+    if (pos >= 0)
+        return pos;
+    return pos < -len ? 0 : len + pos + 1;
+}
+
+/* The bytes of s[i..j] (arguments 1, 2 and 3), i defaulting to 1 and j
+ * to i or to the end. */
+static lua_Unsigned span_units(lua_State *L, bool j_is_i)
+{
+    lua_Integer len = (lua_Integer)str_len(L, 1);
+    bool ok = true;
+    lua_Integer i = lua_isnoneornil(L, 2) ? 1 : int_arg(L, 2, &ok);
+    if (!ok)
+        return 0;
+    lua_Integer j = lua_isnoneornil(L, 3) ? (j_is_i ? i : -1) : int_arg(L, 3, &ok);
+    if (!ok)
+        return 0;
+    i = str_pos(i, len);
+    j = str_pos(j, len);
+    if (i < 1)
+        i = 1;
+    if (j > len)
+        j = len;
+    return i <= j ? (lua_Unsigned)(j - i) + 1 : 0;
+}
+
+/* string.byte and utf8.codepoint: one value per byte of s[i..j]. */
+static lua_Unsigned values_units(lua_State *L)
+{
+    return span_units(L, true);
+}
+
+/* utf8.len(s, i, j): the bytes it decodes. */
+static lua_Unsigned utf8_len_units(lua_State *L)
+{
+    return span_units(L, false);
+}
+
+/* t[i..j] of table.unpack(t, i, j) (arguments ia and ia + 1), j
+ * defaulting to #t. */
+static lua_Unsigned elements(lua_State *L, int ia)
+{
+    bool ok = true;
+    lua_Integer i = lua_isnoneornil(L, ia) ? 1 : int_arg(L, ia, &ok);
+    if (!ok)
+        return 0;
+    lua_Integer j = lua_isnoneornil(L, ia + 1) ? table_len(L) : int_arg(L, ia + 1, &ok);
+    return ok && j >= i ? add_sat((lua_Unsigned)j - (lua_Unsigned)i, 1) : 0;
+}
+
+static lua_Unsigned unpack_units(lua_State *L)
+{
+    return elements(L, 2);
+}
+
+/* table.concat(t, sep, i, j): converting and adding an element (128), and
+ * copying the separator after it (the elements' own bytes are allocated,
+ * which looks at the clock too). */
+static lua_Unsigned concat_cost(lua_State *L)
+{
+    return mul_sat(elements(L, 3), add_sat(128, str_len(L, 2)));
+}
+
+/* string.format: a conversion per argument (64), and 4 per byte of the
+ * strings it reads (the format, %s and %q). */
+static lua_Unsigned format_cost(lua_State *L)
+{
+    return add_sat(mul_sat(args_units(L), 64), mul_sat(strings_units(L), 4));
+}
+
+#define GLOBALS LUA_GNAME
+
+/* cost(L) counts units (of per instructions each) from the arguments. */
 static const struct {
     const char *lib, *name;
     lua_Unsigned (*cost)(lua_State *L);
+    lua_Unsigned per;
 } costly[] = {
-    {LUA_STRLIBNAME, "rep", rep_cost},     {LUA_TABLIBNAME, "move", move_cost},
-    {LUA_TABLIBNAME, "insert", insert_cost}, {LUA_TABLIBNAME, "remove", remove_cost},
-    {LUA_TABLIBNAME, "sort", sort_cost},
+    {LUA_STRLIBNAME, "rep", rep_cost, 1},           {LUA_TABLIBNAME, "move", move_cost, 1},
+    {LUA_TABLIBNAME, "insert", insert_cost, 1},     {LUA_TABLIBNAME, "remove", remove_cost, 1},
+    {LUA_TABLIBNAME, "sort", sort_cost, 1},         {LUA_TABLIBNAME, "concat", concat_cost, 1},
+    {LUA_TABLIBNAME, "unpack", unpack_units, 8},    {LUA_TABLIBNAME, "pack", args_units, 16},
+    {LUA_STRLIBNAME, "byte", values_units, 4},      {LUA_STRLIBNAME, "char", args_units, 16},
+    {LUA_STRLIBNAME, "upper", len_units, 8},        {LUA_STRLIBNAME, "lower", len_units, 8},
+    {LUA_STRLIBNAME, "reverse", len_units, 8},      {LUA_STRLIBNAME, "format", format_cost, 1},
+    {LUA_STRLIBNAME, "pack", strings_units, 4},     {LUA_STRLIBNAME, "packsize", len_units, 4},
+    {LUA_STRLIBNAME, "unpack", len_units, 16},      {LUA_UTF8LIBNAME, "len", utf8_len_units, 4},
+    {LUA_UTF8LIBNAME, "codepoint", values_units, 8}, {LUA_UTF8LIBNAME, "offset", len_units, 1},
+    {LUA_UTF8LIBNAME, "char", args_units, 64},      {LUA_MATHLIBNAME, "max", args_units, 16},
+    {LUA_MATHLIBNAME, "min", args_units, 16},       {GLOBALS, "tonumber", len_units, 1},
+    {LUA_OSLIBNAME, "date", len_units, 128},
 };
 
 /* The library functions behind the wrappers (the same in every state). */
@@ -249,7 +368,7 @@ static lua_CFunction costly_fn[sizeof(costly) / sizeof(costly[0])];
 static int sb_costly(lua_State *L)
 {
     lua_Integer i = lua_tointeger(L, lua_upvalueindex(1));
-    charge_work(L, costly[i].cost(L), MDM__KILL_INSNS);
+    charge_work(L, mul_sat(costly[i].cost(L), costly[i].per), MDM__KILL_INSNS);
     return costly_fn[i](L);
 }
 
@@ -289,16 +408,46 @@ static int sb_setmetatable(lua_State *L)
     return call_library(L);
 }
 
+/* A full collection visits the whole heap: 1 instruction per 8 bytes. A
+ * step of n KiB does that much work, at most a full cycle. */
+static lua_Unsigned gc_cost(lua_State *L, const char *opt)
+{
+    lua_Unsigned heap = sandbox_of(L)->mem_used / 8;
+    if (strcmp(opt, "collect") == 0)
+        return heap;
+    bool ok = false;
+    lua_Integer kib = strcmp(opt, "step") == 0 ? int_arg(L, 2, &ok) : 0;
+    if (!ok || kib <= 0)
+        return 0;
+    lua_Unsigned step = mul_sat((lua_Unsigned)kib, 1024 / 8);
+    return step < heap ? step : heap;
+}
+
 /* collectgarbage with the options that cannot turn the collector off. */
 static int sb_collectgarbage(lua_State *L)
 {
     static const char *const allowed[] = {"collect", "count", "step", "isrunning", NULL};
     const char *opt = luaL_optstring(L, 1, "collect");
     for (size_t i = 0; allowed[i]; i++) {
-        if (strcmp(opt, allowed[i]) == 0)
+        if (strcmp(opt, allowed[i]) == 0) {
+            charge_work(L, gc_cost(L, opt), MDM__KILL_INSNS);
             return call_library(L);
+        }
     }
     return luaL_error(L, "collectgarbage: option '%s' is not allowed in policies", opt);
+}
+
+/* Compiling a chunk: 32 instructions per byte of source. */
+#define LOAD_PER_BYTE 32
+
+/* The reader function given to load (upvalue 1), whose pieces are charged
+ * before the compiler reads them. */
+static int charged_reader(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_call(L, 0, 1);
+    charge_work(L, mul_sat(str_len(L, -1), LOAD_PER_BYTE), MDM__KILL_INSNS);
+    return 1;
 }
 
 /* load for text only: binary chunks could break the VM's invariants. */
@@ -311,7 +460,18 @@ static int sb_load(lua_State *L)
         lua_settop(L, 3);
     lua_pushliteral(L, "t");
     lua_replace(L, 3);
+    if (lua_type(L, 1) == LUA_TFUNCTION) {
+        lua_pushvalue(L, 1);
+        lua_pushcclosure(L, charged_reader, 1);
+        lua_replace(L, 1);
+    }
+    charge_work(L, mul_sat(str_len(L, 1), LOAD_PER_BYTE), MDM__KILL_INSNS);
     return call_library(L);
+}
+
+void mdm__sandbox_charge(lua_State *L, uint64_t insns)
+{
+    charge_work(L, insns, MDM__KILL_INSNS);
 }
 
 /* xpcall that runs the message handler after the stack has unwound, with

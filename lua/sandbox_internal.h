@@ -69,6 +69,11 @@ void mdm__sandbox_begin(mdm__sandbox_t *sb, lua_State *L, uint64_t limit_ns, uin
  * MDM__KILL_* reason the code was stopped for. */
 int mdm__sandbox_end(mdm__sandbox_t *sb, lua_State *L, const mdm__budget_t *saved);
 
+/* Charges work a C function is about to do (insns: about a nanosecond
+ * each) to the running call, with a look at the clock now and then; raises
+ * the budget's error when it is spent. Nothing without a budget. */
+void mdm__sandbox_charge(lua_State *L, uint64_t insns);
+
 /* Describes a failed lua_pcall (status, error value on top of L's stack,
  * kill reason) in buf: "file:line: message" when Lua knows where. A call
  * that returned LUA_OK after its budget was spent (the policy caught the

@@ -1129,6 +1129,104 @@ static void test_budget_library_calls(void **state)
     mdm_policy_release(p);
 }
 
+/* More library calls that loop in C as one instruction: over long
+ * strings, many arguments or values, a big heap, a big chunk. In a loop,
+ * each costing milliseconds, they ran for seconds past a 50 ms budget
+ * (the clock was looked at every thousand instructions). Their cost is
+ * charged before they run, which looks at the clock. */
+static void test_budget_library_loops(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_settings_t s = settings(fx, false);
+    s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 50;
+    s.memory_max = 256u << 20;
+    s.load_budget_ms = 20000;
+    double limit = getenv("MOONMDM_SLOW_TESTS") ? 20000 : 500;
+    static const char *const big = "local S = string.rep('a', 1 << 23)\n";
+    static const char *const mib = "local S = string.rep('a', 1 << 20)\n";
+    static const struct {
+        const char *prelude, *body;
+    } loops[] = {
+        {"local T = {} for i = 1, 1e6 do T[i] = 'x' end\n", "for i = 1, 1e6 do local r = table.concat(T) end"},
+        {"local T = {} for i = 1, 1e6 do T[i] = i end\n", "for i = 1, 1e6 do local r = table.unpack(T, 1, 900000) end"},
+        {big, "for i = 1, 1e6 do local r = utf8.len(S) end"},
+        {big, "for i = 1, 1e6 do local r = utf8.codepoint(S, 1, 900000) end"},
+        {big, "for i = 1, 1e6 do local r = utf8.offset(S, 8000000) end"},
+        {"local Z = string.rep('0', 1 << 23)\n", "for i = 1, 1e6 do local r = tonumber(Z) end"},
+        {"local Z = string.rep('0', 1 << 23)\n", "for i = 1, 1e6 do local r = tonumber(Z, 16) end"},
+        {mib, "for i = 1, 1e6 do local r = string.format('%q', S) end"},
+        {big, "for i = 1, 1e6 do local r = string.byte(S, 1, 900000) end"},
+        {big, "for i = 1, 1e6 do local r = S:upper() end"},
+        {big, "for i = 1, 1e6 do local r = S:lower() end"},
+        {big, "for i = 1, 1e6 do local r = S:reverse() end"},
+        {"local F = string.rep('x', 1 << 22)\n", "for i = 1, 1e6 do local r = string.packsize(F) end"},
+        {"local F = string.rep('x', 1 << 20)\n", "for i = 1, 1e6 do local r = string.unpack(F, F) end"},
+        {"local F = string.rep('%c', 1 << 16)\n", "for i = 1, 1e6 do local r = os.date(F, 0) end"},
+        {"local H = {} for i = 1, 1e6 do H[i] = { i } end\n", "local h = H\n  for i = 1, 1e6 do collectgarbage() end"},
+        {"local H = {} for i = 1, 1e6 do H[i] = { i } end\n", "local h = H\n  for i = 1, 1e6 do collectgarbage('step', 1 << 20) end"},
+        {"local C = string.rep('x = 1\\n', 200000)\n", "for i = 1, 1e6 do local r = load(C) end"},
+        {big, "local n = 0\n  load(function() n = n + 1 return n == 1 and '--' or S end)"},
+        {mib, "for i = 1, 1e6 do local r = mdm.crypto.sha256(S) end"},
+    };
+    for (size_t i = 0; i < sizeof(loops) / sizeof(loops[0]); i++) {
+        char *src = mdm_sprintf("%sreturn { groups = function()\n  %s\n  return { 'done' }\nend }\n",
+                                loops[i].prelude, loops[i].body);
+        expect_killed_soon(fx, &s, src, "budget exceeded", loops[i].body, limit);
+    }
+
+    /* Many arguments: passing them costs the VM tens of milliseconds
+     * before the function runs, so these are about the instruction budget
+     * (a generous clock, which they ran into before). */
+    s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 20000;
+    static const char *const arg_loops[] = {
+        "each(utf8.char, table.unpack(N))",
+        "each(string.char, table.unpack(N))",
+        "each(math.max, table.unpack(N))",
+        "each(math.min, table.unpack(N))",
+        "each(table.pack, table.unpack(N))",
+        "each(string.format, string.rep('%d', 200000), table.unpack(N))",
+    };
+    for (size_t i = 0; i < sizeof(arg_loops) / sizeof(arg_loops[0]); i++) {
+        char *src = mdm_sprintf("local N = {} for i = 1, 400000 do N[i] = 65 end\n"
+                                "local function each(f, ...) for i = 1, 1e6 do f(...) end end\n"
+                                "return { groups = function()\n  %s\n  return { 'done' }\nend }\n",
+                                arg_loops[i]);
+        expect_killed_soon(fx, &s, src, "init.lua:2: instruction budget exceeded", arg_loops[i],
+                           2 * limit);
+    }
+
+    /* Ordinary calls give what they gave, and their errors still name the
+     * function and the caller's line. */
+    mdm_policy_t *p = load_text(fx, "return {}\n");
+    run_chunk_ok(p,
+                 "local t = { 'a', 'b', 'c' }\n"
+                 "assert(table.concat(t, ',') == 'a,b,c' and table.concat(t, '', 2, 3) == 'bc')\n"
+                 "assert(select('#', table.unpack(t)) == 3 and table.pack(1, nil, 3).n == 3)\n"
+                 "assert(string.char(string.byte('hi', 1, -1)) == 'hi' and ('h'):byte() == 104)\n"
+                 "assert(('Ab'):upper() == 'AB' and ('Ab'):lower() == 'ab' and ('ab'):reverse() == 'ba')\n"
+                 "assert(string.format('%d-%s-%q', 7, 'x', 'y') == '7-x-\"y\"')\n"
+                 "assert(string.unpack('i4', string.pack('i4', 42)) == 42 and string.packsize('i4') == 4)\n"
+                 "assert(utf8.len('h\\u{e9}llo') == 5 and utf8.codepoint('\\u{e9}') == 233)\n"
+                 "assert(utf8.offset('h\\u{e9}llo', 3) == 4 and utf8.char(104, 233) == 'h\\u{e9}')\n"
+                 "assert(math.max(1, 5, 3) == 5 and math.min(4, 2) == 2)\n"
+                 "assert(tonumber('0x10') == 16 and tonumber('ff', 16) == 255 and tonumber('z') == nil)\n"
+                 "assert(os.date('!%Y', 0) == '1970' and load('return 6 * 7')() == 42)\n"
+                 "local parts = { 'return ', '6 * 7' }\n"
+                 "assert(load(function() return table.remove(parts, 1) end)() == 42)\n"
+                 "assert(collectgarbage('count') > 0 and collectgarbage() == 0)\n"
+                 "assert(select(2, load(function() return {} end)):find('reader function must return a string'))\n"
+                 "local function err(f) local ok, e = pcall(f) assert(not ok) return e end\n"
+                 "local e = err(function() string.upper() end)\n"
+                 "assert(e == \"chunk:18: bad argument #1 to 'upper' (string expected, got no value)\", e)\n"
+                 "e = err(function() utf8.char(-1) end)\n"
+                 "assert(e == \"chunk:20: bad argument #1 to 'char' (value out of range)\", e)\n"
+                 "e = err(function() table.concat({ {} }) end)\n"
+                 "assert(e == \"chunk:22: invalid value (table) at index 1 in table for 'concat'\", e)\n"
+                 "e = err(function() tonumber('10', 99) end)\n"
+                 "assert(e == \"chunk:24: bad argument #2 to 'tonumber' (base out of range)\", e)\n");
+    mdm_policy_release(p);
+}
+
 static void test_budget_memory(void **state)
 {
     struct fx *fx = *state;
@@ -2657,6 +2755,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_budget_time, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_patterns, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_library_calls, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget_library_loops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sandbox, setup, teardown),
         cmocka_unit_test_setup_teardown(test_require, setup, teardown),
