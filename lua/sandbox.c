@@ -45,6 +45,33 @@ static void stop_call(mdm__sandbox_t *sb, lua_State *L, int kill)
         lua_sethook(sb->L, hook, LUA_MASKCOUNT, 1);
 }
 
+/* Bytes allocated between two looks at the clock in the allocator. */
+#define ALLOC_CLOCK_EVERY ((size_t)4 << 20)
+
+/* Once the time budget is spent, allocations this big fail. */
+#define ALLOC_REFUSED_FROM ((size_t)64 << 10)
+
+/* Work that allocates as it goes (a concatenation, string.sub, the bytes
+ * table.concat copies) is not charged by the byte: the allocator looks at
+ * the clock every ALLOC_CLOCK_EVERY bytes, and a call past its deadline is
+ * stopped. The kill reaches the main thread at its next instruction; a
+ * coroutine's hook (which the allocator cannot reach) only at its next
+ * count, so big allocations fail from then on, which ends the C work of
+ * either at once. Returns false for an allocation that must fail. */
+static bool alloc_in_time(mdm__sandbox_t *sb, size_t grown)
+{
+    mdm__budget_t *b = &sb->b;
+    if (!b->active)
+        return true;
+    sb->alloc_unclocked += grown;
+    if (sb->alloc_unclocked >= ALLOC_CLOCK_EVERY) {
+        sb->alloc_unclocked = 0;
+        if (b->kill == MDM__KILL_NONE && b->deadline_ns != 0 && mdm_mono_ns() >= b->deadline_ns)
+            stop_call(sb, NULL, MDM__KILL_TIME);
+    }
+    return b->kill != MDM__KILL_TIME || grown < ALLOC_REFUSED_FROM;
+}
+
 /* The allocator: plain allocation with a cap. */
 static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
@@ -61,6 +88,8 @@ static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
             stop_call(sb, NULL, MDM__KILL_MEMORY);
         return NULL;
     }
+    if (nsize > old && !alloc_in_time(sb, nsize - old))
+        return NULL;
     void *p = mdm_realloc(ptr, nsize);
     sb->mem_used = sb->mem_used - old + nsize;
     if (sb->mem_used > sb->mem_peak)
@@ -615,7 +644,9 @@ void mdm__sandbox_error(mdm__sandbox_t *sb, lua_State *L, int status, int kill, 
      * is no error value. */
     const char *msg = status != LUA_OK && lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
                                                                           : NULL;
-    if (kill == MDM__KILL_MEMORY || status == LUA_ERRMEM) {
+    /* Past the time budget big allocations fail, so a memory error
+     * with that kill is about time. */
+    if (kill == MDM__KILL_MEMORY || (status == LUA_ERRMEM && kill != MDM__KILL_TIME)) {
         /* The hook's own message names the line; "not enough memory" from
          * an allocation does not. */
         if (msg != NULL && strstr(msg, kill_text(MDM__KILL_MEMORY)) != NULL)

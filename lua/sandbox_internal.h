@@ -50,6 +50,7 @@ typedef struct mdm__sandbox {
     size_t mem_used;
     size_t mem_max;
     size_t mem_peak;
+    size_t alloc_unclocked;   /* bytes allocated since the allocator looked at the clock */
     mdm__budget_t b;
     uint64_t last_limit_ns;   /* the time limit of the budget that ended last */
 } mdm__sandbox_t;

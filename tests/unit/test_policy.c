@@ -1227,6 +1227,36 @@ static void test_budget_library_loops(void **state)
     mdm_policy_release(p);
 }
 
+/* Work that allocates as it goes (copying strings) is not charged by
+ * the byte: the allocator looks at the clock every few MiB, so that a loop
+ * of such instructions, each taking milliseconds, stops soon after the
+ * deadline (it ran for seconds: the hook looks at the clock every thousand
+ * instructions). */
+static void test_budget_allocation_clock(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_settings_t s = settings(fx, false);
+    s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 50;
+    s.memory_max = 256u << 20;
+    s.load_budget_ms = 20000;
+    /* An instruction here copies 32 MiB (a hundred milliseconds on a busy
+     * machine, page faults included); the next allocation after the
+     * deadline stops the call, so it ends within two of them. */
+    double limit = getenv("MOONMDM_SLOW_TESTS") ? 20000 : 600;
+    static const char *const loops[] = {
+        "for i = 1, 1e6 do local r = S .. i end",
+        "for i = 1, 1e6 do local r = S:sub(i % 2 + 1) end",
+        "for i = 1, 1e6 do local r = table.concat({ S, i }) end",
+        "local co = coroutine.wrap(function() for i = 1, 1e6 do local r = S .. i end end)\n  co()",
+    };
+    for (size_t i = 0; i < sizeof(loops) / sizeof(loops[0]); i++) {
+        char *src = mdm_sprintf("local S = string.rep('a', 1 << 25)\n"
+                                "return { groups = function()\n  %s\n  return { 'done' }\nend }\n",
+                                loops[i]);
+        expect_killed_soon(fx, &s, src, "time budget exceeded (50 ms)", loops[i], limit);
+    }
+}
+
 static void test_budget_memory(void **state)
 {
     struct fx *fx = *state;
@@ -2756,6 +2786,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_budget_patterns, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_library_calls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_library_loops, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget_allocation_clock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sandbox, setup, teardown),
         cmocka_unit_test_setup_teardown(test_require, setup, teardown),
