@@ -367,6 +367,7 @@ static lua_Unsigned format_cost(lua_State *L)
 }
 
 #define GLOBALS LUA_GNAME
+#define STRING_MT NULL /* the metatable of strings */
 
 /* cost(L) counts units (of per instructions each) from the arguments. */
 static const struct {
@@ -386,7 +387,12 @@ static const struct {
     {LUA_UTF8LIBNAME, "codepoint", values_units, 8}, {LUA_UTF8LIBNAME, "offset", len_units, 1},
     {LUA_UTF8LIBNAME, "char", args_units, 64},      {LUA_MATHLIBNAME, "max", args_units, 16},
     {LUA_MATHLIBNAME, "min", args_units, 16},       {GLOBALS, "tonumber", len_units, 1},
-    {LUA_OSLIBNAME, "date", len_units, 128},
+    /* Arithmetic on strings ("10" + 1) converts them in the string
+     * metatable's metamethods. */
+    {STRING_MT, "__add", strings_units, 1},         {STRING_MT, "__sub", strings_units, 1},
+    {STRING_MT, "__mul", strings_units, 1},         {STRING_MT, "__div", strings_units, 1},
+    {STRING_MT, "__mod", strings_units, 1},         {STRING_MT, "__pow", strings_units, 1},
+    {STRING_MT, "__idiv", strings_units, 1},        {STRING_MT, "__unm", strings_units, 1},
 };
 
 /* The library functions behind the wrappers (the same in every state). */
@@ -404,7 +410,13 @@ static int sb_costly(lua_State *L)
 static void wrap_costly(lua_State *L)
 {
     for (size_t i = 0; i < sizeof(costly) / sizeof(costly[0]); i++) {
-        lua_getglobal(L, costly[i].lib);
+        if (costly[i].lib == STRING_MT) {
+            lua_pushliteral(L, "");
+            lua_getmetatable(L, -1);
+            lua_remove(L, -2);
+        } else {
+            lua_getglobal(L, costly[i].lib);
+        }
         lua_getfield(L, -1, costly[i].name);
         costly_fn[i] = lua_tocfunction(L, -1);
         lua_pop(L, 1);
