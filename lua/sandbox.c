@@ -16,7 +16,10 @@
  * finalizers with hooks off, so setmetatable refuses __gc; collectgarbage
  * cannot stop the collector. Pattern matching, which the standard library
  * does in one instruction however long it takes, is done by lpattern.c,
- * which charges its steps to the budgets. */
+ * which charges its steps to the budgets. Other library calls that loop in
+ * C are charged their cost before they run (costly[]), and the allocator
+ * looks at the clock every few MiB, so that C work which allocates as it
+ * goes cannot overrun the time budget either. */
 #include <stdio.h>
 #include <string.h>
 

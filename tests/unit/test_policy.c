@@ -1144,11 +1144,16 @@ static void test_budget_library_loops(void **state)
     double limit = getenv("MOONMDM_SLOW_TESTS") ? 20000 : 500;
     static const char *const big = "local S = string.rep('a', 1 << 23)\n";
     static const char *const mib = "local S = string.rep('a', 1 << 20)\n";
+    static const char *const strs = "local T = {} for i = 1, 1e6 do T[i] = 'x' end\n";
+    static const char *const ints = "local T = {} for i = 1, 1e6 do T[i] = i end\n";
+    static const char *const heap = "local H = {} for i = 1, 1e6 do H[i] = { i } end\n";
+    static const char *const fmt4 = "local F = string.rep('x', 1 << 22)\n";
+    static const char *const fmt1 = "local F = string.rep('x', 1 << 20)\n";
     static const struct {
         const char *prelude, *body;
     } loops[] = {
-        {"local T = {} for i = 1, 1e6 do T[i] = 'x' end\n", "for i = 1, 1e6 do local r = table.concat(T) end"},
-        {"local T = {} for i = 1, 1e6 do T[i] = i end\n", "for i = 1, 1e6 do local r = table.unpack(T, 1, 900000) end"},
+        {strs, "for i = 1, 1e6 do local r = table.concat(T) end"},
+        {ints, "for i = 1, 1e6 do local r = table.unpack(T, 1, 900000) end"},
         {big, "for i = 1, 1e6 do local r = utf8.len(S) end"},
         {big, "for i = 1, 1e6 do local r = utf8.codepoint(S, 1, 900000) end"},
         {big, "for i = 1, 1e6 do local r = utf8.offset(S, 8000000) end"},
@@ -1161,17 +1166,18 @@ static void test_budget_library_loops(void **state)
         {big, "for i = 1, 1e6 do local r = S:upper() end"},
         {big, "for i = 1, 1e6 do local r = S:lower() end"},
         {big, "for i = 1, 1e6 do local r = S:reverse() end"},
-        {"local F = string.rep('x', 1 << 22)\n", "for i = 1, 1e6 do local r = string.packsize(F) end"},
-        {"local F = string.rep('x', 1 << 20)\n", "for i = 1, 1e6 do local r = string.unpack(F, F) end"},
+        {fmt4, "for i = 1, 1e6 do local r = string.packsize(F) end"},
+        {fmt1, "for i = 1, 1e6 do local r = string.unpack(F, F) end"},
         {"local F = string.rep('%c', 1 << 16)\n", "for i = 1, 1e6 do local r = os.date(F, 0) end"},
-        {"local H = {} for i = 1, 1e6 do H[i] = { i } end\n", "local h = H\n  for i = 1, 1e6 do collectgarbage() end"},
-        {"local H = {} for i = 1, 1e6 do H[i] = { i } end\n", "local h = H\n  for i = 1, 1e6 do collectgarbage('step', 1 << 20) end"},
+        {heap, "local h = H\n  for i = 1, 1e6 do collectgarbage() end"},
+        {heap, "local h = H\n  for i = 1, 1e6 do collectgarbage('step', 1 << 20) end"},
         {"local C = string.rep('x = 1\\n', 200000)\n", "for i = 1, 1e6 do local r = load(C) end"},
         {big, "local n = 0\n  load(function() n = n + 1 return n == 1 and '--' or S end)"},
         {mib, "for i = 1, 1e6 do local r = mdm.crypto.sha256(S) end"},
     };
     for (size_t i = 0; i < sizeof(loops) / sizeof(loops[0]); i++) {
-        char *src = mdm_sprintf("%sreturn { groups = function()\n  %s\n  return { 'done' }\nend }\n",
+        char *src = mdm_sprintf("%sreturn { groups = function()\n"
+                                "  %s\n  return { 'done' }\nend }\n",
                                 loops[i].prelude, loops[i].body);
         expect_killed_soon(fx, &s, src, "budget exceeded", loops[i].body, limit);
     }
@@ -1205,9 +1211,11 @@ static void test_budget_library_loops(void **state)
                  "assert(table.concat(t, ',') == 'a,b,c' and table.concat(t, '', 2, 3) == 'bc')\n"
                  "assert(select('#', table.unpack(t)) == 3 and table.pack(1, nil, 3).n == 3)\n"
                  "assert(string.char(string.byte('hi', 1, -1)) == 'hi' and ('h'):byte() == 104)\n"
-                 "assert(('Ab'):upper() == 'AB' and ('Ab'):lower() == 'ab' and ('ab'):reverse() == 'ba')\n"
+                 "assert(('Ab'):upper() == 'AB' and ('Ab'):lower() == 'ab')\n"
+                 "assert(('ab'):reverse() == 'ba')\n"
                  "assert(string.format('%d-%s-%q', 7, 'x', 'y') == '7-x-\"y\"')\n"
-                 "assert(string.unpack('i4', string.pack('i4', 42)) == 42 and string.packsize('i4') == 4)\n"
+                 "assert(string.unpack('i4', string.pack('i4', 42)) == 42)\n"
+                 "assert(string.packsize('i4') == 4)\n"
                  "assert(utf8.len('h\\u{e9}llo') == 5 and utf8.codepoint('\\u{e9}') == 233)\n"
                  "assert(utf8.offset('h\\u{e9}llo', 3) == 4 and utf8.char(104, 233) == 'h\\u{e9}')\n"
                  "assert(math.max(1, 5, 3) == 5 and math.min(4, 2) == 2)\n"
@@ -1220,15 +1228,15 @@ static void test_budget_library_loops(void **state)
                  "assert(select(2, load(function() return {} end)):find('reader function must return a string'))\n"
                  "local function err(f) local ok, e = pcall(f) assert(not ok) return e end\n"
                  "local e = err(function() string.upper() end)\n"
-                 "assert(e == \"chunk:19: bad argument #1 to 'upper' (string expected, got no value)\", e)\n"
+                 "assert(e == \"chunk:21: bad argument #1 to 'upper' (string expected, got no value)\", e)\n"
                  "e = err(function() utf8.char(-1) end)\n"
-                 "assert(e == \"chunk:21: bad argument #1 to 'char' (value out of range)\", e)\n"
+                 "assert(e == \"chunk:23: bad argument #1 to 'char' (value out of range)\", e)\n"
                  "e = err(function() table.concat({ {} }) end)\n"
-                 "assert(e == \"chunk:23: invalid value (table) at index 1 in table for 'concat'\", e)\n"
+                 "assert(e == \"chunk:25: invalid value (table) at index 1 in table for 'concat'\", e)\n"
                  "e = err(function() tonumber('10', 99) end)\n"
-                 "assert(e == \"chunk:25: bad argument #2 to 'tonumber' (base out of range)\", e)\n"
+                 "assert(e == \"chunk:27: bad argument #2 to 'tonumber' (base out of range)\", e)\n"
                  "e = err(function() os.date({}) end)\n"
-                 "assert(e == \"chunk:27: bad argument #1 to 'date' (string expected, got table)\", e)\n");
+                 "assert(e == \"chunk:29: bad argument #1 to 'date' (string expected, got table)\", e)\n");
     mdm_policy_release(p);
 }
 
