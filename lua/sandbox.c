@@ -513,6 +513,42 @@ static int sb_load(lua_State *L)
     return call_library(L);
 }
 
+/* The continuation bytes utf8.codes' iterator skips after the character
+ * at position (argument 2) of s (argument 1): all of them, however many. A
+ * long run is charged as the rest of the string. */
+static lua_Unsigned codes_skip_cost(lua_State *L)
+{
+    size_t len = 0;
+    const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &len) : NULL;
+    bool ok = false;
+    lua_Integer pos = int_arg(L, 2, &ok);
+    if (s == NULL || !ok || pos < 1 || (lua_Unsigned)pos >= len)
+        return 0;
+    size_t i = (size_t)pos;
+    for (size_t n = 0; i < len && ((unsigned char)s[i] & 0xC0) == 0x80; i++, n++) {
+        if (n == 64)
+            return len - (size_t)pos;
+    }
+    return i - (size_t)pos;
+}
+
+/* The iterator of utf8.codes, charged (upvalue 1: the library's). */
+static int charged_codes_step(lua_State *L)
+{
+    charge_work(L, codes_skip_cost(L), MDM__KILL_INSNS);
+    return call_library(L);
+}
+
+/* utf8.codes, whose iterator is charged. */
+static int sb_codes(lua_State *L)
+{
+    int n = call_library(L);
+    lua_pushvalue(L, -n);
+    lua_pushcclosure(L, charged_codes_step, 1);
+    lua_replace(L, -n - 1);
+    return n;
+}
+
 void mdm__sandbox_charge(lua_State *L, uint64_t insns)
 {
     charge_work(L, insns, MDM__KILL_INSNS);
@@ -559,6 +595,11 @@ static int sandbox_setup(lua_State *L)
     lua_getglobal(L, "load");
     lua_pushcclosure(L, sb_load, 1);
     lua_setglobal(L, "load");
+    lua_getglobal(L, LUA_UTF8LIBNAME);
+    lua_getfield(L, -1, "codes");
+    lua_pushcclosure(L, sb_codes, 1);
+    lua_setfield(L, -2, "codes");
+    lua_pop(L, 1);
 
     if (luaL_loadbufferx(L, xpcall_src, sizeof(xpcall_src) - 1, "=xpcall", "t") != LUA_OK)
         return lua_error(L);

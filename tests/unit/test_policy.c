@@ -1157,6 +1157,8 @@ static void test_budget_library_loops(void **state)
         {big, "for i = 1, 1e6 do local r = utf8.len(S) end"},
         {big, "for i = 1, 1e6 do local r = utf8.codepoint(S, 1, 900000) end"},
         {big, "for i = 1, 1e6 do local r = utf8.offset(S, 8000000) end"},
+        {"local S = 'a' .. string.rep('\\x80', 1 << 24)\n",
+         "local step = utf8.codes(S)\n  for i = 1, 1e6 do local r = step(S, 1) end"},
         {"local Z = string.rep('0', 1 << 23)\n", "for i = 1, 1e6 do local r = tonumber(Z) end"},
         {"local Z = string.rep('0', 1 << 23)\n", "for i = 1, 1e6 do local r = tonumber(Z, 16) end"},
         {"local Z = string.rep('0', 1 << 23)\n", "for i = 1, 1e6 do local r = Z + i end"},
@@ -1219,6 +1221,8 @@ static void test_budget_library_loops(void **state)
                  "assert(utf8.len('h\\u{e9}llo') == 5 and utf8.codepoint('\\u{e9}') == 233)\n"
                  "assert(utf8.offset('h\\u{e9}llo', 3) == 4 and utf8.char(104, 233) == 'h\\u{e9}')\n"
                  "assert(math.max(1, 5, 3) == 5 and math.min(4, 2) == 2)\n"
+                 "local cs = {} for p, c in utf8.codes('h\\u{e9}!') do cs[#cs + 1] = p .. ':' .. c end\n"
+                 "assert(table.concat(cs, ' ') == '1:104 2:233 4:33', table.concat(cs, ' '))\n"
                  "assert(tonumber('0x10') == 16 and tonumber('ff', 16) == 255 and tonumber('z') == nil)\n"
                  "assert('10' + 1 == 11 and -'2' == -2 and '7' // '2' == 3 and 2 ^ '3' == 8)\n"
                  "assert(os.date('!%Y', 0) == '1970' and load('return 6 * 7')() == 42)\n"
@@ -1228,15 +1232,15 @@ static void test_budget_library_loops(void **state)
                  "assert(select(2, load(function() return {} end)):find('reader function must return a string'))\n"
                  "local function err(f) local ok, e = pcall(f) assert(not ok) return e end\n"
                  "local e = err(function() string.upper() end)\n"
-                 "assert(e == \"chunk:21: bad argument #1 to 'upper' (string expected, got no value)\", e)\n"
+                 "assert(e == \"chunk:23: bad argument #1 to 'upper' (string expected, got no value)\", e)\n"
                  "e = err(function() utf8.char(-1) end)\n"
-                 "assert(e == \"chunk:23: bad argument #1 to 'char' (value out of range)\", e)\n"
+                 "assert(e == \"chunk:25: bad argument #1 to 'char' (value out of range)\", e)\n"
                  "e = err(function() table.concat({ {} }) end)\n"
-                 "assert(e == \"chunk:25: invalid value (table) at index 1 in table for 'concat'\", e)\n"
+                 "assert(e == \"chunk:27: invalid value (table) at index 1 in table for 'concat'\", e)\n"
                  "e = err(function() tonumber('10', 99) end)\n"
-                 "assert(e == \"chunk:27: bad argument #2 to 'tonumber' (base out of range)\", e)\n"
+                 "assert(e == \"chunk:29: bad argument #2 to 'tonumber' (base out of range)\", e)\n"
                  "e = err(function() os.date({}) end)\n"
-                 "assert(e == \"chunk:29: bad argument #1 to 'date' (string expected, got table)\", e)\n");
+                 "assert(e == \"chunk:31: bad argument #1 to 'date' (string expected, got table)\", e)\n");
     mdm_policy_release(p);
 }
 
