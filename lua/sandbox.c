@@ -16,7 +16,10 @@
  * finalizers with hooks off, so setmetatable refuses __gc; collectgarbage
  * cannot stop the collector. Pattern matching, which the standard library
  * does in one instruction however long it takes, is done by lpattern.c,
- * which charges its steps to the budgets. */
+ * which charges its steps to the budgets. Other library calls that loop in
+ * C are charged their cost before they run (costly[]), and the allocator
+ * looks at the clock every few MiB, so that C work which allocates as it
+ * goes cannot overrun the time budget either. */
 #include <stdio.h>
 #include <string.h>
 
@@ -45,6 +48,33 @@ static void stop_call(mdm__sandbox_t *sb, lua_State *L, int kill)
         lua_sethook(sb->L, hook, LUA_MASKCOUNT, 1);
 }
 
+/* Bytes allocated between two looks at the clock in the allocator. */
+#define ALLOC_CLOCK_EVERY ((size_t)4 << 20)
+
+/* Once the time budget is spent, allocations this big fail. */
+#define ALLOC_REFUSED_FROM ((size_t)64 << 10)
+
+/* Work that allocates as it goes (a concatenation, string.sub, the bytes
+ * table.concat copies) is not charged by the byte: the allocator looks at
+ * the clock every ALLOC_CLOCK_EVERY bytes, and a call past its deadline is
+ * stopped. The kill reaches the main thread at its next instruction; a
+ * coroutine's hook (which the allocator cannot reach) only at its next
+ * count, so big allocations fail from then on, which ends the C work of
+ * either at once. Returns false for an allocation that must fail. */
+static bool alloc_in_time(mdm__sandbox_t *sb, size_t grown)
+{
+    mdm__budget_t *b = &sb->b;
+    if (!b->active)
+        return true;
+    sb->alloc_unclocked += grown;
+    if (sb->alloc_unclocked >= ALLOC_CLOCK_EVERY) {
+        sb->alloc_unclocked = 0;
+        if (b->kill == MDM__KILL_NONE && b->deadline_ns != 0 && mdm_mono_ns() >= b->deadline_ns)
+            stop_call(sb, NULL, MDM__KILL_TIME);
+    }
+    return b->kill != MDM__KILL_TIME || grown < ALLOC_REFUSED_FROM;
+}
+
 /* The allocator: plain allocation with a cap. */
 static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
@@ -61,6 +91,8 @@ static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
             stop_call(sb, NULL, MDM__KILL_MEMORY);
         return NULL;
     }
+    if (nsize > old && !alloc_in_time(sb, nsize - old))
+        return NULL;
     void *p = mdm_realloc(ptr, nsize);
     sb->mem_used = sb->mem_used - old + nsize;
     if (sb->mem_used > sb->mem_peak)
@@ -152,12 +184,19 @@ static const mdm__lpattern_meter_t pattern_meter = {.charge = pattern_charge};
 
 /* Library calls that loop in C: their cost, in instructions, is charged
  * before they run. string.rep of an empty string loops n times without
- * allocating, and the table functions loop over a length that __len may
- * make up. */
+ * allocating, the table functions loop over a length that __len may make
+ * up, and the others loop over the bytes of a string, their arguments or
+ * the values they return. One instruction is about a nanosecond of work
+ * (what a VM instruction takes); the rates below are measured. */
 
 static lua_Unsigned add_sat(lua_Unsigned a, lua_Unsigned b)
 {
     return a > (lua_Unsigned)-1 - b ? (lua_Unsigned)-1 : a + b;
+}
+
+static lua_Unsigned mul_sat(lua_Unsigned a, lua_Unsigned b)
+{
+    return b != 0 && a > (lua_Unsigned)-1 / b ? (lua_Unsigned)-1 : a * b;
 }
 
 static lua_Integer int_arg(lua_State *L, int i, bool *ok)
@@ -168,6 +207,12 @@ static lua_Integer int_arg(lua_State *L, int i, bool *ok)
     return v;
 }
 
+/* The length of argument i when it is a string (numbers are short). */
+static lua_Unsigned str_len(lua_State *L, int i)
+{
+    return lua_type(L, i) == LUA_TSTRING ? lua_rawlen(L, i) : 0;
+}
+
 /* string.rep(s, n, sep): n rounds, and copying 4 bytes is a step. */
 static lua_Unsigned rep_cost(lua_State *L)
 {
@@ -175,12 +220,8 @@ static lua_Unsigned rep_cost(lua_State *L)
     lua_Integer n = int_arg(L, 2, &ok);
     if (!ok || n <= 0)
         return 0;
-    lua_Unsigned piece = (lua_type(L, 1) == LUA_TSTRING ? lua_rawlen(L, 1) : 0) +
-                         (lua_type(L, 3) == LUA_TSTRING ? lua_rawlen(L, 3) : 0);
-    lua_Unsigned rounds = (lua_Unsigned)n;
-    lua_Unsigned bytes = piece != 0 && rounds > (lua_Unsigned)-1 / piece ? (lua_Unsigned)-1
-                                                                         : rounds * piece;
-    return add_sat(rounds, bytes / 4);
+    lua_Unsigned piece = str_len(L, 1) + str_len(L, 3);
+    return add_sat((lua_Unsigned)n, mul_sat((lua_Unsigned)n, piece) / 4);
 }
 
 /* table.move(a1, f, e, t): e - f + 1 elements. */
@@ -232,13 +273,129 @@ static lua_Unsigned sort_cost(lua_State *L)
     return (lua_Unsigned)n * bits;
 }
 
+/* The number of arguments (string.char, utf8.char, math.max, ...). */
+static lua_Unsigned args_units(lua_State *L)
+{
+    return (lua_Unsigned)lua_gettop(L);
+}
+
+/* The length of the first argument (a string worked on byte by byte, a
+ * format). */
+static lua_Unsigned len_units(lua_State *L)
+{
+    return str_len(L, 1);
+}
+
+/* The bytes of all the string arguments (string.pack). */
+static lua_Unsigned strings_units(lua_State *L)
+{
+    lua_Unsigned n = 0;
+    for (int i = 1; i <= lua_gettop(L); i++)
+        n = add_sat(n, str_len(L, i));
+    return n;
+}
+
+/* A position in a string of len bytes as the library resolves it
+ * (negative counts from the end), not yet clamped. */
+static lua_Integer str_pos(lua_Integer pos, lua_Integer len)
+{
+    if (pos >= 0)
+        return pos;
+    return pos < -len ? 0 : len + pos + 1;
+}
+
+/* The bytes of s[i..j] (arguments 1, 2 and 3), i defaulting to 1 and j
+ * to i or to the end. */
+static lua_Unsigned span_units(lua_State *L, bool j_is_i)
+{
+    lua_Integer len = (lua_Integer)str_len(L, 1);
+    bool ok = true;
+    lua_Integer i = lua_isnoneornil(L, 2) ? 1 : int_arg(L, 2, &ok);
+    if (!ok)
+        return 0;
+    lua_Integer j = lua_isnoneornil(L, 3) ? (j_is_i ? i : -1) : int_arg(L, 3, &ok);
+    if (!ok)
+        return 0;
+    i = str_pos(i, len);
+    j = str_pos(j, len);
+    if (i < 1)
+        i = 1;
+    if (j > len)
+        j = len;
+    return i <= j ? (lua_Unsigned)(j - i) + 1 : 0;
+}
+
+/* string.byte and utf8.codepoint: one value per byte of s[i..j]. */
+static lua_Unsigned values_units(lua_State *L)
+{
+    return span_units(L, true);
+}
+
+/* utf8.len(s, i, j): the bytes it decodes. */
+static lua_Unsigned utf8_len_units(lua_State *L)
+{
+    return span_units(L, false);
+}
+
+/* t[i..j] of table.unpack(t, i, j) (arguments ia and ia + 1), j
+ * defaulting to #t. */
+static lua_Unsigned elements(lua_State *L, int ia)
+{
+    bool ok = true;
+    lua_Integer i = lua_isnoneornil(L, ia) ? 1 : int_arg(L, ia, &ok);
+    if (!ok)
+        return 0;
+    lua_Integer j = lua_isnoneornil(L, ia + 1) ? table_len(L) : int_arg(L, ia + 1, &ok);
+    return ok && j >= i ? add_sat((lua_Unsigned)j - (lua_Unsigned)i, 1) : 0;
+}
+
+static lua_Unsigned unpack_units(lua_State *L)
+{
+    return elements(L, 2);
+}
+
+/* table.concat(t, sep, i, j): converting and adding an element (128), and
+ * copying the separator after it (the elements' own bytes are allocated,
+ * which looks at the clock too). */
+static lua_Unsigned concat_cost(lua_State *L)
+{
+    return mul_sat(elements(L, 3), add_sat(128, str_len(L, 2)));
+}
+
+/* string.format: a conversion per argument (64), and 4 per byte of the
+ * strings it reads (the format, %s and %q). */
+static lua_Unsigned format_cost(lua_State *L)
+{
+    return add_sat(mul_sat(args_units(L), 64), mul_sat(strings_units(L), 4));
+}
+
+#define GLOBALS LUA_GNAME
+#define STRING_MT NULL /* the metatable of strings */
+
+/* cost(L) counts units (of per instructions each) from the arguments. */
 static const struct {
     const char *lib, *name;
     lua_Unsigned (*cost)(lua_State *L);
+    lua_Unsigned per;
 } costly[] = {
-    {LUA_STRLIBNAME, "rep", rep_cost},     {LUA_TABLIBNAME, "move", move_cost},
-    {LUA_TABLIBNAME, "insert", insert_cost}, {LUA_TABLIBNAME, "remove", remove_cost},
-    {LUA_TABLIBNAME, "sort", sort_cost},
+    {LUA_STRLIBNAME, "rep", rep_cost, 1},           {LUA_TABLIBNAME, "move", move_cost, 1},
+    {LUA_TABLIBNAME, "insert", insert_cost, 1},     {LUA_TABLIBNAME, "remove", remove_cost, 1},
+    {LUA_TABLIBNAME, "sort", sort_cost, 1},         {LUA_TABLIBNAME, "concat", concat_cost, 1},
+    {LUA_TABLIBNAME, "unpack", unpack_units, 8},    {LUA_TABLIBNAME, "pack", args_units, 16},
+    {LUA_STRLIBNAME, "byte", values_units, 4},      {LUA_STRLIBNAME, "char", args_units, 16},
+    {LUA_STRLIBNAME, "upper", len_units, 8},        {LUA_STRLIBNAME, "lower", len_units, 8},
+    {LUA_STRLIBNAME, "reverse", len_units, 8},      {LUA_STRLIBNAME, "format", format_cost, 1},
+    {LUA_STRLIBNAME, "pack", strings_units, 4},     {LUA_STRLIBNAME, "packsize", len_units, 4},
+    {LUA_STRLIBNAME, "unpack", len_units, 16},      {LUA_UTF8LIBNAME, "len", utf8_len_units, 4},
+    {LUA_UTF8LIBNAME, "codepoint", values_units, 8}, {LUA_UTF8LIBNAME, "offset", len_units, 1},
+    {LUA_UTF8LIBNAME, "char", args_units, 64},      {LUA_MATHLIBNAME, "max", args_units, 16},
+    {LUA_MATHLIBNAME, "min", args_units, 16},       {GLOBALS, "tonumber", len_units, 1},
+    /* Arithmetic on strings ("10" + 1) converts them in the string
+     * metatable's metamethods. */
+    {STRING_MT, "__add", strings_units, 1},         {STRING_MT, "__sub", strings_units, 1},
+    {STRING_MT, "__mul", strings_units, 1},         {STRING_MT, "__div", strings_units, 1},
+    {STRING_MT, "__mod", strings_units, 1},         {STRING_MT, "__pow", strings_units, 1},
+    {STRING_MT, "__idiv", strings_units, 1},        {STRING_MT, "__unm", strings_units, 1},
 };
 
 /* The library functions behind the wrappers (the same in every state). */
@@ -249,14 +406,20 @@ static lua_CFunction costly_fn[sizeof(costly) / sizeof(costly[0])];
 static int sb_costly(lua_State *L)
 {
     lua_Integer i = lua_tointeger(L, lua_upvalueindex(1));
-    charge_work(L, costly[i].cost(L), MDM__KILL_INSNS);
+    charge_work(L, mul_sat(costly[i].cost(L), costly[i].per), MDM__KILL_INSNS);
     return costly_fn[i](L);
 }
 
 static void wrap_costly(lua_State *L)
 {
     for (size_t i = 0; i < sizeof(costly) / sizeof(costly[0]); i++) {
-        lua_getglobal(L, costly[i].lib);
+        if (costly[i].lib == STRING_MT) {
+            lua_pushliteral(L, "");
+            lua_getmetatable(L, -1);
+            lua_remove(L, -2);
+        } else {
+            lua_getglobal(L, costly[i].lib);
+        }
         lua_getfield(L, -1, costly[i].name);
         costly_fn[i] = lua_tocfunction(L, -1);
         lua_pop(L, 1);
@@ -265,6 +428,14 @@ static void wrap_costly(lua_State *L)
         lua_setfield(L, -2, costly[i].name);
         lua_pop(L, 1);
     }
+}
+
+/* The wrappers below run the library function (upvalue 1) in their own
+ * frame, so that its argument errors name the function and the caller's
+ * line, as they do without the wrapper. */
+static int call_library(lua_State *L)
+{
+    return lua_tocfunction(L, lua_upvalueindex(1))(L);
 }
 
 /* setmetatable without finalizers: Lua runs __gc with hooks off, so a
@@ -278,10 +449,22 @@ static int sb_setmetatable(lua_State *L)
             return luaL_error(L, "setmetatable: __gc is not allowed in policies");
         lua_pop(L, 1);
     }
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, 1);
-    return 1;
+    return call_library(L);
+}
+
+/* A full collection visits the whole heap: 1 instruction per 8 bytes. A
+ * step of n KiB does that much work, at most a full cycle. */
+static lua_Unsigned gc_cost(lua_State *L, const char *opt)
+{
+    lua_Unsigned heap = sandbox_of(L)->mem_used / 8;
+    if (strcmp(opt, "collect") == 0)
+        return heap;
+    bool ok = false;
+    lua_Integer kib = strcmp(opt, "step") == 0 ? int_arg(L, 2, &ok) : 0;
+    if (!ok || kib <= 0)
+        return 0;
+    lua_Unsigned step = mul_sat((lua_Unsigned)kib, 1024 / 8);
+    return step < heap ? step : heap;
 }
 
 /* collectgarbage with the options that cannot turn the collector off. */
@@ -291,13 +474,24 @@ static int sb_collectgarbage(lua_State *L)
     const char *opt = luaL_optstring(L, 1, "collect");
     for (size_t i = 0; allowed[i]; i++) {
         if (strcmp(opt, allowed[i]) == 0) {
-            lua_pushvalue(L, lua_upvalueindex(1));
-            lua_insert(L, 1);
-            lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-            return lua_gettop(L);
+            charge_work(L, gc_cost(L, opt), MDM__KILL_INSNS);
+            return call_library(L);
         }
     }
     return luaL_error(L, "collectgarbage: option '%s' is not allowed in policies", opt);
+}
+
+/* Compiling a chunk: 32 instructions per byte of source. */
+#define LOAD_PER_BYTE 32
+
+/* The reader function given to load (upvalue 1), whose pieces are charged
+ * before the compiler reads them. */
+static int charged_reader(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_call(L, 0, 1);
+    charge_work(L, mul_sat(str_len(L, -1), LOAD_PER_BYTE), MDM__KILL_INSNS);
+    return 1;
 }
 
 /* load for text only: binary chunks could break the VM's invariants. */
@@ -306,15 +500,58 @@ static int sb_load(lua_State *L)
     const char *mode = luaL_optstring(L, 3, "t");
     if (strchr(mode, 'b') != NULL)
         return luaL_error(L, "load: binary chunks are not allowed in policies");
-    int n = lua_gettop(L);
-    if (n < 3)
+    if (lua_gettop(L) < 3)
         lua_settop(L, 3);
     lua_pushliteral(L, "t");
     lua_replace(L, 3);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, n < 3 ? 3 : n, LUA_MULTRET);
-    return lua_gettop(L);
+    if (lua_type(L, 1) == LUA_TFUNCTION) {
+        lua_pushvalue(L, 1);
+        lua_pushcclosure(L, charged_reader, 1);
+        lua_replace(L, 1);
+    }
+    charge_work(L, mul_sat(str_len(L, 1), LOAD_PER_BYTE), MDM__KILL_INSNS);
+    return call_library(L);
+}
+
+/* The continuation bytes utf8.codes' iterator skips after the character
+ * at position (argument 2) of s (argument 1): all of them, however many. A
+ * long run is charged as the rest of the string. */
+static lua_Unsigned codes_skip_cost(lua_State *L)
+{
+    size_t len = 0;
+    const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &len) : NULL;
+    bool ok = false;
+    lua_Integer pos = int_arg(L, 2, &ok);
+    if (s == NULL || !ok || pos < 1 || (lua_Unsigned)pos >= len)
+        return 0;
+    size_t i = (size_t)pos;
+    for (size_t n = 0; i < len && ((unsigned char)s[i] & 0xC0) == 0x80; i++, n++) {
+        if (n == 64)
+            return len - (size_t)pos;
+    }
+    return i - (size_t)pos;
+}
+
+/* The iterator of utf8.codes, charged (upvalue 1: the library's). */
+static int charged_codes_step(lua_State *L)
+{
+    charge_work(L, codes_skip_cost(L), MDM__KILL_INSNS);
+    return call_library(L);
+}
+
+/* utf8.codes, whose iterator is charged. */
+static int sb_codes(lua_State *L)
+{
+    int n = call_library(L);
+    lua_pushvalue(L, -n);
+    lua_pushcclosure(L, charged_codes_step, 1);
+    lua_replace(L, -n - 1);
+    return n;
+}
+
+void mdm__sandbox_charge(lua_State *L, uint64_t insns)
+{
+    charge_work(L, insns, MDM__KILL_INSNS);
 }
 
 /* xpcall that runs the message handler after the stack has unwound, with
@@ -358,6 +595,11 @@ static int sandbox_setup(lua_State *L)
     lua_getglobal(L, "load");
     lua_pushcclosure(L, sb_load, 1);
     lua_setglobal(L, "load");
+    lua_getglobal(L, LUA_UTF8LIBNAME);
+    lua_getfield(L, -1, "codes");
+    lua_pushcclosure(L, sb_codes, 1);
+    lua_setfield(L, -2, "codes");
+    lua_pop(L, 1);
 
     if (luaL_loadbufferx(L, xpcall_src, sizeof(xpcall_src) - 1, "=xpcall", "t") != LUA_OK)
         return lua_error(L);
@@ -458,7 +700,9 @@ void mdm__sandbox_error(mdm__sandbox_t *sb, lua_State *L, int status, int kill, 
      * is no error value. */
     const char *msg = status != LUA_OK && lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
                                                                           : NULL;
-    if (kill == MDM__KILL_MEMORY || status == LUA_ERRMEM) {
+    /* Past the time budget big allocations fail, so a memory error
+     * with that kill is about time. */
+    if (kill == MDM__KILL_MEMORY || (status == LUA_ERRMEM && kill != MDM__KILL_TIME)) {
         /* The hook's own message names the line; "not enough memory" from
          * an allocation does not. */
         if (msg != NULL && strstr(msg, kill_text(MDM__KILL_MEMORY)) != NULL)

@@ -50,6 +50,7 @@ typedef struct mdm__sandbox {
     size_t mem_used;
     size_t mem_max;
     size_t mem_peak;
+    size_t alloc_unclocked;   /* bytes allocated since the allocator looked at the clock */
     mdm__budget_t b;
     uint64_t last_limit_ns;   /* the time limit of the budget that ended last */
 } mdm__sandbox_t;
@@ -68,6 +69,11 @@ void mdm__sandbox_begin(mdm__sandbox_t *sb, lua_State *L, uint64_t limit_ns, uin
 /* Ends the budget begun with the matching mdm__sandbox_begin. Returns the
  * MDM__KILL_* reason the code was stopped for. */
 int mdm__sandbox_end(mdm__sandbox_t *sb, lua_State *L, const mdm__budget_t *saved);
+
+/* Charges work a C function is about to do (insns: about a nanosecond
+ * each) to the running call, with a look at the clock now and then; raises
+ * the budget's error when it is spent. Nothing without a budget. */
+void mdm__sandbox_charge(lua_State *L, uint64_t insns);
 
 /* Describes a failed lua_pcall (status, error value on top of L's stack,
  * kill reason) in buf: "file:line: message" when Lua knows where. A call

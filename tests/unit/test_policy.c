@@ -1129,6 +1129,151 @@ static void test_budget_library_calls(void **state)
     mdm_policy_release(p);
 }
 
+/* More library calls that loop in C as one instruction: over long
+ * strings, many arguments or values, a big heap, a big chunk. In a loop,
+ * each costing milliseconds, they ran for seconds past a 50 ms budget
+ * (the clock was looked at every thousand instructions). Their cost is
+ * charged before they run, which looks at the clock. */
+static void test_budget_library_loops(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_settings_t s = settings(fx, false);
+    s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 50;
+    s.memory_max = 256u << 20;
+    s.load_budget_ms = 20000;
+    double limit = getenv("MOONMDM_SLOW_TESTS") ? 20000 : 500;
+    static const char *const big = "local S = string.rep('a', 1 << 23)\n";
+    static const char *const mib = "local S = string.rep('a', 1 << 20)\n";
+    static const char *const strs = "local T = {} for i = 1, 1e6 do T[i] = 'x' end\n";
+    static const char *const ints = "local T = {} for i = 1, 1e6 do T[i] = i end\n";
+    static const char *const heap = "local H = {} for i = 1, 1e6 do H[i] = { i } end\n";
+    static const char *const fmt4 = "local F = string.rep('x', 1 << 22)\n";
+    static const char *const fmt1 = "local F = string.rep('x', 1 << 20)\n";
+    static const struct {
+        const char *prelude, *body;
+    } loops[] = {
+        {strs, "for i = 1, 1e6 do local r = table.concat(T) end"},
+        {ints, "for i = 1, 1e6 do local r = table.unpack(T, 1, 900000) end"},
+        {big, "for i = 1, 1e6 do local r = utf8.len(S) end"},
+        {big, "for i = 1, 1e6 do local r = utf8.codepoint(S, 1, 900000) end"},
+        {big, "for i = 1, 1e6 do local r = utf8.offset(S, 8000000) end"},
+        {"local S = 'a' .. string.rep('\\x80', 1 << 24)\n",
+         "local step = utf8.codes(S)\n  for i = 1, 1e6 do local r = step(S, 1) end"},
+        {"local Z = string.rep('0', 1 << 23)\n", "for i = 1, 1e6 do local r = tonumber(Z) end"},
+        {"local Z = string.rep('0', 1 << 23)\n", "for i = 1, 1e6 do local r = tonumber(Z, 16) end"},
+        {"local Z = string.rep('0', 1 << 23)\n", "for i = 1, 1e6 do local r = Z + i end"},
+        {"local Z = string.rep('0', 1 << 23)\n", "for i = 1, 1e6 do local r = -Z end"},
+        {mib, "for i = 1, 1e6 do local r = string.format('%q', S) end"},
+        {big, "for i = 1, 1e6 do local r = string.byte(S, 1, 900000) end"},
+        {big, "for i = 1, 1e6 do local r = S:upper() end"},
+        {big, "for i = 1, 1e6 do local r = S:lower() end"},
+        {big, "for i = 1, 1e6 do local r = S:reverse() end"},
+        {fmt4, "for i = 1, 1e6 do local r = string.packsize(F) end"},
+        {fmt1, "for i = 1, 1e6 do local r = string.unpack(F, F) end"},
+        {"local F = string.rep('%c', 1 << 16)\n", "for i = 1, 1e6 do local r = os.date(F, 0) end"},
+        {heap, "local h = H\n  for i = 1, 1e6 do collectgarbage() end"},
+        {heap, "local h = H\n  for i = 1, 1e6 do collectgarbage('step', 1 << 20) end"},
+        {"local C = string.rep('x = 1\\n', 200000)\n", "for i = 1, 1e6 do local r = load(C) end"},
+        {big, "local n = 0\n  load(function() n = n + 1 return n == 1 and '--' or S end)"},
+        {mib, "for i = 1, 1e6 do local r = mdm.crypto.sha256(S) end"},
+    };
+    for (size_t i = 0; i < sizeof(loops) / sizeof(loops[0]); i++) {
+        char *src = mdm_sprintf("%sreturn { groups = function()\n"
+                                "  %s\n  return { 'done' }\nend }\n",
+                                loops[i].prelude, loops[i].body);
+        expect_killed_soon(fx, &s, src, "budget exceeded", loops[i].body, limit);
+    }
+
+    /* Many arguments: passing them costs the VM tens of milliseconds
+     * before the function runs, so these are about the instruction budget
+     * (a generous clock, which they ran into before). */
+    s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 20000;
+    static const char *const arg_loops[] = {
+        "each(utf8.char, table.unpack(N))",
+        "each(string.char, table.unpack(N))",
+        "each(math.max, table.unpack(N))",
+        "each(math.min, table.unpack(N))",
+        "each(table.pack, table.unpack(N))",
+        "each(string.format, string.rep('%d', 200000), table.unpack(N))",
+    };
+    for (size_t i = 0; i < sizeof(arg_loops) / sizeof(arg_loops[0]); i++) {
+        char *src = mdm_sprintf("local N = {} for i = 1, 400000 do N[i] = 65 end\n"
+                                "local function each(f, ...) for i = 1, 1e6 do f(...) end end\n"
+                                "return { groups = function()\n  %s\n  return { 'done' }\nend }\n",
+                                arg_loops[i]);
+        expect_killed_soon(fx, &s, src, "init.lua:2: instruction budget exceeded", arg_loops[i],
+                           2 * limit);
+    }
+
+    /* Ordinary calls give what they gave, and their errors still name the
+     * function and the caller's line. */
+    mdm_policy_t *p = load_text(fx, "return {}\n");
+    run_chunk_ok(p,
+                 "local t = { 'a', 'b', 'c' }\n"
+                 "assert(table.concat(t, ',') == 'a,b,c' and table.concat(t, '', 2, 3) == 'bc')\n"
+                 "assert(select('#', table.unpack(t)) == 3 and table.pack(1, nil, 3).n == 3)\n"
+                 "assert(string.char(string.byte('hi', 1, -1)) == 'hi' and ('h'):byte() == 104)\n"
+                 "assert(('Ab'):upper() == 'AB' and ('Ab'):lower() == 'ab')\n"
+                 "assert(('ab'):reverse() == 'ba')\n"
+                 "assert(string.format('%d-%s-%q', 7, 'x', 'y') == '7-x-\"y\"')\n"
+                 "assert(string.unpack('i4', string.pack('i4', 42)) == 42)\n"
+                 "assert(string.packsize('i4') == 4)\n"
+                 "assert(utf8.len('h\\u{e9}llo') == 5 and utf8.codepoint('\\u{e9}') == 233)\n"
+                 "assert(utf8.offset('h\\u{e9}llo', 3) == 4 and utf8.char(104, 233) == 'h\\u{e9}')\n"
+                 "assert(math.max(1, 5, 3) == 5 and math.min(4, 2) == 2)\n"
+                 "local cs = {} for p, c in utf8.codes('h\\u{e9}!') do cs[#cs + 1] = p .. ':' .. c end\n"
+                 "assert(table.concat(cs, ' ') == '1:104 2:233 4:33', table.concat(cs, ' '))\n"
+                 "assert(tonumber('0x10') == 16 and tonumber('ff', 16) == 255 and tonumber('z') == nil)\n"
+                 "assert('10' + 1 == 11 and -'2' == -2 and '7' // '2' == 3 and 2 ^ '3' == 8)\n"
+                 "assert(os.date('!%Y', 0) == '1970' and load('return 6 * 7')() == 42)\n"
+                 "local parts = { 'return ', '6 * 7' }\n"
+                 "assert(load(function() return table.remove(parts, 1) end)() == 42)\n"
+                 "assert(collectgarbage('count') > 0 and collectgarbage() == 0)\n"
+                 "assert(select(2, load(function() return {} end)):find('reader function must return a string'))\n"
+                 "local function err(f) local ok, e = pcall(f) assert(not ok) return e end\n"
+                 "local e = err(function() string.upper() end)\n"
+                 "assert(e == \"chunk:23: bad argument #1 to 'upper' (string expected, got no value)\", e)\n"
+                 "e = err(function() utf8.char(-1) end)\n"
+                 "assert(e == \"chunk:25: bad argument #1 to 'char' (value out of range)\", e)\n"
+                 "e = err(function() table.concat({ {} }) end)\n"
+                 "assert(e == \"chunk:27: invalid value (table) at index 1 in table for 'concat'\", e)\n"
+                 "e = err(function() tonumber('10', 99) end)\n"
+                 "assert(e == \"chunk:29: bad argument #2 to 'tonumber' (base out of range)\", e)\n"
+                 "e = err(function() os.date({}) end)\n"
+                 "assert(e == \"chunk:31: bad argument #1 to 'date' (string expected, got table)\", e)\n");
+    mdm_policy_release(p);
+}
+
+/* Work that allocates as it goes (copying strings) is not charged by
+ * the byte: the allocator looks at the clock every few MiB, so that a loop
+ * of such instructions, each taking milliseconds, stops soon after the
+ * deadline (it ran for seconds: the hook looks at the clock every thousand
+ * instructions). */
+static void test_budget_allocation_clock(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_settings_t s = settings(fx, false);
+    s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 50;
+    s.memory_max = 256u << 20;
+    s.load_budget_ms = 20000;
+    /* An instruction here copies 32 MiB (a hundred milliseconds on a busy
+     * machine, page faults included); the next allocation after the
+     * deadline stops the call, so it ends within two of them. */
+    double limit = getenv("MOONMDM_SLOW_TESTS") ? 20000 : 600;
+    static const char *const loops[] = {
+        "for i = 1, 1e6 do local r = S .. i end",
+        "for i = 1, 1e6 do local r = S:sub(i % 2 + 1) end",
+        "for i = 1, 1e6 do local r = table.concat({ S, i }) end",
+        "local co = coroutine.wrap(function() for i = 1, 1e6 do local r = S .. i end end)\n  co()",
+    };
+    for (size_t i = 0; i < sizeof(loops) / sizeof(loops[0]); i++) {
+        char *src = mdm_sprintf("local S = string.rep('a', 1 << 25)\n"
+                                "return { groups = function()\n  %s\n  return { 'done' }\nend }\n",
+                                loops[i]);
+        expect_killed_soon(fx, &s, src, "time budget exceeded (50 ms)", loops[i], limit);
+    }
+}
+
 static void test_budget_memory(void **state)
 {
     struct fx *fx = *state;
@@ -1237,6 +1382,26 @@ static void test_sandbox(void **state)
                  "assert(select(2, xpcall(function() error('x', 0) end, function(m) return m .. '!' end)) == 'x!')\n"
                  "assert(select('#', xpcall(function() return 1, 2 end, print)) == 3)\n"
                  "assert(require('mdm') == mdm)\n");
+    /* The wrapped functions' argument errors name the function and the
+     * caller's line, as the standard ones do. */
+    run_chunk_ok(p,
+                 "local function err(f) local ok, e = pcall(f) assert(not ok) return e end\n"
+                 "local e = err(function() setmetatable(1) end)\n"
+                 "assert(e == \"chunk:2: bad argument #1 to 'setmetatable' (table expected, got number)\", e)\n"
+                 "e = err(function() setmetatable({}, 1) end)\n"
+                 "assert(e == \"chunk:4: bad argument #2 to 'setmetatable' (nil or table expected, got number)\", e)\n"
+                 "e = err(function() collectgarbage('step', 'x') end)\n"
+                 "assert(e == \"chunk:6: bad argument #2 to 'collectgarbage' (number expected, got string)\", e)\n"
+                 "e = err(function() collectgarbage({}) end)\n"
+                 "assert(e == \"chunk:8: bad argument #1 to 'collectgarbage' (string expected, got table)\", e)\n"
+                 "e = err(function() load({}) end)\n"
+                 "assert(e == \"chunk:10: bad argument #1 to 'load' (function expected, got table)\", e)\n"
+                 "e = err(function() load('return 1', {}) end)\n"
+                 "assert(e == \"chunk:12: bad argument #2 to 'load' (string expected, got table)\", e)\n"
+                 "e = err(function() collectgarbage('stop') end)\n"
+                 "assert(e == \"chunk:14: collectgarbage: option 'stop' is not allowed in policies\", e)\n"
+                 "e = err(function() setmetatable({}, { __gc = true }) end)\n"
+                 "assert(e == 'chunk:16: setmetatable: __gc is not allowed in policies', e)\n");
     mdm_policy_release(p);
 }
 
@@ -1421,11 +1586,22 @@ static int kv_raw_fn(mdm_txn_t *txn, void *arg)
     return rc;
 }
 
+/* Loads a kv policy with a checkin budget that holds on a slow machine
+ * (valgrind): the test is about the values, not the time they take. */
+static mdm_policy_t *kv_load(struct fx *fx, const char *src)
+{
+    write_file(fx->pol, "init.lua", src);
+    mdm_policy_settings_t s = settings(fx, true);
+    s.budget_ms[MDM_POLICY_HOOK_CHECKIN] = 20000;
+    s.load_budget_ms = 20000;
+    return load_ok(fx, &s);
+}
+
 static void test_kv_store(void **state)
 {
     struct fx *fx = *state;
     char *src = mdm_sprintf(kv_policy, "ns1");
-    mdm_policy_t *p = load_text(fx, src);
+    mdm_policy_t *p = kv_load(fx, src);
     kv_call(fx, p, "TokenUpdate", true, MDM_POLICY_OK, "1");
     kv_call(fx, p, "TokenUpdate", true, MDM_POLICY_OK, "2");
     kv_call(fx, p, "TokenUpdate", true, MDM_POLICY_OK, "3");
@@ -1448,19 +1624,19 @@ static void test_kv_store(void **state)
 
     /* A new state (a reload) sees the values. */
     mdm_policy_release(p);
-    p = load_text(fx, src);
+    p = kv_load(fx, src);
     kv_call(fx, p, "TokenUpdate", true, MDM_POLICY_OK, "4");
     mdm_policy_release(p);
     mdm_free(src);
 
     /* Another namespace sees nothing of ns1. */
     src = mdm_sprintf(kv_policy, "ns2");
-    p = load_text(fx, src);
+    p = kv_load(fx, src);
     kv_call(fx, p, "Read", true, MDM_POLICY_OK, "nil");
     mdm_policy_release(p);
     mdm_free(src);
     src = mdm_sprintf(kv_policy, "ns1");
-    p = load_text(fx, src);
+    p = kv_load(fx, src);
     kv_call(fx, p, "Delete", true, MDM_POLICY_OK, NULL);
     kv_call(fx, p, "Read", true, MDM_POLICY_OK, "nil");
     mdm_policy_release(p);
@@ -2626,6 +2802,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_budget_time, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_patterns, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_library_calls, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget_library_loops, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget_allocation_clock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sandbox, setup, teardown),
         cmocka_unit_test_setup_teardown(test_require, setup, teardown),
@@ -2642,5 +2820,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_policy_test_runner, setup, teardown),
         cmocka_unit_test_setup_teardown(test_docs_samples, setup, teardown),
     };
+    /* MOONMDM_TEST_FILTER=test_kv_store runs the tests whose names match. */
+    const char *only = getenv("MOONMDM_TEST_FILTER");
+    if (only != NULL)
+        cmocka_set_test_filter(only);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
