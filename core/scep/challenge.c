@@ -200,6 +200,24 @@ int mdm_challenge_create_in_slot(mdm_txn_t *txn, const unsigned char slot[32], c
     return rc;
 }
 
+int mdm_challenge_slot_clear(mdm_txn_t *txn, const unsigned char slot[32])
+{
+    unsigned char key[SLOT_PREFIX_LEN + 32];
+    slot_key(key, slot);
+    mdm_val_t v;
+    int rc = mdm_txn_get(txn, MDM_T_INDEX, MDM_VAL(key, sizeof(key)), &v);
+    if (rc == MDM_ENOTFOUND)
+        return 0;
+    if (rc == 0 && v.len == 32) {
+        unsigned char digest[32];
+        memcpy(digest, v.data, 32);
+        rc = mdm_txn_del(txn, MDM_T_CHALLENGES, MDM_VAL(digest, 32));
+        if (rc == MDM_ENOTFOUND)
+            rc = 0;
+    }
+    return rc != 0 ? rc : mdm_txn_del(txn, MDM_T_INDEX, MDM_VAL(key, sizeof(key)));
+}
+
 /* One slot entry read by slot_batch. */
 struct slot_ent {
     unsigned char slot[32];

@@ -82,6 +82,10 @@ int mdm_challenge_create_in_slot(mdm_txn_t *txn, const unsigned char slot[32], c
                                  const char *udid, int purpose, uint64_t ttl_ms,
                                  mdm_challenge_t *out);
 
+/* Deletes the slot entry and the challenge it names, if they are there
+ * (a revoked certificate's phase-3 challenge must not be used). */
+int mdm_challenge_slot_clear(mdm_txn_t *txn, const unsigned char slot[32]);
+
 /* Whether the owner of a slot (see mdm_challenge_create_in_slot) may
  * still ask for a challenge, e.g. the certificate is known, valid and not
  * revoked. */

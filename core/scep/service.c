@@ -398,6 +398,14 @@ int mdm_scep_revoke(mdm_txn_t *txn, const unsigned char *serial, size_t len, int
     int rc = mdm_certdb_revoke(txn, serial, len, reason, now_ms);
     if (rc != 0)
         return rc;
+    /* The phase-3 challenge handed to this identity goes with it. */
+    mdm_certrec_t rec;
+    rc = mdm_certdb_get_by_serial(txn, serial, len, &rec);
+    if (rc == 0)
+        rc = mdm_challenge_slot_clear(txn, rec.sha256);
+    mdm_certrec_free(&rec);
+    if (rc != 0)
+        return rc;
     uint64_t seq = 0;
     rc = mdm_meta_get_u64(txn, "revocations", &seq);
     if (rc != 0 && rc != MDM_ENOTFOUND)

@@ -1719,6 +1719,30 @@ static int slot_prune_fn(mdm_txn_t *t, void *a)
     return mdm_challenge_slot_prune(t, o->from, o->max, slot_never_live, NULL, &o->removed);
 }
 
+/* Revoking a certificate takes its phase-3 challenge away at once: the
+ * slot entry and the challenge it names are gone in the same transaction. */
+static void test_revoke_clears_the_phase3_challenge(void **state)
+{
+    struct fx *fx = *state;
+    X509 *cert = issue_for(G.ec_ca, G.dev_key, "slot then revoked", 0, 30 * DAY_MS);
+    struct bind_op b = {.cert = cert};
+    assert_rc(mdm_store_update(fx->store, bind_fn, &b), 0);
+    struct slot_op made = {.cert = cert};
+    assert_rc(mdm_store_update(fx->store, slot_make_fn, &made), 0);
+    struct ch_op check = {.text = made.c.text, .now = mdm_now_ms()};
+    assert_rc(mdm_store_view(fx->store, ch_check_fn, &check), 0);
+    bool present = false;
+    assert_int_equal(slot_count(fx, cert, &present), 1);
+    assert_true(present);
+
+    b.revoke = true;
+    assert_rc(mdm_store_update(fx->store, bind_fn, &b), 0);
+    assert_int_not_equal(mdm_store_view(fx->store, ch_check_fn, &check), 0);
+    assert_int_equal(slot_count(fx, cert, &present), 0);
+    assert_false(present);
+    X509_free(cert);
+}
+
 /* A phase-3 slot entry goes with the pruning of challenges once it is of
  * no use: its certificate revoked, expired or unknown, or its challenge
  * used; a live one stays. */
@@ -1902,6 +1926,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_service_pending_is_not_replaced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_renewal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_prunes_phase3_slots, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_revoke_clears_the_phase3_challenge, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_crl, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_limits_and_ra_checks, setup, teardown),
     };
