@@ -172,7 +172,8 @@ static const opt_t options[] = {
     {.key = "policy.load_budget", .type = OPT_DURATION, FIELD(policy_load_budget_ms), .def = "2s",
      .min = 1, .doc = "Wall-clock time for loading the policy files and running self_test."},
     {.key = "policy.watch", .type = OPT_BOOL, FIELD(policy_watch), .def = "true",
-     .doc = "Reload the policy when a file in policy.dir changes."},
+     .doc = "Reload the policy when a file in policy.dir changes, and profiles.dir when one of "
+            "its files does."},
     {.key = "policy.decision_log_max", .type = OPT_INT, FIELD(policy_decision_log_max),
      .def = "100000", .doc = "Decision log entries kept at most (0: no decision log)."},
     {.key = "policy.decision_log_age", .type = OPT_DURATION, FIELD(policy_decision_log_age_ms),

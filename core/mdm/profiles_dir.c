@@ -14,6 +14,9 @@
 
 #define MAX_PROFILE_BYTES (8u << 20)
 #define SUFFIX ".mobileconfig"
+/* A change in the directory is reloaded once it has been quiet this long
+ * (editors and deploy tools write in several steps). */
+#define WATCH_QUIET_MS 200
 
 /* One file of the directory, read and validated (in the thread pool). */
 typedef struct dir_entry {
@@ -45,6 +48,9 @@ struct mdm_profiles_dir {
     waiter_t *queued;         /* asked meanwhile: the next reload */
     bool again;
     uint64_t started_ns;
+    bool watching;            /* watch and quiet are initialised (policy.watch) */
+    uv_fs_event_t watch;
+    uv_timer_t quiet;
 };
 
 /* ---- reading (no store, no log: runs in the thread pool) ----------------- */
@@ -353,6 +359,42 @@ static int first_error(const char *dir, const dir_scan_t *scan, mdm_err_t *err)
     return 0;
 }
 
+/* ---- watching (policy.watch) ---------------------------------------------- */
+
+static void quiet_cb(uv_timer_t *t)
+{
+    mdm_profiles_dir_t *d = t->data;
+    mdm_log(MDM_LOG_INFO, NULL, "profiles.changed", "dir=\"%s\" action=reload", d->path);
+    mdm_profiles_reload(d->s, NULL, NULL);
+}
+
+static void watch_cb(uv_fs_event_t *h, const char *filename, int events, int status)
+{
+    (void)filename;
+    (void)events;
+    (void)status;
+    mdm_profiles_dir_t *d = h->data;
+    uv_timer_start(&d->quiet, quiet_cb, WATCH_QUIET_MS, 0);
+}
+
+/* Watches the directory (not recursive: only its own files are profiles).
+ * A watch that cannot start is logged; SIGHUP and the API still reload. */
+static void watch_start(mdm_profiles_dir_t *d)
+{
+    uv_loop_t *loop = d->s->loop;
+    uv_fs_event_init(loop, &d->watch);
+    uv_timer_init(loop, &d->quiet);
+    d->watch.data = d;
+    d->quiet.data = d;
+    d->watching = true;
+    int rc = uv_fs_event_start(&d->watch, watch_cb, d->path, 0);
+    if (rc != 0)
+        mdm_log(MDM_LOG_WARN, NULL, "profiles.watch_failed", "dir=\"%s\" error=\"%s\"",
+                d->path, uv_strerror(rc));
+    uv_unref((uv_handle_t *)&d->watch);
+    uv_unref((uv_handle_t *)&d->quiet);
+}
+
 int mdm__profiles_dir_load(mdm_server_t *s, const char *dir, mdm_profiles_dir_t **out,
                            mdm_err_t *err)
 {
@@ -381,6 +423,8 @@ int mdm__profiles_dir_load(mdm_server_t *s, const char *dir, mdm_profiles_dir_t 
     d->s = s;
     d->path = mdm_strdup(dir);
     d->work.data = d;
+    if (s->cfg->policy_watch)
+        watch_start(d);
     *out = d;
     return 0;
 }
@@ -389,6 +433,16 @@ void mdm__profiles_dir_free(mdm_profiles_dir_t *d)
 {
     if (d == NULL)
         return;
+    if (d->watching) {
+        /* The server closes every handle before it frees its parts; a
+         * caller that did not gets them closed here. */
+        bool open = !uv_is_closing((uv_handle_t *)&d->watch);
+        if (open) {
+            uv_close((uv_handle_t *)&d->watch, NULL);
+            uv_close((uv_handle_t *)&d->quiet, NULL);
+            uv_run(d->s->loop, UV_RUN_NOWAIT);
+        }
+    }
     scan_free(&d->scan);
     mdm_free(d->path);
     mdm_free(d);

@@ -6,7 +6,9 @@
  * new and changed files and deletes the profiles whose file is gone; a
  * bad file is reported and the profile it held stays as it was stored.
  * A reload reads and validates the files in the thread pool (a directory
- * of large profiles takes a while) and writes the store on the loop. */
+ * of large profiles takes a while) and writes the store on the loop. With
+ * policy.watch the directory is watched, and a change reloads it once the
+ * directory has been quiet for 200 ms. */
 #ifndef MDM_PROFILES_DIR_H
 #define MDM_PROFILES_DIR_H
 

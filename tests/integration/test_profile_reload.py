@@ -6,8 +6,8 @@ import signal
 import threading
 import time
 
-from conftest import run
-from device import Device
+from conftest import Server, run
+from device import Api, Device
 from test_profile_edges import profile, start, types, write_policy
 
 
@@ -279,5 +279,54 @@ def test_directory_gone_on_reload_removes_nothing(tmpdir_path, datadir):
         assert r["profiles"]["removed"] == [] and r["profiles"]["errors"][0]["file"] is None, r
         assert "cannot open the directory" in r["detail"], r
         assert stored(api) == before
+    finally:
+        assert srv.stop() == 0
+
+
+def test_profiles_dir_is_watched(tmpdir_path, datadir):
+    """With policy.watch (the default) a change in profiles.dir is reloaded
+    by itself once the directory is quiet: no SIGHUP, no API call."""
+    a, b = "com.example.wa", "com.example.wb"
+    pdir = os.path.join(tmpdir_path, "profiles")
+    os.makedirs(pdir)
+    write_profile(pdir, "a", a, "Old")
+    pdir, (srv, api, _) = start_with_dir(tmpdir_path, datadir, [a, b])
+    try:
+        before = stored(api)
+        assert sorted(before) == [a]
+        reloads = count(srv, "profiles.reloaded")
+        write_profile(pdir, "a", a, "New")
+        write_profile(pdir, "b", b)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and sorted(stored(api)) != [a, b]:
+            time.sleep(0.05)
+        now = stored(api)
+        assert sorted(now) == [a, b], now
+        assert now[a]["hash"] != before[a]["hash"]
+        srv.wait_log(r"event=profiles.changed ")
+        assert count(srv, "profiles.reloaded") > reloads
+        os.unlink(os.path.join(pdir, "b.mobileconfig"))
+        srv.wait_log(r"event=profiles.removed .*identifier=com.example.wb")
+        assert sorted(stored(api)) == [a]
+    finally:
+        assert srv.stop() == 0
+
+
+def test_profiles_dir_is_not_watched_without_policy_watch(tmpdir_path, datadir):
+    a = "com.example.na"
+    pdir = os.path.join(tmpdir_path, "profiles")
+    os.makedirs(pdir)
+    poldir = os.path.join(tmpdir_path, "policy")
+    write_policy(poldir, [a])
+    datadir.write_config('  policy = { dir = "%s", watch = false },\n'
+                         '  profiles = { dir = "%s" },' % (poldir, pdir))
+    srv = Server(datadir)
+    try:
+        api = Api(srv)
+        write_profile(pdir, "a", a)
+        time.sleep(1.0)  # five times the quiet period of a watched directory
+        assert stored(api) == {}
+        sighup_and_wait(srv)
+        assert sorted(stored(api)) == [a]
     finally:
         assert srv.stop() == 0
