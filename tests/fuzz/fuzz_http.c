@@ -24,7 +24,6 @@
  * to the fixed RA. MOONMDM_FUZZ_LOG=1 sends the server's log to stderr. */
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <netinet/in.h>
 #include <openssl/evp.h>
 #include <stdint.h>
@@ -47,6 +46,7 @@
 #include "util/misc.h"
 
 #include "fuzz_keys.h"
+#include "fuzz_tmpdir.h"
 
 /* API keys with known values, so that seeds can authenticate:
  * "mdm_<id>_<secret>" with the secret below (its SHA-256 is stored). */
@@ -92,19 +92,10 @@ static void write_file(const char *name, const char *text, mode_t mode)
     mdm_free(path);
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
 static void remove_dir(void)
 {
     if (dir[0] != '\0')
-        nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+        fuzz_remove_tree(dir);
 }
 
 static int put_key(mdm_txn_t *txn, const char *id, const char *role)

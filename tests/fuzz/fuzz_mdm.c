@@ -1,7 +1,6 @@
 /* Fuzz target: check-in and command report handling, from the plist bytes
  * through the protocol logic into a real LMDB store. The first input byte
  * chooses check-in (even) or report (odd); the rest is the body. */
-#include <ftw.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 #include <stdint.h>
@@ -17,6 +16,8 @@
 #include "server.h"
 #include "util/alloc.h"
 
+#include "fuzz_tmpdir.h"
+
 static mdm_server_t server;
 static mdm_config_t cfg;
 static mdm_mdm_t m;
@@ -30,22 +31,13 @@ static int bind_fn(mdm_txn_t *txn, void *arg)
     return mdm_certauth_bind(txn, id.fp, "FUZZ-UDID");
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
 /* At exit: the store closed (its memory freed) and its directory gone. */
 static void teardown(void)
 {
     mdm_store_close(server.store);
     mdm_sigcache_free(m.sigcache);
     X509_free(cert);
-    nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    fuzz_remove_tree(dir);
 }
 
 static void setup(void)
