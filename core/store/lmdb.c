@@ -29,6 +29,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <lmdb.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -443,6 +446,100 @@ fail:
                        mdb_strerror(rc));
 }
 
+/* --- a file that ends before its last page ------------------------------- */
+
+/* LMDB does not write the pages that a transaction allocated and freed
+ * again before it committed ("loose" pages): they go to the freelist
+ * unwritten. When they were the highest pages, a healthy data.mdb ends
+ * before its last page. A copy cut short ends there too, and reading one
+ * of its missing pages through the map raises SIGBUS. So a short file is
+ * accepted when every page past its end is on the freelist, and refused
+ * otherwise. The freelist is read under a SIGBUS guard, since in a cut
+ * copy its own pages may be the missing ones. */
+
+static pthread_mutex_t tail_lock = PTHREAD_MUTEX_INITIALIZER;
+static sigjmp_buf tail_jmp;
+static pthread_t tail_thread;
+static volatile sig_atomic_t tail_guarded;
+
+static void tail_sigbus(int sig)
+{
+    if (tail_guarded && pthread_equal(pthread_self(), tail_thread))
+        siglongjmp(tail_jmp, 1);
+    /* Not ours: fault again with the default action. */
+    signal(sig, SIG_DFL);
+}
+
+/* Marks in seen[] the pages first..last found in the freelist. */
+static int mark_free_pages(MDB_cursor *c, size_t first, size_t last, unsigned char *seen)
+{
+    MDB_val k, v;
+    int rc;
+    while ((rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) == 0) {
+        size_t n;
+        if (v.mv_size < sizeof(n))
+            return MDB_CORRUPTED;
+        memcpy(&n, v.mv_data, sizeof(n));
+        if (n > v.mv_size / sizeof(n) - 1)
+            return MDB_CORRUPTED;
+        for (size_t i = 1; i <= n; i++) {
+            size_t pg;
+            memcpy(&pg, (const char *)v.mv_data + i * sizeof(pg), sizeof(pg));
+            if (pg >= first && pg <= last)
+                seen[(pg - first) / 8] |= (unsigned char)(1u << ((pg - first) % 8));
+        }
+    }
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* 0 when the pages first..last are all free; MDM_EIO when one is not, or
+ * when reading the freelist faulted or failed. */
+static int check_free_tail(struct lmdb_store *s, size_t first, size_t last)
+{
+    if (last < first)
+        return 0;
+    size_t count = last - first + 1;
+    if (count > ((size_t)1 << 28)) /* 1 TiB of 4 KiB pages */
+        return MDM_EIO;
+    unsigned char *seen = mdm_calloc(count / 8 + 1, 1);
+    MDB_txn *volatile txn = NULL;
+    MDB_cursor *volatile cur = NULL;
+    volatile int rc = MDM_EIO;
+
+    pthread_mutex_lock(&tail_lock);
+    struct sigaction sa = {.sa_handler = tail_sigbus}, old;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, &old);
+    tail_thread = pthread_self();
+    if (sigsetjmp(tail_jmp, 1) == 0) {
+        tail_guarded = 1;
+        MDB_txn *t = NULL;
+        MDB_cursor *c = NULL;
+        if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &t) == 0) {
+            txn = t;
+            if (mdb_cursor_open(t, 0, &c) == 0) { /* dbi 0: LMDB's freelist */
+                cur = c;
+                rc = mark_free_pages(c, first, last, seen) == 0 ? 0 : MDM_EIO;
+            }
+        }
+    } else {
+        rc = MDM_EIO; /* a page of the freelist itself is missing */
+    }
+    tail_guarded = 0;
+    sigaction(SIGBUS, &old, NULL);
+    pthread_mutex_unlock(&tail_lock);
+
+    if (cur != NULL)
+        mdb_cursor_close(cur);
+    if (txn != NULL)
+        mdb_txn_abort(txn);
+    for (size_t i = 0; rc == 0 && i < count; i++)
+        if (!(seen[i / 8] & (1u << (i % 8))))
+            rc = MDM_EIO;
+    mdm_free(seen);
+    return rc;
+}
+
 static void lm_close(mdm_store_t *store);
 
 static int lm_open(mdm_store_t **out, const mdm_store_config_t *cfg, mdm_err_t *err)
@@ -531,13 +628,14 @@ static int lm_open(mdm_store_t **out, const mdm_store_config_t *cfg, mdm_err_t *
                          mdb_strerror(rc));
         goto out;
     }
-    /* A file shorter than its last page (a copy cut short) would fault
-     * (SIGBUS) on the first read past its end. */
+    /* A file shorter than its last page is usable only when the missing
+     * pages are free (check_free_tail). */
     MDB_stat mst;
     struct stat fst;
     if (mdb_env_info(s->env, &info) == 0 && mdb_env_stat(s->env, &mst) == 0 &&
         stat(data_file, &fst) == 0 &&
-        (uint64_t)fst.st_size < ((uint64_t)info.me_last_pgno + 1) * mst.ms_psize) {
+        (uint64_t)fst.st_size < ((uint64_t)info.me_last_pgno + 1) * mst.ms_psize &&
+        check_free_tail(s, (size_t)fst.st_size / mst.ms_psize, info.me_last_pgno) != 0) {
         rc = mdm_err_set(err, MDM_EIO,
                          "store: %s is truncated (%lld bytes, its pages need %llu): not a "
                          "usable store",

@@ -19,6 +19,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <lmdb.h>
+
 #include "store/store.h"
 #include "util/alloc.h"
 
@@ -1227,6 +1229,95 @@ static void test_kill9_durability(void **state)
     mdm_store_close(s);
 }
 
+/* Pages that one transaction allocates at the end of the file and frees
+ * again (LMDB's "loose" pages) go to the freelist without ever being
+ * written: the file of a healthy store can end before its last page. */
+static int churn_fn(mdm_txn_t *t, void *arg)
+{
+    int n = *(int *)arg;
+    static char big[200];
+    memset(big, 'x', sizeof(big));
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < n; i++) {
+            char k[32];
+            snprintf(k, sizeof(k), "churn-%04d", i);
+            int rc = pass == 0 ? mdm_txn_put(t, MDM_T_DEVICES, MDM_VAL_STR(k),
+                                             MDM_VAL(big, sizeof(big)), 0)
+                               : mdm_txn_del(t, MDM_T_DEVICES, MDM_VAL_STR(k));
+            if (rc != 0)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+static off_t file_size(const char *dir)
+{
+    char data[300];
+    struct stat st;
+    snprintf(data, sizeof(data), "%s/data.mdb", dir);
+    assert_int_equal(stat(data, &st), 0);
+    return st.st_size;
+}
+
+static void test_short_tail_of_free_pages(void **state)
+{
+    struct fx *fx = *state;
+    mdm_store_t *s = open_store(fx->path, MDM_STORE_CREATE);
+    int n = 300;
+    assert_rc(mdm_store_update(s, fill_fn, &n), 0);
+    assert_rc(mdm_store_flush(s), 0);
+    n = 2000;
+    assert_rc(mdm_store_update(s, churn_fn, &n), 0);
+    assert_rc(mdm_store_flush(s), 0);
+    mdm_store_close(s);
+
+    /* The condition itself: the file ends before the last page. */
+    MDB_env *env;
+    MDB_envinfo info;
+    MDB_stat mst;
+    assert_int_equal(mdb_env_create(&env), 0);
+    assert_int_equal(mdb_env_open(env, fx->path, MDB_RDONLY, 0600), 0);
+    assert_int_equal(mdb_env_info(env, &info), 0);
+    assert_int_equal(mdb_env_stat(env, &mst), 0);
+    mdb_env_close(env);
+    off_t size = file_size(fx->path);
+    off_t need = (off_t)(info.me_last_pgno + 1) * mst.ms_psize;
+    if (size >= need)
+        fail_msg("the file is not short (%lld >= %lld): the test does not test", (long long)size,
+                 (long long)need);
+
+    /* Such a store opens, read-write and read-only, and keeps its data. */
+    s = open_store(fx->path, 0);
+    assert_value(s, "dev-0299", "value of device 299");
+    assert_absent(s, "churn-0000");
+    assert_rc(put_str(s, "after", "reopened"), 0);
+    assert_rc(mdm_store_flush(s), 0);
+    mdm_store_close(s);
+    s = open_store(fx->path, MDM_STORE_RDONLY);
+    assert_value(s, "after", "reopened");
+    mdm_store_close(s);
+
+    /* A file cut inside its used pages is still refused, with a reason:
+     * cut in half, and cut to its two meta pages, where the freelist's own
+     * pages are gone too (reading them faults). */
+    char data[300];
+    snprintf(data, sizeof(data), "%s/data.mdb", fx->path);
+    off_t cuts[] = {file_size(fx->path) / 2, 2 * (off_t)mst.ms_psize};
+    for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
+        assert_int_equal(truncate(data, cuts[i]), 0);
+        for (int rw = 0; rw < 2; rw++) {
+            mdm_store_config_t cfg = config(fx->path, rw ? 0 : MDM_STORE_RDONLY);
+            mdm_err_t err = {0};
+            s = NULL;
+            assert_rc(mdm_store_open(&mdm_store_lmdb, &cfg, &s, &err), MDM_EIO);
+            assert_null(s);
+            if (strstr(err.msg, "truncated") == NULL)
+                fail_msg("the message does not say why: %s", err.msg);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1243,6 +1334,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_backup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_autoflush, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill9_durability, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_short_tail_of_free_pages, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
