@@ -22,10 +22,18 @@ def stored(api):
     return {p["identifier"]: p for p in r["profiles"]}
 
 
-def start_with_dir(tmpdir_path, datadir, wanted):
+def start_with_dir(tmpdir_path, datadir, wanted, watch=False):
+    """The server with profiles.dir. The directory is not watched unless
+    asked, so that a test that reloads by SIGHUP or the API does not race
+    the watch's own reload (each would see the other's change)."""
     pdir = os.path.join(tmpdir_path, "profiles")
     os.makedirs(pdir, exist_ok=True)
-    return pdir, start(tmpdir_path, datadir, wanted, extra='\n  profiles = { dir = "%s" },' % pdir)
+    poldir = os.path.join(tmpdir_path, "policy")
+    write_policy(poldir, wanted)
+    datadir.write_config('  policy = { dir = "%s", watch = %s },\n  profiles = { dir = "%s" },'
+                         % (poldir, "true" if watch else "false", pdir))
+    srv = Server(datadir)
+    return pdir, (srv, Api(srv), poldir)
 
 
 def count(srv, event):
@@ -290,7 +298,7 @@ def test_profiles_dir_is_watched(tmpdir_path, datadir):
     pdir = os.path.join(tmpdir_path, "profiles")
     os.makedirs(pdir)
     write_profile(pdir, "a", a, "Old")
-    pdir, (srv, api, _) = start_with_dir(tmpdir_path, datadir, [a, b])
+    pdir, (srv, api, _) = start_with_dir(tmpdir_path, datadir, [a, b], watch=True)
     try:
         before = stored(api)
         assert sorted(before) == [a]
