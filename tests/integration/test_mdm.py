@@ -597,6 +597,7 @@ def preload_env(tmpdir_path, name, source):
 # long and other devices writing all the time, such an Idle used to wait for
 # the flush in progress and then for its own (about 600 ms). The time is
 # still recorded.
+@pytest.mark.timing
 def test_idle_that_only_records_last_seen_does_not_wait_for_commits(datadir, tmpdir_path):
     env = preload_env(tmpdir_path, "slow_clock", CLOCK_SHIFT_C)
     shift_file = os.path.join(tmpdir_path, "clock_shift")
@@ -637,6 +638,7 @@ def test_idle_that_only_records_last_seen_does_not_wait_for_commits(datadir, tmp
 # devices writing all the time, each Idle arrives while the loop flushes;
 # it used to wait for that flush and then for its own iteration's (about
 # 600 ms), and now for the first only (about 300 ms).
+@pytest.mark.timing
 def test_idle_with_nothing_to_do_does_not_wait_for_other_commits(datadir, tmpdir_path):
     srv = Server(datadir, env=preload_env(tmpdir_path, "slow_sync", SLOW_SYNC_C))
     try:
