@@ -81,6 +81,7 @@ struct mdm_conn {
     bool linger;                   /* drain input before closing (error answers) */
     bool lingering;
     size_t linger_bytes;
+    uv_shutdown_t shutdown;        /* our side's end, sent before lingering */
     char remote[64];
 };
 
@@ -612,7 +613,20 @@ static void linger_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *b
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 
-/* Everything owed has been written: close, or drain first. */
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    /* Nothing to do: lingering ends at the client's end, the byte limit or
+     * the deadline. (UV_ECANCELED comes when the connection is closed
+     * first, before its handles' close callbacks.) */
+    (void)req;
+    (void)status;
+}
+
+/* Everything owed has been written: close, or drain first. Draining keeps
+ * what the client still sends from turning our close into a reset that
+ * could destroy the answer before the client read it; our side of the
+ * connection ends at once, so that the client sees the end right after the
+ * answer instead of after the drain. */
 static void conn_finish(mdm_conn_t *c)
 {
     if (!c->linger || c->eof) {
@@ -621,6 +635,10 @@ static void conn_finish(mdm_conn_t *c)
     }
     if (c->lingering)
         return;
+    if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+        mdm__conn_close(c);
+        return;
+    }
     c->lingering = true;
     if (c->reading)
         uv_read_stop((uv_stream_t *)&c->tcp);

@@ -245,6 +245,31 @@ def test_unknown_transfer_coding_is_501(plain_server):
     assert r.status == 405
 
 
+# After an error answer that closes the connection, the server drains what
+# the client still sends (so that its close does not reset the connection
+# before the client has read the answer), but its own side ends at once:
+# the client sees the end right after the answer, not after the drain
+# (2 s). Before, a client reading to the end waited those 2 s.
+def test_error_answer_ends_our_side_at_once_and_still_drains(plain_server):
+    with plain_connect(plain_server) as s:
+        s.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                  b"5\r\nhello\r\n")
+        r = read_response(s, bytearray())
+        assert r.status == 501 and r.header("connection") == "close", r.status
+        t0 = time.monotonic()
+        assert read_until_eof(s, 5) == b""
+        ended = time.monotonic() - t0
+        assert ended < 1.0, ended
+        # The server still reads (drains) for a while: more of the body is
+        # taken without a reset.
+        s.sendall(b"x" * 65536)
+        time.sleep(0.1)
+        s.sendall(b"y" * 1024)
+    # The server is fine afterwards.
+    r, _ = raw_exchange(plain_server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert r.status == 200
+
+
 # Only HTTP/1.x is served: any other version gets 505.
 def test_other_http_versions_are_505(plain_server):
     for version in [b"HTTP/2.0", b"HTTP/0.9", b"HTTP/3.0", b"HTTP/9.9"]:
