@@ -1,10 +1,13 @@
 #include "mdm/profiles_dir.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "mdm/profiles.h"
@@ -55,13 +58,36 @@ struct mdm_profiles_dir {
 
 /* ---- reading (no store, no log: runs in the thread pool) ----------------- */
 
+/* Opens a file for reading if it is a regular one. The open does not
+ * wait: a named pipe nobody writes to would hold a thread of the pool,
+ * and every later reload, for ever. */
+static char *open_regular(const char *path, FILE **out)
+{
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return mdm_strdup("cannot read");
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return mdm_strdup("not a regular file");
+    }
+    *out = fdopen(fd, "rb");
+    if (*out == NULL) {
+        close(fd);
+        return mdm_strdup("cannot read");
+    }
+    return NULL;
+}
+
 /* Reads a file whole: one over the limit is refused rather than read cut
  * short. */
 static char *read_file(const char *path, mdm_buf_t *raw)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return mdm_strdup("cannot read");
+    FILE *f;
+    char *error = open_regular(path, &f);
+    if (error != NULL)
+        return error;
     char chunk[8192];
     size_t got;
     while (raw->len <= MAX_PROFILE_BYTES && (got = fread(chunk, 1, sizeof(chunk), f)) > 0)

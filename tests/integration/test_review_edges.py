@@ -1,0 +1,85 @@
+"""Edges of profiles.dir reloads, SCEP phase-3 slots and MDM reports: files
+that are not plain files, names that are not UTF-8, reloads around a stop."""
+import os
+import signal
+import threading
+import time
+
+import requests
+
+from conftest import Server
+from device import Api
+from test_profile_edges import profile, write_policy
+
+
+def _start(tmpdir_path, datadir, watch=False, pdir_name="profiles"):
+    pdir = os.path.join(tmpdir_path, pdir_name)
+    os.makedirs(pdir, exist_ok=True)
+    poldir = os.path.join(tmpdir_path, "policy")
+    write_policy(poldir, [])
+    datadir.write_config('  policy = { dir = "%s", watch = %s },\n  profiles = { dir = "%s" },'
+                         % (poldir, "true" if watch else "false",
+                            pdir.replace("\\", "\\\\").replace('"', '\\"')))
+    return pdir, Server(datadir)
+
+
+def _write(pdir, name, identifier, ssid="Office"):
+    with open(os.path.join(pdir, name), "wb") as f:
+        f.write(profile(identifier, ssid))
+
+
+def _stored(api):
+    st, r = api.call("GET", "/v1/profiles")
+    assert st == 200, r
+    return {p["identifier"]: p for p in r["profiles"]}
+
+
+def _reload(srv, timeout=15):
+    """POST /v1/policy/reload with a deadline: a reload that never ends is
+    a failure, not a hung test."""
+    r = requests.post(srv.url + "/v1/policy/reload",
+                      headers={"Authorization": "Bearer " + srv.datadir.api_key},
+                      verify=srv.datadir.ca_crt, timeout=timeout)
+    return r.status_code, r.json()
+
+
+# ---- profiles.dir ------------------------------------------------------------
+
+def test_reload_with_a_fifo_in_the_directory_answers(tmpdir_path, datadir):
+    """A named pipe called x.mobileconfig (nobody writes to it) is refused
+    as not a plain file: the reload answers 422 naming it, the other files
+    load, and a second reload is not held up behind the first."""
+    a = "com.example.a"
+    pdir, srv = _start(tmpdir_path, datadir)
+    try:
+        api = Api(srv)
+        os.mkfifo(os.path.join(pdir, "pipe.mobileconfig"))
+        _write(pdir, "a.mobileconfig", a)
+        st, r = _reload(srv)
+        assert st == 422, r
+        errs = r["profiles"]["errors"]
+        assert [e["file"] for e in errs] == ["pipe.mobileconfig"], r
+        assert "not a regular file" in errs[0]["error"], r
+        assert r["profiles"]["stored"] == [a], r
+        st, r = _reload(srv)
+        assert st == 422 and r["profiles"]["unchanged"] == 1, r
+        assert sorted(_stored(api)) == [a]
+    finally:
+        assert srv.stop() == 0
+
+
+def test_start_with_a_fifo_in_the_directory_fails_at_once(tmpdir_path, datadir):
+    """At start the same pipe stops the start with a message naming it,
+    rather than hanging before the server listens."""
+    pdir = os.path.join(tmpdir_path, "profiles")
+    os.makedirs(pdir)
+    os.mkfifo(os.path.join(pdir, "pipe.mobileconfig"))
+    t0 = time.monotonic()
+    _, srv = _start(tmpdir_path, datadir)
+    try:
+        assert srv.proc.wait(20) == 1, srv.log()
+        assert time.monotonic() - t0 < 20
+        srv.wait_log(r"event=server.start_failed .*pipe.mobileconfig: not a regular file")
+    finally:
+        srv.kill()
+
