@@ -12,6 +12,7 @@
 
 #include "mdm/profiles.h"
 #include "util/alloc.h"
+#include "util/encode.h"
 #include "util/log.h"
 #include "util/misc.h"
 
@@ -101,8 +102,32 @@ static char *read_file(const char *path, mdm_buf_t *raw)
     return NULL;
 }
 
+/* A file name that is not UTF-8, with its bytes past ASCII as \xHH: the
+ * report, the store and the JSON answers hold UTF-8 only. */
+static char *escaped_name(const char *name)
+{
+    mdm_buf_t b = MDM_BUF_INIT;
+    for (const unsigned char *p = (const unsigned char *)name; *p != '\0'; p++) {
+        char esc[5];
+        if (*p < 0x80)
+            mdm_buf_append(&b, p, 1);
+        else
+            mdm_buf_append(&b, esc, (size_t)snprintf(esc, sizeof(esc), "\\x%02X", *p));
+    }
+    char *out = mdm_strndup((const char *)b.data, b.len);
+    mdm_buf_free(&b);
+    return out;
+}
+
 static void read_entry(const char *dir, dir_entry_t *e)
 {
+    if (!mdm_utf8_valid(e->file, strlen(e->file))) {
+        char *shown = escaped_name(e->file);
+        mdm_free(e->file);
+        e->file = shown;
+        e->error = mdm_strdup("the file name is not UTF-8 (rename the file)");
+        return;
+    }
     char *path = mdm_sprintf("%s/%s", dir, e->file);
     mdm_buf_t raw = MDM_BUF_INIT;
     mdm_err_t verr = {0};

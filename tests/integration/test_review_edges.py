@@ -83,3 +83,24 @@ def test_start_with_a_fifo_in_the_directory_fails_at_once(tmpdir_path, datadir):
     finally:
         srv.kill()
 
+
+def test_file_name_not_utf8_is_reported_not_lost(tmpdir_path, datadir):
+    """A file whose name is not UTF-8 (a Latin-1 name) is refused with an
+    error that the answer carries: it is not dropped from the report (which
+    would answer 200), and GET /v1/profiles still lists every profile."""
+    a = "com.example.a"
+    pdir, srv = _start(tmpdir_path, datadir)
+    try:
+        api = Api(srv)
+        _write(pdir, "a.mobileconfig", a)
+        _write(os.fsencode(pdir), b"caf\xe9.mobileconfig", "com.example.latin1")
+        st, r = _reload(srv)
+        assert st == 422, r
+        errs = r["profiles"]["errors"]
+        assert len(errs) == 1, r
+        assert errs[0]["file"] == "caf\\xE9.mobileconfig", r
+        assert "not UTF-8" in errs[0]["error"], r
+        assert r["profiles"]["stored"] == [a], r
+        assert sorted(_stored(api)) == [a]
+    finally:
+        assert srv.stop() == 0
