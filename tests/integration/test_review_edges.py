@@ -104,3 +104,43 @@ def test_file_name_not_utf8_is_reported_not_lost(tmpdir_path, datadir):
         assert sorted(_stored(api)) == [a]
     finally:
         assert srv.stop() == 0
+
+
+def _big_dir(pdir, n, size):
+    for i in range(n):
+        _write(pdir, "p%02d.mobileconfig" % i, "com.example.big%02d" % i,
+               ("%02d" % i) * (size // 2))
+
+
+def test_stop_while_a_reload_runs(tmpdir_path, datadir):
+    """SIGTERM while a reload reads a large directory, with another asked
+    meanwhile: both requests are answered (or their connection closed),
+    the server exits 0, and what the reload stored is there at the next
+    start."""
+    pdir, srv = _start(tmpdir_path, datadir)
+    try:
+        _big_dir(pdir, 24, 1 << 20)
+        answers = []
+
+        def reload():
+            try:
+                answers.append(_reload(srv, timeout=60)[0])
+            except requests.RequestException as e:
+                answers.append(type(e).__name__)
+
+        threads = [threading.Thread(target=reload) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(0.2)
+        srv.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(90)
+        assert srv.proc.wait(60) == 0, srv.log()[-3000:]
+        assert len(answers) == 2, answers
+    finally:
+        assert srv.stop() == 0
+    srv = Server(datadir)
+    try:
+        assert len(_stored(Api(srv))) == 24
+    finally:
+        assert srv.stop() == 0
