@@ -415,7 +415,9 @@ static int first_error(const char *dir, const dir_scan_t *scan, mdm_err_t *err)
 static void quiet_cb(uv_timer_t *t)
 {
     mdm_profiles_dir_t *d = t->data;
-    mdm_log(MDM_LOG_INFO, NULL, "profiles.changed", "dir=\"%s\" action=reload", d->path);
+    char dq[600];
+    mdm_log(MDM_LOG_INFO, NULL, "profiles.changed", "dir=%s action=reload",
+            mdm_logq(dq, sizeof(dq), d->path));
     mdm_profiles_reload(d->s, NULL, NULL);
 }
 
@@ -439,9 +441,10 @@ static void watch_start(mdm_profiles_dir_t *d)
     d->quiet.data = d;
     d->watching = true;
     int rc = uv_fs_event_start(&d->watch, watch_cb, d->path, 0);
+    char dq[600];
     if (rc != 0)
-        mdm_log(MDM_LOG_WARN, NULL, "profiles.watch_failed", "dir=\"%s\" error=\"%s\"",
-                d->path, uv_strerror(rc));
+        mdm_log(MDM_LOG_WARN, NULL, "profiles.watch_failed", "dir=%s error=\"%s\"",
+                mdm_logq(dq, sizeof(dq), d->path), uv_strerror(rc));
     uv_unref((uv_handle_t *)&d->watch);
     uv_unref((uv_handle_t *)&d->quiet);
 }

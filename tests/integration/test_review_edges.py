@@ -144,3 +144,20 @@ def test_stop_while_a_reload_runs(tmpdir_path, datadir):
         assert len(_stored(Api(srv))) == 24
     finally:
         assert srv.stop() == 0
+
+
+# ---- log lines ---------------------------------------------------------------
+
+def test_log_lines_quote_a_path_and_a_udid(tmpdir_path, datadir):
+    """Values that may hold a quote or '=' are written as quoted log values
+    (the line stays one key=value list): the watched directory's path in
+    profiles.changed, a challenge's UDID in scep.challenge_created."""
+    pdir, srv = _start(tmpdir_path, datadir, watch=True, pdir_name='pro"files')
+    try:
+        _write(pdir, "a.mobileconfig", "com.example.a")
+        srv.wait_log(r'event=profiles.changed dir="[^ ]*/pro\\"files" action=reload')
+        st, r = Api(srv).call("POST", "/v1/challenges", {"udid": 'dev"x=1'})
+        assert st == 201, r
+        srv.wait_log(r'event=scep.challenge_created .*udid="dev\\"x=1" expires=')
+    finally:
+        assert srv.stop() == 0
