@@ -161,3 +161,22 @@ def test_log_lines_quote_a_path_and_a_udid(tmpdir_path, datadir):
         srv.wait_log(r'event=scep.challenge_created .*udid="dev\\"x=1" expires=')
     finally:
         assert srv.stop() == 0
+
+
+def test_policy_error_answer_carries_profiles_beside_kept(tmpdir_path, datadir):
+    """A reload whose policy does not load answers 422 "policy", with the
+    profiles.dir report at the top level (as API.md shows), not in kept;
+    what the directory stored stays."""
+    a = "com.example.a"
+    pdir, srv = _start(tmpdir_path, datadir)
+    try:
+        _write(pdir, "a.mobileconfig", a)
+        with open(os.path.join(tmpdir_path, "policy", "init.lua"), "w") as f:
+            f.write("return {\n")
+        st, r = _reload(srv)
+        assert st == 422 and r["error"] == "policy", r
+        assert r["profiles"]["stored"] == [a], r
+        assert "profiles" not in r["kept"], r
+        assert sorted(_stored(Api(srv))) == [a]
+    finally:
+        assert srv.stop() == 0
