@@ -244,12 +244,13 @@ static int plan_fn(mdm_txn_t *txn, void *arg)
         mdm_profile_meta_t old;
         if (e->error != NULL)
             continue;
+        /* A stored record that does not decode is replaced by the file. */
         int rc = mdm_profile_get(txn, e->meta.identifier, &old, NULL);
-        if (rc != 0 && rc != MDM_ENOTFOUND)
+        if (rc != 0 && rc != MDM_ENOTFOUND && rc != MDM_EPARSE)
             return rc;
         if (rc == MDM_ENOTFOUND)
             c->outcome[i] = STORED;
-        else if (strcmp(old.hash, e->meta.hash) != 0)
+        else if (rc == MDM_EPARSE || strcmp(old.hash, e->meta.hash) != 0)
             c->outcome[i] = UPDATED;
         else if (strcmp(old.source, "dir") != 0 || strcmp(old.file, e->file) != 0)
             c->outcome[i] = REWRITE;

@@ -2,6 +2,7 @@
 that are not plain files, names that are not UTF-8, reloads around a stop."""
 import os
 import signal
+import subprocess
 import threading
 import time
 
@@ -178,5 +179,42 @@ def test_policy_error_answer_carries_profiles_beside_kept(tmpdir_path, datadir):
         assert r["profiles"]["stored"] == [a], r
         assert "profiles" not in r["kept"], r
         assert sorted(_stored(Api(srv))) == [a]
+    finally:
+        assert srv.stop() == 0
+
+
+
+def _put_raw(datadir, table, key, value):
+    """Stores value under key in a table with LMDB's own tool (the server
+    is stopped)."""
+    esc = lambda b: "".join("\\%02x" % x for x in b)  # noqa: E731
+    p = subprocess.run(["mdb_load", "-T", "-s", table, os.path.join(datadir.path, "db")],
+                       input=("%s\n%s\n" % (esc(key), esc(value))).encode(),
+                       capture_output=True)
+    assert p.returncode == 0, p.stderr
+
+
+def test_unreadable_stored_profile_is_rewritten_by_its_file(tmpdir_path, datadir):
+    """A stored profile record that does not decode (damage, a later
+    layout) under the identifier a file of profiles.dir holds: the file
+    rewrites it at start and on reload, rather than failing every load
+    ("nothing was stored") and, at start, the start itself."""
+    a, b = "com.example.a", "com.example.b"
+    pdir = os.path.join(tmpdir_path, "profiles")
+    os.makedirs(pdir)
+    _write(pdir, "a.mobileconfig", a)
+    _put_raw(datadir, "profiles", a.encode(), b"\xff not a plist")
+    _, srv = _start(tmpdir_path, datadir)
+    try:
+        assert srv.port is not None, srv.log()
+        api = Api(srv)
+        assert _stored(api)[a]["source"] == "dir"
+        srv.stop()
+        _put_raw(datadir, "profiles", b.encode(), b"\xff not a plist")
+        srv = Server(datadir)
+        _write(pdir, "b.mobileconfig", b)
+        st, r = _reload(srv)
+        assert st == 200 and r["profiles"]["updated"] == [b], r
+        assert sorted(_stored(Api(srv))) == [a, b]
     finally:
         assert srv.stop() == 0
