@@ -296,6 +296,17 @@ static void add_error(json_t *errors, const char *dir, const char *file, const c
     json_array_append_new(errors, json_pack("{s:s?, s:s}", "file", file, "error", error));
 }
 
+/* A store failure: an error of the file (NULL: of the directory), and
+ * store_failed in the report, so that the answer says to retry later. */
+static void add_store_error(json_t *report, const char *dir, const char *file, int rc,
+                            const char *effect)
+{
+    char *msg = mdm_sprintf("store: %s%s", mdm_strerror(rc), effect);
+    add_error(json_object_get(report, "errors"), dir, file, msg);
+    mdm_free(msg);
+    json_object_set_new(report, "store_failed", json_true());
+}
+
 /* Stores the good files that differ from the store; a store error is the
  * file's error. */
 static void store_entries(mdm_server_t *s, const char *dir, dir_scan_t *scan,
@@ -307,16 +318,17 @@ static void store_entries(mdm_server_t *s, const char *dir, dir_scan_t *scan,
     int64_t now = mdm_now_ms();
     for (size_t i = 0; i < scan->n; i++) {
         dir_entry_t *e = &scan->v[i];
+        int rc = 0;
         if (e->error == NULL && outcome[i] != KEPT) {
             e->meta.uploaded_ms = now;
             snprintf(e->meta.source, sizeof(e->meta.source), "dir");
             snprintf(e->meta.file, sizeof(e->meta.file), "%s", e->file);
-            int rc = mdm_store_update(s->store, entry_put_fn, e);
-            if (rc != 0)
-                e->error = mdm_sprintf("store: %s", mdm_strerror(rc));
+            rc = mdm_store_update(s->store, entry_put_fn, e);
         }
         if (e->error != NULL) {
             add_error(json_object_get(report, "errors"), dir, e->file, e->error);
+        } else if (rc != 0) {
+            add_store_error(report, dir, e->file, rc, "");
         } else if (lists[outcome[i]] == NULL) {
             kept++;
         } else {
@@ -336,9 +348,7 @@ static void prune(mdm_server_t *s, const char *dir, json_t *gone, json_t *report
 {
     int rc = json_array_size(gone) > 0 ? mdm_store_update(s->store, delete_fn, gone) : 0;
     if (rc != 0) {
-        char *msg = mdm_sprintf("store: %s (no profile was removed)", mdm_strerror(rc));
-        add_error(json_object_get(report, "errors"), dir, NULL, msg);
-        mdm_free(msg);
+        add_store_error(report, dir, NULL, rc, " (no profile was removed)");
         return;
     }
     size_t i;
@@ -368,9 +378,7 @@ static json_t *apply_scan(mdm_server_t *s, const char *dir, dir_scan_t *scan)
     if (scan->error != NULL)
         add_error(errors, dir, NULL, scan->error);
     if (rc != 0) {
-        char *msg = mdm_sprintf("store: %s (nothing was stored)", mdm_strerror(rc));
-        add_error(errors, dir, NULL, msg);
-        mdm_free(msg);
+        add_store_error(report, dir, NULL, rc, " (nothing was stored)");
     } else {
         store_entries(s, dir, scan, plan.outcome, report);
         prune(s, dir, plan.gone, report);
@@ -540,7 +548,7 @@ static void reload_after(uv_work_t *w, int status)
     /* The answers tell of stored changes: commit them first. */
     int rc = mdm_server_commit(s);
     if (rc != 0)
-        add_error(json_object_get(report, "errors"), d->path, NULL, mdm_strerror(rc));
+        add_store_error(report, d->path, NULL, rc, " (this reload's changes were not committed)");
     uint64_t t1 = mdm_mono_ns();
     log_summary("profiles.reloaded", d->path, report, (double)(t1 - d->started_ns) / 1e6,
                 (double)(t1 - t0) / 1e6);

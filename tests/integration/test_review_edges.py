@@ -10,6 +10,7 @@ import requests
 
 from conftest import Server
 from device import Api
+from test_faults import _shrink_map
 from test_profile_edges import profile, write_policy
 
 
@@ -216,5 +217,36 @@ def test_unreadable_stored_profile_is_rewritten_by_its_file(tmpdir_path, datadir
         st, r = _reload(srv)
         assert st == 200 and r["profiles"]["updated"] == [b], r
         assert sorted(_stored(Api(srv))) == [a, b]
+    finally:
+        assert srv.stop() == 0
+
+
+def test_reload_into_a_full_store_answers_503(tmpdir_path, datadir):
+    """Profiles that do not fit in the store (LMDB map at map_max): the
+    reload answers 503 storage_unavailable with Retry-After, as other
+    writes do, not 422 as if a file were bad; the profiles report says
+    which files were not stored, and the server goes on."""
+    pdir = os.path.join(tmpdir_path, "profiles")
+    os.makedirs(pdir)
+    poldir = os.path.join(tmpdir_path, "policy")
+    write_policy(poldir, [])
+    _shrink_map(datadir, 2 << 20)
+    datadir.write_config('  store = { path = "db", map_size = "2MiB", map_max = "2MiB" },\n'
+                         '  policy = { dir = "%s", watch = false },\n  profiles = { dir = "%s" },'
+                         % (poldir, pdir))
+    srv = Server(datadir)
+    try:
+        _big_dir(pdir, 6, 1 << 20)
+        r = requests.post(srv.url + "/v1/policy/reload",
+                          headers={"Authorization": "Bearer " + srv.datadir.api_key},
+                          verify=srv.datadir.ca_crt, timeout=30)
+        body = r.json()
+        assert r.status_code == 503, (r.status_code, body)
+        assert body["error"] == "storage_unavailable", body
+        assert r.headers.get("Retry-After") == "5", r.headers
+        assert body["profiles"]["errors"], body
+        assert all("store" in e["error"] for e in body["profiles"]["errors"]), body
+        st, _ = Api(srv).call("GET", "/v1/profiles")
+        assert st == 200
     finally:
         assert srv.stop() == 0
