@@ -240,7 +240,7 @@ static int plan_fn(mdm_txn_t *txn, void *arg)
 {
     struct plan_ctx *c = arg;
     for (size_t i = 0; i < c->scan->n; i++) {
-        const dir_entry_t *e = &c->scan->v[i];
+        dir_entry_t *e = &c->scan->v[i];
         mdm_profile_meta_t old;
         if (e->error != NULL)
             continue;
@@ -248,14 +248,16 @@ static int plan_fn(mdm_txn_t *txn, void *arg)
         int rc = mdm_profile_get(txn, e->meta.identifier, &old, NULL);
         if (rc != 0 && rc != MDM_ENOTFOUND && rc != MDM_EPARSE)
             return rc;
-        if (rc == MDM_ENOTFOUND)
+        if (rc == MDM_ENOTFOUND) {
             c->outcome[i] = STORED;
-        else if (rc == MDM_EPARSE || strcmp(old.hash, e->meta.hash) != 0)
+        } else if (rc == MDM_EPARSE || strcmp(old.hash, e->meta.hash) != 0) {
             c->outcome[i] = UPDATED;
-        else if (strcmp(old.source, "dir") != 0 || strcmp(old.file, e->file) != 0)
+        } else if (strcmp(old.source, "dir") != 0 || strcmp(old.file, e->file) != 0) {
             c->outcome[i] = REWRITE;
-        else
+            e->meta.uploaded_ms = old.uploaded_ms; /* the content is as stored then */
+        } else {
             c->outcome[i] = KEPT;
+        }
     }
     /* Not when the directory could not be read: that would delete them all. */
     if (c->scan->error != NULL)
@@ -320,7 +322,9 @@ static void store_entries(mdm_server_t *s, const char *dir, dir_scan_t *scan,
         dir_entry_t *e = &scan->v[i];
         int rc = 0;
         if (e->error == NULL && outcome[i] != KEPT) {
-            e->meta.uploaded_ms = now;
+            /* uploaded_at is when the content was stored (REWRITE keeps it). */
+            if (outcome[i] != REWRITE)
+                e->meta.uploaded_ms = now;
             snprintf(e->meta.source, sizeof(e->meta.source), "dir");
             snprintf(e->meta.file, sizeof(e->meta.file), "%s", e->file);
             rc = mdm_store_update(s->store, entry_put_fn, e);

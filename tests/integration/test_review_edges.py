@@ -221,6 +221,28 @@ def test_unreadable_stored_profile_is_rewritten_by_its_file(tmpdir_path, datadir
         assert srv.stop() == 0
 
 
+
+def test_renamed_file_keeps_uploaded_at(tmpdir_path, datadir):
+    """A file renamed with its content unchanged: the profile now names the
+    new file, and keeps uploaded_at (when the content now stored was
+    stored, as OPERATIONS.md says); devices get nothing new."""
+    a = "com.example.a"
+    pdir, srv = _start(tmpdir_path, datadir)
+    try:
+        api = Api(srv)
+        _write(pdir, "a.mobileconfig", a)
+        assert _reload(srv)[0] == 200
+        before = _stored(api)[a]
+        time.sleep(1.1)                             # uploaded_at has whole seconds
+        os.rename(os.path.join(pdir, "a.mobileconfig"), os.path.join(pdir, "b.mobileconfig"))
+        st, r = _reload(srv)
+        assert st == 200 and r["profiles"]["unchanged"] == 1, r
+        now = _stored(api)[a]
+        assert now["file"] == "b.mobileconfig", now
+        assert now["uploaded_at"] == before["uploaded_at"], (before, now)
+    finally:
+        assert srv.stop() == 0
+
 def test_reload_into_a_full_store_answers_503(tmpdir_path, datadir):
     """Profiles that do not fit in the store (LMDB map at map_max): the
     reload answers 503 storage_unavailable with Retry-After, as other
