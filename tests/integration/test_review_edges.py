@@ -8,7 +8,7 @@ import time
 
 import requests
 
-from conftest import Server
+from conftest import Server, run
 from device import Api
 from test_faults import _shrink_map
 from test_profile_edges import profile, write_policy
@@ -270,5 +270,11 @@ def test_reload_into_a_full_store_answers_503(tmpdir_path, datadir):
         assert all("store" in e["error"] for e in body["profiles"]["errors"]), body
         st, _ = Api(srv).call("GET", "/v1/profiles")
         assert st == 200
+        # The CLI says what the policy did and which files were not stored.
+        p = run("policy", "reload", "--config", datadir.config, "--url", srv.url,
+                "--api-key", datadir.api_key, "--cacert", datadir.ca_crt, check=False)
+        assert p.returncode == 1, (p.stdout, p.stderr)
+        assert "policy reloaded" in p.stdout, (p.stdout, p.stderr)
+        assert "p05.mobileconfig: store: storage full" in p.stderr, (p.stdout, p.stderr)
     finally:
         assert srv.stop() == 0
