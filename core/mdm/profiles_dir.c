@@ -210,7 +210,7 @@ enum { KEPT, STORED, UPDATED, REWRITE /* same content, another source or file */
 struct plan_ctx {
     dir_scan_t *scan;
     int *outcome;             /* per entry */
-    bool any_failed;
+    bool any_failed;          /* a file failed, to read or to store */
     json_t *gone;             /* identifiers to delete */
 };
 
@@ -259,9 +259,21 @@ static int plan_fn(mdm_txn_t *txn, void *arg)
             c->outcome[i] = KEPT;
         }
     }
+    return 0;
+}
+
+/* The profiles to delete, listed once the good files are stored: a file
+ * the store could not take is then one that failed, and keeps the profile
+ * it held. */
+static int plan_prune_fn(mdm_txn_t *txn, void *arg)
+{
+    struct plan_ctx *c = arg;
     /* Not when the directory could not be read: that would delete them all. */
     if (c->scan->error != NULL)
         return 0;
+    c->any_failed = false;
+    for (size_t i = 0; i < c->scan->n; i++)
+        c->any_failed = c->any_failed || c->scan->v[i].error != NULL;
     return mdm_profile_list(txn, plan_prune_cb, c);
 }
 
@@ -329,10 +341,12 @@ static void store_entries(mdm_server_t *s, const char *dir, dir_scan_t *scan,
             snprintf(e->meta.file, sizeof(e->meta.file), "%s", e->file);
             rc = mdm_store_update(s->store, entry_put_fn, e);
         }
+        if (rc != 0) {
+            e->error = mdm_sprintf("store: %s", mdm_strerror(rc));
+            json_object_set_new(report, "store_failed", json_true());
+        }
         if (e->error != NULL) {
             add_error(json_object_get(report, "errors"), dir, e->file, e->error);
-        } else if (rc != 0) {
-            add_store_error(report, dir, e->file, rc, "");
         } else if (lists[outcome[i]] == NULL) {
             kept++;
         } else {
@@ -373,11 +387,7 @@ static json_t *apply_scan(mdm_server_t *s, const char *dir, dir_scan_t *scan)
     json_t *report = json_pack("{s:s, s:[], s:[], s:[], s:[]}", "dir", dir, "stored", "updated",
                                "removed", "errors");
     json_t *errors = json_object_get(report, "errors");
-    bool any_failed = scan->error != NULL;
-    for (size_t i = 0; i < scan->n; i++)
-        any_failed = any_failed || scan->v[i].error != NULL;
-    struct plan_ctx plan = {scan, mdm_calloc(scan->n + 1, sizeof(int)), any_failed,
-                            json_array()};
+    struct plan_ctx plan = {scan, mdm_calloc(scan->n + 1, sizeof(int)), false, json_array()};
     int rc = mdm_store_view(s->store, plan_fn, &plan);
     if (scan->error != NULL)
         add_error(errors, dir, NULL, scan->error);
@@ -385,7 +395,11 @@ static json_t *apply_scan(mdm_server_t *s, const char *dir, dir_scan_t *scan)
         add_store_error(report, dir, NULL, rc, " (nothing was stored)");
     } else {
         store_entries(s, dir, scan, plan.outcome, report);
-        prune(s, dir, plan.gone, report);
+        rc = mdm_store_view(s->store, plan_prune_fn, &plan);
+        if (rc != 0)
+            add_store_error(report, dir, NULL, rc, " (no profile was removed)");
+        else
+            prune(s, dir, plan.gone, report);
     }
     mdm_free(plan.outcome);
     json_decref(plan.gone);

@@ -243,11 +243,9 @@ def test_renamed_file_keeps_uploaded_at(tmpdir_path, datadir):
     finally:
         assert srv.stop() == 0
 
-def test_reload_into_a_full_store_answers_503(tmpdir_path, datadir):
-    """Profiles that do not fit in the store (LMDB map at map_max): the
-    reload answers 503 storage_unavailable with Retry-After, as other
-    writes do, not 422 as if a file were bad; the profiles report says
-    which files were not stored, and the server goes on."""
+def _small_store(tmpdir_path, datadir):
+    """A config with profiles.dir and a store whose map cannot grow past
+    2 MiB; returns the (empty) profiles directory."""
     pdir = os.path.join(tmpdir_path, "profiles")
     os.makedirs(pdir)
     poldir = os.path.join(tmpdir_path, "policy")
@@ -256,6 +254,15 @@ def test_reload_into_a_full_store_answers_503(tmpdir_path, datadir):
     datadir.write_config('  store = { path = "db", map_size = "2MiB", map_max = "2MiB" },\n'
                          '  policy = { dir = "%s", watch = false },\n  profiles = { dir = "%s" },'
                          % (poldir, pdir))
+    return pdir
+
+
+def test_reload_into_a_full_store_answers_503(tmpdir_path, datadir):
+    """Profiles that do not fit in the store (LMDB map at map_max): the
+    reload answers 503 storage_unavailable with Retry-After, as other
+    writes do, not 422 as if a file were bad; the profiles report says
+    which files were not stored, and the server goes on."""
+    pdir = _small_store(tmpdir_path, datadir)
     srv = Server(datadir)
     try:
         _big_dir(pdir, 6, 1 << 20)
@@ -276,5 +283,27 @@ def test_reload_into_a_full_store_answers_503(tmpdir_path, datadir):
         assert p.returncode == 1, (p.stdout, p.stderr)
         assert "policy reloaded" in p.stdout, (p.stdout, p.stderr)
         assert "p05.mobileconfig: store: storage full" in p.stderr, (p.stdout, p.stderr)
+    finally:
+        assert srv.stop() == 0
+
+
+def test_file_not_stored_keeps_the_profile_it_held(tmpdir_path, datadir):
+    """A file whose new content (a new identifier) the store cannot take:
+    the profile the file held before is not removed (a file that fails
+    never removes a profile), although its identifier is in no file."""
+    old, new = "com.example.old", "com.example.new"
+    pdir = _small_store(tmpdir_path, datadir)
+    _write(pdir, "a.mobileconfig", old)
+    _write(pdir, "big.mobileconfig", "com.example.big", "x" * (1 << 20))
+    srv = Server(datadir)
+    try:
+        api = Api(srv)
+        assert sorted(_stored(api)) == ["com.example.big", old]
+        _write(pdir, "a.mobileconfig", new, "y" * (1 << 20))
+        st, r = _reload(srv)
+        assert st == 503, r
+        assert [e["file"] for e in r["profiles"]["errors"]] == ["a.mobileconfig"], r
+        assert r["profiles"]["removed"] == [], r
+        assert sorted(_stored(api)) == ["com.example.big", old]
     finally:
         assert srv.stop() == 0
