@@ -260,7 +260,12 @@ static int cmd_reload(opts_t *o, mdm_config_t *cfg)
     json_error_t je;
     json_t *j = body.len ? json_loadb(body.data, body.len, 0, &je) : NULL;
     const char *what = json_string_value(json_object_get(j, "error"));
-    bool profiles_failed = status == 422 && what != NULL && strcmp(what, "profiles") == 0;
+    /* The policy reloaded, and some profiles.dir files did not: bad ones
+     * (422), or ones the store could not take (503). */
+    bool profiles_failed = what != NULL &&
+                           ((status == 422 && strcmp(what, "profiles") == 0) ||
+                            (status == 503 && strcmp(what, "storage_unavailable") == 0 &&
+                             json_object_get(j, "revision") != NULL));
     if ((status == 200 || profiles_failed) && j != NULL) {
         const char *rev = json_string_value(json_object_get(j, "revision"));
         printf("policy reloaded: revision %.12s (%s)\n", rev ? rev : "-",

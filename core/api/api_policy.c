@@ -33,23 +33,30 @@ static json_t *error_json(const mdm_policy_error_t *pe, const char *dir)
 }
 
 /* A profiles.dir file that did not load makes the answer 422 too, with
- * error "profiles": the policy and the other files are in place. */
-static int profiles_outcome(json_t *o, json_t *profiles)
+ * error "profiles": the policy and the other files are in place. A store
+ * that could not take the changes makes it 503, as for other writes: the
+ * files are fine, and a later reload stores them. */
+static int profiles_outcome(mdm_req_t *req, json_t *o, json_t *profiles)
 {
     json_t *errors = json_object_get(profiles, "errors");
     size_t n = json_array_size(errors);
     if (n == 0)
         return 200;
+    bool store_failed = json_is_true(json_object_get(profiles, "store_failed"));
     json_t *first = json_array_get(errors, 0);
     const char *file = json_string_value(json_object_get(first, "file"));
     char *detail = mdm_sprintf("profiles.dir: %zu error%s (the profiles involved stay as "
                                "stored); %s%s%s", n, n == 1 ? "" : "s", file ? file : "",
                                file ? ": " : "",
                                json_string_value(json_object_get(first, "error")));
-    json_object_set_new(o, "error", json_string("profiles"));
+    json_object_set_new(o, "error",
+                        json_string(store_failed ? "storage_unavailable" : "profiles"));
     json_object_set_new(o, "detail", json_string(detail));
     mdm_free(detail);
-    return 422;
+    if (!store_failed)
+        return 422;
+    mdm_resp_header(req, "Retry-After", "5");
+    return 503;
 }
 
 /* After profiles.dir (as SIGHUP): the policy, then the answer. */
@@ -67,7 +74,7 @@ static void reload_policy(mdm_server_t *s, json_t *profiles, void *arg)
     } else {
         o = mdm_policy_status_json(s);
         json_object_set_new(o, "changed", json_boolean(changed));
-        status = profiles_outcome(o, profiles);
+        status = profiles_outcome(req, o, profiles);
     }
     if (profiles != NULL)
         json_object_set(o, "profiles", profiles);

@@ -1,14 +1,18 @@
 #include "mdm/profiles_dir.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "mdm/profiles.h"
 #include "util/alloc.h"
+#include "util/encode.h"
 #include "util/log.h"
 #include "util/misc.h"
 
@@ -55,13 +59,36 @@ struct mdm_profiles_dir {
 
 /* ---- reading (no store, no log: runs in the thread pool) ----------------- */
 
+/* Opens a file for reading if it is a regular one. The open does not
+ * wait: a named pipe nobody writes to would hold a thread of the pool,
+ * and every later reload, for ever. */
+static char *open_regular(const char *path, FILE **out)
+{
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return mdm_strdup("cannot read");
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return mdm_strdup("not a regular file");
+    }
+    *out = fdopen(fd, "rb");
+    if (*out == NULL) {
+        close(fd);
+        return mdm_strdup("cannot read");
+    }
+    return NULL;
+}
+
 /* Reads a file whole: one over the limit is refused rather than read cut
  * short. */
 static char *read_file(const char *path, mdm_buf_t *raw)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return mdm_strdup("cannot read");
+    FILE *f;
+    char *error = open_regular(path, &f);
+    if (error != NULL)
+        return error;
     char chunk[8192];
     size_t got;
     while (raw->len <= MAX_PROFILE_BYTES && (got = fread(chunk, 1, sizeof(chunk), f)) > 0)
@@ -75,8 +102,32 @@ static char *read_file(const char *path, mdm_buf_t *raw)
     return NULL;
 }
 
+/* A file name that is not UTF-8, with its bytes past ASCII as \xHH: the
+ * report, the store and the JSON answers hold UTF-8 only. */
+static char *escaped_name(const char *name)
+{
+    mdm_buf_t b = MDM_BUF_INIT;
+    for (const unsigned char *p = (const unsigned char *)name; *p != '\0'; p++) {
+        char esc[5];
+        if (*p < 0x80)
+            mdm_buf_append(&b, p, 1);
+        else
+            mdm_buf_append(&b, esc, (size_t)snprintf(esc, sizeof(esc), "\\x%02X", *p));
+    }
+    char *out = mdm_strndup((const char *)b.data, b.len);
+    mdm_buf_free(&b);
+    return out;
+}
+
 static void read_entry(const char *dir, dir_entry_t *e)
 {
+    if (!mdm_utf8_valid(e->file, strlen(e->file))) {
+        char *shown = escaped_name(e->file);
+        mdm_free(e->file);
+        e->file = shown;
+        e->error = mdm_strdup("the file name is not UTF-8 (rename the file)");
+        return;
+    }
     char *path = mdm_sprintf("%s/%s", dir, e->file);
     mdm_buf_t raw = MDM_BUF_INIT;
     mdm_err_t verr = {0};
@@ -159,7 +210,7 @@ enum { KEPT, STORED, UPDATED, REWRITE /* same content, another source or file */
 struct plan_ctx {
     dir_scan_t *scan;
     int *outcome;             /* per entry */
-    bool any_failed;
+    bool any_failed;          /* a file failed, to read or to store */
     json_t *gone;             /* identifiers to delete */
 };
 
@@ -189,25 +240,40 @@ static int plan_fn(mdm_txn_t *txn, void *arg)
 {
     struct plan_ctx *c = arg;
     for (size_t i = 0; i < c->scan->n; i++) {
-        const dir_entry_t *e = &c->scan->v[i];
+        dir_entry_t *e = &c->scan->v[i];
         mdm_profile_meta_t old;
         if (e->error != NULL)
             continue;
+        /* A stored record that does not decode is replaced by the file. */
         int rc = mdm_profile_get(txn, e->meta.identifier, &old, NULL);
-        if (rc != 0 && rc != MDM_ENOTFOUND)
+        if (rc != 0 && rc != MDM_ENOTFOUND && rc != MDM_EPARSE)
             return rc;
-        if (rc == MDM_ENOTFOUND)
+        if (rc == MDM_ENOTFOUND) {
             c->outcome[i] = STORED;
-        else if (strcmp(old.hash, e->meta.hash) != 0)
+        } else if (rc == MDM_EPARSE || strcmp(old.hash, e->meta.hash) != 0) {
             c->outcome[i] = UPDATED;
-        else if (strcmp(old.source, "dir") != 0 || strcmp(old.file, e->file) != 0)
+        } else if (strcmp(old.source, "dir") != 0 || strcmp(old.file, e->file) != 0) {
             c->outcome[i] = REWRITE;
-        else
+            e->meta.uploaded_ms = old.uploaded_ms; /* the content is as stored then */
+        } else {
             c->outcome[i] = KEPT;
+        }
     }
+    return 0;
+}
+
+/* The profiles to delete, listed once the good files are stored: a file
+ * the store could not take is then one that failed, and keeps the profile
+ * it held. */
+static int plan_prune_fn(mdm_txn_t *txn, void *arg)
+{
+    struct plan_ctx *c = arg;
     /* Not when the directory could not be read: that would delete them all. */
     if (c->scan->error != NULL)
         return 0;
+    c->any_failed = false;
+    for (size_t i = 0; i < c->scan->n; i++)
+        c->any_failed = c->any_failed || c->scan->v[i].error != NULL;
     return mdm_profile_list(txn, plan_prune_cb, c);
 }
 
@@ -244,6 +310,17 @@ static void add_error(json_t *errors, const char *dir, const char *file, const c
     json_array_append_new(errors, json_pack("{s:s?, s:s}", "file", file, "error", error));
 }
 
+/* A store failure: an error of the file (NULL: of the directory), and
+ * store_failed in the report, so that the answer says to retry later. */
+static void add_store_error(json_t *report, const char *dir, const char *file, int rc,
+                            const char *effect)
+{
+    char *msg = mdm_sprintf("store: %s%s", mdm_strerror(rc), effect);
+    add_error(json_object_get(report, "errors"), dir, file, msg);
+    mdm_free(msg);
+    json_object_set_new(report, "store_failed", json_true());
+}
+
 /* Stores the good files that differ from the store; a store error is the
  * file's error. */
 static void store_entries(mdm_server_t *s, const char *dir, dir_scan_t *scan,
@@ -255,13 +332,18 @@ static void store_entries(mdm_server_t *s, const char *dir, dir_scan_t *scan,
     int64_t now = mdm_now_ms();
     for (size_t i = 0; i < scan->n; i++) {
         dir_entry_t *e = &scan->v[i];
+        int rc = 0;
         if (e->error == NULL && outcome[i] != KEPT) {
-            e->meta.uploaded_ms = now;
+            /* uploaded_at is when the content was stored (REWRITE keeps it). */
+            if (outcome[i] != REWRITE)
+                e->meta.uploaded_ms = now;
             snprintf(e->meta.source, sizeof(e->meta.source), "dir");
             snprintf(e->meta.file, sizeof(e->meta.file), "%s", e->file);
-            int rc = mdm_store_update(s->store, entry_put_fn, e);
-            if (rc != 0)
-                e->error = mdm_sprintf("store: %s", mdm_strerror(rc));
+            rc = mdm_store_update(s->store, entry_put_fn, e);
+        }
+        if (rc != 0) {
+            e->error = mdm_sprintf("store: %s", mdm_strerror(rc));
+            json_object_set_new(report, "store_failed", json_true());
         }
         if (e->error != NULL) {
             add_error(json_object_get(report, "errors"), dir, e->file, e->error);
@@ -284,9 +366,7 @@ static void prune(mdm_server_t *s, const char *dir, json_t *gone, json_t *report
 {
     int rc = json_array_size(gone) > 0 ? mdm_store_update(s->store, delete_fn, gone) : 0;
     if (rc != 0) {
-        char *msg = mdm_sprintf("store: %s (no profile was removed)", mdm_strerror(rc));
-        add_error(json_object_get(report, "errors"), dir, NULL, msg);
-        mdm_free(msg);
+        add_store_error(report, dir, NULL, rc, " (no profile was removed)");
         return;
     }
     size_t i;
@@ -307,21 +387,19 @@ static json_t *apply_scan(mdm_server_t *s, const char *dir, dir_scan_t *scan)
     json_t *report = json_pack("{s:s, s:[], s:[], s:[], s:[]}", "dir", dir, "stored", "updated",
                                "removed", "errors");
     json_t *errors = json_object_get(report, "errors");
-    bool any_failed = scan->error != NULL;
-    for (size_t i = 0; i < scan->n; i++)
-        any_failed = any_failed || scan->v[i].error != NULL;
-    struct plan_ctx plan = {scan, mdm_calloc(scan->n + 1, sizeof(int)), any_failed,
-                            json_array()};
+    struct plan_ctx plan = {scan, mdm_calloc(scan->n + 1, sizeof(int)), false, json_array()};
     int rc = mdm_store_view(s->store, plan_fn, &plan);
     if (scan->error != NULL)
         add_error(errors, dir, NULL, scan->error);
     if (rc != 0) {
-        char *msg = mdm_sprintf("store: %s (nothing was stored)", mdm_strerror(rc));
-        add_error(errors, dir, NULL, msg);
-        mdm_free(msg);
+        add_store_error(report, dir, NULL, rc, " (nothing was stored)");
     } else {
         store_entries(s, dir, scan, plan.outcome, report);
-        prune(s, dir, plan.gone, report);
+        rc = mdm_store_view(s->store, plan_prune_fn, &plan);
+        if (rc != 0)
+            add_store_error(report, dir, NULL, rc, " (no profile was removed)");
+        else
+            prune(s, dir, plan.gone, report);
     }
     mdm_free(plan.outcome);
     json_decref(plan.gone);
@@ -364,7 +442,9 @@ static int first_error(const char *dir, const dir_scan_t *scan, mdm_err_t *err)
 static void quiet_cb(uv_timer_t *t)
 {
     mdm_profiles_dir_t *d = t->data;
-    mdm_log(MDM_LOG_INFO, NULL, "profiles.changed", "dir=\"%s\" action=reload", d->path);
+    char dq[600];
+    mdm_log(MDM_LOG_INFO, NULL, "profiles.changed", "dir=%s action=reload",
+            mdm_logq(dq, sizeof(dq), d->path));
     mdm_profiles_reload(d->s, NULL, NULL);
 }
 
@@ -388,9 +468,10 @@ static void watch_start(mdm_profiles_dir_t *d)
     d->quiet.data = d;
     d->watching = true;
     int rc = uv_fs_event_start(&d->watch, watch_cb, d->path, 0);
+    char dq[600];
     if (rc != 0)
-        mdm_log(MDM_LOG_WARN, NULL, "profiles.watch_failed", "dir=\"%s\" error=\"%s\"",
-                d->path, uv_strerror(rc));
+        mdm_log(MDM_LOG_WARN, NULL, "profiles.watch_failed", "dir=%s error=\"%s\"",
+                mdm_logq(dq, sizeof(dq), d->path), uv_strerror(rc));
     uv_unref((uv_handle_t *)&d->watch);
     uv_unref((uv_handle_t *)&d->quiet);
 }
@@ -485,7 +566,7 @@ static void reload_after(uv_work_t *w, int status)
     /* The answers tell of stored changes: commit them first. */
     int rc = mdm_server_commit(s);
     if (rc != 0)
-        add_error(json_object_get(report, "errors"), d->path, NULL, mdm_strerror(rc));
+        add_store_error(report, d->path, NULL, rc, " (this reload's changes were not committed)");
     uint64_t t1 = mdm_mono_ns();
     log_summary("profiles.reloaded", d->path, report, (double)(t1 - d->started_ns) / 1e6,
                 (double)(t1 - t0) / 1e6);

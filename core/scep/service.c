@@ -1678,12 +1678,12 @@ static void handle_challenge_new(mdm_req_t *req)
         mdm_api_store_error(req, rc);
         return;
     }
-    char expires[32];
+    char expires[32], uq[300];
     mdm_time_format(expires, c.c.expires_ms);
     mdm_log(MDM_LOG_INFO, req->id, "scep.challenge_created",
             "owner=%s udid=%s expires=%s via=api",
             mdm_logq(q, sizeof(q), c.c.owner[0] ? c.c.owner : "-"),
-            c.c.udid[0] ? c.c.udid : "-", expires);
+            mdm_logq(uq, sizeof(uq), c.c.udid[0] ? c.c.udid : "-"), expires);
     json_t *j = json_pack("{s:s, s:s, s:s, s:s}", "challenge", c.c.text, "expires_at", expires,
                           "user", c.c.owner, "udid", c.c.udid);
     json_decref(body);

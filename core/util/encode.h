@@ -1,8 +1,9 @@
 /* Text encodings: base64 (standard alphabet, decoding skips whitespace),
- * lowercase hex, and URL percent-decoding. */
+ * lowercase hex, URL percent-decoding, and a UTF-8 check. */
 #ifndef MDM_ENCODE_H
 #define MDM_ENCODE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "util/buf.h"
@@ -24,5 +25,9 @@ int mdm_hex_decode(unsigned char *out, size_t outlen, const char *s, size_t n);
  * (the SCEP message= rule). Returns 0 or MDM_EPARSE on a bad escape or on
  * %00 (callers use the result as a C string). */
 int mdm_url_decode(mdm_buf_t *out, const char *s, size_t n, int plus_is_space);
+
+/* True when p[0..n) is UTF-8: no stray or missing continuation bytes,
+ * overlong forms, surrogates or code points past U+10FFFF. */
+bool mdm_utf8_valid(const void *p, size_t n);
 
 #endif

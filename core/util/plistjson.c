@@ -805,42 +805,6 @@ out:
 
 /* ---- bounded parsing ------------------------------------------------------ */
 
-/* True when s[0..n) is UTF-8: no stray or missing continuation bytes,
- * overlong forms, surrogates or code points past U+10FFFF. */
-static bool utf8_valid(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t len;
-        uint32_t cp, min;
-        if ((c & 0xE0) == 0xC0) {
-            len = 2, cp = c & 0x1F, min = 0x80;
-        } else if ((c & 0xF0) == 0xE0) {
-            len = 3, cp = c & 0x0F, min = 0x800;
-        } else if ((c & 0xF8) == 0xF0) {
-            len = 4, cp = c & 0x07, min = 0x10000;
-        } else {
-            return false;
-        }
-        if (n - i < len)
-            return false;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xC0) != 0x80)
-                return false;
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return false;
-        i += len;
-    }
-    return true;
-}
-
 /* Checks that every string and dictionary key of p is UTF-8. libplist takes
  * other bytes as they come, but its binary writer cannot encode them and
  * writes a plist that it cannot read back: a record the store would keep
@@ -852,7 +816,7 @@ static int check_text(plist_t p, mdm_err_t *err)
     case PLIST_STRING: {
         uint64_t len = 0;
         const char *s = plist_get_string_ptr(p, &len);
-        if (s != NULL && !utf8_valid((const unsigned char *)s, (size_t)len))
+        if (s != NULL && !mdm_utf8_valid(s, (size_t)len))
             rc = mdm_err_set(err, MDM_EPARSE, "property list has a string that is not UTF-8");
         break;
     }
@@ -877,7 +841,7 @@ static int check_text(plist_t p, mdm_err_t *err)
             plist_dict_next_item(p, it, &key, &v);
             if (key == NULL)
                 break;
-            if (!utf8_valid((const unsigned char *)key, strlen(key)))
+            if (!mdm_utf8_valid(key, strlen(key)))
                 rc = mdm_err_set(err, MDM_EPARSE, "property list has a key that is not UTF-8");
             else
                 rc = check_text(v, err);
