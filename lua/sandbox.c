@@ -514,15 +514,15 @@ static int sb_load(lua_State *L)
 }
 
 /* The continuation bytes utf8.codes' iterator skips after the character
- * at position (argument 2) of s (argument 1): all of them, however many. A
- * long run is charged as the rest of the string. */
+ * at position (argument 2; 0 before the first) of s (argument 1): all of
+ * them, however many. A long run is charged as the rest of the string. */
 static lua_Unsigned codes_skip_cost(lua_State *L)
 {
     size_t len = 0;
     const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &len) : NULL;
     bool ok = false;
     lua_Integer pos = int_arg(L, 2, &ok);
-    if (s == NULL || !ok || pos < 1 || (lua_Unsigned)pos >= len)
+    if (s == NULL || !ok || pos < 0 || (lua_Unsigned)pos >= len)
         return 0;
     size_t i = (size_t)pos;
     for (size_t n = 0; i < len && ((unsigned char)s[i] & 0xC0) == 0x80; i++, n++) {

@@ -1159,6 +1159,8 @@ static void test_budget_library_loops(void **state)
         {big, "for i = 1, 1e6 do local r = utf8.offset(S, 8000000) end"},
         {"local S = 'a' .. string.rep('\\x80', 1 << 24)\n",
          "local step = utf8.codes(S)\n  for i = 1, 1e6 do local r = step(S, 1) end"},
+        {"local S = string.rep('\\x80', 1 << 24)\n",
+         "local step = utf8.codes(S)\n  for i = 1, 1e6 do local r = step(S, 0) end"},
         {"local Z = string.rep('0', 1 << 23)\n", "for i = 1, 1e6 do local r = tonumber(Z) end"},
         {"local Z = string.rep('0', 1 << 23)\n", "for i = 1, 1e6 do local r = tonumber(Z, 16) end"},
         {"local Z = string.rep('0', 1 << 23)\n", "for i = 1, 1e6 do local r = Z + i end"},
