@@ -1,6 +1,7 @@
 #include "mdm/profiles_dir.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -157,10 +158,13 @@ static int by_name(const void *a, const void *b)
     return strcmp(((const dir_entry_t *)a)->file, ((const dir_entry_t *)b)->file);
 }
 
+/* Hidden files are left alone: editors' lock files (".#a.mobileconfig")
+ * and the "._a.mobileconfig" metadata files that macOS leaves on copies
+ * are not profiles. */
 static bool is_profile_file(const char *name)
 {
     size_t n = strlen(name), k = strlen(SUFFIX);
-    return n > k && strcasecmp(name + n - k, SUFFIX) == 0;
+    return name[0] != '.' && n > k && strcasecmp(name + n - k, SUFFIX) == 0;
 }
 
 static void scan_dir(const char *dir, dir_scan_t *scan)
@@ -172,13 +176,20 @@ static void scan_dir(const char *dir, dir_scan_t *scan)
         return;
     }
     struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
+    for (;;) {
+        errno = 0;
+        if ((de = readdir(d)) == NULL)
+            break;
         if (!is_profile_file(de->d_name))
             continue;
         scan->v = mdm_realloc(scan->v, (scan->n + 1) * sizeof(*scan->v));
         memset(&scan->v[scan->n], 0, sizeof(*scan->v));
         scan->v[scan->n++].file = mdm_strdup(de->d_name);
     }
+    /* A listing cut short is an error, not a directory with fewer files:
+     * the files it did not list must not lose their profiles. */
+    if (errno != 0)
+        scan->error = mdm_sprintf("cannot list the directory: %s", strerror(errno));
     closedir(d);
     if (scan->n > 1)
         qsort(scan->v, scan->n, sizeof(*scan->v), by_name);

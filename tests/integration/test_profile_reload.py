@@ -8,6 +8,7 @@ import time
 
 from conftest import Server, run
 from device import Api, Device
+from test_mdm import preload_env
 from test_profile_edges import profile, start, types, write_policy
 
 
@@ -22,7 +23,7 @@ def stored(api):
     return {p["identifier"]: p for p in r["profiles"]}
 
 
-def start_with_dir(tmpdir_path, datadir, wanted, watch=False):
+def start_with_dir(tmpdir_path, datadir, wanted, watch=False, env=None):
     """The server with profiles.dir. The directory is not watched unless
     asked, so that a test that reloads by SIGHUP or the API does not race
     the watch's own reload (each would see the other's change)."""
@@ -32,7 +33,7 @@ def start_with_dir(tmpdir_path, datadir, wanted, watch=False):
     write_policy(poldir, wanted)
     datadir.write_config('  policy = { dir = "%s", watch = %s },\n  profiles = { dir = "%s" },'
                          % (poldir, "true" if watch else "false", pdir))
-    srv = Server(datadir)
+    srv = Server(datadir, env=env)
     return pdir, (srv, Api(srv), poldir)
 
 
@@ -287,6 +288,89 @@ def test_directory_gone_on_reload_removes_nothing(tmpdir_path, datadir):
         assert r["profiles"]["removed"] == [] and r["profiles"]["errors"][0]["file"] is None, r
         assert "cannot open the directory" in r["detail"], r
         assert stored(api) == before
+    finally:
+        assert srv.stop() == 0
+
+
+# While the file MOONMDM_TEST_READDIR_EIO names exists, a directory listing
+# fails with EIO right after its first *.mobileconfig entry (a listing cut
+# short by a network or FUSE file system).
+READDIR_EIO_C = r'''
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+struct dirent *readdir(DIR *d)
+{
+    static __thread DIR *cut;
+    struct dirent *(*real)(DIR *) = (struct dirent *(*)(DIR *))dlsym(RTLD_NEXT, "readdir");
+    const char *flag = getenv("MOONMDM_TEST_READDIR_EIO");
+    int saved = errno; /* the caller's: readdir leaves it alone at the end */
+    int on = flag != NULL && access(flag, F_OK) == 0;
+    errno = saved;
+    if (!on)
+        return real(d);
+    if (cut == d) {
+        cut = NULL;
+        errno = EIO;
+        return NULL;
+    }
+    struct dirent *e = real(d);
+    size_t n = e != NULL ? strlen(e->d_name) : 0;
+    if (n > 13 && strcmp(e->d_name + n - 13, ".mobileconfig") == 0)
+        cut = d;
+    return e;
+}
+'''
+
+
+def test_listing_cut_short_removes_nothing(tmpdir_path, datadir):
+    """A listing that fails part way is an error: the profiles of the files
+    it did not list stay. Before, they were removed from the store and
+    from devices."""
+    a, b = "com.example.a", "com.example.b"
+    pdir = os.path.join(tmpdir_path, "profiles")
+    os.makedirs(pdir)
+    write_profile(pdir, "a", a)
+    write_profile(pdir, "b", b)
+    flag = os.path.join(tmpdir_path, "readdir_eio")
+    env = preload_env(tmpdir_path, "readdir_eio", READDIR_EIO_C)
+    env["MOONMDM_TEST_READDIR_EIO"] = flag
+    pdir, (srv, api, _) = start_with_dir(tmpdir_path, datadir, [a, b], env=env)
+    try:
+        before = stored(api)
+        assert sorted(before) == [a, b]
+        open(flag, "w").close()
+        st, r = api.call("POST", "/v1/policy/reload")
+        assert st == 422, r
+        assert r["profiles"]["removed"] == [], r
+        assert "cannot list the directory" in r["detail"], r
+        assert stored(api) == before
+        os.unlink(flag)
+        st, r = api.call("POST", "/v1/policy/reload")
+        assert st == 200 and r["profiles"]["removed"] == [], r
+    finally:
+        assert srv.stop() == 0
+
+
+def test_hidden_files_are_not_profiles(tmpdir_path, datadir):
+    """Editors' lock files and the "._" files macOS leaves on copies end in
+    .mobileconfig too: they are passed over, not reported as bad files."""
+    a = "com.example.a"
+    pdir = os.path.join(tmpdir_path, "profiles")
+    os.makedirs(pdir)
+    write_profile(pdir, "a", a)
+    with open(os.path.join(pdir, "._a.mobileconfig"), "wb") as f:
+        f.write(b"\x00\x05\x16\x07 AppleDouble")
+    os.symlink("user@host.1234:1700000000", os.path.join(pdir, ".#a.mobileconfig"))
+    pdir, (srv, api, _) = start_with_dir(tmpdir_path, datadir, [a])
+    try:
+        assert sorted(stored(api)) == [a]
+        st, r = api.call("POST", "/v1/policy/reload")
+        assert st == 200 and r["profiles"]["errors"] == [], r
     finally:
         assert srv.stop() == 0
 
