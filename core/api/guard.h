@@ -34,7 +34,10 @@ uint64_t mdm_guard_fail(mdm_guard_t *g, const char *key, int64_t now_ms);
 /* Clears the key after a success. */
 void mdm_guard_success(mdm_guard_t *g, const char *key);
 
-/* "addr:<ip>" from "ip:port" or "[v6]:port". */
+/* The address key of a client, from "ip:port" or "[v6]:port":
+ * "addr:<ipv4>" for IPv4 and IPv4-mapped IPv6 addresses, "addr:<prefix>/64"
+ * for IPv6 (a client controls at least a /64), both normalised so that
+ * every spelling of one address gives one key. */
 void mdm_guard_addr_key(const char *remote, char *out, size_t n);
 
 #endif
