@@ -1,7 +1,9 @@
 """Password checks of the enrollment page: mdm.password.verify in the
 authenticate hook hashes in the thread pool, and the hook runs again with
 the result, so that a slow hash never holds the event loop."""
+import base64
 import os
+import signal
 import threading
 import time
 import warnings
@@ -9,8 +11,8 @@ import warnings
 import pytest
 import requests
 
-from conftest import SLOWDOWN, Server, run
-from device import TOPIC
+from conftest import SLOWDOWN, Server, http_request, read_response, run
+from device import TOPIC, Api
 from test_scep import scep_datadir
 
 with warnings.catch_warnings():
@@ -100,6 +102,11 @@ def test_right_password_gets_the_profile_and_wrong_one_403(psrv):
     assert 'moonmdm_enroll_auth_total{result="allowed"} 1' in st
     assert 'moonmdm_enroll_auth_total{result="denied"} 1' in st
     assert 'moonmdm_policy_calls_total{hook="authenticate",outcome="ok"} 2' in st, st
+    # Each sign-in ran the hook twice (stopped, then with the hash known)
+    # and recorded one decision.
+    code, r = Api(psrv).call("GET", "/v1/decisions?hook=authenticate&limit=50")
+    assert code == 200 and len(r["decisions"]) == 2, r
+    assert {d["decision"]["allow"] for d in r["decisions"]} == {True, False}, r
 
 
 def test_a_hook_that_verifies_two_passwords(psrv):
@@ -211,3 +218,21 @@ def test_slow_hashes_do_not_stall_the_loop(tmpdir_path):
         assert lat and max(lat) < one / 3 * SLOWDOWN, (sorted(lat)[-5:], one)
     finally:
         assert s.stop() == 0
+
+
+def test_stopping_while_a_hash_is_pending_answers_and_exits_cleanly(tmpdir_path):
+    s = password_server(tmpdir_path, cost=13)
+    try:
+        with s.connect() as sock:
+            cred = base64.b64encode(b"alice:wonderland").decode()
+            http_request(sock, "GET", "/enroll", {"Authorization": "Basic " + cred})
+            time.sleep(0.1)
+            s.proc.send_signal(signal.SIGTERM)
+            r = read_response(sock)
+        assert r.status == 200
+        assert s.proc.wait(30) == 0, s.log()[-3000:]
+        log = s.log()
+        # The stop came while the hash was being made.
+        assert log.index("event=server.stopping") < log.index("event=enroll.authenticate"), log
+    finally:
+        s.stop()
