@@ -14,6 +14,7 @@ typedef struct entry {
     int64_t first_ms;          /* start of the counting window */
     int64_t locked_until_ms;
     int64_t last_ms;
+    uint32_t in_flight;        /* attempts begun and not yet ended */
 } entry_t;
 
 struct mdm_guard {
@@ -134,6 +135,35 @@ uint64_t mdm_guard_fail(mdm_guard_t *g, const char *key, int64_t now_ms)
     mdm_log(MDM_LOG_WARN, NULL, "guard.lockout", "endpoint=%s key=%s failures=%u lock_ms=%llu",
             g->name, mdm_logq(kq, sizeof(kq), key), e->failures, (unsigned long long)lock);
     return lock;
+}
+
+/* Failures counted now: those within the window. */
+static uint32_t recent_failures(const mdm_guard_t *g, const entry_t *e, int64_t now_ms)
+{
+    if (e->failures == 0 || now_ms - e->first_ms > (int64_t)g->o.window_ms)
+        return 0;
+    return e->failures;
+}
+
+bool mdm_guard_begin(mdm_guard_t *g, const char *key, int64_t now_ms)
+{
+    entry_t *e = find(g, key, true);
+    if (e == NULL)
+        return true;
+    uint64_t open = (uint64_t)recent_failures(g, e, now_ms) + e->in_flight;
+    if (open >= g->o.threshold && e->in_flight > 0) {
+        mdm_metric_add(g->m_refused, 1);
+        return false;
+    }
+    e->in_flight++;
+    return true;
+}
+
+void mdm_guard_end(mdm_guard_t *g, const char *key)
+{
+    entry_t *e = find(g, key, false);
+    if (e != NULL && e->in_flight > 0)
+        e->in_flight--;
 }
 
 void mdm_guard_success(mdm_guard_t *g, const char *key)

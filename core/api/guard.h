@@ -6,6 +6,7 @@
 #ifndef MDM_GUARD_H
 #define MDM_GUARD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -30,6 +31,16 @@ uint64_t mdm_guard_locked(mdm_guard_t *g, const char *key, int64_t now_ms);
 
 /* Records a failure; returns the lockout it caused (0: none yet). */
 uint64_t mdm_guard_fail(mdm_guard_t *g, const char *key, int64_t now_ms);
+
+/* An attempt whose outcome comes later (a sign-in whose password is being
+ * hashed): attempts in flight count as failures until they end, so that a
+ * burst of attempts sent together gets no more tries than attempts sent
+ * one after another. Returns false (and begins nothing) when the key's
+ * failures and attempts in flight reach the threshold and one is still in
+ * flight: retry when it has ended. Every true must be matched by one
+ * mdm_guard_end, after its mdm_guard_fail or mdm_guard_success. */
+bool mdm_guard_begin(mdm_guard_t *g, const char *key, int64_t now_ms);
+void mdm_guard_end(mdm_guard_t *g, const char *key);
 
 /* Clears the key after a success. */
 void mdm_guard_success(mdm_guard_t *g, const char *key);

@@ -268,7 +268,7 @@ struct auth_job {
     mdm_buf_t basic;               /* Authorization: Basic, decoded */
     plist_t form;
     bool browser;                  /* no Authorization header: answer with the page */
-    char addr_key[80], user_key[300];
+    char addr_key[80], user_key[300]; /* the guard's keys, begun (mdm_guard_begin) */
     /* OTA phase 1 */
     plist_t attrs;                 /* the device's signed attributes */
     char owner[MDM_CHALLENGE_OWNER_MAX + 1];
@@ -466,11 +466,37 @@ static void answer_profile(mdm_req_t *req, const char *user, bool profile_servic
     mdm_buf_free(&out);
 }
 
+/* Sign-ins of a key whose failures and sign-ins in flight reach the
+ * threshold wait for those in flight: retry after this. */
+#define GUARD_BUSY_RETRY_MS 1000
+
+/* Counts the sign-in in flight for its address and user (the guard's
+ * failures are only known when it ends); false when one of them has as
+ * many in flight as it has tries left. */
+static bool guard_begin(mdm_guard_t *g, auth_job_t *j, int64_t now)
+{
+    if (!mdm_guard_begin(g, j->addr_key, now))
+        return false;
+    if (j->ar.user != NULL && !mdm_guard_begin(g, j->user_key, now)) {
+        mdm_guard_end(g, j->addr_key);
+        return false;
+    }
+    return true;
+}
+
+static void guard_end(mdm_guard_t *g, auth_job_t *j)
+{
+    mdm_guard_end(g, j->addr_key);
+    if (j->ar.user != NULL)
+        mdm_guard_end(g, j->user_key);
+}
+
 /* The enrollment page's answer to a decided sign-in. */
 static void enroll_decided(auth_job_t *j)
 {
     mdm_req_t *req = j->req;
     mdm_enroll_t *en = enroll_of(req->server);
+    guard_end(en->guard, j);
     if (!j->decision.allow) {
         int64_t now = mdm_now_ms();
         mdm_guard_fail(en->guard, j->addr_key, now);
@@ -539,6 +565,8 @@ static void handle_enroll(mdm_req_t *req)
         locked = mdm_guard_locked(en->guard, j->addr_key, now);
         if (locked == 0 && ar->user != NULL)
             locked = mdm_guard_locked(en->guard, j->user_key, now);
+        if (locked == 0 && !guard_begin(en->guard, j, now))
+            locked = GUARD_BUSY_RETRY_MS;
     }
     if (locked > 0) {
         char retry[32], uq[300];

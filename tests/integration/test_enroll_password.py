@@ -236,3 +236,21 @@ def test_stopping_while_a_hash_is_pending_answers_and_exits_cleanly(tmpdir_path)
         assert log.index("event=server.stopping") < log.index("event=enroll.authenticate"), log
     finally:
         s.stop()
+
+
+def test_a_burst_of_wrong_passwords_gets_no_more_tries_than_the_threshold(tmpdir_path):
+    # Sign-ins wait for their hash in parallel: those in flight count
+    # against the threshold, as if they had been made one after another.
+    s = password_server(tmpdir_path, cost=11, threshold=3)
+    try:
+        codes = []
+        ws = [threading.Thread(target=lambda: codes.append(sign_in(s, "alice", "wrong").status_code))
+              for _ in range(8)]
+        for w in ws:
+            w.start()
+        for w in ws:
+            w.join()
+        assert sorted(codes) == [403] * 3 + [429] * 5, codes
+        assert s.log().count("event=enroll.authenticate") == 3
+    finally:
+        assert s.stop() == 0

@@ -88,6 +88,44 @@ static void test_ipv4_unchanged(void **state)
     assert_true(fail_from(one, 3, "203.0.113.1:4") > 0);
 }
 
+/* Attempts in flight count as failures until they end: a burst gets no
+ * more tries than attempts made one after another. */
+static void test_attempts_in_flight(void **state)
+{
+    (void)state;
+    mdm_guard_t *g = guard();
+    const char *k = "addr:192.0.2.1";
+    assert_true(mdm_guard_begin(g, k, 1000));
+    assert_true(mdm_guard_begin(g, k, 1000));
+    assert_true(mdm_guard_begin(g, k, 1000));
+    assert_false(mdm_guard_begin(g, k, 1000));
+    /* Two fail, one succeeds: the key is clear again. */
+    mdm_guard_end(g, k);
+    mdm_guard_fail(g, k, 1001);
+    assert_false(mdm_guard_begin(g, k, 1001));
+    mdm_guard_end(g, k);
+    mdm_guard_fail(g, k, 1002);
+    /* Two failures and one in flight: full. */
+    assert_false(mdm_guard_begin(g, k, 1002));
+    mdm_guard_end(g, k);
+    mdm_guard_success(g, k);
+    assert_int_equal(mdm_guard_locked(g, k, 1003), 0);
+    assert_true(mdm_guard_begin(g, k, 1003));
+    mdm_guard_end(g, k);
+    /* A locked key whose lock has run out gets one try at a time. */
+    const char *u = "user:bob";
+    for (int i = 0; i < 3; i++)
+        mdm_guard_fail(g, u, 2000);
+    assert_true(mdm_guard_locked(g, u, 2001) > 0);
+    assert_int_equal(mdm_guard_locked(g, u, 3001), 0);
+    assert_true(mdm_guard_begin(g, u, 3001));
+    assert_false(mdm_guard_begin(g, u, 3001));
+    mdm_guard_end(g, u);
+    /* Another key is not affected. */
+    assert_true(mdm_guard_begin(g, "addr:192.0.2.2", 1000));
+    mdm_guard_free(g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -95,6 +133,7 @@ int main(void)
         cmocka_unit_test(test_ipv6_prefix_shares_lockout),
         cmocka_unit_test(test_spellings_share_lockout),
         cmocka_unit_test(test_ipv4_unchanged),
+        cmocka_unit_test(test_attempts_in_flight),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
