@@ -213,6 +213,7 @@ def test_slow_hashes_do_not_stall_the_loop(tmpdir_path):
             w.join()
         stop.set()
         p.join()
+        print(f"healthz max {max(lat):.4f} s over {len(lat)} probes; one sign-in {one:.3f} s")
         assert sorted(codes) == [200] * 4 + [403] * 4, codes
         # The hashes run in the thread pool: /healthz never waits for one.
         assert lat and max(lat) < one / 3 * SLOWDOWN, (sorted(lat)[-5:], one)
