@@ -33,7 +33,8 @@ typedef struct mdm_enroll {
     X509_STORE *ota_trust;      /* phase-1 device certificates (Apple's device CA) */
     X509_STORE *device_trust;   /* phase-3 identities: our CA */
     mdm_guard_t *guard;         /* failed sign-ins by address and by user */
-    mdm_metric_t *m_allowed, *m_denied, *m_ota;
+    mdm_metric_t *m_allowed, *m_denied, *m_ota, *m_busy;
+    uint64_t in_flight;         /* sign-ins waiting for their decision */
 } mdm_enroll_t;
 
 static mdm_enroll_t *enroll_of(mdm_server_t *s)
@@ -304,6 +305,7 @@ static void auth_decided(void *arg)
 {
     auth_job_t *j = arg;
     mdm_enroll_t *e = enroll_of(j->req->server);
+    e->in_flight--;
     const mdm_enroll_auth_req_t *ar = &j->ar;
     mdm_enroll_auth_t *out = &j->decision;
     char uq[300], rq[300];
@@ -324,6 +326,7 @@ static void run_auth(auth_job_t *j)
 {
     mdm_enroll_t *e = enroll_of(j->req->server);
     memset(&j->decision, 0, sizeof(j->decision));
+    e->in_flight++;
     if (e->auth == NULL) {
         snprintf(j->decision.reason, sizeof(j->decision.reason),
                  "no authenticate hook in the policy: nobody may enroll");
@@ -466,6 +469,30 @@ static void answer_profile(mdm_req_t *req, const char *user, bool profile_servic
     mdm_buf_free(&out);
 }
 
+/* How a refused request is answered: the page, JSON (the enrollment page
+ * with an Authorization header), or text (the OTA profile service). */
+enum { ANSWER_PAGE, ANSWER_JSON, ANSWER_TEXT };
+
+/* True (and the request answered with 503) when enroll.max_in_flight
+ * sign-ins are waiting for their decision already. */
+static bool auth_busy(mdm_req_t *req, int answer)
+{
+    mdm_enroll_t *e = enroll_of(req->server);
+    if (e->in_flight < req->server->cfg->enroll_max_in_flight)
+        return false;
+    mdm_metric_add(e->m_busy, 1);
+    mdm_log(MDM_LOG_WARN, req->id, "enroll.busy", "remote=%s in_flight=%llu", req->remote_addr,
+            (unsigned long long)e->in_flight);
+    mdm_resp_header(req, "Retry-After", "1");
+    if (answer == ANSWER_PAGE)
+        send_page(req, 503, "Too many sign-ins at once. Wait a moment and try again.", NULL);
+    else if (answer == ANSWER_JSON)
+        mdm_resp_json_error(req, 503, "busy", "too many sign-ins in progress; retry later");
+    else
+        mdm_resp_text(req, 503, "too many sign-ins in progress; retry later");
+    return true;
+}
+
 /* Sign-ins of a key whose failures and sign-ins in flight reach the
  * threshold wait for those in flight: retry after this. */
 #define GUARD_BUSY_RETRY_MS 1000
@@ -559,6 +586,10 @@ static void handle_enroll(mdm_req_t *req)
     mdm_guard_addr_key(req->remote_addr, j->addr_key, sizeof(j->addr_key));
     snprintf(j->user_key, sizeof(j->user_key), "user:%s", ar->user ? ar->user : "");
     bool has_creds = ar->user != NULL || ar->bearer != NULL;
+    if (has_creds && auth_busy(req, j->browser ? ANSWER_PAGE : ANSWER_JSON)) {
+        auth_job_free(j);
+        return;
+    }
     int64_t now = mdm_now_ms();
     uint64_t locked = 0;
     if (has_creds) {
@@ -782,6 +813,8 @@ static void handle_ota(mdm_req_t *req)
         goto out;
     }
     if (!phase3) {
+        if (auth_busy(req, ANSWER_TEXT))
+            goto out;
         const char *challenge = mdm_pl_str(attrs, "CHALLENGE");
         struct ota_ctx o = {.challenge = challenge};
         int crc = challenge == NULL ? MDM_ENOTFOUND : mdm_store_update(s->store, ota_check_fn, &o);
@@ -880,6 +913,8 @@ int mdm_enroll_service_init(mdm_server_t *s, mdm_err_t *err)
                              "Enrollment sign-ins by result");
     e->m_ota = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_enroll_ota_requests_total", NULL,
                           "Requests to the OTA profile service");
+    e->m_busy = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_enroll_busy_total", NULL,
+                           "Sign-ins refused because enroll.max_in_flight were waiting");
     mdm_router_add(&s->router, MDM_GET | MDM_POST, s->cfg->enroll_path, handle_enroll,
                    MDM_AUTH_PUBLIC, "enroll");
     mdm_router_add(&s->router, MDM_POST, s->cfg->enroll_ota_path, handle_ota, MDM_AUTH_PUBLIC,

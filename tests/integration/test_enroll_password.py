@@ -64,15 +64,16 @@ return {
 '''
 
 
-def password_server(tmpdir_path, cost=5, threshold=1000):
+def password_server(tmpdir_path, cost=5, threshold=1000, in_flight=64):
     pdir = os.path.join(tmpdir_path, "pol")
     os.makedirs(pdir, exist_ok=True)
     with open(os.path.join(pdir, "init.lua"), "w") as f:
         f.write(POLICY % {"alice": bcrypt_hash("wonderland", cost),
                           "bob": bcrypt_hash("builder", cost)})
     d = scep_datadir(tmpdir_path)
-    d.write_config('  enroll = { topic = "%s" },\n  policy = { dir = "%s" },\n'
-                   '  security = { auth_fail_threshold = %d },' % (TOPIC, pdir, threshold))
+    d.write_config('  enroll = { topic = "%s", max_in_flight = %d },\n  policy = { dir = "%s" },\n'
+                   '  security = { auth_fail_threshold = %d },'
+                   % (TOPIC, in_flight, pdir, threshold))
     return Server(d, plain=True)
 
 
@@ -253,5 +254,31 @@ def test_a_burst_of_wrong_passwords_gets_no_more_tries_than_the_threshold(tmpdir
             w.join()
         assert sorted(codes) == [403] * 3 + [429] * 5, codes
         assert s.log().count("event=enroll.authenticate") == 3
+    finally:
+        assert s.stop() == 0
+
+
+def test_sign_ins_beyond_max_in_flight_get_503(tmpdir_path):
+    in_flight = 2
+    s = password_server(tmpdir_path, cost=12, in_flight=in_flight)
+    try:
+        got = []
+
+        def one(i):
+            r = sign_in(s, "either", "wonderland")
+            got.append((r.status_code, r.headers.get("Retry-After")))
+
+        ws = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+        for w in ws:
+            w.start()
+        for w in ws:
+            w.join()
+        codes = sorted(c for c, _ in got)
+        assert codes.count(200) >= in_flight and codes.count(503) >= 1, got
+        assert all(ra == "1" for c, ra in got if c == 503), got
+        s.wait_log(r"event=enroll.busy .*in_flight=2")
+        # A refused sign-in decided nothing.
+        assert s.log().count("event=enroll.authenticate") == codes.count(200)
+        assert sign_in(s, "alice", "wonderland").status_code == 200
     finally:
         assert s.stop() == 0
