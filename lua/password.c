@@ -197,7 +197,13 @@ bool mdm_policy_pwcheck_pending(const mdm_policy_pwcheck_t *pw)
 
 void mdm_policy_pwcheck_work(mdm_policy_pwcheck_t *pw)
 {
-    if (pw->plain == NULL || pw->ndone >= MDM__PASSWORDS_MAX)
+    if (pw->ndone >= MDM__PASSWORDS_MAX) {
+        /* Never recorded (mdm__pwcheck_defer refuses it); dropping it keeps
+         * a caller from hashing for ever. */
+        drop_pending(pw);
+        return;
+    }
+    if (pw->plain == NULL)
         return;
     bool ok = mdm__password_matches(pw->plain, pw->hash);
     pw->done[pw->ndone].plain = pw->plain;
