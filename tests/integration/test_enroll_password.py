@@ -183,7 +183,9 @@ return {
 
 @pytest.mark.timing
 def test_slow_hashes_do_not_stall_the_loop(tmpdir_path):
-    s = password_server(tmpdir_path, cost=12)
+    # bcrypt cost 14: about 1 s a hash, well above what a loaded machine
+    # adds to a /healthz round trip by itself.
+    s = password_server(tmpdir_path, cost=14)
     try:
         t0 = time.monotonic()
         assert sign_in(s, "alice", "wonderland").status_code == 200
@@ -207,7 +209,7 @@ def test_slow_hashes_do_not_stall_the_loop(tmpdir_path):
         p.start()
         time.sleep(0.1)
         ws = [threading.Thread(target=signer, args=(pw,))
-              for pw in ["wonderland", "wrong"] * 4]
+              for pw in ["wonderland", "wrong"] * 3]
         for w in ws:
             w.start()
         for w in ws:
@@ -215,7 +217,7 @@ def test_slow_hashes_do_not_stall_the_loop(tmpdir_path):
         stop.set()
         p.join()
         print(f"healthz max {max(lat):.4f} s over {len(lat)} probes; one sign-in {one:.3f} s")
-        assert sorted(codes) == [200] * 4 + [403] * 4, codes
+        assert sorted(codes) == [200] * 3 + [403] * 3, codes
         # The hashes run in the thread pool: /healthz never waits for one.
         assert lat and max(lat) < one / 3 * SLOWDOWN, (sorted(lat)[-5:], one)
     finally:
