@@ -250,6 +250,11 @@ static const opt_t options[] = {
      .doc = "CA files that OTA phase-1 device certificates must chain to."},
     {.key = "enroll.install_ca", .type = OPT_BOOL, FIELD(enroll_install_ca), .def = "true",
      .doc = "Put the CA certificate in the enrollment profile (a CA devices do not trust yet)."},
+    {.key = "enroll.max_in_flight", .type = OPT_INT, FIELD(enroll_max_in_flight), .def = "64",
+     .min = 1, .max = 65536,
+     .doc = "Sign-ins (enrollment page, OTA phase 1) that may wait for their decision at once "
+            "(their password hashes are made in the thread pool); more get 503 with "
+            "Retry-After."},
 
     {.key = "profiles.dir", .type = OPT_STRING, FIELD(profiles_dir), .flags = F_PATH,
      .doc = "Directory of .mobileconfig files kept in the store (at most 8 MiB each). Loaded "

@@ -109,6 +109,7 @@ typedef struct mdm_config {
     uint64_t enroll_access_rights; /* enroll.access_rights */
     mdm_strlist_t enroll_ota_trust; /* enroll.ota_trust: CAs of OTA phase-1 device certificates */
     bool enroll_install_ca;   /* enroll.install_ca: put the CA certificate in the profile */
+    uint64_t enroll_max_in_flight; /* enroll.max_in_flight: sign-ins waiting for a decision */
 
     /* profiles */
     char *profiles_dir;       /* profiles.dir: .mobileconfig files loaded at start */

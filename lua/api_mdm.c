@@ -23,8 +23,6 @@
 #define LOG_MAX 2048          /* bytes of one mdm.log message */
 #define KV_KEY_MAX 256        /* bytes of an mdm.kv key */
 #define KV_VALUE_MAX (64u << 10) /* bytes of one mdm.kv value */
-#define PASSWORD_MAX 1024
-#define HASH_MAX 512
 #define PROFILE_DATA_INLINE 64 /* data values of profile metadata up to this size are shown (hex) */
 
 static mdm_policy_t *policy(lua_State *L)
@@ -503,11 +501,18 @@ void mdm__kv_commit(lua_State *L)
 
 /* ---- mdm.password -------------------------------------------------------------- */
 
-static bool hash_supported(const char *h)
+/* verify's answer when it needs a hash it does not know yet: the server
+ * hashes off the loop and runs the hook again (password.c). */
+static int password_defer(lua_State *L, mdm_policy_pwcheck_t *pw, const char *plain,
+                          const char *hash)
 {
-    return strncmp(h, "$y$", 3) == 0 || strncmp(h, "$2b$", 4) == 0 ||
-           strncmp(h, "$2a$", 4) == 0 || strncmp(h, "$2y$", 4) == 0 ||
-           strncmp(h, "$6$", 3) == 0;
+    int known = mdm__pwcheck_lookup(pw, plain, hash);
+    if (known < 0)
+        return mdm__sandbox_stop(L, mdm__pwcheck_defer(pw, plain, hash) == 0
+                                        ? MDM__KILL_DEFER
+                                        : MDM__KILL_PASSWORDS);
+    lua_pushboolean(L, known);
+    return 1;
 }
 
 /* mdm.password.verify(plain, hash) -> true | false [, why] */
@@ -516,21 +521,18 @@ static int password_verify(lua_State *L)
     size_t pl = 0, hl = 0;
     const char *plain = luaL_checklstring(L, 1, &pl);
     const char *hash = luaL_checklstring(L, 2, &hl);
-    if (pl > PASSWORD_MAX || hl > HASH_MAX || strlen(plain) != pl || strlen(hash) != hl) {
+    const mdm__call_t *call = policy(L)->call;
+    char why[160];
+    if (!mdm__password_usable(plain, pl, hash, hl, why, sizeof(why))) {
+        mdm_log(MDM_LOG_WARN, call ? call->reqid : NULL, "policy.password_refused",
+                "reason=\"%s\"", why);
         lua_pushboolean(L, 0);
-        lua_pushliteral(L, "password or hash too long or not text");
+        lua_pushstring(L, why);
         return 2;
     }
-    if (!hash_supported(hash)) {
-        lua_pushboolean(L, 0);
-        lua_pushliteral(L, "unsupported hash (use yescrypt $y$, bcrypt $2b$ or sha512-crypt $6$)");
-        return 2;
-    }
-    struct crypt_data *cd = mdm_calloc(1, sizeof(*cd));
-    const char *out = crypt_rn(plain, hash, cd, (int)sizeof(*cd));
-    bool ok = out != NULL && out[0] != '*' && mdm_consttime_eq(out, strlen(out), hash, hl);
-    mdm_free(cd);
-    lua_pushboolean(L, ok);
+    if (call != NULL && call->pwcheck != NULL)
+        return password_defer(L, call->pwcheck, plain, hash);
+    lua_pushboolean(L, mdm__password_matches(plain, hash));
     return 1;
 }
 
@@ -542,15 +544,15 @@ static int password_hash(lua_State *L)
     size_t pl = 0;
     const char *plain = luaL_checklstring(L, 1, &pl);
     int m = luaL_checkoption(L, 2, "yescrypt", methods);
-    if (pl > PASSWORD_MAX || strlen(plain) != pl)
+    if (pl > MDM__PASSWORD_MAX || strlen(plain) != pl)
         return luaL_error(L, "mdm.password.hash: password too long or not text");
     char salt[CRYPT_GENSALT_OUTPUT_SIZE];
     if (crypt_gensalt_rn(prefixes[m], 0, NULL, 0, salt, (int)sizeof(salt)) == NULL)
         return luaL_error(L, "mdm.password.hash: cannot make a salt for %s", methods[m]);
     struct crypt_data *cd = mdm_calloc(1, sizeof(*cd));
     const char *out = crypt_rn(plain, salt, cd, (int)sizeof(*cd));
-    char hash[HASH_MAX + 1] = "";
-    bool ok = out != NULL && out[0] != '*' && strlen(out) <= HASH_MAX;
+    char hash[MDM__HASH_MAX + 1] = "";
+    bool ok = out != NULL && out[0] != '*' && strlen(out) <= MDM__HASH_MAX;
     if (ok)
         snprintf(hash, sizeof(hash), "%s", out);
     mdm_free(cd);

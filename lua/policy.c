@@ -1450,6 +1450,7 @@ typedef struct run {
     uint64_t duration_ns;
     int outcome;
     int dev_ref;                   /* the device view's source (LUA_NOREF: none) */
+    bool deferred;                 /* stopped for a password hash made off the loop */
 } run_t;
 
 static int bad(lua_State *L, run_t *r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -1818,6 +1819,18 @@ static int runner(lua_State *L)
     return 0;
 }
 
+/* The time budget of this run: the hook's, less what earlier runs of the
+ * same request took when it is run again after a password hash (the
+ * budget bounds the time the request holds the loop). 0: none. */
+static uint64_t run_limit(const mdm_policy_t *p, const run_t *r)
+{
+    uint64_t budget = p->budget_ns[r->hook];
+    uint64_t spent = r->call.pwcheck != NULL ? r->call.pwcheck->lua_ns : 0;
+    if (budget == 0 || spent == 0)
+        return budget;
+    return spent < budget ? budget - spent : 1;
+}
+
 /* Runs the hook of r with r->nlua Lua arguments on top of L's stack. */
 static void invoke(mdm_policy_t *p, lua_State *L, run_t *r)
 {
@@ -1833,22 +1846,34 @@ static void invoke(mdm_policy_t *p, lua_State *L, run_t *r)
     /* self_test runs with what loading has: 100 times the instructions. */
     uint64_t insns = r->hook == MDM_POLICY_HOOK_SELF_TEST ? p->instructions * LOAD_INSN_FACTOR
                                                           : p->instructions;
-    mdm__sandbox_begin(&p->sb, L, p->budget_ns[r->hook], insns, &saved);
+    uint64_t limit = run_limit(p, r);
+    mdm__sandbox_begin(&p->sb, L, limit, insns, &saved);
     int status = lua_pcall(L, r->nlua + 1, 0, 0);
     int kill = mdm__sandbox_end(&p->sb, L, &saved);
     /* The clock is read every so many instructions, and a library call
      * (a pattern match, a password hash) is one: a hook that ran past its
      * budget that way still fails, when it returns. */
-    if (status == LUA_OK && kill == MDM__KILL_NONE && p->budget_ns[r->hook] > 0 &&
-        mdm_mono_ns() - t0 > p->budget_ns[r->hook]) {
+    if (status == LUA_OK && kill == MDM__KILL_NONE && limit > 0 && mdm_mono_ns() - t0 > limit)
         kill = MDM__KILL_TIME;
+    if (kill == MDM__KILL_TIME)
         p->sb.last_limit_ns = p->budget_ns[r->hook];
-    }
     end_device(L, r->dev_ref);
     r->dev_ref = LUA_NOREF;
     r->duration_ns = mdm_mono_ns() - t0;
+    if (r->call.pwcheck != NULL) {
+        r->call.pwcheck->lua_ns += r->duration_ns;
+        r->duration_ns = r->call.pwcheck->lua_ns;
+    }
     r->outcome = OUT_OK;
-    if (status != LUA_OK || kill != MDM__KILL_NONE) {
+    r->deferred = kill == MDM__KILL_DEFER;
+    if (!r->deferred && r->call.pwcheck != NULL)
+        mdm__pwcheck_cancel(r->call.pwcheck);
+    if (r->deferred) {
+        /* Not a failure: the hook runs again once the hash is known. */
+        r->out->status = MDM_POLICY_FAILED;
+        snprintf(r->out->error, sizeof(r->out->error), "waiting for a password hash");
+        mdm__kv_discard(L);
+    } else if (status != LUA_OK || kill != MDM__KILL_NONE) {
         mdm__sandbox_error(&p->sb, L, status, kill, r->out->error, sizeof(r->out->error));
         r->out->status = MDM_POLICY_FAILED;
         bool overran = kill == MDM__KILL_TIME || kill == MDM__KILL_INSNS ||
@@ -2237,6 +2262,11 @@ int mdm__policy_call(mdm_policy_t *p, int hook, const mdm__call_t *tmpl,
         return 0;
     }
     invoke(p, p->sb.L, &r);
+    if (r.deferred) {
+        /* Nothing of this run counts: the caller hashes and calls again. */
+        decision_fail_closed(out, hook, msgtype);
+        return r.call.store_rc;
+    }
     if (out->status == MDM_POLICY_FAILED) {
         decision_fail_closed(out, hook, msgtype);
         report_failure(p, &r);
@@ -2273,10 +2303,12 @@ static int call_from_server(mdm_policy_t *p, int hook, mdm_txn_t *txn, const cha
                             const mdm__hook_input_t *in, mdm_policy_decision_t *out)
 {
     mdm__call_t tmpl = {.reqid = reqid, .txn = txn};
-    if (p->mode == MDM__MODE_SERVER)
+    if (p->mode == MDM__MODE_SERVER) {
         tmpl.kv = txn != NULL ? MDM__KV_STORE : p->store ? MDM__KV_READONLY : MDM__KV_NONE;
-    else
+        tmpl.pwcheck = in->auth != NULL ? in->auth->pwcheck : NULL;
+    } else {
         tmpl.kv = MDM__KV_MEMORY;
+    }
     return mdm__policy_call(p, hook, &tmpl, in, true, out);
 }
 

@@ -32,7 +32,7 @@
  * decision log use their own transactions, so do not pass NULL from inside
  * a transaction function, and do not pass a view's read transaction).
  *
- * All functions run on the loop thread. */
+ * All functions run on the loop thread (but mdm_policy_pwcheck_work). */
 #ifndef MDM_POLICY_H
 #define MDM_POLICY_H
 
@@ -111,6 +111,27 @@ typedef struct mdm_policy_decision {
 
 void mdm_policy_decision_free(mdm_policy_decision_t *d);
 
+/* The password checks of one authenticate request from the server, which
+ * hashes them off the event loop. With one in mdm_policy_auth_req_t,
+ * mdm.password.verify(plain, hash) answers from the results it holds; for
+ * a pair it has not seen it records the pair and stops the hook: the call
+ * decides nothing (status FAILED), writes no kv value, logs no decision,
+ * and mdm_policy_pwcheck_pending() is true. The caller then runs
+ * mdm_policy_pwcheck_work() in the thread pool and calls the hook again
+ * (in a new transaction), until nothing is pending. Results are kept for
+ * that one request; the plain texts are wiped when it is freed. */
+typedef struct mdm_policy_pwcheck mdm_policy_pwcheck_t;
+
+mdm_policy_pwcheck_t *mdm_policy_pwcheck_new(void);
+void mdm_policy_pwcheck_free(mdm_policy_pwcheck_t *pw);
+
+/* True when the last call stopped for a password hash. */
+bool mdm_policy_pwcheck_pending(const mdm_policy_pwcheck_t *pw);
+
+/* Hashes the pending pair and keeps the result. Runs on any thread; the
+ * loop must not touch pw meanwhile. */
+void mdm_policy_pwcheck_work(mdm_policy_pwcheck_t *pw);
+
 /* What authenticate(req) sees. password is passed to the hook but never
  * logged or recorded. */
 typedef struct mdm_policy_auth_req {
@@ -120,6 +141,8 @@ typedef struct mdm_policy_auth_req {
     const char *user_agent;    /* or NULL */
     plist_t extra;             /* more fields (a dictionary, e.g. other form fields), or NULL;
                                   keys that look secret are masked in the decision log */
+    mdm_policy_pwcheck_t *pwcheck; /* the server: hash passwords off the loop (above);
+                                      NULL: mdm.password.verify hashes at once */
 } mdm_policy_auth_req_t;
 
 /* The device a device hook is about. The Lua `device` table is built from

@@ -114,6 +114,9 @@ static const char *kill_text(int kill)
     case MDM__KILL_INSNS: return "instruction budget exceeded";
     case MDM__KILL_MEMORY: return "memory limit exceeded";
     case MDM__KILL_PATTERN: return MDM__LPATTERN_BUDGET_TEXT;
+    case MDM__KILL_DEFER: return "stopped to hash a password off the event loop";
+    case MDM__KILL_PASSWORDS:
+        return "mdm.password.verify: more than 4 passwords in one authenticate call";
     }
     return "stopped";
 }
@@ -547,6 +550,13 @@ static int sb_codes(lua_State *L)
     lua_pushcclosure(L, charged_codes_step, 1);
     lua_replace(L, -n - 1);
     return n;
+}
+
+int mdm__sandbox_stop(lua_State *L, int kill)
+{
+    mdm__sandbox_t *sb = sandbox_of(L);
+    stop_call(sb, L, kill);
+    return luaL_error(L, "%s", kill_text(sb->b.kill != MDM__KILL_NONE ? sb->b.kill : kill));
 }
 
 void mdm__sandbox_charge(lua_State *L, uint64_t insns)

@@ -29,6 +29,9 @@ enum {
     MDM__KILL_INSNS,
     MDM__KILL_MEMORY,
     MDM__KILL_PATTERN,        /* a pattern match spent the instruction budget */
+    MDM__KILL_DEFER,          /* mdm.password.verify needs a hash made off the loop:
+                                 the call is run again once it is known */
+    MDM__KILL_PASSWORDS,      /* too many passwords verified in one call */
 };
 
 /* The budget of the code running now (a hook call, loading, a test). */
@@ -74,6 +77,11 @@ int mdm__sandbox_end(mdm__sandbox_t *sb, lua_State *L, const mdm__budget_t *save
  * each) to the running call, with a look at the clock now and then; raises
  * the budget's error when it is spent. Nothing without a budget. */
 void mdm__sandbox_charge(lua_State *L, uint64_t insns);
+
+/* Stops the running call for good with kill (MDM__KILL_*): raises an
+ * error now and at every instruction after, so that no pcall can swallow
+ * it. */
+int mdm__sandbox_stop(lua_State *L, int kill);
 
 /* Describes a failed lua_pcall (status, error value on top of L's stack,
  * kill reason) in buf: "file:line: message" when Lua knows where. A call
@@ -181,6 +189,8 @@ typedef struct mdm__call {
     bool probe;               /* a read-only try: when it wants to write, the caller
                                  calls again in a transaction, and that call is the
                                  one recorded */
+    mdm_policy_pwcheck_t *pwcheck; /* the server's authenticate: password hashes are
+                                 made off the loop (password.c), or NULL: inline */
 } mdm__call_t;
 
 /* Registry fields of a policy state, keyed by address (lua_rawgetp) so that
@@ -218,6 +228,49 @@ void mdm__kv_commit(lua_State *L);
 
 /* Drops the buffered writes (no Lua errors). */
 void mdm__kv_discard(lua_State *L);
+
+/* ---- password.c --------------------------------------------------------- */
+
+/* Distinct passwords one authenticate call may verify off the loop; one
+ * more stops the call (MDM__KILL_PASSWORDS). */
+#define MDM__PASSWORDS_MAX 4
+
+/* Bytes of a password and of a hash that mdm.password takes. */
+#define MDM__PASSWORD_MAX 1024
+#define MDM__HASH_MAX 512
+
+/* The password checks of one request (policy.h). done[] holds the pairs
+ * hashed so far with their results; plain and hash, when set, the pair
+ * the stopped run asked for. */
+struct mdm_policy_pwcheck {
+    struct {
+        char *plain, *hash;
+        bool ok;
+    } done[MDM__PASSWORDS_MAX];
+    size_t ndone;
+    char *plain, *hash;
+    uint64_t lua_ns;          /* time the runs of the hook have taken so far */
+};
+
+/* Checks what needs no hashing: the sizes, the kind of hash and its cost.
+ * Returns true when the pair may be hashed, else false with why. */
+bool mdm__password_usable(const char *plain, size_t pl, const char *hash, size_t hl, char *why,
+                          size_t wlen);
+
+/* Hashes plain with the salt and cost of hash: true when it matches (in
+ * time that does not depend on where they differ). */
+bool mdm__password_matches(const char *plain, const char *hash);
+
+/* The result known for the pair: 1 (matches), 0, or -1 (not hashed yet). */
+int mdm__pwcheck_lookup(const mdm_policy_pwcheck_t *pw, const char *plain, const char *hash);
+
+/* Records the pair for hashing off the loop: 0, or MDM_ELIMIT when
+ * MDM__PASSWORDS_MAX pairs are hashed already. */
+int mdm__pwcheck_defer(mdm_policy_pwcheck_t *pw, const char *plain, const char *hash);
+
+/* Forgets the pair recorded for hashing (a run stopped for another
+ * reason first). */
+void mdm__pwcheck_cancel(mdm_policy_pwcheck_t *pw);
 
 /* ---- policy.c ----------------------------------------------------------- */
 

@@ -1,5 +1,6 @@
 #include "api/guard.h"
 
+#include <arpa/inet.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,6 +14,7 @@ typedef struct entry {
     int64_t first_ms;          /* start of the counting window */
     int64_t locked_until_ms;
     int64_t last_ms;
+    uint32_t in_flight;        /* attempts begun and not yet ended */
 } entry_t;
 
 struct mdm_guard {
@@ -135,6 +137,35 @@ uint64_t mdm_guard_fail(mdm_guard_t *g, const char *key, int64_t now_ms)
     return lock;
 }
 
+/* Failures counted now: those within the window. */
+static uint32_t recent_failures(const mdm_guard_t *g, const entry_t *e, int64_t now_ms)
+{
+    if (e->failures == 0 || now_ms - e->first_ms > (int64_t)g->o.window_ms)
+        return 0;
+    return e->failures;
+}
+
+bool mdm_guard_begin(mdm_guard_t *g, const char *key, int64_t now_ms)
+{
+    entry_t *e = find(g, key, true);
+    if (e == NULL)
+        return true;
+    uint64_t open = (uint64_t)recent_failures(g, e, now_ms) + e->in_flight;
+    if (open >= g->o.threshold && e->in_flight > 0) {
+        mdm_metric_add(g->m_refused, 1);
+        return false;
+    }
+    e->in_flight++;
+    return true;
+}
+
+void mdm_guard_end(mdm_guard_t *g, const char *key)
+{
+    entry_t *e = find(g, key, false);
+    if (e != NULL && e->in_flight > 0)
+        e->in_flight--;
+}
+
 void mdm_guard_success(mdm_guard_t *g, const char *key)
 {
     entry_t *e = find(g, key, false);
@@ -144,15 +175,56 @@ void mdm_guard_success(mdm_guard_t *g, const char *key)
     }
 }
 
-void mdm_guard_addr_key(const char *remote, char *out, size_t n)
+/* The host part of "ip:port" or "[v6]:port" (a zone "%eth0" dropped) in
+ * out; false when it does not fit. */
+static bool addr_host(const char *remote, char *out, size_t n)
 {
     const char *end;
     if (remote[0] == '[') {
         end = strchr(remote, ']');
         remote++;
     } else {
-        end = strrchr(remote, ':');
+        /* One colon: IPv4 and its port; more: an IPv6 address without one. */
+        end = strchr(remote, ':');
+        if (end != NULL && strchr(end + 1, ':') != NULL)
+            end = NULL;
     }
     size_t len = end ? (size_t)(end - remote) : strlen(remote);
-    snprintf(out, n, "addr:%.*s", (int)len, remote);
+    const char *zone = memchr(remote, '%', len);
+    if (zone != NULL)
+        len = (size_t)(zone - remote);
+    if (len >= n)
+        return false;
+    memcpy(out, remote, len);
+    out[len] = '\0';
+    return true;
+}
+
+void mdm_guard_addr_key(const char *remote, char *out, size_t n)
+{
+    char host[INET6_ADDRSTRLEN + 64], text[INET6_ADDRSTRLEN];
+    unsigned char a[16];
+    if (!addr_host(remote, host, sizeof(host))) {
+        snprintf(out, n, "addr:%s", remote);
+        return;
+    }
+    if (inet_pton(AF_INET6, host, a) == 1) {
+        static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(a, v4mapped, sizeof(v4mapped)) == 0) {
+            inet_ntop(AF_INET, a + 12, text, sizeof(text));
+            snprintf(out, n, "addr:%s", text);
+            return;
+        }
+        /* A client holds at least a /64 and can use any address in it. */
+        memset(a + 8, 0, 8);
+        inet_ntop(AF_INET6, a, text, sizeof(text));
+        snprintf(out, n, "addr:%s/64", text);
+        return;
+    }
+    if (inet_pton(AF_INET, host, a) == 1) {
+        inet_ntop(AF_INET, a, text, sizeof(text));
+        snprintf(out, n, "addr:%s", text);
+        return;
+    }
+    snprintf(out, n, "addr:%s", host);
 }

@@ -6,6 +6,7 @@
 #ifndef MDM_GUARD_H
 #define MDM_GUARD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,10 +32,23 @@ uint64_t mdm_guard_locked(mdm_guard_t *g, const char *key, int64_t now_ms);
 /* Records a failure; returns the lockout it caused (0: none yet). */
 uint64_t mdm_guard_fail(mdm_guard_t *g, const char *key, int64_t now_ms);
 
+/* An attempt whose outcome comes later (a sign-in whose password is being
+ * hashed): attempts in flight count as failures until they end, so that a
+ * burst of attempts sent together gets no more tries than attempts sent
+ * one after another. Returns false (and begins nothing) when the key's
+ * failures and attempts in flight reach the threshold and one is still in
+ * flight: retry when it has ended. Every true must be matched by one
+ * mdm_guard_end, after its mdm_guard_fail or mdm_guard_success. */
+bool mdm_guard_begin(mdm_guard_t *g, const char *key, int64_t now_ms);
+void mdm_guard_end(mdm_guard_t *g, const char *key);
+
 /* Clears the key after a success. */
 void mdm_guard_success(mdm_guard_t *g, const char *key);
 
-/* "addr:<ip>" from "ip:port" or "[v6]:port". */
+/* The address key of a client, from "ip:port" or "[v6]:port":
+ * "addr:<ipv4>" for IPv4 and IPv4-mapped IPv6 addresses, "addr:<prefix>/64"
+ * for IPv6 (a client controls at least a /64), both normalised so that
+ * every spelling of one address gives one key. */
 void mdm_guard_addr_key(const char *remote, char *out, size_t n);
 
 #endif

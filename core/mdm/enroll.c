@@ -33,7 +33,8 @@ typedef struct mdm_enroll {
     X509_STORE *ota_trust;      /* phase-1 device certificates (Apple's device CA) */
     X509_STORE *device_trust;   /* phase-3 identities: our CA */
     mdm_guard_t *guard;         /* failed sign-ins by address and by user */
-    mdm_metric_t *m_allowed, *m_denied, *m_ota;
+    mdm_metric_t *m_allowed, *m_denied, *m_ota, *m_busy;
+    uint64_t in_flight;         /* sign-ins waiting for their decision */
 } mdm_enroll_t;
 
 static mdm_enroll_t *enroll_of(mdm_server_t *s)
@@ -256,25 +257,83 @@ static void parse_form(const char *body, size_t len, plist_t form)
     }
 }
 
-static void run_auth(mdm_server_t *s, const mdm_enroll_auth_req_t *ar, mdm_enroll_auth_t *out,
-                     const char *reqid)
+/* A sign-in waiting for its decision (the authenticate hook may wait for
+ * password hashes made in the thread pool), and what follows it (then). */
+typedef struct auth_job auth_job_t;
+struct auth_job {
+    mdm_req_t *req;
+    mdm_enroll_auth_req_t ar;
+    mdm_enroll_auth_t decision;
+    void (*then)(auth_job_t *j);
+    /* the enrollment page */
+    mdm_buf_t basic;               /* Authorization: Basic, decoded */
+    plist_t form;
+    bool browser;                  /* no Authorization header: answer with the page */
+    char addr_key[80], user_key[300]; /* the guard's keys, begun (mdm_guard_begin) */
+    /* OTA phase 1 */
+    plist_t attrs;                 /* the device's signed attributes */
+    char owner[MDM_CHALLENGE_OWNER_MAX + 1];
+};
+
+static auth_job_t *auth_job_new(mdm_req_t *req, void (*then)(auth_job_t *j))
 {
-    mdm_enroll_t *e = enroll_of(s);
-    memset(out, 0, sizeof(*out));
-    if (e->auth == NULL) {
-        snprintf(out->reason, sizeof(out->reason),
-                 "no authenticate hook in the policy: nobody may enroll");
-    } else {
-        e->auth(s, ar, out, reqid);
-    }
+    auth_job_t *j = mdm_calloc(1, sizeof(*j));
+    j->req = req;
+    j->then = then;
+    j->basic = (mdm_buf_t)MDM_BUF_INIT;
+    j->ar = (mdm_enroll_auth_req_t){.method = req->method_name,
+                                    .path = req->path,
+                                    .query = req->query,
+                                    .remote_addr = req->remote_addr,
+                                    .headers = req->headers,
+                                    .nheaders = req->nheaders};
+    return j;
+}
+
+static void auth_job_free(auth_job_t *j)
+{
+    if (j->ar.password)
+        OPENSSL_cleanse((void *)j->ar.password, strlen(j->ar.password));
+    plist_free(j->form);
+    plist_free(j->attrs);
+    mdm_buf_free(&j->basic);
+    mdm_free(j);
+}
+
+/* The decision is in: count and log it (once per sign-in), then go on. */
+static void auth_decided(void *arg)
+{
+    auth_job_t *j = arg;
+    mdm_enroll_t *e = enroll_of(j->req->server);
+    e->in_flight--;
+    const mdm_enroll_auth_req_t *ar = &j->ar;
+    mdm_enroll_auth_t *out = &j->decision;
     char uq[300], rq[300];
     if (out->allow && out->user[0] == '\0')
         snprintf(out->user, sizeof(out->user), "%s", ar->user ? ar->user : "");
     mdm_metric_add(out->allow ? e->m_allowed : e->m_denied, 1);
-    mdm_log(out->allow ? MDM_LOG_INFO : MDM_LOG_WARN, reqid, "enroll.authenticate",
+    mdm_log(out->allow ? MDM_LOG_INFO : MDM_LOG_WARN, j->req->id, "enroll.authenticate",
             "remote=%s user=%s allow=%s reason=%s", ar->remote_addr,
             mdm_logq(uq, sizeof(uq), out->allow ? out->user : ar->user),
-            out->allow ? "true" : "false", mdm_logq(rq, sizeof(rq), out->reason[0] ? out->reason : NULL));
+            out->allow ? "true" : "false",
+            mdm_logq(rq, sizeof(rq), out->reason[0] ? out->reason : NULL));
+    j->then(j);
+    auth_job_free(j);
+}
+
+/* Asks for the decision; j->then runs with it, now or later. */
+static void run_auth(auth_job_t *j)
+{
+    mdm_enroll_t *e = enroll_of(j->req->server);
+    memset(&j->decision, 0, sizeof(j->decision));
+    e->in_flight++;
+    if (e->auth == NULL) {
+        snprintf(j->decision.reason, sizeof(j->decision.reason),
+                 "no authenticate hook in the policy: nobody may enroll");
+        auth_decided(j);
+        return;
+    }
+    e->auth(j->req->server, &j->ar, &j->decision, j->req->id, auth_decided, j);
 }
 
 /* ---- the page ------------------------------------------------------------ */
@@ -410,98 +469,158 @@ static void answer_profile(mdm_req_t *req, const char *user, bool profile_servic
     mdm_buf_free(&out);
 }
 
-static void handle_enroll(mdm_req_t *req)
+/* How a refused request is answered: the page, JSON (the enrollment page
+ * with an Authorization header), or text (the OTA profile service). */
+enum { ANSWER_PAGE, ANSWER_JSON, ANSWER_TEXT };
+
+/* True (and the request answered with 503) when enroll.max_in_flight
+ * sign-ins are waiting for their decision already. */
+static bool auth_busy(mdm_req_t *req, int answer)
 {
-    mdm_enroll_auth_req_t ar = {.method = req->method_name,
-                                .path = req->path,
-                                .query = req->query,
-                                .remote_addr = req->remote_addr,
-                                .headers = req->headers,
-                                .nheaders = req->nheaders};
-    mdm_buf_t basic = MDM_BUF_INIT;
-    plist_t form = NULL;
-    const char *auth = mdm_req_header(req, "Authorization");
+    mdm_enroll_t *e = enroll_of(req->server);
+    if (e->in_flight < req->server->cfg->enroll_max_in_flight)
+        return false;
+    mdm_metric_add(e->m_busy, 1);
+    mdm_log(MDM_LOG_WARN, req->id, "enroll.busy", "remote=%s in_flight=%llu", req->remote_addr,
+            (unsigned long long)e->in_flight);
+    mdm_resp_header(req, "Retry-After", "1");
+    if (answer == ANSWER_PAGE)
+        send_page(req, 503, "Too many sign-ins at once. Wait a moment and try again.", NULL);
+    else if (answer == ANSWER_JSON)
+        mdm_resp_json_error(req, 503, "busy", "too many sign-ins in progress; retry later");
+    else
+        mdm_resp_text(req, 503, "too many sign-ins in progress; retry later");
+    return true;
+}
+
+/* Sign-ins of a key whose failures and sign-ins in flight reach the
+ * threshold wait for those in flight: retry after this. */
+#define GUARD_BUSY_RETRY_MS 1000
+
+/* Counts the sign-in in flight for its address and user (the guard's
+ * failures are only known when it ends); false when one of them has as
+ * many in flight as it has tries left. */
+static bool guard_begin(mdm_guard_t *g, auth_job_t *j, int64_t now)
+{
+    if (!mdm_guard_begin(g, j->addr_key, now))
+        return false;
+    if (j->ar.user != NULL && !mdm_guard_begin(g, j->user_key, now)) {
+        mdm_guard_end(g, j->addr_key);
+        return false;
+    }
+    return true;
+}
+
+static void guard_end(mdm_guard_t *g, auth_job_t *j)
+{
+    mdm_guard_end(g, j->addr_key);
+    if (j->ar.user != NULL)
+        mdm_guard_end(g, j->user_key);
+}
+
+/* The enrollment page's answer to a decided sign-in. */
+static void enroll_decided(auth_job_t *j)
+{
+    mdm_req_t *req = j->req;
+    mdm_enroll_t *en = enroll_of(req->server);
+    guard_end(en->guard, j);
+    if (!j->decision.allow) {
+        int64_t now = mdm_now_ms();
+        mdm_guard_fail(en->guard, j->addr_key, now);
+        if (j->ar.user != NULL)
+            mdm_guard_fail(en->guard, j->user_key, now);
+        if (j->browser)
+            send_page(req, 403, "Sign-in failed: the user name or password is not right, or "
+                                "this account may not enroll devices.", j->ar.user);
+        else
+            mdm_resp_json_error(req, 403, "denied",
+                                j->decision.reason[0] ? j->decision.reason : "denied");
+        return;
+    }
+    mdm_guard_success(en->guard, j->addr_key);
+    if (j->ar.user != NULL)
+        mdm_guard_success(en->guard, j->user_key);
+    mdm_buf_t ota = MDM_BUF_INIT;
+    bool want_ota = mdm_req_query(req, "ota", &ota, true) == 0;
+    mdm_buf_free(&ota);
+    answer_profile(req, j->decision.user, want_ota);
+}
+
+/* The credentials of the request: Basic, Bearer or the form's. */
+static void read_credentials(auth_job_t *j, const char *auth)
+{
+    mdm_req_t *req = j->req;
+    mdm_enroll_auth_req_t *ar = &j->ar;
     if (auth != NULL && strncasecmp(auth, "Basic ", 6) == 0) {
-        if (mdm_base64_decode(&basic, auth + 6, strlen(auth + 6)) == 0 && basic.len > 0 &&
-            strlen(basic.data) == basic.len) {
-            char *colon = strchr(basic.data, ':');
+        if (mdm_base64_decode(&j->basic, auth + 6, strlen(auth + 6)) == 0 && j->basic.len > 0 &&
+            strlen(j->basic.data) == j->basic.len) {
+            char *colon = strchr(j->basic.data, ':');
             if (colon != NULL) {
                 *colon = '\0';
-                ar.user = basic.data;
-                ar.password = colon + 1;
+                ar->user = j->basic.data;
+                ar->password = colon + 1;
             }
         }
     } else if (auth != NULL && strncasecmp(auth, "Bearer ", 7) == 0) {
-        ar.bearer = auth + 7;
+        ar->bearer = auth + 7;
     }
     if (req->method == MDM_POST) {
-        form = plist_new_dict();
-        parse_form((const char *)req->body, req->body_len, form);
-        ar.form = form;
-        if (ar.user == NULL) {
-            ar.user = mdm_pl_str(form, "username");
-            ar.password = mdm_pl_str(form, "password");
+        j->form = plist_new_dict();
+        parse_form((const char *)req->body, req->body_len, j->form);
+        ar->form = j->form;
+        if (ar->user == NULL) {
+            ar->user = mdm_pl_str(j->form, "username");
+            ar->password = mdm_pl_str(j->form, "password");
         }
     }
+}
+
+static void handle_enroll(mdm_req_t *req)
+{
+    auth_job_t *j = auth_job_new(req, enroll_decided);
+    const mdm_enroll_auth_req_t *ar = &j->ar;
+    const char *auth = mdm_req_header(req, "Authorization");
+    j->browser = auth == NULL;
+    read_credentials(j, auth);
     mdm_enroll_t *en = enroll_of(req->server);
-    char addr_key[80], user_key[300];
-    mdm_guard_addr_key(req->remote_addr, addr_key, sizeof(addr_key));
-    snprintf(user_key, sizeof(user_key), "user:%s", ar.user ? ar.user : "");
-    bool has_creds = ar.user != NULL || ar.bearer != NULL;
+    mdm_guard_addr_key(req->remote_addr, j->addr_key, sizeof(j->addr_key));
+    snprintf(j->user_key, sizeof(j->user_key), "user:%s", ar->user ? ar->user : "");
+    bool has_creds = ar->user != NULL || ar->bearer != NULL;
+    if (has_creds && auth_busy(req, j->browser ? ANSWER_PAGE : ANSWER_JSON)) {
+        auth_job_free(j);
+        return;
+    }
     int64_t now = mdm_now_ms();
     uint64_t locked = 0;
     if (has_creds) {
-        locked = mdm_guard_locked(en->guard, addr_key, now);
-        if (locked == 0 && ar.user != NULL)
-            locked = mdm_guard_locked(en->guard, user_key, now);
+        locked = mdm_guard_locked(en->guard, j->addr_key, now);
+        if (locked == 0 && ar->user != NULL)
+            locked = mdm_guard_locked(en->guard, j->user_key, now);
+        if (locked == 0 && !guard_begin(en->guard, j, now))
+            locked = GUARD_BUSY_RETRY_MS;
     }
     if (locked > 0) {
         char retry[32], uq[300];
         snprintf(retry, sizeof(retry), "%llu", (unsigned long long)(locked + 999) / 1000);
         mdm_log(MDM_LOG_WARN, req->id, "enroll.locked_out", "remote=%s user=%s retry_after_s=%s",
-                req->remote_addr, mdm_logq(uq, sizeof(uq), ar.user), retry);
+                req->remote_addr, mdm_logq(uq, sizeof(uq), ar->user), retry);
         mdm_resp_header(req, "Retry-After", retry);
-        if (auth == NULL)
+        if (j->browser)
             send_page(req, 429, "Too many failed sign-ins. Wait a few minutes and try again.",
-                      ar.user);
+                      ar->user);
         else
             mdm_resp_json_error(req, 429, "too_many_failures",
                                 "too many failed sign-ins; retry later");
-        goto out;
-    }
-    if (!has_creds) {
+    } else if (!has_creds) {
         if (req->method == MDM_POST)
             send_page(req, 400, "Enter a user name and a password.", NULL);
         else
             send_page(req, 200, NULL, NULL);
-        goto out;
+    } else {
+        run_auth(j);
+        return;
     }
-    mdm_enroll_auth_t decision;
-    run_auth(req->server, &ar, &decision, req->id);
-    if (!decision.allow) {
-        mdm_guard_fail(en->guard, addr_key, now);
-        if (ar.user != NULL)
-            mdm_guard_fail(en->guard, user_key, now);
-        bool browser = auth == NULL;
-        if (browser)
-            send_page(req, 403, "Sign-in failed: the user name or password is not right, or "
-                                "this account may not enroll devices.", ar.user);
-        else
-            mdm_resp_json_error(req, 403, "denied", decision.reason[0] ? decision.reason : "denied");
-        goto out;
-    }
-    mdm_guard_success(en->guard, addr_key);
-    if (ar.user != NULL)
-        mdm_guard_success(en->guard, user_key);
-    mdm_buf_t ota = MDM_BUF_INIT;
-    bool want_ota = mdm_req_query(req, "ota", &ota, true) == 0;
-    mdm_buf_free(&ota);
-    answer_profile(req, decision.user, want_ota);
-out:
-    if (ar.password)
-        OPENSSL_cleanse((void *)ar.password, strlen(ar.password));
-    plist_free(form);
-    mdm_buf_free(&basic);
+    auth_job_free(j);
 }
 
 /* ---- the OTA profile service --------------------------------------------- */
@@ -605,6 +724,48 @@ static const char *ota_signer_problem(mdm_server_t *s, X509 *signer, const char 
     return NULL;
 }
 
+/* Phase 2: a profile with a SCEP payload for the device's identity. */
+static void ota_phase2(mdm_req_t *req, const char *udid, const char *user)
+{
+    mdm_server_t *s = req->server;
+    mdm_err_t err = {0};
+    plist_t profile = NULL;
+    mdm_buf_t out = MDM_BUF_INIT;
+    struct challenge_ctx c = {.owner = user,
+                              .udid = udid,
+                              .purpose = MDM_CHALLENGE_SCEP,
+                              .ttl = s->cfg->scep_challenge_ttl_ms};
+    mdm_enroll_profile_opts_t po = {.user = user,
+                                    .include_scep = true,
+                                    .identifier_suffix = "identity"};
+    int rc = mdm_store_update(s->store, challenge_fn, &c);
+    po.challenge = c.ch.text;
+    if (rc == 0)
+        rc = mdm_enroll_build_profile(s, &po, &profile, &err);
+    if (rc == 0)
+        rc = sign_profile(s, profile, &out, &err);
+    if (rc != 0) {
+        mdm_resp_text(req, 500, "the identity profile could not be made");
+    } else {
+        char uq[200];
+        mdm_log(MDM_LOG_INFO, req->id, "enroll.ota_phase1", "udid=%s user=%s",
+                mdm_logq(uq, sizeof(uq), udid), user);
+        mdm_resp_send(req, 200, PROFILE_CTYPE, out.data, out.len);
+    }
+    plist_free(profile);
+    mdm_buf_free(&out);
+}
+
+/* Phase 1's answer to a decided sign-in. */
+static void ota_decided(auth_job_t *j)
+{
+    if (!j->decision.allow) {
+        mdm_resp_text(j->req, 403, j->decision.reason[0] ? j->decision.reason : "denied");
+        return;
+    }
+    ota_phase2(j->req, mdm_pl_str(j->attrs, "UDID"), j->decision.user);
+}
+
 static void handle_ota(mdm_req_t *req)
 {
     mdm_server_t *s = req->server;
@@ -652,6 +813,8 @@ static void handle_ota(mdm_req_t *req)
         goto out;
     }
     if (!phase3) {
+        if (auth_busy(req, ANSWER_TEXT))
+            goto out;
         const char *challenge = mdm_pl_str(attrs, "CHALLENGE");
         struct ota_ctx o = {.challenge = challenge};
         int crc = challenge == NULL ? MDM_ENOTFOUND : mdm_store_update(s->store, ota_check_fn, &o);
@@ -659,39 +822,16 @@ static void handle_ota(mdm_req_t *req)
             ota_challenge_refuse(req, challenge, udid, crc);
             goto out;
         }
-        mdm_enroll_auth_req_t ar = {.method = req->method_name,
-                                    .path = req->path,
-                                    .remote_addr = req->remote_addr,
-                                    .user = o.ch.owner[0] ? o.ch.owner : NULL,
-                                    .headers = req->headers,
-                                    .nheaders = req->nheaders,
-                                    .device = attrs};
-        mdm_enroll_auth_t decision;
-        run_auth(s, &ar, &decision, req->id);
-        if (!decision.allow) {
-            mdm_resp_text(req, 403, decision.reason[0] ? decision.reason : "denied");
-            goto out;
-        }
-        /* Phase 2: a profile with a SCEP payload for the device's identity. */
-        struct challenge_ctx c = {.owner = decision.user,
-                                  .udid = udid,
-                                  .purpose = MDM_CHALLENGE_SCEP,
-                                  .ttl = s->cfg->scep_challenge_ttl_ms};
-        mdm_enroll_profile_opts_t po = {.user = decision.user,
-                                        .include_scep = true,
-                                        .identifier_suffix = "identity"};
-        int rc = mdm_store_update(s->store, challenge_fn, &c);
-        po.challenge = c.ch.text;
-        if (rc == 0)
-            rc = mdm_enroll_build_profile(s, &po, &profile, &err);
-        if (rc == 0)
-            rc = sign_profile(s, profile, &out, &err);
-        if (rc != 0) {
-            mdm_resp_text(req, 500, "the identity profile could not be made");
-            goto out;
-        }
-        mdm_log(MDM_LOG_INFO, req->id, "enroll.ota_phase1", "udid=%s user=%s",
-                mdm_logq(uq, sizeof(uq), udid), decision.user);
+        /* The policy decides; phase 2 follows (ota_decided). */
+        auth_job_t *j = auth_job_new(req, ota_decided);
+        j->attrs = attrs;
+        attrs = NULL;
+        snprintf(j->owner, sizeof(j->owner), "%s", o.ch.owner);
+        j->ar.query = NULL;
+        j->ar.user = j->owner[0] ? j->owner : NULL;
+        j->ar.device = j->attrs;
+        run_auth(j);
+        goto out;
     } else {
         /* Phase 3: the device proved the identity our CA issued; its final
          * profile holds the MDM payload, encrypted to that identity. */
@@ -773,6 +913,8 @@ int mdm_enroll_service_init(mdm_server_t *s, mdm_err_t *err)
                              "Enrollment sign-ins by result");
     e->m_ota = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_enroll_ota_requests_total", NULL,
                           "Requests to the OTA profile service");
+    e->m_busy = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_enroll_busy_total", NULL,
+                           "Sign-ins refused because enroll.max_in_flight were waiting");
     mdm_router_add(&s->router, MDM_GET | MDM_POST, s->cfg->enroll_path, handle_enroll,
                    MDM_AUTH_PUBLIC, "enroll");
     mdm_router_add(&s->router, MDM_POST, s->cfg->enroll_ota_path, handle_ota, MDM_AUTH_PUBLIC,

@@ -31,10 +31,17 @@ typedef struct mdm_enroll_auth {
     char reason[256];
 } mdm_enroll_auth_t;
 
+/* Called once the authenticate decision is in out. */
+typedef void (*mdm_enroll_auth_done_fn)(void *arg);
+
 /* The authenticate decision; the policy engine sets it when it loads.
- * Without one every request is denied ("no authenticate hook"). */
+ * Without one every request is denied ("no authenticate hook"). It fills
+ * out and calls done(arg) exactly once: before it returns, or later from
+ * a loop callback (password hashes are made in the thread pool); req,
+ * out and reqid stay valid until then. */
 typedef void (*mdm_enroll_auth_fn)(mdm_server_t *s, const mdm_enroll_auth_req_t *req,
-                                   mdm_enroll_auth_t *out, const char *reqid);
+                                   mdm_enroll_auth_t *out, const char *reqid,
+                                   mdm_enroll_auth_done_fn done, void *arg);
 void mdm_enroll_set_auth(mdm_server_t *s, mdm_enroll_auth_fn fn);
 
 /* What goes into an enrollment profile. */

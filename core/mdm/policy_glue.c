@@ -8,19 +8,28 @@
 #include <stdlib.h>
 #include <strings.h>
 #include <string.h>
+#include <uv.h>
 
 #include "mdm/enroll.h"
 #include "policy.h"
 #include "scep/scep.h"
 #include "scep/service.h"
+#include "util/alloc.h"
 #include "util/plist.h"
 
+/* One authenticate request: the hook runs (each run in its own
+ * transaction) until no password hash is pending; each pending hash is
+ * made in the thread pool between two runs. */
 struct auth_call {
+    uv_work_t work;
     mdm_server_t *s;
     const mdm_enroll_auth_req_t *req;
     mdm_enroll_auth_t *out;
     mdm_policy_t *pol;
     const char *reqid;
+    mdm_policy_pwcheck_t *pw;
+    mdm_enroll_auth_done_fn done;
+    void *arg;
 };
 
 static int auth_txn(mdm_txn_t *txn, void *arg)
@@ -57,7 +66,8 @@ static int auth_txn(mdm_txn_t *txn, void *arg)
                                 .password = r->password,
                                 .remote_addr = r->remote_addr,
                                 .user_agent = ua,
-                                .extra = extra};
+                                .extra = extra,
+                                .pwcheck = a->pw};
     mdm_policy_decision_t d;
     memset(&d, 0, sizeof(d));
     int rc = mdm_policy_authenticate(a->pol, txn, a->reqid, &pr, &d);
@@ -78,17 +88,66 @@ static int auth_txn(mdm_txn_t *txn, void *arg)
     return rc;
 }
 
-static void enroll_auth(mdm_server_t *s, const mdm_enroll_auth_req_t *req, mdm_enroll_auth_t *out,
-                        const char *reqid)
+static void auth_finish(struct auth_call *a)
 {
-    struct auth_call a = {.s = s, .req = req, .out = out, .reqid = reqid};
-    a.pol = mdm_policy_acquire(s);
-    int rc = mdm_store_update(s->store, auth_txn, &a);
-    mdm_policy_release(a.pol);
-    if (rc != 0) {
-        out->allow = false;
-        snprintf(out->reason, sizeof(out->reason), "store: %s", mdm_strerror(rc));
+    mdm_policy_release(a->pol);
+    mdm_policy_pwcheck_free(a->pw);
+    mdm_enroll_auth_done_fn done = a->done;
+    void *arg = a->arg;
+    mdm_free(a);
+    done(arg);
+}
+
+static void auth_deny(struct auth_call *a, const char *why, const char *detail)
+{
+    a->out->allow = false;
+    a->out->user[0] = '\0';
+    snprintf(a->out->reason, sizeof(a->out->reason), "%s: %s", why, detail);
+}
+
+static void auth_run(struct auth_call *a);
+
+static void hash_work(uv_work_t *w)
+{
+    struct auth_call *a = w->data;
+    mdm_policy_pwcheck_work(a->pw);
+}
+
+static void hash_after(uv_work_t *w, int status)
+{
+    struct auth_call *a = w->data;
+    if (status != 0) {
+        auth_deny(a, "the password check did not run", uv_strerror(status));
+        auth_finish(a);
+        return;
     }
+    auth_run(a);
+}
+
+static void auth_run(struct auth_call *a)
+{
+    int rc = mdm_store_update(a->s->store, auth_txn, a);
+    if (rc != 0) {
+        auth_deny(a, "store", mdm_strerror(rc));
+    } else if (mdm_policy_pwcheck_pending(a->pw)) {
+        a->work.data = a;
+        int r = uv_queue_work(a->s->loop, &a->work, hash_work, hash_after);
+        if (r == 0)
+            return;
+        auth_deny(a, "the password check could not be queued", uv_strerror(r));
+    }
+    auth_finish(a);
+}
+
+static void enroll_auth(mdm_server_t *s, const mdm_enroll_auth_req_t *req, mdm_enroll_auth_t *out,
+                        const char *reqid, mdm_enroll_auth_done_fn done, void *arg)
+{
+    struct auth_call *a = mdm_calloc(1, sizeof(*a));
+    *a = (struct auth_call){.s = s, .req = req, .out = out, .reqid = reqid, .done = done,
+                            .arg = arg};
+    a->pol = mdm_policy_acquire(s);
+    a->pw = mdm_policy_pwcheck_new();
+    auth_run(a);
 }
 
 struct scep_call {

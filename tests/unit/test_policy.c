@@ -430,6 +430,58 @@ static const char good_policy[] =
     "end\n"
     "return M\n";
 
+/* With a pwcheck (the server), verify of a new pair stops the hook even
+ * under pcall; the hash is made by mdm_policy_pwcheck_work and the next
+ * call has the result. Without one, verify hashes at once. */
+static const char pwcheck_policy[] =
+    "local h = mdm.password.hash('secret', 'sha512')\n"
+    "return { authenticate = function(req)\n"
+    "  local ok, r = pcall(mdm.password.verify, req.password, h)\n"
+    "  return { allow = ok and r == true, user = 'u', reason = tostring(ok) }\n"
+    "end }\n";
+
+static void test_password_verify_deferred(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_t *p = load_text(fx, pwcheck_policy);
+    mdm_policy_decision_t d;
+    mdm_policy_pwcheck_t *pw = mdm_policy_pwcheck_new();
+    mdm_policy_auth_req_t req = {.username = "u", .password = "secret", .pwcheck = pw};
+    assert_rc(mdm_policy_authenticate(p, NULL, "r1", &req, &d), 0);
+    assert_status(d, MDM_POLICY_FAILED);
+    assert_false(d.allow);
+    assert_true(mdm_policy_pwcheck_pending(pw));
+    mdm_policy_decision_free(&d);
+    mdm_policy_pwcheck_work(pw);
+    assert_false(mdm_policy_pwcheck_pending(pw));
+    assert_rc(mdm_policy_authenticate(p, NULL, "r1", &req, &d), 0);
+    assert_status(d, MDM_POLICY_OK);
+    assert_true(d.allow);
+    assert_string_equal(d.reason, "true");
+    assert_false(mdm_policy_pwcheck_pending(pw));
+    mdm_policy_decision_free(&d);
+    /* Another password is another pair. */
+    req.password = "wrong";
+    assert_rc(mdm_policy_authenticate(p, NULL, "r1", &req, &d), 0);
+    assert_status(d, MDM_POLICY_FAILED);
+    assert_true(mdm_policy_pwcheck_pending(pw));
+    mdm_policy_decision_free(&d);
+    mdm_policy_pwcheck_work(pw);
+    assert_rc(mdm_policy_authenticate(p, NULL, "r1", &req, &d), 0);
+    assert_status(d, MDM_POLICY_OK);
+    assert_false(d.allow);
+    mdm_policy_decision_free(&d);
+    mdm_policy_pwcheck_free(pw);
+    /* Without a pwcheck: at once. */
+    req.pwcheck = NULL;
+    req.password = "secret";
+    assert_rc(mdm_policy_authenticate(p, NULL, "r1", &req, &d), 0);
+    assert_status(d, MDM_POLICY_OK);
+    assert_true(d.allow);
+    mdm_policy_decision_free(&d);
+    mdm_policy_release(p);
+}
+
 static void test_hooks_good(void **state)
 {
     struct fx *fx = *state;
@@ -2797,6 +2849,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_secret_keys_masked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revision, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hooks_good, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_password_verify_deferred, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hooks_bad_returns, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hooks_errors_and_metrics, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_view, setup, teardown),
