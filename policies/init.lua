@@ -25,15 +25,23 @@ local M = { name = "default" }
 -- A person signs in at /enroll (a form, HTTP Basic, or OTA). Only users
 -- in users.lua whose password matches their hash may enroll. Anything
 -- else, and any error in this function, denies.
+--
+-- The password is checked even for a name that is not listed (against a
+-- hash of a random password, of the kind `mkpasswd` makes by default), so
+-- that an unknown name takes as long to refuse as a wrong password: the
+-- time of the answer does not tell which names exist.
+local decoy = mdm.password.hash(mdm.uuid())
+
 function M.authenticate(req)
   local u = users[req.username or ""]
+  local ok = mdm.password.verify(req.password or "", u and u.hash or decoy)
   if u == nil then
     return { allow = false, reason = "unknown user" }
   end
   if u.disabled then
     return { allow = false, reason = "account disabled" }
   end
-  if not mdm.password.verify(req.password or "", u.hash) then
+  if not ok then
     return { allow = false, reason = "wrong password" }
   end
   return { allow = true, user = req.username, groups = u.groups or {} }

@@ -32,6 +32,24 @@ function test_wrong_password_and_disabled_accounts_are_refused()
   t.eq(t.call("authenticate", { username = "bob" }).allow, false)
 end
 
+-- An unknown name is refused after a password check too, as long as a
+-- wrong password takes: the answer's time does not tell which names exist.
+-- (Processor time: a yescrypt check costs tens of milliseconds, a refusal
+-- without one a few microseconds.)
+function test_unknown_names_cost_a_password_check()
+  add_user("bob", "pw1")
+  local function cpu(name)
+    local t0 = os.clock()
+    local d = t.call("authenticate", { username = name, password = "pw2" })
+    return os.clock() - t0, d.reason
+  end
+  local unknown, why = cpu("mallory")
+  t.eq(why, "unknown user")
+  local wrong, why2 = cpu("bob")
+  t.eq(why2, "wrong password")
+  t.truthy(unknown > wrong / 3, string.format("unknown %.4f s, wrong %.4f s", unknown, wrong))
+end
+
 function test_bcrypt_and_sha512_hashes_work_too()
   require("users").dave = { hash = mdm.password.hash("s3cret", "bcrypt") }
   require("users").erin = { hash = mdm.password.hash("s3cret", "sha512") }
