@@ -671,6 +671,23 @@ static void ota_challenge_refuse(mdm_req_t *req, const char *challenge, const ch
     mdm_resp_text(req, rc == MDM_ENOSPACE ? 503 : 500, "the challenge could not be checked");
 }
 
+/* An OTA answer that could not be made: logged with its cause, and 503
+ * with Retry-After when the store is full (the device may retry later),
+ * 500 otherwise. */
+static void ota_fail(mdm_req_t *req, int phase, int rc, const mdm_err_t *err, const char *what)
+{
+    char eq[600];
+    const char *why = err->msg[0] != '\0' ? err->msg : mdm_strerror(rc);
+    mdm_log(MDM_LOG_ERROR, req->id, "enroll.ota_failed", "phase=%d error=%s", phase,
+            mdm_logq(eq, sizeof(eq), why));
+    if (rc == MDM_ENOSPACE || rc == MDM_EMAPFULL) {
+        mdm_resp_header(req, "Retry-After", "30");
+        mdm_resp_text(req, 503, what);
+    } else {
+        mdm_resp_text(req, 500, what);
+    }
+}
+
 /* The phase-3 signer must be a certificate this server issued (its
  * CA's chain may hold other CAs' roots), not revoked, and, when it was
  * issued for a device (phase 1 named it), issued for the device that
@@ -745,7 +762,7 @@ static void ota_phase2(mdm_req_t *req, const char *udid, const char *user)
     if (rc == 0)
         rc = sign_profile(s, profile, &out, &err);
     if (rc != 0) {
-        mdm_resp_text(req, 500, "the identity profile could not be made");
+        ota_fail(req, 1, rc, &err, "the identity profile could not be made");
     } else {
         char uq[200];
         mdm_log(MDM_LOG_INFO, req->id, "enroll.ota_phase1", "udid=%s user=%s",
@@ -863,8 +880,7 @@ static void handle_ota(mdm_req_t *req)
         if (rc == 0)
             rc = sign_profile(s, profile, &out, &err);
         if (rc != 0) {
-            mdm_log(MDM_LOG_ERROR, req->id, "enroll.ota_failed", "phase=3 error=\"%s\"", err.msg);
-            mdm_resp_text(req, 500, "the configuration profile could not be made");
+            ota_fail(req, 3, rc, &err, "the configuration profile could not be made");
             goto out;
         }
         mdm_log(MDM_LOG_INFO, req->id, "enroll.ota_phase3", "udid=%s encrypted=%s",

@@ -325,3 +325,39 @@ def test_python_device_enrolls_end_to_end_and_over_ota(tmpdir_path):
         assert ota_challenge not in srv.log() and scep_challenge not in srv.log()
     finally:
         assert srv.stop() == 0
+
+
+def test_ota_phase3_with_a_full_store_is_503_with_its_cause(tmpdir_path):
+    """A store that is full when phase 3 stores its challenge: 503 with
+    Retry-After (the device may retry later), not a 500."""
+    from test_faults import _fill, _shrink_map
+    d = scep_datadir(tmpdir_path, allow_single_des="true")
+    _shrink_map(d, 2 << 20)
+    d.write_config('  enroll = { topic = "%s" },\n'
+                   '  store = { path = "db", map_size = "2MiB", map_max = "2MiB" },' % TOPIC)
+    srv = Server(d, plain=True)
+    try:
+        client, cert = scep_enroll(srv, d, new_challenge(d))
+        dev = Device(srv)
+        dev.enroll()
+        api = Api(srv)
+        for size in (64 * 1024, 4096, 256, 1):
+            ok, refused = _fill(api, [dev.udid], size, 2000)
+            assert refused is not None and refused[0] == 503, (size, len(ok), refused)
+        # The last pages go to challenges, the records phase 3 writes.
+        for i in range(5000):
+            st, _ = api.call("POST", "/v1/challenges", {})
+            if st == 503:
+                break
+            assert st in (200, 201), st
+        assert st == 503
+        attrs = plistlib.dumps({"UDID": "OTA-FULL-1", "PRODUCT": "iPhone15,2"})
+        body = (pkcs7.PKCS7SignatureBuilder().set_data(attrs)
+                .add_signer(cert, client.key, hashes.SHA256())
+                .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary]))
+        r = requests.post(srv.url + "/ota/profile", data=body, verify=d.ca_crt, timeout=30,
+                          headers={"Content-Type": "application/pkcs7-signature"})
+        assert r.status_code == 503, (r.status_code, r.text)
+        assert r.headers.get("Retry-After"), r.headers
+    finally:
+        assert srv.stop() == 0
