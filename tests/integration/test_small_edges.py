@@ -1,0 +1,103 @@
+"""Small edges: a profile command whose waiting record is damaged, the log
+line of an unreadable queue entry, and NUL characters in the strings of
+API bodies. Each failed on 7bd0260."""
+import json
+import os
+
+from conftest import Server
+from device import Api, Device
+from test_db import mdb_items, mdb_put
+from test_profile_edges import profile, put_profile, start, types, write_policy
+
+QHDR = 44  # a queue entry's header: command UUID, expiry
+
+
+def _store(datadir):
+    return os.path.join(datadir.path, "db")
+
+
+def _damage_waiting(datadir, command_uuid):
+    """Replaces the waiting result kept in command_uuid's queue entry by
+    bytes that do not decode; returns the entry's key."""
+    store = _store(datadir)
+    keys = [k for k, v in mdb_items(store, "queue") if v[:36] == command_uuid.encode()]
+    assert len(keys) == 1, keys
+    value = dict(mdb_items(store, "queue"))[keys[0]]
+    mdb_put(store, "queue", [(keys[0], value[:QHDR] + b"\xff damaged")])
+    return keys[0]
+
+
+def _restart(datadir, dev):
+    srv = Server(datadir)
+    dev.close()
+    dev.server = srv
+    return srv, Api(srv)
+
+
+def _profiles(api, udid):
+    """Identifier -> state of the enrollment's profiles."""
+    st, r = api.call("GET", "/v1/devices/" + udid)
+    assert st == 200, r
+    return {p["identifier"]: p["state"] for p in r["profiles"]}
+
+
+# ---- a damaged record of a profile's command -------------------------------
+
+PID = "com.example.small"
+
+
+def test_damaged_pending_install_is_queued_again(tmpdir_path, datadir):
+    """An InstallProfile left unanswered whose waiting record no longer
+    decodes: a reconciliation queues the profile again and the device gets
+    it, rather than waiting for ever for a command that cannot be sent."""
+    srv, api, _ = start(tmpdir_path, datadir, [PID])
+    dev = Device(srv)
+    try:
+        assert put_profile(api, PID, profile(PID))[0] == 201
+        dev.enroll()
+        st, cmd = dev.idle()
+        assert st == 200 and cmd["Command"]["RequestType"] == "InstallProfile", cmd
+        first = cmd["CommandUUID"]
+    finally:
+        assert srv.stop() == 0
+    _damage_waiting(datadir, first)
+    srv, api = _restart(datadir, dev)
+    try:
+        st, _ = api.call("POST", "/v1/devices/%s/reconcile" % dev.udid)
+        assert st == 202
+        got = dev.run()
+        assert types(got) == ["InstallProfile"], types(got)
+        assert got[0]["CommandUUID"] != first
+        assert _profiles(api, dev.udid) == {PID: "installed"}
+    finally:
+        assert srv.stop() == 0
+
+
+def test_damaged_pending_removal_is_queued_again(tmpdir_path, datadir):
+    """The same for a RemoveProfile: a removal whose waiting record no
+    longer decodes is queued again at the next reconciliation."""
+    srv, api, pdir = start(tmpdir_path, datadir, [PID])
+    dev = Device(srv)
+    try:
+        assert put_profile(api, PID, profile(PID))[0] == 201
+        dev.enroll()
+        assert types(dev.run()) == ["InstallProfile"]
+        write_policy(pdir, [])
+        assert api.call("POST", "/v1/policy/reload")[0] == 200
+        st, cmd = dev.idle()
+        assert st == 200 and cmd["Command"]["RequestType"] == "RemoveProfile", cmd
+        first = cmd["CommandUUID"]
+    finally:
+        assert srv.stop() == 0
+    _damage_waiting(datadir, first)
+    srv, api = _restart(datadir, dev)
+    try:
+        st, _ = api.call("POST", "/v1/devices/%s/reconcile" % dev.udid)
+        assert st == 202
+        got = dev.run()
+        assert types(got) == ["RemoveProfile"], types(got)
+        assert got[0]["CommandUUID"] != first
+        assert _profiles(api, dev.udid) == {}
+    finally:
+        assert srv.stop() == 0
+
