@@ -101,3 +101,57 @@ def test_damaged_pending_removal_is_queued_again(tmpdir_path, datadir):
     finally:
         assert srv.stop() == 0
 
+
+
+# ---- the log line of an unreadable record -----------------------------------
+
+def _unreadable_line(srv, uuid):
+    m = srv.wait_log(r"event=queue\.entry_unreadable .*command=\"?%s\b.*" % uuid)
+    return m.group(0)
+
+
+def test_unreadable_queue_entry_is_named_by_its_position(tmpdir_path, datadir):
+    """A NotNow for a command whose queue entry does not decode: the log
+    names the entry's priority and sequence (the key of that entry)."""
+    srv = Server(datadir)
+    dev = Device(srv)
+    try:
+        dev.enroll()
+        uuid = Api(srv).send("DeviceLock", [dev.udid], priority=7)[1]["command_uuid"]
+    finally:
+        assert srv.stop() == 0
+    key = _damage_waiting(datadir, uuid)
+    seq = int.from_bytes(key[-8:], "big")
+    srv, _ = _restart(datadir, dev)
+    try:
+        assert dev.report("NotNow", uuid)[0] == 200
+        line = _unreadable_line(srv, uuid)
+        assert "record=queue priority=7 seq=%d " % seq in line, line
+    finally:
+        assert srv.stop() == 0
+
+
+def test_unreadable_finished_result_is_named_as_such(tmpdir_path, datadir):
+    """A report for a command whose finished result (results table) does
+    not decode: the log says that record was the results table's, and gives
+    no queue position (there is no queue entry)."""
+    srv = Server(datadir)
+    dev = Device(srv)
+    try:
+        dev.enroll()
+        uuid = Api(srv).send("DeviceLock", [dev.udid])[1]["command_uuid"]
+        assert [c["CommandUUID"] for c in dev.run()] == [uuid]
+    finally:
+        assert srv.stop() == 0
+    store = _store(datadir)
+    key = dev.udid.encode() + b"\0" + uuid.encode()
+    assert key in dict(mdb_items(store, "results"))
+    mdb_put(store, "results", [(key, b"\xff damaged")])
+    srv, _ = _restart(datadir, dev)
+    try:
+        assert dev.report("Acknowledged", uuid)[0] == 200
+        line = _unreadable_line(srv, uuid)
+        assert " record=results detail=" in line, line
+        assert "priority=" not in line and "seq=" not in line, line
+    finally:
+        assert srv.stop() == 0
