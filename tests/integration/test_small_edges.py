@@ -155,3 +155,56 @@ def test_unreadable_finished_result_is_named_as_such(tmpdir_path, datadir):
         assert "priority=" not in line and "seq=" not in line, line
     finally:
         assert srv.stop() == 0
+
+
+# ---- NUL characters in the strings of API bodies ----------------------------
+
+NUL = "\\u0000"  # as it stands in the JSON text
+
+
+def _nul_cases(udid):
+    """(method, path, JSON text, the field the answer must name)."""
+    return [
+        ("POST", "/v1/challenges", '{"user": "alice%sbob"}' % NUL, "user"),
+        ("POST", "/v1/challenges", '{"udid": "%s%sX"}' % (udid, NUL), "udid"),
+        ("POST", "/v1/challenges", '{"user": "alice", "note": "x%s"}' % NUL, "note"),
+        ("POST", "/v1/commands",
+         '{"request_type": "DeviceLock", "targets": ["%s%sX"]}' % (udid, NUL), "targets[0]"),
+        ("POST", "/v1/commands",
+         '{"request_type": "DeviceLock%s", "targets": ["%s"]}' % (NUL, udid), "request_type"),
+        ("POST", "/v1/commands",
+         '{"request_type": "DeviceLock", "targets": ["%s"], "Message": "hi%s"}' % (udid, NUL),
+         "Message"),
+        ("POST", "/v1/commands",
+         '{"request_type": "Settings", "targets": ["%s"], "Settings": [{"Item": "x%s"}]}'
+         % (udid, NUL), "Settings[0].Item"),
+        ("PUT", "/v1/devices/%s/tags" % udid, '{"tags": ["new", "a%sb"]}' % NUL, "tags[1]"),
+        ("POST", "/v1/policy/eval", '{"device": "%s%s", "hook": "groups"}' % (udid, NUL),
+         "device"),
+        ("POST", "/v1/certs/01/revoke", '{"reason": 1, "comment": "x%s"}' % NUL, "comment"),
+    ]
+
+
+def test_nul_in_a_json_string_is_refused_naming_the_field(datadir):
+    """A string holding \\u0000 in the JSON body of any route: 400 naming
+    the field, and nothing stored (a C string would be taken cut at the
+    NUL)."""
+    srv = Server(datadir)
+    dev = Device(srv)
+    try:
+        api = Api(srv)
+        dev.enroll()
+        assert api.call("PUT", "/v1/devices/%s/tags" % dev.udid, {"tags": ["keep"]})[0] == 200
+        for method, path, text, field in _nul_cases(dev.udid):
+            st, r = api.call(method, path, text.encode())
+            assert st == 400, (path, text, st, r)
+            assert r["error"] == "bad_request", (path, text, r)
+            assert r["detail"].startswith(field + ": ") and "NUL" in r["detail"], (text, r)
+        st, r = api.call("GET", "/v1/devices/" + dev.udid)
+        assert st == 200 and r["tags"] == ["keep"], r
+        assert r["queue_length"] == 0, r
+    finally:
+        assert srv.stop() == 0
+    store = _store(datadir)
+    assert mdb_items(store, "challenges") == []
+    assert mdb_items(store, "commands") == []
