@@ -1,5 +1,8 @@
 #include "api/api.h"
 
+#include <stdio.h>
+#include <string.h>
+
 #include "apns/apns.h"
 #include "util/alloc.h"
 
@@ -95,4 +98,58 @@ void mdm_api_store_error(mdm_req_t *req, int rc)
         return;
     }
     mdm_resp_json_error(req, 500, "store", mdm_strerror(rc));
+}
+
+/* Whether a string in j, at any depth, holds a NUL character; path (len
+ * bytes used) gets where: "user", "targets[2]", "Settings[0].Item". The
+ * parser bounds the depth. */
+static bool string_with_nul(json_t *j, char *path, size_t cap, size_t len)
+{
+    size_t i;
+    const char *k;
+    json_t *v;
+    if (json_is_string(j))
+        return strlen(json_string_value(j)) != json_string_length(j);
+    if (json_is_array(j)) {
+        json_array_foreach(j, i, v)
+        {
+            snprintf(path + len, cap - len, "[%zu]", i);
+            if (string_with_nul(v, path, cap, strlen(path)))
+                return true;
+        }
+    } else if (json_is_object(j)) {
+        json_object_foreach(j, k, v)
+        {
+            snprintf(path + len, cap - len, "%s%s", len > 0 ? "." : "", k);
+            if (string_with_nul(v, path, cap, strlen(path)))
+                return true;
+        }
+    }
+    path[len] = '\0';
+    return false;
+}
+
+json_t *mdm_api_body_object(mdm_req_t *req, size_t flags, const char *error, const char *detail)
+{
+    json_error_t je;
+    json_t *j = json_loadb((const char *)req->body, req->body_len, flags | JSON_ALLOW_NUL, &je);
+    char d[256];
+    if (j == NULL || !json_is_object(j)) {
+        if (j == NULL)
+            snprintf(d, sizeof(d), "the body is not a JSON object: %s (line %d)", je.text, je.line);
+        else
+            snprintf(d, sizeof(d), "the body must be a JSON object");
+        json_decref(j);
+        mdm_resp_json_error(req, 400, error, detail != NULL ? detail : d);
+        return NULL;
+    }
+    char path[200];
+    path[0] = '\0';
+    if (string_with_nul(j, path, sizeof(path), 0)) {
+        json_decref(j);
+        snprintf(d, sizeof(d), "%s: a NUL character (\\u0000) is not allowed in a string", path);
+        mdm_resp_json_error(req, 400, "bad_request", d);
+        return NULL;
+    }
+    return j;
 }

@@ -13,6 +13,15 @@
  * the disk or the map is full or the commit failed, else 500. */
 void mdm_api_store_error(mdm_req_t *req, int rc);
 
+/* The request body as a JSON object (jansson flags added), or NULL after
+ * answering 400: error and detail when the body is not JSON or not an
+ * object (with detail NULL, the parser's reason or "the body must be a
+ * JSON object"); bad_request naming the field when a string in it, at any
+ * depth, holds a NUL character (\u0000), which the C strings the routes
+ * take would cut short. */
+json_t *mdm_api_body_object(mdm_req_t *req, size_t flags, const char *error,
+                            const char *detail);
+
 /* Sends j (reference stolen) as the JSON response. */
 void mdm_api_send_json(mdm_req_t *req, int status, json_t *j);
 

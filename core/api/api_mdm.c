@@ -795,15 +795,9 @@ static void handle_commands_post(mdm_req_t *req)
         mdm_buf_free(&ttl);
         e.r.ttl_ms = (int64_t)ms;
     } else {
-        json_error_t je;
-        root = json_loadb((const char *)req->body, req->body_len, JSON_REJECT_DUPLICATES, &je);
-        if (root == NULL || !json_is_object(root)) {
-            char d[256];
-            snprintf(d, sizeof(d), "the body is not a JSON object: %s (line %d)", je.text,
-                     je.line);
-            mdm_resp_json_error(req, 400, "bad_json", root ? "the body must be a JSON object" : d);
+        root = mdm_api_body_object(req, JSON_REJECT_DUPLICATES, "bad_json", NULL);
+        if (root == NULL)
             goto out;
-        }
         const char *rt = json_string_value(json_object_get(root, "request_type"));
         json_t *targets = json_object_get(root, "targets");
         if (rt == NULL) {
@@ -1101,9 +1095,11 @@ static int tags_fn(mdm_txn_t *txn, void *arg)
 
 static void handle_tags_put(mdm_req_t *req)
 {
-    json_error_t je;
-    json_t *root = json_loadb((const char *)req->body, req->body_len, 0, &je);
-    json_t *tags = root ? json_object_get(root, "tags") : NULL;
+    static const char bad[] = "expected {\"tags\": [...]}: at most 64 strings of 1 to 64 bytes";
+    json_t *root = mdm_api_body_object(req, 0, "bad_request", bad);
+    if (root == NULL)
+        return;
+    json_t *tags = json_object_get(root, "tags");
     bool ok = json_is_array(tags) && json_array_size(tags) <= 64;
     size_t i;
     json_t *v;
@@ -1115,8 +1111,7 @@ static void handle_tags_put(mdm_req_t *req)
     }
     if (!ok) {
         json_decref(root);
-        mdm_resp_json_error(req, 400, "bad_request",
-                            "expected {\"tags\": [...]}: at most 64 strings of 1 to 64 bytes");
+        mdm_resp_json_error(req, 400, "bad_request", bad);
         return;
     }
     struct tags_ctx t = {.id = req->params[0], .tags = tags};

@@ -89,14 +89,10 @@ static void handle_reload(mdm_req_t *req)
 /* POST /v1/policy/eval {"device": ID, "hook": NAME, "dir": optional, "input": optional} */
 static void handle_eval(mdm_req_t *req)
 {
-    json_error_t je;
-    json_t *body = json_loadb((const char *)req->body, req->body_len, 0, &je);
-    if (body == NULL || !json_is_object(body)) {
-        json_decref(body);
-        mdm_resp_json_error(req, 400, "bad_request",
-                            "expected a JSON object {\"device\": ID, \"hook\": NAME}");
+    json_t *body = mdm_api_body_object(req, 0, "bad_request",
+                                       "expected a JSON object {\"device\": ID, \"hook\": NAME}");
+    if (body == NULL)
         return;
-    }
     const char *device = json_string_value(json_object_get(body, "device"));
     const char *hook = json_string_value(json_object_get(body, "hook"));
     const char *dir = json_string_value(json_object_get(body, "dir"));

@@ -594,19 +594,36 @@ static int finish(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result_
     return rc != 0 ? rc : finish_record(txn, eid, uuid, res, status, now);
 }
 
-/* A queue entry that cannot be offered, for the log: its enrollment and
- * its key (the position after the enrollment id). */
-static void log_bad_entry(const char *event, const char *eid, mdm_val_t key, const char *uuid,
-                          const char *what)
+/* Where a stored result was found, for the log. */
+static const char *record_name(int at)
 {
-    char eq[300], uq[100];
+    switch (at) {
+    case AT_QUEUE:
+        return "queue";
+    case AT_LIVE:
+        return "results_waiting";
+    case AT_DONE:
+        return "results";
+    default:
+        return "none";
+    }
+}
+
+/* A command whose queue entry or result cannot be used, for the log: its
+ * enrollment, where its result record is (at), and the position of its
+ * queue entry when key is one (the enrollment id, then the position). */
+static void log_bad_entry(const char *event, const char *eid, mdm_val_t key, const char *uuid,
+                          int at, const char *what)
+{
+    char eq[300], uq[100], where[64] = "";
     size_t n = strlen(eid) + 1;
     const unsigned char *pos = (const unsigned char *)key.data + n;
-    bool has_pos = key.len == n + QPOS;
-    mdm_log(MDM_LOG_ERROR, NULL, event,
-            "eid=%s command=%s priority=%d seq=%llu detail=\"%s\"", mdm_logq(eq, sizeof(eq), eid),
-            mdm_logq(uq, sizeof(uq), uuid), has_pos ? 255 - pos[0] : -1,
-            has_pos ? (unsigned long long)mdm_be64_get(pos + 1) : 0ULL, what);
+    if (key.len == n + QPOS)
+        snprintf(where, sizeof(where), " priority=%d seq=%llu", 255 - pos[0],
+                 (unsigned long long)mdm_be64_get(pos + 1));
+    mdm_log(MDM_LOG_ERROR, NULL, event, "eid=%s command=%s record=%s%s detail=\"%s\"",
+            mdm_logq(eq, sizeof(eq), eid), mdm_logq(uq, sizeof(uq), uuid), record_name(at), where,
+            what);
 }
 
 /* A queue entry whose result is finished: no legal sequence leaves one
@@ -617,7 +634,7 @@ static int drop_finished_entry(mdm_txn_t *txn, mdm_cursor_t *c, const char *eid,
                                mdm_val_t key, const char *uuid, mdm_result_rec_t *res,
                                int64_t now)
 {
-    log_bad_entry("queue.finished_entry_dropped", eid, key, uuid,
+    log_bad_entry("queue.finished_entry_dropped", eid, key, uuid, res->at,
                   "a queue entry whose result is finished; dropped, not offered again");
     int rc = mdm_cursor_del(c);
     if (rc != 0 || res->at == AT_DONE)
@@ -755,7 +772,7 @@ int mdm_queue_next(mdm_txn_t *txn, const char *eid, int64_t now_ms, int64_t sess
         if (rc == MDM_EPARSE) {
             /* A damaged record blocks nothing after it; it stays for a
              * person to look at (a re-enrollment clears it). */
-            log_bad_entry("queue.entry_unreadable", eid, ck, uuid,
+            log_bad_entry("queue.entry_unreadable", eid, ck, uuid, res.at,
                           "the result record does not decode; skipped");
             rc = 0;
             continue;
@@ -808,10 +825,12 @@ int mdm_queue_next(mdm_txn_t *txn, const char *eid, int64_t now_ms, int64_t sess
     return rc == 0 ? MDM_ENOTFOUND : rc;
 }
 
-/* Deletes the queue entries of eid that hold the command uuid, found by a
- * scan of eid's queue (for a result that does not decode, whose position
- * is not known); key gets the last one's key. */
-static int queue_entries_del_of(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_buf_t *key)
+/* Finds the queue entries of eid that hold the command uuid by a scan of
+ * eid's queue (for a result that does not decode, whose position is not
+ * known), and deletes them when del; key gets the last one's key (eid's
+ * prefix when there is none). */
+static int queue_entries_of(mdm_txn_t *txn, const char *eid, const char *uuid, bool del,
+                            mdm_buf_t *key)
 {
     mdm_cursor_t *c = NULL;
     mdm_val_t k, v;
@@ -829,7 +848,7 @@ static int queue_entries_del_of(mdm_txn_t *txn, const char *eid, const char *uui
             continue;
         mdm_buf_reset(key);
         mdm_buf_append(key, k.data, k.len);
-        rc = mdm_cursor_del(c);
+        rc = del ? mdm_cursor_del(c) : 0;
         if (rc != 0)
             break;
     }
@@ -849,12 +868,10 @@ static int report_over_unreadable(mdm_txn_t *txn, const char *eid, const char *u
                                   char rtype[MDM_RTYPE_MAX])
 {
     mdm_buf_t key = MDM_BUF_INIT;
-    int rc = eid_prefix(&key, eid);
     bool notnow = strcmp(status, "NotNow") == 0;
-    if (rc == 0 && !notnow)
-        rc = queue_entries_del_of(txn, eid, uuid, &key);
+    int rc = queue_entries_of(txn, eid, uuid, !notnow, &key);
     if (rc == 0)
-        log_bad_entry("queue.entry_unreadable", eid, MDM_VAL(key.data, key.len), uuid,
+        log_bad_entry("queue.entry_unreadable", eid, MDM_VAL(key.data, key.len), uuid, at,
                       notnow ? "the result record does not decode; a NotNow for it is ignored"
                              : "the result record does not decode; the report is recorded "
                                "over it");
@@ -993,7 +1010,7 @@ int mdm_queue_clear(mdm_txn_t *txn, const char *eid, const char *status, int64_t
         rc = uuid[0] ? result_load(txn, eid, uuid, &res) : MDM_ENOTFOUND;
         if (rc == MDM_EPARSE) {
             log_bad_entry("queue.entry_unreadable", eid, MDM_VAL(key.data, key.len), uuid,
-                          "the result record does not decode; the entry is deleted");
+                          res.at, "the result record does not decode; the entry is deleted");
             rc = MDM_ENOTFOUND;
         }
         if (rc == 0) {

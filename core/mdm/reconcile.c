@@ -298,7 +298,9 @@ static int queue_command(mdm_txn_t *txn, const char *eid, plist_t cmd, int64_t n
 /* Whether the command an entry waits for (pending, removing) still waits
  * in the queue: one cancelled, expired, given up after NotNow or cleared
  * at re-enrollment ends without a report, and its entry must not wait for
- * ever. */
+ * ever. Nor does one whose stored result does not decode: it tells nothing,
+ * and the command is harmless to send again. Other errors (I/O) may pass
+ * and count as waiting. */
 static bool command_waits(mdm_txn_t *txn, const char *eid, plist_t rec)
 {
     const char *u = mdm_pl_str(rec, "command_uuid");
@@ -306,7 +308,7 @@ static bool command_waits(mdm_txn_t *txn, const char *eid, plist_t rec)
         return false;
     mdm_result_t r;
     int rc = mdm_result_get(txn, eid, u, &r, NULL);
-    if (rc == MDM_ENOTFOUND)
+    if (rc == MDM_ENOTFOUND || rc == MDM_EPARSE)
         return false;
     return rc != 0 || !mdm_status_terminal(r.status);
 }

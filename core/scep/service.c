@@ -1586,18 +1586,13 @@ static void json_send(mdm_req_t *req, int status, json_t *j)
     mdm_resp_send_buf(req, status, "application/json");
 }
 
-/* Parses an optional JSON object body; NULL body gives an empty object. */
+/* Parses an optional JSON object body; NULL body gives an empty object.
+ * NULL after answering 400. */
 static json_t *json_body(mdm_req_t *req)
 {
     if (req->body_len == 0)
         return json_object();
-    json_error_t jerr;
-    json_t *j = json_loadb((const char *)req->body, req->body_len, 0, &jerr);
-    if (j != NULL && !json_is_object(j)) {
-        json_decref(j);
-        return NULL;
-    }
-    return j;
+    return mdm_api_body_object(req, 0, "bad_request", "the body must be a JSON object");
 }
 
 struct create_challenge_ctx {
@@ -1633,10 +1628,8 @@ static void handle_challenge_new(mdm_req_t *req)
     mdm_scep_service_t *svc = req->server->scep;
     json_t *body = json_body(req);
     char q[300];
-    if (body == NULL) {
-        mdm_resp_json_error(req, 400, "bad_request", "the body must be a JSON object");
+    if (body == NULL)
         return;
-    }
     struct create_challenge_ctx c = {.owner = "", .ttl_ms = svc->default_ttl_ms};
     json_t *user = json_object_get(body, "user");
     json_t *ttl = json_object_get(body, "ttl");
@@ -1805,10 +1798,8 @@ static void handle_cert_revoke(mdm_req_t *req)
         return;
     }
     json_t *body = json_body(req);
-    if (body == NULL) {
-        mdm_resp_json_error(req, 400, "bad_request", "the body must be a JSON object");
+    if (body == NULL)
         return;
-    }
     json_t *reason = json_object_get(body, "reason");
     if (reason != NULL && !json_is_null(reason)) {
         json_int_t v = json_is_integer(reason) ? json_integer_value(reason) : -1;
