@@ -46,6 +46,22 @@ def _profiles(api, udid):
 PID = "com.example.small"
 
 
+def _damage_and_reconcile(datadir, dev, first, request_type, profiles_after):
+    """Damages the waiting record of command `first`, restarts, asks for a
+    reconciliation: the device gets the command again under a new UUID."""
+    _damage_waiting(datadir, first)
+    srv, api = _restart(datadir, dev)
+    try:
+        st, _ = api.call("POST", "/v1/devices/%s/reconcile" % dev.udid)
+        assert st == 202
+        got = dev.run()
+        assert types(got) == [request_type], types(got)
+        assert got[0]["CommandUUID"] != first
+        assert _profiles(api, dev.udid) == profiles_after
+    finally:
+        assert srv.stop() == 0
+
+
 def test_damaged_pending_install_is_queued_again(tmpdir_path, datadir):
     """An InstallProfile left unanswered whose waiting record no longer
     decodes: a reconciliation queues the profile again and the device gets
@@ -60,17 +76,7 @@ def test_damaged_pending_install_is_queued_again(tmpdir_path, datadir):
         first = cmd["CommandUUID"]
     finally:
         assert srv.stop() == 0
-    _damage_waiting(datadir, first)
-    srv, api = _restart(datadir, dev)
-    try:
-        st, _ = api.call("POST", "/v1/devices/%s/reconcile" % dev.udid)
-        assert st == 202
-        got = dev.run()
-        assert types(got) == ["InstallProfile"], types(got)
-        assert got[0]["CommandUUID"] != first
-        assert _profiles(api, dev.udid) == {PID: "installed"}
-    finally:
-        assert srv.stop() == 0
+    _damage_and_reconcile(datadir, dev, first, "InstallProfile", {PID: "installed"})
 
 
 def test_damaged_pending_removal_is_queued_again(tmpdir_path, datadir):
@@ -89,17 +95,7 @@ def test_damaged_pending_removal_is_queued_again(tmpdir_path, datadir):
         first = cmd["CommandUUID"]
     finally:
         assert srv.stop() == 0
-    _damage_waiting(datadir, first)
-    srv, api = _restart(datadir, dev)
-    try:
-        st, _ = api.call("POST", "/v1/devices/%s/reconcile" % dev.udid)
-        assert st == 202
-        got = dev.run()
-        assert types(got) == ["RemoveProfile"], types(got)
-        assert got[0]["CommandUUID"] != first
-        assert _profiles(api, dev.udid) == {}
-    finally:
-        assert srv.stop() == 0
+    _damage_and_reconcile(datadir, dev, first, "RemoveProfile", {})
 
 
 
