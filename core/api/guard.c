@@ -73,7 +73,49 @@ void mdm_guard_free(mdm_guard_t *g)
     mdm_free(g);
 }
 
-static entry_t *find(mdm_guard_t *g, const char *key, bool create)
+/* Failures counted now: those within the window. */
+static uint32_t recent_failures(const mdm_guard_t *g, const entry_t *e, int64_t now_ms)
+{
+    if (e->failures == 0 || now_ms - e->first_ms > (int64_t)g->o.window_ms)
+        return 0;
+    return e->failures;
+}
+
+/* Whether a key holds anything: failures in its window, a lock, or
+ * attempts in flight. */
+static bool holds(const mdm_guard_t *g, const entry_t *e, int64_t now_ms)
+{
+    return e->in_flight > 0 || e->locked_until_ms > now_ms || recent_failures(g, e, now_ms) > 0;
+}
+
+/* Rebuilds the table with only the keys that hold something; true when
+ * that made room. */
+static bool make_room(mdm_guard_t *g, int64_t now_ms)
+{
+    entry_t *old = g->slots;
+    size_t mask = g->nslots - 1;
+    g->slots = mdm_calloc(g->nslots, sizeof(*g->slots));
+    g->used = 0;
+    for (size_t i = 0; i < g->nslots; i++) {
+        if (old[i].key == NULL)
+            continue;
+        if (!holds(g, &old[i], now_ms)) {
+            mdm_free(old[i].key);
+            continue;
+        }
+        size_t at = hash(old[i].key) & mask;
+        while (g->slots[at].key != NULL)
+            at = (at + 1) & mask;
+        g->slots[at] = old[i];
+        g->used++;
+    }
+    mdm_free(old);
+    return g->used < g->o.max_keys;
+}
+
+/* The entry of key; with create, a new one when there is none (now_ms:
+ * what a full table keeps). */
+static entry_t *find(mdm_guard_t *g, const char *key, bool create, int64_t now_ms)
 {
     size_t mask = g->nslots - 1;
     for (size_t i = 0, at = hash(key) & mask; i < g->nslots; i++, at = (at + 1) & mask) {
@@ -82,13 +124,17 @@ static entry_t *find(mdm_guard_t *g, const char *key, bool create)
             if (!create)
                 return NULL;
             if (g->used >= g->o.max_keys) {
-                /* Full: forget everything rather than refuse to count.
-                 * An attacker who fills the table resets only the
-                 * counters, never bypasses an answer's check. */
-                mdm_log(MDM_LOG_WARN, NULL, "guard.table_full", "endpoint=%s keys=%zu", g->name,
-                        g->used);
-                clear_all(g);
-                return find(g, key, true);
+                /* Full: drop the keys that hold nothing; if every key
+                 * holds something, forget everything rather than refuse
+                 * to count. An attacker who fills the table that way
+                 * resets only the counters, never bypasses an answer's
+                 * check. */
+                if (!make_room(g, now_ms)) {
+                    mdm_log(MDM_LOG_WARN, NULL, "guard.table_full", "endpoint=%s keys=%zu",
+                            g->name, g->used);
+                    clear_all(g);
+                }
+                return find(g, key, true, now_ms);
             }
             e->key = mdm_strdup(key);
             g->used++;
@@ -102,7 +148,7 @@ static entry_t *find(mdm_guard_t *g, const char *key, bool create)
 
 uint64_t mdm_guard_locked(mdm_guard_t *g, const char *key, int64_t now_ms)
 {
-    entry_t *e = find(g, key, false);
+    entry_t *e = find(g, key, false, 0);
     if (e == NULL || e->locked_until_ms <= now_ms)
         return 0;
     mdm_metric_add(g->m_refused, 1);
@@ -111,7 +157,7 @@ uint64_t mdm_guard_locked(mdm_guard_t *g, const char *key, int64_t now_ms)
 
 uint64_t mdm_guard_fail(mdm_guard_t *g, const char *key, int64_t now_ms)
 {
-    entry_t *e = find(g, key, true);
+    entry_t *e = find(g, key, true, now_ms);
     if (e == NULL)
         return 0;
     if (e->failures == 0 || now_ms - e->first_ms > (int64_t)g->o.window_ms) {
@@ -137,17 +183,10 @@ uint64_t mdm_guard_fail(mdm_guard_t *g, const char *key, int64_t now_ms)
     return lock;
 }
 
-/* Failures counted now: those within the window. */
-static uint32_t recent_failures(const mdm_guard_t *g, const entry_t *e, int64_t now_ms)
-{
-    if (e->failures == 0 || now_ms - e->first_ms > (int64_t)g->o.window_ms)
-        return 0;
-    return e->failures;
-}
 
 bool mdm_guard_begin(mdm_guard_t *g, const char *key, int64_t now_ms)
 {
-    entry_t *e = find(g, key, true);
+    entry_t *e = find(g, key, true, now_ms);
     if (e == NULL)
         return true;
     uint64_t open = (uint64_t)recent_failures(g, e, now_ms) + e->in_flight;
@@ -161,14 +200,14 @@ bool mdm_guard_begin(mdm_guard_t *g, const char *key, int64_t now_ms)
 
 void mdm_guard_end(mdm_guard_t *g, const char *key)
 {
-    entry_t *e = find(g, key, false);
+    entry_t *e = find(g, key, false, 0);
     if (e != NULL && e->in_flight > 0)
         e->in_flight--;
 }
 
 void mdm_guard_success(mdm_guard_t *g, const char *key)
 {
-    entry_t *e = find(g, key, false);
+    entry_t *e = find(g, key, false, 0);
     if (e != NULL) {
         e->failures = 0;
         e->locked_until_ms = 0;

@@ -126,6 +126,50 @@ static void test_attempts_in_flight(void **state)
     mdm_guard_free(g);
 }
 
+/* A full table makes room by dropping the keys that hold nothing (no
+ * failure in the window, no lock, no attempt in flight), not the lockouts:
+ * a site where many users sign in successfully must not forget that an
+ * address is locked. (Before, a full table was cleared.) */
+static void test_full_table_keeps_lockouts(void **state)
+{
+    (void)state;
+    mdm_guard_opts_t o = {.name = "test", .threshold = 3, .backoff_ms = 60000,
+                          .backoff_max_ms = 600000, .window_ms = 60000, .max_keys = 8};
+    mdm_guard_t *g = mdm_guard_new(&o);
+    for (int i = 0; i < 3; i++)
+        mdm_guard_fail(g, "addr:192.0.2.66", 1000);
+    assert_true(mdm_guard_locked(g, "addr:192.0.2.66", 1001) > 0);
+    /* 100 sign-ins of other users and addresses that succeed. */
+    for (int i = 0; i < 100; i++) {
+        char user[32];
+        snprintf(user, sizeof(user), "user:u%d", i);
+        assert_true(mdm_guard_begin(g, user, 2000 + i));
+        mdm_guard_end(g, user);
+        mdm_guard_success(g, user);
+    }
+    assert_true(mdm_guard_locked(g, "addr:192.0.2.66", 3000) > 0);
+    /* A key with failures in its window is kept too. */
+    mdm_guard_fail(g, "user:mallory", 3000);
+    mdm_guard_fail(g, "user:mallory", 3000);
+    for (int i = 100; i < 200; i++) {
+        char user[32];
+        snprintf(user, sizeof(user), "user:u%d", i);
+        assert_true(mdm_guard_begin(g, user, 3000 + i));
+        mdm_guard_end(g, user);
+        mdm_guard_success(g, user);
+    }
+    assert_int_equal(mdm_guard_locked(g, "user:mallory", 4000), 0);
+    mdm_guard_fail(g, "user:mallory", 4000);
+    assert_true(mdm_guard_locked(g, "user:mallory", 4001) > 0);
+    /* Once only live keys fill the table, it is cleared as before. */
+    for (int i = 0; i < 20; i++) {
+        char addr[32];
+        snprintf(addr, sizeof(addr), "addr:198.51.100.%d", i);
+        mdm_guard_fail(g, addr, 5000);
+    }
+    mdm_guard_free(g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -134,6 +178,7 @@ int main(void)
         cmocka_unit_test(test_spellings_share_lockout),
         cmocka_unit_test(test_ipv4_unchanged),
         cmocka_unit_test(test_attempts_in_flight),
+        cmocka_unit_test(test_full_table_keeps_lockouts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
