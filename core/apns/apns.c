@@ -83,6 +83,7 @@ typedef struct push {
     uint32_t hash;
     struct push *hnext;       /* hash bucket chain */
     bool in_hash;
+    bool detached;            /* in the table only for shutdown: lookups skip it */
     struct push *next;        /* the queue it is on */
     int state;
     waiter_t *waiters;
@@ -213,7 +214,7 @@ static uint32_t hash_str(const char *s)
 static push_t *hash_find(apns_t *a, const char *eid, uint32_t h)
 {
     for (push_t *p = a->buckets[h & (a->nbuckets - 1)]; p != NULL; p = p->hnext)
-        if (p->hash == h && strcmp(p->eid, eid) == 0)
+        if (p->hash == h && !p->detached && strcmp(p->eid, eid) == 0)
             return p;
     return NULL;
 }
@@ -1232,10 +1233,11 @@ void mdm_apns_token_changed(mdm_server_t *s, const char *eid)
         return;
     push_t *p = hash_find(a, eid, hash_str(eid));
     /* One that has not read the token yet will read the new one; any
-     * other (on its way, done) leaves the table: later requests make a push
-     * of their own, and it still answers the callers it had. */
+     * other (on its way, done) is detached: later requests make a push of
+     * their own, and it still answers the callers it had. It stays in the
+     * table until it finishes, so that a shutdown finds and answers it. */
     if (p != NULL && !(p->state == P_WAITING && p->token == NULL))
-        hash_del(a, p);
+        p->detached = true;
 }
 
 static void take_one(apns_t *a, intake_t *it)

@@ -784,6 +784,46 @@ static void test_shutdown_answers_waiters(void **state)
     svc_free(v);
 }
 
+/* A push that a TokenUpdate detached from its enrollment (later requests
+ * make a push of their own) still has callers: a shutdown answers them
+ * too, and frees it. */
+static void test_shutdown_answers_detached_push(void **state)
+{
+    (void)state;
+    struct svc *v = svc_new();
+    v->cfg.apns_retry_delay_ms = 60000;
+    svc_start(v);
+    add_enrollment(v, (struct enr){.eid = "ok", .token = true, .enabled = true});
+    mdm_err_t err = {0};
+    assert_rc(mdm_apns_pushcert_install(&v->s, pushcert(TOPIC, 100), NULL, NULL, &err), 0);
+    const char *one[] = {"ok"};
+    v->want = 1;
+    assert_rc(mdm_apns_push_batch(&v->s, one, 1, on_result, v), 0);
+    apns_t *a = v->s.apns;
+    uint64_t deadline = uv_now(&v->loop) + 10000;
+    uv_timer_init(&v->loop, &v->guard);
+    uv_timer_start(&v->guard, guard_cb, 5, 5);
+    v->guard.data = v;
+    while (a->heap_n == 0 && uv_now(&v->loop) < deadline)
+        uv_run(&v->loop, UV_RUN_ONCE);
+    assert_int_equal(a->heap_n, 1);
+    mdm_apns_token_changed(&v->s, "ok");
+    /* The next request does not join it. */
+    assert_rc(mdm_apns_push_batch(&v->s, one, 1, on_result, v), 0);
+    while (a->waiting.n + a->in_flight == 0 && a->intake_head != NULL &&
+           uv_now(&v->loop) < deadline)
+        uv_run(&v->loop, UV_RUN_ONCE);
+    assert_int_equal(v->got, 0);
+    uv_close((uv_handle_t *)&v->guard, NULL);
+    mdm_apns_service_free(&v->s);
+    if (v->got != 2)
+        fail_msg("%zu of 2 callers answered at shutdown", v->got);
+    assert_int_equal(v->r[0].status, MDM_PUSH_ERROR);
+    assert_non_null(strstr(v->error[0], "shutting down"));
+    assert_false(v->r[0].coalesced);
+    svc_free(v);
+}
+
 static void test_config_refusals(void **state)
 {
     (void)state;
@@ -910,6 +950,7 @@ int main(void)
         cmocka_unit_test(test_heap_and_hash),
         cmocka_unit_test(test_outcomes_without_apns),
         cmocka_unit_test(test_shutdown_answers_waiters),
+        cmocka_unit_test(test_shutdown_answers_detached_push),
         cmocka_unit_test(test_config_refusals),
         cmocka_unit_test(test_record_updates),
     };
