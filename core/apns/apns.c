@@ -536,6 +536,16 @@ static CURLcode ssl_ctx_cb(CURL *curl, void *sslctx, void *parm)
     return CURLE_OK;
 }
 
+/* Whether an apns-id from APNs can be passed on (API answers are JSON,
+ * which needs UTF-8): printable ASCII, as APNs's UUIDs are. */
+static bool apns_id_printable(const char *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (v[i] < 0x20 || v[i] > 0x7e)
+            return false;
+    return true;
+}
+
 static size_t header_cb(char *buf, size_t size, size_t n, void *ud)
 {
     push_t *p = ud;
@@ -547,7 +557,7 @@ static size_t header_cb(char *buf, size_t size, size_t n, void *ud)
             v++, vl--;
         while (vl > 0 && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
             vl--;
-        if (vl < sizeof(p->resp_apns_id))
+        if (vl < sizeof(p->resp_apns_id) && apns_id_printable(v, vl))
             snprintf(p->resp_apns_id, sizeof(p->resp_apns_id), "%.*s", (int)vl, v);
     }
     return len;
