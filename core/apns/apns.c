@@ -90,8 +90,8 @@ typedef struct push {
     int attempts;             /* requests sent */
     int64_t created_ms;
     bool seen;                /* the device was heard from after created_ms */
-    int64_t retry_at_ms;
-    int64_t done_ms;
+    int64_t retry_at_ms;      /* mono_ms() */
+    int64_t done_ms;          /* mono_ms() */
     uint64_t sent_ns;
 
     /* the request (while WAITING..IN_FLIGHT) */
@@ -155,7 +155,7 @@ struct apns {
 
     char *sweep_cursor;       /* next enrollment id to look at, or NULL */
     bool sweeping;
-    int64_t next_expiry_check_ms;
+    int64_t next_expiry_check_ms; /* mono_ms() */
 
     mdm_metric_t *m_results[MDM_PUSH_ERROR + 1];
     mdm_metric_t *m_retries, *m_coalesced, *m_in_flight, *m_queued, *m_invalidated,
@@ -176,6 +176,14 @@ const char *mdm_push_status_name(int status)
 }
 
 static void pump(apns_t *a);
+
+/* Milliseconds on the monotonic clock: the deadlines kept in memory (the
+ * coalesce window, retries, housekeeping) must not move when the wall
+ * clock steps. */
+static int64_t mono_ms(void)
+{
+    return (int64_t)(mdm_mono_ns() / 1000000);
+}
 
 /* ---- queues, hash, heap -------------------------------------------------- */
 
@@ -872,7 +880,7 @@ static void retry_or_fail(apns_t *a, push_t *p, const char *what)
     uint32_t r;
     mdm_random(&r, sizeof(r));
     delay = delay / 2 + (delay / 2 ? r % (delay / 2 + 1) : 0);
-    p->retry_at_ms = mdm_now_ms() + (int64_t)delay;
+    p->retry_at_ms = mono_ms() + (int64_t)delay;
     p->state = P_RETRY;
     mdm_metric_add(a->m_retries, 1);
     mdm_log(MDM_LOG_INFO, NULL, "apns.retry", "eid=%s attempt=%d delay_ms=%llu cause=\"%s\"",
@@ -1061,7 +1069,7 @@ static void check_multi_info(apns_t *a)
 static void retry_timer_cb(uv_timer_t *t)
 {
     apns_t *a = t->data;
-    int64_t now = mdm_now_ms();
+    int64_t now = mono_ms();
     while (a->heap_n > 0 && a->heap[0]->retry_at_ms <= now) {
         push_t *p = heap_pop(a);
         p->state = P_WAITING;
@@ -1079,7 +1087,7 @@ static void arm_retry_timer(apns_t *a)
         uv_timer_stop(&a->retry_timer);
         return;
     }
-    int64_t wait = a->heap[0]->retry_at_ms - mdm_now_ms();
+    int64_t wait = a->heap[0]->retry_at_ms - mono_ms();
     uv_timer_start(&a->retry_timer, retry_timer_cb, wait > 0 ? (uint64_t)wait : 0, 0);
 }
 
@@ -1193,7 +1201,7 @@ static void flush_finished(apns_t *a)
          * is decided again from the record. */
         if (p->status == MDM_PUSH_PUSHED && a->cfg->apns_coalesce_window_ms > 0) {
             p->state = P_DONE;
-            p->done_ms = w.now;
+            p->done_ms = mono_ms();
             q_push(&a->done, p);
         } else {
             hash_del(a, p);
@@ -1297,8 +1305,7 @@ static void take_one(apns_t *a, intake_t *it)
 
 static void take_intake(apns_t *a)
 {
-    int64_t now = mdm_now_ms();
-    expire_done(a, now);
+    expire_done(a, mono_ms());
     for (size_t i = 0; i < INTAKE_SLICE && a->intake_head != NULL; i++) {
         intake_t *it = a->intake_head;
         a->intake_head = it->next;
@@ -1564,12 +1571,12 @@ static void certs_changed(apns_t *a)
 static void housekeeping_cb(uv_timer_t *t)
 {
     apns_t *a = t->data;
-    int64_t now = mdm_now_ms();
-    expire_done(a, now);
+    int64_t now = mdm_now_ms(), mono = mono_ms();
+    expire_done(a, mono);
     mdm_metric_set(a->m_in_flight, (int64_t)a->in_flight);
     mdm_metric_set(a->m_queued, (int64_t)(a->waiting.n + a->ready.n + a->nintake + a->heap_n));
-    if (now >= a->next_expiry_check_ms) {
-        a->next_expiry_check_ms = now + EXPIRY_CHECK_MS;
+    if (mono >= a->next_expiry_check_ms) {
+        a->next_expiry_check_ms = mono + EXPIRY_CHECK_MS;
         for (size_t i = 0; i < a->certs.n; i++)
             cert_gauges(a, a->certs.v[i], now);
     }

@@ -18,7 +18,20 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "util/misc.h"
+
+/* The service reads the wall clock through this, so that a test can step
+ * it as NTP or a resumed VM does. */
+static int64_t clock_step_ms;
+static int64_t wall_clock_ms(void);
+#define mdm_now_ms wall_clock_ms
 #include "../../core/apns/apns.c"
+#undef mdm_now_ms
+
+static int64_t wall_clock_ms(void)
+{
+    return mdm_now_ms() + clock_step_ms;
+}
 
 #define TOPIC "com.apple.mgmt.External.11111111-2222-3333-4444-555555555555"
 #define DAY_MS (86400LL * 1000)
@@ -824,6 +837,68 @@ static void test_shutdown_answers_detached_push(void **state)
     svc_free(v);
 }
 
+/* The wall clock steps back an hour just after APNs accepted a push: the
+ * coalesce window still ends after apns.coalesce_window, and a retry
+ * still comes after its delay, not an hour later. */
+static void test_clock_step_back(void **state)
+{
+    (void)state;
+    struct svc *v = svc_new();
+    v->cfg.apns_coalesce_window_ms = 200;
+    svc_start(v);
+    add_enrollment(v, (struct enr){.eid = "ok", .token = true, .enabled = true});
+    mdm_err_t err = {0};
+    assert_rc(mdm_apns_pushcert_install(&v->s, pushcert(TOPIC, 100), NULL, NULL, &err), 0);
+    apns_t *a = v->s.apns;
+    /* A push to "ok" that APNs accepted. */
+    push_t *p = mdm_calloc(1, sizeof(*p));
+    p->eid = mdm_strdup("ok");
+    p->hash = hash_str(p->eid);
+    p->created_ms = mdm_now_ms();
+    hash_add(a, p);
+    set_error(p, MDM_PUSH_PUSHED, NULL);
+    finish(a, p);
+    flush_finished(a);
+    assert_int_equal(p->state, P_DONE);
+    clock_step_ms = -3600 * 1000;
+    usleep(300 * 1000);
+    /* The window is over: a new request makes a request of its own (which
+     * fails, APNs being unreachable), after one retry 10 ms later. */
+    const char *one[] = {"ok"};
+    uint64_t t0 = uv_now(&v->loop);
+    push_and_wait(v, one, 1);
+    clock_step_ms = 0;
+    uv_update_time(&v->loop);
+    if (v->r[0].coalesced || v->r[0].status == MDM_PUSH_PUSHED)
+        fail_msg("answered by the push made before the clock stepped back: %s",
+                 mdm_push_status_name(v->r[0].status));
+    assert_non_null(strstr(v->error[0], "gave up after 2 attempts"));
+    assert_true(uv_now(&v->loop) - t0 < 5000);
+
+    /* The clock steps back while a push waits for its retry. */
+    v->cfg.apns_retry_delay_ms = 100;
+    v->want = 1;
+    v->got = 0;
+    assert_rc(mdm_apns_push_batch(&v->s, one, 1, on_result, v), 0);
+    uv_timer_init(&v->loop, &v->guard);
+    v->guard.data = v;
+    uv_timer_start(&v->guard, guard_cb, 5, 5);
+    uint64_t deadline = uv_now(&v->loop) + 10000;
+    while (a->heap_n == 0 && v->got == 0 && uv_now(&v->loop) < deadline)
+        uv_run(&v->loop, UV_RUN_ONCE);
+    assert_int_equal(a->heap_n, 1);
+    clock_step_ms = -3600 * 1000;
+    deadline = uv_now(&v->loop) + 5000;
+    while (v->got == 0 && uv_now(&v->loop) < deadline)
+        uv_run(&v->loop, UV_RUN_ONCE);
+    clock_step_ms = 0;
+    uv_close((uv_handle_t *)&v->guard, NULL);
+    if (v->got != 1)
+        fail_msg("the retry did not come within 5 s of its 100 ms delay");
+    assert_non_null(strstr(v->error[0], "gave up after 2 attempts"));
+    svc_free(v);
+}
+
 static void test_config_refusals(void **state)
 {
     (void)state;
@@ -951,6 +1026,7 @@ int main(void)
         cmocka_unit_test(test_outcomes_without_apns),
         cmocka_unit_test(test_shutdown_answers_waiters),
         cmocka_unit_test(test_shutdown_answers_detached_push),
+        cmocka_unit_test(test_clock_step_back),
         cmocka_unit_test(test_config_refusals),
         cmocka_unit_test(test_record_updates),
     };
