@@ -48,13 +48,32 @@ static json_t *pushcert_json(const mdm_pushcert_t *pc, int64_t now)
     return o;
 }
 
+/* Reads ?replace=<topic> into out: 0 (out->len 0 when absent), or
+ * MDM_EINVAL for a value that is empty, does not decode or holds a NUL,
+ * which must not be taken as "no check". */
+static int replace_param(mdm_req_t *req, mdm_buf_t *out)
+{
+    int rc = mdm_req_query(req, "replace", out, true);
+    if (rc == MDM_ENOTFOUND)
+        return 0;
+    if (rc != 0 || out->len == 0 || memchr(out->data, '\0', out->len) != NULL)
+        return MDM_EINVAL;
+    return 0;
+}
+
 static void handle_pushcert_put(mdm_req_t *req)
 {
     mdm_server_t *s = req->server;
     mdm_err_t err = {0};
     mdm_pushcert_t *pc = NULL;
     mdm_buf_t replace = MDM_BUF_INIT;
-    bool has_replace = mdm_req_query(req, "replace", &replace, true) == 0 && replace.len > 0;
+    if (replace_param(req, &replace) != 0) {
+        mdm_resp_json_error(req, 400, "invalid_request",
+                            "replace must be the topic the certificate renews "
+                            "(?replace=com.apple.mgmt.External.<uuid>)");
+        goto out;
+    }
+    bool has_replace = replace.len > 0;
     int rc = mdm_pushcert_from_pem(req->body, req->body_len, "api", &pc, &err);
     if (rc != 0) {
         mdm_resp_json_error(req, 400, "invalid_pushcert", err.msg);
