@@ -88,8 +88,8 @@ typedef struct push {
     int state;
     waiter_t *waiters;
     int attempts;             /* requests sent */
-    int64_t created_ms;
-    bool seen;                /* the device was heard from after created_ms */
+    int64_t token_read_ms;    /* when the request's token was read (wall clock) */
+    bool seen;                /* the device was heard from since it was made */
     int64_t retry_at_ms;      /* mono_ms() */
     int64_t done_ms;          /* mono_ms() */
     uint64_t sent_ns;
@@ -758,6 +758,7 @@ static void prepare_one(mdm_txn_t *txn, prepared_t *pr)
         mdm_free(p->token);
         p->token = mdm_memdup(token, tlen);
         p->token_len = tlen;
+        p->token_read_ms = mdm_now_ms();
         snprintf(p->topic, sizeof(p->topic), "%s", topic);
         pr->magic = mdm_strdup(magic);
     }
@@ -1113,10 +1114,12 @@ static int write_fn(mdm_txn_t *txn, void *arg)
         if (p->mark_invalid) {
             size_t tlen = 0;
             const unsigned char *token = mdm_pl_data(e, "token", &tlen);
-            /* A TokenUpdate that came in meanwhile brought a new token, or
-             * registered this one again: the verdict was about the old. */
+            /* A TokenUpdate that came in since the token was read (and
+             * sent) brought a new token, or registered this one again: the
+             * verdict was about the old. One that came in earlier, while a
+             * retry waited, gave the token this verdict is about. */
             if (token == NULL || tlen != p->token_len || memcmp(token, p->token, tlen) != 0 ||
-                mdm_pl_int(e, "token_updated_at", 0) >= p->created_ms) {
+                mdm_pl_int(e, "token_updated_at", 0) >= p->token_read_ms) {
                 plist_free(e);
                 continue;
             }
@@ -1295,7 +1298,6 @@ static void take_one(apns_t *a, intake_t *it)
     p = mdm_calloc(1, sizeof(*p));
     p->eid = it->eid;
     p->hash = h;
-    p->created_ms = mdm_now_ms();
     p->state = P_WAITING;
     p->waiters = it->w;
     p->record = it->record;

@@ -1,9 +1,15 @@
-"""APNs answers that must not leak into the API or the store as they are:
-an apns-id header that is not text."""
+"""APNs answers and push certificate uploads at their edges: an apns-id
+that is not text, a 410 for a token read by a retry, a replace parameter
+that cannot guard anything."""
+import threading
+import time
+
 import pytest  # noqa: F401
 
 from device import TOPIC
-from test_apns import env, server, api, upload, enrolled, tok, push  # noqa: F401
+from device import Api
+from test_apns import (env, server, api, upload, enrolled, tok, push,  # noqa: F401
+                       start, stop)
 
 
 def test_apns_id_that_is_not_utf8_is_not_passed_on(server, api, env):
@@ -29,3 +35,34 @@ def test_pushcert_upload_with_an_unusable_replace_is_refused(server, api, env, q
     assert "replace" in r.get("detail", ""), r
     st, r = api.call("GET", "/v1/pushcert")
     assert st == 200 and r["pushcerts"] == [], r
+
+
+def test_410_for_the_token_a_retry_read_is_stored(datadir, env):
+    """A push fails with 503; while it waits for its retry the device sends
+    a TokenUpdate with a new token; the retry goes to the new token and
+    APNs answers 410. The caller is told token_invalid, and the record
+    says so too (no push goes to that token until its next TokenUpdate)."""
+    s = start(datadir, env, retry_delay='"2s"')
+    try:
+        api = Api(s)
+        upload(api, env.cert, env.key)
+        d = enrolled(s)
+        old = tok(d)
+        env.standin.respond(old, 503, "ServiceUnavailable", times=1)
+        out = {}
+        t = threading.Thread(target=lambda: out.update(push(api, d)))
+        t.start()
+        deadline = time.monotonic() + 10
+        while not [r for r in env.standin.requests(old) if r["answered"]]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        d.token = bytes(32 * [7])
+        env.standin.respond(tok(d), 410, "Unregistered")
+        assert d.token_update() == 200
+        t.join(30)
+        assert out.get("status") == "token_invalid", out
+        assert len(env.standin.requests(tok(d))) == 1
+        show = api.call("GET", "/v1/devices/" + d.udid)[1]
+        assert show["token_invalid"] is True, show
+    finally:
+        stop(s)

@@ -854,7 +854,6 @@ static void test_clock_step_back(void **state)
     push_t *p = mdm_calloc(1, sizeof(*p));
     p->eid = mdm_strdup("ok");
     p->hash = hash_str(p->eid);
-    p->created_ms = mdm_now_ms();
     hash_add(a, p);
     set_error(p, MDM_PUSH_PUSHED, NULL);
     finish(a, p);
@@ -985,7 +984,7 @@ static void test_record_updates(void **state)
     assert_false(r.invalid);
 
     /* The token pushed, made after its last TokenUpdate: invalid. */
-    p.created_ms = mdm_now_ms() + 60000;
+    p.token_read_ms = mdm_now_ms() + 60000;
     assert_rc(mdm_store_update(v->s.store, write_fn, &w), 0);
     assert_rc(mdm_store_view(v->s.store, rec_fn, &r), 0);
     assert_true(r.invalid);
