@@ -52,6 +52,21 @@ static char *bio_to_string(BIO *bio, size_t *len)
     return s;
 }
 
+/* Cuts an incomplete UTF-8 character off the end of s (a subject cut to
+ * fit its buffer), so that it stays a valid JSON string. */
+static void cut_partial_utf8(char *s)
+{
+    size_t n = strlen(s), i = n;
+    while (i > 0 && n - i < 3 && ((unsigned char)s[i - 1] & 0xc0) == 0x80)
+        i--;
+    if (i == 0)
+        return;
+    unsigned char lead = (unsigned char)s[i - 1];
+    size_t want = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 1;
+    if (n - (i - 1) < want)
+        s[i - 1] = '\0';
+}
+
 int mdm_pushcert_build(X509 *cert, EVP_PKEY *key, STACK_OF(X509) *chain, const char *source,
                        mdm_pushcert_t **out, mdm_err_t *err)
 {
@@ -113,7 +128,9 @@ int mdm_pushcert_build(X509 *cert, EVP_PKEY *key, STACK_OF(X509) *chain, const c
         goto out;
     }
     mdm_cert_sha256_hex(cert, pc->sha256);
-    mdm_x509_name_oneline(X509_get_subject_name(cert), pc->subject, sizeof(pc->subject));
+    if (mdm_x509_name_oneline(X509_get_subject_name(cert), pc->subject, sizeof(pc->subject)) ==
+        MDM_ELIMIT)
+        cut_partial_utf8(pc->subject);
 
     BIO *cb = BIO_new(BIO_s_mem());
     int ok = PEM_write_bio_X509(cb, cert);

@@ -1,10 +1,17 @@
 """APNs answers and push certificate uploads at their edges: an apns-id
 that is not text, a 410 for a token read by a retry, a replace parameter
-that cannot guard anything."""
+that cannot guard anything, a subject too long to keep whole."""
+import datetime
 import threading
 import time
 
 import pytest  # noqa: F401
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+import pki
 
 from device import TOPIC
 from device import Api
@@ -66,3 +73,27 @@ def test_410_for_the_token_a_retry_read_is_stored(datadir, env):
         assert show["token_invalid"] is True, show
     finally:
         stop(s)
+
+
+def test_pushcert_with_a_long_non_ascii_subject_keeps_its_subject(server, api, env):
+    """A subject longer than moonmdm keeps, cut in the middle of a UTF-8
+    character: PUT and GET /v1/pushcert still show a subject (JSON strings
+    are UTF-8), the cut one without half a character."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    # Printed as "O=éé...é,UID=<topic>": the cut after 255 bytes falls
+    # between the two bytes of an é.
+    name = x509.Name([x509.NameAttribute(NameOID.USER_ID, TOPIC),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "\u00e9" * 200)])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(env.push_ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(pki.now() - datetime.timedelta(minutes=5))
+            .not_valid_after(pki.now() + datetime.timedelta(days=365))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(env.push_ca_key, hashes.SHA256()))
+    st, r = upload(api, cert, key)
+    assert st == 200, r
+    assert r.get("subject", "").startswith("O=\u00e9\u00e9"), r
+    st, r = api.call("GET", "/v1/pushcert")
+    subject = r["pushcerts"][0].get("subject")
+    assert subject is not None and subject == "O=" + "\u00e9" * 126, r["pushcerts"][0]
