@@ -1791,9 +1791,10 @@ int mdm_apns_service_init(mdm_server_t *s, mdm_err_t *err)
     s->push_fn = push_fn;
     s->topic_fn = topic_fn;
     mdm_api_push_register(s);
+    char uq[600];
     mdm_log(MDM_LOG_INFO, NULL, "apns.ready",
             "url=%s certificates=%zu connections=%zu max_in_flight=%zu sweep_interval_ms=%llu",
-            a->base_url, a->certs.n, a->cfg->apns_connections, a->cfg->apns_max_in_flight,
+            mdm_logq(uq, sizeof(uq), a->base_url), a->certs.n, a->cfg->apns_connections, a->cfg->apns_max_in_flight,
             (unsigned long long)a->cfg->apns_sweep_interval_ms);
     return 0;
 }

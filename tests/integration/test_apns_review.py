@@ -97,3 +97,15 @@ def test_pushcert_with_a_long_non_ascii_subject_keeps_its_subject(server, api, e
     st, r = api.call("GET", "/v1/pushcert")
     subject = r["pushcerts"][0].get("subject")
     assert subject is not None and subject == "O=" + "\u00e9" * 126, r["pushcerts"][0]
+
+
+def test_apns_url_is_quoted_in_the_ready_log_line(datadir, env):
+    """apns.url is any https:// URL: a space and '=' in it must not make
+    new fields in the apns.ready log line."""
+    s = start(datadir, env, url='"https://127.0.0.1:1/a evil=1"')
+    try:
+        lines = [ln for ln in s.log().splitlines() if "apns.ready" in ln]
+        assert lines, s.log()[-2000:]
+        assert 'url="https://127.0.0.1:1/a evil=1"' in lines[-1], lines[-1]
+    finally:
+        stop(s)
