@@ -762,9 +762,11 @@ static void test_outcomes_without_apns(void **state)
     svc_free(v);
 }
 
-static void test_shutdown_answers_waiters(void **state)
+/* A service with enrollment "ok" whose one push failed its first attempt
+ * and waits for a retry a minute away (the guard timer running; deadline:
+ * 10 s from the start of the wait). */
+static struct svc *push_waiting_for_retry(uint64_t *deadline)
 {
-    (void)state;
     struct svc *v = svc_new();
     v->cfg.apns_retry_delay_ms = 60000; /* the retry would come much later */
     svc_start(v);
@@ -774,15 +776,23 @@ static void test_shutdown_answers_waiters(void **state)
     const char *one[] = {"ok"};
     v->want = 1;
     assert_rc(mdm_apns_push_batch(&v->s, one, 1, on_result, v), 0);
-    /* Until the first attempt has failed and waits for its retry. */
     apns_t *a = v->s.apns;
-    uint64_t deadline = uv_now(&v->loop) + 10000;
+    *deadline = uv_now(&v->loop) + 10000;
     uv_timer_init(&v->loop, &v->guard);
     uv_timer_start(&v->guard, guard_cb, 5, 5);
     v->guard.data = v;
-    while (a->heap_n == 0 && uv_now(&v->loop) < deadline)
+    while (a->heap_n == 0 && uv_now(&v->loop) < *deadline)
         uv_run(&v->loop, UV_RUN_ONCE);
     assert_int_equal(a->heap_n, 1);
+    return v;
+}
+
+static void test_shutdown_answers_waiters(void **state)
+{
+    (void)state;
+    uint64_t deadline;
+    struct svc *v = push_waiting_for_retry(&deadline);
+    const char *one[] = {"ok"};
     assert_int_equal(v->got, 0);
     uv_close((uv_handle_t *)&v->guard, NULL);
     /* Also one still in the intake. */
@@ -803,23 +813,10 @@ static void test_shutdown_answers_waiters(void **state)
 static void test_shutdown_answers_detached_push(void **state)
 {
     (void)state;
-    struct svc *v = svc_new();
-    v->cfg.apns_retry_delay_ms = 60000;
-    svc_start(v);
-    add_enrollment(v, (struct enr){.eid = "ok", .token = true, .enabled = true});
-    mdm_err_t err = {0};
-    assert_rc(mdm_apns_pushcert_install(&v->s, pushcert(TOPIC, 100), NULL, NULL, &err), 0);
+    uint64_t deadline;
+    struct svc *v = push_waiting_for_retry(&deadline);
     const char *one[] = {"ok"};
-    v->want = 1;
-    assert_rc(mdm_apns_push_batch(&v->s, one, 1, on_result, v), 0);
     apns_t *a = v->s.apns;
-    uint64_t deadline = uv_now(&v->loop) + 10000;
-    uv_timer_init(&v->loop, &v->guard);
-    uv_timer_start(&v->guard, guard_cb, 5, 5);
-    v->guard.data = v;
-    while (a->heap_n == 0 && uv_now(&v->loop) < deadline)
-        uv_run(&v->loop, UV_RUN_ONCE);
-    assert_int_equal(a->heap_n, 1);
     mdm_apns_token_changed(&v->s, "ok");
     /* The next request does not join it. */
     assert_rc(mdm_apns_push_batch(&v->s, one, 1, on_result, v), 0);

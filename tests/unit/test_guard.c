@@ -126,6 +126,19 @@ static void test_attempts_in_flight(void **state)
     mdm_guard_free(g);
 }
 
+/* Successful sign-ins of users u<from> .. u<to - 1>, one a millisecond
+ * from t0. */
+static void sign_ins_succeed(mdm_guard_t *g, int from, int to, int64_t t0)
+{
+    for (int i = from; i < to; i++) {
+        char user[32];
+        snprintf(user, sizeof(user), "user:u%d", i);
+        assert_true(mdm_guard_begin(g, user, t0 + i - from));
+        mdm_guard_end(g, user);
+        mdm_guard_success(g, user);
+    }
+}
+
 /* A full table makes room by dropping the keys that hold nothing (no
  * failure in the window, no lock, no attempt in flight), not the lockouts:
  * a site where many users sign in successfully must not forget that an
@@ -140,24 +153,12 @@ static void test_full_table_keeps_lockouts(void **state)
         mdm_guard_fail(g, "addr:192.0.2.66", 1000);
     assert_true(mdm_guard_locked(g, "addr:192.0.2.66", 1001) > 0);
     /* 100 sign-ins of other users and addresses that succeed. */
-    for (int i = 0; i < 100; i++) {
-        char user[32];
-        snprintf(user, sizeof(user), "user:u%d", i);
-        assert_true(mdm_guard_begin(g, user, 2000 + i));
-        mdm_guard_end(g, user);
-        mdm_guard_success(g, user);
-    }
+    sign_ins_succeed(g, 0, 100, 2000);
     assert_true(mdm_guard_locked(g, "addr:192.0.2.66", 3000) > 0);
     /* A key with failures in its window is kept too. */
     mdm_guard_fail(g, "user:mallory", 3000);
     mdm_guard_fail(g, "user:mallory", 3000);
-    for (int i = 100; i < 200; i++) {
-        char user[32];
-        snprintf(user, sizeof(user), "user:u%d", i);
-        assert_true(mdm_guard_begin(g, user, 3000 + i));
-        mdm_guard_end(g, user);
-        mdm_guard_success(g, user);
-    }
+    sign_ins_succeed(g, 100, 200, 3000);
     assert_int_equal(mdm_guard_locked(g, "user:mallory", 4000), 0);
     mdm_guard_fail(g, "user:mallory", 4000);
     assert_true(mdm_guard_locked(g, "user:mallory", 4001) > 0);
