@@ -579,6 +579,57 @@ static void test_heap_and_hash(void **state)
     mdm_free(a.heap);
 }
 
+/* apns.max_in_flight split among the topics that can push, and held
+ * pushes taken one topic after the other, each topic up to its share. */
+static void test_topic_shares(void **state)
+{
+    (void)state;
+    mdm_config_t cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.apns_max_in_flight = 9;
+    apns_t a;
+    memset(&a, 0, sizeof(a));
+    a.cfg = &cfg;
+    mdm_pushcerts_set(&a.certs, pushcert(TOPIC, 100), NULL);
+    assert_int_equal(topic_share(&a), 9);
+    mdm_pushcerts_set(&a.certs, pushcert("com.apple.mgmt.External.b", 100), NULL);
+    mdm_pushcerts_set(&a.certs, pushcert("com.apple.mgmt.External.c", 100), NULL);
+    assert_int_equal(topic_share(&a), 3);
+    a.certs.v[2]->blocked = true;
+    assert_int_equal(topic_share(&a), 5); /* 9 / 2, rounded up */
+    a.certs.v[2]->blocked = false;
+
+    /* Topic 0 has one slot left, topic 1 all three; four held each. */
+    topic_slots_t *t0 = topic_slots(&a, TOPIC), *t1 = topic_slots(&a, "com.apple.mgmt.External.b");
+    assert_ptr_equal(topic_slots(&a, TOPIC), t0);
+    t0->in_flight = 2;
+    push_t p[8];
+    memset(p, 0, sizeof(p));
+    for (int i = 0; i < 8; i++)
+        hold(&a, i < 4 ? t0 : t1, &p[i]);
+    assert_int_equal(a.nheld, 8);
+    prepared_t v[DISPATCH_SLICE];
+    size_t n = take_held(&a, v, 0, DISPATCH_SLICE, topic_share(&a));
+    assert_int_equal(n, 4);
+    push_t *want[] = {&p[0], &p[4], &p[5], &p[6]};
+    for (size_t i = 0; i < n; i++)
+        if (v[i].p != want[i])
+            fail_msg("v[%zu] is push %td, want %td", i, v[i].p - p, want[i] - p);
+    assert_int_equal(a.nheld, 4);
+    assert_int_equal(t0->picked, 1);
+    assert_int_equal(t1->picked, 3);
+    /* Nothing more while the picks count; the limit counts too. */
+    assert_int_equal(take_held(&a, v, 0, DISPATCH_SLICE, topic_share(&a)), 0);
+    t0->picked = t1->picked = 0;
+    t0->in_flight = 0;
+    assert_int_equal(take_held(&a, v, 0, 2, topic_share(&a)), 2);
+    assert_true(held_can_go(&a));
+    for (size_t i = 0; i < a.ntopics; i++)
+        mdm_free(a.topics[i]);
+    mdm_free(a.topics);
+    mdm_pushcerts_free(&a.certs);
+}
+
 /* ---- the service on a loop, without APNs -------------------------------------------- */
 
 struct svc {
@@ -1019,6 +1070,7 @@ int main(void)
         cmocka_unit_test(test_request_building),
         cmocka_unit_test(test_reason_parsing),
         cmocka_unit_test(test_heap_and_hash),
+        cmocka_unit_test(test_topic_shares),
         cmocka_unit_test(test_outcomes_without_apns),
         cmocka_unit_test(test_shutdown_answers_waiters),
         cmocka_unit_test(test_shutdown_answers_detached_push),
