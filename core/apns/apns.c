@@ -701,8 +701,6 @@ static void start_transfer(apns_t *a, push_t *p, topic_slots_t *ts, const mdm_pu
     char *url = build_request(a, p, magic, now);
     snprintf(p->cert_sha, sizeof(p->cert_sha), "%s", pc->sha256);
     p->resp_apns_id[0] = '\0';
-    p->reason[0] = '\0';
-    p->http_status = 0;
     easy_t *x = easy_get(a);
     CURL *e = x->h;
     if (strcmp(x->cert_sha, pc->sha256) != 0) {
@@ -853,6 +851,17 @@ static topic_slots_t *topic_slots(apns_t *a, const char *topic)
     return ts;
 }
 
+/* Puts p in v[n] for an attempt. The answer of an earlier attempt goes:
+ * however this one ends (with another answer, without a request, without
+ * an answer), the result tells that and nothing older. */
+static void take_for_attempt(prepared_t *v, size_t n, push_t *p)
+{
+    p->http_status = 0;
+    p->reason[0] = '\0';
+    v[n].p = p;
+    v[n].magic = NULL;
+}
+
 /* Holds p until its topic has a free slot. The token is dropped: it is
  * read again when p goes out, so that a TokenUpdate meanwhile counts. */
 static void hold(apns_t *a, topic_slots_t *ts, push_t *p)
@@ -876,9 +885,7 @@ static size_t take_held(apns_t *a, prepared_t *v, size_t n, size_t limit, size_t
             topic_slots_t *ts = a->topics[(a->next_topic + k) % a->ntopics];
             if (ts->held.head == NULL || ts->in_flight + ts->picked >= share)
                 continue;
-            v[n].p = q_pop(&ts->held);
-            v[n].magic = NULL;
-            n++;
+            take_for_attempt(v, n++, q_pop(&ts->held));
             ts->picked++;
             a->nheld--;
             took = true;
@@ -926,9 +933,7 @@ static void dispatch(apns_t *a)
             p = q_pop(&a->waiting);
         if (p == NULL)
             break;
-        v[n].p = p;
-        v[n].magic = NULL;
-        n++;
+        take_for_attempt(v, n++, p);
     }
     if (n == 0)
         return;

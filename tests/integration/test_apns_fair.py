@@ -109,3 +109,53 @@ def test_other_topics_are_pushed_while_one_stalls(datadir, env):
     finally:
         t.close()
 
+
+# ---- a retry that ends without an APNs answer ------------------------------------------
+
+def raw_result(s, d):
+    """The push result of d's last push as moonmdm's own API shows it."""
+    api = Api(s)
+    st, r = api.send("ProfileList", [d.udid])
+    assert st == 201, r
+    return r["push"][d.udid]
+
+
+def test_retry_that_times_out_shows_no_earlier_apns_status(datadir, env):
+    """503, then the retry gets no answer before apns.timeout: the result
+    says the request timed out and carries no APNs status or reason (those
+    of the 503 are not how the push ended)."""
+    s = start(datadir, env, retry_max="1", timeout='"1s"', coalesce_window="0")
+    try:
+        api = Api(s)
+        upload(api, env.cert, env.key)
+        d = Device(s)
+        d.enroll()
+        env.standin.respond(d.token.hex(), 503, "ServiceUnavailable", times=1)
+        env.standin.respond(d.token.hex(), 200, delay=5)
+        p = raw_result(s, d)
+        assert p["status"] == "error" and "gave up after 2 attempts" in p["error"], p
+        assert "apns_status" not in p and "apns_reason" not in p, p
+    finally:
+        stop(s)
+
+
+def test_retry_of_a_checked_out_device_shows_no_earlier_apns_status(datadir, env):
+    """503, then the device checks out before the retry: the push ends as
+    disabled, without the 503's status and reason."""
+    s = start(datadir, env, retry_max="1", retry_delay='"2s"', coalesce_window="0")
+    try:
+        api = Api(s)
+        upload(api, env.cert, env.key)
+        d = Device(s)
+        d.enroll()
+        env.standin.respond(d.token.hex(), 503, "ServiceUnavailable", times=1)
+        out = {}
+        t = threading.Thread(target=lambda: out.update(raw_result(s, d)))
+        t.start()
+        env.standin.wait_requests(1, d.token.hex())
+        assert d.checkin("CheckOut", Topic=TOPIC)[0] == 200
+        t.join(30)
+        assert out.get("status") == "disabled", out
+        assert "apns_status" not in out and "apns_reason" not in out, out
+    finally:
+        stop(s)

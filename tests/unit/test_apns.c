@@ -885,6 +885,34 @@ static void test_shutdown_answers_detached_push(void **state)
     svc_free(v);
 }
 
+/* A retry that ends before a request goes out (here: the topic was
+ * blocked meanwhile) shows no APNs answer: the one an earlier attempt got
+ * (a 503, say) is not how the push ended. */
+static void test_retry_ended_locally_shows_no_old_answer(void **state)
+{
+    (void)state;
+    uint64_t deadline;
+    struct svc *v = push_waiting_for_retry(&deadline);
+    apns_t *a = v->s.apns;
+    push_t *p = a->heap[0];
+    p->http_status = 503;
+    snprintf(p->reason, sizeof(p->reason), "ServiceUnavailable");
+    a->certs.v[0]->blocked = true;
+    a->certs.v[0]->blocked_ms = mdm_now_ms();
+    snprintf(a->certs.v[0]->blocked_reason, sizeof(a->certs.v[0]->blocked_reason), "Forbidden");
+    p->retry_at_ms = mono_ms();
+    arm_retry_timer(a);
+    while (v->got == 0 && uv_now(&v->loop) < deadline)
+        uv_run(&v->loop, UV_RUN_ONCE);
+    assert_int_equal(v->got, 1);
+    assert_int_equal(v->r[0].status, MDM_PUSH_ERROR);
+    assert_non_null(strstr(v->error[0], "refused the push certificate"));
+    if (v->r[0].http_status != 0)
+        fail_msg("http_status %d, want 0 (no answer for this attempt)", v->r[0].http_status);
+    uv_close((uv_handle_t *)&v->guard, NULL);
+    svc_free(v);
+}
+
 /* The wall clock steps back an hour just after APNs accepted a push: the
  * coalesce window still ends after apns.coalesce_window, and a retry
  * still comes after its delay, not an hour later. */
@@ -1074,6 +1102,7 @@ int main(void)
         cmocka_unit_test(test_outcomes_without_apns),
         cmocka_unit_test(test_shutdown_answers_waiters),
         cmocka_unit_test(test_shutdown_answers_detached_push),
+        cmocka_unit_test(test_retry_ended_locally_shows_no_old_answer),
         cmocka_unit_test(test_clock_step_back),
         cmocka_unit_test(test_config_refusals),
         cmocka_unit_test(test_record_updates),
