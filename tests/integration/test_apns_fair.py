@@ -159,3 +159,48 @@ def test_retry_of_a_checked_out_device_shows_no_earlier_apns_status(datadir, env
         assert "apns_status" not in out and "apns_reason" not in out, out
     finally:
         stop(s)
+
+
+# ---- push answers for ids that are not text ---------------------------------------------
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_push_answer_keeps_an_id_that_is_not_utf8(datadir, env, method):
+    """An enrollment id in the path that is not UTF-8 (%FF) cannot be a
+    JSON key as it is: the push answer still has an entry for it, under
+    the id as written in the path, and counts it (207, not 200)."""
+    s = start(datadir, env)
+    try:
+        api = Api(s)
+        upload(api, env.cert, env.key)
+        d = Device(s)
+        d.enroll()
+        st, r = api.call(method, "/v1/push/%FF," + d.udid + ",a%C3%28b%25")
+        assert st == 207, (st, r)
+        got = r["status"]
+        assert set(got) == {d.udid, "%FF", "a%C3(b%25"}, got
+        assert "push_result" in got[d.udid], got
+        assert "no enrollment" in got["%FF"]["push_error"], got
+        assert "no enrollment" in got["a%C3(b%25"]["push_error"], got
+    finally:
+        stop(s)
+
+
+def test_enqueue_answer_keeps_an_id_that_is_not_utf8(datadir, env):
+    """The NanoMDM enqueue answer too: the id that is not UTF-8 has its
+    entry (its enqueue failed), beside the one that was queued and pushed."""
+    import plistlib
+    s = start(datadir, env)
+    try:
+        api = Api(s)
+        upload(api, env.cert, env.key)
+        d = Device(s)
+        d.enroll()
+        st, r = api.call("PUT", "/v1/enqueue/" + d.udid + ",%FF",
+                         plistlib.dumps({"Command": {"RequestType": "ProfileList"}}),
+                         "application/x-apple-plist")
+        assert st == 207, (st, r)
+        assert set(r["status"]) == {d.udid, "%FF"}, r
+        assert r["status"][d.udid]["push_result"], r
+        assert "command_error" in r["status"]["%FF"], r
+    finally:
+        stop(s)
