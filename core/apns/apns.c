@@ -685,7 +685,7 @@ static char *build_request(apns_t *a, push_t *p, const char *magic, int64_t now_
     return url;
 }
 
-/* Gives back the slots p's request held. */
+/* Gives back the slot p's request held (of all, and of its topic). */
 static void release_slot(apns_t *a, push_t *p)
 {
     a->in_flight--;
@@ -1439,6 +1439,13 @@ static void take_intake(apns_t *a)
     }
 }
 
+/* Pushes waiting for a slot (held by their topic or not), a retry or the
+ * intake. */
+static size_t queued(const apns_t *a)
+{
+    return a->waiting.n + a->ready.n + a->nheld + a->nintake + a->heap_n;
+}
+
 static bool work_pending(const apns_t *a)
 {
     return a->intake_head != NULL || a->finished.head != NULL ||
@@ -1453,7 +1460,7 @@ static void idle_cb(uv_idle_t *h)
     dispatch(a);
     flush_finished(a);
     mdm_metric_set(a->m_in_flight, (int64_t)a->in_flight);
-    mdm_metric_set(a->m_queued, (int64_t)(a->waiting.n + a->ready.n + a->nheld + a->nintake + a->heap_n));
+    mdm_metric_set(a->m_queued, (int64_t)queued(a));
     if (!work_pending(a)) {
         uv_idle_stop(&a->idle);
         a->idle_on = false;
@@ -1696,7 +1703,7 @@ static void housekeeping_cb(uv_timer_t *t)
     int64_t now = mdm_now_ms(), mono = mono_ms();
     expire_done(a, mono);
     mdm_metric_set(a->m_in_flight, (int64_t)a->in_flight);
-    mdm_metric_set(a->m_queued, (int64_t)(a->waiting.n + a->ready.n + a->nheld + a->nintake + a->heap_n));
+    mdm_metric_set(a->m_queued, (int64_t)queued(a));
     if (mono >= a->next_expiry_check_ms) {
         a->next_expiry_check_ms = mono + EXPIRY_CHECK_MS;
         for (size_t i = 0; i < a->certs.n; i++)
