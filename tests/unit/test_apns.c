@@ -885,6 +885,55 @@ static void test_shutdown_answers_detached_push(void **state)
     svc_free(v);
 }
 
+/* Two topics share two slots, one each: of two pushes for one topic, the
+ * second is held until the first has ended, then goes out; a shutdown
+ * answers a held push too. */
+static void test_held_push_goes_out_then_shutdown_answers_it(void **state)
+{
+    (void)state;
+    struct svc *v = svc_new();
+    v->cfg.apns_max_in_flight = 2;
+    v->cfg.apns_retry_max = 0;
+    svc_start(v);
+    add_enrollment(v, (struct enr){.eid = "a", .token = true, .enabled = true});
+    add_enrollment(v, (struct enr){.eid = "b", .token = true, .enabled = true});
+    mdm_err_t err = {0};
+    assert_rc(mdm_apns_pushcert_install(&v->s, pushcert(TOPIC, 100), NULL, NULL, &err), 0);
+    assert_rc(mdm_apns_pushcert_install(&v->s, pushcert("com.apple.mgmt.External.other", 100),
+                                        NULL, NULL, &err),
+              0);
+    apns_t *a = v->s.apns;
+    int64_t requests = mdm_metric_value(a->m_requests);
+    const char *both[] = {"a", "b"};
+    push_and_wait(v, both, 2);
+    for (int i = 0; i < 2; i++)
+        if (strstr(v->error[i], "cannot reach APNs") == NULL)
+            fail_msg("%s: %s", both[i], v->error[i]);
+    assert_int_equal(mdm_metric_value(a->m_requests) - requests, 2);
+    assert_int_equal(a->ntopics, 1);
+    assert_int_equal(a->topics[0]->in_flight, 0);
+    assert_int_equal(a->nheld, 0);
+
+    /* Again, and shut down while "b" is held. */
+    v->want = 2;
+    v->got = 0;
+    assert_rc(mdm_apns_push_batch(&v->s, both, 2, on_result, v), 0);
+    uint64_t deadline = uv_now(&v->loop) + 10000;
+    uv_timer_init(&v->loop, &v->guard);
+    uv_timer_start(&v->guard, guard_cb, 5, 5);
+    v->guard.data = v;
+    while (a->nheld == 0 && v->got == 0 && uv_now(&v->loop) < deadline)
+        uv_run(&v->loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&v->guard, NULL);
+    assert_int_equal(a->nheld, 1);
+    assert_int_equal(a->topics[0]->in_flight, 1);
+    mdm_apns_service_free(&v->s);
+    assert_int_equal(v->got, 2);
+    for (int i = 0; i < 2; i++)
+        assert_non_null(strstr(v->error[i], "shutting down"));
+    svc_free(v);
+}
+
 /* A retry that ends before a request goes out (here: the topic was
  * blocked meanwhile) shows no APNs answer: the one an earlier attempt got
  * (a 503, say) is not how the push ended. */
@@ -1103,6 +1152,7 @@ int main(void)
         cmocka_unit_test(test_shutdown_answers_waiters),
         cmocka_unit_test(test_shutdown_answers_detached_push),
         cmocka_unit_test(test_retry_ended_locally_shows_no_old_answer),
+        cmocka_unit_test(test_held_push_goes_out_then_shutdown_answers_it),
         cmocka_unit_test(test_clock_step_back),
         cmocka_unit_test(test_config_refusals),
         cmocka_unit_test(test_record_updates),
