@@ -290,7 +290,8 @@ static const opt_t options[] = {
      .min = 100, .doc = "Time allowed for one request to APNs, connecting included."},
     {.key = "apns.max_in_flight", .type = OPT_INT, FIELD(apns_max_in_flight), .def = "256",
      .min = 1, .max = 65536,
-     .doc = "Pushes sent and not yet answered, at most; more wait in a queue."},
+     .doc = "Pushes sent and not yet answered, at most; more wait in a queue. With several "
+            "push certificates, each topic may use an equal part of them (docs/APNS.md)."},
     {.key = "apns.connections", .type = OPT_INT, FIELD(apns_connections), .def = "8", .min = 1, .max = 1024,
      .doc = "HTTP/2 connections to APNs per push certificate, as a total shared by all "
             "topics (docs/APNS.md); each carries up to apns.max_in_flight / apns.connections "

@@ -5,6 +5,8 @@
 
 #include "apns/apns.h"
 #include "util/alloc.h"
+#include "util/buf.h"
+#include "util/encode.h"
 
 /* One request's pushes: answers arrive one by one from the push service. */
 typedef struct push_batch {
@@ -28,22 +30,56 @@ static void batch_finish(push_batch_t *b)
     json_decref(results);
 }
 
+/* The length of the UTF-8 character at s[0..n), or 0 when none starts
+ * there. */
+static size_t utf8_char_len(const unsigned char *s, size_t n)
+{
+    size_t len = s[0] < 0x80             ? 1
+                 : (s[0] & 0xE0) == 0xC0 ? 2
+                 : (s[0] & 0xF0) == 0xE0 ? 3
+                 : (s[0] & 0xF8) == 0xF0 ? 4
+                                         : 0;
+    return len > 0 && len <= n && mdm_utf8_valid(s, len) ? len : 0;
+}
+
+const char *mdm_api_json_text(mdm_req_t *req, const char *s)
+{
+    size_t n = strlen(s);
+    if (mdm_utf8_valid(s, n))
+        return s;
+    const unsigned char *u = (const unsigned char *)s;
+    mdm_buf_t b = MDM_BUF_INIT;
+    for (size_t i = 0; i < n;) {
+        size_t k = utf8_char_len(u + i, n - i);
+        if (k == 0 || u[i] == '%') {
+            mdm_buf_printf(&b, "%%%02X", u[i]);
+            i++;
+        } else {
+            mdm_buf_append(&b, s + i, k);
+            i += k;
+        }
+    }
+    const char *out = mdm_arena_memdup(&req->arena, b.data, b.len);
+    mdm_buf_free(&b);
+    return out;
+}
+
 static void on_push_result(void *arg, size_t index, const mdm_push_result_t *r)
 {
     push_batch_t *b = arg;
     json_t *o = json_object();
     json_object_set_new(o, "status", json_string(mdm_push_status_name(r->status)));
     if (r->apns_id != NULL)
-        json_object_set_new(o, "apns_id", json_string(r->apns_id));
+        json_object_set_new(o, "apns_id", json_string(mdm_api_json_text(b->req, r->apns_id)));
     if (r->error != NULL)
-        json_object_set_new(o, "error", json_string(r->error));
+        json_object_set_new(o, "error", json_string(mdm_api_json_text(b->req, r->error)));
     if (r->http_status != 0)
         json_object_set_new(o, "apns_status", json_integer(r->http_status));
     if (r->reason != NULL)
-        json_object_set_new(o, "apns_reason", json_string(r->reason));
+        json_object_set_new(o, "apns_reason", json_string(mdm_api_json_text(b->req, r->reason)));
     if (r->coalesced)
         json_object_set_new(o, "coalesced", json_true());
-    json_object_set_new(b->results, b->ids[index], o);
+    json_object_set_new(b->results, mdm_api_json_text(b->req, b->ids[index]), o);
     if (--b->pending == 0)
         batch_finish(b);
 }
@@ -81,7 +117,7 @@ void mdm_api_push_start(mdm_server_t *s, mdm_req_t *req, const char *const *ids,
                                 json_string(s->apns ? "the push service is stopping"
                                                     : "push is not configured (no APNs push "
                                                       "certificate)"));
-            json_object_set_new(b->results, want[i], o);
+            json_object_set_new(b->results, mdm_api_json_text(req, want[i]), o);
         }
     }
     if (--b->pending == 0)

@@ -22,6 +22,13 @@ void mdm_api_store_error(mdm_req_t *req, int rc);
 json_t *mdm_api_body_object(mdm_req_t *req, size_t flags, const char *error,
                             const char *detail);
 
+/* s as text that a JSON string or key can hold: s itself when it is valid
+ * UTF-8; otherwise a copy in req's arena in which every byte that is not
+ * part of a UTF-8 character, and every '%', is written %XX (as in a URL
+ * path, where such an enrollment id came from). The push answers key
+ * their results by it, so that no id goes missing. */
+const char *mdm_api_json_text(mdm_req_t *req, const char *s);
+
 /* Sends j (reference stolen) as the JSON response. */
 void mdm_api_send_json(mdm_req_t *req, int status, json_t *j);
 

@@ -938,19 +938,20 @@ static void nano_enqueue_answer(mdm_req_t *req, json_t *push, void *arg)
     size_t failed = 0;
     for (size_t i = 0; i < c->n; i++) {
         json_t *s = json_object();
+        const char *id = mdm_api_json_text(req, c->targets[i]);
         bool bad = c->results[i].status != MDM_TARGET_QUEUED &&
                    c->results[i].status != MDM_TARGET_DUPLICATE;
         if (bad)
             set_str(s, "command_error", mdm_target_status_name(c->results[i].status));
         if (push != NULL) {
-            json_t *pr = json_object_get(push, c->targets[i]);
+            json_t *pr = json_object_get(push, id);
             nano_push_status(s, pr);
             bad |= pr != NULL && json_object_get(pr, "error") != NULL;
         }
         /* An id named twice is one enrollment, counted once. */
-        if (json_object_get(status, c->targets[i]) == NULL)
+        if (json_object_get(status, id) == NULL)
             failed += bad;
-        json_object_set_new(status, c->targets[i], s);
+        json_object_set_new(status, id, s);
     }
     size_t ids = json_object_size(status);
     if (ids > 0)
@@ -1027,8 +1028,9 @@ static void nano_push_answer(mdm_req_t *req, json_t *res, void *arg)
     size_t ok = 0;
     for (size_t i = 0; i < c->n; i++) {
         json_t *s = json_object();
-        ok += nano_push_status(s, json_object_get(res, c->ids[i]));
-        json_object_set_new(status, c->ids[i], s);
+        const char *id = mdm_api_json_text(req, c->ids[i]);
+        ok += nano_push_status(s, json_object_get(res, id));
+        json_object_set_new(status, id, s);
     }
     json_t *o = json_object();
     json_object_set_new(o, "status", status);

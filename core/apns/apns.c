@@ -77,6 +77,7 @@ typedef struct intake {
 } intake_t;
 
 typedef struct apns apns_t;
+typedef struct topic_slots topic_slots_t;
 
 typedef struct push {
     char *eid;
@@ -102,6 +103,7 @@ typedef struct push {
     char cert_sha[65];        /* the certificate the request went out with */
     char apns_id[40];         /* sent as apns-id */
     easy_t *easy;
+    topic_slots_t *slots;     /* the topic whose slot the request holds */
     struct curl_slist *headers;
     mdm_buf_t resp;
     char resp_apns_id[40];
@@ -127,6 +129,16 @@ typedef struct push_queue {
     size_t n;
 } pqueue_t;
 
+/* One topic's part of apns.max_in_flight: its unanswered requests, and its
+ * pushes that wait for one of them to end (held without their token, which
+ * is read again when they go out). */
+struct topic_slots {
+    char topic[MDM_TOPIC_MAX + 1];
+    size_t in_flight;
+    size_t picked;            /* taken from held by the dispatch slice under way */
+    pqueue_t held;
+};
+
 struct apns {
     mdm_server_t *s;
     const mdm_config_t *cfg;
@@ -150,6 +162,8 @@ struct apns {
     push_t **heap;            /* RETRY, by retry_at_ms */
     size_t heap_n, heap_cap;
     size_t in_flight;
+    topic_slots_t **topics;   /* every topic that has sent a request */
+    size_t ntopics, next_topic, nheld;
     easy_t **easy_pool;
     size_t easy_pool_n;
 
@@ -671,14 +685,22 @@ static char *build_request(apns_t *a, push_t *p, const char *magic, int64_t now_
     return url;
 }
 
-static void start_transfer(apns_t *a, push_t *p, const mdm_pushcert_t *pc, const char *magic)
+/* Gives back the slot p's request held (of all, and of its topic). */
+static void release_slot(apns_t *a, push_t *p)
+{
+    a->in_flight--;
+    if (p->slots != NULL)
+        p->slots->in_flight--;
+    p->slots = NULL;
+}
+
+static void start_transfer(apns_t *a, push_t *p, topic_slots_t *ts, const mdm_pushcert_t *pc,
+                           const char *magic)
 {
     int64_t now = mdm_now_ms();
     char *url = build_request(a, p, magic, now);
     snprintf(p->cert_sha, sizeof(p->cert_sha), "%s", pc->sha256);
     p->resp_apns_id[0] = '\0';
-    p->reason[0] = '\0';
-    p->http_status = 0;
     easy_t *x = easy_get(a);
     CURL *e = x->h;
     if (strcmp(x->cert_sha, pc->sha256) != 0) {
@@ -703,10 +725,12 @@ static void start_transfer(apns_t *a, push_t *p, const mdm_pushcert_t *pc, const
     p->attempts++;
     p->sent_ns = mdm_mono_ns();
     a->in_flight++;
+    p->slots = ts;
+    ts->in_flight++;
     mdm_metric_add(a->m_requests, 1);
     CURLMcode mc = curl_multi_add_handle(a->multi, e);
     if (mc != CURLM_OK) {
-        a->in_flight--;
+        release_slot(a, p);
         p->easy = NULL;
         easy_put(a, x);
         push_clear_request(p);
@@ -801,21 +825,115 @@ static const mdm_pushcert_t *cert_for(apns_t *a, push_t *p, int64_t now)
     return pc;
 }
 
-/* Starts requests for waiting pushes while slots are free (one slice). */
+/* ---- topic slots ------------------------------------------------------------ */
+
+/* The most requests one topic may have unanswered: an equal part of
+ * apns.max_in_flight for each topic whose certificate is not blocked, so
+ * that a topic whose requests stall (until apns.timeout) cannot take the
+ * slots of the others. With one topic, all of them. */
+static size_t topic_share(const apns_t *a)
+{
+    size_t max = a->cfg->apns_max_in_flight, n = 0;
+    for (size_t i = 0; i < a->certs.n; i++)
+        n += !a->certs.v[i]->blocked;
+    return n <= 1 ? max : (max + n - 1) / n;
+}
+
+static topic_slots_t *topic_slots(apns_t *a, const char *topic)
+{
+    for (size_t i = 0; i < a->ntopics; i++)
+        if (strcmp(a->topics[i]->topic, topic) == 0)
+            return a->topics[i];
+    a->topics = mdm_realloc(a->topics, (a->ntopics + 1) * sizeof(*a->topics));
+    topic_slots_t *ts = mdm_calloc(1, sizeof(*ts));
+    snprintf(ts->topic, sizeof(ts->topic), "%s", topic);
+    a->topics[a->ntopics++] = ts;
+    return ts;
+}
+
+/* Puts p in v[n] for an attempt. The answer of an earlier attempt goes:
+ * however this one ends (with another answer, without a request, without
+ * an answer), the result tells that and nothing older. */
+static void take_for_attempt(prepared_t *v, size_t n, push_t *p)
+{
+    p->http_status = 0;
+    p->reason[0] = '\0';
+    v[n].p = p;
+    v[n].magic = NULL;
+}
+
+/* Holds p until its topic has a free slot. The token is dropped: it is
+ * read again when p goes out, so that a TokenUpdate meanwhile counts. */
+static void hold(apns_t *a, topic_slots_t *ts, push_t *p)
+{
+    mdm_free(p->token);
+    p->token = NULL;
+    p->token_len = 0;
+    q_push(&ts->held, p);
+    a->nheld++;
+}
+
+/* Takes held pushes into v[n..limit), one of each topic in turn (the
+ * first topic changes from slice to slice), each topic up to its share.
+ * Returns the new n. */
+static size_t take_held(apns_t *a, prepared_t *v, size_t n, size_t limit, size_t share)
+{
+    bool took = true;
+    while (n < limit && took) {
+        took = false;
+        for (size_t k = 0; k < a->ntopics && n < limit; k++) {
+            topic_slots_t *ts = a->topics[(a->next_topic + k) % a->ntopics];
+            if (ts->held.head == NULL || ts->in_flight + ts->picked >= share)
+                continue;
+            take_for_attempt(v, n++, q_pop(&ts->held));
+            ts->picked++;
+            a->nheld--;
+            took = true;
+        }
+    }
+    if (a->ntopics > 0)
+        a->next_topic = (a->next_topic + 1) % a->ntopics;
+    return n;
+}
+
+/* Whether a held push may go out now. */
+static bool held_can_go(const apns_t *a)
+{
+    size_t share = topic_share(a);
+    for (size_t i = 0; i < a->ntopics; i++)
+        if (a->topics[i]->held.head != NULL && a->topics[i]->in_flight < share)
+            return true;
+    return false;
+}
+
+/* Sends p, or holds it while its topic has its share of the slots. */
+static void send_or_hold(apns_t *a, push_t *p, const mdm_pushcert_t *pc, const char *magic,
+                         size_t share)
+{
+    topic_slots_t *ts = topic_slots(a, p->topic);
+    if (ts->in_flight >= share)
+        hold(a, ts, p);
+    else
+        start_transfer(a, p, ts, pc, magic);
+}
+
+/* Starts requests while slots are free (one slice): held pushes whose
+ * topic has a free slot first, then retries, then new pushes. */
 static void dispatch(apns_t *a)
 {
-    size_t max = a->cfg->apns_max_in_flight;
+    size_t max = a->cfg->apns_max_in_flight, share = topic_share(a);
+    size_t limit = max > a->in_flight ? max - a->in_flight : 0;
+    if (limit > DISPATCH_SLICE)
+        limit = DISPATCH_SLICE;
     prepared_t v[DISPATCH_SLICE];
-    size_t n = 0;
-    while (n < DISPATCH_SLICE && a->in_flight + n < max) {
+    size_t n = take_held(a, v, 0, limit, share);
+    while (n < limit) {
         push_t *p = q_pop(&a->ready);
         if (p == NULL)
             p = q_pop(&a->waiting);
         if (p == NULL)
             break;
-        v[n].p = p;
-        v[n].magic = NULL;
-        n++;
+        take_for_attempt(v, n++, p);
     }
     if (n == 0)
         return;
@@ -829,7 +947,7 @@ static void dispatch(apns_t *a)
         } else if (v[i].magic != NULL) {
             const mdm_pushcert_t *pc = cert_for(a, p, now);
             if (pc != NULL) {
-                start_transfer(a, p, pc, v[i].magic);
+                send_or_hold(a, p, pc, v[i].magic, share);
                 mdm_free(v[i].magic);
                 continue;
             }
@@ -837,6 +955,8 @@ static void dispatch(apns_t *a)
         mdm_free(v[i].magic);
         finish(a, p);
     }
+    for (size_t i = 0; i < a->ntopics; i++)
+        a->topics[i]->picked = 0;
 }
 
 /* ---- answers ------------------------------------------------------------- */
@@ -1003,7 +1123,7 @@ static void on_done(apns_t *a, CURL *e, CURLcode res)
         return;
     easy_put(a, p->easy);
     p->easy = NULL;
-    a->in_flight--;
+    release_slot(a, p);
     mdm_histogram_observe_ns(a->m_latency, mdm_mono_ns() - p->sent_ns);
     curl_slist_free_all(p->headers);
     p->headers = NULL;
@@ -1319,10 +1439,17 @@ static void take_intake(apns_t *a)
     }
 }
 
+/* Pushes waiting for a slot (held by their topic or not), a retry or the
+ * intake. */
+static size_t queued(const apns_t *a)
+{
+    return a->waiting.n + a->ready.n + a->nheld + a->nintake + a->heap_n;
+}
+
 static bool work_pending(const apns_t *a)
 {
     return a->intake_head != NULL || a->finished.head != NULL ||
-           ((a->ready.head != NULL || a->waiting.head != NULL) &&
+           ((a->ready.head != NULL || a->waiting.head != NULL || held_can_go(a)) &&
             a->in_flight < a->cfg->apns_max_in_flight);
 }
 
@@ -1333,7 +1460,7 @@ static void idle_cb(uv_idle_t *h)
     dispatch(a);
     flush_finished(a);
     mdm_metric_set(a->m_in_flight, (int64_t)a->in_flight);
-    mdm_metric_set(a->m_queued, (int64_t)(a->waiting.n + a->ready.n + a->nintake + a->heap_n));
+    mdm_metric_set(a->m_queued, (int64_t)queued(a));
     if (!work_pending(a)) {
         uv_idle_stop(&a->idle);
         a->idle_on = false;
@@ -1576,7 +1703,7 @@ static void housekeeping_cb(uv_timer_t *t)
     int64_t now = mdm_now_ms(), mono = mono_ms();
     expire_done(a, mono);
     mdm_metric_set(a->m_in_flight, (int64_t)a->in_flight);
-    mdm_metric_set(a->m_queued, (int64_t)(a->waiting.n + a->ready.n + a->nintake + a->heap_n));
+    mdm_metric_set(a->m_queued, (int64_t)queued(a));
     if (mono >= a->next_expiry_check_ms) {
         a->next_expiry_check_ms = mono + EXPIRY_CHECK_MS;
         for (size_t i = 0; i < a->certs.n; i++)
@@ -1864,6 +1991,9 @@ void mdm_apns_service_free(mdm_server_t *s)
         mdm_free(it);
     }
     mdm_free(a->heap);
+    for (size_t i = 0; i < a->ntopics; i++)
+        mdm_free(a->topics[i]);
+    mdm_free(a->topics);
     for (sockctx_t *sc = a->socks; sc != NULL; sc = sc->next)
         close_handle((uv_handle_t *)&sc->poll);
     close_handle((uv_handle_t *)&a->curl_timer);

@@ -6,7 +6,9 @@
  * no thread per push and no blocking call on the loop. Requests are
  * multiplexed over a few long-lived connections per push certificate
  * (apns.connections); at most apns.max_in_flight are unanswered at once and
- * the rest wait in a queue.
+ * the rest wait in a queue. Each topic may hold an equal part of those
+ * slots (split among the topics whose certificate is not blocked), so that
+ * one whose requests stall cannot keep the others' pushes waiting.
  *
  * Pushes to one enrollment coalesce: while one is queued or in flight, and
  * for apns.coalesce_window after APNs accepted it (unless the device has

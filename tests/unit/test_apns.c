@@ -579,6 +579,57 @@ static void test_heap_and_hash(void **state)
     mdm_free(a.heap);
 }
 
+/* apns.max_in_flight split among the topics that can push, and held
+ * pushes taken one topic after the other, each topic up to its share. */
+static void test_topic_shares(void **state)
+{
+    (void)state;
+    mdm_config_t cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.apns_max_in_flight = 9;
+    apns_t a;
+    memset(&a, 0, sizeof(a));
+    a.cfg = &cfg;
+    mdm_pushcerts_set(&a.certs, pushcert(TOPIC, 100), NULL);
+    assert_int_equal(topic_share(&a), 9);
+    mdm_pushcerts_set(&a.certs, pushcert("com.apple.mgmt.External.b", 100), NULL);
+    mdm_pushcerts_set(&a.certs, pushcert("com.apple.mgmt.External.c", 100), NULL);
+    assert_int_equal(topic_share(&a), 3);
+    a.certs.v[2]->blocked = true;
+    assert_int_equal(topic_share(&a), 5); /* 9 / 2, rounded up */
+    a.certs.v[2]->blocked = false;
+
+    /* Topic 0 has one slot left, topic 1 all three; four held each. */
+    topic_slots_t *t0 = topic_slots(&a, TOPIC), *t1 = topic_slots(&a, "com.apple.mgmt.External.b");
+    assert_ptr_equal(topic_slots(&a, TOPIC), t0);
+    t0->in_flight = 2;
+    push_t p[8];
+    memset(p, 0, sizeof(p));
+    for (int i = 0; i < 8; i++)
+        hold(&a, i < 4 ? t0 : t1, &p[i]);
+    assert_int_equal(a.nheld, 8);
+    prepared_t v[DISPATCH_SLICE];
+    size_t n = take_held(&a, v, 0, DISPATCH_SLICE, topic_share(&a));
+    assert_int_equal(n, 4);
+    push_t *want[] = {&p[0], &p[4], &p[5], &p[6]};
+    for (size_t i = 0; i < n; i++)
+        if (v[i].p != want[i])
+            fail_msg("v[%zu] is push %td, want %td", i, v[i].p - p, want[i] - p);
+    assert_int_equal(a.nheld, 4);
+    assert_int_equal(t0->picked, 1);
+    assert_int_equal(t1->picked, 3);
+    /* Nothing more while the picks count; the limit counts too. */
+    assert_int_equal(take_held(&a, v, 0, DISPATCH_SLICE, topic_share(&a)), 0);
+    t0->picked = t1->picked = 0;
+    t0->in_flight = 0;
+    assert_int_equal(take_held(&a, v, 0, 2, topic_share(&a)), 2);
+    assert_true(held_can_go(&a));
+    for (size_t i = 0; i < a.ntopics; i++)
+        mdm_free(a.topics[i]);
+    mdm_free(a.topics);
+    mdm_pushcerts_free(&a.certs);
+}
+
 /* ---- the service on a loop, without APNs -------------------------------------------- */
 
 struct svc {
@@ -834,6 +885,83 @@ static void test_shutdown_answers_detached_push(void **state)
     svc_free(v);
 }
 
+/* Two topics share two slots, one each: of two pushes for one topic, the
+ * second is held until the first has ended, then goes out; a shutdown
+ * answers a held push too. */
+static void test_held_push_goes_out_then_shutdown_answers_it(void **state)
+{
+    (void)state;
+    struct svc *v = svc_new();
+    v->cfg.apns_max_in_flight = 2;
+    v->cfg.apns_retry_max = 0;
+    svc_start(v);
+    add_enrollment(v, (struct enr){.eid = "a", .token = true, .enabled = true});
+    add_enrollment(v, (struct enr){.eid = "b", .token = true, .enabled = true});
+    mdm_err_t err = {0};
+    assert_rc(mdm_apns_pushcert_install(&v->s, pushcert(TOPIC, 100), NULL, NULL, &err), 0);
+    assert_rc(mdm_apns_pushcert_install(&v->s, pushcert("com.apple.mgmt.External.other", 100),
+                                        NULL, NULL, &err),
+              0);
+    apns_t *a = v->s.apns;
+    int64_t requests = mdm_metric_value(a->m_requests);
+    const char *both[] = {"a", "b"};
+    push_and_wait(v, both, 2);
+    for (int i = 0; i < 2; i++)
+        if (strstr(v->error[i], "cannot reach APNs") == NULL)
+            fail_msg("%s: %s", both[i], v->error[i]);
+    assert_int_equal(mdm_metric_value(a->m_requests) - requests, 2);
+    assert_int_equal(a->ntopics, 1);
+    assert_int_equal(a->topics[0]->in_flight, 0);
+    assert_int_equal(a->nheld, 0);
+
+    /* Again, and shut down while "b" is held. */
+    v->want = 2;
+    v->got = 0;
+    assert_rc(mdm_apns_push_batch(&v->s, both, 2, on_result, v), 0);
+    uint64_t deadline = uv_now(&v->loop) + 10000;
+    uv_timer_init(&v->loop, &v->guard);
+    uv_timer_start(&v->guard, guard_cb, 5, 5);
+    v->guard.data = v;
+    while (a->nheld == 0 && v->got == 0 && uv_now(&v->loop) < deadline)
+        uv_run(&v->loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&v->guard, NULL);
+    assert_int_equal(a->nheld, 1);
+    assert_int_equal(a->topics[0]->in_flight, 1);
+    mdm_apns_service_free(&v->s);
+    assert_int_equal(v->got, 2);
+    for (int i = 0; i < 2; i++)
+        assert_non_null(strstr(v->error[i], "shutting down"));
+    svc_free(v);
+}
+
+/* A retry that ends before a request goes out (here: the topic was
+ * blocked meanwhile) shows no APNs answer: the one an earlier attempt got
+ * (a 503, say) is not how the push ended. */
+static void test_retry_ended_locally_shows_no_old_answer(void **state)
+{
+    (void)state;
+    uint64_t deadline;
+    struct svc *v = push_waiting_for_retry(&deadline);
+    apns_t *a = v->s.apns;
+    push_t *p = a->heap[0];
+    p->http_status = 503;
+    snprintf(p->reason, sizeof(p->reason), "ServiceUnavailable");
+    a->certs.v[0]->blocked = true;
+    a->certs.v[0]->blocked_ms = mdm_now_ms();
+    snprintf(a->certs.v[0]->blocked_reason, sizeof(a->certs.v[0]->blocked_reason), "Forbidden");
+    p->retry_at_ms = mono_ms();
+    arm_retry_timer(a);
+    while (v->got == 0 && uv_now(&v->loop) < deadline)
+        uv_run(&v->loop, UV_RUN_ONCE);
+    assert_int_equal(v->got, 1);
+    assert_int_equal(v->r[0].status, MDM_PUSH_ERROR);
+    assert_non_null(strstr(v->error[0], "refused the push certificate"));
+    if (v->r[0].http_status != 0)
+        fail_msg("http_status %d, want 0 (no answer for this attempt)", v->r[0].http_status);
+    uv_close((uv_handle_t *)&v->guard, NULL);
+    svc_free(v);
+}
+
 /* The wall clock steps back an hour just after APNs accepted a push: the
  * coalesce window still ends after apns.coalesce_window, and a retry
  * still comes after its delay, not an hour later. */
@@ -1019,9 +1147,12 @@ int main(void)
         cmocka_unit_test(test_request_building),
         cmocka_unit_test(test_reason_parsing),
         cmocka_unit_test(test_heap_and_hash),
+        cmocka_unit_test(test_topic_shares),
         cmocka_unit_test(test_outcomes_without_apns),
         cmocka_unit_test(test_shutdown_answers_waiters),
         cmocka_unit_test(test_shutdown_answers_detached_push),
+        cmocka_unit_test(test_retry_ended_locally_shows_no_old_answer),
+        cmocka_unit_test(test_held_push_goes_out_then_shutdown_answers_it),
         cmocka_unit_test(test_clock_step_back),
         cmocka_unit_test(test_config_refusals),
         cmocka_unit_test(test_record_updates),
