@@ -13,8 +13,12 @@
 #        CONNS=1000       keep-alive connections (= active devices) of the main runs
 #        SMALL_N=1000     devices of the small population (fresh data dir per run)
 #        BIG_N=100000     devices of the large population
-#        BIG_DATA=/var/tmp/moonmdm-bench-100k  its data dir: created and enrolled
-#                         once, reused by later runs (delete it to start over)
+#        BIG_DATA=/var/tmp/moonmdm-bench-100k-tpl  a template of its data dir:
+#                         created and enrolled once and kept; every run works
+#                         on a fresh copy of it, so that earlier runs' results
+#                         and queue entries do not weigh on the next one
+#                         (delete it to enroll again)
+#        BIG_REUSE=0      1: run on BIG_DATA itself (its history grows)
 #        SYNC=true        store.sync of the server (true is the default of moonmdm)
 #        OPEN_CONNS=100   connections of the second open-loop runs (the first use CONNS)
 #        NEW_CONNS=32     concurrent connections of the one-handshake-per-cycle runs
@@ -38,7 +42,8 @@ WARMUP=${WARMUP:-3}
 CONNS=${CONNS:-1000}
 SMALL_N=${SMALL_N:-1000}
 BIG_N=${BIG_N:-100000}
-BIG_DATA=${BIG_DATA:-/var/tmp/moonmdm-bench-100k}
+BIG_DATA=${BIG_DATA:-/var/tmp/moonmdm-bench-100k-tpl}
+BIG_REUSE=${BIG_REUSE:-0}
 SYNC=${SYNC:-true}
 OPEN_CONNS=${OPEN_CONNS:-100}
 NEW_CONNS=${NEW_CONNS:-32}
@@ -57,6 +62,11 @@ command -v taskset >/dev/null || { echo "taskset not found" >&2; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "needs 2 cores" >&2; exit 1; }
 
 cleanup() {
+    local rc=$?
+    if [ "$rc" != 0 ] && [ -s "$WORK/serve.log" ]; then
+        echo "== the run failed (exit $rc); the server's last log lines:" >&2
+        grep -v 'event=scep.no_usable_recipient' "$WORK/serve.log" | tail -20 >&2 || true
+    fi
     [ -n "$SPID" ] && kill "$SPID" 2>/dev/null || true
     wait 2>/dev/null || true
     rm -rf "$WORK"
@@ -233,15 +243,24 @@ BIG_STATE=
 if [ "$ONLY" != small ]; then
     DATA=$BIG_DATA
     make_datadir "$DATA"
-    # What the reused store holds weighs on its command runs (a backlog of
-    # waiting commands makes the queue table sparse): say it in the summary.
-    if [ -d "$DATA/db" ]; then
-        BIG_STATE=$("$MOONMDM" db check "$DATA/db" 2>/dev/null | sed -n 's/^checked: //p' || true)
+    if [ ! -f "$DATA/bench-enrolled" ] || [ "$(cat "$DATA/bench-enrolled")" -lt "$BIG_N" ]; then
+        start_server "$DATA"
+        log "big: enrolling up to $BIG_N devices in the template (only those not enrolled yet)"
+        prio taskset -c 1 "$LOAD" --data-dir "$DATA" --port "$PORT" --pid "$SPID" \
+            --devices "$BIG_N" --enroll-only >&2
+        stop_server
+        echo "$BIG_N" >"$DATA/bench-enrolled"
     fi
+    if [ "$BIG_REUSE" != 1 ]; then
+        log "big: copying the template $DATA ($(du -sh "$DATA" | cut -f1))"
+        cp -a "$DATA" "$WORK/big"
+        DATA=$WORK/big
+        make_datadir "$DATA"
+    fi
+    # What the store holds weighs on its command runs (a backlog of waiting
+    # commands makes the queue table sparse): say it in the summary.
+    BIG_STATE=$("$MOONMDM" db check "$DATA/db" 2>/dev/null | sed -n 's/^checked: //p' || true)
     start_server "$DATA"
-    log "big: enrolling up to $BIG_N devices (only those not enrolled yet)"
-    prio taskset -c 1 "$LOAD" --data-dir "$DATA" --port "$PORT" --pid "$SPID" \
-        --devices "$BIG_N" --enroll-only >&2
     measure "${BIG_N}-enrolled" "$BIG_N"
     stop_server
 fi
