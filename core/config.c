@@ -161,8 +161,9 @@ static const opt_t options[] = {
     {.key = "policy.memory_max", .type = OPT_SIZE, FIELD(policy_memory_max), .def = "64MiB",
      .min = 1 << 20, .doc = "Memory cap of the policy's Lua state; a hook that reaches it fails."},
     {.key = "policy.budget", .type = OPT_DURATION, FIELD(policy_budget_ms), .def = "50ms",
-     .min = 1, .doc = "Wall-clock time one hook call may take; a hook that runs longer is stopped "
-                      "and fails (closed)."},
+     .min = 1, .doc = "Time one hook call may work on the event loop; a hook that works longer is "
+                      "stopped and fails (closed). Time the server's thread was not running "
+                      "(machine busy, paging) does not count."},
     {.key = "policy.hook_budgets", .type = OPT_LIST, FIELD(policy_hook_budgets),
      .def = "authenticate=500ms",
      .doc = "Budgets of single hooks as \"hook=duration\", overriding policy.budget (password "
@@ -170,7 +171,8 @@ static const opt_t options[] = {
     {.key = "policy.instructions", .type = OPT_INT, FIELD(policy_instructions), .def = "20000000",
      .min = 1000, .doc = "Lua instructions one hook call may run (loading: 100 times as many)."},
     {.key = "policy.load_budget", .type = OPT_DURATION, FIELD(policy_load_budget_ms), .def = "2s",
-     .min = 1, .doc = "Wall-clock time for loading the policy files and running self_test."},
+     .min = 1, .doc = "Time for loading the policy files and running self_test (counted as "
+                      "policy.budget is)."},
     {.key = "policy.watch", .type = OPT_BOOL, FIELD(policy_watch), .def = "true",
      .doc = "Reload the policy when a file in policy.dir changes, and profiles.dir when one of "
             "its files does."},

@@ -1448,6 +1448,7 @@ typedef struct run {
     char where[160];               /* "init.lua:10": where the hook is defined */
     char msgtype[64];              /* checkin: the MessageType */
     uint64_t duration_ns;
+    uint64_t waited_ns;            /* past the time budget while the thread was not running */
     int outcome;
     int dev_ref;                   /* the device view's source (LUA_NOREF: none) */
     bool deferred;                 /* stopped for a password hash made off the loop */
@@ -1849,11 +1850,14 @@ static void invoke(mdm_policy_t *p, lua_State *L, run_t *r)
     uint64_t limit = run_limit(p, r);
     mdm__sandbox_begin(&p->sb, L, limit, insns, &saved);
     int status = lua_pcall(L, r->nlua + 1, 0, 0);
-    int kill = mdm__sandbox_end(&p->sb, L, &saved);
     /* The clock is read every so many instructions, and a library call
      * (a pattern match, a password hash) is one: a hook that ran past its
      * budget that way still fails, when it returns. */
-    if (status == LUA_OK && kill == MDM__KILL_NONE && limit > 0 && mdm_mono_ns() - t0 > limit)
+    bool late = status == LUA_OK && p->sb.b.kill == MDM__KILL_NONE && limit > 0 &&
+                mdm__sandbox_out_of_time(&p->sb);
+    r->waited_ns = p->sb.b.waited_ns;
+    int kill = mdm__sandbox_end(&p->sb, L, &saved);
+    if (late)
         kill = MDM__KILL_TIME;
     if (kill == MDM__KILL_TIME)
         p->sb.last_limit_ns = p->budget_ns[r->hook];
@@ -2271,6 +2275,12 @@ int mdm__policy_call(mdm_policy_t *p, int hook, const mdm__call_t *tmpl,
         decision_fail_closed(out, hook, msgtype);
         report_failure(p, &r);
     }
+    if (r.waited_ns > 0 && log)
+        mdm_log(MDM_LOG_WARN, tmpl->reqid, "policy.hook_waited",
+                "hook=%s revision=%.12s ms=%llu waited_ms=%llu detail=\"past the time budget while "
+                "the server's thread was not running (machine busy or paging): not counted\"",
+                hook_names[hook], p->revision, (unsigned long long)(r.duration_ns / 1000000),
+                (unsigned long long)(r.waited_ns / 1000000));
     if (p->mode == MDM__MODE_SERVER) {
         if (r.outcome == OUT_TIMEOUT || r.outcome == OUT_MEMORY) {
             if (++p->strikes[hook] >= POLICY_STRIKES) {

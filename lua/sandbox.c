@@ -22,6 +22,7 @@
  * goes cannot overrun the time budget either. */
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <lualib.h>
 
@@ -35,6 +36,71 @@
 #define CLOCK_EVERY (1u << 16)
 
 static void hook(lua_State *L, lua_Debug *ar);
+
+/* ---- the time budget -------------------------------------------------------------- */
+
+/* The time budget bounds the processor time a call takes from the event
+ * loop. Its deadline is on the monotonic clock, which is cheap to read; a
+ * thread that was not running meanwhile (the machine busy, the virtual
+ * machine's processor taken away, a page of the store read from the disk)
+ * did no policy work, though, and must not fail a call that did almost
+ * none (an Authenticate refused because the machine stalled). So once the
+ * deadline has passed, the thread's processor time decides: reading it
+ * takes microseconds here, so it is read only then, and at the start of a
+ * call at most every CPU_REF_AGE (a reading of this thread kept between
+ * calls: the call's own time is what has been used since, less the at
+ * most CPU_REF_AGE of work before the call began). */
+#define CPU_REF_AGE 2000000ull
+
+static _Thread_local uint64_t ref_cpu_ns, ref_wall_ns;
+
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return UINT64_MAX; /* cannot tell: the wall clock decides */
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Sets b's reading of the processor time for a call starting at now. */
+static void cpu_ref_take(mdm__budget_t *b, uint64_t now)
+{
+    if (ref_wall_ns == 0 || now - ref_wall_ns > CPU_REF_AGE) {
+        ref_cpu_ns = thread_cpu_ns();
+        ref_wall_ns = now;
+    }
+    b->cpu_ref_ns = ref_cpu_ns;
+    b->cpu_slack_ns = now - ref_wall_ns;
+}
+
+/* Whether the call of b has spent its time: its deadline has passed and so
+ * has, surely, its processor time. When the thread was not running for
+ * part of the time, the deadline moves by what is left of the processor
+ * time, and the call goes on. */
+static bool out_of_time(mdm__budget_t *b)
+{
+    if (b->deadline_ns == 0)
+        return false;
+    uint64_t now = mdm_mono_ns();
+    if (now < b->deadline_ns)
+        return false;
+    uint64_t cpu = thread_cpu_ns();
+    if (cpu == UINT64_MAX || b->cpu_ref_ns == UINT64_MAX || cpu < b->cpu_ref_ns)
+        return true;
+    uint64_t since = cpu - b->cpu_ref_ns;
+    uint64_t used = since > b->cpu_slack_ns ? since - b->cpu_slack_ns : 0;
+    if (used >= b->cpu_allow_ns)
+        return true;
+    uint64_t left = b->cpu_allow_ns - used;
+    b->waited_ns += now + left - b->deadline_ns;
+    b->deadline_ns = now + left;
+    return false;
+}
+
+bool mdm__sandbox_out_of_time(mdm__sandbox_t *sb)
+{
+    return sb->b.active && out_of_time(&sb->b);
+}
 
 /* Marks the running call as stopped (the first reason counts) and makes
  * the hook fire at the next instruction of thread L and of the main one. */
@@ -69,7 +135,7 @@ static bool alloc_in_time(mdm__sandbox_t *sb, size_t grown)
     sb->alloc_unclocked += grown;
     if (sb->alloc_unclocked >= ALLOC_CLOCK_EVERY) {
         sb->alloc_unclocked = 0;
-        if (b->kill == MDM__KILL_NONE && b->deadline_ns != 0 && mdm_mono_ns() >= b->deadline_ns)
+        if (b->kill == MDM__KILL_NONE && out_of_time(b))
             stop_call(sb, NULL, MDM__KILL_TIME);
     }
     return b->kill != MDM__KILL_TIME || grown < ALLOC_REFUSED_FROM;
@@ -133,7 +199,7 @@ static void hook(lua_State *L, lua_Debug *ar)
         b->insns += (uint64_t)(step > 0 ? step : 1);
         if (b->insn_limit != 0 && b->insns >= b->insn_limit)
             b->kill = MDM__KILL_INSNS;
-        else if (b->deadline_ns != 0 && mdm_mono_ns() >= b->deadline_ns)
+        else if (out_of_time(b))
             b->kill = MDM__KILL_TIME;
         else
             return;
@@ -163,7 +229,7 @@ static void charge_work(lua_State *L, uint64_t used, int kill)
     if (b->kill == MDM__KILL_NONE && b->insn_limit != 0 && b->insns >= b->insn_limit)
         stop_call(sb, L, kill);
     if (b->kill == MDM__KILL_NONE && b->insns >= b->clock_at) {
-        if (b->deadline_ns != 0 && mdm_mono_ns() >= b->deadline_ns)
+        if (out_of_time(b))
             stop_call(sb, L, MDM__KILL_TIME);
         b->clock_at = b->insns > UINT64_MAX - CLOCK_EVERY ? UINT64_MAX : b->insns + CLOCK_EVERY;
     }
@@ -684,6 +750,10 @@ void mdm__sandbox_begin(mdm__sandbox_t *sb, lua_State *L, uint64_t limit_ns, uin
     if (saved->active && saved->deadline_ns != 0 &&
         (b.deadline_ns == 0 || saved->deadline_ns < b.deadline_ns))
         b.deadline_ns = saved->deadline_ns;
+    if (b.deadline_ns != 0) {
+        b.cpu_allow_ns = b.deadline_ns > now ? b.deadline_ns - now : 0;
+        cpu_ref_take(&b, now);
+    }
     sb->b = b;
     lua_sethook(L, hook, LUA_MASKCOUNT, HOOK_STEP);
 }

@@ -41,6 +41,10 @@ typedef struct mdm__budget {
     uint64_t start_ns;
     uint64_t deadline_ns;     /* monotonic; 0: none */
     uint64_t limit_ns;        /* for messages */
+    uint64_t cpu_allow_ns;    /* processor time the call may use (to the first deadline) */
+    uint64_t cpu_ref_ns;      /* the thread's processor time at most cpu_slack_ns before the start */
+    uint64_t cpu_slack_ns;
+    uint64_t waited_ns;       /* deadline moved by this much: the thread was not running */
     uint64_t insns;           /* instructions counted so far */
     uint64_t insn_limit;      /* 0: none */
     uint64_t clock_at;        /* library work: look at the clock when insns reaches this */
@@ -68,6 +72,10 @@ void mdm__sandbox_close(mdm__sandbox_t *sb);
  * nest (a policy test calling a hook). */
 void mdm__sandbox_begin(mdm__sandbox_t *sb, lua_State *L, uint64_t limit_ns, uint64_t insn_limit,
                         mdm__budget_t *saved);
+
+/* Whether the running call has spent its time budget (see out_of_time in
+ * sandbox.c): for a check when the call returned. */
+bool mdm__sandbox_out_of_time(mdm__sandbox_t *sb);
 
 /* Ends the budget begun with the matching mdm__sandbox_begin. Returns the
  * MDM__KILL_* reason the code was stopped for. */

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "api/metrics.h"
@@ -927,6 +928,86 @@ static double groups_timed(mdm_policy_t *p, dev_fx_t *f, mdm_policy_decision_t *
     uint64_t t0 = mdm_mono_ns();
     mdm_policy_groups(p, NULL, NULL, &f->dev, d);
     return (double)(mdm_mono_ns() - t0) / 1e6;
+}
+
+/* stall(ms): the thread sleeps (a stall that is no policy work: the
+ * machine busy, a page read from the disk). spin(ms): the thread works in
+ * C, without a VM instruction. */
+static int lua_stall(lua_State *L)
+{
+    lua_Integer ms = luaL_checkinteger(L, 1);
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+    return 0;
+}
+
+static int lua_spin(lua_State *L)
+{
+    uint64_t end = mdm_mono_ns() + (uint64_t)luaL_checkinteger(L, 1) * 1000000ull;
+    volatile uint64_t n = 0;
+    while (mdm_mono_ns() < end)
+        n++;
+    return 0;
+}
+
+/* Loads src with the stall and spin functions and calls its groups hook
+ * into d; the milliseconds the call took. */
+static double groups_with_stalls(struct fx *fx, const mdm_policy_settings_t *s, const char *src,
+                                 mdm_policy_t **pp, dev_fx_t *f, mdm_policy_decision_t *d)
+{
+    write_file(fx->pol, "init.lua", src);
+    mdm_policy_t *p = load_ok(fx, s);
+    lua_pushcfunction(p->sb.L, lua_stall);
+    lua_setglobal(p->sb.L, "stall");
+    lua_pushcfunction(p->sb.L, lua_spin);
+    lua_setglobal(p->sb.L, "spin");
+    dev_init(f);
+    *pp = p;
+    return groups_timed(p, f, d);
+}
+
+/* The time budget bounds the policy's work, not the time its thread was
+ * not running: a hook that stalls past its deadline without working still
+ * decides; work, in Lua or in C, is still stopped. */
+static void test_budget_time_stalls(void **state)
+{
+    struct fx *fx = *state;
+    mdm_policy_settings_t s = settings(fx, false);
+    s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 50;
+    s.instructions = 100000000000ull;
+    static const struct {
+        const char *src, *want; /* want: NULL for a decision {"ok"} */
+        double min_ms, max_ms;
+    } cases[] = {
+        {"return { groups = function() stall(120) return { 'ok' } end }\n", NULL, 110, 2000},
+        {"return { groups = function()\n  for i = 1, 3 do stall(40) end\n  return { 'ok' }\nend }\n",
+         NULL, 110, 2000},
+        {"return { groups = function() spin(120) return { 'ok' } end }\n", "time budget exceeded",
+         110, 2000},
+        {"return { groups = function()\n  stall(120)\n  while true do end\nend }\n",
+         "init.lua:3: time budget exceeded (50 ms)", 160, 2000},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        mdm_policy_t *p;
+        dev_fx_t f;
+        mdm_policy_decision_t d;
+        double ms = groups_with_stalls(fx, &s, cases[i].src, &p, &f, &d);
+        print_message("case %zu: %.1f ms, %s\n", i, ms, d.error);
+        if (cases[i].want == NULL) {
+            assert_status(d, MDM_POLICY_OK);
+            assert_int_equal(d.names.n, 1);
+            assert_string_equal(d.names.v[0], "ok");
+        } else {
+            assert_status(d, MDM_POLICY_FAILED);
+            assert_contains(d.error, cases[i].want);
+        }
+        if (ms < cases[i].min_ms || ms > cases[i].max_ms)
+            fail_msg("case %zu took %.1f ms", i, ms);
+        mdm_policy_decision_free(&d);
+        mdm_policy_release(p);
+        dev_free(&f);
+    }
 }
 
 /* Runs the groups hook of src and expects a failure naming want; returns
@@ -2855,6 +2936,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_device_view, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_view_lazy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_time, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget_time_stalls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_patterns, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_library_calls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_library_loops, setup, teardown),
