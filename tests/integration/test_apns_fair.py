@@ -112,6 +112,15 @@ def test_other_topics_are_pushed_while_one_stalls(datadir, env):
 
 # ---- a retry that ends without an APNs answer ------------------------------------------
 
+def pushable_device(s, env):
+    """Uploads env's push certificate to s and enrolls a device: (Api, Device)."""
+    api = Api(s)
+    upload(api, env.cert, env.key)
+    d = Device(s)
+    d.enroll()
+    return api, d
+
+
 def raw_result(s, d):
     """The push result of d's last push as moonmdm's own API shows it."""
     api = Api(s)
@@ -126,10 +135,7 @@ def test_retry_that_times_out_shows_no_earlier_apns_status(datadir, env):
     of the 503 are not how the push ended)."""
     s = start(datadir, env, retry_max="1", timeout='"1s"', coalesce_window="0")
     try:
-        api = Api(s)
-        upload(api, env.cert, env.key)
-        d = Device(s)
-        d.enroll()
+        _, d = pushable_device(s, env)
         env.standin.respond(d.token.hex(), 503, "ServiceUnavailable", times=1)
         env.standin.respond(d.token.hex(), 200, delay=5)
         p = raw_result(s, d)
@@ -144,10 +150,7 @@ def test_retry_of_a_checked_out_device_shows_no_earlier_apns_status(datadir, env
     disabled, without the 503's status and reason."""
     s = start(datadir, env, retry_max="1", retry_delay='"2s"', coalesce_window="0")
     try:
-        api = Api(s)
-        upload(api, env.cert, env.key)
-        d = Device(s)
-        d.enroll()
+        _, d = pushable_device(s, env)
         env.standin.respond(d.token.hex(), 503, "ServiceUnavailable", times=1)
         out = {}
         t = threading.Thread(target=lambda: out.update(raw_result(s, d)))
@@ -170,10 +173,7 @@ def test_push_answer_keeps_an_id_that_is_not_utf8(datadir, env, method):
     the id as written in the path, and counts it (207, not 200)."""
     s = start(datadir, env)
     try:
-        api = Api(s)
-        upload(api, env.cert, env.key)
-        d = Device(s)
-        d.enroll()
+        api, d = pushable_device(s, env)
         st, r = api.call(method, "/v1/push/%FF," + d.udid + ",a%C3%28b%25")
         assert st == 207, (st, r)
         got = r["status"]
@@ -191,10 +191,7 @@ def test_enqueue_answer_keeps_an_id_that_is_not_utf8(datadir, env):
     import plistlib
     s = start(datadir, env)
     try:
-        api = Api(s)
-        upload(api, env.cert, env.key)
-        d = Device(s)
-        d.enroll()
+        api, d = pushable_device(s, env)
         st, r = api.call("PUT", "/v1/enqueue/" + d.udid + ",%FF",
                          plistlib.dumps({"Command": {"RequestType": "ProfileList"}}),
                          "application/x-apple-plist")
