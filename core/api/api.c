@@ -30,18 +30,6 @@ static void batch_finish(push_batch_t *b)
     json_decref(results);
 }
 
-/* The length of the UTF-8 character at s[0..n), or 0 when none starts
- * there. */
-static size_t utf8_char_len(const unsigned char *s, size_t n)
-{
-    size_t len = s[0] < 0x80             ? 1
-                 : (s[0] & 0xE0) == 0xC0 ? 2
-                 : (s[0] & 0xF0) == 0xE0 ? 3
-                 : (s[0] & 0xF8) == 0xF0 ? 4
-                                         : 0;
-    return len > 0 && len <= n && mdm_utf8_valid(s, len) ? len : 0;
-}
-
 const char *mdm_api_json_text(mdm_req_t *req, const char *s)
 {
     size_t n = strlen(s);
@@ -50,7 +38,7 @@ const char *mdm_api_json_text(mdm_req_t *req, const char *s)
     const unsigned char *u = (const unsigned char *)s;
     mdm_buf_t b = MDM_BUF_INIT;
     for (size_t i = 0; i < n;) {
-        size_t k = utf8_char_len(u + i, n - i);
+        size_t k = mdm_utf8_len(u + i, n - i);
         if (k == 0 || u[i] == '%') {
             mdm_buf_printf(&b, "%%%02X", u[i]);
             i++;

@@ -26,6 +26,10 @@ int mdm_hex_decode(unsigned char *out, size_t outlen, const char *s, size_t n);
  * %00 (callers use the result as a C string). */
 int mdm_url_decode(mdm_buf_t *out, const char *s, size_t n, int plus_is_space);
 
+/* The length of the UTF-8 character at p[0..n) (1 for ASCII), or 0 when
+ * none starts there (the same rules as mdm_utf8_valid). */
+size_t mdm_utf8_len(const void *p, size_t n);
+
 /* True when p[0..n) is UTF-8: no stray or missing continuation bytes,
  * overlong forms, surrogates or code points past U+10FFFF. */
 bool mdm_utf8_valid(const void *p, size_t n);

@@ -5,38 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is not one. */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    size_t len;
-    uint32_t cp;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (len > n)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3f);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return len;
-}
+#include "util/encode.h"
 
 void mdm_jsonw_str(mdm_buf_t *b, const char *s, size_t n)
 {
@@ -51,7 +20,7 @@ void mdm_jsonw_str(mdm_buf_t *b, const char *s, size_t n)
             i++;
             continue;
         }
-        size_t len = c >= 0x80 ? utf8_len(u + i, n - i) : 0;
+        size_t len = c >= 0x80 ? mdm_utf8_len(u + i, n - i) : 0;
         if (len > 0) {
             i += len;
             continue;
