@@ -61,6 +61,11 @@ static void handle_metrics(mdm_req_t *req)
         mdm_metric_set(mdm_metric(MDM_METRIC_COUNTER, "moonmdm_store_commits_total", NULL,
                                   "Store batch commits"),
                        (int64_t)st.commits);
+        mdm_metric_set(mdm_metric(MDM_METRIC_COUNTER, "moonmdm_store_committed_updates_total",
+                                  NULL,
+                                  "Updates (one per request that changed the store) in those "
+                                  "commits"),
+                       (int64_t)st.committed_updates);
         mdm_metric_set(mdm_metric(MDM_METRIC_COUNTER, "moonmdm_store_commit_failures_total",
                                   NULL, "Store batch commits that failed"),
                        (int64_t)st.commit_failures);
@@ -365,7 +370,9 @@ int mdm_server_commit(mdm_server_t *s)
 {
     int rc = 0;
     if (mdm_store_pending(s->store)) {
+        uint64_t t0 = mdm_mono_ns();
         rc = mdm_store_flush(s->store);
+        mdm_histogram_observe_ns(s->metrics.commit_latency, mdm_mono_ns() - t0);
         if (rc != 0)
             mdm_log(MDM_LOG_ERROR, NULL, "store.commit_failed",
                     "error=\"%s\" effect=\"responses of this batch answered 503\"",
@@ -525,6 +532,10 @@ int mdm_server_init(mdm_server_t *s, uv_loop_t *loop, mdm_config_t *cfg, mdm_err
                                          "Requests refused by the HTTP layer (400/408/413/431)");
     s->metrics.latency = mdm_histogram("moonmdm_http_request_duration_seconds", NULL,
                                        "Time from a complete request to its response");
+    s->metrics.commit_latency =
+        mdm_histogram("moonmdm_store_commit_duration_seconds", NULL,
+                      "Time of a store batch commit, its flush to disk included (the "
+                      "event loop waits for it)");
 
     const mdm_store_ops_t *ops = mdm_store_backend(cfg->store_backend);
     if (ops == NULL)

@@ -38,6 +38,7 @@ typedef struct mdm_http_metrics {
     mdm_metric_t *timeouts;
     mdm_metric_t *bad_requests;
     mdm_histogram_t *latency;
+    mdm_histogram_t *commit_latency;
 } mdm_http_metrics_t;
 
 struct json_t;

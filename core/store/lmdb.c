@@ -87,7 +87,7 @@ struct lmdb_store {
     bool in_fn;
     mdm_arena_t arena; /* copies of what write transactions read */
 
-    uint64_t commits, commit_failures, grows;
+    uint64_t commits, committed_updates, commit_failures, grows;
 };
 
 static int map_err(int rc)
@@ -233,6 +233,7 @@ static int commit_batch(struct lmdb_store *s)
         return map_commit_err(rc);
     }
     s->commits++;
+    s->committed_updates += n;
     /* Grow ahead of need: a map that is 80% used doubles before a commit
      * can find it full. */
     MDB_envinfo info;
@@ -987,6 +988,7 @@ static int lm_stats(mdm_store_t *store, mdm_store_stats_t *out)
     out->map_size = info.me_mapsize;
     out->used_bytes = (info.me_last_pgno + 1) * (size_t)st.ms_psize;
     out->commits = s->commits;
+    out->committed_updates = s->committed_updates;
     out->commit_failures = s->commit_failures;
     out->grows = s->grows;
     return lm_view(store, stats_fn, out);

@@ -117,6 +117,8 @@ typedef struct mdm_store_stats {
     size_t map_size;         /* bytes reserved */
     size_t used_bytes;       /* bytes in use (pages * page size) */
     uint64_t commits;        /* batch commits so far */
+    uint64_t committed_updates; /* updates those commits held (updates per
+                                   commit: the batches' size) */
     uint64_t commit_failures;
     uint64_t grows;          /* map size increases */
     uint64_t entries[MDM_T__COUNT];

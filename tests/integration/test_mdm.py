@@ -654,6 +654,48 @@ def test_idle_with_nothing_to_do_does_not_wait_for_other_commits(datadir, tmpdir
         assert srv.stop() == 0
 
 
+# /metrics shows how long the store's batch commits take (each answer that
+# changed something waits for its batch's commit) and how many updates they
+# held. With every flush 300 ms longer, each commit that wrote lands above
+# the 0.25 s bucket.
+def test_metrics_show_commit_time_and_batch_size(datadir, tmpdir_path):
+    import requests
+    srv = Server(datadir, env=preload_env(tmpdir_path, "slow_sync", SLOW_SYNC_C))
+
+    def metrics():
+        r = requests.get(srv.url + "/metrics", verify=datadir.ca_crt, timeout=30)
+        assert r.status_code == 200
+        out = {}
+        for line in r.text.splitlines():
+            if line.startswith("moonmdm_store_commit"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    try:
+        before = metrics()
+        d = Device(srv)
+        d.enroll()
+        st, _ = d.idle()  # records last_seen_at: one more write
+        assert st == 200
+        after = metrics()
+        commits = after["moonmdm_store_commits_total"] - before["moonmdm_store_commits_total"]
+        updates = (after["moonmdm_store_committed_updates_total"]
+                   - before["moonmdm_store_committed_updates_total"])
+        h = "moonmdm_store_commit_duration_seconds"
+        timed = after[h + "_count"] - before[h + "_count"]
+        assert commits >= 4 and timed == commits, (commits, timed, after)
+        assert updates >= commits, (updates, commits)
+        # Authenticate, TokenUpdate and the Idle each wrote and flushed (a
+        # commit whose requests changed nothing writes nothing and is quick).
+        fast = after[h + '_bucket{le="0.25"}'] - before[h + '_bucket{le="0.25"}']
+        slow = timed - fast
+        assert slow >= 3, after
+        assert after[h + "_sum"] - before[h + "_sum"] >= 0.3 * slow, after
+    finally:
+        assert srv.stop() == 0
+
+
 # Authenticate names the push topic the device subscribes to. Once the
 # server knows its topics (a push certificate, or enroll.topic), another
 # one is refused: the device could never be woken. Topic is required.
