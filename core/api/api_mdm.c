@@ -1029,12 +1029,17 @@ static void nano_push_answer(mdm_req_t *req, json_t *res, void *arg)
     for (size_t i = 0; i < c->n; i++) {
         json_t *s = json_object();
         const char *id = mdm_api_json_text(req, c->ids[i]);
-        ok += nano_push_status(s, json_object_get(res, id));
+        bool pushed = nano_push_status(s, json_object_get(res, id));
+        /* An id named twice is one enrollment, counted once (as in the
+         * enqueue answer). */
+        if (json_object_get(status, id) == NULL)
+            ok += pushed;
         json_object_set_new(status, id, s);
     }
+    size_t ids = json_object_size(status);
     json_t *o = json_object();
     json_object_set_new(o, "status", status);
-    mdm_api_send_json(req, ok == c->n ? 200 : ok ? 207 : 500, o);
+    mdm_api_send_json(req, ok == ids ? 200 : ok ? 207 : 500, o);
 }
 
 /* NanoMDM: GET|POST /v1/push/{id,id,...}. */
