@@ -389,9 +389,46 @@ int mdm_server_commit(mdm_server_t *s)
     return rc;
 }
 
+/* An iteration of the event loop that works this long without waiting
+ * for input delays every connection by as much: logged (loop.busy), at
+ * most once a second. */
+#define LOOP_BUSY_LOG_NS (200 * 1000000ull)
+#define LOOP_BUSY_LOG_EVERY_NS (1000 * 1000000ull)
+
+/* The iteration's busy time: since the previous one ended, less the time
+ * the loop waited for input (libuv's idle time), and the commit. */
+static void account_iteration(mdm_server_t *s, uint64_t start_ns, uint64_t commit_ns)
+{
+    uv_loop_t *loop = s->commit_check.loop;
+    uint64_t end = mdm_mono_ns(), idle = uv_metrics_idle_time(loop);
+    if (s->iter_end_ns != 0 && start_ns >= s->iter_end_ns) {
+        uint64_t span = start_ns - s->iter_end_ns, waited = idle - s->iter_idle_ns;
+        uint64_t busy = (waited < span ? span - waited : 0) + (end - start_ns);
+        mdm_histogram_observe_ns(s->metrics.loop_busy, busy);
+        if (busy >= LOOP_BUSY_LOG_NS) {
+            if (end - s->busy_logged_ns >= LOOP_BUSY_LOG_EVERY_NS) {
+                mdm_log(MDM_LOG_WARN, NULL, "loop.busy",
+                        "ms=%.1f commit_ms=%.1f requests=%llu connections=%zu "
+                        "earlier_unlogged=%u effect=\"every connection waited as long\"",
+                        (double)busy / 1e6, (double)commit_ns / 1e6,
+                        (unsigned long long)(s->next_request - s->iter_requests), s->nconns,
+                        s->busy_unlogged);
+                s->busy_logged_ns = end;
+                s->busy_unlogged = 0;
+            } else {
+                s->busy_unlogged++;
+            }
+        }
+    }
+    s->iter_end_ns = end;
+    s->iter_idle_ns = idle;
+    s->iter_requests = s->next_request;
+}
+
 static void commit_check_cb(uv_check_t *h)
 {
     mdm_server_t *s = h->data;
+    uint64_t start = mdm_mono_ns();
     /* Releasing responses may let pipelined requests run and write again,
      * so repeat (bounded) until nothing waits. */
     for (int round = 0; round < 64; round++) {
@@ -399,6 +436,7 @@ static void commit_check_cb(uv_check_t *h)
             break;
         mdm_server_commit(s);
     }
+    account_iteration(s, start, mdm_mono_ns() - start);
     if (s->stopping && s->nconns == 0)
         finish_stop(s);
 }
@@ -536,6 +574,12 @@ int mdm_server_init(mdm_server_t *s, uv_loop_t *loop, mdm_config_t *cfg, mdm_err
         mdm_histogram("moonmdm_store_commit_duration_seconds", NULL,
                       "Time of a store batch commit, its flush to disk included (the "
                       "event loop waits for it)");
+    s->metrics.loop_busy =
+        mdm_histogram("moonmdm_loop_busy_seconds", NULL,
+                      "Time an event loop iteration worked without waiting for input: "
+                      "requests, timers and the batch commit");
+    /* For the busy time: libuv then counts the time it waits for input. */
+    uv_loop_configure(loop, UV_METRICS_IDLE_TIME);
 
     const mdm_store_ops_t *ops = mdm_store_backend(cfg->store_backend);
     if (ops == NULL)

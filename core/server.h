@@ -39,6 +39,7 @@ typedef struct mdm_http_metrics {
     mdm_metric_t *bad_requests;
     mdm_histogram_t *latency;
     mdm_histogram_t *commit_latency;
+    mdm_histogram_t *loop_busy;
 } mdm_http_metrics_t;
 
 struct json_t;
@@ -60,6 +61,10 @@ struct mdm_server {
     mdm_conn_t *awaiting_commit;  /* connections with responses held for the batch commit */
 
     uv_check_t commit_check;
+    /* Event loop busy time (loop.busy): where the last iteration ended,
+     * the loop's idle time then, and when a long one was last logged. */
+    uint64_t iter_end_ns, iter_idle_ns, busy_logged_ns, iter_requests;
+    unsigned busy_unlogged;
     uv_signal_t sig_int, sig_term, sig_hup;
     uv_timer_t shutdown_timer;
     bool stopping;

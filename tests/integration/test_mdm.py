@@ -657,7 +657,8 @@ def test_idle_with_nothing_to_do_does_not_wait_for_other_commits(datadir, tmpdir
 # /metrics shows how long the store's batch commits take (each answer that
 # changed something waits for its batch's commit) and how many updates they
 # held. With every flush 300 ms longer, each commit that wrote lands above
-# the 0.25 s bucket.
+# the 0.25 s bucket, and the loop iterations that waited for such a commit
+# are logged (loop.busy).
 def test_metrics_show_commit_time_and_batch_size(datadir, tmpdir_path):
     import requests
     srv = Server(datadir, env=preload_env(tmpdir_path, "slow_sync", SLOW_SYNC_C))
@@ -667,7 +668,7 @@ def test_metrics_show_commit_time_and_batch_size(datadir, tmpdir_path):
         assert r.status_code == 200
         out = {}
         for line in r.text.splitlines():
-            if line.startswith("moonmdm_store_commit"):
+            if line.startswith(("moonmdm_store_commit", "moonmdm_loop_busy")):
                 name, value = line.rsplit(" ", 1)
                 out[name] = float(value)
         return out
@@ -692,6 +693,11 @@ def test_metrics_show_commit_time_and_batch_size(datadir, tmpdir_path):
         slow = timed - fast
         assert slow >= 3, after
         assert after[h + "_sum"] - before[h + "_sum"] >= 0.3 * slow, after
+        # Such an iteration of the event loop is logged, with its commit.
+        line = srv.wait_log(r"event=loop\.busy ms=\S+ commit_ms=\S+ requests=\d+").string
+        m = re.search(r"ms=([\d.]+) commit_ms=([\d.]+)", line)
+        assert float(m.group(1)) >= float(m.group(2)) >= 300, line
+        assert after["moonmdm_loop_busy_seconds_count"] > 0
     finally:
         assert srv.stop() == 0
 
