@@ -495,6 +495,7 @@ static void finish_stop(mdm_server_t *s)
     if (uv_is_closing((uv_handle_t *)&s->commit_check))
         return;
     uv_close((uv_handle_t *)&s->commit_check, close_noop);
+    uv_close((uv_handle_t *)&s->hs_idle, close_noop);
     uv_close((uv_handle_t *)&s->shutdown_timer, close_noop);
     uv_close((uv_handle_t *)&s->sig_int, close_noop);
     uv_close((uv_handle_t *)&s->sig_term, close_noop);
@@ -616,6 +617,8 @@ int mdm_server_init(mdm_server_t *s, uv_loop_t *loop, mdm_config_t *cfg, mdm_err
     if (rc != 0)
         return rc;
 
+    uv_idle_init(loop, &s->hs_idle);
+    s->hs_idle.data = s;
     uv_check_init(loop, &s->commit_check);
     s->commit_check.data = s;
     uv_check_start(&s->commit_check, commit_check_cb);

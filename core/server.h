@@ -59,6 +59,8 @@ struct mdm_server {
     mdm_conn_t *conns;            /* every open connection (intrusive list) */
     size_t nconns;
     mdm_conn_t *awaiting_commit;  /* connections with responses held for the batch commit */
+    mdm_conn_t *hs_held_head, *hs_held_tail; /* handshakes held for a later iteration */
+    uv_idle_t hs_idle;            /* runs them */
 
     uv_check_t commit_check;
     /* Event loop busy time (loop.busy): where the last iteration ended,

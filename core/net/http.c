@@ -27,6 +27,16 @@ enum deadline_kind { DL_NONE, DL_READ, DL_IDLE, DL_WRITE, DL_LINGER };
 #define LINGER_MS 2000
 #define LINGER_MAX_BYTES (4u << 20)
 
+/* TLS handshakes cost about a millisecond of processor time each, and an
+ * iteration of the event loop handles every connection that has input:
+ * when a thousand devices connect at once (woken by a push), handshakes
+ * would hold the loop for a second, and the answers already made in that
+ * iteration would wait until its end for their commit and their write.
+ * Once an iteration has worked this long, handshake input is held for a
+ * later one, so that established connections are served between slices
+ * of handshakes. */
+#define HANDSHAKE_SLICE_MS 10
+
 struct mdm_conn {
     uv_tcp_t tcp;
     uv_timer_t timer;
@@ -35,6 +45,11 @@ struct mdm_conn {
     mdm_conn_t *prev, *next;       /* server->conns */
     mdm_conn_t *commit_next;       /* server->awaiting_commit */
     bool in_commit_list;
+    /* Handshake input held for a later iteration of the loop (see
+     * HANDSHAKE_SLICE_MS); the connection does not read meanwhile. */
+    mdm_buf_t hs_held;
+    mdm_conn_t *hs_next;           /* server->hs_held_head */
+    bool hs_queued;
 
     bool is_tls;
     mdm_tls_t tls;
@@ -1284,6 +1299,118 @@ static void on_peer_eof(mdm_conn_t *c)
     conn_update_reading(c);
 }
 
+/* Feeds ciphertext to the TLS layer, then parses the plaintext it gave. */
+static void conn_tls_input(mdm_conn_t *c, const char *data, size_t n)
+{
+    const char *why = NULL;
+    int r = mdm_tls_feed(&c->tls, data, n, &c->in, &why);
+    conn_send_tls_output(c);
+    if (r < 0) {
+        if (!c->tls.established) {
+            mdm_metric_add(c->server->metrics.tls_handshake_failures, 1);
+            mdm_log(MDM_LOG_INFO, NULL, "tls.handshake_failed", "remote=%s reason=\"%s\"",
+                    c->remote, why ? why : "?");
+        } else {
+            mdm_log(MDM_LOG_INFO, NULL, "tls.error", "remote=%s reason=\"%s\"", c->remote,
+                    why ? why : "?");
+        }
+        mdm__conn_close(c);
+        return;
+    }
+    if (r == MDM_TLS_HANDSHAKE_DONE) {
+        c->peer_cert = mdm_tls_peer_cert(&c->tls);
+        unsigned int mdlen = 0;
+        c->peer_fp_ok = c->peer_cert != NULL &&
+                        X509_digest(c->peer_cert, EVP_sha256(), c->peer_fp, &mdlen) == 1 &&
+                        mdlen == sizeof(c->peer_fp);
+        /* The handshake checked the dates, but a connection (or a
+         * resumed session) outlives them: requests check them again. */
+        if (c->peer_cert != NULL) {
+            c->peer_not_before = asn1_time_s(X509_get0_notBefore(c->peer_cert));
+            c->peer_not_after = asn1_time_s(X509_get0_notAfter(c->peer_cert));
+        }
+        if (c->in.len == 0)
+            set_deadline(c, DL_IDLE, c->server->cfg->http_idle_timeout_ms);
+    }
+    if (r == MDM_TLS_CLOSED) {
+        /* What came before the close_notify is parsed first. */
+        if (c->in.len > c->in_off)
+            conn_parse(c);
+        if (!c->closing)
+            on_peer_eof(c);
+        return;
+    }
+    if (c->in.len > c->in_off)
+        conn_parse(c);
+}
+
+/* Whether the current iteration of the loop has worked HANDSHAKE_SLICE_MS
+ * (uv_now is when it began, or when its poll returned). */
+static bool handshake_slice_over(mdm_server_t *s)
+{
+    return uv_hrtime() / 1000000 >= uv_now(s->loop) + HANDSHAKE_SLICE_MS;
+}
+
+/* Holds handshake input for a later iteration: the connection stops
+ * reading and joins the server's queue of held handshakes. */
+static void hold_handshake(mdm_conn_t *c, const char *data, size_t n)
+{
+    mdm_server_t *s = c->server;
+    mdm_buf_append(&c->hs_held, data, n);
+    if (c->hs_queued)
+        return;
+    c->hs_queued = true;
+    c->hs_next = NULL;
+    if (s->hs_held_tail != NULL)
+        s->hs_held_tail->hs_next = c;
+    else
+        s->hs_held_head = c;
+    s->hs_held_tail = c;
+    conn_update_reading(c);
+    uv_idle_start(&s->hs_idle, mdm__conn_run_held_handshakes);
+}
+
+static void unqueue_handshake(mdm_conn_t *c)
+{
+    mdm_server_t *s = c->server;
+    if (!c->hs_queued)
+        return;
+    mdm_conn_t *prev = NULL;
+    for (mdm_conn_t *p = s->hs_held_head; p != NULL; prev = p, p = p->hs_next) {
+        if (p != c)
+            continue;
+        if (prev != NULL)
+            prev->hs_next = c->hs_next;
+        else
+            s->hs_held_head = c->hs_next;
+        if (s->hs_held_tail == c)
+            s->hs_held_tail = prev;
+        break;
+    }
+    c->hs_queued = false;
+    c->hs_next = NULL;
+}
+
+/* The loop's idle handle: held handshakes in arrival order, for one slice
+ * (at least one, so that they advance whatever else the iteration did). */
+void mdm__conn_run_held_handshakes(uv_idle_t *h)
+{
+    mdm_server_t *s = h->data;
+    bool first = true;
+    while (s->hs_held_head != NULL && (first || !handshake_slice_over(s))) {
+        first = false;
+        mdm_conn_t *c = s->hs_held_head;
+        unqueue_handshake(c);
+        mdm_buf_t held = c->hs_held;
+        c->hs_held = (mdm_buf_t)MDM_BUF_INIT;
+        conn_tls_input(c, held.data, held.len);
+        mdm_buf_free(&held);
+        conn_update_reading(c);
+    }
+    if (s->hs_held_head == NULL)
+        uv_idle_stop(h);
+}
+
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     mdm_conn_t *c = stream->data;
@@ -1295,55 +1422,22 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     }
     if (!c->is_tls) {
         mdm_buf_append(&c->in, buf->base, (size_t)nread);
-    } else {
-        const char *why = NULL;
-        int r = mdm_tls_feed(&c->tls, buf->base, (size_t)nread, &c->in, &why);
-        conn_send_tls_output(c);
-        if (r < 0) {
-            if (!c->tls.established) {
-                mdm_metric_add(c->server->metrics.tls_handshake_failures, 1);
-                mdm_log(MDM_LOG_INFO, NULL, "tls.handshake_failed", "remote=%s reason=\"%s\"",
-                        c->remote, why ? why : "?");
-            } else {
-                mdm_log(MDM_LOG_INFO, NULL, "tls.error", "remote=%s reason=\"%s\"", c->remote,
-                        why ? why : "?");
-            }
-            mdm__conn_close(c);
-            return;
-        }
-        if (r == MDM_TLS_HANDSHAKE_DONE) {
-            c->peer_cert = mdm_tls_peer_cert(&c->tls);
-            unsigned int mdlen = 0;
-            c->peer_fp_ok = c->peer_cert != NULL &&
-                            X509_digest(c->peer_cert, EVP_sha256(), c->peer_fp, &mdlen) == 1 &&
-                            mdlen == sizeof(c->peer_fp);
-            /* The handshake checked the dates, but a connection (or a
-             * resumed session) outlives them: requests check them again. */
-            if (c->peer_cert != NULL) {
-                c->peer_not_before = asn1_time_s(X509_get0_notBefore(c->peer_cert));
-                c->peer_not_after = asn1_time_s(X509_get0_notAfter(c->peer_cert));
-            }
-            if (c->in.len == 0)
-                set_deadline(c, DL_IDLE, c->server->cfg->http_idle_timeout_ms);
-        }
-        if (r == MDM_TLS_CLOSED) {
-            /* What came before the close_notify is parsed first. */
-            if (c->in.len > c->in_off)
-                conn_parse(c);
-            if (!c->closing)
-                on_peer_eof(c);
-            return;
-        }
+        if (c->in.len > c->in_off)
+            conn_parse(c);
+        return;
     }
-    if (c->in.len > c->in_off)
-        conn_parse(c);
+    if (!c->tls.established && (c->hs_queued || handshake_slice_over(c->server))) {
+        hold_handshake(c, buf->base, (size_t)nread);
+        return;
+    }
+    conn_tls_input(c, buf->base, (size_t)nread);
 }
 
 static void conn_update_reading(mdm_conn_t *c)
 {
     if (c->closing || c->lingering)
         return;
-    bool want = !c->blocked && !c->eof && !c->close_when_done &&
+    bool want = !c->blocked && !c->eof && !c->close_when_done && !c->hs_queued &&
                 c->write_bytes_pending < (4u << 20);
     if (want && !c->reading) {
         if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) == 0)
@@ -1365,6 +1459,7 @@ static void conn_free(mdm_conn_t *c)
         mdm_tls_free(&c->tls);
     X509_free(c->peer_cert);
     mdm_buf_free(&c->in);
+    mdm_buf_free(&c->hs_held);
     mdm_buf_free(&c->url);
     mdm_buf_free(&c->hfield);
     mdm_buf_free(&c->hval);
@@ -1400,6 +1495,7 @@ void mdm__conn_close(mdm_conn_t *c)
     if (c->next)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
+    unqueue_handshake(c);
     if (c->in_commit_list) {
         mdm_conn_t **pp = &s->awaiting_commit;
         while (*pp != NULL && *pp != c)

@@ -27,6 +27,10 @@ mdm_conn_t *mdm__conn_next(const mdm_conn_t *c);
  * nothing: the server clears the list head itself). */
 mdm_conn_t *mdm__conn_commit_next(mdm_conn_t *c);
 
+/* The idle callback that runs handshake input held for a later iteration
+ * of the loop (s->hs_idle). */
+void mdm__conn_run_held_handshakes(uv_idle_t *h);
+
 /* Frees the pool of finished requests (server shutdown). */
 void mdm__http_free_pool(mdm_server_t *s);
 
