@@ -405,6 +405,7 @@ static void account_iteration(mdm_server_t *s, uint64_t start_ns, uint64_t commi
         uint64_t span = start_ns - s->iter_end_ns, waited = idle - s->iter_idle_ns;
         uint64_t busy = (waited < span ? span - waited : 0) + (end - start_ns);
         mdm_histogram_observe_ns(s->metrics.loop_busy, busy);
+        s->iter_other_ns = busy > s->iter_hs_ns ? busy - s->iter_hs_ns : 0;
         if (busy >= LOOP_BUSY_LOG_NS) {
             if (end - s->busy_logged_ns >= LOOP_BUSY_LOG_EVERY_NS) {
                 mdm_log(MDM_LOG_WARN, NULL, "loop.busy",
@@ -423,6 +424,7 @@ static void account_iteration(mdm_server_t *s, uint64_t start_ns, uint64_t commi
     s->iter_end_ns = end;
     s->iter_idle_ns = idle;
     s->iter_requests = s->next_request;
+    s->iter_hs_ns = 0;
 }
 
 static void commit_check_cb(uv_check_t *h)

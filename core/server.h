@@ -66,6 +66,9 @@ struct mdm_server {
     /* Event loop busy time (loop.busy): where the last iteration ended,
      * the loop's idle time then, and when a long one was last logged. */
     uint64_t iter_end_ns, iter_idle_ns, busy_logged_ns, iter_requests;
+    /* Of the last iteration's busy time: held handshakes (so far in this
+     * one), and the rest (core/net/http.c shares the loop between them). */
+    uint64_t iter_hs_ns, iter_other_ns;
     unsigned busy_unlogged;
     uv_signal_t sig_int, sig_term, sig_hup;
     uv_timer_t shutdown_timer;

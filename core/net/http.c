@@ -34,7 +34,8 @@ enum deadline_kind { DL_NONE, DL_READ, DL_IDLE, DL_WRITE, DL_LINGER };
  * iteration would wait until its end for their commit and their write.
  * Once an iteration has worked this long, handshake input is held for a
  * later one, so that established connections are served between slices
- * of handshakes. */
+ * of handshakes; each iteration then gives the held ones a slice of this
+ * length. */
 #define HANDSHAKE_SLICE_MS 10
 
 struct mdm_conn {
@@ -1391,13 +1392,19 @@ static void unqueue_handshake(mdm_conn_t *c)
     c->hs_next = NULL;
 }
 
-/* The loop's idle handle: held handshakes in arrival order, for one slice
- * (at least one, so that they advance whatever else the iteration did). */
+/* The loop's idle handle: held handshakes in arrival order, for a slice of
+ * their own in every iteration, at least one handshake: HANDSHAKE_SLICE_MS,
+ * or as long as the previous iteration worked on everything else, so that
+ * a loop kept busy by established connections shares its time evenly
+ * between them and the devices still connecting. */
 void mdm__conn_run_held_handshakes(uv_idle_t *h)
 {
     mdm_server_t *s = h->data;
+    uint64_t start = uv_hrtime(), slice = (uint64_t)HANDSHAKE_SLICE_MS * 1000000;
+    if (s->iter_other_ns > slice)
+        slice = s->iter_other_ns;
     bool first = true;
-    while (s->hs_held_head != NULL && (first || !handshake_slice_over(s))) {
+    while (s->hs_held_head != NULL && (first || uv_hrtime() - start < slice)) {
         first = false;
         mdm_conn_t *c = s->hs_held_head;
         unqueue_handshake(c);
@@ -1407,6 +1414,7 @@ void mdm__conn_run_held_handshakes(uv_idle_t *h)
         mdm_buf_free(&held);
         conn_update_reading(c);
     }
+    s->iter_hs_ns += uv_hrtime() - start;
     if (s->hs_held_head == NULL)
         uv_idle_stop(h);
 }
