@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import Server, get, http_request, read_response
+from conftest import WRAPPER, Server, get, http_request, read_response
 
 
 @pytest.fixture
@@ -377,6 +377,8 @@ def test_a_storm_of_handshakes_is_done_in_slices(server):
     assert not pending, f"{len(pending)} of {STORM_N} connections got no ServerHello"
     for s, _ in socks:
         s.close()
+    if WRAPPER:
+        return  # under valgrind one handshake takes tens of ms: no bound holds
     time.sleep(1.0)  # the log reaches the test through a reader thread
     busy = [l for l in server.log().splitlines() if "event=loop.busy" in l]
     assert busy == [], busy
