@@ -29,7 +29,8 @@ typedef struct mdm_conn_list {
     mdm_conn_t *head;
 } mdm_conn_list_t;
 
-/* Metrics the HTTP layer updates on every request. */
+/* Metrics the HTTP layer updates on every request, and those of the loop
+ * and its batch commits (core/server.c). */
 typedef struct mdm_http_metrics {
     mdm_metric_t *open_connections;
     mdm_metric_t *connections_total;
