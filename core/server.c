@@ -396,14 +396,16 @@ int mdm_server_commit(mdm_server_t *s)
 #define LOOP_BUSY_LOG_EVERY_NS (1000 * 1000000ull)
 
 /* The iteration's busy time: since the previous one ended, less the time
- * the loop waited for input (libuv's idle time), and the commit. */
-static void account_iteration(mdm_server_t *s, uint64_t start_ns, uint64_t commit_ns)
+ * the loop waited for input (libuv's idle time), and the commit, which
+ * began at start_ns and ends now. */
+static void account_iteration(mdm_server_t *s, uint64_t start_ns)
 {
     uv_loop_t *loop = s->commit_check.loop;
     uint64_t end = mdm_mono_ns(), idle = uv_metrics_idle_time(loop);
+    uint64_t commit_ns = end - start_ns;
     if (s->iter_end_ns != 0 && start_ns >= s->iter_end_ns) {
         uint64_t span = start_ns - s->iter_end_ns, waited = idle - s->iter_idle_ns;
-        uint64_t busy = (waited < span ? span - waited : 0) + (end - start_ns);
+        uint64_t busy = (waited < span ? span - waited : 0) + commit_ns;
         mdm_histogram_observe_ns(s->metrics.loop_busy, busy);
         s->iter_other_ns = busy > s->iter_hs_ns ? busy - s->iter_hs_ns : 0;
         if (busy >= LOOP_BUSY_LOG_NS) {
@@ -438,7 +440,7 @@ static void commit_check_cb(uv_check_t *h)
             break;
         mdm_server_commit(s);
     }
-    account_iteration(s, start, mdm_mono_ns() - start);
+    account_iteration(s, start);
     if (s->stopping && s->nconns == 0)
         finish_stop(s);
 }
