@@ -985,9 +985,15 @@ static void outcome_init(mdm_outcome_t *out)
     out->eid[0] = out->detail[0] = out->message_type[0] = out->command_uuid[0] = '\0';
 }
 
-/* Parses the message and resolves its ids; refuses bad input. */
+void mdm__parse_body(const void *body, size_t len, size_t max_bytes, mdm_parsed_t *out)
+{
+    out->rc = mdm_plist_load_dict(body, len, max_bytes, &out->msg);
+}
+
+/* Parses the message (unless pre has it) and resolves its ids; refuses
+ * bad input. */
 static bool parse_message(msg_ctx_t *c, mdm_mdm_t *m, const mdm_identity_t *id, const void *body,
-                          size_t len)
+                          size_t len, mdm_parsed_t *pre)
 {
     mdm_outcome_t *out = c->out;
     memset(c, 0, sizeof(*c));
@@ -997,7 +1003,14 @@ static bool parse_message(msg_ctx_t *c, mdm_mdm_t *m, const mdm_identity_t *id, 
     c->body = body;
     c->len = len;
     c->now = mdm_now_ms();
-    int rc = mdm_plist_load_dict(body, len, m->server->cfg->http_max_body_bytes, &c->msg);
+    int rc;
+    if (pre != NULL) {
+        rc = pre->rc;
+        c->msg = pre->msg;
+        pre->msg = NULL;
+    } else {
+        rc = mdm_plist_load_dict(body, len, m->server->cfg->http_max_body_bytes, &c->msg);
+    }
     if (rc != 0) {
         c->out->status = 400;
         snprintf(c->out->detail, sizeof(c->out->detail), "the body is not a plist dictionary");
@@ -1017,12 +1030,12 @@ static bool parse_message(msg_ctx_t *c, mdm_mdm_t *m, const mdm_identity_t *id, 
  * (MessageType or Status), recorded in the outcome. False: out holds the
  * refusal. */
 static bool begin_message(msg_ctx_t *c, mdm_mdm_t *m, const mdm_identity_t *id, const void *body,
-                          size_t len, mdm_outcome_t *out, const char *key)
+                          size_t len, mdm_parsed_t *pre, mdm_outcome_t *out, const char *key)
 {
     outcome_init(out);
     c->out = out;
     c->msg = NULL;
-    bool ok = parse_message(c, m, id, body, len);
+    bool ok = parse_message(c, m, id, body, len, pre);
     c->out = out;
     if (!ok)
         return false;
@@ -1036,11 +1049,22 @@ static bool begin_message(msg_ctx_t *c, mdm_mdm_t *m, const mdm_identity_t *id, 
     return true;
 }
 
+/* The message's tree at the end of its handling: back to the caller that
+ * parsed it ahead, or freed. */
+static void end_message(msg_ctx_t *c, mdm_parsed_t *pre)
+{
+    if (pre != NULL)
+        pre->msg = c->msg;
+    else
+        plist_free(c->msg);
+    c->msg = NULL;
+}
+
 void mdm__process_checkin(mdm_mdm_t *m, const mdm_identity_t *id, const void *body, size_t len,
-                          mdm_outcome_t *out)
+                          mdm_parsed_t *pre, mdm_outcome_t *out)
 {
     msg_ctx_t c;
-    if (!begin_message(&c, m, id, body, len, out, "MessageType"))
+    if (!begin_message(&c, m, id, body, len, pre, out, "MessageType"))
         goto out;
     mdm_metric_add(m->m_checkins, 1);
     c.pol = mdm_policy_acquire(m->server);
@@ -1062,7 +1086,7 @@ void mdm__process_checkin(mdm_mdm_t *m, const mdm_identity_t *id, const void *bo
         (strcmp(c.type, "TokenUpdate") == 0 || strcmp(c.type, "Authenticate") == 0))
         mdm_apns_token_changed(m->server, c.eid);
 out:
-    plist_free(c.msg);
+    end_message(&c, pre);
 }
 
 /* ---- command reports ----------------------------------------------------- */
@@ -1482,10 +1506,10 @@ static bool idle_fast_path(msg_ctx_t *c)
 }
 
 void mdm__process_report(mdm_mdm_t *m, const mdm_identity_t *id, const void *body, size_t len,
-                         mdm_outcome_t *out)
+                         mdm_parsed_t *pre, mdm_outcome_t *out)
 {
     msg_ctx_t c;
-    if (!begin_message(&c, m, id, body, len, out, "Status"))
+    if (!begin_message(&c, m, id, body, len, pre, out, "Status"))
         goto out;
     mdm_metric_add(m->m_reports, 1);
     c.pol = mdm_policy_acquire(m->server);
@@ -1516,5 +1540,5 @@ void mdm__process_report(mdm_mdm_t *m, const mdm_identity_t *id, const void *bod
      * commands queued from now on. */
     mdm_apns_seen(m->server, c.eid);
 out:
-    plist_free(c.msg);
+    end_message(&c, pre);
 }

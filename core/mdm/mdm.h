@@ -45,7 +45,7 @@ typedef struct mdm_mdm {
     struct mdm_sigcache *sigcache; /* verified Mdm-Signature signers */
     uv_timer_t prune_timer;
     mdm_metric_t *m_checkins, *m_reports, *m_refused, *m_commands_sent, *m_sig_cache_hits,
-        *m_sig_verified, *m_idle_fast;
+        *m_sig_verified, *m_idle_fast, *m_parsed_in_pool;
 } mdm_mdm_t;
 
 /* Registers the routes and loads the secrets key. */
@@ -70,13 +70,31 @@ typedef struct mdm_outcome {
                                    written) */
 } mdm_outcome_t;
 
-/* Handles a check-in message body from the device with identity id. */
-void mdm__process_checkin(mdm_mdm_t *m, const mdm_identity_t *id, const void *body, size_t len,
-                          mdm_outcome_t *out);
+/* A message body parsed ahead of its handling: large bodies are parsed in
+ * the thread pool (mdm__parse_body is safe there) so that the loop does
+ * not stop for them. */
+typedef struct mdm_parsed {
+    plist_t msg; /* the dictionary, or NULL when rc != 0 */
+    int rc;      /* 0, MDM_EPARSE or MDM_ELIMIT */
+} mdm_parsed_t;
 
-/* Handles a command report body; answers with the next command. */
+/* Bodies of at least this many bytes are parsed in the thread pool. */
+#define MDM_PARSE_IN_POOL_BYTES (64u << 10)
+
+/* Parses a message body of at most max_bytes into a dictionary. */
+void mdm__parse_body(const void *body, size_t len, size_t max_bytes, mdm_parsed_t *out);
+
+/* Handles a check-in message body from the device with identity id.
+ * pre: the body parsed ahead, or NULL to parse it here; its tree is
+ * handed back in pre->msg for the caller to free (off the loop if it
+ * likes). */
+void mdm__process_checkin(mdm_mdm_t *m, const mdm_identity_t *id, const void *body, size_t len,
+                          mdm_parsed_t *pre, mdm_outcome_t *out);
+
+/* Handles a command report body; answers with the next command. pre as
+ * above. */
 void mdm__process_report(mdm_mdm_t *m, const mdm_identity_t *id, const void *body, size_t len,
-                         mdm_outcome_t *out);
+                         mdm_parsed_t *pre, mdm_outcome_t *out);
 
 /* Verifies an Mdm-Signature header value over body: a detached CMS
  * signature whose signer chains to a trusted CA. On success out->cert is an

@@ -100,6 +100,103 @@ static void answer(mdm_req_t *req, const mdm_outcome_t *out, bool report)
     }
 }
 
+/* Handles the message, answers, and hands a tree parsed ahead back in
+ * pre->msg. */
+static void process(mdm_mdm_t *m, mdm_req_t *req, const mdm_identity_t *id, mdm_parsed_t *pre,
+                    bool report)
+{
+    mdm_outcome_t out;
+    memset(&out, 0, sizeof(out));
+    out.reqid = req->id;
+    if (report)
+        mdm__process_report(m, id, req->body, req->body_len, pre, &out);
+    else
+        mdm__process_checkin(m, id, req->body, req->body_len, pre, &out);
+    answer(req, &out, report);
+    mdm_buf_free(&out.body);
+}
+
+/* ---- large bodies: parsed in the thread pool ------------------------------ */
+
+/* A large report (an InstalledApplicationList of thousands of apps, a
+ * CertificateList) takes tens to hundreds of milliseconds to parse, which
+ * would stop every other connection. Its body is parsed in the thread pool
+ * and handled on the loop afterwards; the tree is freed in the pool too.
+ * The connection parses nothing more until the answer, so a pipelined
+ * request sees the report's effects. */
+typedef struct parse_job {
+    uv_work_t work;
+    mdm_mdm_t *m;
+    mdm_req_t *req;
+    mdm_identity_t id; /* its certificate referenced: the connection may go first */
+    bool report;
+    size_t max_bytes;
+    mdm_parsed_t parsed;
+} parse_job_t;
+
+static void parse_work(uv_work_t *w)
+{
+    parse_job_t *j = w->data;
+    mdm__parse_body(j->req->body, j->req->body_len, j->max_bytes, &j->parsed);
+}
+
+static void free_work(uv_work_t *w)
+{
+    parse_job_t *j = w->data;
+    plist_free(j->parsed.msg);
+    j->parsed.msg = NULL;
+}
+
+static void free_after(uv_work_t *w, int status)
+{
+    (void)status;
+    mdm_free(w->data);
+}
+
+static void parse_after(uv_work_t *w, int status)
+{
+    parse_job_t *j = w->data;
+    mdm_mdm_t *m = j->m;
+    if (status == 0)
+        process(m, j->req, &j->id, &j->parsed, j->report);
+    else /* cancelled: the loop is going away */
+        mdm_resp_text(j->req, 503, "the server is stopping");
+    identity_free(&j->id);
+    if (j->parsed.msg != NULL && uv_queue_work(m->server->loop, &j->work, free_work, free_after) == 0)
+        return;
+    plist_free(j->parsed.msg);
+    mdm_free(j);
+}
+
+/* Starts the parse of req's body in the thread pool. False when it could
+ * not start (the caller then handles the request itself). */
+static bool parse_in_pool(mdm_mdm_t *m, mdm_req_t *req, mdm_identity_t *id, bool report)
+{
+    parse_job_t *j = mdm_calloc(1, sizeof(*j));
+    j->m = m;
+    j->req = req;
+    j->report = report;
+    j->max_bytes = m->server->cfg->http_max_body_bytes;
+    j->work.data = j;
+    if (uv_queue_work(m->server->loop, &j->work, parse_work, parse_after) != 0) {
+        mdm_free(j);
+        return false;
+    }
+    /* The job takes the identity over (parse_work does not read it). A
+     * certificate borrowed from the connection gets a reference of its
+     * own: the connection may close before the parse is done. */
+    j->id = *id;
+    if (!j->id.owned && j->id.cert != NULL) {
+        X509_up_ref(j->id.cert);
+        j->id.owned = true;
+    }
+    id->owned = false;
+    id->cert = NULL;
+    mdm_req_pause_pipeline(req);
+    mdm_metric_add(m->m_parsed_in_pool, 1);
+    return true;
+}
+
 static void handle(mdm_req_t *req, bool report)
 {
     mdm_mdm_t *m = mdm_of(req);
@@ -117,16 +214,10 @@ static void handle(mdm_req_t *req, bool report)
             mdm_resp_send(req, 403, NULL, NULL, 0);
         return;
     }
-    mdm_outcome_t out;
-    memset(&out, 0, sizeof(out));
-    out.reqid = req->id;
-    if (report)
-        mdm__process_report(m, &id, req->body, req->body_len, &out);
-    else
-        mdm__process_checkin(m, &id, req->body, req->body_len, &out);
+    if (req->body_len >= MDM_PARSE_IN_POOL_BYTES && parse_in_pool(m, req, &id, report))
+        return;
+    process(m, req, &id, NULL, report);
     identity_free(&id);
-    answer(req, &out, report);
-    mdm_buf_free(&out.body);
 }
 
 static void handle_checkin(mdm_req_t *req)
@@ -255,6 +346,9 @@ int mdm_mdm_service_init(mdm_server_t *s, mdm_err_t *err)
                               "MDM requests refused (identity, binding, bad input)");
     m->m_commands_sent = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_mdm_commands_sent_total", NULL,
                                     "Commands handed to devices");
+    m->m_parsed_in_pool = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_mdm_parsed_in_pool_total", NULL,
+                                     "MDM message bodies large enough to be parsed in the "
+                                     "thread pool");
     m->m_idle_fast = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_mdm_idle_without_write_total", NULL,
                                 "Idle requests answered without a store write (nothing to do)");
     m->m_sig_verified = mdm_metric(MDM_METRIC_COUNTER, "moonmdm_mdm_signature_chain_checks_total",

@@ -87,7 +87,8 @@ struct mdm_conn {
     int handles_open;
 
     bool reading;
-    bool blocked;                  /* parsing stopped: too many requests queued */
+    bool blocked;                  /* parsing stopped: too many requests queued, or paused */
+    mdm_req_t *paused_by;          /* parse nothing more until it is answered */
     bool closing;
     bool close_when_done;
     bool no_more_requests;         /* shutting down: nothing after the request in progress */
@@ -177,11 +178,13 @@ static void req_free(mdm_req_t *req)
     mdm_server_t *s = req->server;
     if (req->responded)
         account_request(req); /* a held answer whose connection went away */
-    if (req->peer_cert != NULL && req->peer_cert_source != NULL &&
-        strcmp(req->peer_cert_source, "tls") != 0)
+    if (req->peer_cert != NULL &&
+        (req->peer_cert_ref ||
+         (req->peer_cert_source != NULL && strcmp(req->peer_cert_source, "tls") != 0)))
         X509_free(req->peer_cert);
     mdm_free(req->body);
     req->body = NULL;
+    req->body_cap = 0;
     if (s->req_pool_n < REQ_POOL_MAX && !s->stopping) {
         mdm_arena_reset(&req->arena);
         if (req->resp_body.cap > 65536)
@@ -293,6 +296,16 @@ bool mdm_req_query_repeated(mdm_req_t *req, const char **name, size_t *len)
 bool mdm_req_conn_open(const mdm_req_t *req)
 {
     return req->conn != NULL && !req->conn->closing;
+}
+
+void mdm_req_pause_pipeline(mdm_req_t *req)
+{
+    mdm_conn_t *c = req->conn;
+    if (c == NULL || req->responded || c->closing)
+        return;
+    c->paused_by = req;
+    c->blocked = true;
+    conn_update_reading(c);
 }
 
 const char *mdm_http_reason(int status)
@@ -428,6 +441,8 @@ void mdm_resp_send_buf(mdm_req_t *req, int status, const char *ctype)
         req_free(req);
         return;
     }
+    if (c->paused_by == req)
+        c->paused_by = NULL; /* conn_flush parses what follows */
     if (!req->no_hold && mdm_store_pending(c->server->store))
         req->held = true;
     else
@@ -758,10 +773,20 @@ static void pipe_drop(mdm_conn_t *c)
     while (c->pipe_head != NULL) {
         mdm_req_t *r = c->pipe_head;
         pipe_pop(c);
-        if (r->responded)
+        if (r->responded) {
             req_free(r);
-        else
-            r->conn = NULL;
+            continue;
+        }
+        r->conn = NULL;
+        if (c->paused_by == r)
+            c->paused_by = NULL;
+        /* The connection's certificate goes with it; the request, answered
+         * later, keeps a reference of its own. */
+        if (r->peer_cert != NULL && !r->peer_cert_ref && r->peer_cert_source != NULL &&
+            strcmp(r->peer_cert_source, "tls") == 0) {
+            X509_up_ref(r->peer_cert);
+            r->peer_cert_ref = true;
+        }
     }
 }
 
@@ -836,7 +861,8 @@ static void conn_flush(mdm_conn_t *c)
         return;
     }
     update_idle_deadline(c);
-    if (c->blocked && !c->no_more_requests && c->npipe < s->cfg->http_max_pipeline) {
+    if (c->blocked && c->paused_by == NULL && !c->no_more_requests &&
+        c->npipe < s->cfg->http_max_pipeline) {
         c->blocked = false;
         conn_parse(c);
     }
@@ -1130,6 +1156,10 @@ static int on_headers_complete(llhttp_t *p)
     return 0;
 }
 
+/* The most a body's first allocation takes on a client's word
+ * (Content-Length); beyond it the buffer grows as the bytes arrive. */
+#define BODY_FIRST_ALLOC (1u << 20)
+
 static int on_body(llhttp_t *p, const char *at, size_t n)
 {
     mdm_conn_t *c = CONN(p);
@@ -1139,7 +1169,24 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
         c->error_detail = "the body exceeds http.max_body_bytes";
         return -1;
     }
-    req->body = mdm_realloc(req->body, req->body_len + n + 1);
+    size_t need = req->body_len + n + 1;
+    if (need > req->body_cap) {
+        /* The announced length at once (up to BODY_FIRST_ALLOC), then
+         * doubling: growing by each chunk would copy a large body over
+         * and over. */
+        size_t cap = req->body_cap * 2;
+        if (cap < need)
+            cap = need;
+        if (req->body_cap == 0 && (p->flags & F_CONTENT_LENGTH)) {
+            uint64_t whole = req->body_len + n + p->content_length + 1;
+            if (whole > cap)
+                cap = whole < BODY_FIRST_ALLOC ? (size_t)whole : BODY_FIRST_ALLOC;
+        }
+        if (cap < need)
+            cap = need;
+        req->body = mdm_realloc(req->body, cap);
+        req->body_cap = cap;
+    }
     memcpy(req->body + req->body_len, at, n);
     req->body_len += n;
     req->body[req->body_len] = '\0';

@@ -55,8 +55,11 @@ typedef struct mdm_req {
     bool headers_done;        /* the header block ended (what follows are trailers) */
     unsigned char *body;        /* NUL-terminated for convenience */
     size_t body_len;
+    size_t body_cap;            /* bytes allocated for body */
     X509 *peer_cert;            /* verified client certificate or NULL */
     const char *peer_cert_source; /* "tls", "header", or NULL */
+    bool peer_cert_ref;         /* peer_cert holds a reference of its own (a TLS
+                                   connection's certificate outlived by the request) */
     unsigned char peer_fp[32];  /* SHA-256 of peer_cert's DER when peer_fp_ok (TLS: hashed
                                    once per connection) */
     bool peer_fp_ok;
@@ -124,5 +127,11 @@ const char *mdm_http_reason(int status);
 
 /* True while the client connection is still open. */
 bool mdm_req_conn_open(const mdm_req_t *req);
+
+/* Parses and reads no further request of req's connection until req is
+ * answered: for a handler that answers from a later callback and whose
+ * effects the connection's next request must see (pipelined requests are
+ * otherwise handled while an earlier one waits). */
+void mdm_req_pause_pipeline(mdm_req_t *req);
 
 #endif

@@ -91,10 +91,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     mdm_outcome_t out;
     memset(&out, 0, sizeof(out));
+    /* Bit 1: the body parsed ahead, as the server does for large ones. */
+    mdm_parsed_t pre = {0}, *prep = NULL;
+    if (data[0] & 2) {
+        mdm__parse_body(data + 1, size - 1, server.cfg->http_max_body_bytes, &pre);
+        prep = &pre;
+    }
     if (data[0] & 1)
-        mdm__process_report(&m, &id, data + 1, size - 1, &out);
+        mdm__process_report(&m, &id, data + 1, size - 1, prep, &out);
     else
-        mdm__process_checkin(&m, &id, data + 1, size - 1, &out);
+        mdm__process_checkin(&m, &id, data + 1, size - 1, prep, &out);
+    plist_free(pre.msg);
     mdm_buf_free(&out.body);
     return 0;
 }

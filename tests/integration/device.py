@@ -11,6 +11,8 @@ import os
 import plistlib
 import socket
 import ssl
+import threading
+import time
 import uuid as uuidlib
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -209,3 +211,31 @@ class Api:
         body = {"request_type": request_type, "targets": list(targets)}
         body.update(keys)
         return self.call("POST", "/v1/commands", body)
+
+
+class IdlePinger:
+    """Sends Idle after Idle for a device on a thread of its own, recording
+    each round trip (seconds) in .latencies and any status but 200 in
+    .errors, from start() until stop()."""
+
+    def __init__(self, device):
+        self.device = device
+        self.latencies, self.errors = [], []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self):
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            st, _ = self.device.idle()
+            self.latencies.append(time.monotonic() - t0)
+            if st != 200:
+                self.errors.append(st)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()

@@ -1,0 +1,89 @@
+#!/usr/bin/python3
+"""How long other devices wait while one device sends a large report.
+
+One device answers InstalledApplicationList with --apps applications
+(20,000 make about 3.5 MB of XML), --reports times, while a second device
+sends Idle after Idle on its own connection. Prints, per server binary and
+round, the report's round trips and the second device's Idle latencies
+(count, p50, p99, max) over that time. Several binaries are run in turn,
+round by round, so that their figures are side by side in one run:
+
+    /usr/bin/python3 tests/bench/large_report.py build/moonmdm /tmp/old/moonmdm
+
+Uses the integration tests' fixtures (a real server on 127.0.0.1, its own
+data directory). A release build gives the figures worth comparing."""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
+import conftest  # noqa: E402
+from device import Api, Device, IdlePinger  # noqa: E402
+
+
+def apps(n):
+    return [{"Identifier": f"com.example.app{i}", "Name": f"App {i}", "Version": f"1.{i}",
+             "ShortVersion": "1.0", "BundleSize": 1000 + i, "DynamicSize": i,
+             "IsValidated": True} for i in range(n)]
+
+
+def one_round(binary, n_apps, reports):
+    conftest.BIN = os.path.abspath(binary)
+    tmp = tempfile.mkdtemp(prefix="moonmdm-bench-")
+    srv = None
+    try:
+        srv = conftest.Server(conftest.make_datadir(tmp))
+        d, e = Device(srv), Device(srv)
+        for x in (d, e):
+            x.enroll()
+            x.run()
+        api = Api(srv)
+        big = apps(n_apps)
+
+        def handler(cmd):
+            if cmd["Command"]["RequestType"] == "InstalledApplicationList":
+                return "Acknowledged", {"InstalledApplicationList": big}
+            return d.answer(cmd)
+
+        pinger = IdlePinger(e).start()
+        time.sleep(0.3)
+        first = len(pinger.latencies)
+        trips = []
+        try:
+            for _ in range(reports):
+                api.send("InstalledApplicationList", [d.udid])
+                t0 = time.monotonic()
+                d.run(handler=handler)
+                trips.append(time.monotonic() - t0)
+        finally:
+            pinger.stop()
+        w = sorted(pinger.latencies[first:])
+        return {"report_round_trips_s": ",".join(f"{t:.3f}" for t in trips),
+                "idle_n": len(w), "idle_p50_ms": f"{w[len(w) // 2] * 1e3:.2f}",
+                "idle_p99_ms": f"{w[min(len(w) - 1, int(len(w) * 0.99))] * 1e3:.1f}",
+                "idle_max_ms": f"{w[-1] * 1e3:.1f}", "errors": len(pinger.errors)}
+    finally:
+        if srv is not None:
+            srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("binaries", nargs="+")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--apps", type=int, default=20000)
+    ap.add_argument("--reports", type=int, default=3, help="large reports per round")
+    a = ap.parse_args()
+    for r in range(1, a.rounds + 1):
+        for b in a.binaries:
+            res = one_round(b, a.apps, a.reports)
+            print(f"round={r} bin={b} apps={a.apps} " +
+                  " ".join(f"{k}={v}" for k, v in res.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
