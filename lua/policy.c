@@ -1180,14 +1180,88 @@ static void set_field_str(lua_State *L, const char *key, const char *v)
  * (__fill, for pairs and conversions). The records live only for the call:
  * afterwards a field not yet made raises an error that says so. */
 
-typedef struct dev_src {
-    const mdm_policy_device_t *d; /* NULL once the call has returned */
-} dev_src_t;
+/* What a view made on first read is made from: C data that lives only for
+ * the call (a userdata, kept by the registry until the call returns). */
+typedef struct view_src {
+    const void *p; /* NULL once the call has returned */
+} view_src_t;
 
 /* Only their addresses are used: registry keys of the metatable of device
- * tables and of the weak-keyed table real device table -> dev_src_t. */
+ * tables, of the metatable of message tables, and of the weak-keyed table
+ * real view table -> view_src_t. */
 static const char dev_mt_key = 0;
-static const char dev_srcs_key = 0;
+static const char msg_mt_key = 0;
+static const char view_srcs_key = 0;
+
+/* Binds the real view table on the top of the stack to p for the call;
+ * *ref gets a registry reference to the source, for end_view(). */
+static void bind_view(lua_State *L, const void *p, int *ref)
+{
+    luaL_checkstack(L, 4, NULL);
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &view_srcs_key) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_createtable(L, 0, 1);
+        lua_pushliteral(L, "k");
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &view_srcs_key);
+    }
+    lua_pushvalue(L, -2);
+    view_src_t *src = lua_newuserdatauv(L, sizeof(*src), 0);
+    src->p = p;
+    lua_pushvalue(L, -1);
+    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_rawset(L, -3); /* srcs[real] = src */
+    lua_pop(L, 1);
+}
+
+/* The source of the real view table at idx, NULL once its call returned. */
+static const void *view_source(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &view_srcs_key);
+    lua_pushvalue(L, idx);
+    lua_rawget(L, -2);
+    const view_src_t *src = lua_touserdata(L, -1);
+    lua_pop(L, 2);
+    return src != NULL ? src->p : NULL;
+}
+
+/* Ends a view at the end of its call: later reads of fields not made
+ * raise. */
+static void end_view(lua_State *L, int ref)
+{
+    if (ref == LUA_NOREF)
+        return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    view_src_t *src = lua_touserdata(L, -1);
+    if (src != NULL)
+        src->p = NULL;
+    lua_pop(L, 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+}
+
+/* Gets (creating on first use) the shared metatable of views kept under
+ * key, whose __index and __fill are the given functions. */
+static void push_view_mt(lua_State *L, const char *key, lua_CFunction index, lua_CFunction fill)
+{
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TTABLE)
+        return;
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 4);
+    lua_pushcfunction(L, index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, fill);
+    lua_setfield(L, -2, "__fill");
+    lua_pushliteral(L, "read-only");
+    lua_setfield(L, -2, "__metatable");
+    lua_pushboolean(L, 1);
+    lua_rawsetp(L, -2, &mdm__fill_mark);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+}
 
 static const char *const dev_facts[] = {"serial",        "model",       "model_name",
                                         "product",       "os_version",  "build_version",
@@ -1342,18 +1416,13 @@ static void push_dev_field(lua_State *L, const mdm_policy_device_t *d, const cha
  * field k when its call has returned. */
 static const mdm_policy_device_t *dev_records(lua_State *L, int idx, const char *k)
 {
-    idx = lua_absindex(L, idx);
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &dev_srcs_key);
-    lua_pushvalue(L, idx);
-    lua_rawget(L, -2);
-    const dev_src_t *src = lua_touserdata(L, -1);
-    lua_pop(L, 2);
-    if (src == NULL || src->d == NULL)
+    const mdm_policy_device_t *d = view_source(L, idx);
+    if (d == NULL)
         luaL_error(L,
                    "device.%s read after the hook call that received the device returned "
                    "(a device table is valid during its call only: copy what you keep)",
                    k);
-    return src->d;
+    return d;
 }
 
 /* __index of a real device table: makes field k and keeps it. */
@@ -1382,57 +1451,86 @@ static int dev_fill(lua_State *L)
 }
 
 /* Pushes the read-only device view of d; *ref gets a registry reference to
- * its source, which end_device() clears when the call returns. */
+ * its source, which end_view() clears when the call returns. */
 static void push_device(lua_State *L, const mdm_policy_device_t *d, int *ref)
 {
     luaL_checkstack(L, 8, NULL);
     lua_createtable(L, 0, 4);
-    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &dev_mt_key) != LUA_TTABLE) {
-        lua_pop(L, 1);
-        lua_createtable(L, 0, 4);
-        lua_pushcfunction(L, dev_index);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, dev_fill);
-        lua_setfield(L, -2, "__fill");
-        lua_pushliteral(L, "read-only");
-        lua_setfield(L, -2, "__metatable");
-        lua_pushboolean(L, 1);
-        lua_rawsetp(L, -2, &mdm__fill_mark);
-        lua_pushvalue(L, -1);
-        lua_rawsetp(L, LUA_REGISTRYINDEX, &dev_mt_key);
-    }
+    push_view_mt(L, &dev_mt_key, dev_index, dev_fill);
     lua_setmetatable(L, -2);
-    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &dev_srcs_key) != LUA_TTABLE) {
-        lua_pop(L, 1);
-        lua_newtable(L);
-        lua_createtable(L, 0, 1);
-        lua_pushliteral(L, "k");
-        lua_setfield(L, -2, "__mode");
-        lua_setmetatable(L, -2);
-        lua_pushvalue(L, -1);
-        lua_rawsetp(L, LUA_REGISTRYINDEX, &dev_srcs_key);
-    }
-    lua_pushvalue(L, -2);
-    dev_src_t *src = lua_newuserdatauv(L, sizeof(*src), 0);
-    src->d = d;
-    lua_pushvalue(L, -1);
-    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_rawset(L, -3); /* srcs[real] = src */
-    lua_pop(L, 1);
+    bind_view(L, d, ref);
     mdm__make_readonly(L);
 }
 
-/* Ends the device view of a call: later reads of fields not made raise. */
-static void end_device(lua_State *L, int ref)
+/* The message a hook receives (check-in message, report, result) is made
+ * the same way, key by key on first read: a report can be megabytes (an
+ * InstalledApplicationList of thousands of apps), and a connect hook that
+ * reads report.Status would otherwise pay for a table of every app, on the
+ * loop and out of the policy's memory. A key's value is made whole when
+ * first read. */
+
+/* __index of a real message table: makes the value of key k and keeps it. */
+static int msg_index(lua_State *L)
 {
-    if (ref == LUA_NOREF)
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return 0;
+    const char *k = lua_tostring(L, 2);
+    plist_t msg = (plist_t)view_source(L, 1);
+    if (msg == NULL)
+        return luaL_error(L,
+                          "message field '%s' read after the hook call that received the message "
+                          "returned (a message table is valid during its call only: copy what "
+                          "you keep)",
+                          k);
+    plist_t v = plist_dict_get_item(msg, k);
+    if (v == NULL)
+        return 0;
+    mdm__push_plist(L, v, true);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, 1);
+    return 1;
+}
+
+/* __fill: makes every key not made yet. */
+static int msg_fill(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    plist_t msg = (plist_t)view_source(L, 1);
+    if (msg == NULL)
+        return 0; /* what was read during the call is all there is */
+    plist_dict_iter it = NULL;
+    plist_dict_new_iter(msg, &it);
+    for (;;) {
+        char *key = NULL;
+        plist_t v = NULL;
+        plist_dict_next_item(msg, it, &key, &v);
+        if (key == NULL)
+            break;
+        lua_pushstring(L, key);
+        free(key); /* libplist's own malloc */
+        lua_gettable(L, 1); /* made through msg_index when not made yet */
+        lua_pop(L, 1);
+    }
+    free(it);
+    return 0;
+}
+
+/* Pushes the read-only view of the dictionary msg (an empty table when it
+ * is none); *ref as for push_device. */
+static void push_message(lua_State *L, plist_t msg, int *ref)
+{
+    if (msg == NULL || plist_get_node_type(msg) != PLIST_DICT) {
+        lua_newtable(L);
+        mdm__make_readonly(L);
         return;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
-    dev_src_t *src = lua_touserdata(L, -1);
-    if (src != NULL)
-        src->d = NULL;
-    lua_pop(L, 1);
-    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    }
+    luaL_checkstack(L, 8, NULL);
+    lua_createtable(L, 0, 4);
+    push_view_mt(L, &msg_mt_key, msg_index, msg_fill);
+    lua_setmetatable(L, -2);
+    bind_view(L, msg, ref);
+    mdm__make_readonly(L);
 }
 
 /* ---- one hook call ------------------------------------------------------------------- */
@@ -1451,6 +1549,7 @@ typedef struct run {
     uint64_t waited_ns;            /* past the time budget while the thread was not running */
     int outcome;
     int dev_ref;                   /* the device view's source (LUA_NOREF: none) */
+    int msg_ref;                   /* the message view's source (LUA_NOREF: none) */
     bool deferred;                 /* stopped for a password hash made off the loop */
 } run_t;
 
@@ -1742,7 +1841,7 @@ static int push_args(lua_State *L, run_t *r)
     case MDM_POLICY_HOOK_CONNECT:
     case MDM_POLICY_HOOK_RESULT:
         push_device(L, in->dev, &r->dev_ref);
-        push_container(L, in->a, PLIST_DICT);
+        push_message(L, in->a, &r->msg_ref);
         return 2;
     case MDM_POLICY_HOOK_GROUPS:
         push_device(L, in->dev, &r->dev_ref);
@@ -1861,8 +1960,10 @@ static void invoke(mdm_policy_t *p, lua_State *L, run_t *r)
         kill = MDM__KILL_TIME;
     if (kill == MDM__KILL_TIME)
         p->sb.last_limit_ns = p->budget_ns[r->hook];
-    end_device(L, r->dev_ref);
+    end_view(L, r->dev_ref);
     r->dev_ref = LUA_NOREF;
+    end_view(L, r->msg_ref);
+    r->msg_ref = LUA_NOREF;
     r->duration_ns = mdm_mono_ns() - t0;
     if (r->call.pwcheck != NULL) {
         r->call.pwcheck->lua_ns += r->duration_ns;
@@ -2252,7 +2353,13 @@ int mdm__policy_call(mdm_policy_t *p, int hook, const mdm__call_t *tmpl,
         decision_fail_closed(out, hook, msgtype);
         return 0;
     }
-    run_t r = {.p = p, .hook = hook, .in = in, .out = out, .call = *tmpl, .dev_ref = LUA_NOREF};
+    run_t r = {.p = p,
+               .hook = hook,
+               .in = in,
+               .out = out,
+               .call = *tmpl,
+               .dev_ref = LUA_NOREF,
+               .msg_ref = LUA_NOREF};
     r.call.hook = hook;
     int64_t now_ms = mdm_now_ms();
     if (p->mode == MDM__MODE_SERVER && p->suspended_until_ms[hook] > now_ms) {
@@ -2428,7 +2535,7 @@ int mdm__test_call(lua_State *L)
     if (hook < 0)
         return luaL_error(L, "mdm.test.call: unknown hook \"%s\"", name);
     int nargs = lua_gettop(L) - 1;
-    run_t r = {.p = p, .hook = hook, .nlua = nargs, .dev_ref = LUA_NOREF};
+    run_t r = {.p = p, .hook = hook, .nlua = nargs, .dev_ref = LUA_NOREF, .msg_ref = LUA_NOREF};
     if (hook == MDM_POLICY_HOOK_CHECKIN && nargs >= 2 && lua_istable(L, 3)) {
         if (lua_getfield(L, 3, "MessageType") == LUA_TSTRING)
             snprintf(r.msgtype, sizeof(r.msgtype), "%s", lua_tostring(L, -1));

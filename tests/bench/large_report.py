@@ -30,12 +30,15 @@ def apps(n):
              "IsValidated": True} for i in range(n)]
 
 
-def one_round(binary, n_apps, reports):
+def one_round(binary, n_apps, reports, policy):
     conftest.BIN = os.path.abspath(binary)
     tmp = tempfile.mkdtemp(prefix="moonmdm-bench-")
     srv = None
     try:
-        srv = conftest.Server(conftest.make_datadir(tmp))
+        dd = conftest.make_datadir(tmp)
+        if policy:
+            dd.write_config('  policy = { dir = "%s" },' % os.path.abspath(policy))
+        srv = conftest.Server(dd)
         d, e = Device(srv), Device(srv)
         for x in (d, e):
             x.enroll()
@@ -77,11 +80,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--apps", type=int, default=20000)
     ap.add_argument("--reports", type=int, default=3, help="large reports per round")
+    ap.add_argument("--policy", metavar="DIR",
+                    help="policy directory (e.g. policies/, the shipped one); none by default")
     a = ap.parse_args()
     for r in range(1, a.rounds + 1):
         for b in a.binaries:
-            res = one_round(b, a.apps, a.reports)
-            print(f"round={r} bin={b} apps={a.apps} " +
+            res = one_round(b, a.apps, a.reports, a.policy)
+            print(f"round={r} bin={b} apps={a.apps} policy={a.policy or '-'} " +
                   " ".join(f"{k}={v}" for k, v in res.items()), flush=True)
 
 

@@ -1,6 +1,7 @@
 """Large MDM messages: bodies of 64 KiB or more (an InstalledApplicationList
 of thousands of apps) are parsed in the thread pool, and the loop goes on
 serving everyone else meanwhile."""
+import os
 import plistlib
 import re
 import time
@@ -218,3 +219,64 @@ def test_a_large_report_does_not_stop_other_devices(server):
     if WRAPPER:
         return  # under valgrind every iteration is slow: no bound holds
     assert slow_iterations(server, le) == before, sorted(pinger.latencies)[-5:]
+
+
+# The message a hook receives is made key by key on first read: a connect
+# hook that reads report.Status does not pay for a table of 20,000 apps.
+# A key's value is whole once read, pairs() sees every key, and a table
+# kept past its call raises when a key not read during the call is read.
+VIEW_POLICY = r'''
+local kept
+return {
+  result = function(device, result)
+    if result.RequestType == "ProfileList" then
+      kept = result              -- nothing else of it is read in this call
+      return
+    end
+    if result.RequestType ~= "InstalledApplicationList" then return end
+    local keys = {}
+    for k in pairs(result) do keys[#keys + 1] = k end
+    table.sort(keys)
+    local ok, err = pcall(function() return kept.UDID end)
+    local list = result.InstalledApplicationList
+    return { facts = { view_keys = table.concat(keys, ","), view_apps = #list,
+                       view_last = list[#list].Identifier, view_stale_ok = ok,
+                       view_stale_err = tostring(err) } }
+  end,
+  connect = function(device, report)
+    if report.Status ~= "Idle" then return end
+  end,
+}
+'''
+
+
+def test_hooks_read_a_large_report_key_by_key(datadir, tmpdir_path):
+    pdir = os.path.join(tmpdir_path, "viewpolicy")
+    os.makedirs(pdir)
+    with open(os.path.join(pdir, "init.lua"), "w") as f:
+        f.write(VIEW_POLICY)
+    datadir.write_config('  policy = { dir = "%s" },' % pdir)
+    srv = Server(datadir)
+    try:
+        api = Api(srv)
+        d = enrolled(srv)
+        api.send("ProfileList", [d.udid])
+        api.send("InstalledApplicationList", [d.udid])
+        big = apps(3000)
+
+        def h(cmd):
+            if cmd["Command"]["RequestType"] == "InstalledApplicationList":
+                return "Acknowledged", {"InstalledApplicationList": big}
+            return d.answer(cmd)
+        got = d.run(handler=h)
+        assert [c["Command"]["RequestType"] for c in got] == ["ProfileList",
+                                                              "InstalledApplicationList"]
+        facts = api.call("GET", "/v1/devices/" + d.udid)[1]["facts"]
+        assert facts["view_keys"] == \
+            "CommandUUID,InstalledApplicationList,RequestType,Status,UDID", facts
+        assert facts["view_apps"] == 3000 and facts["view_last"] == "com.example.app2999"
+        assert facts["view_stale_ok"] is False
+        assert "read after the hook call that received the message returned" in \
+            facts["view_stale_err"], facts["view_stale_err"]
+    finally:
+        assert srv.stop(timeout=120 if WRAPPER else 30) == 0, srv.log()[-3000:]
