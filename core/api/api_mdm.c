@@ -521,21 +521,43 @@ static void handle_device_commands(mdm_req_t *req)
     mdm_api_send_json(req, 200, o);
 }
 
+/* A target's report, copied out of the read view, to convert to JSON. */
+typedef struct raw_result {
+    json_t *target; /* the target's object (the targets object holds it) */
+    mdm_buf_t raw;
+} raw_result_t;
+
 struct cmd_show_ctx {
     const char *uuid;
     json_t *targets;
     mdm_command_info_t info;
     mdm_buf_t plist;
+    raw_result_t *raws;
+    size_t nraws, raws_cap;
+    size_t raw_bytes;
 };
 
 static int cmd_target_fn(const mdm_result_t *r, void *arg)
 {
-    json_t *o = result_json(r, false, true);
+    struct cmd_show_ctx *c = arg;
+    json_t *o = result_json(r, false, false);
     json_object_del(o, "_queued_ms");
     json_object_del(o, "_seq");
     json_object_del(o, "command_uuid");
     json_object_del(o, "request_type");
-    json_object_set_new((json_t *)arg, r->eid, o);
+    json_object_set_new(o, "result", json_null());
+    json_object_set_new(c->targets, r->eid, o);
+    if (r->raw == NULL)
+        return 0;
+    if (c->nraws == c->raws_cap) {
+        c->raws_cap = c->raws_cap ? 2 * c->raws_cap : 8;
+        c->raws = mdm_realloc(c->raws, c->raws_cap * sizeof(*c->raws));
+    }
+    raw_result_t *x = &c->raws[c->nraws++];
+    x->target = o;
+    x->raw = (mdm_buf_t)MDM_BUF_INIT;
+    mdm_buf_append(&x->raw, r->raw, r->raw_len);
+    c->raw_bytes += r->raw_len;
     return 0;
 }
 
@@ -545,7 +567,71 @@ static int cmd_show_fn(mdm_txn_t *txn, void *arg)
     int rc = mdm_command_get(txn, c->uuid, &c->info, &c->plist);
     if (rc != 0)
         return rc;
-    return mdm_results_of_command(txn, c->uuid, cmd_target_fn, c->targets);
+    return mdm_results_of_command(txn, c->uuid, cmd_target_fn, c);
+}
+
+static void raws_free(struct cmd_show_ctx *c)
+{
+    for (size_t i = 0; i < c->nraws; i++)
+        mdm_buf_free(&c->raws[i].raw);
+    mdm_free(c->raws);
+    c->raws = NULL;
+    c->nraws = c->raws_cap = 0;
+}
+
+/* Puts each report, as JSON, into its target's "result" (null when it does
+ * not convert). Safe in the thread pool: it touches only these objects. */
+static void raws_convert(struct cmd_show_ctx *c)
+{
+    for (size_t i = 0; i < c->nraws; i++) {
+        plist_t p = NULL;
+        if (mdm_plist_load(c->raws[i].raw.data, c->raws[i].raw.len, &p) == 0) {
+            json_object_set_new(c->raws[i].target, "result", mdm_plist_to_json(p));
+            plist_free(p);
+        }
+        mdm_buf_free(&c->raws[i].raw);
+    }
+}
+
+/* The reports of a command's targets can add up to megabytes (an
+ * InstalledApplicationList of thousands of apps per device): from this many
+ * bytes on, they are converted to JSON, and the answer written, in the
+ * thread pool, so that the loop serves everyone else meanwhile. */
+#define RESULTS_IN_POOL_BYTES (64u << 10)
+
+typedef struct show_job {
+    uv_work_t work;
+    mdm_req_t *req;
+    struct cmd_show_ctx c;
+    json_t *answer;
+    char *text; /* the answer, serialized */
+} show_job_t;
+
+static void show_work(uv_work_t *w)
+{
+    show_job_t *j = w->data;
+    raws_convert(&j->c);
+    j->text = json_dumps(j->answer, JSON_COMPACT | JSON_ENSURE_ASCII);
+    json_decref(j->answer);
+    j->answer = NULL;
+}
+
+static void show_after(uv_work_t *w, int status)
+{
+    show_job_t *j = w->data;
+    mdm_req_t *req = j->req;
+    if (status != 0 || j->text == NULL) {
+        mdm_resp_json_error(req, 500, "internal", "the answer could not be built");
+    } else {
+        mdm_buf_reset(&req->resp_body);
+        mdm_buf_puts(&req->resp_body, j->text);
+        mdm_buf_putc(&req->resp_body, '\n');
+        mdm_resp_send_buf(req, 200, "application/json");
+    }
+    free(j->text);
+    json_decref(j->answer);
+    raws_free(&j->c);
+    mdm_free(j);
 }
 
 static void handle_command(mdm_req_t *req)
@@ -555,6 +641,7 @@ static void handle_command(mdm_req_t *req)
     if (rc != 0) {
         json_decref(c.targets);
         mdm_buf_free(&c.plist);
+        raws_free(&c);
         if (rc == MDM_ENOTFOUND)
             mdm_resp_json_error(req, 404, "not_found",
                                 "no such command (or its results were pruned)");
@@ -575,6 +662,19 @@ static void handle_command(mdm_req_t *req)
     }
     json_object_set_new(o, "targets", c.targets);
     mdm_buf_free(&c.plist);
+    if (c.raw_bytes >= RESULTS_IN_POOL_BYTES) {
+        show_job_t *j = mdm_calloc(1, sizeof(*j));
+        j->req = req;
+        j->c = c;
+        j->answer = o;
+        j->work.data = j;
+        if (uv_queue_work(req->server->loop, &j->work, show_work, show_after) == 0)
+            return;
+        c = j->c; /* not started: convert here */
+        mdm_free(j);
+    }
+    raws_convert(&c);
+    raws_free(&c);
     mdm_api_send_json(req, 200, o);
 }
 

@@ -180,6 +180,27 @@ def test_a_large_signed_report_is_parsed_in_the_pool(datadir):
         assert srv.stop(timeout=120 if WRAPPER else 30) == 0, srv.log()[-3000:]
 
 
+def test_a_command_s_large_results_are_shown_whole(server):
+    """GET /v1/commands/{uuid} converts the reports of its targets to JSON
+    in the thread pool when they are large: every target is there, with its
+    report, or null for a target that has not answered."""
+    api = Api(server)
+    a, b, idle = enrolled(server), enrolled(server), enrolled(server)
+    uuid = api.send("InstalledApplicationList", [a.udid, b.udid, idle.udid])[1]["command_uuid"]
+    for d, n in ((a, 1500), (b, 700)):
+        d.run(handler=lambda cmd, n=n: ("Acknowledged", {"InstalledApplicationList": apps(n)}))
+    st, c = api.call("GET", "/v1/commands/" + uuid)
+    assert st == 200, c
+    assert c["request_type"] == "InstalledApplicationList"
+    t = c["targets"]
+    assert set(t) == {a.udid, b.udid, idle.udid}
+    assert len(t[a.udid]["result"]["InstalledApplicationList"]) == 1500
+    assert t[b.udid]["result"]["InstalledApplicationList"][699]["Identifier"] == \
+        "com.example.app699"
+    assert t[a.udid]["status"] == t[b.udid]["status"] == "Acknowledged"
+    assert t[idle.udid]["result"] is None and t[idle.udid]["status"] == "Queued"
+
+
 def slow_iterations(srv, le):
     """Event loop iterations that worked longer than le seconds (a bucket
     bound of moonmdm_loop_busy_seconds) since the server started."""
@@ -192,8 +213,9 @@ def slow_iterations(srv, le):
 
 @pytest.mark.timing
 def test_a_large_report_does_not_stop_other_devices(server):
-    """A 20,000-app report (3.5 MB of XML) takes 100-200 ms to parse: in the
-    pool, the loop goes on, and another device's Idle is not held for it."""
+    """A 20,000-app report (3.5 MB of XML) takes 100-200 ms to parse, and as
+    long to convert back to JSON for the admin API: both happen in the
+    pool, and the loop goes on serving another device's Idles."""
     api = Api(server)
     d = enrolled(server)
     e = enrolled(server)
@@ -212,6 +234,14 @@ def test_a_large_report_does_not_stop_other_devices(server):
                     return "Acknowledged", {"InstalledApplicationList": big}
                 return d.answer(cmd)
             d.run(handler=h)
+        # The admin reads the results back: 3.5 MB of XML to JSON each.
+        st, hist = api.call("GET", f"/v1/devices/{d.udid}/commands")
+        assert st == 200
+        for cmd in hist["commands"]:
+            if cmd["request_type"] == "InstalledApplicationList":
+                st, c = api.call("GET", "/v1/commands/" + cmd["command_uuid"])
+                assert st == 200
+                assert len(c["targets"][d.udid]["result"]["InstalledApplicationList"]) == 20000
     finally:
         pinger.stop()
     assert pinger.errors == []
