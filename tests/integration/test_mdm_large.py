@@ -1,6 +1,7 @@
 """Large MDM messages: bodies of 64 KiB or more (an InstalledApplicationList
-of thousands of apps) are parsed in the thread pool, and the loop goes on
-serving everyone else meanwhile."""
+of thousands of apps) are parsed in the thread pool, policy hooks read them
+key by key, and GET /v1/commands/{uuid} converts large results back to JSON
+in the pool: the loop goes on serving everyone else meanwhile."""
 import os
 import plistlib
 import re
@@ -31,7 +32,7 @@ def parsed_in_pool(srv):
 def enrolled(srv):
     d = Device(srv)
     d.enroll()
-    d.run()  # what the shipped policy queues at enrollment
+    d.run()  # a first session (a policy may queue commands at enrollment)
     return d
 
 
