@@ -107,6 +107,27 @@ static bool query_bool(mdm_req_t *req, const char *name, int *out)
     return true;
 }
 
+/* Reads the "cursor" query parameter (an enrollment id this server gave as
+ * next_cursor) into *cur; *cursor points at it, or is NULL when absent.
+ * Answers 400 and returns false on a bad one. */
+static bool query_cursor(mdm_req_t *req, mdm_buf_t *cur, const char **cursor)
+{
+    *cursor = NULL;
+    int crc = mdm_req_query(req, "cursor", cur, true);
+    if (crc == 0 && cur->len > 0)
+        *cursor = cur->data;
+    if (crc == MDM_EPARSE) {
+        bad_query(req, "cursor", "a bad percent-escape");
+        return false;
+    }
+    if (cur->len > MDM_ENROLLMENT_ID_MAX) {
+        mdm_resp_json_error(req, 400, "bad_request",
+                            "cursor: not one this server gave (longer than an enrollment id)");
+        return false;
+    }
+    return true;
+}
+
 /* ---- devices ------------------------------------------------------------- */
 
 /* The enrollment as JSON: no secrets, only whether they are present. */
@@ -236,18 +257,8 @@ static void handle_devices(mdm_req_t *req)
         !query_long(req, "limit", 100, 1000, &l.limit))
         return;
     mdm_buf_t cur = MDM_BUF_INIT;
-    int crc = mdm_req_query(req, "cursor", &cur, true);
-    if (crc == 0 && cur.len > 0)
-        l.cursor = cur.data;
-    if (crc == MDM_EPARSE) {
+    if (!query_cursor(req, &cur, &l.cursor)) {
         mdm_buf_free(&cur);
-        bad_query(req, "cursor", "a bad percent-escape");
-        return;
-    }
-    if (cur.len > MDM_ENROLLMENT_ID_MAX) {
-        mdm_buf_free(&cur);
-        mdm_resp_json_error(req, 400, "bad_request",
-                            "cursor: not one this server gave (longer than an enrollment id)");
         return;
     }
     l.arr = json_array();
@@ -532,21 +543,36 @@ struct cmd_show_ctx {
     json_t *targets;
     mdm_command_info_t info;
     mdm_buf_t plist;
+    const char *cursor;           /* the first target to show, or NULL */
+    long limit;                   /* targets to show, 0: all */
+    long shown;
+    bool with_results;            /* the reports too */
+    char next[sizeof(((mdm_result_t *)0)->eid)]; /* the first target not shown ("": none) */
     raw_result_t *raws;
     size_t nraws, raws_cap;
     size_t raw_bytes;
 };
 
+/* cmd_target_fn's way of ending the walk once a page is full. */
+#define PAGE_FULL 1
+
 static int cmd_target_fn(const mdm_result_t *r, void *arg)
 {
     struct cmd_show_ctx *c = arg;
+    if (c->limit > 0 && c->shown == c->limit) {
+        snprintf(c->next, sizeof(c->next), "%s", r->eid);
+        return PAGE_FULL;
+    }
+    c->shown++;
     json_t *o = result_json(r, false, false);
     json_object_del(o, "_queued_ms");
     json_object_del(o, "_seq");
     json_object_del(o, "command_uuid");
     json_object_del(o, "request_type");
-    json_object_set_new(o, "result", json_null());
     json_object_set_new(c->targets, r->eid, o);
+    if (!c->with_results)
+        return 0;
+    json_object_set_new(o, "result", json_null());
     if (r->raw == NULL)
         return 0;
     if (c->nraws == c->raws_cap) {
@@ -567,7 +593,8 @@ static int cmd_show_fn(mdm_txn_t *txn, void *arg)
     int rc = mdm_command_get(txn, c->uuid, &c->info, &c->plist);
     if (rc != 0)
         return rc;
-    return mdm_results_of_command(txn, c->uuid, cmd_target_fn, c);
+    rc = mdm_results_of_command_from(txn, c->uuid, c->cursor, cmd_target_fn, c);
+    return rc == PAGE_FULL ? 0 : rc;
 }
 
 static void raws_free(struct cmd_show_ctx *c)
@@ -636,8 +663,19 @@ static void show_after(uv_work_t *w, int status)
 
 static void handle_command(mdm_req_t *req)
 {
-    struct cmd_show_ctx c = {.uuid = req->params[0], .targets = json_object()};
+    struct cmd_show_ctx c = {.uuid = req->params[0]};
+    int results = -1;
+    mdm_buf_t cur = MDM_BUF_INIT;
+    if (!query_long(req, "limit", 0, 1000, &c.limit) || !query_bool(req, "results", &results) ||
+        !query_cursor(req, &cur, &c.cursor)) {
+        mdm_buf_free(&cur);
+        return;
+    }
+    c.with_results = results != 0;
+    c.targets = json_object();
     int rc = mdm_store_view(req->server->store, cmd_show_fn, &c);
+    mdm_buf_free(&cur);
+    c.cursor = NULL;
     if (rc != 0) {
         json_decref(c.targets);
         mdm_buf_free(&c.plist);
@@ -661,6 +699,7 @@ static void handle_command(mdm_req_t *req)
         plist_free(p);
     }
     json_object_set_new(o, "targets", c.targets);
+    json_object_set_new(o, "next_cursor", c.next[0] ? json_string(c.next) : json_null());
     mdm_buf_free(&c.plist);
     if (c.raw_bytes >= RESULTS_IN_POOL_BYTES) {
         show_job_t *j = mdm_calloc(1, sizeof(*j));

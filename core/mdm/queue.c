@@ -1166,13 +1166,22 @@ int mdm_results_of_enrollment(mdm_txn_t *txn, const char *eid, mdm_result_fn fn,
 
 int mdm_results_of_command(mdm_txn_t *txn, const char *uuid, mdm_result_fn fn, void *arg)
 {
+    return mdm_results_of_command_from(txn, uuid, NULL, fn, arg);
+}
+
+int mdm_results_of_command_from(mdm_txn_t *txn, const char *uuid, const char *from_eid,
+                                mdm_result_fn fn, void *arg)
+{
     mdm_buf_t k = MDM_BUF_INIT;
     cmdt_key(&k, uuid, NULL);
+    size_t plen = k.len;
+    if (from_eid != NULL)
+        mdm_buf_puts(&k, from_eid);
     mdm_cursor_t *c = NULL;
     int rc = mdm_cursor_open(txn, MDM_T_INDEX, &c);
     if (rc == 0) {
-        mdm_val_t prefix = MDM_VAL(k.data, k.len), ck, cv;
-        for (rc = mdm_cursor_seek(c, prefix, &ck, &cv); rc == 0 && mdm_val_has_prefix(ck, prefix);
+        mdm_val_t prefix = MDM_VAL(k.data, plen), start = MDM_VAL(k.data, k.len), ck, cv;
+        for (rc = mdm_cursor_seek(c, start, &ck, &cv); rc == 0 && mdm_val_has_prefix(ck, prefix);
              rc = mdm_cursor_next(c, &ck, &cv)) {
             char eid[EID_MAX + 1];
             size_t el = ck.len - prefix.len;

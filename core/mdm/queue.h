@@ -147,8 +147,13 @@ int mdm_result_get(mdm_txn_t *txn, const char *eid, const char *uuid, mdm_result
 /* Calls fn for every result of eid (any order). */
 int mdm_results_of_enrollment(mdm_txn_t *txn, const char *eid, mdm_result_fn fn, void *arg);
 
-/* Calls fn for every target of command uuid. */
+/* Calls fn for every target of command uuid, in enrollment id order; a
+ * value other than 0 from fn ends the walk and is returned. */
 int mdm_results_of_command(mdm_txn_t *txn, const char *uuid, mdm_result_fn fn, void *arg);
+
+/* The same from the target from_eid on (inclusive; NULL: the first). */
+int mdm_results_of_command_from(mdm_txn_t *txn, const char *uuid, const char *from_eid,
+                                mdm_result_fn fn, void *arg);
 
 /* Deletes up to max terminal results completed before cutoff_ms (and the
  * commands no target needs any more). *n gets the number deleted. */

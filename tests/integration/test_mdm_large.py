@@ -202,6 +202,48 @@ def test_a_command_s_large_results_are_shown_whole(server):
     assert t[idle.udid]["result"] is None and t[idle.udid]["status"] == "Queued"
 
 
+def test_a_command_s_targets_come_in_pages(server):
+    """?limit pages through a command's targets (in enrollment id order,
+    next_cursor to go on), and ?results=false leaves the reports out."""
+    api = Api(server)
+    devs = [enrolled(server) for _ in range(5)]
+    ids = sorted(d.udid for d in devs)
+    uuid = api.send("InstalledApplicationList", ids)[1]["command_uuid"]
+    for d in devs[:3]:
+        d.run(handler=lambda cmd: ("Acknowledged", {"InstalledApplicationList": apps(10)}))
+    st, whole = api.call("GET", "/v1/commands/" + uuid)
+    assert st == 200 and sorted(whole["targets"]) == ids and whole["next_cursor"] is None
+    seen, cursor, pages = [], None, 0
+    while True:
+        q = "?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        st, page = api.call("GET", f"/v1/commands/{uuid}{q}")
+        assert st == 200, page
+        pages += 1
+        assert 1 <= len(page["targets"]) <= 2
+        for eid, t in page["targets"].items():
+            assert t == whole["targets"][eid]
+        seen += sorted(page["targets"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        assert pages < 5
+    assert seen == ids and pages == 3
+    st, bare = api.call("GET", f"/v1/commands/{uuid}?results=false&limit=0")
+    assert st == 200 and sorted(bare["targets"]) == ids
+    assert all("result" not in t for t in bare["targets"].values())
+    assert sum(t["status"] == "Acknowledged" for t in bare["targets"].values()) == 3
+    for q, err in (("?limit=-1", "bad_query"), ("?limit=two", "bad_query"),
+                   ("?results=maybe", "bad_query"), ("?cursor=" + "x" * 300, "bad_request")):
+        st, e = api.call("GET", f"/v1/commands/{uuid}{q}")
+        assert st == 400 and e["error"] == err, (q, st, e)
+    # A bad escape, sent as is (an HTTP library would escape the '%').
+    with server.connect() as sock:
+        http_request(sock, "GET", f"/v1/commands/{uuid}?cursor=%zz",
+                     {"Authorization": "Bearer " + api.key})
+        resp = read_response(sock)
+        assert resp.status == 400 and b"bad_query" in resp.body, (resp.status, resp.body)
+
+
 def slow_iterations(srv, le):
     """Event loop iterations that worked longer than le seconds (a bucket
     bound of moonmdm_loop_busy_seconds) since the server started."""
