@@ -1676,6 +1676,10 @@ void mdm__conn_accept(mdm_server_t *s, mdm_listener_t *l)
         return;
     }
     llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
+    /* Any HTTP/x.y reaches on_headers_complete, which serves 1.x (a 1.2
+     * request is answered as 1.1 would be, RFC 9112 section 2.3) and
+     * answers 505 to other majors; llhttp alone refuses 1.2 as invalid. */
+    c->parser.lenient_flags |= LENIENT_VERSION;
     c->parser.data = c;
     set_deadline(c, DL_READ, s->cfg->http_read_timeout_ms);
     conn_update_reading(c);
