@@ -1113,7 +1113,7 @@ static int on_headers_complete(llhttp_t *p)
     }
     if (llhttp_get_http_major(p) != 1) {
         c->error_status = 505;
-        c->error_detail = "only HTTP/1.0 and HTTP/1.1 are served";
+        c->error_detail = "only HTTP/1.x is served (answered as HTTP/1.1)";
         return -1;
     }
     int te_status = check_transfer_codings(req, &c->error_detail);
@@ -1300,7 +1300,7 @@ static void conn_parse(mdm_conn_t *c)
         }
         if (e == HPE_INVALID_VERSION && !c->error_status) {
             c->error_status = 505; /* a version llhttp does not know */
-            c->error_detail = "only HTTP/1.0 and HTTP/1.1 are served";
+            c->error_detail = "only HTTP/1.x is served (answered as HTTP/1.1)";
         }
         int status = c->error_status ? c->error_status : 400;
         const char *detail = c->error_detail ? c->error_detail : llhttp_get_error_reason(&c->parser);
