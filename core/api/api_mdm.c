@@ -30,17 +30,23 @@
 
 /* ---- helpers ------------------------------------------------------------- */
 
+/* Sends JSON already serialized (text from json_dumps, freed here). */
+static void send_json_text(mdm_req_t *req, int status, char *text)
+{
+    mdm_buf_reset(&req->resp_body);
+    if (text != NULL) {
+        mdm_buf_puts(&req->resp_body, text);
+        mdm_buf_putc(&req->resp_body, '\n');
+        free(text);
+    }
+    mdm_resp_send_buf(req, status, "application/json");
+}
+
 void mdm_api_send_json(mdm_req_t *req, int status, json_t *j)
 {
     char *s = json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII);
     json_decref(j);
-    mdm_buf_reset(&req->resp_body);
-    if (s != NULL) {
-        mdm_buf_puts(&req->resp_body, s);
-        mdm_buf_putc(&req->resp_body, '\n');
-        free(s);
-    }
-    mdm_resp_send_buf(req, status, "application/json");
+    send_json_text(req, status, s);
 }
 
 static json_t *json_time(int64_t ms)
@@ -648,14 +654,11 @@ static void show_after(uv_work_t *w, int status)
     show_job_t *j = w->data;
     mdm_req_t *req = j->req;
     if (status != 0 || j->text == NULL) {
+        free(j->text);
         mdm_resp_json_error(req, 500, "internal", "the answer could not be built");
     } else {
-        mdm_buf_reset(&req->resp_body);
-        mdm_buf_puts(&req->resp_body, j->text);
-        mdm_buf_putc(&req->resp_body, '\n');
-        mdm_resp_send_buf(req, 200, "application/json");
+        send_json_text(req, 200, j->text);
     }
-    free(j->text);
     json_decref(j->answer);
     raws_free(&j->c);
     mdm_free(j);

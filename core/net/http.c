@@ -173,14 +173,23 @@ static mdm_req_t *req_new(mdm_conn_t *c)
 
 static void account_request(mdm_req_t *req);
 
+/* Whether req->peer_cert is the request's to free: a certificate from a
+ * proxy header is, and so is a TLS connection's once the request took a
+ * reference of its own (it outlived its connection); otherwise it is the
+ * connection's. */
+static bool req_owns_cert(const mdm_req_t *req)
+{
+    return req->peer_cert != NULL &&
+           (req->peer_cert_ref ||
+            (req->peer_cert_source != NULL && strcmp(req->peer_cert_source, "tls") != 0));
+}
+
 static void req_free(mdm_req_t *req)
 {
     mdm_server_t *s = req->server;
     if (req->responded)
         account_request(req); /* a held answer whose connection went away */
-    if (req->peer_cert != NULL &&
-        (req->peer_cert_ref ||
-         (req->peer_cert_source != NULL && strcmp(req->peer_cert_source, "tls") != 0)))
+    if (req_owns_cert(req))
         X509_free(req->peer_cert);
     mdm_free(req->body);
     req->body = NULL;
@@ -782,8 +791,7 @@ static void pipe_drop(mdm_conn_t *c)
             c->paused_by = NULL;
         /* The connection's certificate goes with it; the request, answered
          * later, keeps a reference of its own. */
-        if (r->peer_cert != NULL && !r->peer_cert_ref && r->peer_cert_source != NULL &&
-            strcmp(r->peer_cert_source, "tls") == 0) {
+        if (r->peer_cert != NULL && !req_owns_cert(r)) {
             X509_up_ref(r->peer_cert);
             r->peer_cert_ref = true;
         }
@@ -1175,12 +1183,9 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
          * doubling: growing by each chunk would copy a large body over
          * and over. */
         size_t cap = req->body_cap * 2;
-        if (cap < need)
-            cap = need;
         if (req->body_cap == 0 && (p->flags & F_CONTENT_LENGTH)) {
             uint64_t whole = req->body_len + n + p->content_length + 1;
-            if (whole > cap)
-                cap = whole < BODY_FIRST_ALLOC ? (size_t)whole : BODY_FIRST_ALLOC;
+            cap = whole < BODY_FIRST_ALLOC ? (size_t)whole : BODY_FIRST_ALLOC;
         }
         if (cap < need)
             cap = need;
