@@ -190,6 +190,24 @@ static char *escape_segment(const char *s)
     return r;
 }
 
+/* One page of a paged listing: GET path, with the cursor (when not NULL)
+ * appended, into body. Returns the parsed answer when the server answered
+ * 200 with JSON, else NULL (*st says what it answered). */
+static json_t *get_page(api_client_t *c, mdm_buf_t *path, const char *cursor, mdm_buf_t *body,
+                        long *st)
+{
+    if (cursor != NULL) {
+        char *e = escape_segment(cursor);
+        mdm_buf_printf(path, "%ccursor=%s", strchr(path->data, '?') ? '&' : '?', e);
+        mdm_free(e);
+    }
+    mdm_buf_reset(body);
+    *st = api_call(c, "GET", path->data, NULL, NULL, 0, body);
+    mdm_buf_free(path);
+    json_error_t je;
+    return *st == 200 ? json_loadb(body->data, body->len, 0, &je) : NULL;
+}
+
 /* device list: every page (or the first N devices), as one list. */
 static int list_devices(api_client_t *c, mdm_buf_t *body)
 {
@@ -204,16 +222,7 @@ static int list_devices(api_client_t *c, mdm_buf_t *body)
             want = (size_t)c->limit - json_array_size(all);
         mdm_buf_t path = MDM_BUF_INIT;
         mdm_buf_printf(&path, "/v1/devices?limit=%zu%s", want, c->enrolled ? "&enrolled=true" : "");
-        if (cursor != NULL) {
-            char *e = escape_segment(cursor);
-            mdm_buf_printf(&path, "&cursor=%s", e);
-            mdm_free(e);
-        }
-        mdm_buf_reset(body);
-        st = api_call(c, "GET", path.data, NULL, NULL, 0, body);
-        mdm_buf_free(&path);
-        json_error_t je;
-        json_t *j = st == 200 ? json_loadb(body->data, body->len, 0, &je) : NULL;
+        json_t *j = get_page(c, &path, cursor, body, &st);
         json_t *devs = json_object_get(j, "devices");
         if (!json_is_array(devs)) {
             json_decref(j);
@@ -239,6 +248,48 @@ static int list_devices(api_client_t *c, mdm_buf_t *body)
     }
     mdm_free(cursor);
     json_decref(all);
+    return print_result(st, body);
+}
+
+/* cmd show: a command and all its targets. An answer holds at most 16 MiB
+ * of reports; the pages after it (next_cursor) are merged into one. */
+static int show_command(api_client_t *c, const char *uuid, mdm_buf_t *body)
+{
+    char *id = escape_segment(uuid);
+    json_t *all = NULL;
+    char *cursor = NULL;
+    long st = 200;
+    /* Bounded: a page holds at least one target, and a command at most
+     * 100,000. */
+    for (int page = 0; page < 200000; page++) {
+        mdm_buf_t path = MDM_BUF_INIT;
+        mdm_buf_printf(&path, "/v1/commands/%s", id);
+        json_t *j = get_page(c, &path, cursor, body, &st);
+        json_t *targets = json_object_get(j, "targets");
+        if (!json_is_object(targets)) {
+            json_decref(j);
+            break; /* the server's answer (an error) is printed as it is */
+        }
+        const char *next = json_string_value(json_object_get(j, "next_cursor"));
+        mdm_free(cursor);
+        cursor = next && json_object_size(targets) > 0 ? mdm_strdup(next) : NULL;
+        if (all == NULL)
+            all = json_incref(j);
+        else
+            json_object_update(json_object_get(all, "targets"), targets);
+        json_decref(j);
+        if (cursor == NULL) {
+            json_object_set_new(all, "next_cursor", json_null());
+            char *s = json_dumps(all, 0);
+            mdm_buf_reset(body);
+            mdm_buf_puts(body, s);
+            free(s);
+            break;
+        }
+    }
+    json_decref(all);
+    mdm_free(cursor);
+    mdm_free(id);
     return print_result(st, body);
 }
 
@@ -403,10 +454,11 @@ int mdm_cmd_cmd(int argc, char **argv)
             exit_code = print_result(st, &body);
         }
         json_decref(req);
-    } else if ((strcmp(verb, "show") == 0 || strcmp(verb, "list") == 0) && optind + 1 < argc) {
+    } else if (strcmp(verb, "show") == 0 && optind + 1 < argc) {
+        exit_code = show_command(&c, argv[optind + 1], &body);
+    } else if (strcmp(verb, "list") == 0 && optind + 1 < argc) {
         char *id = escape_segment(argv[optind + 1]);
-        char *path = verb[0] == 's' ? mdm_sprintf("/v1/commands/%s", id)
-                                    : mdm_sprintf("/v1/devices/%s/commands", id);
+        char *path = mdm_sprintf("/v1/devices/%s/commands", id);
         long st = api_call(&c, "GET", path, NULL, NULL, 0, &body);
         exit_code = print_result(st, &body);
         mdm_free(id);

@@ -21,6 +21,7 @@
 #include "server.h"
 #include "util/alloc.h"
 #include "util/encode.h"
+#include "util/jsonw.h"
 #include "util/log.h"
 #include "util/misc.h"
 #include "util/plist.h"
@@ -538,22 +539,31 @@ static void handle_device_commands(mdm_req_t *req)
     mdm_api_send_json(req, 200, o);
 }
 
-/* A target's report, copied out of the read view, to convert to JSON. */
+/* The answer of GET /v1/commands/{uuid} is written as text: a skeleton made
+ * in the read view (the command and every target's status, small), and the
+ * targets' reports, copied out of the view, to be converted into their
+ * places one at a time. The JSON tree of a 20,000-app report takes about
+ * ten times its plist's size, so building whole trees took 160 MB for five
+ * such targets; written one at a time, the answer costs its own size plus
+ * one report's parse. */
 typedef struct raw_result {
-    json_t *target; /* the target's object (the targets object holds it) */
+    size_t at; /* where in the skeleton its JSON goes */
     mdm_buf_t raw;
 } raw_result_t;
 
+/* The reports one answer holds, at most (at least one target's, whatever
+ * its size): past this the page ends early, with next_cursor, even when
+ * no limit was asked for. */
+#define ANSWER_RESULTS_MAX (16u << 20)
+
 struct cmd_show_ctx {
     const char *uuid;
-    json_t *targets;
-    mdm_command_info_t info;
-    mdm_buf_t plist;
     const char *cursor;           /* the first target to show, or NULL */
     long limit;                   /* targets to show, 0: all */
     long shown;
     bool with_results;            /* the reports too */
     char next[sizeof(((mdm_result_t *)0)->eid)]; /* the first target not shown ("": none) */
+    mdm_buf_t text;               /* the skeleton */
     raw_result_t *raws;
     size_t nraws, raws_cap;
     size_t raw_bytes;
@@ -562,45 +572,54 @@ struct cmd_show_ctx {
 /* cmd_target_fn's way of ending the walk once a page is full. */
 #define PAGE_FULL 1
 
+/* Appends o's members (o freed) without the closing brace. */
+static void append_open_object(mdm_buf_t *b, json_t *o)
+{
+    char *t = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
+    json_decref(o);
+    size_t n = t ? strlen(t) : 0;
+    if (n >= 2)
+        mdm_buf_append(b, t, n - 1);
+    else
+        mdm_buf_putc(b, '{');
+    free(t);
+}
+
 static int cmd_target_fn(const mdm_result_t *r, void *arg)
 {
     struct cmd_show_ctx *c = arg;
-    if (c->limit > 0 && c->shown == c->limit) {
+    bool report = c->with_results && r->raw != NULL;
+    if ((c->limit > 0 && c->shown == c->limit) ||
+        (report && c->shown > 0 && c->raw_bytes + r->raw_len > ANSWER_RESULTS_MAX)) {
         snprintf(c->next, sizeof(c->next), "%s", r->eid);
         return PAGE_FULL;
     }
-    c->shown++;
     json_t *o = result_json(r, false, false);
     json_object_del(o, "_queued_ms");
     json_object_del(o, "_seq");
     json_object_del(o, "command_uuid");
     json_object_del(o, "request_type");
-    json_object_set_new(c->targets, r->eid, o);
-    if (!c->with_results)
-        return 0;
-    json_object_set_new(o, "result", json_null());
-    if (r->raw == NULL)
-        return 0;
-    if (c->nraws == c->raws_cap) {
-        c->raws_cap = c->raws_cap ? 2 * c->raws_cap : 8;
-        c->raws = mdm_realloc(c->raws, c->raws_cap * sizeof(*c->raws));
+    if (c->with_results && !report)
+        json_object_set_new(o, "result", json_null());
+    if (c->shown++ > 0)
+        mdm_buf_putc(&c->text, ',');
+    mdm_jsonw_str(&c->text, r->eid, strlen(r->eid));
+    mdm_buf_putc(&c->text, ':');
+    append_open_object(&c->text, o);
+    if (report) {
+        if (c->nraws == c->raws_cap) {
+            c->raws_cap = c->raws_cap ? 2 * c->raws_cap : 8;
+            c->raws = mdm_realloc(c->raws, c->raws_cap * sizeof(*c->raws));
+        }
+        mdm_buf_puts(&c->text, ",\"result\":");
+        raw_result_t *x = &c->raws[c->nraws++];
+        x->at = c->text.len;
+        x->raw = (mdm_buf_t)MDM_BUF_INIT;
+        mdm_buf_append(&x->raw, r->raw, r->raw_len);
+        c->raw_bytes += r->raw_len;
     }
-    raw_result_t *x = &c->raws[c->nraws++];
-    x->target = o;
-    x->raw = (mdm_buf_t)MDM_BUF_INIT;
-    mdm_buf_append(&x->raw, r->raw, r->raw_len);
-    c->raw_bytes += r->raw_len;
+    mdm_buf_putc(&c->text, '}');
     return 0;
-}
-
-static int cmd_show_fn(mdm_txn_t *txn, void *arg)
-{
-    struct cmd_show_ctx *c = arg;
-    int rc = mdm_command_get(txn, c->uuid, &c->info, &c->plist);
-    if (rc != 0)
-        return rc;
-    rc = mdm_results_of_command_from(txn, c->uuid, c->cursor, cmd_target_fn, c);
-    return rc == PAGE_FULL ? 0 : rc;
 }
 
 static void raws_free(struct cmd_show_ctx *c)
@@ -610,57 +629,102 @@ static void raws_free(struct cmd_show_ctx *c)
     mdm_free(c->raws);
     c->raws = NULL;
     c->nraws = c->raws_cap = 0;
+    c->raw_bytes = 0;
 }
 
-/* Puts each report, as JSON, into its target's "result" (null when it does
- * not convert). Safe in the thread pool: it touches only these objects. */
-static void raws_convert(struct cmd_show_ctx *c)
+static int cmd_show_fn(mdm_txn_t *txn, void *arg)
 {
-    for (size_t i = 0; i < c->nraws; i++) {
-        plist_t p = NULL;
-        if (mdm_plist_load(c->raws[i].raw.data, c->raws[i].raw.len, &p) == 0) {
-            json_object_set_new(c->raws[i].target, "result", mdm_plist_to_json(p));
-            plist_free(p);
-        }
-        mdm_buf_free(&c->raws[i].raw);
+    struct cmd_show_ctx *c = arg;
+    mdm_buf_reset(&c->text);
+    raws_free(c);
+    c->shown = 0;
+    c->next[0] = '\0';
+    mdm_command_info_t info;
+    mdm_buf_t plist = MDM_BUF_INIT;
+    int rc = mdm_command_get(txn, c->uuid, &info, &plist);
+    if (rc != 0) {
+        mdm_buf_free(&plist);
+        return rc;
     }
+    json_t *o = json_object();
+    set_str(o, "command_uuid", c->uuid);
+    set_str(o, "request_type", info.request_type);
+    json_object_set_new(o, "priority", json_integer(info.priority));
+    json_object_set_new(o, "created_at", json_time(info.created_ms));
+    json_object_set_new(o, "expires_at", json_time(info.expires_ms));
+    plist_t p = NULL;
+    if (mdm_plist_load(plist.data, plist.len, &p) == 0) {
+        json_object_set_new(o, "command", mdm_plist_to_json(plist_dict_get_item(p, "Command")));
+        plist_free(p);
+    }
+    mdm_buf_free(&plist);
+    append_open_object(&c->text, o);
+    mdm_buf_puts(&c->text, ",\"targets\":{");
+    rc = mdm_results_of_command_from(txn, c->uuid, c->cursor, cmd_target_fn, c);
+    return rc == PAGE_FULL ? 0 : rc;
+}
+
+/* The answer: the skeleton with each report, as JSON, in its place (null
+ * when it does not convert). Each report is freed once written. Safe in
+ * the thread pool: it touches only c and out. */
+static void show_assemble(struct cmd_show_ctx *c, mdm_buf_t *out)
+{
+    size_t from = 0;
+    mdm_buf_reserve(out, c->text.len + c->raw_bytes + 2);
+    for (size_t i = 0; i < c->nraws; i++) {
+        raw_result_t *x = &c->raws[i];
+        mdm_buf_append(out, c->text.data + from, x->at - from);
+        from = x->at;
+        plist_t p = NULL;
+        if (mdm_plist_load(x->raw.data, x->raw.len, &p) != 0 ||
+            mdm_plist_write_json(p, 0, out, NULL) != 0)
+            mdm_buf_puts(out, "null");
+        plist_free(p);
+        mdm_buf_free(&x->raw);
+    }
+    mdm_buf_append(out, c->text.data + from, c->text.len - from);
+    mdm_buf_putc(out, '\n');
+    raws_free(c);
+    mdm_buf_free(&c->text);
+}
+
+static void send_answer(mdm_req_t *req, mdm_buf_t *out)
+{
+    mdm_buf_free(&req->resp_body);
+    req->resp_body = *out;
+    *out = (mdm_buf_t)MDM_BUF_INIT;
+    mdm_resp_send_buf(req, 200, "application/json");
 }
 
 /* The reports of a command's targets can add up to megabytes (an
  * InstalledApplicationList of thousands of apps per device): from this many
- * bytes on, they are converted to JSON, and the answer written, in the
- * thread pool, so that the loop serves everyone else meanwhile. */
+ * bytes on, they are converted, and the answer written, in the thread
+ * pool, so that the loop serves everyone else meanwhile. */
 #define RESULTS_IN_POOL_BYTES (64u << 10)
 
 typedef struct show_job {
     uv_work_t work;
     mdm_req_t *req;
     struct cmd_show_ctx c;
-    json_t *answer;
-    char *text; /* the answer, serialized */
+    mdm_buf_t out;
 } show_job_t;
 
 static void show_work(uv_work_t *w)
 {
     show_job_t *j = w->data;
-    raws_convert(&j->c);
-    j->text = json_dumps(j->answer, JSON_COMPACT | JSON_ENSURE_ASCII);
-    json_decref(j->answer);
-    j->answer = NULL;
+    show_assemble(&j->c, &j->out);
 }
 
 static void show_after(uv_work_t *w, int status)
 {
     show_job_t *j = w->data;
-    mdm_req_t *req = j->req;
-    if (status != 0 || j->text == NULL) {
-        free(j->text);
-        mdm_resp_json_error(req, 500, "internal", "the answer could not be built");
-    } else {
-        send_json_text(req, 200, j->text);
-    }
-    json_decref(j->answer);
+    if (status != 0)
+        mdm_resp_json_error(j->req, 500, "internal", "the answer could not be built");
+    else
+        send_answer(j->req, &j->out);
+    mdm_buf_free(&j->out);
     raws_free(&j->c);
+    mdm_buf_free(&j->c.text);
     mdm_free(j);
 }
 
@@ -675,13 +739,11 @@ static void handle_command(mdm_req_t *req)
         return;
     }
     c.with_results = results != 0;
-    c.targets = json_object();
     int rc = mdm_store_view(req->server->store, cmd_show_fn, &c);
     mdm_buf_free(&cur);
     c.cursor = NULL;
     if (rc != 0) {
-        json_decref(c.targets);
-        mdm_buf_free(&c.plist);
+        mdm_buf_free(&c.text);
         raws_free(&c);
         if (rc == MDM_ENOTFOUND)
             mdm_resp_json_error(req, 404, "not_found",
@@ -690,34 +752,25 @@ static void handle_command(mdm_req_t *req)
             mdm_api_store_error(req, rc);
         return;
     }
-    json_t *o = json_object();
-    set_str(o, "command_uuid", c.uuid);
-    set_str(o, "request_type", c.info.request_type);
-    json_object_set_new(o, "priority", json_integer(c.info.priority));
-    json_object_set_new(o, "created_at", json_time(c.info.created_ms));
-    json_object_set_new(o, "expires_at", json_time(c.info.expires_ms));
-    plist_t p = NULL;
-    if (mdm_plist_load(c.plist.data, c.plist.len, &p) == 0) {
-        json_object_set_new(o, "command", mdm_plist_to_json(plist_dict_get_item(p, "Command")));
-        plist_free(p);
-    }
-    json_object_set_new(o, "targets", c.targets);
-    json_object_set_new(o, "next_cursor", c.next[0] ? json_string(c.next) : json_null());
-    mdm_buf_free(&c.plist);
+    mdm_buf_puts(&c.text, "},\"next_cursor\":");
+    if (c.next[0])
+        mdm_jsonw_str(&c.text, c.next, strlen(c.next));
+    else
+        mdm_buf_puts(&c.text, "null");
+    mdm_buf_putc(&c.text, '}');
     if (c.raw_bytes >= RESULTS_IN_POOL_BYTES) {
         show_job_t *j = mdm_calloc(1, sizeof(*j));
         j->req = req;
         j->c = c;
-        j->answer = o;
         j->work.data = j;
         if (uv_queue_work(req->server->loop, &j->work, show_work, show_after) == 0)
             return;
-        c = j->c; /* not started: convert here */
+        c = j->c; /* not started: write it here */
         mdm_free(j);
     }
-    raws_convert(&c);
-    raws_free(&c);
-    mdm_api_send_json(req, 200, o);
+    mdm_buf_t out = MDM_BUF_INIT;
+    show_assemble(&c, &out);
+    send_answer(req, &out);
 }
 
 struct cancel_ctx {

@@ -4,6 +4,7 @@
  * recurse without a limit) ever builds a tree. */
 #include "util/plistjson.h"
 
+#include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -15,6 +16,7 @@
 #include "util/alloc.h"
 #include "util/buf.h"
 #include "util/encode.h"
+#include "util/jsonw.h"
 #include "util/plist.h"
 
 /* libplist 2.2 has no plist_mem_free(): what it hands out (dictionary keys,
@@ -286,6 +288,100 @@ int mdm_plist_date_to_rfc3339(plist_t date, char out[32])
 
 /* ---- plist -> JSON ---------------------------------------------------------- */
 
+/* A scalar plist value in its JSON form, for both conversions below. */
+typedef struct jscalar {
+    enum { JS_STR, JS_INT, JS_REAL, JS_BOOL } kind;
+    const char *s; /* JS_STR: the text (s == NULL with n == 0 for "") */
+    size_t n;
+    int64_t i;     /* JS_INT, JS_BOOL */
+    double r;      /* JS_REAL */
+    mdm_buf_t tmp; /* holds s for data (base64); free with mdm_buf_free */
+    char date[32]; /* holds s for dates */
+} jscalar_t;
+
+/* Checks a scalar and puts its JSON form in *js: UTF-8 strings, finite
+ * reals, dates in years 0000..9999; other types (UID, key) fail. */
+static int scalar_of(plist_t p, const pathbuf_t *path, jscalar_t *js, mdm_err_t *err)
+{
+    js->tmp = (mdm_buf_t)MDM_BUF_INIT;
+    js->s = NULL;
+    js->n = 0;
+    switch (plist_get_node_type(p)) {
+    case PLIST_STRING: {
+        uint64_t len = 0;
+        const char *s = plist_get_string_ptr(p, &len);
+        js->kind = JS_STR;
+        js->s = s;
+        js->n = s ? (size_t)len : 0;
+        if (!mdm_utf8_valid(js->s, js->n))
+            return path_err(err, MDM_EPARSE, path, "string is not valid UTF-8");
+        return 0;
+    }
+    case PLIST_UINT: {
+        uint64_t v = 0;
+        plist_get_uint_val(p, &v);
+        js->kind = JS_INT;
+        js->i = (int64_t)v;
+        return 0;
+    }
+    case PLIST_REAL: {
+        double v = 0;
+        plist_get_real_val(p, &v);
+        if (!isfinite(v))
+            return path_err(err, MDM_EPARSE, path, "real %g has no JSON form", v);
+        js->kind = JS_REAL;
+        js->r = v;
+        return 0;
+    }
+    case PLIST_BOOLEAN: {
+        uint8_t v = 0;
+        plist_get_bool_val(p, &v);
+        js->kind = JS_BOOL;
+        js->i = v != 0;
+        return 0;
+    }
+    case PLIST_DATA: {
+        uint64_t len = 0;
+        const char *d = plist_get_data_ptr(p, &len);
+        mdm_base64_encode(&js->tmp, d, d ? (size_t)len : 0);
+        js->kind = JS_STR;
+        js->s = js->tmp.data;
+        js->n = js->tmp.len;
+        return 0;
+    }
+    case PLIST_DATE:
+        if (mdm_plist_date_to_rfc3339(p, js->date) != 0)
+            return path_err(err, MDM_ELIMIT, path, "date outside the years 0000..9999");
+        js->kind = JS_STR;
+        js->s = js->date;
+        js->n = strlen(js->date);
+        return 0;
+    default:
+        return path_err(err, MDM_EPARSE, path, "a %s value has no JSON form",
+                        mdm_plist_type_name(p));
+    }
+}
+
+static json_t *scalar_json(const jscalar_t *js)
+{
+    switch (js->kind) {
+    case JS_STR: return json_stringn(js->s ? js->s : "", js->n);
+    case JS_INT: return json_integer((json_int_t)js->i);
+    case JS_REAL: return json_real(js->r);
+    default: return json_boolean(js->i);
+    }
+}
+
+static void scalar_write(const jscalar_t *js, mdm_buf_t *out)
+{
+    switch (js->kind) {
+    case JS_STR: mdm_jsonw_str(out, js->s ? js->s : "", js->n); return;
+    case JS_INT: mdm_buf_printf(out, "%" PRId64, js->i); return;
+    case JS_REAL: mdm_jsonw_real(out, js->r); return;
+    default: mdm_buf_puts(out, js->i ? "true" : "false"); return;
+    }
+}
+
 static int p2j(plist_t p, int level, int max_depth, pathbuf_t *path, json_t **out,
                mdm_err_t *err)
 {
@@ -350,53 +446,14 @@ static int p2j(plist_t p, int level, int max_depth, pathbuf_t *path, json_t **ou
         *out = arr;
         return 0;
     }
-    case PLIST_STRING: {
-        uint64_t len = 0;
-        const char *s = plist_get_string_ptr(p, &len);
-        *out = json_stringn(s ? s : "", s ? (size_t)len : 0);
-        if (*out == NULL)
-            return path_err(err, MDM_EPARSE, path, "string is not valid UTF-8");
-        return 0;
+    default: {
+        jscalar_t js;
+        int rc = scalar_of(p, path, &js, err);
+        if (rc == 0 && (*out = scalar_json(&js)) == NULL)
+            rc = path_err(err, MDM_EPARSE, path, "string is not valid UTF-8");
+        mdm_buf_free(&js.tmp);
+        return rc;
     }
-    case PLIST_UINT: {
-        uint64_t v = 0;
-        plist_get_uint_val(p, &v);
-        *out = json_integer((json_int_t)(int64_t)v);
-        return 0;
-    }
-    case PLIST_REAL: {
-        double v = 0;
-        plist_get_real_val(p, &v);
-        if (!isfinite(v))
-            return path_err(err, MDM_EPARSE, path, "real %g has no JSON form", v);
-        *out = json_real(v);
-        return 0;
-    }
-    case PLIST_BOOLEAN: {
-        uint8_t v = 0;
-        plist_get_bool_val(p, &v);
-        *out = json_boolean(v);
-        return 0;
-    }
-    case PLIST_DATA: {
-        uint64_t len = 0;
-        const char *d = plist_get_data_ptr(p, &len);
-        mdm_buf_t b = MDM_BUF_INIT;
-        mdm_base64_encode(&b, d, d ? (size_t)len : 0);
-        *out = json_stringn(b.data ? b.data : "", b.len);
-        mdm_buf_free(&b);
-        return 0;
-    }
-    case PLIST_DATE: {
-        char text[32];
-        if (mdm_plist_date_to_rfc3339(p, text) != 0)
-            return path_err(err, MDM_ELIMIT, path, "date outside the years 0000..9999");
-        *out = json_string(text);
-        return 0;
-    }
-    default:
-        return path_err(err, MDM_EPARSE, path, "a %s value has no JSON form",
-                        mdm_plist_type_name(p));
     }
 }
 
@@ -417,6 +474,93 @@ json_t *mdm_plist_to_json(plist_t p)
     json_t *out = NULL;
     mdm_plist_to_json_checked(p, MDM_PLIST_MAX_DEPTH, &out, NULL);
     return out;
+}
+
+/* The text p2j's value would dump to, written as the tree is walked. */
+static int p2w(plist_t p, int level, int max_depth, pathbuf_t *path, mdm_buf_t *out,
+               mdm_err_t *err)
+{
+    plist_type t = plist_get_node_type(p);
+    if (t != PLIST_DICT && t != PLIST_ARRAY) {
+        jscalar_t js;
+        int rc = scalar_of(p, path, &js, err);
+        if (rc == 0)
+            scalar_write(&js, out);
+        mdm_buf_free(&js.tmp);
+        return rc;
+    }
+    if (level >= max_depth)
+        return path_err(err, MDM_ELIMIT, path, "nested deeper than %d levels", max_depth);
+    int rc = 0;
+    if (t == PLIST_DICT) {
+        plist_dict_iter it = NULL;
+        plist_dict_new_iter(p, &it);
+        mdm_buf_putc(out, '{');
+        for (bool first = true;; first = false) {
+            char *key = NULL;
+            plist_t v = NULL;
+            plist_dict_next_item(p, it, &key, &v);
+            if (key == NULL)
+                break;
+            size_t mark = path_key(path, key);
+            if (!mdm_utf8_valid(key, strlen(key))) {
+                /* p2j finds a bad value before the bad key that holds it. */
+                mdm_buf_t scratch = MDM_BUF_INIT;
+                rc = p2w(v, level + 1, max_depth, path, &scratch, err);
+                mdm_buf_free(&scratch);
+                if (rc == 0)
+                    rc = path_err(err, MDM_EPARSE, path, "key is not valid UTF-8");
+            } else {
+                if (!first)
+                    mdm_buf_putc(out, ',');
+                mdm_jsonw_str(out, key, strlen(key));
+                mdm_buf_putc(out, ':');
+                rc = p2w(v, level + 1, max_depth, path, out, err);
+            }
+            path_pop(path, mark);
+            plist_mem_release(key);
+            if (rc != 0)
+                break;
+        }
+        plist_mem_release(it);
+        mdm_buf_putc(out, '}');
+        return rc;
+    }
+    plist_array_iter it = NULL;
+    plist_array_new_iter(p, &it);
+    mdm_buf_putc(out, '[');
+    for (size_t i = 0; rc == 0; i++) {
+        plist_t v = NULL;
+        plist_array_next_item(p, it, &v);
+        if (v == NULL)
+            break;
+        if (i > 0)
+            mdm_buf_putc(out, ',');
+        size_t mark = path_push(path, "[%zu]", i);
+        rc = p2w(v, level + 1, max_depth, path, out, err);
+        path_pop(path, mark);
+    }
+    plist_mem_release(it);
+    mdm_buf_putc(out, ']');
+    return rc;
+}
+
+int mdm_plist_write_json(plist_t p, int max_depth, mdm_buf_t *out, mdm_err_t *err)
+{
+    pathbuf_t path;
+    path_init(&path, NULL);
+    if (p == NULL)
+        return mdm_err_set(err, MDM_EINVAL, "no plist value");
+    if (max_depth <= 0)
+        max_depth = MDM_PLIST_MAX_DEPTH;
+    size_t mark = out->len;
+    int rc = p2w(p, 0, max_depth, &path, out, err);
+    if (rc != 0) {
+        out->len = mark;
+        if (out->data != NULL)
+            out->data[mark] = '\0';
+    }
+    return rc;
 }
 
 /* ---- JSON -> plist ---------------------------------------------------------- */

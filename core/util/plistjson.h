@@ -23,6 +23,7 @@
 #include <jansson.h>
 #include <plist/plist.h>
 
+#include "util/buf.h"
 #include "util/err.h"
 
 /* Default bound on container nesting (the outermost container is level 1). */
@@ -68,6 +69,13 @@ json_t *mdm_plist_to_json(plist_t p);
 /* mdm_plist_to_json() that says why it failed: messages begin with the path
  * of the bad value (e.g. `Items[3].Name: not valid UTF-8`), relative to p. */
 int mdm_plist_to_json_checked(plist_t p, int max_depth, json_t **out, mdm_err_t *err);
+
+/* Appends to out the JSON text of what mdm_plist_to_json_checked() would
+ * make of p (dictionary keys in the plist's order, strings as UTF-8), without
+ * building the JSON tree: a report of 20,000 apps takes a fraction of the
+ * memory that way. Fails in the same cases with the same messages, and then
+ * leaves out as it was. */
+int mdm_plist_write_json(plist_t p, int max_depth, mdm_buf_t *out, mdm_err_t *err);
 
 /* Converts JSON to a plist without a schema (see the mapping above); NULL
  * for null values or nesting deeper than MDM_PLIST_MAX_DEPTH. */

@@ -4,7 +4,8 @@
  *
  * The input is the plist bytes, XML or binary, as a device would send them.
  * Properties checked on every input that parses (abort() when broken):
- *  - mdm_plist_to_json() and mdm_plist_to_json_checked() agree;
+ *  - mdm_plist_to_json(), mdm_plist_to_json_checked() and the text writer
+ *    mdm_plist_write_json() agree;
  *  - JSON -> plist -> JSON is the identity on what plist -> JSON made;
  *  - the binary plist the store would keep parses again with the same
  *    limits;
@@ -128,6 +129,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int rc = mdm_plist_to_json_checked(p, 0, &jc, &err);
     if ((rc == 0) != (j != NULL))
         fail("mdm_plist_to_json and mdm_plist_to_json_checked disagree", &err);
+    /* The text writer (large results in the admin API) fails alike or
+     * writes text that loads to the same value. */
+    mdm_buf_t wtext = MDM_BUF_INIT;
+    mdm_err_t werr = {0};
+    int wrc = mdm_plist_write_json(p, 0, &wtext, &werr);
+    if (wrc != rc || (rc != 0 && (wtext.len != 0 || strcmp(werr.msg, err.msg) != 0)))
+        fail("mdm_plist_write_json and mdm_plist_to_json_checked disagree", &werr);
+    if (rc == 0) {
+        json_error_t je;
+        json_t *w = json_loadb(wtext.data, wtext.len, JSON_DECODE_ANY, &je);
+        if (w == NULL || !json_equal(w, jc))
+            fail("mdm_plist_write_json wrote another value", NULL);
+        json_decref(w);
+    }
+    mdm_buf_free(&wtext);
     if (j != NULL) {
         if (!json_equal(j, jc))
             fail("mdm_plist_to_json and mdm_plist_to_json_checked give different JSON", NULL);

@@ -2,15 +2,17 @@
 of thousands of apps) are parsed in the thread pool, policy hooks read them
 key by key, and GET /v1/commands/{uuid} converts large results back to JSON
 in the pool: the loop goes on serving everyone else meanwhile."""
+import json
 import os
 import plistlib
 import re
+import subprocess
 import time
 
 import pytest
 import requests
 
-from conftest import SLOWDOWN, WRAPPER, Server, http_request, read_response
+from conftest import BIN, SLOWDOWN, WRAPPER, Server, http_request, read_response
 from device import CONNECT_CT, Api, Device, IdlePinger
 
 POOL_METRIC = "moonmdm_mdm_parsed_in_pool_total"
@@ -244,6 +246,57 @@ def test_a_command_s_targets_come_in_pages(server):
         assert resp.status == 400 and b"bad_query" in resp.body, (resp.status, resp.body)
 
 
+# What one answer of GET /v1/commands/{uuid} holds of reports at most
+# (ANSWER_RESULTS_MAX in core/api/api_mdm.c).
+ANSWER_RESULTS_MAX = 16 << 20
+
+
+def test_an_answer_holds_at_most_16_mib_of_reports(server):
+    """Without a limit, GET /v1/commands/{uuid} still ends its answer before
+    its reports pass 16 MiB (with at least one target), and next_cursor
+    leads to the rest: a command answered by thousands of devices with
+    megabytes each cannot make one answer of gigabytes. `moonmdm cmd show`
+    follows the cursors and prints every target."""
+    api = Api(server)
+    devs = [enrolled(server) for _ in range(3)]
+    ids = sorted(d.udid for d in devs)
+    uuid = api.send("InstalledApplicationList", ids)[1]["command_uuid"]
+    big = apps(20000)
+    size = len(report_body(devs[0], "Acknowledged", uuid, InstalledApplicationList=big))
+    per_page = max(1, ANSWER_RESULTS_MAX // size)
+    assert per_page < 3, size  # the test needs a page to end early
+    for d in devs:
+        d.run(handler=lambda cmd: ("Acknowledged", {"InstalledApplicationList": big}))
+    seen, cursor, sizes = [], None, []
+    for _ in range(4):
+        st, page = api.call("GET", f"/v1/commands/{uuid}" + (f"?cursor={cursor}" if cursor else ""))
+        assert st == 200, page
+        sizes.append(len(page["targets"]))
+        for eid, t in page["targets"].items():
+            assert t["status"] == "Acknowledged"
+            assert len(t["result"]["InstalledApplicationList"]) == 20000
+            assert t["result"]["InstalledApplicationList"][19999]["Identifier"] == \
+                "com.example.app19999"
+        seen += sorted(page["targets"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids
+    assert sizes[0] == per_page and sum(sizes) == 3, sizes
+    # Without the reports, every target fits in one answer.
+    st, bare = api.call("GET", f"/v1/commands/{uuid}?results=false")
+    assert st == 200 and sorted(bare["targets"]) == ids and bare["next_cursor"] is None
+    env = dict(os.environ, MOONMDM_API_KEY=server.datadir.api_key)
+    p = subprocess.run([BIN, "cmd", "show", "--config", server.datadir.config, "--url",
+                        server.url, uuid], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    shown = json.loads(p.stdout)
+    assert sorted(shown["targets"]) == ids and shown["next_cursor"] is None
+    assert all(len(t["result"]["InstalledApplicationList"]) == 20000
+               for t in shown["targets"].values())
+    assert shown["request_type"] == "InstalledApplicationList"
+
+
 def slow_iterations(srv, le):
     """Event loop iterations that worked longer than le seconds (a bucket
     bound of moonmdm_loop_busy_seconds) since the server started."""
@@ -256,7 +309,7 @@ def slow_iterations(srv, le):
 
 @pytest.mark.timing
 def test_a_large_report_does_not_stop_other_devices(server):
-    """A 20,000-app report (3.5 MB of XML) takes 100-200 ms to parse, and as
+    """A 20,000-app report (7.5 MB of XML here) takes 100-200 ms to parse, and as
     long to convert back to JSON for the admin API: both happen in the
     pool, and the loop goes on serving another device's Idles."""
     api = Api(server)
@@ -277,7 +330,7 @@ def test_a_large_report_does_not_stop_other_devices(server):
                     return "Acknowledged", {"InstalledApplicationList": big}
                 return d.answer(cmd)
             d.run(handler=h)
-        # The admin reads the results back: 3.5 MB of XML to JSON each.
+        # The admin reads the results back: 7.5 MB of XML to JSON each.
         st, hist = api.call("GET", f"/v1/devices/{d.udid}/commands")
         assert st == 200
         for cmd in hist["commands"]:

@@ -32,10 +32,41 @@ static void assert_json(const json_t *j, const char *want)
     free(have);
 }
 
+/* mdm_plist_to_json_checked() and the text writer on the same value: they
+ * must fail alike (code and message, the writer leaving its buffer as it
+ * was) or agree on the value (the text parses to the same JSON). */
+static int checked_both(plist_t p, int max_depth, json_t **out, mdm_err_t *err)
+{
+    int rc = mdm_plist_to_json_checked(p, max_depth, out, err);
+    mdm_err_t werr = {0};
+    mdm_buf_t text = MDM_BUF_INIT;
+    mdm_buf_puts(&text, "[1,");
+    int wrc = mdm_plist_write_json(p, max_depth, &text, &werr);
+    if (wrc != rc)
+        fail_msg("to_json rc %d, write_json rc %d (%s)", rc, wrc, werr.msg);
+    if (rc != 0) {
+        if (strcmp(err->msg, werr.msg) != 0)
+            fail_msg("to_json \"%s\", write_json \"%s\"", err->msg, werr.msg);
+        assert_int_equal(text.len, 3);
+        assert_string_equal(text.data, "[1,");
+    } else {
+        mdm_buf_putc(&text, ']');
+        json_error_t je;
+        json_t *back = json_loadb(text.data, text.len, 0, &je);
+        if (back == NULL || !json_equal(json_array_get(back, 1), *out))
+            fail_msg("write_json gave %s (%s)", text.data, je.text);
+        json_decref(back);
+    }
+    mdm_buf_free(&text);
+    return rc;
+}
+
 /* Converts p to JSON and compares it with want. */
 static void assert_plist_json(plist_t p, const char *want)
 {
-    json_t *j = mdm_plist_to_json(p);
+    mdm_err_t err = {0};
+    json_t *j = NULL;
+    checked_both(p, 0, &j, &err);
     assert_json(j, want);
     json_decref(j);
 }
@@ -318,31 +349,40 @@ static void test_plist_to_json_errors(void **state)
     plist_array_append_item(items, plist_new_string("bad \xff\xfe utf-8"));
     plist_dict_set_item(d, "Items", items);
     assert_null(mdm_plist_to_json(d));
-    assert_int_equal(mdm_plist_to_json_checked(d, 0, &j, &err), MDM_EPARSE);
+    assert_int_equal(checked_both(d, 0, &j, &err), MDM_EPARSE);
     assert_string_equal(err.msg, "Items[1]: string is not valid UTF-8");
     assert_null(j);
     plist_free(d);
 
     d = plist_new_dict();
     plist_dict_set_item(d, "k\xc3", plist_new_bool(1));
-    assert_int_equal(mdm_plist_to_json_checked(d, 0, &j, &err), MDM_EPARSE);
+    assert_int_equal(checked_both(d, 0, &j, &err), MDM_EPARSE);
     assert_string_equal(err.msg, "k\xc3: key is not valid UTF-8");
+    plist_free(d);
+
+    /* A bad key over a bad value: the value is found first. */
+    d = plist_new_dict();
+    plist_t in = plist_new_array();
+    plist_array_append_item(in, plist_new_real(1.0 / 0.0));
+    plist_dict_set_item(d, "k\xc3", in);
+    assert_int_equal(checked_both(d, 0, &j, &err), MDM_EPARSE);
+    assert_string_equal(err.msg, "k\xc3[0]: real inf has no JSON form");
     plist_free(d);
 
     d = plist_new_dict();
     plist_t sub = plist_new_dict();
     plist_dict_set_item(sub, "u", plist_new_uid(7));
     plist_dict_set_item(d, "obj", sub);
-    assert_int_equal(mdm_plist_to_json_checked(d, 0, &j, &err), MDM_EPARSE);
+    assert_int_equal(checked_both(d, 0, &j, &err), MDM_EPARSE);
     assert_string_equal(err.msg, "obj.u: a UID value has no JSON form");
     plist_free(d);
 
     plist_t r = plist_new_real(1.0 / 0.0);
-    assert_int_equal(mdm_plist_to_json_checked(r, 0, &j, &err), MDM_EPARSE);
+    assert_int_equal(checked_both(r, 0, &j, &err), MDM_EPARSE);
     assert_string_equal(err.msg, "real inf has no JSON form");
     plist_free(r);
 
-    assert_int_equal(mdm_plist_to_json_checked(NULL, 0, &j, &err), MDM_EINVAL);
+    assert_int_equal(checked_both(NULL, 0, &j, &err), MDM_EINVAL);
 }
 
 static void test_plist_to_json_depth(void **state)
@@ -357,7 +397,7 @@ static void test_plist_to_json_depth(void **state)
     plist_t deep = nested_plist(MDM_PLIST_MAX_DEPTH + 1);
     assert_null(mdm_plist_to_json(deep));
     mdm_err_t err = {0};
-    assert_int_equal(mdm_plist_to_json_checked(deep, 0, &j, &err), MDM_ELIMIT);
+    assert_int_equal(checked_both(deep, 0, &j, &err), MDM_ELIMIT);
     char want[128];
     mdm_buf_t path = MDM_BUF_INIT;
     for (int i = 0; i < MDM_PLIST_MAX_DEPTH; i++)
@@ -370,9 +410,9 @@ static void test_plist_to_json_depth(void **state)
 
     /* A caller's own, smaller limit. */
     plist_t three = nested_plist(3);
-    assert_int_equal(mdm_plist_to_json_checked(three, 2, &j, &err), MDM_ELIMIT);
+    assert_int_equal(checked_both(three, 2, &j, &err), MDM_ELIMIT);
     assert_string_equal(err.msg, "[0][0]: nested deeper than 2 levels");
-    assert_int_equal(mdm_plist_to_json_checked(three, 3, &j, &err), 0);
+    assert_int_equal(checked_both(three, 3, &j, &err), 0);
     assert_json(j, "[[[]]]");
     json_decref(j);
     plist_free(three);
