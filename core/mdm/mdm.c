@@ -21,6 +21,7 @@
 #include "util/log.h"
 #include "util/misc.h"
 #include "util/plist.h"
+#include "util/plistjson.h"
 
 #define SHARED_IPAD_USER "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"
 #define CERT_CACHE_TTL_MS (10 * 60 * 1000)
@@ -985,9 +986,18 @@ static void outcome_init(mdm_outcome_t *out)
     out->eid[0] = out->detail[0] = out->message_type[0] = out->command_uuid[0] = '\0';
 }
 
-void mdm__parse_body(const void *body, size_t len, size_t max_bytes, mdm_parsed_t *out)
+void mdm__parse_body(const void *body, size_t len, size_t max_bytes, bool report,
+                     mdm_parsed_t *out)
 {
     out->rc = mdm_plist_load_dict(body, len, max_bytes, &out->msg);
+    out->bin = (mdm_buf_t)MDM_BUF_INIT;
+    if (out->rc != 0 || !report || (len >= 8 && memcmp(body, "bplist00", 8) == 0))
+        return;
+    /* Past MDM_PLIST_MAX_NODES values the binary form would not load
+     * again (a dense XML plist within the size limit can hold more). */
+    size_t values = mdm_plist_to_bin_shared(out->msg, &out->bin);
+    if (out->bin.len == 0 || out->bin.len >= len || values > MDM_PLIST_MAX_NODES)
+        mdm_buf_free(&out->bin);
 }
 
 /* Parses the message (unless pre has it) and resolves its ids; refuses
@@ -1008,6 +1018,11 @@ static bool parse_message(msg_ctx_t *c, mdm_mdm_t *m, const mdm_identity_t *id, 
         rc = pre->rc;
         c->msg = pre->msg;
         pre->msg = NULL;
+        if (pre->bin.len > 0) {
+            /* The same message, smaller: what a report stores. */
+            c->body = pre->bin.data;
+            c->len = pre->bin.len;
+        }
     } else {
         rc = mdm_plist_load_dict(body, len, m->server->cfg->http_max_body_bytes, &c->msg);
     }

@@ -137,7 +137,7 @@ typedef struct parse_job {
 static void parse_work(uv_work_t *w)
 {
     parse_job_t *j = w->data;
-    mdm__parse_body(j->req->body, j->req->body_len, j->max_bytes, &j->parsed);
+    mdm__parse_body(j->req->body, j->req->body_len, j->max_bytes, j->report, &j->parsed);
 }
 
 static void free_work(uv_work_t *w)
@@ -145,6 +145,7 @@ static void free_work(uv_work_t *w)
     parse_job_t *j = w->data;
     plist_free(j->parsed.msg);
     j->parsed.msg = NULL;
+    mdm_buf_free(&j->parsed.bin);
 }
 
 static void free_after(uv_work_t *w, int status)
@@ -162,9 +163,11 @@ static void parse_after(uv_work_t *w, int status)
     else /* cancelled: the loop is going away */
         mdm_resp_text(j->req, 503, "the server is stopping");
     identity_free(&j->id);
-    if (j->parsed.msg != NULL && uv_queue_work(m->server->loop, &j->work, free_work, free_after) == 0)
+    if ((j->parsed.msg != NULL || j->parsed.bin.data != NULL) &&
+        uv_queue_work(m->server->loop, &j->work, free_work, free_after) == 0)
         return;
     plist_free(j->parsed.msg);
+    mdm_buf_free(&j->parsed.bin);
     mdm_free(j);
 }
 

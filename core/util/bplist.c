@@ -13,14 +13,18 @@
  * Integers are written in the smallest of 1, 2, 4 or 8 bytes (8-byte ones
  * read back as signed, which is how libplist 2.2 stores negative numbers);
  * strings in ASCII when they are, otherwise as UTF-16BE (invalid UTF-8 turns
- * into U+FFFD); dates as seconds since 2001-01-01 in a double. */
+ * into U+FFFD); dates as seconds since 2001-01-01 in a double (dates libplist
+ * cannot give as 32-bit seconds in whole seconds). mdm_plist_to_bin_shared()
+ * also writes each distinct dictionary key once. */
 #include "util/plist.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "util/alloc.h"
+#include "util/plistjson.h"
 
 typedef struct obj {
     plist_t node;    /* NULL for a dictionary key */
@@ -36,6 +40,10 @@ typedef struct writer {
     size_t nrefs, refs_cap;
     mdm_buf_t *out;
     int ref_size;
+    size_t values;   /* values of the tree, keys included (what a reader expands) */
+    bool share_keys; /* one object per distinct dictionary key */
+    uint32_t *keys;  /* open addressing: object index + 1 of each key, 0 free */
+    size_t keys_cap, nkeys;
 } writer_t;
 
 static uint32_t push_obj(writer_t *w, plist_t node, char *key)
@@ -62,12 +70,57 @@ static uint32_t reserve_refs(writer_t *w, size_t n)
     return first;
 }
 
+static uint64_t key_hash(const char *k)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *k; k++)
+        h = (h ^ (unsigned char)*k) * 1099511628211ull;
+    return h;
+}
+
+/* The object of dictionary key `key` (owned; freed when an equal key has
+ * one already). */
+static uint32_t key_obj(writer_t *w, char *key)
+{
+    if (!w->share_keys)
+        return push_obj(w, NULL, key);
+    if (2 * (w->nkeys + 1) > w->keys_cap) {
+        size_t cap = w->keys_cap ? 2 * w->keys_cap : 64;
+        uint32_t *t = mdm_calloc(cap, sizeof(*t));
+        for (size_t i = 0; i < w->keys_cap; i++) {
+            if (w->keys[i] == 0)
+                continue;
+            size_t j = key_hash(w->objs[w->keys[i] - 1].key) & (cap - 1);
+            while (t[j] != 0)
+                j = (j + 1) & (cap - 1);
+            t[j] = w->keys[i];
+        }
+        mdm_free(w->keys);
+        w->keys = t;
+        w->keys_cap = cap;
+    }
+    size_t j = key_hash(key) & (w->keys_cap - 1);
+    while (w->keys[j] != 0) {
+        uint32_t id = w->keys[j] - 1;
+        if (strcmp(w->objs[id].key, key) == 0) {
+            free(key);
+            return id;
+        }
+        j = (j + 1) & (w->keys_cap - 1);
+    }
+    uint32_t id = push_obj(w, NULL, key);
+    w->keys[j] = id + 1;
+    w->nkeys++;
+    return id;
+}
+
 /* Pass 1: numbers node and its subtree. The trees written here were built
  * by the server or went through the bounded parser, so recursion depth is
  * bounded by MDM_PLIST_MAX_DEPTH. */
 static uint32_t number(writer_t *w, plist_t node)
 {
     uint32_t id = push_obj(w, node, NULL);
+    w->values++;
     plist_type t = plist_get_node_type(node);
     if (t == PLIST_ARRAY) {
         uint32_t n = plist_array_get_size(node);
@@ -93,7 +146,8 @@ static uint32_t number(writer_t *w, plist_t node)
                 free(key);
                 break;
             }
-            w->refs[first + i] = push_obj(w, NULL, key);
+            w->values++;
+            w->refs[first + i] = key_obj(w, key);
             uint32_t child = number(w, val);
             w->refs[first + n + i] = child;
         }
@@ -249,9 +303,21 @@ static void write_obj(writer_t *w, const obj_t *o)
         break;
     }
     case PLIST_DATE: {
+        /* libplist 2.2 hands a date back truncated towards zero with the
+         * fraction's magnitude in whole microseconds, and as INT32_MIN when
+         * the seconds do not fit (read then, in whole seconds, from its XML
+         * text). Half a microsecond more keeps the fraction's microseconds
+         * when it reads the double back (truncating again). */
         int32_t sec = 0, usec = 0;
         plist_get_date_val(o->node, &sec, &usec);
-        put_double(b, 0x33, (double)sec + (double)usec / 1e6);
+        double frac = usec > 0 ? ((double)usec + 0.5) / 1e6 : 0;
+        double d = sec < 0 ? (double)sec - frac : (double)sec + frac;
+        if (sec == INT32_MIN) {
+            int64_t t = mdm_plist_date_unix(o->node);
+            if (t != INT64_MIN)
+                d = (double)(t - MDM_PLIST_EPOCH_OFFSET);
+        }
+        put_double(b, 0x33, d);
         break;
     }
     case PLIST_STRING:
@@ -307,12 +373,12 @@ static int size_for(uint64_t max)
     return max <= 0xff ? 1 : max <= 0xffff ? 2 : max <= 0xffffffffu ? 4 : 8;
 }
 
-void mdm_plist_to_bin_buf(plist_t p, mdm_buf_t *out)
+static size_t to_bin(plist_t p, mdm_buf_t *out, bool share_keys)
 {
     mdm_buf_reset(out);
     if (p == NULL)
-        return;
-    writer_t w = {.out = out};
+        return 0;
+    writer_t w = {.out = out, .share_keys = share_keys};
     number(&w, p);
     w.ref_size = size_for(w.nobjs - 1);
     uint64_t *offsets = mdm_malloc(w.nobjs * sizeof(*offsets));
@@ -339,4 +405,16 @@ void mdm_plist_to_bin_buf(plist_t p, mdm_buf_t *out)
     mdm_free(offsets);
     mdm_free(w.objs);
     mdm_free(w.refs);
+    mdm_free(w.keys);
+    return w.values;
+}
+
+void mdm_plist_to_bin_buf(plist_t p, mdm_buf_t *out)
+{
+    (void)to_bin(p, out, false);
+}
+
+size_t mdm_plist_to_bin_shared(plist_t p, mdm_buf_t *out)
+{
+    return to_bin(p, out, true);
 }

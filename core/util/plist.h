@@ -119,6 +119,13 @@ void mdm_rec_free(mdm_rec_t *r);
  * (core/util/bplist.c: no object sharing, two flat passes). */
 void mdm_plist_to_bin_buf(plist_t p, mdm_buf_t *out);
 
+/* mdm_plist_to_bin_buf() that writes each distinct dictionary key once
+ * (a list of thousands of dictionaries with the same keys shrinks by about
+ * 40 %). Returns the number of values a reader expands the result
+ * to, keys included: the count the bounded parser limits
+ * (MDM_PLIST_MAX_NODES). */
+size_t mdm_plist_to_bin_shared(plist_t p, mdm_buf_t *out);
+
 /* Serialises to an XML plist into out. */
 void mdm_plist_to_xml_buf(plist_t p, mdm_buf_t *out);
 

@@ -15,6 +15,7 @@
 #include "mdm/sigcache.h"
 #include "server.h"
 #include "util/alloc.h"
+#include "util/plist.h"
 
 #include "fuzz_tmpdir.h"
 
@@ -94,14 +95,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* Bit 1: the body parsed ahead, as the server does for large ones. */
     mdm_parsed_t pre = {0}, *prep = NULL;
     if (data[0] & 2) {
-        mdm__parse_body(data + 1, size - 1, server.cfg->http_max_body_bytes, &pre);
+        mdm__parse_body(data + 1, size - 1, server.cfg->http_max_body_bytes, data[0] & 1, &pre);
         prep = &pre;
+        /* The binary form a report is stored in holds the same message. */
+        if (pre.bin.len > 0) {
+            plist_t back = NULL;
+            if (mdm_plist_load(pre.bin.data, pre.bin.len, &back) != 0)
+                abort();
+            char *x1 = NULL, *x2 = NULL;
+            uint32_t n1 = 0, n2 = 0;
+            plist_to_xml(pre.msg, &x1, &n1);
+            plist_to_xml(back, &x2, &n2);
+            if (x1 == NULL || x2 == NULL || n1 != n2 || memcmp(x1, x2, n1) != 0)
+                abort();
+            plist_to_xml_free(x1);
+            plist_to_xml_free(x2);
+            plist_free(back);
+        }
     }
     if (data[0] & 1)
         mdm__process_report(&m, &id, data + 1, size - 1, prep, &out);
     else
         mdm__process_checkin(&m, &id, data + 1, size - 1, prep, &out);
     plist_free(pre.msg);
+    mdm_buf_free(&pre.bin);
     mdm_buf_free(&out.body);
     return 0;
 }

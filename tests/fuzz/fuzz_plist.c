@@ -8,7 +8,7 @@
  *    mdm_plist_write_json() agree;
  *  - JSON -> plist -> JSON is the identity on what plist -> JSON made;
  *  - the binary plist the store would keep parses again with the same
- *    limits;
+ *    limits, and so does its form with shared keys (the same tree);
  *  - as a stored result record (binary layout or an older plist), the
  *    input decodes or is refused, and what decodes encodes to bytes that
  *    decode to the same record;
@@ -161,6 +161,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (bin.len > 0 && mdm_plist_parse(bin.data, bin.len, 0, &again, &err) != 0)
         fail("the binary form of a parsed plist does not parse again", &err);
     in_place(bin.data, bin.len);
+
+    /* With each dictionary key written once (large reports are stored so),
+     * it parses again, and says what the input said: the same JSON. */
+    mdm_buf_t shared = MDM_BUF_INIT;
+    size_t values = mdm_plist_to_bin_shared(p, &shared);
+    if (values <= MDM_PLIST_MAX_NODES && shared.len > 0) {
+        plist_t sp = NULL;
+        if (mdm_plist_parse(shared.data, shared.len, 0, &sp, &err) != 0)
+            fail("the shared-key binary form of a parsed plist does not parse again", &err);
+        json_t *sj = j != NULL ? mdm_plist_to_json(sp) : NULL;
+        if (j != NULL && (sj == NULL || !json_equal(j, sj)))
+            fail("the shared-key binary form reads back as other JSON", NULL);
+        json_decref(sj);
+        plist_free(sp);
+    }
+    mdm_buf_free(&shared);
 
     plist_free(again);
     plist_free(back);

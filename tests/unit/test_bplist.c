@@ -31,18 +31,18 @@ static char *to_xml(plist_t p)
 
 /* Writes p, reads it back twice and asserts both copies equal p. Returns the
  * size of the binary form. */
-static size_t roundtrip(plist_t p)
+/* Asserts that the binary plist b holds p, for libplist's reader and for
+ * the bounded parser. */
+static void check_reads_back(plist_t p, const mdm_buf_t *b)
 {
-    mdm_buf_t b = MDM_BUF_INIT;
-    mdm_plist_to_bin_buf(p, &b);
-    assert_true(b.len >= 8 + 32);
-    assert_memory_equal(b.data, "bplist00", 8);
+    assert_true(b->len >= 8 + 32);
+    assert_memory_equal(b->data, "bplist00", 8);
     char *want = to_xml(p);
 
     plist_t lib = NULL;
-    plist_from_bin(b.data, (uint32_t)b.len, &lib);
+    plist_from_bin(b->data, (uint32_t)b->len, &lib);
     if (lib == NULL)
-        fail_msg("libplist cannot read the output (%zu bytes)", b.len);
+        fail_msg("libplist cannot read the output (%zu bytes)", b->len);
     char *have = to_xml(lib);
     if (strcmp(want, have) != 0)
         fail_msg("libplist read back something else\nwant: %.2000s\nhave: %.2000s", want, have);
@@ -50,7 +50,7 @@ static size_t roundtrip(plist_t p)
     plist_free(lib);
 
     plist_t own = NULL;
-    int rc = mdm_plist_parse(b.data, b.len, 0, &own, NULL);
+    int rc = mdm_plist_parse(b->data, b->len, 0, &own, NULL);
     if (rc != 0)
         fail_msg("the bounded parser refuses the output: %d", rc);
     have = to_xml(own);
@@ -60,9 +60,102 @@ static size_t roundtrip(plist_t p)
     free(have);
     plist_free(own);
     free(want);
+}
+
+/* Values of p, keys included, counted the way the bounded parser does. */
+static size_t count_values(plist_t p)
+{
+    size_t n = 1;
+    if (plist_get_node_type(p) == PLIST_ARRAY) {
+        for (uint32_t i = 0; i < plist_array_get_size(p); i++)
+            n += count_values(plist_array_get_item(p, i));
+    } else if (plist_get_node_type(p) == PLIST_DICT) {
+        plist_dict_iter it = NULL;
+        plist_dict_new_iter(p, &it);
+        for (;;) {
+            char *k = NULL;
+            plist_t v = NULL;
+            plist_dict_next_item(p, it, &k, &v);
+            if (k == NULL)
+                break;
+            free(k);
+            n += 1 + count_values(v);
+        }
+        free(it);
+    }
+    return n;
+}
+
+/* Writes p both ways (keys shared and not): both read back as p, the
+ * shared form is no larger and counts p's values. Returns the size of the
+ * form without sharing. */
+static size_t roundtrip(plist_t p)
+{
+    mdm_buf_t b = MDM_BUF_INIT, sh = MDM_BUF_INIT;
+    mdm_plist_to_bin_buf(p, &b);
+    check_reads_back(p, &b);
+    size_t values = mdm_plist_to_bin_shared(p, &sh);
+    check_reads_back(p, &sh);
+    assert_true(sh.len <= b.len);
+    assert_int_equal(values, count_values(p));
     size_t n = b.len;
     mdm_buf_free(&b);
+    mdm_buf_free(&sh);
     return n;
+}
+
+/* A list of dictionaries with the same keys, as a device's app list is:
+ * each key is written once. */
+static void test_shared_keys(void **state)
+{
+    (void)state;
+    plist_t list = plist_new_array();
+    for (int i = 0; i < 100; i++) {
+        plist_t d = plist_new_dict();
+        char v[16];
+        snprintf(v, sizeof(v), "app%d", i);
+        plist_dict_set_item(d, "Identifier", plist_new_string(v));
+        plist_dict_set_item(d, "BundleSize", plist_new_uint((uint64_t)i * 1000));
+        plist_dict_set_item(d, "IsValidated", plist_new_bool(i % 2));
+        plist_array_append_item(list, d);
+    }
+    size_t plain = roundtrip(list);
+    mdm_buf_t sh = MDM_BUF_INIT;
+    assert_int_equal(mdm_plist_to_bin_shared(list, &sh), 1 + 100 * 7);
+    /* 99 copies of "Identifier", "BundleSize" and "IsValidated" (11 + 11 +
+     * 12 bytes each with their markers) and their offsets are gone. */
+    if (sh.len + 99 * (11 + 11 + 12) > plain)
+        fail_msg("shared %zu bytes, plain %zu", sh.len, plain);
+    mdm_buf_free(&sh);
+    plist_free(list);
+}
+
+/* Dates libplist 2.2 hands back awkwardly: before 2001 with a fraction
+ * (truncated towards zero, the fraction's magnitude apart), and outside
+ * the 32-bit seconds it reports (from XML). */
+static void test_dates(void **state)
+{
+    (void)state;
+    const char *xml = "<plist version=\"1.0\"><array><date>1900-01-01T00:00:00Z</date>"
+                      "<date>2100-06-01T10:00:00Z</date><date>1999-05-01T12:00:00Z</date>"
+                      "</array></plist>";
+    plist_t a = NULL;
+    assert_int_equal(mdm_plist_parse(xml, strlen(xml), 0, &a, NULL), 0);
+    plist_t half = NULL;
+    assert_int_equal(mdm_plist_date_from_rfc3339("2000-12-31T23:59:58.5Z", &half), 0);
+    plist_array_append_item(a, half);
+    roundtrip(a);
+    mdm_buf_t b = MDM_BUF_INIT;
+    mdm_plist_to_bin_buf(a, &b);
+    plist_t back = NULL;
+    assert_int_equal(mdm_plist_parse(b.data, b.len, 0, &back, NULL), 0);
+    assert_int_equal(mdm_plist_date_unix(plist_array_get_item(back, 0)), -2208988800LL);
+    assert_int_equal(mdm_plist_date_unix(plist_array_get_item(back, 1)), 4115527200LL);
+    assert_int_equal(mdm_plist_date_unix(plist_array_get_item(back, 3)),
+                     MDM_PLIST_EPOCH_OFFSET - 2);
+    plist_free(back);
+    mdm_buf_free(&b);
+    plist_free(a);
 }
 
 /* Integers at every width the writers choose, and negative ones. */
@@ -462,6 +555,8 @@ int main(void)
         cmocka_unit_test(test_counts_and_widths),
         cmocka_unit_test(test_strings),
         cmocka_unit_test(test_random_trees),
+        cmocka_unit_test(test_shared_keys),
+        cmocka_unit_test(test_dates),
         cmocka_unit_test(test_read_in_place),
         cmocka_unit_test(test_read_in_place_damaged),
         cmocka_unit_test(test_read_in_place_random),
