@@ -2,7 +2,7 @@
 """How long other devices wait while one device sends a large report.
 
 One device answers InstalledApplicationList with --apps applications
-(20,000 make about 3.5 MB of XML), --reports times, while a second device
+(20,000 make about 7.5 MB of XML), --reports times, while a second device
 sends Idle after Idle on its own connection. Prints, per server binary and
 round, the report's round trips and the second device's Idle latencies
 (count, p50, p99, max) over that time, and the server's event loop
