@@ -1,6 +1,7 @@
 /* The admin API of devices and commands, and the NanoMDM-compatible
  * enqueue and push routes. JSON in and out (jansson); errors are
  * {"error": "...", "detail": "..."}; a malformed body changes nothing. */
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,15 @@ static void send_json_text(mdm_req_t *req, int status, char *text)
         free(text);
     }
     mdm_resp_send_buf(req, status, "application/json");
+}
+
+/* Sends a 200 answer written as JSON text (out is taken, left empty). */
+static void send_answer(mdm_req_t *req, mdm_buf_t *out)
+{
+    mdm_buf_free(&req->resp_body);
+    req->resp_body = *out;
+    *out = (mdm_buf_t)MDM_BUF_INIT;
+    mdm_resp_send_buf(req, 200, "application/json");
 }
 
 void mdm_api_send_json(mdm_req_t *req, int status, json_t *j)
@@ -444,36 +454,52 @@ static void handle_device_delete(mdm_req_t *req)
 
 /* ---- results ------------------------------------------------------------- */
 
-static json_t *result_json(const mdm_result_t *r, bool with_eid, bool with_raw)
+/* A target of a command in GET /v1/commands/{uuid}, without its report. */
+static json_t *target_json(const mdm_result_t *r)
 {
     json_t *o = json_object();
-    set_str(o, "command_uuid", r->uuid);
-    if (with_eid)
-        set_str(o, "id", r->eid);
-    set_str(o, "request_type", r->request_type);
     set_str(o, "status", r->status);
     json_object_set_new(o, "queued_at", json_time(r->queued_ms));
     json_object_set_new(o, "sent_at", json_time(r->sent_ms));
     json_object_set_new(o, "updated_at", json_time(r->updated_ms));
     json_object_set_new(o, "completed_at", json_time(r->completed_ms));
     json_object_set_new(o, "notnow_count", json_integer((json_int_t)r->notnow_count));
-    json_object_set_new(o, "_queued_ms", json_integer(r->queued_ms));
-    json_object_set_new(o, "_seq", json_integer((json_int_t)r->seq));
-    if (with_raw) {
-        plist_t p = NULL;
-        if (r->raw != NULL && mdm_plist_load(r->raw, r->raw_len, &p) == 0) {
-            json_object_set_new(o, "result", mdm_plist_to_json(p));
-            plist_free(p);
-        } else {
-            json_object_set_new(o, "result", json_null());
-        }
-    }
     return o;
 }
 
+/* One command of an enrollment, for GET /v1/devices/{id}/commands: what
+ * its listing shows, without the report (a device can have thousands). */
+typedef struct cmd_row {
+    char uuid[MDM_UUID_LEN + 1];
+    char status[32];
+    char request_type[MDM_RTYPE_MAX];
+    int64_t queued_ms, sent_ms, updated_ms, completed_ms;
+    uint64_t notnow_count, seq;
+} cmd_row_t;
+
+struct dev_cmds_ctx {
+    const char *id;
+    cmd_row_t *rows;
+    size_t n, cap;
+};
+
 static int collect_fn(const mdm_result_t *r, void *arg)
 {
-    json_array_append_new((json_t *)arg, result_json(r, false, false));
+    struct dev_cmds_ctx *d = arg;
+    if (d->n == d->cap) {
+        d->cap = d->cap ? 2 * d->cap : 64;
+        d->rows = mdm_realloc(d->rows, d->cap * sizeof(*d->rows));
+    }
+    cmd_row_t *x = &d->rows[d->n++];
+    snprintf(x->uuid, sizeof(x->uuid), "%s", r->uuid);
+    snprintf(x->status, sizeof(x->status), "%s", r->status);
+    snprintf(x->request_type, sizeof(x->request_type), "%s", r->request_type);
+    x->queued_ms = r->queued_ms;
+    x->sent_ms = r->sent_ms;
+    x->updated_ms = r->updated_ms;
+    x->completed_ms = r->completed_ms;
+    x->notnow_count = r->notnow_count;
+    x->seq = r->seq;
     return 0;
 }
 
@@ -481,62 +507,131 @@ static int collect_fn(const mdm_result_t *r, void *arg)
  * one millisecond, as a policy's are), then by UUID. */
 static int cmp_newest_first(const void *a, const void *b)
 {
-    json_t *x = *(json_t *const *)a, *y = *(json_t *const *)b;
-    static const char *const keys[] = {"_queued_ms", "_seq"};
-    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-        json_int_t tx = json_integer_value(json_object_get(x, keys[i]));
-        json_int_t ty = json_integer_value(json_object_get(y, keys[i]));
-        if (tx != ty)
-            return tx > ty ? -1 : 1;
-    }
-    return strcmp(json_string_value(json_object_get(y, "command_uuid")),
-                  json_string_value(json_object_get(x, "command_uuid")));
+    const cmd_row_t *x = a, *y = b;
+    if (x->queued_ms != y->queued_ms)
+        return x->queued_ms > y->queued_ms ? -1 : 1;
+    if (x->seq != y->seq)
+        return x->seq > y->seq ? -1 : 1;
+    return strcmp(y->uuid, x->uuid);
 }
 
-struct dev_cmds_ctx {
-    const char *id;
-    json_t *arr;
-};
+/* A row's place in that order, as next_cursor gives it: "queued.seq.uuid". */
+static void row_cursor(const cmd_row_t *x, mdm_buf_t *out)
+{
+    mdm_buf_printf(out, "%lld.%llu.%s", (long long)x->queued_ms, (unsigned long long)x->seq,
+                   x->uuid);
+}
+
+static bool parse_row_cursor(const char *s, cmd_row_t *x)
+{
+    memset(x, 0, sizeof(*x));
+    char *end = NULL;
+    errno = 0;
+    long long q = strtoll(s, &end, 10);
+    if (errno != 0 || end == s || *end != '.')
+        return false;
+    const char *t = end + 1;
+    unsigned long long seq = strtoull(t, &end, 10);
+    if (errno != 0 || end == t || *end != '.' || t[0] == '-' || strlen(end + 1) > MDM_UUID_LEN)
+        return false;
+    x->queued_ms = q;
+    x->seq = seq;
+    snprintf(x->uuid, sizeof(x->uuid), "%s", end + 1);
+    return true;
+}
+
+static void member_time(mdm_buf_t *b, bool *first, const char *key, int64_t ms)
+{
+    mdm_jsonw_key(b, first, key);
+    if (ms <= 0) {
+        mdm_buf_puts(b, "null");
+        return;
+    }
+    char t[32];
+    mdm_time_format(t, ms);
+    mdm_jsonw_str(b, t, strlen(t));
+}
+
+static void row_json(mdm_buf_t *b, const cmd_row_t *x)
+{
+    bool first = true;
+    mdm_buf_putc(b, '{');
+    mdm_jsonw_member_str(b, &first, "command_uuid", x->uuid);
+    mdm_jsonw_member_str(b, &first, "request_type", x->request_type);
+    mdm_jsonw_member_str(b, &first, "status", x->status);
+    member_time(b, &first, "queued_at", x->queued_ms);
+    member_time(b, &first, "sent_at", x->sent_ms);
+    member_time(b, &first, "updated_at", x->updated_ms);
+    member_time(b, &first, "completed_at", x->completed_ms);
+    mdm_jsonw_member_int(b, &first, "notnow_count", (int64_t)x->notnow_count);
+    mdm_buf_putc(b, '}');
+}
 
 static int dev_cmds_fn(mdm_txn_t *txn, void *arg)
 {
     struct dev_cmds_ctx *d = arg;
+    d->n = 0;
     mdm_val_t v;
     int rc = mdm_txn_get(txn, MDM_T_ENROLLMENTS, MDM_VAL_STR(d->id), &v);
     if (rc != 0)
         return rc;
-    return mdm_results_of_enrollment(txn, d->id, collect_fn, d->arr);
+    return mdm_results_of_enrollment(txn, d->id, collect_fn, d);
 }
 
 static void handle_device_commands(mdm_req_t *req)
 {
-    struct dev_cmds_ctx d = {.id = req->params[0], .arr = json_array()};
+    struct dev_cmds_ctx d = {.id = req->params[0]};
+    long limit = 0;
+    const char *cursor = NULL;
+    mdm_buf_t cur = MDM_BUF_INIT;
+    cmd_row_t from;
+    if (!query_long(req, "limit", 0, 1000, &limit) || !query_cursor(req, &cur, &cursor)) {
+        mdm_buf_free(&cur);
+        return;
+    }
+    if (cursor != NULL && !parse_row_cursor(cursor, &from)) {
+        mdm_buf_free(&cur);
+        bad_query(req, "cursor", "not one this server gave (a next_cursor)");
+        return;
+    }
+    mdm_buf_free(&cur);
     int rc = mdm_store_view(req->server->store, dev_cmds_fn, &d);
     if (rc != 0) {
-        json_decref(d.arr);
+        mdm_free(d.rows);
         if (rc == MDM_ENOTFOUND)
             mdm_resp_json_error(req, 404, "not_found", "no enrollment with this id");
         else
             mdm_api_store_error(req, rc);
         return;
     }
-    size_t n = json_array_size(d.arr);
-    json_t **items = mdm_malloc((n ? n : 1) * sizeof(json_t *));
-    for (size_t i = 0; i < n; i++)
-        items[i] = json_incref(json_array_get(d.arr, i));
-    qsort(items, n, sizeof(json_t *), cmp_newest_first);
-    json_t *sorted = json_array();
-    for (size_t i = 0; i < n; i++) {
-        json_object_del(items[i], "_queued_ms");
-        json_object_del(items[i], "_seq");
-        json_array_append_new(sorted, items[i]);
+    if (d.n > 1)
+        qsort(d.rows, d.n, sizeof(*d.rows), cmp_newest_first);
+    size_t start = 0;
+    while (cursor != NULL && start < d.n && cmp_newest_first(&d.rows[start], &from) < 0)
+        start++;
+    size_t end = limit > 0 && d.n - start > (size_t)limit ? start + (size_t)limit : d.n;
+    mdm_buf_t out = MDM_BUF_INIT;
+    mdm_buf_puts(&out, "{");
+    bool first = true;
+    mdm_jsonw_member_str(&out, &first, "id", d.id);
+    mdm_buf_puts(&out, ",\"commands\":[");
+    for (size_t i = start; i < end; i++) {
+        if (i > start)
+            mdm_buf_putc(&out, ',');
+        row_json(&out, &d.rows[i]);
     }
-    mdm_free(items);
-    json_decref(d.arr);
-    json_t *o = json_object();
-    set_str(o, "id", req->params[0]);
-    json_object_set_new(o, "commands", sorted);
-    mdm_api_send_json(req, 200, o);
+    mdm_buf_puts(&out, "],\"next_cursor\":");
+    if (end < d.n) {
+        mdm_buf_t c = MDM_BUF_INIT;
+        row_cursor(&d.rows[end], &c);
+        mdm_jsonw_str(&out, c.data, c.len);
+        mdm_buf_free(&c);
+    } else {
+        mdm_buf_puts(&out, "null");
+    }
+    mdm_buf_puts(&out, "}\n");
+    mdm_free(d.rows);
+    send_answer(req, &out);
 }
 
 /* The answer of GET /v1/commands/{uuid} is written as text: a skeleton made
@@ -594,11 +689,7 @@ static int cmd_target_fn(const mdm_result_t *r, void *arg)
         snprintf(c->next, sizeof(c->next), "%s", r->eid);
         return PAGE_FULL;
     }
-    json_t *o = result_json(r, false, false);
-    json_object_del(o, "_queued_ms");
-    json_object_del(o, "_seq");
-    json_object_del(o, "command_uuid");
-    json_object_del(o, "request_type");
+    json_t *o = target_json(r);
     if (c->with_results && !report)
         json_object_set_new(o, "result", json_null());
     if (c->shown++ > 0)
@@ -686,14 +777,6 @@ static void show_assemble(struct cmd_show_ctx *c, mdm_buf_t *out)
     mdm_buf_putc(out, '\n');
     raws_free(c);
     mdm_buf_free(&c->text);
-}
-
-static void send_answer(mdm_req_t *req, mdm_buf_t *out)
-{
-    mdm_buf_free(&req->resp_body);
-    req->resp_body = *out;
-    *out = (mdm_buf_t)MDM_BUF_INIT;
-    mdm_resp_send_buf(req, 200, "application/json");
 }
 
 /* The reports of a command's targets can add up to megabytes (an

@@ -80,6 +80,25 @@ def test_device_command_history_is_newest_first_within_one_millisecond(datadir, 
         assert history == delivered[::-1], (history, delivered)
         st, r = api.call("GET", f"/v1/devices/{d.udid}/commands")
         assert [c["command_uuid"] for c in r["commands"]] == history, r
+        assert r["next_cursor"] is None
+        # In pages (the six share one millisecond: the cursor holds the
+        # enqueue order too), each page as the whole listing had it.
+        whole = {c["command_uuid"]: c for c in r["commands"]}
+        for limit in (1, 4):
+            seen, cursor = [], None
+            for _ in range(7):
+                q = f"?limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+                st, page = api.call("GET", f"/v1/devices/{d.udid}/commands{q}")
+                assert st == 200 and 1 <= len(page["commands"]) <= limit, page
+                assert all(whole[c["command_uuid"]] == c for c in page["commands"])
+                seen += [c["command_uuid"] for c in page["commands"]]
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+            assert seen == history, (limit, seen)
+        for q in ("?limit=-1", "?limit=two", "?cursor=abc", "?cursor=1.x.y", "?cursor=-5"):
+            st, e = api.call("GET", f"/v1/devices/{d.udid}/commands{q}")
+            assert st == 400 and e["error"] == "bad_query", (q, st, e)
     finally:
         assert srv.stop() == 0
 
