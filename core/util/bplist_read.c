@@ -104,22 +104,48 @@ int mdm_bpl_open(mdm_bpl_t *bp, const void *data, size_t len)
 }
 
 /* Whether the string object obj spells key (ASCII or UTF-16BE). */
-static bool key_is(const mdm_bpl_t *bp, uint64_t obj, const char *key, size_t klen)
+/* Whether key object obj spells key as libplist reads it: 1 yes, 0 no, -1
+ * when only libplist can tell. libplist keeps keys as C strings, so an
+ * ASCII key ends at its first NUL; it converts a UTF-16 key to UTF-8,
+ * dropping what does not convert, so one holding a NUL or an unpaired
+ * surrogate is left to it (one with other characters past ASCII spells no
+ * ASCII key). */
+static int key_is(const mdm_bpl_t *bp, uint64_t obj, const char *key, size_t klen)
 {
     unsigned m;
     size_t p;
     uint64_t count;
-    if (bpl_object(bp, obj, &m, &p, &count) != 0 || count != klen)
-        return false;
+    if (bpl_object(bp, obj, &m, &p, &count) != 0)
+        return -1;
     size_t avail = bp->otoff - p;
-    if (m >> 4 == 0x5)
-        return klen <= avail && memcmp(bp->b + p, key, klen) == 0;
-    if (m >> 4 != 0x6 || klen > avail / 2)
-        return false;
+    if (m >> 4 == 0x5) {
+        if (count < klen || count > avail || memcmp(bp->b + p, key, klen) != 0)
+            return 0;
+        return count == klen || bp->b[p + klen] == 0;
+    }
+    if (m >> 4 != 0x6 || count > avail / 2)
+        return -1;
+    bool ascii = true;
+    for (size_t i = 0; i < count; i++) {
+        unsigned u = (unsigned)bp->b[p + 2 * i] << 8 | bp->b[p + 2 * i + 1];
+        if (u == 0 || (u >= 0xdc00 && u <= 0xdfff))
+            return -1;
+        if (u >= 0xd800 && u <= 0xdbff) {
+            unsigned lo = i + 1 < count
+                              ? (unsigned)bp->b[p + 2 * i + 2] << 8 | bp->b[p + 2 * i + 3]
+                              : 0;
+            if (lo < 0xdc00 || lo > 0xdfff)
+                return -1;
+            i++;
+        }
+        ascii = ascii && u < 0x80;
+    }
+    if (!ascii || count != klen)
+        return 0;
     for (size_t i = 0; i < klen; i++)
-        if (bp->b[p + 2 * i] != 0 || bp->b[p + 2 * i + 1] != (unsigned char)key[i])
-            return false;
-    return true;
+        if (bp->b[p + 2 * i + 1] != (unsigned char)key[i])
+            return 0;
+    return 1;
 }
 
 int mdm_bpl_get(const mdm_bpl_t *bp, const char *key, mdm_bpl_val_t *v)
@@ -135,7 +161,10 @@ int mdm_bpl_get(const mdm_bpl_t *bp, const char *key, mdm_bpl_val_t *v)
             return MDM_EPARSE;
     for (uint64_t i = 0; i < bp->nkeys; i++) {
         uint64_t kref = be_get(bp->b + bp->refs + i * bp->rsz, bp->rsz);
-        if (!key_is(bp, kref, key, klen))
+        int is = key_is(bp, kref, key, klen);
+        if (is < 0)
+            return MDM_EPARSE;
+        if (is == 0)
             continue;
         uint64_t vref = be_get(bp->b + bp->refs + (bp->nkeys + i) * bp->rsz, bp->rsz);
         unsigned m;
