@@ -1543,7 +1543,7 @@ typedef struct run {
     mdm_policy_decision_t *out;
     mdm__call_t call;
     bool parsing;                  /* the hook returned: now checking its decision */
-    char where[160];               /* "init.lua:10": where the hook is defined */
+    int fn;                        /* the hook's stack slot (0: a profiles table) */
     char msgtype[64];              /* checkin: the MessageType */
     uint64_t duration_ns;
     uint64_t waited_ns;            /* past the time budget while the thread was not running */
@@ -1562,7 +1562,15 @@ static int bad(lua_State *L, run_t *r, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    lua_pushfstring(L, "%s: %s returned a bad decision: %s", r->where, hook_names[r->hook], msg);
+    /* Where the hook is defined ("init.lua:10"), looked up only now. */
+    char where[160] = "init.lua";
+    lua_Debug ar;
+    if (r->fn != 0) {
+        lua_pushvalue(L, r->fn);
+        if (lua_getinfo(L, ">S", &ar))
+            snprintf(where, sizeof(where), "%s:%d", ar.short_src, ar.linedefined);
+    }
+    lua_pushfstring(L, "%s: %s returned a bad decision: %s", where, hook_names[r->hook], msg);
     return lua_error(L);
 }
 
@@ -1899,12 +1907,10 @@ static int runner(lua_State *L)
     if (p->hook_ref[r->hook] != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, p->hook_ref[r->hook]);
         fn = lua_gettop(L);
-        lua_Debug ar;
+        /* Kept below the call's result for bad() to name the hook. */
         lua_pushvalue(L, fn);
-        if (lua_getinfo(L, ">S", &ar))
-            snprintf(r->where, sizeof(r->where), "%s:%d", ar.short_src, ar.linedefined);
-    } else {
-        snprintf(r->where, sizeof(r->where), "init.lua");
+        r->fn = fn;
+        fn = lua_gettop(L);
     }
     int nargs = push_args(L, r);
     if (fn != 0) {
