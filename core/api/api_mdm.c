@@ -766,11 +766,15 @@ static void show_assemble(struct cmd_show_ctx *c, mdm_buf_t *out)
         raw_result_t *x = &c->raws[i];
         mdm_buf_append(out, c->text.data + from, x->at - from);
         from = x->at;
-        plist_t p = NULL;
-        if (mdm_plist_load(x->raw.data, x->raw.len, &p) != 0 ||
-            mdm_plist_write_json(p, 0, out, NULL) != 0)
-            mdm_buf_puts(out, "null");
-        plist_free(p);
+        /* A binary report (as large ones are stored) is written straight
+         * from its bytes; other ones, and what that leaves, through a tree. */
+        if (mdm_bplist_write_json(x->raw.data, x->raw.len, out) != 0) {
+            plist_t p = NULL;
+            if (mdm_plist_load(x->raw.data, x->raw.len, &p) != 0 ||
+                mdm_plist_write_json(p, 0, out, NULL) != 0)
+                mdm_buf_puts(out, "null");
+            plist_free(p);
+        }
         mdm_buf_free(&x->raw);
     }
     mdm_buf_append(out, c->text.data + from, c->text.len - from);

@@ -77,6 +77,15 @@ int mdm_plist_to_json_checked(plist_t p, int max_depth, json_t **out, mdm_err_t 
  * leaves out as it was. */
 int mdm_plist_write_json(plist_t p, int max_depth, mdm_buf_t *out, mdm_err_t *err);
 
+/* Appends the text mdm_plist_write_json() would write for the parse of the
+ * binary plist at data, straight from its bytes, without a tree
+ * (core/util/bplist_json.c). Returns 0, or non-zero with out as it was when
+ * the plist holds a kind it leaves to the parser (a date, a set, a UID, a
+ * 16-byte integer, a string with a NUL or an unpaired surrogate), is not a
+ * binary plist, or passes the parser's bounds: parse it then. Bytes that
+ * mdm_plist_load() refuses may still be written (as JSON). */
+int mdm_bplist_write_json(const void *data, size_t len, mdm_buf_t *out);
+
 /* Converts JSON to a plist without a schema (see the mapping above); NULL
  * for null values or nesting deeper than MDM_PLIST_MAX_DEPTH. */
 plist_t mdm_json_to_plist_untyped(const json_t *j);

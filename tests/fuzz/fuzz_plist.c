@@ -9,6 +9,8 @@
  *  - JSON -> plist -> JSON is the identity on what plist -> JSON made;
  *  - the binary plist the store would keep parses again with the same
  *    limits, and so does its form with shared keys (the same tree);
+ *  - mdm_bplist_write_json, on the input and on both binary forms, writes
+ *    what the parse's JSON is, or nothing;
  *  - as a stored result record (binary layout or an older plist), the
  *    input decodes or is refused, and what decodes encodes to bytes that
  *    decode to the same record;
@@ -110,10 +112,44 @@ static void in_place(const void *data, size_t size)
     plist_free(tree);
 }
 
+/* The tree-less JSON writer of binary plists (results read back through the
+ * admin API; the stored ones passed mdm_plist_load when they came in): for
+ * bytes that load, it writes what the tree's JSON is, or gives up; for
+ * bytes that do not, what it writes is still JSON. When it gives up it
+ * leaves its buffer as it was. */
+static void bplist_json(const void *data, size_t size)
+{
+    mdm_buf_t t = MDM_BUF_INIT;
+    mdm_buf_puts(&t, "[");
+    if (mdm_bplist_write_json(data, size, &t) != 0) {
+        if (t.len != 1)
+            fail("mdm_bplist_write_json gave up but left text", NULL);
+        mdm_buf_free(&t);
+        return;
+    }
+    mdm_buf_putc(&t, ']');
+    json_error_t je;
+    json_t *w = json_loadb(t.data, t.len, 0, &je);
+    if (w == NULL)
+        fail("mdm_bplist_write_json wrote text that is not JSON", NULL);
+    plist_t tree = NULL;
+    json_t *j = NULL;
+    if (mdm_plist_load(data, size, &tree) == 0) {
+        j = mdm_plist_to_json(tree);
+        if (j == NULL || !json_equal(j, json_array_get(w, 0)))
+            fail("mdm_bplist_write_json wrote other JSON than the parse", NULL);
+    }
+    json_decref(j);
+    json_decref(w);
+    plist_free(tree);
+    mdm_buf_free(&t);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     result_record(data, size);
     in_place(data, size);
+    bplist_json(data, size);
     plist_t p = NULL, back = NULL, again = NULL;
     json_t *j = NULL, *jc = NULL, *j2 = NULL;
     mdm_buf_t bin = MDM_BUF_INIT;
@@ -166,6 +202,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
      * it parses again, and says what the input said: the same JSON. */
     mdm_buf_t shared = MDM_BUF_INIT;
     size_t values = mdm_plist_to_bin_shared(p, &shared);
+    bplist_json(shared.data, shared.len);
+    bplist_json(bin.data, bin.len);
     if (values <= MDM_PLIST_MAX_NODES && shared.len > 0) {
         plist_t sp = NULL;
         if (mdm_plist_parse(shared.data, shared.len, 0, &sp, &err) != 0)

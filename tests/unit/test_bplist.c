@@ -62,13 +62,38 @@ static void check_reads_back(plist_t p, const mdm_buf_t *b)
     free(want);
 }
 
-/* Values of p, keys included, counted the way the bounded parser does. */
-static size_t count_values(plist_t p)
+/* The tree-less JSON writer on the binary plist b of p: it writes what
+ * the JSON of p is, or gives up (returns false) leaving out as it was. */
+static bool check_json_of(plist_t p, const mdm_buf_t *b)
+{
+    mdm_buf_t t = MDM_BUF_INIT;
+    mdm_buf_puts(&t, "[");
+    if (mdm_bplist_write_json(b->data, b->len, &t) != 0) {
+        assert_int_equal(t.len, 1);
+        mdm_buf_free(&t);
+        return false;
+    }
+    mdm_buf_putc(&t, ']');
+    json_t *j = mdm_plist_to_json(p);
+    json_error_t je;
+    json_t *w = json_loadb(t.data, t.len, 0, &je);
+    if (j == NULL || w == NULL || !json_equal(j, json_array_get(w, 0)))
+        fail_msg("tree-less JSON differs: %.2000s", t.data);
+    json_decref(j);
+    json_decref(w);
+    mdm_buf_free(&t);
+    return true;
+}
+
+/* Values of p, keys included, counted the way the bounded parser does;
+ * *dates counts the dates among them. */
+static size_t walk_values(plist_t p, size_t *dates)
 {
     size_t n = 1;
+    *dates += plist_get_node_type(p) == PLIST_DATE;
     if (plist_get_node_type(p) == PLIST_ARRAY) {
         for (uint32_t i = 0; i < plist_array_get_size(p); i++)
-            n += count_values(plist_array_get_item(p, i));
+            n += walk_values(plist_array_get_item(p, i), dates);
     } else if (plist_get_node_type(p) == PLIST_DICT) {
         plist_dict_iter it = NULL;
         plist_dict_new_iter(p, &it);
@@ -79,11 +104,25 @@ static size_t count_values(plist_t p)
             if (k == NULL)
                 break;
             free(k);
-            n += 1 + count_values(v);
+            n += 1 + walk_values(v, dates);
         }
         free(it);
     }
     return n;
+}
+
+static size_t count_values(plist_t p)
+{
+    size_t dates = 0;
+    return walk_values(p, &dates);
+}
+
+/* Whether p holds a date (the tree-less writer leaves those to the parse). */
+static bool has_date(plist_t p)
+{
+    size_t dates = 0;
+    walk_values(p, &dates);
+    return dates > 0;
 }
 
 /* Writes p both ways (keys shared and not): both read back as p, the
@@ -96,6 +135,13 @@ static size_t roundtrip(plist_t p)
     check_reads_back(p, &b);
     size_t values = mdm_plist_to_bin_shared(p, &sh);
     check_reads_back(p, &sh);
+    /* Both forms convert without a tree, unless p holds a date (or a kind
+     * with no JSON form, which the random trees do not make). */
+    json_t *probe = mdm_plist_to_json(p);
+    bool plain = probe != NULL && !has_date(p);
+    json_decref(probe);
+    assert_true(check_json_of(p, &b) == plain);
+    assert_true(check_json_of(p, &sh) == plain);
     assert_true(sh.len <= b.len);
     assert_int_equal(values, count_values(p));
     size_t n = b.len;
