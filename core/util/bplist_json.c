@@ -66,17 +66,10 @@ static int string_of(walk_t *w, unsigned m, size_t p, const char **s, size_t *n)
     if (m >> 4 != 0x6 || count > avail / 2)
         return GIVE_UP;
     mdm_buf_reset(&w->tmp);
-    for (size_t i = 0; i < count; i++) {
-        uint32_t u = (uint32_t)be(b + 2 * i, 2);
-        if (u == 0 || (u >= 0xdc00 && u <= 0xdfff))
+    for (size_t i = 0; i < count;) {
+        uint32_t u;
+        if (mdm__bpl_utf16_next(b, (size_t)count, &i, &u) != 0)
             return GIVE_UP;
-        if (u >= 0xd800 && u <= 0xdbff) {
-            uint32_t lo = i + 1 < count ? (uint32_t)be(b + 2 * i + 2, 2) : 0;
-            if (lo < 0xdc00 || lo > 0xdfff)
-                return GIVE_UP;
-            u = 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00);
-            i++;
-        }
         char enc[4];
         size_t len;
         if (u < 0x80) {

@@ -103,7 +103,25 @@ int mdm_bpl_open(mdm_bpl_t *bp, const void *data, size_t len)
     return 0;
 }
 
-/* Whether the string object obj spells key (ASCII or UTF-16BE). */
+int mdm__bpl_utf16_next(const unsigned char *b, size_t count, size_t *i, uint32_t *cp)
+{
+    uint32_t u = (uint32_t)b[2 * *i] << 8 | b[2 * *i + 1];
+    if (u == 0 || (u >= 0xdc00 && u <= 0xdfff))
+        return MDM_EPARSE;
+    if (u >= 0xd800 && u <= 0xdbff) {
+        if (*i + 1 >= count)
+            return MDM_EPARSE;
+        uint32_t lo = (uint32_t)b[2 * *i + 2] << 8 | b[2 * *i + 3];
+        if (lo < 0xdc00 || lo > 0xdfff)
+            return MDM_EPARSE;
+        u = 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00);
+        (*i)++;
+    }
+    (*i)++;
+    *cp = u;
+    return 0;
+}
+
 /* Whether key object obj spells key as libplist reads it: 1 yes, 0 no, -1
  * when only libplist can tell. libplist keeps keys as C strings, so an
  * ASCII key ends at its first NUL; it converts a UTF-16 key to UTF-8,
@@ -126,19 +144,11 @@ static int key_is(const mdm_bpl_t *bp, uint64_t obj, const char *key, size_t kle
     if (m >> 4 != 0x6 || count > avail / 2)
         return -1;
     bool ascii = true;
-    for (size_t i = 0; i < count; i++) {
-        unsigned u = (unsigned)bp->b[p + 2 * i] << 8 | bp->b[p + 2 * i + 1];
-        if (u == 0 || (u >= 0xdc00 && u <= 0xdfff))
+    for (size_t i = 0; i < count;) {
+        uint32_t cp;
+        if (mdm__bpl_utf16_next(bp->b + p, (size_t)count, &i, &cp) != 0)
             return -1;
-        if (u >= 0xd800 && u <= 0xdbff) {
-            unsigned lo = i + 1 < count
-                              ? (unsigned)bp->b[p + 2 * i + 2] << 8 | bp->b[p + 2 * i + 3]
-                              : 0;
-            if (lo < 0xdc00 || lo > 0xdfff)
-                return -1;
-            i++;
-        }
-        ascii = ascii && u < 0x80;
+        ascii = ascii && cp < 0x80;
     }
     if (!ascii || count != klen)
         return 0;

@@ -89,6 +89,11 @@ int mdm__bpl_trailer(mdm_bpl_t *bp, const void *data, size_t len, uint64_t *top)
 int mdm__bpl_object(const mdm_bpl_t *bp, uint64_t obj, unsigned *marker, size_t *p);
 int mdm__bpl_count(const mdm_bpl_t *bp, unsigned m, size_t *p, uint64_t *count);
 
+/* The code point of the UTF-16BE string b (count units) at unit *i, which
+ * moves past it. MDM_EPARSE for what libplist would not read back as
+ * written: a NUL (it ends its C strings) or an unpaired surrogate. */
+int mdm__bpl_utf16_next(const unsigned char *b, size_t count, size_t *i, uint32_t *cp);
+
 /* A stored dictionary record that is read in place until something needs
  * its tree. The getters answer exactly as mdm_pl_* on the parsed record
  * would: in place when the value is of a plain kind, from the tree (parsed
