@@ -1045,6 +1045,20 @@ static void expect_killed_soon(struct fx *fx, mdm_policy_settings_t *s, char *sr
     mdm_free(src);
 }
 
+
+/* A time bound of a test in ms: fast on a release build, times
+ * MOONMDM_TEST_SLOWDOWN on a sanitizer build, slow under valgrind
+ * (MOONMDM_SLOW_TESTS). What the tests check is that the work stops, not
+ * how fast the machine is. */
+static double time_limit(double fast, double slow)
+{
+    if (getenv("MOONMDM_SLOW_TESTS"))
+        return slow;
+    const char *f = getenv("MOONMDM_TEST_SLOWDOWN");
+    double x = f ? atof(f) : 1.0;
+    return fast * (x > 1.0 ? x : 1.0);
+}
+
 static void test_budget_time(void **state)
 {
     struct fx *fx = *state;
@@ -1055,7 +1069,7 @@ static void test_budget_time(void **state)
     s.instructions = 100000000000ull;
     /* A slow machine (valgrind) may overshoot; what matters is that the
      * loop ends near the budget and not never. */
-    double limit = getenv("MOONMDM_SLOW_TESTS") ? 5000 : 500;
+    double limit = time_limit(500, 5000);
     double ms = expect_killed(fx, &s, "return { groups = function()\n  while true do end\nend }\n",
                               "init.lua:2: time budget exceeded (50 ms)");
     if (ms < 45 || ms > limit)
@@ -1131,7 +1145,7 @@ static void test_budget_patterns(void **state)
     /* A generous clock: the instruction budget (20 million) stops them. A
      * slow machine (valgrind) may take longer; the point is that they stop. */
     s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 20000;
-    double limit = getenv("MOONMDM_SLOW_TESTS") ? 20000 : 1000;
+    double limit = time_limit(1000, 20000);
     for (size_t i = 0; i < sizeof(slow) / sizeof(slow[0]); i++) {
         char *src = mdm_sprintf("local S = string.rep('a', 1 << 20)\n"
                                 "return { groups = function()\n"
@@ -1195,7 +1209,7 @@ static void test_budget_library_calls(void **state)
     struct fx *fx = *state;
     mdm_policy_settings_t s = settings(fx, false);
     s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 20000;
-    double limit = getenv("MOONMDM_SLOW_TESTS") ? 20000 : 1000;
+    double limit = time_limit(1000, 20000);
     static const char *const slow[] = {
         "string.rep('', 1e11)",
         "('x'):rep(1e11, '')",
@@ -1274,7 +1288,7 @@ static void test_budget_library_loops(void **state)
     s.budget_ms[MDM_POLICY_HOOK_GROUPS] = 50;
     s.memory_max = 256u << 20;
     s.load_budget_ms = 20000;
-    double limit = getenv("MOONMDM_SLOW_TESTS") ? 20000 : 500;
+    double limit = time_limit(500, 20000);
     static const char *const big = "local S = string.rep('a', 1 << 23)\n";
     static const char *const mib = "local S = string.rep('a', 1 << 20)\n";
     static const char *const strs = "local T = {} for i = 1, 1e6 do T[i] = 'x' end\n";
@@ -1394,7 +1408,7 @@ static void test_budget_allocation_clock(void **state)
     /* An instruction here copies 32 MiB (a hundred milliseconds on a busy
      * machine, page faults included); the next allocation after the
      * deadline stops the call, so it ends within two of them. */
-    double limit = getenv("MOONMDM_SLOW_TESTS") ? 20000 : 600;
+    double limit = time_limit(600, 20000);
     static const char *const loops[] = {
         "for i = 1, 1e6 do local r = S .. i end",
         "for i = 1, 1e6 do local r = S:sub(i % 2 + 1) end",
