@@ -1050,7 +1050,7 @@ static bool block_topic(apns_t *a, push_t *p, const char *reason)
 static void certificate_refused(apns_t *a, push_t *p, const char *reason, const char *what)
 {
     if (!block_topic(a, p, reason)) {
-        char why[300];
+        char why[512]; /* what (under 300 bytes) and the sentence around it */
         snprintf(why, sizeof(why),
                  "APNs refused the push certificate the request went out with (%s), which has "
                  "been replaced since",
