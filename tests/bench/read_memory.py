@@ -12,7 +12,9 @@ either:
                 GET /v1/devices/{id}/commands is read unpaged.
 
 It prints the server's peak memory (VmHWM from /proc) before and after the
-read, the read's time and the pages. It uses the integration
+read, the read's time and the pages, and its resident memory (VmRSS) right
+after the read and again --settle seconds later, and the part of it that
+is not the store's mapped file (RssAnon). It uses the integration
 tests' fixtures (a real server on 127.0.0.1).
 
 usage: MOONMDM_SOURCE_DIR=. /usr/bin/python3 tests/bench/read_memory.py \\
@@ -31,9 +33,10 @@ os.environ.setdefault("MOONMDM_SOURCE_DIR", os.path.join(HERE, "..", ".."))
 
 
 def memory(pid):
-    """(VmRSS, VmHWM) of pid in MiB."""
+    """(VmRSS, VmHWM, RssAnon) of pid in MiB. RssAnon leaves out the
+    store's mapped file pages, which VmRSS counts once read."""
     f = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
-    return int(f["VmRSS"].split()[0]) // 1024, int(f["VmHWM"].split()[0]) // 1024
+    return tuple(int(f[k].split()[0]) // 1024 for k in ("VmRSS", "VmHWM", "RssAnon"))
 
 
 def read_results(srv, api, n, n_apps):
@@ -94,6 +97,9 @@ def main():
     group.add_argument("--results", type=int, metavar="N")
     group.add_argument("--commands", type=int, metavar="N")
     ap.add_argument("--apps", type=int, default=20000)
+    ap.add_argument("--settle", type=float, default=4.0,
+                    help="seconds to wait after the read before rss_settled_mib "
+                         "(the server gives memory back 2 s after large work)")
     ap.add_argument("binaries", nargs="+")
     a = ap.parse_args()
     from conftest import Server, make_datadir
@@ -112,11 +118,15 @@ def main():
             else:
                 before, secs, pages = read_commands(srv, api, a.commands)
             after = memory(srv.proc.pid)
+            time.sleep(a.settle)
+            settled = memory(srv.proc.pid)
             print(f"bin={binary} {'results' if a.results else 'commands'}="
                   f"{a.results or a.commands} read_s={secs:.2f} pages={pages} "
                   f"rss_before_mib={before[0]} hwm_before_mib={before[1]} "
                   f"rss_after_mib={after[0]} hwm_after_mib={after[1]} "
-                  f"peak_growth_mib={after[1] - before[1]}", flush=True)
+                  f"peak_growth_mib={after[1] - before[1]} "
+                  f"rss_settled_mib={settled[0]} anon_before_mib={before[2]} "
+                  f"anon_after_mib={after[2]} anon_settled_mib={settled[2]}", flush=True)
         finally:
             if srv is not None:
                 srv.stop()
