@@ -1001,6 +1001,10 @@ static int check_text(plist_t p, mdm_err_t *err)
     return rc;
 }
 
+/* The quick reader is for messages, not for large reports: those go to
+ * the thread pool, and libplist's reader is as quick per byte there. */
+#define QUICK_XML_MAX_BYTES (64u << 10)
+
 static int parse(const char *data, size_t len, int max_depth, bool check_strings, plist_t *out,
                  mdm_err_t *err)
 {
@@ -1020,6 +1024,15 @@ static int parse(const char *data, size_t len, int max_depth, bool check_strings
             len--;
         if (len == 0 || memchr(data, '\0', len) != NULL)
             return mdm_err_set(err, MDM_EPARSE, "XML property list holds a NUL byte");
+        /* What devices send most is read without libplist's reader and
+         * this file's checks, which it makes itself (plist_xml.c). */
+        if (len <= QUICK_XML_MAX_BYTES) {
+            plist_t q = mdm__plist_xml_quick(data, len, max_depth);
+            if (q != NULL) {
+                *out = q;
+                return 0;
+            }
+        }
     }
     int rc = binary ? bplist_check(data, len, max_depth, err)
                     : xml_check_depth(data, len, max_depth, err);

@@ -54,6 +54,14 @@
  * Errors: MDM_ELIMIT (too big or too deep), MDM_EPARSE. */
 int mdm_plist_parse(const char *data, size_t len, int max_depth, plist_t *out, mdm_err_t *err);
 
+/* Internal (core/util/plist_xml.c): the quick reader mdm_plist_parse()
+ * tries first on XML of up to 64 KiB without a NUL byte. It builds the
+ * tree libplist 2.2 would for a strict subset of XML plists, with strings
+ * and keys checked as UTF-8 and at most max_depth (> 0) containers deep,
+ * and returns NULL for anything else (not an error: the caller then reads
+ * the document the usual way). */
+plist_t mdm__plist_xml_quick(const char *data, size_t len, int max_depth);
+
 /* Parses a binary plist this server wrote itself (a store record): the
  * same checks of size, nesting, cycles and expansion as mdm_plist_parse(),
  * so that a damaged record cannot crash the server, but not the UTF-8

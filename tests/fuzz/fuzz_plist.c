@@ -16,7 +16,10 @@
  *    decode to the same record;
  *  - as a stored record read in place (mdm_rec_*, on the input and on the
  *    server's binary form of it): every getter, for every top-level key,
- *    answers as the same getter on the parsed record. */
+ *    answers as the same getter on the parsed record;
+ *  - what the quick XML reader (mdm__plist_xml_quick) accepts, libplist's
+ *    XML reader reads to the same tree, and that tree passes the checks of
+ *    the usual path. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -145,8 +148,85 @@ static void bplist_json(const void *data, size_t size)
     mdm_buf_free(&t);
 }
 
+/* Whether two trees are the same: types, values (with libplist's own
+ * comparison, which also tells 64-bit from 128-bit integers), and the keys
+ * of dictionaries in their order. */
+static bool same_tree(plist_t a, plist_t b, int depth)
+{
+    plist_type t = plist_get_node_type(a);
+    if (t != plist_get_node_type(b) || depth > MDM_PLIST_MAX_DEPTH + 1)
+        return false;
+    if (t == PLIST_ARRAY) {
+        uint32_t n = plist_array_get_size(a);
+        if (n != plist_array_get_size(b))
+            return false;
+        for (uint32_t i = 0; i < n; i++)
+            if (!same_tree(plist_array_get_item(a, i), plist_array_get_item(b, i), depth + 1))
+                return false;
+        return true;
+    }
+    if (t == PLIST_DICT) {
+        if (plist_dict_get_size(a) != plist_dict_get_size(b))
+            return false;
+        plist_dict_iter ia = NULL, ib = NULL;
+        plist_dict_new_iter(a, &ia);
+        plist_dict_new_iter(b, &ib);
+        bool same = true;
+        for (;;) {
+            char *ka = NULL, *kb = NULL;
+            plist_t va = NULL, vb = NULL;
+            plist_dict_next_item(a, ia, &ka, &va);
+            plist_dict_next_item(b, ib, &kb, &vb);
+            bool end = ka == NULL || kb == NULL;
+            same = (ka == NULL) == (kb == NULL) &&
+                   (end || (strcmp(ka, kb) == 0 && same_tree(va, vb, depth + 1)));
+            free(ka);
+            free(kb);
+            if (end || !same)
+                break;
+        }
+        free(ia);
+        free(ib);
+        return same;
+    }
+    return plist_compare_node_value(a, b) != 0;
+}
+
+/* The quick XML reader against libplist's, on what the quick one takes. */
+static void quick_xml(const uint8_t *data, size_t size)
+{
+    size_t len = size;
+    while (len > 0 && data[len - 1] == 0)
+        len--;
+    if (len == 0 || memchr(data, 0, len) != NULL || (len >= 8 && memcmp(data, "bplist00", 8) == 0))
+        return;
+    for (int depth = 1; depth <= MDM_PLIST_MAX_DEPTH; depth += MDM_PLIST_MAX_DEPTH - 1) {
+        plist_t q = mdm__plist_xml_quick((const char *)data, len, depth);
+        if (q == NULL)
+            continue;
+        plist_t slow = NULL;
+        plist_from_xml((const char *)data, (uint32_t)len, &slow);
+        if (slow == NULL)
+            fail("the quick XML reader took a document libplist refuses", NULL);
+        if (!same_tree(q, slow, 0))
+            fail("the quick XML reader built another tree than libplist", NULL);
+        /* The usual path's checks pass on it (nesting, UTF-8). */
+        plist_t p = NULL;
+        mdm_buf_t bin = MDM_BUF_INIT;
+        mdm_err_t err = {0};
+        mdm_plist_to_bin_buf(q, &bin);
+        if (mdm_plist_parse(bin.data, bin.len, depth, &p, &err) != 0)
+            fail("a tree of the quick XML reader does not pass the usual checks", &err);
+        plist_free(p);
+        mdm_buf_free(&bin);
+        plist_free(slow);
+        plist_free(q);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    quick_xml(data, size);
     result_record(data, size);
     in_place(data, size);
     bplist_json(data, size);

@@ -803,6 +803,107 @@ static void test_parse_stored(void **state)
     assert_non_null(strstr(err.msg, "not UTF-8"));
 }
 
+/* The quick XML reader: on what devices send it builds libplist's tree;
+ * everything out of its subset it leaves to libplist (NULL), and
+ * mdm_plist_parse() then answers as before. */
+static char *xml_of(plist_t p)
+{
+    char *x = NULL;
+    uint32_t n = 0;
+    plist_to_xml(p, &x, &n);
+    return x;
+}
+
+#define PL_HEAD "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE plist PUBLIC " \
+                "\"-//Apple//DTD PLIST 1.0//EN\" \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n" \
+                "<plist version=\"1.0\">\n"
+
+static void assert_quick_same(const char *doc, int max_depth)
+{
+    plist_t q = mdm__plist_xml_quick(doc, strlen(doc), max_depth), slow = NULL;
+    if (q == NULL)
+        fail_msg("the quick reader left this to libplist:\n%s", doc);
+    plist_from_xml(doc, (uint32_t)strlen(doc), &slow);
+    assert_non_null(slow);
+    char *a = xml_of(q), *b = xml_of(slow);
+    if (strcmp(a, b) != 0)
+        fail_msg("trees differ\nquick: %s\nlibplist: %s", a, b);
+    free(a);
+    free(b);
+    plist_free(q);
+    plist_free(slow);
+}
+
+static void test_parse_xml_quick(void **state)
+{
+    (void)state;
+    assert_quick_same(PL_HEAD "<dict>\n\t<key>Status</key>\n\t<string>Acknowledged</string>\n"
+                              "\t<key>CommandUUID</key>\n\t<string>0F6C3E0A</string>\n</dict>\n</plist>\n",
+                      64);
+    assert_quick_same("<plist><dict><key>a &amp; b</key><string> &lt;x&gt; &quot;&apos; \xc3\xa9 "
+                      "</string><key>n</key><integer>-9223372036854775808</integer><key>m</key>"
+                      "<integer>9223372036854775807</integer><key>t</key><true/><key>f</key>"
+                      "<false/><key>e</key><dict/><key>a</key><array/><key>l</key><array>"
+                      "<string></string><array><integer>0</integer></array></array></dict></plist>",
+                      64);
+    /* Long text goes to the heap, a key and its value both long. */
+    char doc[2200];
+    char big[1001];
+    memset(big, 'k', 1000);
+    big[1000] = '\0';
+    snprintf(doc, sizeof(doc), "<plist><dict><key>%s</key><string>%s&amp;</string></dict></plist>",
+             big, big);
+    assert_quick_same(doc, 64);
+
+    /* Out of the subset: libplist reads each of these (its result may
+     * differ from what a quick reading would guess), the quick one does
+     * not. */
+    static const char *const outside[] = {
+        "<integer>18446744073709551615</integer>", "<integer>-0</integer>",
+        "<integer>007</integer>", "<integer>0x10</integer>", "<integer> 5</integer>",
+        "<integer>+5</integer>", "<string>a&#65;</string>", "<string/>", "<true></true>",
+        "<string><![CDATA[x<y]]></string>", "<string>a<!-- c -->b</string>",
+        "<string>a\r\nb</string>", "<string>a>b</string>", "<real>1.5</real>",
+        "<date>2024-05-01T12:00:00Z</date>", "<data>AAEC</data>", "<string>\xff</string>",
+    };
+    for (size_t i = 0; i < sizeof(outside) / sizeof(outside[0]); i++) {
+        snprintf(doc, sizeof(doc), "<plist><dict><key>v</key>%s</dict></plist>", outside[i]);
+        plist_t slow = NULL;
+        plist_from_xml(doc, (uint32_t)strlen(doc), &slow);
+        if (slow == NULL)
+            fail_msg("libplist refuses %s", outside[i]);
+        plist_free(slow);
+        if (mdm__plist_xml_quick(doc, strlen(doc), 64) != NULL)
+            fail_msg("the quick reader took %s", outside[i]);
+    }
+    /* A repeated key (libplist keeps the last value), nesting past the
+     * bound, text after the document. */
+    static const char *const left[] = {
+        "<plist><dict><key>k</key><string>1</string><key>k</key><string>2</string></dict></plist>",
+        "<plist><array><array></array></array></plist>",
+        "<plist><array/></plist> x",
+        "<plist version=\"1.0\"/>",
+    };
+    for (size_t i = 0; i < sizeof(left) / sizeof(left[0]); i++)
+        if (mdm__plist_xml_quick(left[i], strlen(left[i]), 1) != NULL)
+            fail_msg("the quick reader took %s", left[i]);
+
+    /* Through mdm_plist_parse: the same answers and errors as without the
+     * quick reader. */
+    plist_t p = NULL;
+    mdm_err_t err = {0};
+    const char *deep = "<plist><array><array><array></array></array></array></plist>";
+    assert_int_equal(mdm_plist_parse(deep, strlen(deep), 2, &p, &err), MDM_ELIMIT);
+    assert_non_null(strstr(err.msg, "nested deeper than 2"));
+    const char *latin1 = "<plist><dict><key>v</key><string>\xe9</string></dict></plist>";
+    assert_int_equal(mdm_plist_parse(latin1, strlen(latin1), 0, &p, &err), MDM_EPARSE);
+    assert_non_null(strstr(err.msg, "not UTF-8"));
+    const char *dup = left[0];
+    assert_int_equal(mdm_plist_parse(dup, strlen(dup), 0, &p, &err), 0);
+    assert_string_equal(plist_get_string_ptr(plist_dict_get_item(p, "k"), NULL), "2");
+    plist_free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -815,6 +916,7 @@ int main(void)
         cmocka_unit_test(test_json_to_plist_untyped),
         cmocka_unit_test(test_json_to_plist_errors),
         cmocka_unit_test(test_parse_basic),
+        cmocka_unit_test(test_parse_xml_quick),
         cmocka_unit_test(test_parse_errors),
         cmocka_unit_test(test_parse_xml_depth),
         cmocka_unit_test(test_parse_binary_bounds),
