@@ -755,11 +755,15 @@ static int xml_check_depth(const char *s, size_t n, int max_depth, mdm_err_t *er
             size_t nlen = name_end - i;
             if (empty && name_end == e && nlen > 0)
                 nlen--; /* "<array/>": the name ends before the slash */
-            if (!empty && (tag_is(s + i, nlen, "array") || tag_is(s + i, nlen, "dict"))) {
-                if (++depth > max_depth)
+            if (tag_is(s + i, nlen, "array") || tag_is(s + i, nlen, "dict")) {
+                /* "<array/>" is an empty container one level down too: the
+                 * binary form of the tree would count it. */
+                if (depth + 1 > max_depth)
                     return mdm_err_set(err, MDM_ELIMIT,
                                        "property list is nested deeper than %d levels",
                                        max_depth);
+                if (!empty)
+                    depth++;
             } else if (tag_is(s + i, nlen, "/array") || tag_is(s + i, nlen, "/dict")) {
                 if (depth > 0)
                     depth--;

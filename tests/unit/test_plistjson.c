@@ -580,6 +580,27 @@ static void test_parse_xml_depth(void **state)
     expect_parse_error(xml, len, 0, MDM_ELIMIT, want);
     mdm_free(xml);
 
+    /* An empty container written "<array/>" or "<dict/>" is a level too:
+     * the binary form of the tree counts it, and a tree let through one
+     * level too deep would be stored as a record that never loads again. */
+    const char *empty_deep = "<plist><array><array/></array></plist>";
+    expect_parse_error(empty_deep, strlen(empty_deep), 1, MDM_ELIMIT,
+                       "property list is nested deeper than 1 levels");
+    plist_free(parse_ok(empty_deep, strlen(empty_deep), 2));
+    const char *empty_dict = "<plist><dict><key>k</key><dict/></dict></plist>";
+    expect_parse_error(empty_dict, strlen(empty_dict), 1, MDM_ELIMIT,
+                       "property list is nested deeper than 1 levels");
+    mdm_buf_t deep = MDM_BUF_INIT;
+    mdm_buf_puts(&deep, "<plist>");
+    for (int i = 0; i < MDM_PLIST_MAX_DEPTH; i++)
+        mdm_buf_puts(&deep, "<array>");
+    mdm_buf_puts(&deep, "<dict/>");
+    for (int i = 0; i < MDM_PLIST_MAX_DEPTH; i++)
+        mdm_buf_puts(&deep, "</array>");
+    mdm_buf_puts(&deep, "</plist>");
+    expect_parse_error(deep.data, deep.len, 0, MDM_ELIMIT, want);
+    mdm_buf_free(&deep);
+
     /* Deep enough to crash libplist's recursive plist_free: refused early. */
     xml = nested_xml(400000, &len);
     expect_parse_error(xml, len, 0, MDM_ELIMIT, want);
