@@ -149,13 +149,14 @@ bool mdm_device_id_ok(const char *id)
 }
 
 int mdm__resolve_ids(plist_t msg, char eid[MDM_EID_MAX + 1], char device_id[MDM_EID_MAX + 1],
-                     bool *user_channel)
+                     bool *user_channel, const char **why)
 {
     const char *udid = mdm_pl_str(msg, "UDID");
     const char *enr = mdm_pl_str(msg, "EnrollmentID");
     const char *user_id = mdm_pl_str(msg, "UserID");
     const char *dev = udid ? udid : enr;
     *user_channel = false;
+    *why = "no usable UDID or EnrollmentID in the message";
     if (!mdm_device_id_ok(dev))
         return MDM_EPARSE;
     snprintf(device_id, MDM_EID_MAX + 1, "%s", dev);
@@ -165,11 +166,25 @@ int mdm__resolve_ids(plist_t msg, char eid[MDM_EID_MAX + 1], char device_id[MDM_
             user = mdm_pl_str(msg, "UserShortName");
         else
             user = user_id;
-        if (user == NULL)
+        if (user == NULL) {
+            *why = "the Shared iPad user channel's message has no UserShortName";
             return MDM_EPARSE;
+        }
     } else if (udid == NULL && mdm_pl_str(msg, "EnrollmentUserID") != NULL) {
         user = mdm_pl_str(msg, "EnrollmentUserID");
     }
+    /* A message with user keys that name no user channel (UserID not a
+     * string, UserShortName without UserID, ...) is for no channel: taking
+     * it for the device's would put a user's push token on the device. */
+    static const char *const user_keys[] = {"UserID", "UserShortName", "UserLongName",
+                                            "EnrollmentUserID"};
+    *why = "user channel keys that name no user channel (UserID must be a string; "
+           "UserShortName and UserLongName come with it, EnrollmentUserID with EnrollmentID)";
+    if (user == NULL)
+        for (size_t i = 0; i < sizeof(user_keys) / sizeof(user_keys[0]); i++)
+            if (plist_dict_get_item(msg, user_keys[i]) != NULL)
+                return MDM_EPARSE;
+    *why = "the user channel's user id is empty, longer than 120 bytes or not text";
     if (user != NULL) {
         if (user[0] == '\0' || strlen(user) > 120)
             return MDM_EPARSE;
@@ -474,6 +489,18 @@ static int check_issued_for(msg_ctx_t *c, mdm_txn_t *txn)
     return 0;
 }
 
+/* Records the request's identity certificate in the enrollment record e:
+ * its fingerprint, and the certificate itself, to which profiles are
+ * encrypted. */
+static void set_identity(msg_ctx_t *c, plist_t e)
+{
+    mdm_pl_set_data(e, "cert_fp", c->id->fp, 32);
+    mdm_buf_t der = MDM_BUF_INIT;
+    if (c->id->cert != NULL && mdm_cert_to_der(c->id->cert, &der) == 0)
+        mdm_pl_set_data(e, "cert_der", der.data, der.len);
+    mdm_buf_free(&der);
+}
+
 static int on_authenticate(msg_ctx_t *c, mdm_txn_t *txn)
 {
     if (c->user_channel) {
@@ -556,12 +583,7 @@ static int on_authenticate(msg_ctx_t *c, mdm_txn_t *txn)
     mdm_pl_set_int(e, "authenticated_at", c->now);
     mdm_pl_set_int(e, "last_seen_at", c->now);
     mdm_pl_set_uint(e, "authenticate_count", mdm_pl_uint(e, "authenticate_count", 0) + 1);
-    mdm_pl_set_data(e, "cert_fp", c->id->fp, 32);
-    /* The identity certificate itself: profiles are encrypted to it. */
-    mdm_buf_t der = MDM_BUF_INIT;
-    if (mdm_cert_to_der(c->id->cert, &der) == 0)
-        mdm_pl_set_data(e, "cert_der", der.data, der.len);
-    mdm_buf_free(&der);
+    set_identity(c, e);
 
     /* The person who enrolled, when the certificate came from a challenge
      * that was issued to someone; else nobody (not whoever owned the
@@ -629,7 +651,17 @@ static int check_device_enabled(msg_ctx_t *c, mdm_txn_t *txn)
 
 static int on_token_update(msg_ctx_t *c, mdm_txn_t *txn)
 {
-    int rc = check_topic(c, mdm_pl_str(c->msg, "Topic"));
+    const char *topic = mdm_pl_str(c->msg, "Topic");
+    if (topic == NULL || topic[0] == '\0') {
+        refuse(c, 400, "TokenUpdate without Topic");
+        return REFUSED;
+    }
+    plist_t unlock_item = plist_dict_get_item(c->msg, "UnlockToken");
+    if (unlock_item != NULL && plist_get_node_type(unlock_item) != PLIST_DATA) {
+        refuse(c, 400, "UnlockToken is not <data>");
+        return REFUSED;
+    }
+    int rc = check_topic(c, topic);
     if (rc == 0)
         rc = check_revoked(c, txn);
     if (rc == 0)
@@ -656,20 +688,26 @@ static int on_token_update(msg_ctx_t *c, mdm_txn_t *txn)
         mdm_pl_set_str(e, "type", c->user_channel ? "user" : "device");
         mdm_pl_set_str(e, "device_id", c->device_id);
         mdm_pl_set_bool(e, "pending_first_token", true);
-        if (c->user_channel) {
-            mdm_pl_set_str(e, "user_id", mdm_pl_str(c->msg, "UserID"));
-            mdm_pl_set_str(e, "user_short_name", mdm_pl_str(c->msg, "UserShortName"));
-            mdm_pl_set_str(e, "user_long_name", mdm_pl_str(c->msg, "UserLongName"));
-        }
+        /* Profiles are encrypted to the certificate: one bound on first
+         * sight has no Authenticate that would have recorded it. */
+        set_identity(c, e);
         rc = 0;
     }
     if (rc != 0)
         return rc;
+    /* The names a user channel's TokenUpdate gives are its latest. */
+    static const char *const names[][2] = {{"UserID", "user_id"},
+                                           {"UserShortName", "user_short_name"},
+                                           {"UserLongName", "user_long_name"},
+                                           {"EnrollmentUserID", "enrollment_user_id"}};
+    for (size_t i = 0; c->user_channel && i < sizeof(names) / sizeof(names[0]); i++) {
+        const char *v = mdm_pl_str(c->msg, names[i][0]);
+        if (v != NULL)
+            mdm_pl_set_str(e, names[i][1], v);
+    }
     mdm_pl_set_data(e, "token", token, tlen);
     mdm_pl_set_str(e, "push_magic", magic);
-    const char *topic = mdm_pl_str(c->msg, "Topic");
-    if (topic)
-        mdm_pl_set_str(e, "topic", topic);
+    mdm_pl_set_str(e, "topic", topic);
     size_t ulen = 0;
     const unsigned char *unlock = mdm_pl_data(c->msg, "UnlockToken", &ulen);
     if (unlock != NULL)
@@ -745,6 +783,10 @@ static int on_checkout(msg_ctx_t *c, mdm_txn_t *txn)
  * check-ins: the device must be trusted and enrolled. */
 static int load_bootstrap_enrollment(msg_ctx_t *c, mdm_txn_t *txn, plist_t *e)
 {
+    if (c->user_channel) {
+        refuse(c, 400, "%s on a user channel (the bootstrap token is the device's)", c->type);
+        return REFUSED;
+    }
     int rc = check_revoked(c, txn);
     if (rc == 0)
         rc = check_binding(c, txn);
@@ -829,11 +871,11 @@ static int refresh_identity(msg_ctx_t *c, mdm_rec_t *en, bool *dirty)
     plist_t e = mdm_rec_tree(en);
     if (e == NULL)
         return MDM_EPARSE;
-    mdm_pl_set_data(e, "cert_fp", c->id->fp, 32);
-    mdm_buf_t der = MDM_BUF_INIT;
-    if (mdm_cert_to_der(c->id->cert, &der) == 0)
-        mdm_pl_set_data(e, "cert_der", der.data, der.len);
-    mdm_buf_free(&der);
+    /* Without a certificate until now, no profile could be encrypted to
+     * the device: reconcile again. */
+    if (mdm_pl_data(e, "cert_der", NULL) == NULL)
+        mdm_pl_set_bool(e, "reconcile_requested", true);
+    set_identity(c, e);
     *dirty = true;
     return 0;
 }
@@ -1031,10 +1073,10 @@ static bool parse_message(msg_ctx_t *c, mdm_mdm_t *m, const mdm_identity_t *id, 
         snprintf(c->out->detail, sizeof(c->out->detail), "the body is not a plist dictionary");
         return false;
     }
-    if (mdm__resolve_ids(c->msg, c->eid, c->device_id, &c->user_channel) != 0) {
+    const char *why = NULL;
+    if (mdm__resolve_ids(c->msg, c->eid, c->device_id, &c->user_channel, &why) != 0) {
         c->out->status = 400;
-        snprintf(c->out->detail, sizeof(c->out->detail),
-                 "no usable UDID or EnrollmentID (or user channel keys) in the message");
+        snprintf(c->out->detail, sizeof(c->out->detail), "%s", why);
         return false;
     }
     snprintf(c->out->eid, sizeof(c->out->eid), "%s", c->eid);

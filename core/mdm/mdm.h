@@ -110,9 +110,10 @@ int mdm__verify_signature(mdm_mdm_t *m, const char *header, const void *body, si
                           mdm_identity_t *out, const char **why);
 
 /* Resolves the enrollment id and the device channel id of a message
- * (PROTOCOL.md 1.1). Returns 0 or MDM_EPARSE. */
+ * (PROTOCOL.md 1.1). Returns 0 or MDM_EPARSE with *why saying what is
+ * wrong. */
 int mdm__resolve_ids(plist_t msg, char eid[MDM_EID_MAX + 1], char device_id[MDM_EID_MAX + 1],
-                     bool *user_channel);
+                     bool *user_channel, const char **why);
 
 /* Enrollment and device records. */
 int mdm_enrollment_load(mdm_txn_t *txn, const char *eid, plist_t *out);

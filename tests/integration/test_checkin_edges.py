@@ -130,3 +130,73 @@ def test_user_token_update_refused_after_the_device_checked_out(tmpdir_path, dat
         assert u["enabled"] is False and u["enrolled"] is False, u
     finally:
         assert srv.stop() == 0
+
+
+def test_user_keys_that_name_no_channel_are_refused(server):
+    """A TokenUpdate with user keys that name no user channel (a UserID that
+    is not a string, a UserShortName without UserID, an EnrollmentUserID
+    beside a UDID) was taken for the device channel's: the user's push
+    token and PushMagic replaced the device's. It is refused (400) and
+    changes nothing."""
+    api = Api(server)
+    d = Device(server)
+    d.enroll()
+    before = api.call("GET", "/v1/devices/" + d.udid)[1]
+    assert before["token_updates"] == 1
+    for extra in ({"UserID": 5, "UserShortName": "alice"},
+                  {"UserShortName": "alice", "UserLongName": "Alice Example"},
+                  {"EnrollmentUserID": "E4A5F9E1-0000-4000-8000-00000000AAAA"}):
+        assert d.token_update(Token=os.urandom(32), PushMagic="other-magic", **extra) == 400, extra
+    assert server.wait_log(r"mdm\.checkin .*http_status=400 .*user channel keys that name no user channel")
+    after = api.call("GET", "/v1/devices/" + d.udid)[1]
+    assert after["token_updates"] == 1, after
+    assert after["user_channels"] == []
+
+
+def test_token_update_needs_topic_and_data_unlock_token(server):
+    api = Api(server)
+    d = Device(server)
+    d.enroll()
+    st, _ = d.checkin("TokenUpdate", Token=d.token, PushMagic=d.push_magic)
+    assert st == 400
+    assert server.wait_log(r"mdm\.checkin .*type=TokenUpdate http_status=400 .*without Topic")
+    assert d.token_update(Topic=5) == 400
+    assert d.token_update(UnlockToken="not data") == 400
+    assert server.wait_log(r"UnlockToken is not <data>")
+    assert api.call("GET", "/v1/devices/" + d.udid)[1]["token_updates"] == 1
+    assert d.token_update() == 200
+
+
+def test_bootstrap_token_refused_on_a_user_channel(server):
+    """The bootstrap token is the device's (Apple's schemas: not on user
+    channels); on a user channel it was stored in, and read from, the
+    device's record."""
+    api = Api(server)
+    d = Device(server)
+    d.enroll()
+    d.user = USER
+    assert d.token_update() == 200
+    assert d.checkin("SetBootstrapToken", BootstrapToken=os.urandom(48))[0] == 400
+    assert d.checkin("GetBootstrapToken")[0] == 400
+    assert server.wait_log(r"SetBootstrapToken on a user channel")
+    d.user = None
+    assert api.call("GET", "/v1/devices/" + d.udid)[1]["bootstrap_token"] is False
+    st, body = d.checkin("GetBootstrapToken")
+    assert st == 200 and "BootstrapToken" not in plistlib.loads(body)
+
+
+def test_profiles_reach_a_device_bound_on_first_sight(tmpdir_path, datadir):
+    """With mdm.bind_on_first_sight a device that never authenticated here
+    enrolls by its TokenUpdate; its certificate was not recorded, so no
+    profile could be encrypted to it, and it was marked reconciled anyway:
+    it never got its profiles."""
+    srv, api, _ = start(tmpdir_path, datadir, ["com.example.wifi"],
+                        " mdm = { bind_on_first_sight = true },")
+    try:
+        assert put_profile(api, "com.example.wifi", profile("com.example.wifi"))[0] == 201
+        d = Device(srv)
+        assert d.token_update() == 200
+        assert "InstallProfile" in types(d.run())
+        assert "no identity certificate" not in srv.log()
+    finally:
+        assert srv.stop() == 0
