@@ -677,6 +677,10 @@ int mdm_queue_add(mdm_txn_t *txn, const char *eid, const mdm_command_info_t *inf
              rc = mdm_cursor_next(c, &ck, &cv)) {
             if (cv.len < MDM_UUID_LEN)
                 continue;
+            /* One past its time to live is dropped at the device's next
+             * connection, unsent: it duplicates nothing. */
+            if (cv.len >= QHDR && qent_expires(cv) != 0 && qent_expires(cv) <= info->created_ms)
+                continue;
             char other[MDM_UUID_LEN + 1];
             memcpy(other, cv.data, MDM_UUID_LEN);
             other[MDM_UUID_LEN] = '\0';
@@ -799,7 +803,13 @@ int mdm_queue_next(mdm_txn_t *txn, const char *eid, int64_t now_ms, int64_t sess
             continue;
         }
         rc = mdm_command_get(txn, uuid, NULL, plist_out);
-        if (rc == MDM_ENOTFOUND) {
+        if (rc == MDM_EPARSE) {
+            /* It can never be sent; the commands behind it still can. */
+            log_bad_entry("queue.command_unreadable", eid, ck, uuid, res.at,
+                          "the command record does not decode; finished as Error");
+            mdm_buf_reset(plist_out);
+        }
+        if (rc == MDM_ENOTFOUND || rc == MDM_EPARSE) {
             rc = finish(txn, eid, uuid, &res, "Error", now_ms);
             mdm_result_rec_free(&res);
             if (rc != 0)
@@ -925,6 +935,14 @@ int mdm_queue_report(mdm_txn_t *txn, const char *eid, const char *uuid, const ch
         snprintf(rtype, MDM_RTYPE_MAX, "%s", res.request_type);
     if (!res.has_status || mdm_status_terminal(res.status)) {
         *outcome = MDM_REPORT_DUPLICATE;
+        mdm_result_rec_free(&res);
+        return 0;
+    }
+    /* Never sent to this enrollment (it waits its turn, or it was sent on
+     * the other channel of the same device): the device cannot have run
+     * it here, so the report finishes nothing. */
+    if (res.sent_at == 0) {
+        *outcome = MDM_REPORT_UNKNOWN;
         mdm_result_rec_free(&res);
         return 0;
     }

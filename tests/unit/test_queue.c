@@ -599,6 +599,7 @@ static void test_notnow_limit_drops_the_command(void **state)
 
     /* notnow_max 0 means no limit. */
     queue_new(fx, E1, UB, 0, 0);
+    expect_next(fx, E1, 9, 9, UB);
     for (int s = 10; s < 70; s++) {
         assert_rc(report(fx, E1, UB, "NotNow", s, s, 0, &outcome), 0);
         if (outcome != MDM_REPORT_NOTNOW)
@@ -675,13 +676,21 @@ static void test_report_outcomes(void **state)
     expect_report(fx, "", UA, "Acknowledged", 300, 1, MDM_REPORT_UNKNOWN);
     expect_status(fx, E2, UD, "Queued");
 
+    /* unknown too: queued here but not sent yet (a device cannot have run
+     * it on this channel); it stays queued, and no NotNow counts */
+    expect_report(fx, E1, UB, "Acknowledged", 350, 1, MDM_REPORT_UNKNOWN);
+    expect_report(fx, E1, UB, "NotNow", 350, 1, MDM_REPORT_UNKNOWN);
+    expect_status(fx, E1, UB, "Queued");
+
     /* notnow */
+    expect_next(fx, E1, 380, 1, UB);
     expect_report(fx, E1, UB, "NotNow", 400, 1, MDM_REPORT_NOTNOW);
     expect_status(fx, E1, UB, "NotNow");
 
     /* Error and CommandFormatError are results too. */
     expect_report(fx, E1, UB, "Error", 500, 2, MDM_REPORT_RECORDED);
     expect_status(fx, E1, UB, "Error");
+    expect_next(fx, E1, 550, 2, UC);
     expect_report(fx, E1, UC, "CommandFormatError", 600, 2, MDM_REPORT_RECORDED);
     expect_status(fx, E1, UC, "CommandFormatError");
     assert_num(length(fx, E1), 0);
@@ -818,6 +827,47 @@ static void test_dedupe(void **state)
     assert_num(outcome, MDM_ENQ_DUPLICATE);
 }
 
+/* A command past its time to live still waits in the queue until the
+ * device's next connection drops it; it duplicates nothing, or the command
+ * sent again to a device that was away would never reach it. */
+static void test_dedupe_ignores_expired(void **state)
+{
+    struct fx *fx = *state;
+    mdm_command_info_t a = cmd_info(UA, "DeviceLock", 0, 1000, 61000, 0x33);
+    mdm_command_info_t b = cmd_info(UB, "DeviceLock", 0, 3601000, 0, 0x33);
+    put_cmd(fx, &a);
+    put_cmd(fx, &b);
+    int outcome;
+    char dup[MDM_UUID_LEN + 1] = "";
+    assert_rc(add(fx, E1, &a, true, &outcome, dup), 0);
+    assert_num(outcome, MDM_ENQ_QUEUED);
+    assert_rc(add(fx, E1, &b, true, &outcome, dup), 0);
+    assert_num(outcome, MDM_ENQ_QUEUED);
+    expect_next(fx, E1, 3602000, 1, UB);
+    expect_status(fx, E1, UA, "Expired");
+}
+
+static int damage_command(mdm_txn_t *t, void *arg)
+{
+    return mdm_txn_put(t, MDM_T_COMMANDS, MDM_VAL_STR((const char *)arg), MDM_VAL("\x07junk", 5),
+                       0);
+}
+
+/* A command record that does not decode can never be sent: it is finished
+ * as Error, and the commands behind it still go out. */
+static void test_damaged_command_does_not_block(void **state)
+{
+    struct fx *fx = *state;
+    queue_new(fx, E1, UA, 5, 0);
+    queue_new(fx, E1, UB, 0, 0);
+    assert_rc(mdm_store_update(fx->store, damage_command, (void *)UA), 0);
+    expect_next(fx, E1, 10, 1, UB);
+    mdm_result_t r;
+    assert_rc(result(fx, E1, UA, &r, NULL), 0);
+    assert_str(r.status, "Error");
+    assert_num(length(fx, E1), 1);
+}
+
 static void test_queue_length_and_bad_ids(void **state)
 {
     struct fx *fx = *state;
@@ -942,8 +992,11 @@ static void test_prune_only_completed_before_cutoff(void **state)
     queue_new(fx, E1, UB, 0, 0);
     queue_new(fx, E1, UC, 0, 0);
     queue_new(fx, E1, UD, 0, 0); /* stays waiting */
+    expect_next(fx, E1, 90, 1, UA);
     expect_report(fx, E1, UA, "Acknowledged", 100, 1, MDM_REPORT_RECORDED);
+    expect_next(fx, E1, 190, 1, UB);
     expect_report(fx, E1, UB, "Error", 200, 1, MDM_REPORT_RECORDED);
+    expect_next(fx, E1, 290, 1, UC);
     expect_report(fx, E1, UC, "Acknowledged", 300, 1, MDM_REPORT_RECORDED);
 
     assert_num(prune(fx, 100, 10), 0); /* strictly before the cutoff */
@@ -973,6 +1026,7 @@ static void test_prune_in_batches(void **state)
     for (int i = 0; i < 7; i++) {
         snprintf(uuids[i], sizeof(uuids[i]), "00000000-0000-4000-8000-%012d", 500 + i);
         queue_new(fx, i % 2 ? E1 : E2, uuids[i], 0, 0);
+        expect_next(fx, i % 2 ? E1 : E2, 1000 + i, 1, uuids[i]);
         expect_report(fx, i % 2 ? E1 : E2, uuids[i], "Acknowledged", 1000 + i, 1,
                       MDM_REPORT_RECORDED);
     }
@@ -1001,6 +1055,7 @@ static void test_prune_keeps_command_while_a_target_remains(void **state)
     int outcome;
     assert_rc(add(fx, E1, &x, false, &outcome, NULL), 0);
     assert_rc(add(fx, E2, &x, false, &outcome, NULL), 0);
+    expect_next(fx, E1, 90, 1, UA);
     expect_report(fx, E1, UA, "Acknowledged", 100, 1, MDM_REPORT_RECORDED);
 
     assert_num(prune(fx, 1000, 10), 1);
@@ -1030,8 +1085,10 @@ static void test_forget(void **state)
     queue_new(fx, E1, UB, 0, 0); /* E1 only, completed */
     queue_new(fx, E1, UC, 0, 0); /* E1 only, waiting */
     queue_new(fx, E2, UD, 0, 0);
-    expect_report(fx, E1, UB, "Acknowledged", 100, 1, MDM_REPORT_RECORDED);
+    expect_next(fx, E1, 90, 1, UA);
     expect_report(fx, E1, UA, "Acknowledged", 110, 1, MDM_REPORT_RECORDED);
+    expect_next(fx, E1, 95, 1, UB);
+    expect_report(fx, E1, UB, "Acknowledged", 100, 1, MDM_REPORT_RECORDED);
 
     struct call c = {.op = OP_FORGET, .eid = E1};
     assert_rc(update(fx, &c), 0);
@@ -1742,6 +1799,8 @@ int main(void)
         T(test_cancel),
         T(test_clear),
         T(test_dedupe),
+        T(test_dedupe_ignores_expired),
+        T(test_damaged_command_does_not_block),
         T(test_queue_length_and_bad_ids),
         T(test_missing_command_becomes_error),
         T(test_results_of_enrollment_and_command),
