@@ -306,6 +306,7 @@ typedef struct msg_ctx {
     int report_outcome;
     size_t cleared;
     bool revoked_cert;
+    bool bound_first_sight; /* logged once the request's changes are stored */
     bool policy_answers; /* UserAuthenticate, GetToken: the checkin hook answers */
     bool enrollment_completed; /* this TokenUpdate is the first since Authenticate */
 } msg_ctx_t;
@@ -398,7 +399,7 @@ static int check_binding(msg_ctx_t *c, mdm_txn_t *txn)
             rc = check_first_sight_allowed(c, txn);
             if (rc != 0)
                 return rc;
-            mdm_log(MDM_LOG_INFO, NULL, "mdm.bound_on_first_sight", "device=%s", c->device_id);
+            c->bound_first_sight = true;
             return mdm_certauth_bind(txn, c->id->fp, c->device_id);
         }
     }
@@ -440,6 +441,7 @@ static int reset_user_channel(mdm_txn_t *txn, const char *eid, void *arg)
     mdm_pl_set_bool(e, "pending_first_token", true);
     mdm_pl_remove(e, "token");
     mdm_pl_remove(e, "push_magic");
+    mdm_pl_remove(e, "unlock_token"); /* the old installation's */
     if (strcmp(c->type, "CheckOut") == 0)
         mdm_pl_set_int(e, "checked_out_at", c->now);
     if (rc == 0)
@@ -987,6 +989,7 @@ static int checkin_core(msg_ctx_t *c, mdm_txn_t *txn)
     mdm_buf_reset(&c->out->body);
     c->cleared = 0;
     c->revoked_cert = false;
+    c->bound_first_sight = false;
     c->policy_answers = false;
     c->enrollment_completed = false;
     const char *t = c->type;
@@ -1117,6 +1120,15 @@ static void end_message(msg_ctx_t *c, mdm_parsed_t *pre)
     c->msg = NULL;
 }
 
+/* After the request's changes were stored: a binding on first sight that a
+ * later refusal rolled back is not told of. */
+static void log_first_sight(const msg_ctx_t *c)
+{
+    if (c->bound_first_sight)
+        mdm_log(MDM_LOG_INFO, reqid_of(c), "mdm.bound_on_first_sight", "device=%s",
+                c->device_id);
+}
+
 void mdm__process_checkin(mdm_mdm_t *m, const mdm_identity_t *id, const void *body, size_t len,
                           mdm_parsed_t *pre, mdm_outcome_t *out)
 {
@@ -1135,6 +1147,7 @@ void mdm__process_checkin(mdm_mdm_t *m, const mdm_identity_t *id, const void *bo
         refuse(&c, rc == MDM_ENOSPACE ? 503 : 500, "store: %s", mdm_strerror(rc));
         goto out;
     }
+    log_first_sight(&c);
     if (c.cleared > 0 || c.revoked_cert)
         snprintf(out->detail, sizeof(out->detail), "cleared_commands=%zu revoked_cert=%s",
                  c.cleared, c.revoked_cert ? "true" : "false");
@@ -1421,6 +1434,7 @@ static int report_txn(mdm_txn_t *txn, void *arg)
     c->out->command_uuid[0] = '\0';
     c->out->policy_commands = c->out->installs = c->out->removals = 0;
     c->report_outcome = -1;
+    c->bound_first_sight = false;
     int rc = check_revoked(c, txn);
     if (rc == 0)
         rc = check_binding(c, txn);
@@ -1587,6 +1601,7 @@ void mdm__process_report(mdm_mdm_t *m, const mdm_identity_t *id, const void *bod
         out->command_uuid[0] = '\0';
         goto out;
     }
+    log_first_sight(&c);
     static const char *const names[] = {"recorded", "duplicate", "unknown", "notnow",
                                         "notnow_limit"};
     if (c.report_outcome >= 0 && c.report_outcome <= 4)

@@ -200,3 +200,36 @@ def test_profiles_reach_a_device_bound_on_first_sight(tmpdir_path, datadir):
         assert "no identity certificate" not in srv.log()
     finally:
         assert srv.stop() == 0
+
+
+def test_user_channel_unlock_token_goes_with_the_installation(server):
+    """A new Authenticate of the device (a new installation) dropped the
+    device channel's unlock token but kept the user channels'."""
+    api = Api(server)
+    d = Device(server)
+    d.enroll()
+    d.user = USER
+    assert d.token_update() == 200
+    assert user_channels(api, d.udid)[0]["unlock_token"] is True
+    d.user = None
+    assert d.authenticate() == 200
+    [u] = user_channels(api, d.udid)
+    assert u["unlock_token"] is False and u["push_token"] is False, u
+
+
+def test_first_sight_binding_rolled_back_is_not_logged(tmpdir_path, datadir):
+    """The binding log line was written before the request's later checks;
+    a TokenUpdate refused after them (no Token) logged a binding that its
+    rollback undid."""
+    datadir.write_config("  mdm = { bind_on_first_sight = true },")
+    srv = Server(datadir)
+    try:
+        d = Device(srv)
+        st, _ = d.checkin("TokenUpdate", Topic=TOPIC, PushMagic=d.push_magic)
+        assert st == 400
+        assert srv.wait_log(r"mdm\.checkin .*http_status=400 .*without Token")
+        assert "mdm.bound_on_first_sight" not in srv.log()
+        assert d.token_update() == 200
+        assert srv.wait_log(r"mdm\.bound_on_first_sight .*device=" + d.udid)
+    finally:
+        assert srv.stop() == 0
