@@ -286,10 +286,10 @@ static bool authorize(mdm_server_t *s, mdm_req_t *req, const mdm_route_t *rt)
     int rc = mdm_store_view(s->store, auth_fn, &a);
     if (rc != 0) {
         mdm_guard_fail(s->api_guard, addr, now);
-        char pfx[24];
+        char pfx[24], pq[100];
         snprintf(pfx, sizeof(pfx), "%.20s", key);
         mdm_log(MDM_LOG_WARN, req->id, "api.auth_failed", "remote=%s key_prefix=%s",
-                req->remote_addr, mdm_logq(pfx + 0, sizeof(pfx), pfx));
+                req->remote_addr, mdm_logq(pq, sizeof(pq), pfx));
         mdm_resp_header(req, "WWW-Authenticate", "Bearer realm=\"moonmdm\"");
         mdm_resp_json_error(req, 401, "unauthorized", "the API key is not valid");
         return false;

@@ -91,9 +91,10 @@ static bool query_long(mdm_req_t *req, const char *name, long def, long max, lon
     bool ok = rc == 0 || rc == MDM_ENOTFOUND;
     *out = def;
     if (rc == 0 && b.len > 0) {
-        char *end;
-        long x = strtol(b.data, &end, 10);
-        ok = *end == '\0' && x >= 0;
+        /* Digits only: strtol would also take a sign, spaces, and clamp an
+         * overflow without a word. */
+        ok = b.len <= 18 && strspn(b.data, "0123456789") == b.len;
+        long x = ok ? strtol(b.data, NULL, 10) : 0;
         *out = x > max ? max : x;
     }
     mdm_buf_free(&b);
@@ -996,7 +997,7 @@ static bool is_plist_body(mdm_req_t *req)
                                   memcmp(req->body, "<?xml", 5) == 0);
 }
 
-static json_t *targets_json(const struct enq_ctx *e)
+static json_t *targets_json(mdm_req_t *req, const struct enq_ctx *e)
 {
     json_t *t = json_object();
     for (size_t i = 0; i < e->r.ntargets; i++) {
@@ -1004,7 +1005,8 @@ static json_t *targets_json(const struct enq_ctx *e)
         set_str(o, "status", mdm_target_status_name(e->results[i].status));
         if (e->results[i].dup_uuid[0])
             set_str(o, "existing_command_uuid", e->results[i].dup_uuid);
-        json_object_set_new(t, e->r.targets[i], o);
+        /* An id that is not UTF-8 is no JSON key: shown %-escaped. */
+        json_object_set_new(t, mdm_api_json_text(req, e->r.targets[i]), o);
     }
     return t;
 }
@@ -1068,7 +1070,8 @@ static void handle_commands_post(mdm_req_t *req)
         mdm_buf_t ttl = MDM_BUF_INIT;
         uint64_t ms = 0;
         if (mdm_req_query(req, "ttl", &ttl, true) == 0 &&
-            (mdm_parse_duration_ms(ttl.data, &ms) != 0 || ms > (uint64_t)MDM_TTL_MAX_MS)) {
+            (mdm_parse_duration_ms(ttl.data, &ms) != 0 || ms == 0 ||
+             ms > (uint64_t)MDM_TTL_MAX_MS)) {
             mdm_buf_free(&ttl);
             mdm_resp_json_error(req, 400, "bad_request",
                                 "ttl: expected a duration like 1h, at most 3650d");
@@ -1120,7 +1123,7 @@ static void handle_commands_post(mdm_req_t *req)
                     json_integer_value(val) <= MDM_TTL_MAX_MS / 1000)
                     ms = (uint64_t)json_integer_value(val) * 1000;
                 else if (!json_is_string(val) ||
-                         mdm_parse_duration_ms(json_string_value(val), &ms) != 0 ||
+                         mdm_parse_duration_ms(json_string_value(val), &ms) != 0 || ms == 0 ||
                          ms > (uint64_t)MDM_TTL_MAX_MS)
                     bad = true;
                 e.r.ttl_ms = (int64_t)ms;
@@ -1164,7 +1167,7 @@ static void handle_commands_post(mdm_req_t *req)
     json_t *o = json_object();
     set_str(o, "command_uuid", e.uuid);
     set_str(o, "request_type", mdm_pl_str(cmd, "RequestType"));
-    json_object_set_new(o, "targets", targets_json(&e));
+    json_object_set_new(o, "targets", targets_json(req, &e));
     size_t queued = 0;
     for (size_t i = 0; i < e.r.ntargets; i++)
         queued += e.results[i].status == MDM_TARGET_QUEUED ||

@@ -141,14 +141,16 @@ def test_nano_enqueue_counts_push_errors_like_nanomdm(server, api):
 def test_ttl_is_bounded_and_a_long_one_works(server, api):
     d = Device(server)
     d.enroll()
-    # Past ten years: refused (it used to overflow into an expiry in the past).
-    for ttl in [9223372036854775, "9000000000000000000ms", 315360001, "3651d"]:
+    # Past ten years: refused (it used to overflow into an expiry in the past);
+    # zero in any spelling too (as a string it used to mean "never").
+    for ttl in [9223372036854775, "9000000000000000000ms", 315360001, "3651d", 0, "0", "0s"]:
         st, r = api.send("ProfileList", [d.udid], ttl=ttl, nopush=True)
         assert st == 400 and "ttl" in r["detail"], (ttl, st, r)
     raw = plistlib.dumps({"Command": {"RequestType": "ProfileList"}})
-    st, r = api.call("POST", f"/v1/commands?targets={d.udid}&ttl=3651d", raw,
-                     "application/x-apple-plist")
-    assert st == 400 and "ttl" in r["detail"], r
+    for ttl in ["3651d", "0"]:
+        st, r = api.call("POST", f"/v1/commands?targets={d.udid}&ttl={ttl}", raw,
+                         "application/x-apple-plist")
+        assert st == 400 and "ttl" in r["detail"], (ttl, r)
     for q in ["priority=256", "priority=-1", "priority=x"]:
         st, r = api.call("POST", f"/v1/commands?targets={d.udid}&{q}", raw,
                          "application/x-apple-plist")
@@ -204,7 +206,9 @@ def test_query_parameters_repeated_or_malformed_are_400(server, api):
         assert st == 400 and r["error"] == "bad_query", (path, st, r)
         assert '"limit"' in r["detail"] or '"enrolled"' in r["detail"], r
     # Values that are not booleans (or numbers) are refused, not ignored.
-    for q in ["enrolled=yes", "enabled=maybe", "limit=abc"]:
+    # A sign, a space or an overflowing number too (strtol took them).
+    for q in ["enrolled=yes", "enabled=maybe", "limit=abc", "limit=+5", "limit=%205",
+              "limit=99999999999999999999"]:
         st, r = api.call("GET", "/v1/devices?" + q)
         assert st == 400 and r["error"] == "bad_query", (q, st, r)
         assert q.split("=")[0] in r["detail"], r
@@ -355,3 +359,16 @@ def test_cli_cmd_send_types_values_by_the_schema(server, api):
     assert p.returncode == 0, (p.stdout, p.stderr)
     st, r = api.call("GET", "/v1/commands/" + _json.loads(p.stdout)["command_uuid"])
     assert r["command"]["PIN"] == "654321" and r["priority"] == 7, r
+
+
+def test_target_id_not_utf8_is_shown_in_the_answer(server, api):
+    """An id that is not UTF-8 cannot be a JSON key: it vanished from the
+    answer's targets (jansson refuses the key without a word)."""
+    d = Device(server)
+    d.enroll()
+    raw = plistlib.dumps({"Command": {"RequestType": "ProfileList"}})
+    st, r = api.call("POST", f"/v1/commands?targets=%FF,{d.udid}&nopush=1", raw,
+                     "application/x-apple-plist")
+    assert st == 207, (st, r)
+    assert r["targets"][d.udid]["status"] == "queued", r
+    assert r["targets"]["%FF"]["status"] == "unknown_enrollment", r
