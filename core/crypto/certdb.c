@@ -423,7 +423,9 @@ int mdm_certdb_revoke(mdm_txn_t *txn, const unsigned char *serial, size_t len, i
 {
     unsigned char key[MDM_SERIAL_MAX];
     mdm_certrec_t r;
-    if (reason < 0 || reason > 10 || reason == 7)
+    /* 7 is unused; 8 (removeFromCRL) belongs in delta CRLs only: in a full
+     * CRL it reads as "not revoked" to other verifiers. */
+    if (reason < 0 || reason > 10 || reason == 7 || reason == 8)
         return MDM_EINVAL;
     int rc = serial_key(serial, len, key);
     if (rc != 0)

@@ -200,7 +200,8 @@ static const char cert_usage[] =
     "  -r, --reason N         RFC 5280 CRLReason: 0 unspecified (default),\n"
     "                         1 keyCompromise, 2 cACompromise, 3 affiliationChanged,\n"
     "                         4 superseded, 5 cessationOfOperation, 6 certificateHold,\n"
-    "                         8 removeFromCRL, 9 privilegeWithdrawn, 10 aACompromise\n"
+    "                         9 privilegeWithdrawn, 10 aACompromise (8 removeFromCRL\n"
+    "                         belongs in delta CRLs only)\n"
     "      --revoked          list only revoked certificates\n"
     "  -c, --config FILE      config file\n"
     "  -d, --data-dir DIR     data directory when no config file is found\n"
@@ -347,8 +348,8 @@ int mdm_cmd_cert(int argc, char **argv)
         }
         char *end = NULL;
         long r = strtol(reason, &end, 10);
-        if (end == reason || *end != '\0' || r < 0 || r > 10 || r == 7) {
-            fprintf(stderr, "moonmdm cert: --reason must be 0..10 but not 7 (see --help)\n");
+        if (end == reason || *end != '\0' || r < 0 || r > 10 || r == 7 || r == 8) {
+            fprintf(stderr, "moonmdm cert: --reason must be 0..10 but not 7 or 8 (see --help)\n");
             return 2;
         }
         one.reason = (int)r;

@@ -809,6 +809,7 @@ static bool check_challenge(scep_job_t *job)
 struct view_renewal {
     const unsigned char *fp;
     bool revoked;
+    bool superseded; /* its enrollment is bound to another certificate now */
     char owner[MDM_CHALLENGE_OWNER_MAX + 1];
     char udid[MDM_CHALLENGE_UDID_MAX + 1];
 };
@@ -821,6 +822,12 @@ static int view_renewal_fn(mdm_txn_t *txn, void *arg)
     if (rc != 0)
         return rc;
     v->revoked = r.revoked;
+    /* An enrollment that authenticated again with another certificate has
+     * moved on: the one it left must not renew, and be named after it. */
+    unsigned char cur[32];
+    v->superseded = r.enrollment_id[0] != '\0' &&
+                    mdm_certauth_current(txn, r.enrollment_id, cur) == 0 &&
+                    memcmp(cur, v->fp, 32) != 0;
     mdm_certrec_free(&r);
     rc = mdm_challenge_owner_of_cert(txn, v->fp, v->owner, sizeof(v->owner));
     if (rc == MDM_ENOTFOUND) {
@@ -878,6 +885,12 @@ static bool check_renewal(scep_job_t *job)
     }
     if (v.revoked) {
         job_fail(job, MDM_SCEP_BADCERTID, "the certificate being renewed is revoked");
+        return false;
+    }
+    if (v.superseded) {
+        job_fail(job, MDM_SCEP_BADCERTID,
+                 "the certificate being renewed is no longer its enrollment's identity (the "
+                 "enrollment authenticated with another one since)");
         return false;
     }
     snprintf(job->owner, sizeof(job->owner), "%s", v.owner);
@@ -1803,10 +1816,11 @@ static void handle_cert_revoke(mdm_req_t *req)
     json_t *reason = json_object_get(body, "reason");
     if (reason != NULL && !json_is_null(reason)) {
         json_int_t v = json_is_integer(reason) ? json_integer_value(reason) : -1;
-        if (v < 0 || v > 10 || v == 7) {
+        if (v < 0 || v > 10 || v == 7 || v == 8) {
             json_decref(body);
             mdm_resp_json_error(req, 400, "bad_request",
-                                "reason must be an RFC 5280 CRLReason: 0..10 except 7");
+                                "reason must be an RFC 5280 CRLReason: 0..10 except 7 and 8 "
+                                "(removeFromCRL is for delta CRLs)");
             return;
         }
         r.reason = (int)v;

@@ -627,6 +627,13 @@ def test_api_challenges_certs_revocation_and_crl(ra_server, tmpdir_path):
     assert crl0.status_code == 200 and crl0.headers["Content-Type"] == "application/pkix-crl"
     assert api(ra_server, "POST", f"/v1/certs/{serial}/revoke", ro, {}).status_code == 403
     assert api(ra_server, "POST", "/v1/certs/ABCDEF/revoke", d.api_key, {}).status_code == 404
+    # removeFromCRL (8) belongs in delta CRLs: in the full CRL it read as
+    # "not revoked" to openssl verify.
+    for reason in (7, 8, 11, -1, "4"):
+        r = api(ra_server, "POST", f"/v1/certs/{serial}/revoke", d.api_key, {"reason": reason})
+        assert r.status_code == 400 and "reason" in r.json()["detail"], (reason, r.text)
+    assert run("cert", "revoke", serial, "--reason", "8", "--config", d.config,
+               check=False).returncode == 2
     r = api(ra_server, "POST", f"/v1/certs/{serial}/revoke", d.api_key, {"reason": 4})
     assert r.status_code == 200 and r.json()["revoked"] is True and r.json()["reason"] == 4
     crl = requests.get(base(ra_server) + "/ca.crl", timeout=10)
@@ -701,3 +708,34 @@ def test_concurrent_use_of_one_challenge_issues_once(ra_server):
     assert statuses == [0] + [2] * (len(msgs) - 1), statuses
     assert all(r.fail_info == 2 for r in results if r.status == 2)
     assert len(re.findall(r"event=scep.issued", ra_server.log())) == 1
+
+
+def test_certificate_left_by_its_enrollment_cannot_renew(tmpdir_path):
+    """A device that authenticated again with a new certificate has left the
+    old one (it is not revoked: only a CheckOut revokes). A RenewalReq signed
+    by it got SUCCESS and a certificate named after the enrollment."""
+    from device import TOPIC, Device
+    d = scep_datadir(tmpdir_path)
+    d.write_config('  enroll = { topic = "%s" },' % TOPIC)
+    s = Server(d, plain=True)
+    try:
+        ca_, a = enroll(s, d)
+        cb, b = enroll(s, d)
+        udid = "UDID-LEFT-1"
+        Device(s, udid=udid, cert=a, key=ca_.key).enroll()
+        Device(s, udid=udid, cert=b, key=cb.key).enroll()
+        k2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        csr = make_csr(k2, "py-device").public_bytes(serialization.Encoding.DER)
+        rep = Reply(pki_op(s, ca_.message(recipient_of(d), mtype=17, data=csr, signer=a,
+                                          key=ca_.key)).content)
+        assert rep.status == 2 and rep.fail_info == 4, (rep.status, rep.fail_info)
+        assert s.wait_log(r"no longer its enrollment's identity")
+        certs = api(s, "GET", "/v1/certs", d.api_key).json()["certs"]
+        assert len(certs) == 2, certs
+        # The certificate in use still renews.
+        csr = make_csr(k2, "py-device").public_bytes(serialization.Encoding.DER)
+        rep = Reply(pki_op(s, cb.message(recipient_of(d), mtype=17, data=csr, signer=b,
+                                         key=cb.key)).content)
+        assert rep.status == 0, (rep.status, rep.fail_info)
+    finally:
+        stop_clean(s)
