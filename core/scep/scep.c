@@ -269,7 +269,8 @@ static int open_envelope(const unsigned char *env, size_t len, const mdm_scep_ke
         goto out;
     }
 
-    /* The recipient: the RA certificate when there is one, else the CA. */
+    /* The recipient: the RA certificate when there is one, else the CA.
+     * With an RA the CA's key decrypts nothing a client sends. */
     STACK_OF(PKCS7_RECIP_INFO) *ris = p7->d.enveloped->recipientinfo;
     PKCS7_RECIP_INFO *ri = NULL;
     EVP_PKEY *pkey = NULL;
@@ -278,13 +279,14 @@ static int open_envelope(const unsigned char *env, size_t len, const mdm_scep_ke
         if (recipient_is(r, keys->ra_cert)) {
             ri = r;
             pkey = keys->ra_key;
-        } else if (recipient_is(r, keys->ca_cert)) {
+        } else if (keys->ra_cert == NULL && recipient_is(r, keys->ca_cert)) {
             ri = r;
             pkey = keys->ca_key;
         }
     }
     if (ri == NULL || pkey == NULL) {
-        why = "the envelope is not encrypted to our RA or CA certificate";
+        why = keys->ra_cert != NULL ? "the envelope is not encrypted to our RA certificate"
+                                    : "the envelope is not encrypted to our CA certificate";
         goto out;
     }
     if (!EVP_PKEY_is_a(pkey, "RSA")) {

@@ -739,3 +739,23 @@ def test_certificate_left_by_its_enrollment_cannot_renew(tmpdir_path):
         assert rep.status == 0, (rep.status, rep.fail_info)
     finally:
         stop_clean(s)
+
+
+def test_with_an_ra_a_request_to_the_ca_is_refused(tmpdir_path):
+    """GetCACert hands out the RA for encryption; a request encrypted to the
+    CA certificate was still decrypted, with the CA's key."""
+    d = scep_datadir(tmpdir_path, "--ca-key", "rsa:2048")
+    assert os.path.exists(os.path.join(d.path, "ra.crt"))
+    s = Server(d, plain=True)
+    try:
+        ca = x509.load_pem_x509_certificate(open(d.ca_crt, "rb").read())
+        c = Client()
+        rep = Reply(pki_op(s, c.message(ca, challenge=new_challenge(d))).content)
+        assert rep.status == 2, (rep.status, rep.fail_info)
+        assert s.wait_log(r"not encrypted to our RA certificate")
+        # To the RA it works.
+        c = Client()
+        rep = Reply(pki_op(s, c.message(recipient_of(d), challenge=new_challenge(d))).content)
+        assert rep.status == 0, (rep.status, rep.fail_info)
+    finally:
+        stop_clean(s)
