@@ -362,8 +362,10 @@ static int ca_not_after(mdm_ca_t *ca, int64_t *ms)
 }
 
 /* Checks that a device key is of a type and size we issue for. */
-static int check_device_key(EVP_PKEY *pk, mdm_err_t *err)
+int mdm_ca_check_device_key(EVP_PKEY *pk, mdm_err_t *err)
 {
+    if (pk == NULL)
+        return mdm_err_set(err, MDM_EINVAL, "the request has no public key");
     char desc[80];
     mdm_key_describe(pk, desc, sizeof(desc));
     if (EVP_PKEY_is_a(pk, "RSA")) {
@@ -696,7 +698,7 @@ static int issue_device_cert(mdm_ca_t *ca, EVP_PKEY *pubkey, const X509_NAME *su
     if (opts == NULL)
         opts = &no_opts;
 
-    rc = check_device_key(pubkey, err);
+    rc = mdm_ca_check_device_key(pubkey, err);
     if (rc != 0)
         return rc;
     if (subject == NULL || X509_NAME_entry_count(subject) == 0)

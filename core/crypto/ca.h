@@ -87,6 +87,12 @@ int mdm_ca_issue_server_cert(mdm_ca_t *ca, EVP_PKEY *server_key, const char *cn,
 int mdm_ca_issue_client_cert_for_key(mdm_ca_t *ca, EVP_PKEY *pubkey, const X509_NAME *subject,
                                      const mdm_issue_opts_t *opts, X509 **out, mdm_err_t *err);
 
+/* Whether a device's key may be certified: RSA of 2048 to 8192 bits, or
+ * EC on P-256 or P-384. MDM_EINVAL with the reason in err otherwise. The
+ * issuing functions check it too; SCEP checks it before it asks its
+ * decision hook, so that a request it would refuse never waits pending. */
+int mdm_ca_check_device_key(EVP_PKEY *pk, mdm_err_t *err);
+
 /* Issues a device certificate from a CSR. The CSR's self-signature must
  * verify; its key must be RSA 2048..8192 bits or EC P-256/P-384; the
  * subject (after override) must not be empty. The certificate gets a random

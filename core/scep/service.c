@@ -702,6 +702,11 @@ static void decide_and_go(scep_job_t *job)
 {
     mdm_scep_service_t *svc = job->svc;
     mdm_csr_view_t view;
+    mdm_err_t kerr = {0};
+    if (mdm_ca_check_device_key(X509_REQ_get0_pubkey(job->csr), &kerr) != 0) {
+        job_fail_final(job, MDM_SCEP_BADREQUEST, kerr.msg);
+        return;
+    }
     const char *why = mdm_csr_view_make(job->csr, &view);
     if (why != NULL) {
         job_fail_final(job, MDM_SCEP_BADREQUEST, why);

@@ -688,3 +688,35 @@ def test_renewed_ota_identity_stays_tied_to_its_device(tmpdir_path):
         assert Device(srv, udid="OTA-UDID-R", cert=renewed, key=k2).authenticate() == 200
     finally:
         stop_clean(srv)
+
+
+PENDING_POLICY = '''
+return {
+  scep = function(csr, ctx)
+    if ctx.message_type == "PKCSReq" and not ctx.poll then return "pending" end
+    return "issue"
+  end,
+}
+'''
+
+
+def test_a_key_that_cannot_be_certified_is_refused_before_pending(tmpdir_path):
+    """The key was checked only when issuing: a policy that answered
+    "pending" consumed the challenge for an RSA-1024 request and left a
+    pending record that every poll failed on for seven days."""
+    from test_scep import self_signed
+    s, d = scep_server_with_policy(tmpdir_path, PENDING_POLICY)
+    try:
+        c = Client()
+        c.key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        c.cert = self_signed(c.key)
+        ch = new_challenge(d)
+        rep = Reply(pki_op(s, c.message(recipient_of(d), challenge=ch)).content)
+        assert rep.status == 2 and rep.fail_info == 2, (rep.status, rep.fail_info)
+        assert s.wait_log(r"RSA keys must have 2048 to 8192 bits")
+        # The challenge was not used up: a good request with it goes pending.
+        c2 = Client()
+        rep = Reply(pki_op(s, c2.message(recipient_of(d), challenge=ch)).content)
+        assert rep.status == 3, (rep.status, rep.fail_info)
+    finally:
+        stop_clean(s)
