@@ -311,6 +311,16 @@ static void auth_decided(void *arg)
     char uq[300], rq[300];
     if (out->allow && out->user[0] == '\0')
         snprintf(out->user, sizeof(out->user), "%s", ar->user ? ar->user : "");
+    /* The name goes into the profile (XML) and the certificate's subject:
+     * one that cannot be written there is refused, not sent broken. */
+    bool bad_name = !mdm_utf8_valid(out->user, strlen(out->user));
+    for (const char *p = out->user; *p && !bad_name; p++)
+        bad_name = (unsigned char)*p < 0x20 || *p == 0x7f;
+    if (out->allow && bad_name) {
+        out->allow = false;
+        snprintf(out->reason, sizeof(out->reason),
+                 "the user name holds control characters or is not UTF-8");
+    }
     mdm_metric_add(out->allow ? e->m_allowed : e->m_denied, 1);
     mdm_log(out->allow ? MDM_LOG_INFO : MDM_LOG_WARN, j->req->id, "enroll.authenticate",
             "remote=%s user=%s allow=%s reason=%s", ar->remote_addr,
@@ -537,7 +547,10 @@ static void enroll_decided(auth_job_t *j)
                                 j->decision.reason[0] ? j->decision.reason : "denied");
         return;
     }
-    mdm_guard_success(en->guard, j->addr_key);
+    /* The user's failures are cleared; the address's are not, or one good
+     * account would let its holder try other users' passwords without end
+     * (two failures, one sign-in of its own, two more, ...): they age out
+     * of security.auth_fail_window instead. */
     if (j->ar.user != NULL)
         mdm_guard_success(en->guard, j->user_key);
     mdm_buf_t ota = MDM_BUF_INIT;
@@ -764,9 +777,9 @@ static void ota_phase2(mdm_req_t *req, const char *udid, const char *user)
     if (rc != 0) {
         ota_fail(req, 1, rc, &err, "the identity profile could not be made");
     } else {
-        char uq[200];
+        char uq[200], nq[300];
         mdm_log(MDM_LOG_INFO, req->id, "enroll.ota_phase1", "udid=%s user=%s",
-                mdm_logq(uq, sizeof(uq), udid), user);
+                mdm_logq(uq, sizeof(uq), udid), mdm_logq(nq, sizeof(nq), user));
         mdm_resp_send(req, 200, PROFILE_CTYPE, out.data, out.len);
     }
     plist_free(profile);

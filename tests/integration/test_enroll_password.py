@@ -317,3 +317,49 @@ def test_sign_ins_beyond_max_in_flight_get_503(tmpdir_path):
         assert sign_in(s, "alice", "wonderland").status_code == 200
     finally:
         assert s.stop() == 0
+
+
+def test_own_sign_in_does_not_reset_the_address_lockout(tmpdir_path):
+    """A good sign-in cleared the address's failures: with one account of
+    its own, a client could try other users' passwords without end (two
+    failures, one sign-in, two more, ...). Only the user's are cleared."""
+    s = password_server(tmpdir_path, threshold=3)
+    try:
+        codes = []
+        for i in range(4):
+            for name in ("victim%d" % i, "other%d" % i):
+                codes.append(sign_in(s, name, "guess").status_code)
+            codes.append(sign_in(s, "alice", "wonderland").status_code)
+        assert 429 in codes, codes
+        assert codes[:3] == [403, 403, 200], codes
+    finally:
+        assert s.stop() == 0
+
+
+ANY_USER = '''
+return {
+  authenticate = function(req)
+    if req.password == "pw" then return { allow = true, user = req.username } end
+    return { allow = false, reason = "no" }
+  end,
+}
+'''
+
+
+def test_user_name_with_control_characters_is_refused(tmpdir_path):
+    """The name goes into the enrollment profile's XML and the SCEP
+    subject: with a control character the device got a profile it cannot
+    parse (200). Such a name is now refused, and the log line quoted."""
+    pdir = os.path.join(tmpdir_path, "pol")
+    os.makedirs(pdir)
+    with open(os.path.join(pdir, "init.lua"), "w") as f:
+        f.write(ANY_USER)
+    d = scep_datadir(tmpdir_path)
+    d.write_config('  enroll = { topic = "%s" },\n  policy = { dir = "%s" },' % (TOPIC, pdir))
+    s = Server(d, plain=True)
+    try:
+        assert sign_in(s, "a\x01b", "pw").status_code == 403
+        assert s.wait_log(r"enroll\.authenticate .*allow=false .*control characters")
+        assert sign_in(s, "alice", "pw").status_code == 200
+    finally:
+        assert s.stop() == 0
