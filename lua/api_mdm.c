@@ -427,7 +427,7 @@ static int kv_put(lua_State *L)
     plist_free(v);
     if (b.len > KV_VALUE_MAX + 4096) {
         mdm_buf_free(&b);
-        return luaL_error(L, "mdm.kv.put: value larger than %u bytes", KV_VALUE_MAX);
+        return luaL_error(L, "mdm.kv.put: value larger than %d bytes", (int)KV_VALUE_MAX);
     }
     /* Into Lua before anything can raise. */
     lua_pushlstring(L, b.data ? b.data : "", b.len);

@@ -328,6 +328,7 @@ typedef struct l2x {
     lua_State *L;
     size_t bytes;
     size_t max_bytes;
+    size_t values; /* made so far (a table met twice counts twice) */
     char *err;
     size_t errlen;
     char path[256];
@@ -348,6 +349,20 @@ static int l2x_err(l2x_t *c, int code, const char *fmt, ...)
     else
         snprintf(c->err, c->errlen, "%s", msg);
     return code;
+}
+
+/* A table referenced from several places is converted once per reference:
+ * ten levels of {x, x} are a thousand values, thirty a billion. Counting
+ * every value made bounds the work (and the memory, which is outside the
+ * Lua state's cap) whatever the table's shape. */
+#define L2X_MAX_VALUES 200000
+
+static int count_value(l2x_t *c)
+{
+    if (++c->values > L2X_MAX_VALUES)
+        return l2x_err(c, MDM_ELIMIT, "more than %d values (a table used in several places "
+                                      "counts each time)", L2X_MAX_VALUES);
+    return 0;
 }
 
 static size_t path_key(l2x_t *c, const char *key, size_t len)
@@ -517,6 +532,9 @@ static int l2p(l2x_t *c, int idx, int depth, plist_t *out)
 {
     lua_State *L = c->L;
     *out = NULL;
+    int vrc = count_value(c);
+    if (vrc != 0)
+        return vrc;
     switch (lua_type(L, idx)) {
     case LUA_TBOOLEAN:
         *out = plist_new_bool(lua_toboolean(L, idx));
@@ -681,6 +699,9 @@ static int l2j(l2x_t *c, int idx, const mdm_schema_key_t *k, int depth, json_t *
     lua_State *L = c->L;
     mdm_vtype_t want = k ? k->type : MDM_T_ANY;
     *out = NULL;
+    int vrc = count_value(c);
+    if (vrc != 0)
+        return vrc;
     switch (lua_type(L, idx)) {
     case LUA_TBOOLEAN:
         *out = json_boolean(lua_toboolean(L, idx));

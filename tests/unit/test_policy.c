@@ -1806,6 +1806,17 @@ static void test_kv_store(void **state)
                  "fails(function() mdm.kv.put('k', { 1, nil, 3 }) end, 'holes')\n"
                  "fails(function() mdm.kv.put('k', { [{}] = 1 }) end, 'keys must be strings')\n"
                  "fails(function() local t = {} t.t = t mdm.kv.put('k', t) end, 'nested deeper')\n"
+                 /* A table used twice per level: 2^30 values to convert,
+                  * refused at the count instead of stalling the loop. */
+                 "fails(function() local x = true for i = 1, 30 do x = { x, x } end\n"
+                 "  mdm.kv.put('k', x) end, 'more than 200000 values')\n"
+                 "fails(function() return mdm.command.DeviceInformation{ Queries = (function()\n"
+                 "  local x = 'a' for i = 1, 30 do x = { x, x } end return x end)() } end,\n"
+                 "  'more than 200000 values')\n"
+                 /* Small values that encode past the limit: the message
+                  * used a format lua_pushfstring does not have. */
+                 "fails(function() local t = {} for i = 1, 40000 do t[i] = true end\n"
+                 "  mdm.kv.put('k', t) end, 'larger than 65536 bytes')\n"
                  "mdm.kv.put('k', { 1, 2.5, 'three', true, { x = -4 } })\n"
                  "local v = mdm.kv.get('k')\n"
                  "assert(v[1] == 1 and math.type(v[1]) == 'integer' and v[2] == 2.5 and v[3] == 'three')\n"
