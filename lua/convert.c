@@ -365,6 +365,31 @@ static int count_value(l2x_t *c)
     return 0;
 }
 
+static int unwrap_protected(lua_State *L)
+{
+    mdm__push_unwrapped(L, 1);
+    return 1;
+}
+
+/* mdm__push_unwrapped for the converters: a __fill that raises (a view
+ * read after its hook call, memory) is an error of the conversion, which
+ * then frees what it made so far, instead of a jump past it. Pushes the
+ * table, or nothing on error. */
+static int push_unwrapped(lua_State *L, l2x_t *c, int idx)
+{
+    idx = lua_absindex(L, idx);
+    lua_pushcfunction(L, unwrap_protected);
+    lua_pushvalue(L, idx);
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK)
+        return 0;
+    const char *m = lua_tostring(L, -1);
+    int rc = MDM_EINVAL;
+    if (c != NULL)
+        rc = l2x_err(c, MDM_EINVAL, "%s", m != NULL ? m : "a table could not be read");
+    lua_pop(L, 1);
+    return rc;
+}
+
 static size_t path_key(l2x_t *c, const char *key, size_t len)
 {
     size_t old = c->pathlen;
@@ -566,8 +591,10 @@ static int l2p(l2x_t *c, int idx, int depth, plist_t *out)
             return l2x_err(c, MDM_ELIMIT, "nested deeper than %d levels", MDM__MAX_DEPTH);
         if (!lua_checkstack(L, 8))
             return l2x_err(c, MDM_ELIMIT, "nested too deeply");
-        mdm__push_unwrapped(L, idx);
-        int rc = l2p_table(c, lua_gettop(L), depth, out);
+        int rc = push_unwrapped(L, c, idx);
+        if (rc != 0)
+            return rc;
+        rc = l2p_table(c, lua_gettop(L), depth, out);
         lua_pop(L, 1);
         return rc;
     }
@@ -616,9 +643,9 @@ static const mdm_schema_key_t *element_schema(lua_State *L, const mdm_schema_key
         return NULL;
     if (k->discriminator == NULL)
         return &k->sub[0];
-    if (lua_type(L, elem) != LUA_TTABLE)
+    /* On an error no schema: converting the element then tells it. */
+    if (lua_type(L, elem) != LUA_TTABLE || push_unwrapped(L, NULL, elem) != 0)
         return NULL;
-    mdm__push_unwrapped(L, elem);
     const char *tag = mdm__raw_string_member(L, lua_gettop(L), k->discriminator);
     const mdm_schema_key_t *form = NULL;
     for (size_t i = 0; tag != NULL && i < k->nsub && form == NULL; i++) {
@@ -751,8 +778,10 @@ static int l2j(l2x_t *c, int idx, const mdm_schema_key_t *k, int depth, json_t *
             return l2x_err(c, MDM_ELIMIT, "nested deeper than %d levels", MDM__MAX_DEPTH);
         if (!lua_checkstack(L, 8))
             return l2x_err(c, MDM_ELIMIT, "nested too deeply");
-        mdm__push_unwrapped(L, idx);
-        int rc = l2j_table(c, lua_gettop(L), k, depth, false, out);
+        int rc = push_unwrapped(L, c, idx);
+        if (rc != 0)
+            return rc;
+        rc = l2j_table(c, lua_gettop(L), k, depth, false, out);
         lua_pop(L, 1);
         return rc;
     }
@@ -786,8 +815,9 @@ int mdm__lua_to_command(lua_State *L, int idx, const char *rt, plist_t *out, cha
     json_t *j = NULL;
     int rc = MDM_ELIMIT;
     if (lua_checkstack(L, 8)) {
-        mdm__push_unwrapped(L, idx);
-        rc = l2j_table(&c, lua_gettop(L), &top, 0, true, &j);
+        rc = push_unwrapped(L, &c, idx);
+        if (rc == 0)
+            rc = l2j_table(&c, lua_gettop(L), &top, 0, true, &j);
     } else {
         snprintf(err, errlen, "%s: out of stack", rt);
     }

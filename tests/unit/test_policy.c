@@ -845,6 +845,8 @@ static void test_device_view_lazy(void **state)
             "  elseif result.Status == 'Idle' then\n"
             "    kept = device\n"
             "    return { facts = { id = device.id } }\n"
+            "  elseif result.Status == 'CommandFormatError' then\n"
+            "    return { facts = { l = { ('x'):rep(1000), kept } } }\n"
             "  else\n"
             "    local ok_id, id = pcall(function() return kept.id end)\n"
             "    local ok_serial, err = pcall(function() return kept.serial end)\n"
@@ -893,6 +895,14 @@ static void test_device_view_lazy(void **state)
     assert_false(mdm_pl_bool(d.facts, "pairs_ok", true));
     assert_contains(mdm_pl_str(d.facts, "pairs_err"), "valid during its call only");
     assert_string_equal(mdm_pl_str(d.facts, "now_id"), "UDID-2");
+    mdm_policy_decision_free(&d);
+    /* The kept view in an answer: converting it fails (the view cannot
+     * make its fields any more), and what the conversion had made is
+     * freed, not left behind by a jump out of it (LeakSanitizer and
+     * valgrind runs of this test see that). */
+    mdm_pl_set_str(res, "Status", "CommandFormatError");
+    mdm_policy_result(p, NULL, NULL, &other, res, &d);
+    assert_status(d, MDM_POLICY_FAILED);
     mdm_policy_decision_free(&d);
     plist_free(e2);
 
