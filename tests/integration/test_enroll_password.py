@@ -350,13 +350,8 @@ def test_user_name_with_control_characters_is_refused(tmpdir_path):
     """The name goes into the enrollment profile's XML and the SCEP
     subject: with a control character the device got a profile it cannot
     parse (200). Such a name is now refused, and the log line quoted."""
-    pdir = os.path.join(tmpdir_path, "pol")
-    os.makedirs(pdir)
-    with open(os.path.join(pdir, "init.lua"), "w") as f:
-        f.write(ANY_USER)
-    d = scep_datadir(tmpdir_path)
-    d.write_config('  enroll = { topic = "%s" },\n  policy = { dir = "%s" },' % (TOPIC, pdir))
-    s = Server(d, plain=True)
+    from test_scep_edges import scep_server_with_policy
+    s, _ = scep_server_with_policy(tmpdir_path, ANY_USER, '  enroll = { topic = "%s" },' % TOPIC)
     try:
         assert sign_in(s, "a\x01b", "pw").status_code == 403
         assert s.wait_log(r"enroll\.authenticate .*allow=false .*control characters")
