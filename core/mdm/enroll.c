@@ -405,6 +405,12 @@ static void send_page(mdm_req_t *req, int status, const char *message, const cha
     html_escape(b, s->cfg->enroll_organization);
     mdm_buf_puts(b, ".</p><form method=\"post\" action=\"");
     html_escape(b, s->cfg->enroll_path);
+    /* The form asks for what the page was asked for: the OTA profile
+     * service when ?ota was given. */
+    mdm_buf_t ota = MDM_BUF_INIT;
+    if (mdm_req_query(req, "ota", &ota, true) == 0)
+        mdm_buf_puts(b, "?ota=1");
+    mdm_buf_free(&ota);
     mdm_buf_puts(b, "\"><label for=\"username\">User name</label>"
                     "<input id=\"username\" name=\"username\" autocomplete=\"username\" "
                     "autocapitalize=\"none\" required value=\"");

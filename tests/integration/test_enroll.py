@@ -60,6 +60,16 @@ def test_enrollment_page_is_accessible_and_safe(esrv):
     assert r.headers["Cache-Control"] == "no-store"
 
 
+def test_enrollment_page_form_keeps_ota(esrv):
+    """The page of /enroll?ota=1 posted its form to /enroll: a person who
+    signed in there got the configuration profile, not the OTA profile
+    service the link asked for."""
+    r = requests.get(esrv.url + "/enroll?ota=1", verify=esrv.datadir.ca_crt, timeout=10)
+    assert 'action="/enroll?ota=1"' in r.text, r.text
+    r = requests.get(esrv.url + "/enroll", verify=esrv.datadir.ca_crt, timeout=10)
+    assert 'action="/enroll"' in r.text, r.text
+
+
 def test_no_authenticate_hook_means_no_profile(esrv):
     secret = "s3cret-pass-" + os.urandom(4).hex()
     r = requests.post(esrv.url + "/enroll", data={"username": "alice", "password": secret},
