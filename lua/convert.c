@@ -378,6 +378,13 @@ static int unwrap_protected(lua_State *L)
 static int push_unwrapped(lua_State *L, l2x_t *c, int idx)
 {
     idx = lua_absindex(L, idx);
+    /* A table without a metatable (what policies build) has no view
+     * behind it and nothing that could raise: no protected call. */
+    if (!lua_getmetatable(L, idx)) {
+        mdm__push_unwrapped(L, idx);
+        return 0;
+    }
+    lua_pop(L, 1);
     lua_pushcfunction(L, unwrap_protected);
     lua_pushvalue(L, idx);
     if (lua_pcall(L, 1, 1, 0) == LUA_OK)
